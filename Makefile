@@ -1,0 +1,49 @@
+# Two commands from a fresh Debian/Ubuntu machine (as root):
+#   make run    set up everything and run the service on the local Slurm cluster
+#   make test   run the whole test suite (unit + integration on the real local Slurm)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CLUSTER := deploy/local/cluster.sh
+DEV_CONFIG := .cluster/config.yaml
+STAMP := $(VENV)/.installed
+
+.PHONY: run test unit lint cluster-up cluster-down dev-config clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { apt-get update && apt-get install -y python3 python3-venv; }
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { apt-get update && apt-get install -y python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+cluster-up:
+	$(CLUSTER) up
+
+cluster-down:
+	$(CLUSTER) down
+
+dev-config: cluster-up
+	deploy/local/dev-config.sh > $(DEV_CONFIG)
+	@echo "configuration: $(DEV_CONFIG)"
+
+run: $(STAMP) dev-config
+	USER=$${USER:-root} $(BIN)/interlink-slurm serve --config $(DEV_CONFIG)
+
+test: $(STAMP) cluster-up
+	$(BIN)/ruff check interlink_slurm tests
+	$(BIN)/mypy
+	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check interlink_slurm tests
+	$(BIN)/ruff format --check interlink_slurm tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

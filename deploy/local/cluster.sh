@@ -1,0 +1,519 @@
+#!/usr/bin/env bash
+# Private single-node Slurm cluster (+ Charliecloud image) for interlink-slurm tests.
+#
+#   cluster.sh up       install packages if missing, start munged/slurmctld/slurmd, build image
+#   cluster.sh down     cancel running jobs, stop the daemons this cluster started (pid files)
+#   cluster.sh status   show daemons and sinfo; non-zero exit when the cluster is not up
+#   cluster.sh env      print export lines: eval "$(deploy/local/cluster.sh env)"
+#
+# Everything lives in $ILS_CLUSTER_DIR (default <repo>/.cluster): its own slurm.conf, ports,
+# munge key and socket, state, spool and pid files. Nothing under /etc/slurm or /run/munge is
+# read or written, so this cluster can run next to a "real" Slurm on the same machine.
+set -Eeuo pipefail
+# set -e exits silently; say where it happened.
+on_error() {
+    local rc=$?
+    echo "cluster.sh: error: line $1: '$2' failed (exit $rc)" >&2
+    exit "$rc"
+}
+trap 'on_error "$LINENO" "$BASH_COMMAND"' ERR
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
+REPO=$(cd -- "$SCRIPT_DIR/../.." && pwd -P)
+
+# Absolute paths only: they end up in slurm.conf and in daemons' command lines.
+D=$(realpath -m -- "${ILS_CLUSTER_DIR:-$REPO/.cluster}")
+IMAGE_DIR=$(realpath -m -- "${ILS_IMAGE_DIR:-/var/cache/interlink-slurm/images}")
+IMG=$IMAGE_DIR/debian-python
+DEBIAN_MIRROR=${ILS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+CTLD_PORT=${ILS_SLURMCTLD_PORT:-17817}
+SLURMD_PORT=${ILS_SLURMD_PORT:-17818}
+MSG_TIMEOUT=${ILS_MESSAGE_TIMEOUT:-5}
+HN=$(hostname -s)
+# slurm.conf has no quoting: a path with blanks would silently break it.
+[[ $D$IMAGE_DIR != *[[:space:]]* ]] || { echo "cluster.sh: paths must not contain blanks" >&2; exit 1; }
+
+CONF=$D/slurm.conf
+MUNGE_DIR=$D/munge
+MUNGE_SOCKET=$MUNGE_DIR/munge.socket
+MUNGED_PID=$MUNGE_DIR/munged.pid
+CTLD_PID=$D/slurmctld.pid
+SLURMD_PID=$D/slurmd.pid
+# Written inside the image as its last build step, before the temp dir is renamed into place.
+IMAGE_STAMP=.interlink-slurm-image-complete
+
+PACKAGES=(slurmctld slurmd slurm-client munge charliecloud debootstrap)
+UP_TIMEOUT=30     # seconds to wait for the node to become usable
+STOP_TIMEOUT=30   # seconds to wait for a daemon to exit after SIGTERM before SIGKILL
+
+# Every Slurm command run by this script talks to this cluster only.
+export SLURM_CONF=$CONF
+
+log() { printf 'cluster.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+need_root() { [[ $EUID -eq 0 ]] || die "'$1' must run as root"; }
+
+# ---------------------------------------------------------------------------------------------
+# Processes. A pid file alone is not trusted: the pid must be alive (not a zombie), have the
+# expected name, and carry this cluster's config/socket path in its command line. That last
+# check is what guarantees `down` never signals another Slurm or munged on the machine, even
+# if a stale pid file's number has been reused.
+# ---------------------------------------------------------------------------------------------
+
+# proc_alive PID NAME : PID exists, is called NAME and has not exited. An exited daemon can
+# stay a zombie for a while (its parent is init, which reaps when it pleases), so kill -0 is
+# not enough.
+proc_alive() {
+    local pid=$1 name=$2 stat
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    # Field 3 of /proc/PID/stat (after "(comm)") is the state; Z = exited but not yet reaped.
+    [[ ${stat##*\) } != Z* ]] || return 1
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]]
+}
+
+# daemon_pid NAME PIDFILE MARKER -> prints the pid and succeeds when our daemon is running.
+daemon_pid() {
+    local name=$1 pidfile=$2 marker=$3 pid
+    # The daemon deletes its pid file on exit, possibly while we read it: no error message.
+    pid=$({ tr -dc '0-9' <"$pidfile"; } 2>/dev/null) || return 1
+    [[ -n $pid ]] && proc_alive "$pid" "$name" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" || return 1
+    echo "$pid"
+}
+munged_pid()    { daemon_pid munged    "$MUNGED_PID" "$MUNGE_SOCKET"; }
+slurmctld_pid() { daemon_pid slurmctld "$CTLD_PID"   "$CONF"; }
+slurmd_pid()    { daemon_pid slurmd    "$SLURMD_PID" "$CONF"; }
+
+# slurmstepd processes (one per running job step) of this cluster. They are not children of
+# slurmd and outlive it; what ties them to this cluster is the unix socket each one listens on
+# in our SlurmdSpoolDir ($D/spool/<host>_<job>.<step>).
+stepd_pids() {
+    local inodes pid fd link
+    inodes=" $(awk -v dir="$D/spool/" 'index($8, dir) == 1 { printf "%s ", $7 }' /proc/net/unix) "
+    [[ $inodes != "  " ]] || return 0
+    for pid in $(pgrep -x slurmstepd); do
+        for fd in /proc/"$pid"/fd/*; do
+            link=$(readlink "$fd" 2>/dev/null) || continue
+            if [[ $link == socket:\[*\] && $inodes == *" ${link//[^0-9]/} "* ]]; then
+                echo "$pid"
+                break
+            fi
+        done
+    done
+}
+
+# spawn LOGFILE CMD... : start a self-daemonizing program detached from our stdio and lock fd,
+# so `$(cluster.sh up)` or a caller's pipe never waits on a daemon holding it open.
+spawn() {
+    local logfile=$1; shift
+    "$@" </dev/null >>"$logfile" 2>&1 9>&- 8>&-
+}
+
+# stop_daemon NAME PIDFN : SIGTERM, wait (bounded), then SIGKILL as a last resort.
+# Waits on the process itself: slurmd removes its pid file at the start of a shutdown that
+# can take seconds, and the next daemon must not be stopped before this one is gone.
+stop_daemon() {
+    local name=$1 pidfn=$2 pid i
+    pid=$($pidfn) || { log "$name: not running"; return 0; }
+    log "$name: stopping pid $pid"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+        proc_alive "$pid" "$name" || return 0
+        sleep 0.1
+    done
+    log "$name: still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        proc_alive "$pid" "$name" || return 0
+        sleep 0.1
+    done
+    die "$name (pid $pid) did not exit"
+}
+
+# check_port PORT NAME : fail clearly when something (another cluster, or an orphan daemon of a
+# deleted cluster dir) already listens on PORT, instead of a daemon dying on bind().
+check_port() {
+    local port=$1 name=$2 who
+    who=$(ss -Hltnp "sport = :$port" 2>/dev/null) || return 0
+    [[ -z $who ]] && return 0
+    die "$name port $port is already in use: ${who##* } (set ILS_${name^^}_PORT to another port)"
+}
+
+# wait_for SECONDS CMD... : poll CMD every 0.2 s until it succeeds or time runs out.
+wait_for() {
+    local secs=$1 i; shift
+    for ((i = 0; i < secs * 5; i++)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Packages
+# ---------------------------------------------------------------------------------------------
+ensure_packages() {
+    local p missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+            missing+=("$p")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    log "installing ${missing[*]}"
+    # needrestart (Ubuntu, some Debian) would otherwise ask about services or print noise.
+    export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
+    apt-get update -qq
+    apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
+# Cluster directory and configuration
+# ---------------------------------------------------------------------------------------------
+render_slurm_conf() {
+    cat <<EOF
+# Generated by deploy/local/cluster.sh -- edits are overwritten by the next 'up'.
+ClusterName=ilsdev
+SlurmctldHost=$HN(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# Private munged: never the system socket in /run/munge.
+AuthInfo=socket=$MUNGE_SOCKET
+StateSaveLocation=$D/state
+SlurmdSpoolDir=$D/spool
+SlurmctldPidFile=$CTLD_PID
+SlurmdPidFile=$SLURMD_PID
+SlurmctldLogFile=$D/log/slurmctld.log
+SlurmdLogFile=$D/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+GresTypes=gpu
+SchedulerType=sched/backfill
+# Start jobs as soon as they are submitted (tests submit many small jobs).
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+# Lets the node claim CPUs=32 on a small machine, so many test jobs run at once.
+SlurmdParameters=config_overrides
+JobCompType=jobcomp/filetxt
+JobCompLoc=$D/log/jobcomp.txt
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+MpiDefault=none
+ReturnToService=2
+# Finished jobs leave squeue after ~10 s instead of 300 s (the purge itself runs periodically).
+MinJobAge=10
+KillWait=5
+# With slurmctld down, client commands (squeue, sbatch, ...) fail after MessageTimeout-1 s:
+# 4 s here instead of 9 s with the default 10.
+MessageTimeout=$MSG_TIMEOUT
+
+NodeName=$HN NodeAddr=127.0.0.1 CPUs=32 RealMemory=20000 Gres=gpu:a100:4 State=UNKNOWN
+# Leonardo-style partitions on the one node. DefMemPerCPU keeps a job from taking all memory.
+PartitionName=dcgp_usr_prod Nodes=$HN Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=500
+PartitionName=boost_usr_prod Nodes=$HN MaxTime=INFINITE State=UP DefMemPerCPU=500
+EOF
+}
+
+render_gres_conf() {
+    cat <<EOF
+# Generated by deploy/local/cluster.sh. Four fake A100s (character devices, clones of /dev/null).
+AutoDetect=off
+NodeName=$HN Name=gpu Type=a100 File=$D/dev/nvidia[0-3]
+EOF
+}
+
+# write_if_changed FILE : stdin -> FILE, replaced only when the content differs (so an
+# unchanged config does not restart anything). Sets CONFIG_CHANGED=1 when it wrote.
+# (It returns status through a variable: a function used in `if`/`&&` runs without set -e.)
+CONFIG_CHANGED=0
+write_if_changed() {
+    local file=$1 tmp
+    tmp=$(mktemp "$file.XXXXXX")
+    cat >"$tmp"
+    if [[ -f $file ]] && cmp -s "$tmp" "$file"; then
+        rm -f "$tmp"
+        return 0
+    fi
+    chmod 644 "$tmp"
+    mv -f "$tmp" "$file"
+    CONFIG_CHANGED=1
+}
+
+# prepare_dir : create the cluster dir, munge key, fake GPUs and config files.
+prepare_dir() {
+    local i dev
+    mkdir -p "$D"/{state,spool,log,dev}
+    # Keep git from ever picking up the cluster dir when it is inside the repo.
+    [[ -f $D/.gitignore ]] || echo '*' >"$D/.gitignore"
+
+    # munged refuses sockets in group/world-writable dirs; clients need to reach the socket.
+    mkdir -p "$MUNGE_DIR"
+    chmod 755 "$MUNGE_DIR"
+    if [[ ! -s $MUNGE_DIR/munge.key ]]; then
+        (umask 077 && dd if=/dev/urandom of="$MUNGE_DIR/munge.key" bs=1024 count=1 status=none)
+    fi
+    chmod 400 "$MUNGE_DIR/munge.key"
+
+    # GRES device files must be character devices; regular files are rejected by slurmd.
+    for i in 0 1 2 3; do
+        dev=$D/dev/nvidia$i
+        if [[ ! -c $dev ]]; then
+            rm -f "$dev"
+            mknod -m 666 "$dev" c 1 3
+        fi
+    done
+
+    render_slurm_conf >"$D/.slurm.conf.new"
+    write_if_changed "$CONF" <"$D/.slurm.conf.new"
+    render_gres_conf >"$D/.gres.conf.new"
+    write_if_changed "$D/gres.conf" <"$D/.gres.conf.new"
+    rm -f "$D/.slurm.conf.new" "$D/.gres.conf.new"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Daemons
+# ---------------------------------------------------------------------------------------------
+munge_ok() { munge -S "$MUNGE_SOCKET" -n </dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null; }
+
+start_munged() {
+    munged_pid >/dev/null && return 0
+    log "munged: starting"
+    rm -f "$MUNGED_PID"
+    # No --force: if a munged we failed to recognise still holds the socket lock, munged
+    # refuses to start instead of stealing the socket from it.
+    spawn "$D/log/munged.stderr" /usr/sbin/munged \
+        --socket="$MUNGE_SOCKET" \
+        --key-file="$MUNGE_DIR/munge.key" \
+        --pid-file="$MUNGED_PID" \
+        --log-file="$MUNGE_DIR/munged.log" \
+        --seed-file="$MUNGE_DIR/munged.seed" ||
+        { tail -n 5 "$D/log/munged.stderr" "$MUNGE_DIR/munged.log" >&2 || true; die "munged failed to start"; }
+    wait_for 10 munge_ok || die "munged started but 'munge | unmunge' on $MUNGE_SOCKET fails"
+}
+
+start_slurmctld() {
+    slurmctld_pid >/dev/null && return 0
+    check_port "$CTLD_PORT" slurmctld
+    log "slurmctld: starting"
+    rm -f "$CTLD_PID" # stale (ours is not running): its reappearance tells us the daemon is up
+    # -i: keep going if saved state is partly unreadable (e.g. after a crash or a SIGKILL).
+    spawn "$D/log/slurmctld.stderr" /usr/sbin/slurmctld -i -f "$CONF" ||
+        { tail -n 20 "$D/log/slurmctld.stderr" "$D/log/slurmctld.log" >&2 || true; die "slurmctld failed to start"; }
+    local i
+    for ((i = 0; i < 15 * 5; i++)); do
+        scontrol ping >/dev/null 2>&1 && return 0
+        # Fail fast when it wrote its pid file and then died (fatal config or bind error).
+        if [[ -e $CTLD_PID ]] && ! slurmctld_pid >/dev/null; then
+            break
+        fi
+        sleep 0.2
+    done
+    tail -n 20 "$D/log/slurmctld.log" >&2 || true
+    die "slurmctld did not come up (see $D/log/slurmctld.log)"
+}
+
+start_slurmd() {
+    slurmd_pid >/dev/null && return 0
+    check_port "$SLURMD_PORT" slurmd
+    log "slurmd: starting"
+    rm -f "$SLURMD_PID"
+    spawn "$D/log/slurmd.stderr" /usr/sbin/slurmd -f "$CONF" ||
+        { tail -n 20 "$D/log/slurmd.stderr" "$D/log/slurmd.log" >&2 || true; die "slurmd failed to start"; }
+}
+
+node_state() { sinfo -h -N -n "$HN" -o '%T' 2>/dev/null | head -n 1; }
+
+# A node is usable when it is responding (no '*' suffix) and neither down nor drained.
+node_usable() {
+    local s
+    s=$(node_state)
+    [[ $s =~ ^(idle|mixed|allocated|completing)$ ]]
+}
+
+wait_node_usable() {
+    local i resumed=0 s
+    for ((i = 0; i < UP_TIMEOUT * 5; i++)); do
+        node_usable && return 0
+        s=$(node_state)
+        # ReturnToService=2 clears most DOWN states by itself; a DRAIN set earlier by hand
+        # or by Slurm (e.g. "Kill task failed") does not, so resume once.
+        if ((!resumed)) && [[ $s == drain* || $s == drained || $s == down ]]; then
+            scontrol update nodename="$HN" state=resume >/dev/null 2>&1 || true
+            resumed=1
+        fi
+        sleep 0.2
+    done
+    sinfo -N -l >&2 || true
+    tail -n 20 "$D/log/slurmd.log" >&2 || true
+    die "node $HN not usable after ${UP_TIMEOUT}s (state: ${s:-unknown})"
+}
+
+# slurmctld runs its first scheduling pass ~3 s after it starts, even when jobs are waiting;
+# `up` waits for it so that jobs submitted right after `up` start at once. sdiag's
+# "Main schedule statistics ... Total cycles: N" counts those passes.
+sched_cycles() { sdiag 2>/dev/null | awk '/^Main schedule statistics/ { m = 1 } m && /Total cycles:/ { print $3; exit }'; }
+scheduler_ready() {
+    local n
+    n=$(sched_cycles) || true
+    [[ $n =~ ^[0-9]+$ ]] && ((n > 0))
+}
+
+wait_scheduler_ready() {
+    wait_for 10 scheduler_ready ||
+        log "warning: no scheduling pass seen in sdiag after 10 s; continuing"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Container image
+# ---------------------------------------------------------------------------------------------
+image_ok() { [[ -f $IMG/$IMAGE_STAMP ]]; }
+
+# Remove a (partial) debootstrap tree. An interrupted debootstrap can leave /proc or /sys
+# mounted inside it; unmount those first and never let rm cross into another filesystem.
+remove_tree() {
+    local dir=$1 m
+    [[ -e $dir ]] || return 0
+    findmnt -rn -o TARGET | awk -v d="$dir/" 'index($0, d) == 1' | sort -r | while read -r m; do
+        umount -l -- "$m" 2>/dev/null || true
+    done
+    rm -rf --one-file-system -- "$dir"
+}
+
+build_image() {
+    image_ok && return 0
+    mkdir -p "$IMAGE_DIR"
+    # Several clusters (checkouts) share the image dir: one builder at a time.
+    exec 8>"$IMAGE_DIR/.debian-python.lock"
+    flock 8
+    if image_ok; then exec 8>&-; return 0; fi
+
+    local t0=$SECONDS tmp old
+    for old in "$IMAGE_DIR"/.debian-python.tmp.*; do remove_tree "$old"; done
+    # An image dir without the stamp is an unfinished or foreign tree: rebuild it.
+    remove_tree "$IMG"
+
+    tmp=$IMAGE_DIR/.debian-python.tmp.$$
+    log "building image $IMG (debootstrap bookworm from $DEBIAN_MIRROR)"
+    debootstrap --variant=minbase --include=python3-minimal bookworm "$tmp" "$DEBIAN_MIRROR" \
+        >"$IMAGE_DIR/.debian-python.build.log" 2>&1 ||
+        { tail -n 20 "$IMAGE_DIR/.debian-python.build.log" >&2; remove_tree "$tmp"; die "debootstrap failed"; }
+
+    # ch-run bind-mounts these host files over the image's, so they must exist in the image.
+    local f
+    for f in etc/passwd etc/group etc/hosts etc/resolv.conf; do
+        [[ -e $tmp/$f || -L $tmp/$f ]] || touch "$tmp/$f"
+    done
+    # debootstrap leaves its apt cache behind; it is just weight in the image.
+    rm -rf "${tmp:?}"/var/cache/apt/archives/*.deb
+
+    USER=root ch-run "$tmp" -- python3 -c 'print(1)' | grep -qx 1 ||
+        { remove_tree "$tmp"; die "ch-run cannot run python3 in the freshly built image"; }
+
+    date -u +%FT%TZ >"$tmp/$IMAGE_STAMP"
+    mv -T -- "$tmp" "$IMG"
+    exec 8>&-
+    log "image ready in $((SECONDS - t0)) s"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------
+cmd_up() {
+    need_root up
+    ensure_packages
+    mkdir -p "$D"
+    # Serialise concurrent 'up'/'down' on the same cluster dir. spawn() closes fd 9 so the
+    # daemons never inherit (and hold) this lock.
+    exec 9>"$D/.lock"
+    flock 9
+
+    prepare_dir
+    if ((CONFIG_CHANGED)) && { slurmctld_pid || slurmd_pid; } >/dev/null; then
+        log "configuration changed: restarting Slurm daemons"
+        stop_daemon slurmd slurmd_pid
+        stop_daemon slurmctld slurmctld_pid
+    fi
+    start_munged
+    start_slurmctld
+    start_slurmd
+    wait_node_usable
+    wait_scheduler_ready
+    build_image
+    log "up: $HN $(node_state), SLURM_CONF=$CONF"
+}
+
+cmd_down() {
+    need_root down
+    if [[ -d $D ]]; then
+        exec 9>"$D/.lock"
+        flock 9
+    fi
+    # Running jobs would outlive the daemons (their slurmstepd is detached from slurmd), so
+    # cancel this cluster's running jobs first and give them KillWait to end. Pending jobs stay
+    # in the saved state and start after the next 'up'.
+    local ids i
+    if slurmctld_pid >/dev/null && slurmd_pid >/dev/null; then
+        ids=$(squeue -h -t running,suspended,configuring -o '%A' 2>/dev/null | tr '\n' ' ') || ids=
+        if [[ -n ${ids// /} ]]; then
+            log "cancelling running jobs: $ids"
+            # shellcheck disable=SC2086
+            scancel $ids 2>/dev/null || true
+        fi
+    fi
+    for ((i = 0; i < 150; i++)); do
+        [[ -z $(stepd_pids) ]] && break
+        sleep 0.1
+    done
+
+    # slurmd first so it does not log the controller going away; munged last, both use it.
+    stop_daemon slurmd slurmd_pid
+    stop_daemon slurmctld slurmctld_pid
+    stop_daemon munged munged_pid
+    ids=$(stepd_pids | tr '\n' ' ')
+    if [[ -n $ids ]]; then
+        log "warning: job steps of this cluster still running (slurmstepd pids: $ids); they end" \
+            "with their jobs or can be killed by hand"
+    fi
+}
+
+cmd_status() {
+    local up=0 name pid
+    for name in munged slurmctld slurmd; do
+        if pid=$(${name}_pid); then
+            printf '%-10s running (pid %s)\n' "$name:" "$pid"
+        else
+            printf '%-10s not running\n' "$name:"
+            up=1
+        fi
+    done
+    echo "SLURM_CONF=$CONF"
+    if ((up == 0)); then
+        sinfo || up=1
+        node_usable || { echo "node $HN is not usable"; up=1; }
+    fi
+    if image_ok; then echo "image: $IMG"; else echo "image: $IMG (missing)"; fi
+    exit "$up"
+}
+
+cmd_env() {
+    printf 'export SLURM_CONF=%q\n' "$CONF"
+    printf 'export ILS_CLUSTER_DIR=%q\n' "$D"
+    printf 'export ILS_IMAGE=%q\n' "$IMG"
+}
+
+usage() {
+    echo "usage: $0 {up|down|status|env}" >&2
+    exit 2
+}
+
+case ${1:-} in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    *) usage ;;
+esac

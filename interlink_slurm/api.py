@@ -1,0 +1,224 @@
+"""HTTP routes of the plugin, as interLink calls them. Thin: parse, call the service, answer.
+
+Every error answer is ``text/plain`` and one sentence naming what is wrong: interLink hands the
+body of a failed /create to the user as the pod's failure message.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from interlink_slurm import __version__
+from interlink_slurm.errors import (
+    BadRequest,
+    NotFound,
+    PluginError,
+    PodRejected,
+    SchedulerError,
+    SchedulerUnavailable,
+    StorageError,
+    SubmitRejected,
+    describe_validation_error,
+)
+from interlink_slurm.service import Service
+from interlink_slurm.wire import LogRequest, Pod, RetrievedPodData
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M")
+
+RETRY_AFTER_SECONDS = "10"
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+STATUS_FOR: list[tuple[type[PluginError], int]] = [
+    (BadRequest, 400),
+    (NotFound, 404),
+    (PodRejected, 422),
+    (SubmitRejected, 422),
+    (SchedulerUnavailable, 503),
+    (StorageError, 507),
+    (SchedulerError, 502),
+]
+
+
+class TooLarge(BadRequest):
+    pass
+
+
+def _status_for(err: PluginError) -> int:
+    if isinstance(err, TooLarge):
+        return 413
+    for cls, code in STATUS_FOR:
+        if isinstance(err, cls):
+            return code
+    return 500
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"the request body is larger than the limit of {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json(request: Request, limit: int) -> Any:
+    body = await _body(request, limit)
+    if not body.strip():
+        raise BadRequest("the request body is empty: expected JSON")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = (
+            f" (line {err.lineno}, column {err.colno})"
+            if isinstance(err, json.JSONDecodeError)
+            else ""
+        )
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+        raise BadRequest(f"the request body is not valid JSON: {reason}{where}") from err
+
+
+def _parse(adapter: TypeAdapter[M], data: Any, what: str) -> M:
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as err:
+        raise BadRequest(f"invalid {what}: {describe_validation_error(err)}") from err
+
+
+_CREATE = TypeAdapter(RetrievedPodData)
+_PODS = TypeAdapter(list[Pod])
+_LOGS = TypeAdapter(LogRequest)
+_POD = TypeAdapter(Pod)
+
+
+def _dump(model: BaseModel | list[Any]) -> Any:
+    if isinstance(model, list):
+        return [_dump(m) for m in model]
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def create_app(service: Service, token: str | None) -> FastAPI:
+    settings = service.settings
+    limit = settings.max_body_bytes
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.reconcile()
+        yield
+
+    app = FastAPI(
+        title="interlink-slurm",
+        version=__version__,
+        description="interLink plugin: Kubernetes pods as Slurm jobs",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request.headers.get("InterLink-Http-Session") or uuid.uuid4().hex[:12]
+        if token is not None and request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip().encode(), token.encode()
+            ):
+                return PlainTextResponse(
+                    "missing or wrong bearer token in the Authorization header",
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        try:
+            response = await call_next(request)
+        except PluginError as err:
+            response = _error(err, request)
+        except Exception:
+            log.exception(
+                "unexpected error on %s %s [%s]", request.method, request.url.path, request_id
+            )
+            response = PlainTextResponse(
+                f"internal error in interlink-slurm (request {request_id}); see the service log",
+                status_code=500,
+            )
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    def _error(err: PluginError, request: Request) -> Response:
+        code = _status_for(err)
+        headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else {}
+        log.info("%s %s → %d: %s", request.method, request.url.path, code, err)
+        return PlainTextResponse(str(err), status_code=code, headers=headers)
+
+    @app.exception_handler(PluginError)
+    async def plugin_error(request: Request, err: PluginError) -> Response:
+        return _error(err, request)
+
+    @app.post("/create")
+    async def create(request: Request) -> Response:
+        data = await _json(request, limit)
+        if isinstance(data, list):
+            # interLink <= 0.4 sent a one-element array.
+            if len(data) != 1:
+                raise BadRequest(
+                    f"expected one pod (a RetrievedPodData object), got an array of {len(data)}"
+                )
+            data = data[0]
+        if not isinstance(data, dict):
+            raise BadRequest("expected a RetrievedPodData JSON object with a 'pod' key")
+        pod_data = _parse(_CREATE, data, "pod")
+        answer = await service.create(pod_data)
+        return JSONResponse(_dump(answer))
+
+    @app.api_route("/delete", methods=["POST", "DELETE"])
+    async def delete(request: Request) -> Response:
+        pod = _parse(_POD, await _json(request, limit), "pod")
+        return PlainTextResponse(await service.delete(pod))
+
+    @app.api_route("/status", methods=["GET", "POST"])
+    async def status(request: Request) -> Response:
+        body = await _body(request, limit)
+        if not body.strip():
+            data: Any = []
+        else:
+            try:
+                data = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise BadRequest("the request body is not valid JSON") from err
+        if isinstance(data, dict):
+            data = [data]
+        pods = _parse(_PODS, data, "status request")
+        if not pods:
+            return JSONResponse(_dump(await service.ping()))
+        return JSONResponse(_dump(await service.status(pods)))
+
+    @app.api_route("/getLogs", methods=["GET", "POST"])
+    async def get_logs(request: Request) -> Response:
+        req = _parse(_LOGS, await _json(request, limit), "log request")
+        return Response(await service.logs(req), media_type="text/plain; charset=utf-8")
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        await service.ready()
+        return PlainTextResponse("ready")
+
+    return app

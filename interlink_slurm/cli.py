@@ -1,0 +1,158 @@
+"""The ``interlink-slurm`` command: serve, render, version."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+import yaml
+
+from interlink_slurm import __version__
+from interlink_slurm.config import ConfigError, Settings, load_settings
+from interlink_slurm.errors import PluginError, describe_validation_error
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="interLink plugin that runs Kubernetes pods as Slurm jobs.",
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="INTERLINK_SLURM_CONFIG", help="YAML configuration"),
+]
+SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "sinfo", "sacct", "scontrol")
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as err:
+        typer.echo(f"interlink-slurm: {err}", err=True)
+        raise typer.Exit(2) from err
+
+
+def _listen_socket(path: str, mode: int) -> socket.socket:
+    if os.path.exists(path):
+        os.unlink(path)  # a stale socket from an earlier run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, mode)
+    return sock
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the plugin's HTTP API."""
+    from interlink_slurm.api import create_app
+    from interlink_slurm.service import Service
+    from interlink_slurm.slurm.cli import CliScheduler
+    from interlink_slurm.slurm.transport import LocalTransport
+    from interlink_slurm.store import Store
+
+    settings = _settings(config)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings.data_root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    except OSError as err:
+        typer.echo(
+            f"interlink-slurm: data_root: cannot create {settings.data_root}: {err.strerror}",
+            err=True,
+        )
+        raise typer.Exit(2) from err
+    transport = LocalTransport(settings.command_env())
+    scheduler = CliScheduler(
+        transport,
+        timeout=settings.command_timeout,
+        command={name: settings.slurm_command(name) for name in SLURM_COMMANDS},
+    )
+    store = Store(settings.state_db_path)
+    store.open()
+    service = Service(settings, scheduler, transport, store)
+    api = create_app(service, settings.token())
+    unix_path = settings.listen_unix_path
+    try:
+        if unix_path:
+            sock = _listen_socket(unix_path, settings.socket_mode)
+            server = uvicorn.Server(uvicorn.Config(api, log_level=settings.log_level))
+            server.run(sockets=[sock])
+        else:
+            host, port = settings.listen_host_port
+            uvicorn.run(api, host=host, port=port, log_level=settings.log_level)
+    finally:
+        store.close()
+
+
+def _read_pod_file(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = yaml.safe_load(text)
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path} holds neither a pod nor a RetrievedPodData")
+    if "pod" not in data:
+        # A plain v1.Pod manifest: give it what the API server would have.
+        meta = data.setdefault("metadata", {})
+        meta.setdefault("uid", "00000000-0000-0000-0000-000000000000")
+        meta.setdefault("namespace", "default")
+        data = {"pod": data, "container": []}
+    return data
+
+
+@app.command()
+def render(
+    pod_file: Annotated[Path, typer.Argument(help="a v1.Pod or RetrievedPodData, JSON or YAML")],
+    config: ConfigOption = None,
+) -> None:
+    """Print the batch script a pod becomes (and the files beside it), without submitting."""
+    from pydantic import ValidationError
+
+    from interlink_slurm import jobdir
+    from interlink_slurm.translate.pod import build_plan
+    from interlink_slurm.translate.script import render_script
+    from interlink_slurm.wire import RetrievedPodData
+
+    overrides: dict[str, Any] = {}
+    if config is None and not os.environ.get("INTERLINK_SLURM_DATA_ROOT"):
+        overrides["data_root"] = "/data/interlink"
+    settings = _settings(config, **overrides)
+    try:
+        data = RetrievedPodData.model_validate(_read_pod_file(pod_file))
+        pod = data.pod
+        pod_dir = jobdir.pod_dir(str(settings.data_root), pod.namespace, pod.name, pod.uid)
+        plan = build_plan(data, settings, pod_dir)
+    except ValidationError as err:
+        typer.echo(f"interlink-slurm: invalid pod: {describe_validation_error(err)}", err=True)
+        raise typer.Exit(1) from err
+    except PluginError as err:
+        typer.echo(f"interlink-slurm: {err}", err=True)
+        raise typer.Exit(1) from err
+    sys.stdout.write(render_script(plan))
+    typer.echo(f"\n# Files written in {pod_dir}:")
+    for d in plan.dirs:
+        typer.echo(f"#   {d}/")
+    for f in plan.files:
+        typer.echo(f"#   {f.path}  ({len(f.content)} bytes, mode {f.mode:04o})")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,253 @@
+"""The service's configuration: one YAML file, overridden by ``INTERLINK_SLURM_*`` variables.
+
+Everything is checked at start: an unknown key, a wrong type or an impossible combination stops
+the service with a message naming the key (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from interlink_slurm.errors import describe_validation_error
+from interlink_slurm.translate.quantity import mebibytes
+from interlink_slurm.wire import Taint
+
+Runtime = Literal["apptainer", "singularity", "enroot", "charliecloud"]
+
+DEFAULT_RUNTIME_PATH: dict[str, str] = {
+    "apptainer": "apptainer",
+    "singularity": "singularity",
+    "enroot": "enroot",
+    "charliecloud": "ch-run",
+}
+# Isolation close to a Kubernetes container: no host home, /tmp, environment or PID namespace.
+DEFAULT_RUNTIME_OPTIONS: dict[str, list[str]] = {
+    "apptainer": ["--containall"],
+    "singularity": ["--containall"],
+    "enroot": [],
+    "charliecloud": [],
+}
+
+# Options every job gets from the plugin: the pod's identity, files and directory hang on them.
+OWNED_SBATCH_OPTIONS = frozenset(
+    {
+        "--job-name",
+        "-J",
+        "--comment",
+        "--output",
+        "-o",
+        "--error",
+        "-e",
+        "--chdir",
+        "-D",
+        "--open-mode",
+        "--wrap",
+        "--parsable",
+    }
+)
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and what is wrong."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="INTERLINK_SLURM_", extra="forbid", validate_default=True
+    )
+
+    listen: str = Field(
+        "127.0.0.1:4000", description="HOST:PORT for TCP, or unix:///path/to/socket"
+    )
+    socket_mode: int = Field(0o660, ge=0, le=0o777, description="file mode of the unix socket")
+    auth_token: SecretStr | None = None
+    auth_token_file: Path | None = None
+
+    data_root: Path = Field(description="shared directory holding one directory per pod")
+    state_db: Path | None = Field(None, description="SQLite file; default DATA_ROOT/state.db")
+
+    runtime: Runtime = "apptainer"
+    runtime_path: str | None = None
+    runtime_options: list[str] | None = None
+    images: dict[str, str] = {}
+    image_root: str | None = None
+
+    partition: str | None = None
+    gpu_partition: str | None = None
+    gpu_type: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    sbatch_extra: list[str] = []
+    default_cpus: int = Field(1, ge=1)
+    default_memory: str = "1Gi"
+    host_path_prefixes: list[Path] = []
+
+    taints: list[Taint] = []
+    max_pods: int = Field(1000, ge=1, description="the 'pods' capacity of the virtual node")
+    ping_cache_seconds: float = Field(30.0, ge=0)
+
+    slurm_conf: Path | None = Field(None, description="SLURM_CONF for the Slurm commands")
+    slurm_bin_dir: Path | None = None
+    command_timeout: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(16 << 20, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first, then what load_settings read from the YAML file (passed as init).
+        return (env_settings, init_settings)
+
+    @field_validator("data_root", "state_db", "slurm_conf", "slurm_bin_dir", "auth_token_file")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        if not v.is_absolute():
+            raise ValueError(f"{str(v)!r} must be an absolute path")
+        if any(c.isspace() or c in ":," for c in str(v)):
+            # The path goes into #SBATCH lines, which sbatch splits on whitespace, and into
+            # runtime bind options, where ':' and ',' separate fields.
+            raise ValueError(f"{str(v)!r} must not contain whitespace, ':' or ','")
+        return v
+
+    @field_validator("partition", "gpu_partition", "gpu_type", "account", "qos")
+    @classmethod
+    def _slurm_name(cls, v: str | None) -> str | None:
+        if v is not None and not _SLURM_NAME.match(v):
+            raise ValueError(f"{v!r} is not a valid Slurm name")
+        return v
+
+    @field_validator("sbatch_extra")
+    @classmethod
+    def _flags(cls, v: list[str]) -> list[str]:
+        for flag in v:
+            if not flag.startswith("-") or "\n" in flag:
+                raise ValueError(f"{flag!r} must be one sbatch option starting with '-'")
+            name = flag.split("=", 1)[0] if flag.startswith("--") else flag[:2]
+            if name in OWNED_SBATCH_OPTIONS:
+                raise ValueError(f"{flag!r}: {name} is set by interlink-slurm for every job")
+        return v
+
+    @field_validator("default_memory")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        mebibytes(v)
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v.startswith("unix://"):
+            if not v.removeprefix("unix://").startswith("/"):
+                raise ValueError("a unix socket must be an absolute path: unix:///run/x.sock")
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} must be HOST:PORT or unix:///path")
+        return v
+
+    @field_validator("runtime_path")
+    @classmethod
+    def _runtime_path(cls, v: str | None) -> str | None:
+        # It is placed after `env NAME=VALUE...`, where a word with '=' would read as a variable.
+        if v is not None and ("=" in v or any(c.isspace() for c in v)):
+            raise ValueError(f"{v!r} must not contain '=' or whitespace")
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Settings:
+        if self.auth_token is not None and self.auth_token_file is not None:
+            raise ValueError("set auth_token or auth_token_file, not both")
+        return self
+
+    # --- derived values -------------------------------------------------------------------------
+
+    @property
+    def state_db_path(self) -> Path:
+        return self.state_db or self.data_root / "state.db"
+
+    @property
+    def runtime_binary(self) -> str:
+        return self.runtime_path or DEFAULT_RUNTIME_PATH[self.runtime]
+
+    @property
+    def runtime_flags(self) -> list[str]:
+        if self.runtime_options is not None:
+            return self.runtime_options
+        return DEFAULT_RUNTIME_OPTIONS[self.runtime]
+
+    @property
+    def default_memory_mb(self) -> int:
+        return mebibytes(self.default_memory)
+
+    @property
+    def listen_unix_path(self) -> str | None:
+        return self.listen.removeprefix("unix://") if self.listen.startswith("unix://") else None
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def token(self) -> str | None:
+        """The bearer token callers must present, or None when auth is off."""
+        if self.auth_token is not None:
+            return self.auth_token.get_secret_value()
+        if self.auth_token_file is not None:
+            return self.auth_token_file.read_text().strip()
+        return None
+
+    def command_env(self) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.slurm_conf)} if self.slurm_conf else {}
+
+    def slurm_command(self, name: str) -> str:
+        return str(self.slurm_bin_dir / name) if self.slurm_bin_dir else name
+
+
+def load_settings(path: Path | None, **overrides: Any) -> Settings:
+    """Read the YAML file (if any), apply environment overrides, validate; or raise ConfigError."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as err:
+            raise ConfigError(f"cannot read configuration file {path}: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of keys to values")
+        data = loaded
+    data.update(overrides)
+    try:
+        settings = Settings(**data)
+    except ValidationError as err:
+        where = f" in {path}" if path else ""
+        raise ConfigError(
+            f"invalid configuration{where}: {describe_validation_error(err)}"
+        ) from err
+    if settings.auth_token_file is not None:
+        try:
+            token = settings.token()
+        except OSError as err:
+            raise ConfigError(
+                f"auth_token_file: cannot read {settings.auth_token_file}: {err.strerror}"
+            ) from err
+        if not token:
+            raise ConfigError(f"auth_token_file: {settings.auth_token_file} is empty")
+    return settings

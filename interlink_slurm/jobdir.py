@@ -1,0 +1,108 @@
+"""The directory of one pod on the shared filesystem: where it is, writing it, reading it back.
+
+Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
+    job.sh, job.out (the batch script and its own output), job.id, pod.json
+    containers/<name>.{env,log,started,finished,exit}
+    volumes/<volume>/...
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from datetime import datetime
+
+from interlink_slurm.errors import StorageError
+from interlink_slurm.slurm.transport import Transport
+from interlink_slurm.translate.plan import JobPlan
+from interlink_slurm.wire import dns_label, dns_subdomain, pod_uid
+
+POD_DIR_MODE = 0o700
+SCRIPT_MODE = 0o700
+NAMESPACE_DIR_MODE = 0o711
+_MAX_NAME_IN_PATH = 200  # keeps "<name>-<uid>" under the usual 255-byte file name limit
+
+
+def pod_dir(data_root: str, namespace: str, name: str, uid: str) -> str:
+    # Validated again here because this is where a name becomes a path.
+    dns_label(namespace)
+    dns_subdomain(name)
+    pod_uid(uid)
+    path = posixpath.join(data_root, namespace, f"{name[:_MAX_NAME_IN_PATH]}-{uid}")
+    if posixpath.dirname(posixpath.dirname(path)) != posixpath.normpath(data_root):
+        raise ValueError(f"pod directory {path!r} escapes {data_root!r}")
+    return path
+
+
+def inside(root: str, relative: str) -> str:
+    """``root/relative``, refusing anything that would resolve outside root."""
+    joined = posixpath.normpath(posixpath.join(root, relative))
+    if not joined.startswith(root.rstrip("/") + "/"):
+        raise ValueError(f"{relative!r} escapes {root!r}")
+    return joined
+
+
+def container_file(pod_dir: str, container: str, suffix: str) -> str:
+    dns_label(container)
+    return f"{pod_dir}/containers/{container}.{suffix}"
+
+
+def write_pod(transport: Transport, plan: JobPlan, script: str) -> str:
+    """Create the pod's directory with every file its job needs; returns the script path.
+
+    On failure the directory is removed, so no half-written pod is ever submitted."""
+    root = plan.pod_dir
+    try:
+        transport.make_dirs(posixpath.dirname(root), NAMESPACE_DIR_MODE)
+        transport.make_dirs(root, POD_DIR_MODE)
+        for d in plan.dirs:
+            transport.make_dirs(inside(root, d), POD_DIR_MODE)
+        for f in plan.files:
+            path = inside(root, f.path)
+            transport.make_dirs(posixpath.dirname(path), POD_DIR_MODE)
+            transport.write_file(path, f.content, f.mode)
+        script_path = f"{root}/job.sh"
+        transport.write_file(script_path, script.encode(), SCRIPT_MODE)
+    except OSError as err:
+        transport.remove_tree(root)
+        reason = err.strerror or str(err)
+        raise StorageError(f"cannot write the pod directory {root}: {reason}") from err
+    return script_path
+
+
+@dataclass(frozen=True)
+class ContainerFiles:
+    started: datetime | None = None
+    finished: datetime | None = None
+    exit_code: int | None = None
+
+
+def _time(raw: bytes | None) -> datetime | None:
+    if not raw:
+        return None
+    text = raw.decode(errors="replace").strip()
+    # date prints nanoseconds; Python keeps microseconds.
+    if "." in text:
+        head, _, frac = text.partition(".")
+        text = f"{head}.{frac.rstrip('Z')[:6]}+00:00"
+    else:
+        text = text.replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def read_container(transport: Transport, pod_dir: str, container: str) -> ContainerFiles:
+    started = _time(transport.read_file(container_file(pod_dir, container, "started"), 64))
+    if started is None:
+        return ContainerFiles()
+    raw_exit = transport.read_file(container_file(pod_dir, container, "exit"), 16)
+    exit_code: int | None = None
+    if raw_exit is not None:
+        try:
+            exit_code = int(raw_exit.strip())
+        except ValueError:
+            exit_code = None
+    finished = _time(transport.read_file(container_file(pod_dir, container, "finished"), 64))
+    return ContainerFiles(started=started, finished=finished, exit_code=exit_code)

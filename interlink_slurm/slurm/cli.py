@@ -1,0 +1,175 @@
+"""The Scheduler over Slurm's command-line tools, run through a Transport."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+
+from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
+from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo
+from interlink_slurm.slurm.transport import CommandResult, CommandUnavailable, Transport
+
+log = logging.getLogger(__name__)
+
+# Messages by which Slurm's tools say "I could not reach the controller", as opposed to
+# "the controller said no". Only the first kind is worth retrying.
+UNREACHABLE = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "connection refused",
+    "zero bytes were transmitted",
+    "communication connection failure",
+    "unable to establish",
+    "backup controller in standby",
+    "transport endpoint",
+    "munge",
+)
+INVALID_JOB = "invalid job id"
+SEP = "|"
+# Node states that give nothing to new jobs.
+UNUSABLE_NODE_STATES = ("down", "drain", "fail", "inval", "maint", "future", "unknown")
+_GRES = re.compile(r"^gpu(?::([^:()]+))?:(\d+)")
+
+
+def _message(result: CommandResult) -> str:
+    text = (result.stderr or result.stdout).strip()
+    # Drop Slurm's "sbatch: error: " prefixes; keep the sentence.
+    lines = [re.sub(r"^\w+: error: ", "", line).strip() for line in text.splitlines()]
+    return " ".join(line for line in lines if line) or f"exit status {result.returncode}"
+
+
+def _unreachable(result: CommandResult) -> bool:
+    text = f"{result.stderr}\n{result.stdout}".lower()
+    return any(marker in text for marker in UNREACHABLE)
+
+
+def parse_gres(gres: str) -> dict[str, int]:
+    """``gpu:a100:4(S:0-1),gpu:2`` → {"a100": 4, "": 2}."""
+    out: dict[str, int] = {}
+    if not gres or gres == "(null)":
+        return out
+    for item in gres.split(","):
+        m = _GRES.match(item.strip())
+        if m:
+            kind = m.group(1) or ""
+            out[kind] = out.get(kind, 0) + int(m.group(2))
+    return out
+
+
+def parse_sinfo(text: str) -> ClusterResources:
+    """Lines of ``%n|%c|%m|%G|%T``; a node in several partitions counts once."""
+    seen: set[str] = set()
+    cpus = memory = 0
+    gpus: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.strip().split(SEP)
+        if len(parts) < 5 or parts[0] in seen:
+            continue
+        name, ncpu, mem, gres, state = parts[:5]
+        if any(s in state.lower() for s in UNUSABLE_NODE_STATES):
+            continue
+        seen.add(name)
+        cpus += int(ncpu) if ncpu.isdigit() else 0
+        memory += int(mem) if mem.isdigit() else 0
+        for kind, count in parse_gres(gres).items():
+            gpus[kind] = gpus.get(kind, 0) + count
+    return ClusterResources(cpus=cpus, memory_mb=memory, gpus=gpus, nodes=len(seen))
+
+
+def parse_squeue(text: str) -> dict[str, JobInfo]:
+    """Lines of ``%i|%T|%r|%k`` (the comment last: it may hold the separator)."""
+    jobs: dict[str, JobInfo] = {}
+    for line in text.splitlines():
+        parts = line.strip().split(SEP, 3)
+        if len(parts) < 3 or not parts[0]:
+            continue
+        job_id, state, reason = parts[0], parts[1].upper(), parts[2]
+        comment = parts[3] if len(parts) > 3 and parts[3] != "(null)" else ""
+        jobs[job_id] = JobInfo(job_id, state, "" if reason == "None" else reason, comment)
+    return jobs
+
+
+class CliScheduler:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        timeout: float = 30.0,
+        command: dict[str, str] | None = None,
+        max_concurrent: int = 8,
+    ) -> None:
+        self._transport = transport
+        self._timeout = timeout
+        self._cmd = command or {}
+        self._limit = asyncio.Semaphore(max_concurrent)
+
+    def _bin(self, name: str) -> str:
+        return self._cmd.get(name, name)
+
+    async def _run(self, *argv: str) -> CommandResult:
+        argv = (self._bin(argv[0]), *argv[1:])
+        async with self._limit:
+            try:
+                result = await asyncio.to_thread(self._transport.run, argv, timeout=self._timeout)
+            except CommandUnavailable as err:
+                raise SchedulerUnavailable(f"Slurm is not reachable: {err}") from err
+        if result.returncode != 0 and _unreachable(result):
+            raise SchedulerUnavailable(f"Slurm is not reachable: {_message(result)}")
+        return result
+
+    async def submit(self, script_path: str, workdir: str) -> str:
+        result = await self._run("sbatch", "--parsable", f"--chdir={workdir}", script_path)
+        if result.returncode != 0:
+            raise SubmitRejected(f"Slurm refused the job: {_message(result)}")
+        job_id = result.stdout.strip().split(";", 1)[0]
+        if not job_id.isdigit():
+            raise SchedulerError(f"sbatch answered {result.stdout.strip()!r}, not a job id")
+        return job_id
+
+    async def cancel(self, job_id: str) -> None:
+        result = await self._run("scancel", job_id)
+        if result.returncode != 0 and INVALID_JOB not in _message(result).lower():
+            raise SchedulerError(f"scancel {job_id} failed: {_message(result)}")
+
+    async def _squeue(self, *selection: str) -> dict[str, JobInfo]:
+        result = await self._run(
+            "squeue",
+            "--noheader",
+            "--all",
+            "--states=all",
+            *selection,
+            "--format=%i|%T|%r|%k",
+        )
+        if result.returncode != 0:
+            if INVALID_JOB in _message(result).lower():
+                return {}
+            raise SchedulerError(f"squeue failed: {_message(result)}")
+        return parse_squeue(result.stdout)
+
+    async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        ids = sorted({j for j in job_ids if j.isdigit()}, key=int)
+        if not ids:
+            return {}
+        return await self._squeue(f"--jobs={','.join(ids)}")
+
+    async def find_by_comment(self, comment: str) -> JobInfo | None:
+        for job in (await self._squeue()).values():
+            if job.comment == comment:
+                return job
+        return None
+
+    async def resources(self, partitions: Sequence[str]) -> ClusterResources:
+        selection = [f"--partition={','.join(partitions)}"] if partitions else []
+        result = await self._run(
+            "sinfo", "--noheader", "--Node", *selection, "--format=%n|%c|%m|%G|%T"
+        )
+        if result.returncode != 0:
+            raise SchedulerError(f"sinfo failed: {_message(result)}")
+        return parse_sinfo(result.stdout)
+
+    async def ping(self) -> None:
+        result = await self._run("scontrol", "ping")
+        if result.returncode != 0 or "UP" not in result.stdout:
+            raise SchedulerUnavailable(f"Slurm controller is not up: {_message(result)}")

@@ -1,0 +1,49 @@
+"""The one seam to Slurm: submit, cancel, query many jobs, cluster resources."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    state: str  # Slurm's long state name: PENDING, RUNNING, COMPLETED, ...
+    reason: str = ""  # Slurm's reason (Priority, Resources, NonZeroExitCode, ...), "" for None
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    cpus: int
+    memory_mb: int
+    gpus: dict[str, int] = field(default_factory=dict)  # gres type ("a100", "" untyped) → count
+    nodes: int = 0
+
+
+class Scheduler(Protocol):
+    async def submit(self, script_path: str, workdir: str) -> str:
+        """Submit a batch script; returns the job id."""
+        ...
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a job; a job that is already gone is not an error."""
+        ...
+
+    async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """Every job of ``job_ids`` that Slurm still knows; one scheduler call for all."""
+        ...
+
+    async def find_by_comment(self, comment: str) -> JobInfo | None:
+        """A job carrying exactly this comment, if Slurm knows one."""
+        ...
+
+    async def resources(self, partitions: Sequence[str]) -> ClusterResources:
+        """What the partitions can give (all partitions when empty)."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the controller answers; raise SchedulerUnavailable otherwise."""
+        ...

@@ -1,0 +1,231 @@
+"""Slurm job state + what each container wrote → Kubernetes container statuses. Pure.
+
+Slurm knows the job as a whole; the pod directory knows each container. A container that wrote
+its exit code is terminated with that code whatever the job's state. The job's state decides the
+rest: containers not started yet wait (with Slurm's pending reason), started ones run while the
+job is active, and when the job has ended without their exit code they are terminated with the
+job's end reason (cancelled, timed out, out of memory...).
+
+| Slurm state (or reason)        | container not started       | started, no exit code        |
+|--------------------------------|-----------------------------|------------------------------|
+| PENDING (reason)               | waiting: reason             | (cannot happen)              |
+| CONFIGURING, RUNNING, ...      | waiting: ContainerCreating  | running                      |
+| COMPLETED / FAILED             | terminated 128 JobEnded     | terminated 137 JobEnded      |
+| CANCELLED                      | terminated 128 Cancelled    | terminated 143 Cancelled     |
+| TIMEOUT, DEADLINE              | terminated DeadlineExceeded | terminated 137               |
+| OUT_OF_MEMORY                  | terminated OOMKilled        | terminated 137               |
+| NODE_FAIL, BOOT_FAIL, PREEMPTED| terminated NodeFailure, ... | terminated 137               |
+| FAILED / JobLaunchFailure      | terminated JobLaunchFailure | —                            |
+| gone from squeue, no files     | terminated JobLost          | terminated 137 JobLost       |
+| init container failed          | terminated 0 InitContainerFailed (Kubernetes' phase comes   |
+|                                | from the init container's code, as the virtual kubelet does)|
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from interlink_slurm.jobdir import ContainerFiles
+from interlink_slurm.slurm.scheduler import JobInfo
+from interlink_slurm.wire import (
+    ContainerState,
+    ContainerStateRunning,
+    ContainerStateTerminated,
+    ContainerStateWaiting,
+    ContainerStatus,
+)
+
+log = logging.getLogger(__name__)
+
+ACTIVE = frozenset(
+    {
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "SPECIAL_EXIT",
+    }
+)
+WAITING = frozenset({"PENDING", "RESV_DEL_HOLD"})
+
+
+@dataclass(frozen=True)
+class Ending:
+    reason: str
+    message: str
+    code_not_started: int
+    code_killed: int
+
+
+# Why a job ended, for containers that could not say so themselves.
+ENDINGS: dict[str, Ending] = {
+    "CANCELLED": Ending("Cancelled", "the Slurm job was cancelled", 128, 143),
+    "TIMEOUT": Ending("DeadlineExceeded", "the Slurm job reached its time limit", 128, 137),
+    "DEADLINE": Ending("DeadlineExceeded", "the Slurm job reached its deadline", 128, 137),
+    "OUT_OF_MEMORY": Ending("OOMKilled", "the Slurm job ran out of memory", 137, 137),
+    "NODE_FAIL": Ending("NodeFailure", "the node running the Slurm job failed", 128, 137),
+    "BOOT_FAIL": Ending("BootFailure", "the node for the Slurm job failed to boot", 128, 137),
+    "PREEMPTED": Ending("Preempted", "the Slurm job was preempted", 128, 137),
+    "FAILED": Ending("JobFailed", "the Slurm job failed", 128, 137),
+    "COMPLETED": Ending("JobEnded", "the Slurm job ended", 128, 137),
+}
+LAUNCH_FAILURE = Ending(
+    "JobLaunchFailure",
+    "Slurm could not launch the job (is the pod directory writable on the compute node?)",
+    128,
+    128,
+)
+LOST = Ending(
+    "JobLost", "the Slurm job left the queue without recording this container's end", 128, 137
+)
+DELETED = Ending("Cancelled", "the pod was deleted", 128, 143)
+
+# Slurm pending reasons, in words a Kubernetes user can act on.
+PENDING_MESSAGES: dict[str, str] = {
+    "Priority": "waiting in the Slurm queue behind jobs of higher priority",
+    "Resources": "waiting for the cluster to have the CPUs, memory or GPUs it asks for",
+    "Dependency": "waiting for a job it depends on",
+    "ReqNodeNotAvail": "the nodes it needs are not available (down, drained or reserved)",
+    "PartitionDown": "its Slurm partition is down",
+    "PartitionInactive": "its Slurm partition is inactive",
+    "JobHeldUser": "held by its user",
+    "JobHeldAdmin": "held by a Slurm administrator",
+    "BeginTime": "its start time has not come yet",
+    "SlurmUnreachable": "Slurm does not answer; this is the last state known",
+    "None": "submitted, not yet scheduled",
+    "": "submitted, not yet scheduled",
+}
+
+
+def pending_message(job: JobInfo) -> str:
+    reason = job.reason
+    if reason in PENDING_MESSAGES:
+        text = PENDING_MESSAGES[reason]
+    elif reason.startswith(("QOS", "Assoc")):
+        text = "held back by a limit of its account or QOS"
+    else:
+        text = "waiting in the Slurm queue"
+    return f"Slurm job {job.job_id} is pending ({reason or 'None'}): {text}"
+
+
+def _state(job: JobInfo) -> str:
+    # squeue may print "CANCELLED by 0" or "CANCELLED+".
+    return job.state.split()[0].rstrip("+") if job.state else ""
+
+
+def ending_for(job: JobInfo | None, deleted: bool) -> Ending:
+    if job is None or (deleted and _state(job) in ACTIVE | WAITING):
+        return DELETED if deleted else LOST
+    if job.reason == "JobLaunchFailure":
+        return LAUNCH_FAILURE
+    state = _state(job)
+    ending = ENDINGS.get(state)
+    if ending is None:
+        log.warning("job %s has an unknown Slurm state %r", job.job_id, job.state)
+        return Ending("JobEnded", f"the Slurm job ended in state {job.state}", 128, 137)
+    return ending
+
+
+def _waiting(reason: str, message: str) -> ContainerState:
+    return ContainerState(waiting=ContainerStateWaiting(reason=reason, message=message))
+
+
+def _terminated(code: int, reason: str, message: str, files: ContainerFiles) -> ContainerState:
+    return ContainerState(
+        terminated=ContainerStateTerminated(
+            exit_code=code,
+            reason=reason,
+            message=message,
+            started_at=files.started,
+            finished_at=files.finished or files.started,
+        )
+    )
+
+
+def _exited(files: ContainerFiles) -> ContainerState:
+    assert files.exit_code is not None
+    code = files.exit_code
+    return _terminated(code, "Completed" if code == 0 else "Error", "", files)
+
+
+def container_statuses(
+    job: JobInfo | None,
+    job_id: str,
+    init_containers: Sequence[str],
+    containers: Sequence[str],
+    files: Mapping[str, ContainerFiles],
+    images: Mapping[str, str],
+    *,
+    deleted: bool = False,
+    now: datetime | None = None,
+) -> tuple[list[ContainerStatus], list[ContainerStatus]]:
+    """(init container statuses, container statuses)."""
+    state = _state(job) if job else ""
+    pending = job is not None and state in WAITING
+    active = job is not None and state in ACTIVE and not deleted
+    ending = None if (pending or active) else ending_for(job, deleted)
+
+    failed_init: tuple[str, int] | None = None
+    for name in init_containers:
+        f = files.get(name, ContainerFiles())
+        if f.exit_code not in (None, 0):
+            failed_init = (name, f.exit_code or 0)
+            break
+
+    def one(name: str, is_init: bool) -> ContainerStatus:
+        f = files.get(name, ContainerFiles())
+        image = images.get(name, "")
+        if f.exit_code is not None:
+            st = _exited(f)
+        elif f.started is not None:
+            if active or pending:
+                st = ContainerState(running=ContainerStateRunning(started_at=f.started))
+            else:
+                assert ending is not None
+                st = _terminated(
+                    ending.code_killed, ending.reason, f"{ending.message} (job {job_id})", f
+                )
+        elif failed_init is not None:
+            st = _terminated(
+                0,
+                "InitContainerFailed",
+                f"not started: init container {failed_init[0]!r} exited with code {failed_init[1]}",
+                f,
+            )
+        elif pending:
+            assert job is not None
+            st = _waiting(job.reason or "Pending", pending_message(job))
+        elif active:
+            st = _waiting(
+                "PodInitializing" if not is_init else "ContainerCreating",
+                f"Slurm job {job_id} is {state.lower()}",
+            )
+        else:
+            assert ending is not None
+            st = _terminated(
+                ending.code_not_started,
+                ending.reason,
+                f"not started: {ending.message} (job {job_id})",
+                f,
+            )
+        running = st.running is not None
+        return ContainerStatus(
+            name=name,
+            state=st,
+            ready=running,
+            restart_count=0,
+            image=image,
+            started=running if not is_init else None,
+        )
+
+    return ([one(n, True) for n in init_containers], [one(n, False) for n in containers])

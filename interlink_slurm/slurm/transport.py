@@ -1,0 +1,106 @@
+"""How commands run and files are reached on the cluster side: one narrow interface.
+
+Methods are blocking; the service calls them from worker threads. Only the local
+implementation lives here; others (SSH) implement the same Protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CommandUnavailable(Exception):
+    """The command could not be run at all (not installed, timed out, transport down)."""
+
+
+class Transport(Protocol):
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult: ...
+
+    def make_dirs(self, path: str, mode: int) -> None: ...
+
+    def write_file(self, path: str, data: bytes, mode: int) -> None: ...
+
+    def read_file(self, path: str, limit: int) -> bytes | None:
+        """At most ``limit`` bytes from the start; None when the file does not exist."""
+        ...
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes: ...
+
+    def size(self, path: str) -> int | None: ...
+
+    def remove_tree(self, path: str) -> None: ...
+
+
+class LocalTransport:
+    """Commands as child processes (argv, never a shell), files on the local filesystem."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = {**os.environ, **(env or {})}
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        try:
+            proc = subprocess.run(
+                list(argv),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except FileNotFoundError as err:
+            raise CommandUnavailable(f"{argv[0]} is not installed or not on PATH") from err
+        except subprocess.TimeoutExpired as err:
+            raise CommandUnavailable(f"{argv[0]} did not answer within {timeout:g} s") from err
+        return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+    def make_dirs(self, path: str, mode: int) -> None:
+        os.makedirs(path, mode=mode, exist_ok=True)
+        os.chmod(path, mode)
+
+    def write_file(self, path: str, data: bytes, mode: int) -> None:
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def read_file(self, path: str, limit: int) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read(limit)
+        except FileNotFoundError:
+            return None
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def size(self, path: str) -> int | None:
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+
+    def remove_tree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,52 @@
+"""What a pod becomes, as plain data: the files of its directory and the job that runs it.
+
+Paths in a plan are relative to the pod's directory unless they say otherwise; only
+``jobdir`` turns them into real paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: str  # relative to the pod directory
+    content: bytes
+    mode: int = 0o600
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: str  # absolute host path
+    target: str  # absolute path in the container
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    name: str
+    image: str  # what the runtime is given: a path, or a docker:// reference
+    image_ref: str  # what the pod asked for
+    command: tuple[str, ...]  # the container's command; empty → the image's default
+    args: tuple[str, ...]
+    working_dir: str
+    env: tuple[tuple[str, str], ...]
+    binds: tuple[Bind, ...]
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    uid: str
+    namespace: str
+    name: str
+    pod_dir: str  # absolute
+    directives: tuple[str, ...]  # sbatch options, one per #SBATCH line
+    init_containers: tuple[ContainerPlan, ...]
+    containers: tuple[ContainerPlan, ...]
+    files: tuple[FileSpec, ...] = ()
+    dirs: tuple[str, ...] = ()  # relative directories to create (emptyDirs, volumes)
+    runtime: str = "apptainer"
+    runtime_argv: dict[str, tuple[str, ...]] = field(default_factory=dict)  # container → argv
+    header_comment: str = ""

@@ -1,0 +1,188 @@
+"""A pod as interLink sends it → the JobPlan of its Slurm job. Pure: no disk, network or clock."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+
+from interlink_slurm import __version__
+from interlink_slurm.config import Settings
+from interlink_slurm.errors import PodRejected
+from interlink_slurm.translate.plan import ContainerPlan, FileSpec, JobPlan
+from interlink_slurm.translate.resources import (
+    GPU_RESOURCE,
+    pod_resources,
+    resource_directives,
+)
+from interlink_slurm.translate.runtimes import LOCAL_IMAGES_ONLY, container_argv, env_entries
+from interlink_slurm.translate.volumes import lay_out_volumes
+from interlink_slurm.wire import Container, RetrievedPodData
+
+ANNOTATION_IMAGE_ROOT = "slurm-job.vk.io/image-root"
+JOB_COMMENT_PREFIX = "interlink-slurm:"
+
+_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand_refs(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: defined variables are replaced, ``$$`` is ``$``,
+    anything else is left as written."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        return env[name] if name in env else m.group(0)
+
+    return _REF.sub(one, text)
+
+
+def resolve_image(ref: str, runtime: str, settings: Settings, image_root: str | None) -> str:
+    """The image the runtime is given for a reference the pod names."""
+    if ref in settings.images:
+        return settings.images[ref]
+    if "://" in ref or ref.startswith("/"):
+        return ref
+    if image_root:
+        joined = image_root + ref if image_root.endswith(("://", "/")) else f"{image_root}/{ref}"
+        return joined
+    if runtime in LOCAL_IMAGES_ONLY:
+        raise PodRejected(
+            "image",
+            f"image {ref!r} is not in the configured images map, and the {runtime} runtime "
+            "can only run images staged on the cluster",
+        )
+    return f"docker://{ref}"
+
+
+def _env(c: Container, where: str) -> list[tuple[str, str]]:
+    resolved: dict[str, str] = {}
+    out: list[tuple[str, str]] = []
+    for j, var in enumerate(c.env):
+        value = expand_refs(var.value or "", resolved)
+        if "\x00" in value:
+            raise PodRejected(f"{where}.env[{j}].value", "must not contain NUL characters")
+        resolved[var.name] = value
+        out.append((var.name, value))
+    # A later definition of a name wins, as in Kubernetes; keep one entry per name.
+    last = {name: value for name, value in out}
+    return list(last.items())
+
+
+def _container_plan(
+    c: Container,
+    where: str,
+    settings: Settings,
+    image_root: str | None,
+    binds: Mapping[str, tuple[object, ...]],
+) -> ContainerPlan:
+    if not c.image:
+        raise PodRejected(f"{where}.image", "is empty")
+    try:
+        image = resolve_image(c.image, settings.runtime, settings, image_root)
+    except PodRejected as err:
+        raise PodRejected(f"{where}.image", err.reason) from err
+    env = _env(c, where)
+    env_map = dict(env)
+    if c.working_dir and (not c.working_dir.startswith("/") or "\x00" in c.working_dir):
+        raise PodRejected(f"{where}.workingDir", f"{c.working_dir!r} must be an absolute path")
+    gpu_values = [c.resources.limits.get(GPU_RESOURCE), c.resources.requests.get(GPU_RESOURCE)]
+    gpus = max((int(float(v)) for v in gpu_values if v is not None), default=0)
+    return ContainerPlan(
+        name=c.name,
+        image=image,
+        image_ref=c.image,
+        command=tuple(expand_refs(a, env_map) for a in c.command),
+        args=tuple(expand_refs(a, env_map) for a in c.args),
+        working_dir=c.working_dir,
+        env=tuple(env),
+        binds=tuple(binds.get(c.name, ())),  # type: ignore[arg-type]
+        gpus=gpus,
+    )
+
+
+def env_file(runtime: str, env: Sequence[tuple[str, str]]) -> bytes:
+    """NUL-separated NAME=VALUE entries: any byte but NUL survives, newlines included."""
+    return b"".join(e.encode() + b"\0" for e in env_entries(runtime, env))
+
+
+def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobPlan:
+    pod = data.pod
+    meta = pod.metadata
+    res = pod_resources(pod.spec, settings.default_cpus, settings.default_memory_mb)
+    directives = [
+        f"--job-name={meta.name}",
+        f"--comment={JOB_COMMENT_PREFIX}{meta.uid}",
+        f"--output={pod_dir}/job.out",
+        "--open-mode=append",
+        f"--chdir={pod_dir}",
+        *resource_directives(
+            res,
+            partition=settings.partition,
+            gpu_partition=settings.gpu_partition,
+            gpu_type=settings.gpu_type,
+        ),
+    ]
+    if settings.account:
+        directives.append(f"--account={settings.account}")
+    if settings.qos:
+        directives.append(f"--qos={settings.qos}")
+    directives += settings.sbatch_extra
+
+    layout = lay_out_volumes(
+        pod, data.container, pod_dir, [str(p) for p in settings.host_path_prefixes]
+    )
+    image_root = meta.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
+
+    def plans(containers: Sequence[Container], group: str) -> tuple[ContainerPlan, ...]:
+        return tuple(
+            _container_plan(c, f"spec.{group}[{i}]", settings, image_root, layout.binds)
+            for i, c in enumerate(containers)
+        )
+
+    init = plans(pod.spec.init_containers, "initContainers")
+    regular = plans(pod.spec.containers, "containers")
+
+    argv: dict[str, tuple[str, ...]] = {}
+    files: list[FileSpec] = []
+    for group, cps in (("initContainers", init), ("containers", regular)):
+        for i, cp in enumerate(cps):
+            try:
+                argv[cp.name] = tuple(
+                    container_argv(
+                        settings.runtime, settings.runtime_binary, settings.runtime_flags, cp
+                    )
+                )
+            except PodRejected as err:
+                raise PodRejected(f"spec.{group}[{i}].command", err.reason) from err
+            files.append(FileSpec(f"containers/{cp.name}.env", env_file(settings.runtime, cp.env)))
+    files += layout.files
+    files.append(
+        FileSpec(
+            "pod.json",
+            json.dumps(
+                pod.model_dump(mode="json", by_alias=True, exclude_none=True), indent=1
+            ).encode(),
+        )
+    )
+    header = (
+        f"Pod {meta.namespace}/{meta.name} (uid {meta.uid}), "
+        f"written by interlink-slurm {__version__}.\n"
+        "Each container's output, exit code and times are in containers/.\n"
+        "To run it again by hand: sbatch job.sh"
+    )
+    return JobPlan(
+        uid=meta.uid,
+        namespace=meta.namespace,
+        name=meta.name,
+        pod_dir=pod_dir,
+        directives=tuple(directives),
+        init_containers=init,
+        containers=regular,
+        files=tuple(files),
+        dirs=("containers", *layout.dirs),
+        runtime=settings.runtime,
+        runtime_argv=argv,
+        header_comment=header,
+    )

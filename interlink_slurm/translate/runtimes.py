@@ -1,0 +1,85 @@
+"""One function per container runtime: a container's plan → the argv that runs it.
+
+The environment never goes on the command line (values would show in ``ps`` and need quoting):
+each runtime says how the variables it is given in the process environment reach the container,
+and ``env_entries`` writes them in that form to the container's env file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from interlink_slurm.errors import PodRejected
+from interlink_slurm.translate.plan import ContainerPlan
+
+ENV_PREFIX = {
+    "apptainer": "APPTAINERENV_",
+    "singularity": "SINGULARITYENV_",
+    "enroot": "",
+    "charliecloud": "",
+}
+
+
+def env_entries(runtime: str, env: Sequence[tuple[str, str]]) -> list[str]:
+    """``NAME=VALUE`` strings for the job to put in the runtime's environment."""
+    prefix = ENV_PREFIX[runtime]
+    return [f"{prefix}{name}={value}" for name, value in env]
+
+
+def _apptainer(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
+    argv = [binary, "exec" if c.command else "run", *options]
+    if c.gpus:
+        argv.append("--nv")
+    for b in c.binds:
+        argv += ["--bind", f"{b.source}:{b.target}:{'ro' if b.read_only else 'rw'}"]
+    if c.working_dir:
+        argv += ["--pwd", c.working_dir]
+    return [*argv, c.image, *c.command, *c.args]
+
+
+def _enroot(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
+    argv = [binary, "start", *options]
+    for b in c.binds:
+        flags = "x-create=auto,rbind,ro" if b.read_only else "x-create=auto,rbind"
+        argv += ["--mount", f"{b.source} {b.target} none {flags}"]
+    for name, _ in c.env:
+        argv += ["--env", name]
+    argv.append(c.image)
+    command = [*c.command, *c.args]
+    if c.working_dir:
+        # enroot has no working-directory option: change directory in the container first.
+        return [*argv, "/bin/sh", "-c", 'cd -- "$0" && exec "$@"', c.working_dir, *command]
+    return [*argv, *command]
+
+
+def _charliecloud(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
+    command = [*c.command, *c.args]
+    if not command:
+        raise PodRejected(
+            f"container {c.name!r} command",
+            "the charliecloud runtime cannot read an image's default command: set command or args",
+        )
+    argv = [binary, *options]
+    for b in c.binds:
+        argv += ["-b", f"{b.source}:{b.target}"]
+    if c.working_dir:
+        argv += ["-c", c.working_dir]
+    return [*argv, c.image, "--", *command]
+
+
+RUNTIMES: dict[str, Callable[[str, Sequence[str], ContainerPlan], list[str]]] = {
+    "apptainer": _apptainer,
+    "singularity": _apptainer,
+    "enroot": _enroot,
+    "charliecloud": _charliecloud,
+}
+
+
+def container_argv(
+    runtime: str, binary: str, options: Sequence[str], c: ContainerPlan
+) -> list[str]:
+    return RUNTIMES[runtime](binary, options, c)
+
+
+# Runtimes that take a path to a local image only (they cannot pull docker:// themselves).
+LOCAL_IMAGES_ONLY = frozenset({"enroot", "charliecloud"})

@@ -1,0 +1,103 @@
+"""JobPlan → the batch script: plain bash an operator can read and ``sbatch`` by hand.
+
+Only one fixed skeleton is written here; what differs between pods is data (directives, argv
+lists) placed into it with ``shlex.quote``. Environment values never appear in the script: each
+container reads its own NUL-separated env file (``containers/<name>.env``).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+from interlink_slurm.translate.plan import ContainerPlan, JobPlan
+
+# The per-container protocol, also read back by jobdir.py:
+#   containers/<name>.started   RFC 3339 time the container was started
+#   containers/<name>.finished  RFC 3339 time it ended
+#   containers/<name>.exit      its exit code
+#   containers/<name>.log       its stdout and stderr
+SKELETON = r"""
+set -o nounset -o pipefail
+umask 077
+POD_DIR={pod_dir}
+cd "$POD_DIR" || exit 1
+
+# Time stamps in RFC 3339 with nanoseconds, as Kubernetes prints them.
+ils_now() {{ date -u +%Y-%m-%dT%H:%M:%S.%NZ; }}
+
+# Write a small file atomically, so a reader never sees half of it.
+ils_put() {{ printf '%s\n' "$2" > "$1.tmp" && mv -f "$1.tmp" "$1"; }}
+
+# Wait for one child, riding out the TERM that scancel sends to every process of the job:
+# wait returns early (>128) when a trapped signal arrives while the child still runs.
+ils_wait() {{
+  local pid=$1 rc
+  while :; do
+    wait "$pid"; rc=$?
+    if [ "$rc" -gt 128 ] && kill -0 "$pid" 2>/dev/null; then continue; fi
+    return "$rc"
+  done
+}}
+
+# ils_container NAME ARGV...: run one container with the variables of its env file,
+# its output in its log, and its start time, end time and exit code in files.
+ils_container() {{
+  local name=$1; shift
+  local -a envs=()
+  local kv rc
+  trap ':' TERM INT
+  while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
+  ils_put "containers/$name.started" "$(ils_now)"
+  env -- "${{envs[@]}}" "$@" >> "containers/$name.log" 2>&1 < /dev/null &
+  ils_wait $!; rc=$?
+  ils_put "containers/$name.finished" "$(ils_now)"
+  ils_put "containers/$name.exit" "$rc"
+  return "$rc"
+}}
+
+trap ':' TERM INT
+echo "interlink-slurm: pod {pod_ref} starts as job ${{SLURM_JOB_ID:-?}} on $(hostname)"
+"""
+
+
+def _quote_argv(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def _container_line(c: ContainerPlan, argv: Sequence[str], background: bool) -> str:
+    line = f"ils_container {shlex.quote(c.name)} {_quote_argv(argv)}"
+    return f"{line} &" if background else line
+
+
+def render_script(plan: JobPlan) -> str:
+    lines = ["#!/bin/bash"]
+    lines += [f"#SBATCH {d}" for d in plan.directives]
+    lines.append("#")
+    lines += [f"# {line}" if line else "#" for line in plan.header_comment.splitlines()]
+    lines.append(
+        SKELETON.format(
+            pod_dir=shlex.quote(plan.pod_dir),
+            pod_ref=shlex.quote(f"{plan.namespace}/{plan.name}"),
+        ).rstrip("\n")
+    )
+    if plan.init_containers:
+        lines += ["", "# Init containers, in order; the first that fails ends the pod."]
+        for c in plan.init_containers:
+            lines.append(_container_line(c, plan.runtime_argv[c.name], background=False))
+            lines.append('rc=$?; [ "$rc" -eq 0 ] || exit "$rc"')
+    lines += ["", "# Containers, all together; the job fails with the first non-zero exit code."]
+    lines.append("pids=()")
+    for c in plan.containers:
+        lines.append(_container_line(c, plan.runtime_argv[c.name], background=True))
+        lines.append("pids+=($!)")
+    lines += [
+        "status=0",
+        'for pid in "${pids[@]}"; do',
+        '  ils_wait "$pid"; rc=$?',
+        '  [ "$status" -ne 0 ] || status=$rc',
+        "done",
+        'exit "$status"',
+        "",
+    ]
+    return "\n".join(lines)
