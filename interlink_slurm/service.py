@@ -10,12 +10,13 @@ from collections.abc import Sequence
 
 from interlink_slurm import jobdir
 from interlink_slurm.config import Settings
-from interlink_slurm.errors import NotFound, SchedulerError, SchedulerUnavailable
+from interlink_slurm.errors import NotFound, PodRejected, SchedulerError, SchedulerUnavailable
 from interlink_slurm.logs import read_log
 from interlink_slurm.slurm.scheduler import JobInfo, Scheduler
 from interlink_slurm.slurm.states import container_statuses
 from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import PodRecord, Store
+from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import JOB_COMMENT_PREFIX, build_plan
 from interlink_slurm.translate.resources import GPU_RESOURCE
 from interlink_slurm.translate.script import render_script
@@ -94,6 +95,7 @@ class Service:
 
             pod_dir = jobdir.pod_dir(str(self.settings.data_root), pod.namespace, pod.name, uid)
             plan = build_plan(data, self.settings, pod_dir)
+            await asyncio.to_thread(self._check_mount_points, plan)
             script = render_script(plan)
             script_path = await asyncio.to_thread(jobdir.write_pod, self.transport, plan, script)
             await asyncio.to_thread(
@@ -121,6 +123,25 @@ class Service:
             )
             log.info("pod %s/%s (%s) submitted as job %s", pod.namespace, pod.name, uid, job_id)
             return CreateResponse(PodUID=uid, PodJID=job_id)
+
+    def _check_mount_points(self, plan: JobPlan) -> None:
+        """Charliecloud (0.31) cannot create a bind destination in a read-only image: say so at
+        create time, naming the mount, rather than let the container fail on the node."""
+        if self.settings.runtime != "charliecloud":
+            return
+        groups = (("initContainers", plan.init_containers), ("containers", plan.containers))
+        for group, containers in groups:
+            for i, c in enumerate(containers):
+                if not c.image.startswith("/"):
+                    continue
+                for b in c.binds:
+                    if self.transport.size(c.image.rstrip("/") + b.target) is None:
+                        raise PodRejected(
+                            f"spec.{group}[{i}].volumeMounts",
+                            f"mount path {b.target!r} does not exist in image {c.image}; "
+                            "Charliecloud cannot create mount points in a read-only image, "
+                            "so the image must contain that directory (or file)",
+                        )
 
     async def delete(self, pod: Pod) -> str:
         uid = pod.uid.lower()

@@ -419,6 +419,27 @@ build_image() {
     log "image ready in $((SECONDS - t0)) s"
 }
 
+# Charliecloud 0.31 cannot create a bind destination in a read-only image, so the image holds
+# the mount points that tests and examples use (as images built with ch-image hold /mnt/0-9).
+# Cheap and idempotent: run on every 'up', so an older image gains new ones.
+MOUNT_POINTS=(
+    mnt/0 mnt/1 mnt/2 mnt/3 mnt/4 mnt/5 mnt/6 mnt/7 mnt/8 mnt/9
+    mnt/config mnt/secret mnt/work mnt/data mnt/shared mnt/projected mnt/scratch
+    etc/config data scratch workspace var/run/secrets/kubernetes.io/serviceaccount
+)
+ensure_mount_points() {
+    local m
+    # debootstrap makes var/run an absolute link to /run: seen from the host it points at the
+    # host's /run, so a mkdir through it would land on the host. Relative, it means the same
+    # inside the container and stays inside the image from outside.
+    if [[ -L $IMG/var/run && $(readlink -- "$IMG/var/run") == /run ]]; then
+        ln -sfn ../run "$IMG/var/run"
+    fi
+    for m in "${MOUNT_POINTS[@]}"; do
+        [[ -d $IMG/$m ]] || mkdir -p -- "$IMG/$m"
+    done
+}
+
 # ---------------------------------------------------------------------------------------------
 # Subcommands
 # ---------------------------------------------------------------------------------------------
@@ -443,6 +464,7 @@ cmd_up() {
     wait_node_usable
     wait_scheduler_ready
     build_image
+    ensure_mount_points
     log "up: $HN $(node_state), SLURM_CONF=$CONF"
 }
 

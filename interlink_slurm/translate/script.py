@@ -20,6 +20,8 @@ from interlink_slurm.translate.plan import ContainerPlan, JobPlan
 SKELETON = r"""
 set -o nounset -o pipefail
 umask 077
+# Some runtimes (ch-run) refuse to start without $USER, which batch jobs may lack.
+export USER="${{USER:-$(id -un)}}"
 POD_DIR={pod_dir}
 cd "$POD_DIR" || exit 1
 
