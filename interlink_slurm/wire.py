@@ -296,12 +296,18 @@ class ValidPod(Pod):
         meta = self.metadata
         if not meta.uid:
             raise ValueError("metadata.uid is missing")
-        pod_uid(meta.uid)
+        for field, check, value in (
+            ("metadata.uid", pod_uid, meta.uid),
+            ("metadata.name", dns_subdomain, meta.name),
+            ("metadata.namespace", dns_label, meta.namespace),
+        ):
+            if not value:
+                raise ValueError(f"{field} is missing")
+            try:
+                check(value)
+            except ValueError as err:
+                raise ValueError(f"{field}: {err}") from None
         meta.uid = meta.uid.lower()
-        if not meta.name:
-            raise ValueError("metadata.name is missing")
-        dns_subdomain(meta.name)
-        dns_label(meta.namespace)
         names = [c.name for c in (*self.spec.init_containers, *self.spec.containers)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

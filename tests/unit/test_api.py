@@ -1,0 +1,381 @@
+"""The HTTP API's error paths: bad input, auth, limits, Slurm failures. Slurm is a scripted fake
+here; the same API on real Slurm is in tests/integration."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from interlink_slurm.api import create_app
+from interlink_slurm.config import load_settings
+from interlink_slurm.errors import SchedulerUnavailable, SubmitRejected
+from interlink_slurm.service import Service
+from interlink_slurm.slurm.fake import FakeScheduler
+from interlink_slurm.slurm.transport import LocalTransport
+from interlink_slurm.store import Store
+from tests import podgen
+
+TOKEN = "s3cret-token"
+
+
+class Harness:
+    def __init__(self, root: Path, **config: Any) -> None:
+        self.root = root
+        self.data_root = root / "data"
+        self.settings = load_settings(
+            None,
+            data_root=str(self.data_root),
+            runtime="apptainer",
+            partition="cpu",
+            gpu_partition="gpu",
+            gpu_type="a100",
+            **config,
+        )
+        self.scheduler = FakeScheduler()
+        self.store = Store(self.settings.state_db_path)
+        self.store.open()
+        self.service = Service(self.settings, self.scheduler, LocalTransport(), self.store)
+        self.app = create_app(self.service, self.settings.token())
+        self.client = TestClient(self.app)
+        self.client.__enter__()
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+        self.store.close()
+
+    def post(self, path: str, body: Any, **kw: Any) -> Any:
+        content = body if isinstance(body, str | bytes) else json.dumps(body)
+        return self.client.post(path, content=content, **kw)
+
+    def get(self, path: str, body: Any, **kw: Any) -> Any:
+        content = body if isinstance(body, str | bytes) else json.dumps(body)
+        return self.client.request("GET", path, content=content, **kw)
+
+    def files(self) -> set[str]:
+        """Every file under the test's root, relative to it."""
+        out = set()
+        for dirpath, _, names in os.walk(self.root):
+            for n in names:
+                out.add(os.path.relpath(os.path.join(dirpath, n), self.root))
+        return out
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    yield h
+    h.close()
+
+
+def simple(name: str = "p", **kw: Any) -> dict[str, Any]:
+    return podgen.retrieved(podgen.pod(name, [podgen.container("c", "print(1)")], **kw))
+
+
+def test_create_answers_pod_uid_and_job_id(api: Harness) -> None:
+    data = simple()
+    r = api.post("/create", data)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"PodUID": data["pod"]["metadata"]["uid"], "PodJID": "1001"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ("{not json", 400, ["not valid JSON", "line 1"]),
+        ("", 400, ["empty"]),
+        ("[1, 2]", 400, ["array of 2"]),
+        ('"a string"', 400, ["RetrievedPodData"]),
+        (json.dumps({"container": []}), 400, ["pod", "Field required"]),
+    ],
+)
+def test_malformed_create_bodies_are_refused_with_the_reason(
+    api: Harness, body: str, status: int, words: list[str]
+) -> None:
+    r = api.post("/create", body)
+    assert r.status_code == status
+    assert r.headers["content-type"].startswith("text/plain")
+    for w in words:
+        assert w in r.text
+
+
+def _without_uid() -> dict[str, Any]:
+    data = simple()
+    del data["pod"]["metadata"]["uid"]
+    return data
+
+
+def _with_meta(**meta: Any) -> dict[str, Any]:
+    data = simple()
+    data["pod"]["metadata"].update(meta)
+    return data
+
+
+def _with_nfs() -> dict[str, Any]:
+    data = simple()
+    data["pod"]["spec"]["volumes"] = [{"name": "shared", "nfs": {"server": "x", "path": "/"}}]
+    data["pod"]["spec"]["containers"][0]["volumeMounts"] = [
+        {"name": "shared", "mountPath": "/mnt/shared"}
+    ]
+    return data
+
+
+def _with_container_name(name: str) -> dict[str, Any]:
+    data = simple()
+    data["pod"]["spec"]["containers"][0]["name"] = name
+    return data
+
+
+def _with_config_key(key: str) -> dict[str, Any]:
+    data = simple()
+    data["pod"]["spec"]["volumes"] = [
+        {"name": "cfg", "configMap": {"name": "cm", "items": [{"key": "k", "path": key}]}}
+    ]
+    data["pod"]["spec"]["containers"][0]["volumeMounts"] = [
+        {"name": "cfg", "mountPath": "/etc/cfg"}
+    ]
+    for c in data["container"]:
+        c["configMaps"] = [podgen.config_map("cm", {"k": "v"})]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (_without_uid(), 400, ["metadata.uid", "missing"]),
+        (_with_meta(uid="not-a-uuid"), 400, ["metadata.uid", "not a UUID"]),
+        (_with_meta(name="../x"), 400, ["metadata.name", "'../x'"]),
+        (_with_meta(name="UPPER"), 400, ["metadata.name"]),
+        (_with_meta(namespace="../../etc"), 400, ["metadata.namespace"]),
+        (_with_container_name("../evil"), 400, ["containers", "not a DNS label"]),
+        (_with_nfs(), 422, ["spec.volumes[0]", "'nfs'", "not support"]),
+        (_with_config_key("../../escape"), 400, ["path", "'..'"]),
+        (_with_config_key("/etc/passwd"), 400, ["relative path"]),
+    ],
+)
+def test_bad_pods_are_refused_naming_the_field_and_nothing_is_written(
+    api: Harness, data: dict[str, Any], status: int, words: list[str]
+) -> None:
+    before = api.files()
+
+    r = api.post("/create", data)
+
+    assert r.status_code == status, r.text
+    for w in words:
+        assert w in r.text
+    assert api.files() == before
+    assert api.scheduler.calls == []
+
+
+def test_status_and_logs_of_pod_created_through_the_api(api: Harness) -> None:
+    data = simple("watched")
+    api.post("/create", data)
+    r = api.get("/status", [data["pod"]])
+    assert r.status_code == 200
+    [status] = r.json()
+    assert status["JID"] == "1001"
+    waiting = status["containers"][0]["state"]["waiting"]
+    assert waiting["reason"] == "Priority"
+    assert "pending" in waiting["message"]
+
+    r = api.get("/status", data["pod"])  # a single object is read as a list of one
+    assert r.status_code == 200 and len(r.json()) == 1
+
+
+def test_ping_is_status_with_an_empty_list(api: Harness) -> None:
+    r = api.get("/status", [])
+    assert r.status_code == 200
+    assert r.json() == {
+        "status": "ok",
+        "resources": {
+            "cpu": "64",
+            "memory": "256000Mi",
+            "pods": "1000",
+            "accelerators": [{"resourceType": "nvidia.com/gpu", "available": "8"}],
+        },
+        "taints": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("opts", "words"),
+    [
+        ({"Tail": 5, "Bytes": 10}, ["Tail", "Bytes"]),
+        ({"SinceSeconds": 5, "SinceTime": "2026-01-01T00:00:00Z"}, ["SinceSeconds", "SinceTime"]),
+        ({"Tail": -1}, ["Tail"]),
+    ],
+)
+def test_log_requests_interlink_would_refuse_are_refused(
+    api: Harness, opts: dict[str, Any], words: list[str]
+) -> None:
+    body = {
+        "Namespace": "default",
+        "PodUID": "6f1c2a4e-3b5d-4e7f-8a9b-0c1d2e3f4a5b",
+        "PodName": "p",
+        "ContainerName": "c",
+        "Opts": opts,
+    }
+    r = api.get("/getLogs", body)
+    assert r.status_code == 400
+    for w in words:
+        assert w in r.text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("PodUID", "nope"), ("Namespace", "Not_A_Label"), ("ContainerName", "../c")],
+)
+def test_log_requests_with_bad_names_are_refused(api: Harness, field: str, value: str) -> None:
+    body = {
+        "Namespace": "default",
+        "PodUID": "6f1c2a4e-3b5d-4e7f-8a9b-0c1d2e3f4a5b",
+        "PodName": "p",
+        "ContainerName": "c",
+        "Opts": {},
+        field: value,
+    }
+    r = api.get("/getLogs", body)
+    assert r.status_code == 400
+    assert field in r.text
+
+
+def test_logs_of_unknown_pod_or_container_are_404(api: Harness) -> None:
+    data = simple("known")
+    api.post("/create", data)
+    meta = data["pod"]["metadata"]
+    body = {
+        "Namespace": "default",
+        "PodUID": meta["uid"],
+        "PodName": "known",
+        "ContainerName": "other",
+        "Opts": {},
+    }
+    r = api.get("/getLogs", body)
+    assert r.status_code == 404 and "'other'" in r.text
+    body["PodUID"] = "6f1c2a4e-3b5d-4e7f-8a9b-0c1d2e3f4a5b"
+    assert api.get("/getLogs", body).status_code == 404
+
+
+def test_slurm_unreachable_on_create_is_503_with_retry_after_and_nothing_is_lost(
+    api: Harness,
+) -> None:
+    data = simple("retry")
+    api.scheduler.fail_next["submit"] = SchedulerUnavailable("Slurm is not reachable: timeout")
+
+    r = api.post("/create", data)
+
+    assert r.status_code == 503
+    assert r.headers["retry-after"]
+    assert "not reachable" in r.text
+    r = api.post("/create", data)  # interLink retries; Slurm is back
+    assert r.status_code == 200
+    assert api.scheduler.calls.count("submit") == 2
+
+
+def test_submission_that_did_reach_slurm_is_not_submitted_again(api: Harness) -> None:
+    data = simple("landed")
+    uid = data["pod"]["metadata"]["uid"]
+
+    # sbatch timed out after Slurm had accepted the job: the answer was lost, the job was not.
+    async def submit_then_fail(script_path: str, workdir: str) -> str:
+        await FakeScheduler.submit(api.scheduler, script_path, workdir)
+        raise SchedulerUnavailable("sbatch did not answer within 30 s")
+
+    api.scheduler.submit = submit_then_fail  # type: ignore[method-assign]
+    assert api.post("/create", data).status_code == 503
+    del api.scheduler.submit  # back to the class's method
+
+    r = api.post("/create", data)
+
+    assert r.status_code == 200
+    assert r.json() == {"PodUID": uid, "PodJID": "1001"}
+    assert len(api.scheduler.jobs) == 1
+
+
+def test_job_refused_by_slurm_is_422_and_leaves_no_pod_behind(api: Harness) -> None:
+    data = simple("refused")
+    api.scheduler.fail_next["submit"] = SubmitRejected(
+        "Slurm refused the job: Requested node configuration is not available"
+    )
+
+    r = api.post("/create", data)
+
+    assert r.status_code == 422
+    assert "Requested node configuration is not available" in r.text
+    assert not (api.data_root / "default").exists() or not any(
+        (api.data_root / "default").iterdir()
+    )
+    assert api.store.get(data["pod"]["metadata"]["uid"]) is None
+
+
+def test_readyz_fails_when_slurm_does_not_answer(api: Harness) -> None:
+    assert api.client.get("/readyz").status_code == 200
+    api.scheduler.down = SchedulerUnavailable("Slurm is not reachable: connect failure")
+    r = api.client.get("/readyz")
+    assert r.status_code == 503
+    assert "connect failure" in r.text
+    assert api.client.get("/healthz").status_code == 200
+
+
+def test_status_during_a_slurm_outage_serves_the_last_known_state(api: Harness) -> None:
+    data = simple("outage")
+    api.post("/create", data)
+    api.get("/status", [data["pod"]])
+    api.scheduler.down = SchedulerUnavailable("Slurm is not reachable: connect failure")
+
+    r = api.get("/status", [data["pod"]])
+
+    assert r.status_code == 200
+    waiting = r.json()[0]["containers"][0]["state"]["waiting"]
+    assert waiting["reason"] == "Priority"
+    assert "last known state" in waiting["message"]
+
+
+def test_request_body_over_the_limit_is_413(tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_body_bytes=2048)
+    try:
+        r = h.post("/create", "x" * 4096)
+        assert r.status_code == 413
+    finally:
+        h.close()
+
+
+def test_token_is_required_on_every_endpoint_but_the_probes(tmp_path: Path) -> None:
+    h = Harness(tmp_path, auth_token=TOKEN)
+    try:
+        assert h.get("/status", []).status_code == 401
+        assert h.post("/create", simple()).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert h.get("/status", [], headers=wrong).status_code == 401
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert h.get("/status", [], headers=good).status_code == 200
+        assert h.client.get("/healthz").status_code == 200
+        assert h.client.get("/readyz").status_code == 200
+        assert TOKEN not in h.get("/status", [], headers=wrong).text
+    finally:
+        h.close()
+
+
+def test_token_can_come_from_a_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    h = Harness(tmp_path, auth_token_file=str(token_file))
+    try:
+        assert h.get("/status", []).status_code == 401
+        ok = h.get("/status", [], headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200
+    finally:
+        h.close()
+
+
+def test_delete_of_unknown_pod_and_pod_without_uid_is_fine(api: Harness) -> None:
+    data = simple("ghost")
+    assert api.post("/delete", data["pod"]).status_code == 200
+    del data["pod"]["metadata"]["uid"]
+    assert api.post("/delete", data["pod"]).status_code == 200
+    assert api.post("/delete", "{bad").status_code == 400

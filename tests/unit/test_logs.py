@@ -1,0 +1,82 @@
+"""Reading logs the way kubectl asks, from the end, without reading the whole file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from interlink_slurm import logs
+from interlink_slurm.slurm.transport import LocalTransport
+from interlink_slurm.wire import LogOpts
+
+
+class CountingTransport(LocalTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = 0
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        data = super().read_range(path, offset, length)
+        self.read += len(data)
+        return data
+
+
+def write(tmp_path: Path, data: bytes) -> str:
+    p = tmp_path / "c.log"
+    p.write_bytes(data)
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    ("data", "tail", "expected"),
+    [
+        (b"a\nb\nc\n", 2, b"b\nc\n"),
+        (b"a\nb\nc", 2, b"b\nc"),
+        (b"a\nb\nc\n", 3, b"a\nb\nc\n"),
+        (b"a\nb\nc\n", 10, b"a\nb\nc\n"),
+        (b"a\nb\nc\n", 1, b"c\n"),
+        (b"\n\n\n", 2, b"\n\n"),
+        (b"", 5, b""),
+    ],
+)
+def test_tail_returns_exactly_the_last_lines(
+    tmp_path: Path, data: bytes, tail: int, expected: bytes
+) -> None:
+    path = write(tmp_path, data)
+    assert logs.read_log(LocalTransport(), path, LogOpts(Tail=tail)) == expected
+
+
+@given(
+    lines=st.lists(st.binary(max_size=20).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    tail=st.integers(min_value=1, max_value=40),
+    final_newline=st.booleans(),
+)
+def test_tail_matches_splitlines(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], tail: int, final_newline: bool
+) -> None:
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    path = write(tmp_path_factory.mktemp("t"), data)
+    kept = data.splitlines(keepends=True)[-tail:]
+    assert logs.read_log(LocalTransport(), path, LogOpts(Tail=tail)) == b"".join(kept)
+
+
+def test_bytes_limits_the_answer_from_the_start(tmp_path: Path) -> None:
+    path = write(tmp_path, b"0123456789\nabc\n")
+    assert logs.read_log(LocalTransport(), path, LogOpts(Bytes=4)) == b"0123"
+    assert logs.read_log(LocalTransport(), path, LogOpts(Bytes=100)) == b"0123456789\nabc\n"
+
+
+def test_tail_of_a_big_log_reads_only_its_end(tmp_path: Path) -> None:
+    line = b"x" * 99 + b"\n"
+    path = write(tmp_path, line * 200_000)  # 20 MB
+    transport = CountingTransport()
+    out = logs.read_log(transport, path, LogOpts(Tail=100))
+    assert out == line * 100
+    assert transport.read < 2 * logs.BLOCK + len(out) + 1
+
+
+def test_missing_log_is_empty(tmp_path: Path) -> None:
+    assert logs.read_log(LocalTransport(), str(tmp_path / "none.log"), LogOpts()) == b""

@@ -1,0 +1,126 @@
+"""Slurm job state + container files → Kubernetes container statuses (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from interlink_slurm.jobdir import ContainerFiles
+from interlink_slurm.slurm.cli import parse_gres, parse_sinfo, parse_squeue
+from interlink_slurm.slurm.scheduler import JobInfo
+from interlink_slurm.slurm.states import container_statuses
+
+T0 = datetime(2026, 11, 25, 7, 0, 0, tzinfo=UTC)
+T1 = datetime(2026, 11, 25, 7, 0, 5, tzinfo=UTC)
+
+
+def run(
+    job: JobInfo | None,
+    files: dict[str, ContainerFiles],
+    *,
+    init: tuple[str, ...] = (),
+    main: tuple[str, ...] = ("c",),
+    deleted: bool = False,
+) -> tuple[dict, dict]:
+    i, m = container_statuses(job, "7", init, main, files, {}, deleted=deleted)
+    dump = lambda cs: {c.name: c.state.model_dump(exclude_none=True) for c in cs}  # noqa: E731
+    return dump(i), dump(m)
+
+
+def test_pending_job_waits_with_slurm_reason_and_readable_message() -> None:
+    _, main = run(JobInfo("7", "PENDING", "Resources"), {})
+    waiting = main["c"]["waiting"]
+    assert waiting["reason"] == "Resources"
+    assert "Slurm job 7 is pending (Resources)" in waiting["message"]
+    assert "GPUs" in waiting["message"]
+
+
+def test_running_job_container_with_start_file_is_running_from_its_own_start_time() -> None:
+    _, main = run(JobInfo("7", "RUNNING"), {"c": ContainerFiles(started=T0)})
+    assert main["c"] == {"running": {"started_at": T0}}
+
+
+def test_exit_file_wins_over_the_job_state() -> None:
+    files = {"c": ContainerFiles(started=T0, finished=T1, exit_code=42)}
+    for job in (JobInfo("7", "RUNNING"), JobInfo("7", "FAILED", "NonZeroExitCode"), None):
+        _, main = run(job, files)
+        term = main["c"]["terminated"]
+        assert (term["exit_code"], term["reason"]) == (42, "Error")
+        assert (term["started_at"], term["finished_at"]) == (T0, T1)
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "code"),
+    [
+        ("TIMEOUT", "DeadlineExceeded", 137),
+        ("OUT_OF_MEMORY", "OOMKilled", 137),
+        ("CANCELLED", "Cancelled", 143),
+        ("CANCELLED by 0", "Cancelled", 143),
+        ("NODE_FAIL", "NodeFailure", 137),
+        ("PREEMPTED", "Preempted", 137),
+    ],
+)
+def test_job_ending_kills_started_containers_with_its_reason(
+    state: str, reason: str, code: int
+) -> None:
+    _, main = run(JobInfo("7", state), {"c": ContainerFiles(started=T0)})
+    term = main["c"]["terminated"]
+    assert (term["reason"], term["exit_code"]) == (reason, code)
+    assert term["started_at"] == T0
+
+
+def test_launch_failure_is_named() -> None:
+    _, main = run(JobInfo("7", "FAILED", "JobLaunchFailure"), {})
+    assert main["c"]["terminated"]["reason"] == "JobLaunchFailure"
+
+
+def test_job_gone_without_files_is_lost_not_unknown() -> None:
+    _, main = run(None, {})
+    assert main["c"]["terminated"]["reason"] == "JobLost"
+    _, main = run(None, {}, deleted=True)
+    assert main["c"]["terminated"]["reason"] == "Cancelled"
+
+
+def test_failed_init_container_leaves_the_rest_not_started_with_exit_code_zero() -> None:
+    files = {
+        "a": ContainerFiles(started=T0, finished=T1, exit_code=0),
+        "b": ContainerFiles(started=T0, finished=T1, exit_code=3),
+    }
+    init, main = run(JobInfo("7", "FAILED"), files, init=("a", "b", "x"))
+    assert init["b"]["terminated"]["exit_code"] == 3
+    assert init["x"]["terminated"]["reason"] == "InitContainerFailed"
+    term = main["c"]["terminated"]
+    # exit 0 so that the virtual kubelet reports the init container's code as the pod's reason
+    assert (term["exit_code"], term["reason"]) == (0, "InitContainerFailed")
+    assert "'b' exited with code 3" in term["message"]
+
+
+def test_containers_wait_while_init_containers_run() -> None:
+    init, main = run(JobInfo("7", "RUNNING"), {"a": ContainerFiles(started=T0)}, init=("a",))
+    assert "running" in init["a"]
+    assert main["c"]["waiting"]["reason"] == "PodInitializing"
+
+
+def test_squeue_lines_parse_with_comment_last() -> None:
+    jobs = parse_squeue("12|PENDING|Priority|interlink-slurm:u|x\n13|RUNNING|None|(null)\n\n")
+    assert jobs["12"] == JobInfo("12", "PENDING", "Priority", "interlink-slurm:u|x")
+    assert jobs["13"] == JobInfo("13", "RUNNING", "", "")
+
+
+def test_sinfo_counts_each_node_once_and_skips_unusable_nodes() -> None:
+    text = (
+        # %n|%c|%m|%G|%T, one line per node and partition
+        "n1|32|20000|gpu:a100:4|idle\n"
+        "n1|32|20000|gpu:a100:4|idle\n"
+        "n2|32|20000|gpu:a100:4(S:0-1)|mixed\n"
+        "n3|32|20000|gpu:a100:4|down*\n"
+        "n4|64|50000|(null)|allocated\n"
+    )
+    res = parse_sinfo(text)
+    assert (res.cpus, res.memory_mb, res.gpus, res.nodes) == (128, 90000, {"a100": 8}, 3)
+
+
+def test_gres_strings_parse() -> None:
+    assert parse_gres("gpu:a100:4(S:0-1),gpu:2,shard:8") == {"a100": 4, "": 2}
+    assert parse_gres("(null)") == {}
