@@ -169,16 +169,17 @@ def create_app(service: Service, token: str | None) -> FastAPI:
     async def plugin_error(request: Request, err: PluginError) -> Response:
         return _error(err, request)
 
+    def _one(data: Any, what: str) -> Any:
+        # interLink <= 0.4 sent a one-element array where 0.6 sends an object.
+        if isinstance(data, list):
+            if len(data) != 1:
+                raise BadRequest(f"expected one {what}, got an array of {len(data)}")
+            return data[0]
+        return data
+
     @app.post("/create")
     async def create(request: Request) -> Response:
-        data = await _json(request, limit)
-        if isinstance(data, list):
-            # interLink <= 0.4 sent a one-element array.
-            if len(data) != 1:
-                raise BadRequest(
-                    f"expected one pod (a RetrievedPodData object), got an array of {len(data)}"
-                )
-            data = data[0]
+        data = _one(await _json(request, limit), "pod (a RetrievedPodData object)")
         if not isinstance(data, dict):
             raise BadRequest("expected a RetrievedPodData JSON object with a 'pod' key")
         pod_data = _parse(_CREATE, data, "pod")
@@ -187,7 +188,7 @@ def create_app(service: Service, token: str | None) -> FastAPI:
 
     @app.api_route("/delete", methods=["POST", "DELETE"])
     async def delete(request: Request) -> Response:
-        pod = _parse(_POD, await _json(request, limit), "pod")
+        pod = _parse(_POD, _one(await _json(request, limit), "pod"), "pod")
         return PlainTextResponse(await service.delete(pod))
 
     @app.api_route("/status", methods=["GET", "POST"])

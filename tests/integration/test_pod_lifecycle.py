@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from tests import podgen
 from tests.integration.conftest import (
+    REPO,
     Plugin,
     all_terminated,
     any_running,
@@ -230,3 +232,23 @@ def test_ping_reports_the_cluster_resources(plugin: Plugin) -> None:
         {"resourceType": "nvidia.com/gpu", "available": "4"}
     ]
     assert plugin.client.get("/readyz").status_code == 200
+
+
+def test_readme_walkthrough_examples_work(plugin: Plugin) -> None:
+    """The files the README's curl walkthrough posts, posted the same way."""
+    examples = REPO / "examples"
+    pod_data = json.loads((examples / "hello-pod.json").read_text())
+    status_body = json.loads((examples / "hello-status.json").read_text())
+    logs_body = json.loads((examples / "hello-logs.json").read_text())
+    assert status_body == [pod_data["pod"]]
+    assert logs_body["PodUID"] == pod_data["pod"]["metadata"]["uid"]
+    headers = {"Content-Type": "application/json"}
+
+    r = plugin.client.post("/create", content=json.dumps(pod_data), headers=headers)
+    assert r.status_code == 200, r.text
+    status = plugin.wait_for(pod_data["pod"], all_terminated, timeout=120)
+    assert states(status)["main"]["terminated"]["exitCode"] == 0
+    r = plugin.client.request("GET", "/getLogs", content=json.dumps(logs_body), headers=headers)
+    assert r.text.startswith("hello, Leonardo\nthis file came from a configMap\nworking 0\n")
+    r = plugin.client.post("/delete", content=json.dumps(status_body), headers=headers)
+    assert r.status_code == 200, r.text

@@ -1,0 +1,61 @@
+"""The command line: version, render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from interlink_slurm import __version__
+from interlink_slurm.cli import app
+from tests import podgen
+
+runner = CliRunner()
+
+
+def test_version_prints_the_package_version() -> None:
+    r = runner.invoke(app, ["version"])
+    assert r.exit_code == 0
+    assert r.stdout.strip() == __version__
+
+
+def test_render_prints_the_script_of_a_retrieved_pod(tmp_path: Path) -> None:
+    pod = podgen.pod("render-me", [podgen.container("main", "print(1)", image="python:3.11")])
+    f = tmp_path / "pod.json"
+    f.write_text(json.dumps(podgen.retrieved(pod)))
+    r = runner.invoke(app, ["render", str(f)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("#!/bin/bash\n")
+    assert "#SBATCH --job-name=render-me" in r.stdout
+    assert "docker://python:3.11" in r.stdout
+    assert "containers/main.env" in r.stdout
+
+
+def test_render_accepts_a_plain_pod_manifest_in_yaml(tmp_path: Path) -> None:
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "plain"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["true"]}]},
+    }
+    f = tmp_path / "pod.yaml"
+    f.write_text(yaml.safe_dump(manifest))
+    r = runner.invoke(app, ["render", str(f)])
+    assert r.exit_code == 0, r.output
+    assert "#SBATCH --job-name=plain" in r.stdout
+
+
+def test_render_explains_a_pod_it_cannot_run(tmp_path: Path) -> None:
+    pod = podgen.pod(
+        "bad",
+        [podgen.container("main", "print(1)")],
+        volumes=[{"name": "v", "cephfs": {"monitors": []}}],
+    )
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "v", "mountPath": "/v"}]
+    f = tmp_path / "pod.json"
+    f.write_text(json.dumps({"pod": pod}))
+    r = runner.invoke(app, ["render", str(f)])
+    assert r.exit_code == 1
+    assert "'cephfs'" in r.output

@@ -1,0 +1,73 @@
+"""Configuration: YAML + INTERLINK_SLURM_* overrides, every mistake named at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from interlink_slurm.config import ConfigError, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_file_is_read_and_defaults_fill_the_rest(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, "data_root: /srv/pods\nruntime: charliecloud\n"))
+    assert str(s.data_root) == "/srv/pods"
+    assert s.state_db_path == Path("/srv/pods/state.db")
+    assert s.runtime_binary == "ch-run"
+    assert s.listen_host_port == ("127.0.0.1", 4000)
+    assert s.token() is None
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERLINK_SLURM_PARTITION", "boost_usr_prod")
+    monkeypatch.setenv("INTERLINK_SLURM_IMAGES", '{"python:3.11": "/sif/python.sif"}')
+    s = load_settings(write(tmp_path, "data_root: /srv/pods\npartition: other\n"))
+    assert s.partition == "boost_usr_prod"
+    assert s.images == {"python:3.11": "/sif/python.sif"}
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("runtime: apptainer\n", ["data_root", "Field required"]),
+        ("data_root: /x\nruntim: apptainer\n", ["runtim", "unknown key"]),
+        ("data_root: relative/dir\n", ["data_root", "absolute"]),
+        ("data_root: /x\nruntime: docker\n", ["runtime"]),
+        ("data_root: /x\npartition: 'a b'\n", ["partition", "not a valid Slurm name"]),
+        ("data_root: /x\nlisten: nowhere\n", ["listen"]),
+        (
+            "data_root: /x\nsbatch_extra: ['--uid=0', '--job-name=x']\n",
+            ["sbatch_extra", "--job-name"],
+        ),
+        ("data_root: /x\nsbatch_extra: ['-ofile']\n", ["sbatch_extra", "-o"]),
+        ("data_root: /x\ndefault_memory: lots\n", ["default_memory", "quantity"]),
+        ("data_root: /x\nauth_token: a\nauth_token_file: /t\n", ["auth_token_file"]),
+        ("data_root: /x\ntaints: [{key: k, effect: Sometimes}]\n", ["taints.0.effect"]),
+        ("- just\n- a list\n", ["mapping"]),
+        ("data_root: [unclosed\n", ["not valid YAML"]),
+    ],
+)
+def test_a_wrong_or_missing_key_is_named(tmp_path: Path, text: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text))
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_missing_or_empty_token_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="auth_token_file: cannot read"):
+        load_settings(None, data_root="/x", auth_token_file=str(tmp_path / "none"))
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_settings(None, data_root="/x", auth_token_file=str(tmp_path / "empty"))
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration file"):
+        load_settings(tmp_path / "nope.yaml")
