@@ -9,13 +9,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from interlink_slurm import __version__
@@ -38,7 +40,9 @@ log = logging.getLogger(__name__)
 M = TypeVar("M")
 
 RETRY_AFTER_SECONDS = "10"
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Probes and metrics answer without the token (no pod data in them).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+KNOWN_PATHS = frozenset({"/create", "/delete", "/status", "/getLogs", *OPEN_PATHS})
 STATUS_FOR: list[tuple[type[PluginError], int]] = [
     (BadRequest, 400),
     (NotFound, 404),
@@ -115,11 +119,15 @@ def _dump(model: BaseModel | list[Any]) -> Any:
 def create_app(service: Service, token: str | None) -> FastAPI:
     settings = service.settings
     limit = settings.max_body_bytes
+    metrics = service.metrics
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.reconcile()
-        yield
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
 
     app = FastAPI(
         title="interlink-slurm",
@@ -144,6 +152,7 @@ def create_app(service: Service, token: str | None) -> FastAPI:
                     status_code=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+        started = time.perf_counter()
         try:
             response = await call_next(request)
         except PluginError as err:
@@ -157,6 +166,9 @@ def create_app(service: Service, token: str | None) -> FastAPI:
                 status_code=500,
             )
         response.headers["X-Request-Id"] = request_id
+        endpoint = request.url.path if request.url.path in KNOWN_PATHS else "other"
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
         return response
 
     def _error(err: PluginError, request: Request) -> Response:
@@ -210,8 +222,23 @@ def create_app(service: Service, token: str | None) -> FastAPI:
 
     @app.api_route("/getLogs", methods=["GET", "POST"])
     async def get_logs(request: Request) -> Response:
+        """A container's log; ``?source=job`` gives the batch job's own output instead."""
         req = _parse(_LOGS, await _json(request, limit), "log request")
-        return Response(await service.logs(req), media_type="text/plain; charset=utf-8")
+        source = request.query_params.get("source", "container")
+        if source not in ("container", "job"):
+            raise BadRequest(f"source must be 'container' or 'job', not {source!r}")
+        chunks = await service.logs(req, job_output=source == "job")
+        media = "text/plain; charset=utf-8"
+        if req.Opts.Follow:
+            return StreamingResponse(chunks, media_type=media)
+        return Response(b"".join([c async for c in chunks]), media_type=media)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        age = service.snapshot_age()
+        if age is not None:
+            metrics.refresh_age.set(age)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -52,6 +52,7 @@ def _listen_socket(path: str, mode: int) -> socket.socket:
 def serve(config: ConfigOption = None) -> None:
     """Run the plugin's HTTP API."""
     from interlink_slurm.api import create_app
+    from interlink_slurm.metrics import MeteredScheduler, Metrics
     from interlink_slurm.service import Service
     from interlink_slurm.slurm.cli import CliScheduler
     from interlink_slurm.slurm.transport import LocalTransport
@@ -78,7 +79,8 @@ def serve(config: ConfigOption = None) -> None:
     )
     store = Store(settings.state_db_path)
     store.open()
-    service = Service(settings, scheduler, transport, store)
+    metrics = Metrics()
+    service = Service(settings, MeteredScheduler(scheduler, metrics), transport, store, metrics)
     api = create_app(service, settings.token())
     unix_path = settings.listen_unix_path
     try:

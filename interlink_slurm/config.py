@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from interlink_slurm.errors import describe_validation_error
+from interlink_slurm.slurm.remote_settings import RestSettings, SSHSettings
 from interlink_slurm.translate.quantity import mebibytes
 from interlink_slurm.wire import Taint
 
@@ -92,6 +93,25 @@ class Settings(BaseSettings):
     taints: list[Taint] = []
     max_pods: int = Field(1000, ge=1, description="the 'pods' capacity of the virtual node")
     ping_cache_seconds: float = Field(30.0, ge=0)
+
+    status_refresh_seconds: float = Field(
+        2.0, gt=0, description="how often job states are read from Slurm (one query for all)"
+    )
+    retention_seconds: float = Field(
+        3600.0, ge=0, description="how long a deleted pod's directory and logs are kept"
+    )
+    default_grace_seconds: int = Field(
+        30, ge=0, description="grace period of a pod that sets no terminationGracePeriodSeconds"
+    )
+
+    transport: Literal["local", "ssh"] = Field(
+        "local", description="where Slurm commands run and job files are written"
+    )
+    scheduler: Literal["cli", "rest", "pyslurm"] = Field(
+        "cli", description="how jobs are submitted and queried"
+    )
+    ssh: SSHSettings | None = None
+    rest: RestSettings | None = None
 
     slurm_conf: Path | None = Field(None, description="SLURM_CONF for the Slurm commands")
     slurm_bin_dir: Path | None = None
@@ -172,6 +192,15 @@ class Settings(BaseSettings):
     def _combinations(self) -> Settings:
         if self.auth_token is not None and self.auth_token_file is not None:
             raise ValueError("set auth_token or auth_token_file, not both")
+        if self.transport == "ssh" and self.ssh is None:
+            raise ValueError("ssh: required with transport: ssh (host, user, key_file...)")
+        if self.transport == "ssh" and self.state_db is None:
+            raise ValueError(
+                "state_db: required with transport: ssh (data_root is on the login node; the "
+                "state database stays on this machine)"
+            )
+        if self.scheduler == "rest" and self.rest is None:
+            raise ValueError("rest: required with scheduler: rest (url, api_version...)")
         return self
 
     # --- derived values -------------------------------------------------------------------------

@@ -106,3 +106,12 @@ def read_container(transport: Transport, pod_dir: str, container: str) -> Contai
             exit_code = None
     finished = _time(transport.read_file(container_file(pod_dir, container, "finished"), 64))
     return ContainerFiles(started=started, finished=finished, exit_code=exit_code)
+
+
+def read_runs(transport: Transport, pod_dir: str) -> int:
+    """How many times the batch job has started (more than once when Slurm requeued it)."""
+    raw = transport.read_file(f"{pod_dir}/job.runs", 16)
+    try:
+        return int(raw.strip()) if raw else 0
+    except ValueError:
+        return 0

@@ -1,19 +1,39 @@
-"""The use cases: create, delete, status, logs, ping. No HTTP here, no Slurm syntax either."""
+"""The use cases: create, delete, status, logs, ping. No HTTP here, no Slurm syntax either.
+
+Status is served from a snapshot: one background refresher asks Slurm about every active job in
+one query per interval, whatever the number of pods and of /status calls. A job seen to end has
+its final state written to the store, and is never asked about again.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from interlink_slurm import jobdir
 from interlink_slurm.config import Settings
-from interlink_slurm.errors import NotFound, PodRejected, SchedulerError, SchedulerUnavailable
-from interlink_slurm.logs import read_log
+from interlink_slurm.errors import (
+    BadRequest,
+    NotFound,
+    PodRejected,
+    SchedulerError,
+    SchedulerUnavailable,
+    StorageError,
+)
+from interlink_slurm.logs import LogSource, stream_log
+from interlink_slurm.metrics import Metrics
 from interlink_slurm.slurm.scheduler import JobInfo, Scheduler
-from interlink_slurm.slurm.states import container_statuses
+from interlink_slurm.slurm.states import (
+    CREATING_REASON,
+    TERMINAL,
+    UNREACHABLE_REASON,
+    base_state,
+    container_statuses,
+)
 from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.translate.plan import JobPlan
@@ -36,21 +56,34 @@ from interlink_slurm.wire import (
 
 log = logging.getLogger(__name__)
 
-UNREACHABLE_REASON = "SlurmUnreachable"
+GONE = "GONE"  # final_state of a job that left the queue with no accounting record
+GC_INTERVAL_SECONDS = 60.0
+MIN_REFRESH_GAP_SECONDS = 0.5
 
 
 class Service:
     def __init__(
-        self, settings: Settings, scheduler: Scheduler, transport: Transport, store: Store
+        self,
+        settings: Settings,
+        scheduler: Scheduler,
+        transport: Transport,
+        store: Store,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.scheduler = scheduler
         self.transport = transport
         self.store = store
+        self.metrics = metrics or Metrics()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        # The last state Slurm gave for each job, served while Slurm does not answer.
-        self._last_seen: dict[str, JobInfo] = {}
+        self._snapshot: dict[str, JobInfo] = {}
+        self._snapshot_at: float | None = None
+        self._outage: str | None = None
+        self._wake: asyncio.Event | None = None
+        self._refresh_lock: asyncio.Lock | None = None
+        self._last_gc = 0.0
         self._ping: tuple[float, PingResponse] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _lock(self, uid: str) -> asyncio.Lock:
         lock = self._locks.get(uid)
@@ -61,8 +94,23 @@ class Service:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Settle what a crash left half-done, then keep job states fresh in the background."""
+        self._wake = asyncio.Event()
+        self._refresh_lock = asyncio.Lock()
+        await self.reconcile()
+        self._tasks.append(asyncio.create_task(self._refresher(), name="refresher"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
     async def reconcile(self) -> None:
-        """Settle submissions a crash left half-done: Slurm (job comment) says if they landed."""
+        """Submissions a crash cut short: Slurm (the job's comment) says whether they landed."""
         for rec in await asyncio.to_thread(self.store.in_flight):
             try:
                 await self._settle(rec)
@@ -79,7 +127,117 @@ class Service:
         log.info("pod %s: found its job %s in Slurm", rec.uid, job.job_id)
         return job.job_id
 
-    # --- create / delete ----------------------------------------------------------------------
+    # --- the refresher ---------------------------------------------------------------------------
+
+    async def _refresher(self) -> None:
+        assert self._wake is not None
+        interval = self.settings.status_refresh_seconds
+        while True:
+            started = time.monotonic()
+            try:
+                await self.refresh()
+                await self._kill_due()
+                if started - self._last_gc >= GC_INTERVAL_SECONDS:
+                    self._last_gc = started
+                    await self.collect_garbage()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("status refresh failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                # Woken early (a new pod): still leave Slurm a breath between two queries.
+                await asyncio.sleep(
+                    max(0.0, MIN_REFRESH_GAP_SECONDS - (time.monotonic() - started))
+                )
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _request_refresh(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def refresh(self) -> None:
+        """One scheduler query for every active job; record the ones that ended."""
+        lock = self._refresh_lock or asyncio.Lock()
+        async with lock:
+            recs = await asyncio.to_thread(self.store.active)
+            self.metrics.tracked_jobs.set(len(recs))
+            job_ids = [r.job_id for r in recs if r.job_id]
+            try:
+                jobs = await self.scheduler.query(job_ids) if job_ids else {}
+            except (SchedulerUnavailable, SchedulerError) as err:
+                if self._outage is None:
+                    log.warning("Slurm does not answer; serving the last known states: %s", err)
+                self._outage = str(err)
+                return
+            if self._outage is not None:
+                log.info("Slurm answers again")
+            self._outage = None
+
+            finished: list[tuple[str, str, str]] = []
+            gone = [j for j in job_ids if j not in jobs]
+            for job_id, job in jobs.items():
+                if base_state(job) in TERMINAL:
+                    finished.append((job_id, base_state(job), job.reason))
+            if gone:
+                try:
+                    accounted = await self.scheduler.final_states(gone)
+                except (SchedulerUnavailable, SchedulerError):
+                    accounted = {}
+                for job_id in gone:
+                    acct = accounted.get(job_id)
+                    finished.append(
+                        (job_id, base_state(acct), acct.reason) if acct else (job_id, GONE, "")
+                    )
+            if finished:
+                await asyncio.to_thread(self.store.finish, finished)
+            self._snapshot = jobs
+            self._snapshot_at = time.monotonic()
+            self.metrics.refresh_age.set(0)
+            await self._count_pods()
+
+    async def _count_pods(self) -> None:
+        counts = await asyncio.to_thread(self.store.count_by_state)
+        active = counts.pop("ACTIVE", 0)
+        by_state: dict[str, int] = {}
+        for job in self._snapshot.values():
+            state = base_state(job)
+            if state not in TERMINAL:
+                by_state[state] = by_state.get(state, 0) + 1
+        by_state["UNSEEN"] = max(0, active - sum(by_state.values()))
+        for state, n in counts.items():
+            by_state[state] = by_state.get(state, 0) + n
+        self.metrics.pods.clear()
+        for state, n in by_state.items():
+            self.metrics.pods.labels(state).set(n)
+
+    async def _kill_due(self) -> None:
+        """Jobs whose grace period ran out after a delete: cancel them for good."""
+        for rec in await asyncio.to_thread(self.store.due_kills, time.time()):
+            assert rec.job_id is not None
+            try:
+                await self.scheduler.cancel(rec.job_id)
+            except (SchedulerUnavailable, SchedulerError) as err:
+                log.warning("pod %s: cannot end job %s yet: %s", rec.uid, rec.job_id, err)
+                continue
+            await asyncio.to_thread(self.store.set_kill_at, rec.uid, None)
+            log.info("pod %s: grace period over, job %s cancelled", rec.uid, rec.job_id)
+
+    async def collect_garbage(self) -> None:
+        """Directories and rows of pods deleted longer ago than the retention."""
+        cutoff = time.time() - self.settings.retention_seconds
+        for rec in await asyncio.to_thread(self.store.expired, cutoff):
+            if rec.job_id is not None and rec.final_state is None:
+                continue  # its job has not been seen to end: its files are still in use
+            await asyncio.to_thread(self.transport.remove_tree, rec.pod_dir)
+            await asyncio.to_thread(self.store.forget, rec.uid)
+            log.info(
+                "pod %s/%s (%s): files removed after retention", rec.namespace, rec.name, rec.uid
+            )
+
+    # --- create / delete ------------------------------------------------------------------------
 
     async def create(self, data: RetrievedPodData) -> CreateResponse:
         pod = data.pod
@@ -94,10 +252,16 @@ class Service:
                 return CreateResponse(PodUID=uid, PodJID=rec.job_id)
 
             pod_dir = jobdir.pod_dir(str(self.settings.data_root), pod.namespace, pod.name, uid)
-            plan = build_plan(data, self.settings, pod_dir)
-            await asyncio.to_thread(self._check_mount_points, plan)
-            script = render_script(plan)
-            script_path = await asyncio.to_thread(jobdir.write_pod, self.transport, plan, script)
+            try:
+                plan = build_plan(data, self.settings, pod_dir)
+                await asyncio.to_thread(self._check_mount_points, plan)
+                script = render_script(plan)
+                script_path = await asyncio.to_thread(
+                    jobdir.write_pod, self.transport, plan, script
+                )
+            except (PodRejected, StorageError) as err:
+                self.metrics.submit_failures.labels(type(err).__name__).inc()
+                raise
             await asyncio.to_thread(
                 self.store.begin_submit,
                 uid,
@@ -112,8 +276,10 @@ class Service:
             except SchedulerUnavailable:
                 # sbatch may have reached Slurm before failing: the row stays in flight and the
                 # next create (or a restart) asks Slurm for the job by its comment.
+                self.metrics.submit_failures.labels("SchedulerUnavailable").inc()
                 raise
-            except SchedulerError:
+            except SchedulerError as err:
+                self.metrics.submit_failures.labels(type(err).__name__).inc()
                 await asyncio.to_thread(self.store.forget, uid)
                 await asyncio.to_thread(self.transport.remove_tree, pod_dir)
                 raise
@@ -121,6 +287,7 @@ class Service:
             await asyncio.to_thread(
                 self.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
             )
+            self._request_refresh()
             log.info("pod %s/%s (%s) submitted as job %s", pod.namespace, pod.name, uid, job_id)
             return CreateResponse(PodUID=uid, PodJID=job_id)
 
@@ -143,6 +310,13 @@ class Service:
                             "so the image must contain that directory (or file)",
                         )
 
+    def _grace_seconds(self, pod: Pod) -> int:
+        meta_grace = (pod.metadata.model_extra or {}).get("deletionGracePeriodSeconds")
+        for value in (meta_grace, pod.spec.termination_grace_period_seconds):
+            if isinstance(value, int) and value >= 0:
+                return value
+        return self.settings.default_grace_seconds
+
     async def delete(self, pod: Pod) -> str:
         uid = pod.uid.lower()
         if not uid:
@@ -151,40 +325,49 @@ class Service:
             rec = await asyncio.to_thread(self.store.get, uid)
             if rec is None:
                 return f"pod {uid} is not known here: nothing to delete"
-            if rec.job_id is None:
-                job_id = await self._settle(rec)
-                if job_id is None:
-                    return f"pod {uid} had no job: nothing to delete"
+            job_id = rec.job_id or await self._settle(rec)
+            if job_id is None:
+                return f"pod {uid} had no job: nothing to delete"
+            if rec.deleted is not None or rec.final_state is not None:
+                await asyncio.to_thread(self.store.mark_deleted, uid)
+                return f"pod {uid}: job {job_id} has already ended"
+            grace = self._grace_seconds(pod)
+            job = self._snapshot.get(job_id)
+            if grace > 0 and job is not None and base_state(job) not in ("PENDING",):
+                # Every container gets SIGTERM now and the grace period to end; the refresher
+                # cancels the job for good when it runs out.
+                await self.scheduler.signal(job_id, "TERM")
+                await asyncio.to_thread(self.store.set_kill_at, uid, time.time() + grace)
+                message = f"pod {uid}: job {job_id} signalled, {grace} s to end"
             else:
-                job_id = rec.job_id
-            await self.scheduler.cancel(job_id)
+                await self.scheduler.cancel(job_id)
+                message = f"pod {uid}: job {job_id} cancelled"
             await asyncio.to_thread(self.store.mark_deleted, uid)
-            log.info("pod %s: job %s cancelled", uid, job_id)
-            return f"pod {uid}: job {job_id} cancelled"
+            self._request_refresh()
+            log.info(message)
+            return message
 
     # --- status ---------------------------------------------------------------------------------
 
-    async def _jobs(self, job_ids: Sequence[str]) -> tuple[dict[str, JobInfo], str | None]:
-        """Slurm's view of the jobs, or the last one seen and why it is not fresh."""
-        if not job_ids:
-            return {}, None
-        try:
-            jobs = await self.scheduler.query(job_ids)
-        except (SchedulerUnavailable, SchedulerError) as err:
-            log.warning("serving last known job states: %s", err)
-            stale = {j: self._last_seen[j] for j in job_ids if j in self._last_seen}
-            for j in job_ids:
-                stale.setdefault(j, JobInfo(j, "PENDING", UNREACHABLE_REASON))
-            return stale, str(err)
-        self._last_seen.update(jobs)
-        return jobs, None
+    def _job_for(self, rec: PodRecord) -> JobInfo | None:
+        """What is known of the pod's job without asking Slurm."""
+        assert rec.job_id is not None
+        if rec.final_state is not None:
+            if rec.final_state == GONE:
+                return None
+            return JobInfo(rec.job_id, rec.final_state, rec.final_reason or "")
+        job = self._snapshot.get(rec.job_id)
+        if job is not None:
+            return job
+        # Submitted after the last refresh (or Slurm has not answered since): ask for one now.
+        self._request_refresh()
+        if self._outage is not None:
+            return JobInfo(rec.job_id, "PENDING", UNREACHABLE_REASON)
+        return JobInfo(rec.job_id, "PENDING", CREATING_REASON)
 
     async def status(self, pods: Sequence[Pod]) -> list[PodStatus]:
         uids = [p.uid.lower() for p in pods if p.uid]
         recs = await asyncio.to_thread(self.store.get_many, uids)
-        job_ids = [r.job_id for r in recs.values() if r.job_id]
-        jobs, outage = await self._jobs(job_ids)
-
         out = []
         for pod in pods:
             rec = recs.get(pod.uid.lower())
@@ -192,20 +375,21 @@ class Service:
                 continue  # not ours: an empty answer leaves the pod as it is
             images = {c.name: c.image for c in (*pod.spec.init_containers, *pod.spec.containers)}
             if rec.job_id is None:
-                init, main = _all_waiting(rec, images, "ContainerCreating", "being submitted")
+                init, main = _all_waiting(rec, images, CREATING_REASON, "being submitted to Slurm")
             else:
-                files = await asyncio.to_thread(self._read_files, rec)
+                files, runs = await asyncio.to_thread(self._read_files, rec)
                 init, main = container_statuses(
-                    jobs.get(rec.job_id),
+                    self._job_for(rec),
                     rec.job_id,
                     rec.init_containers,
                     rec.containers,
                     files,
                     images,
                     deleted=rec.deleted is not None,
+                    restarts=max(0, runs - 1),
                 )
-                if outage:
-                    _note_outage((*init, *main), outage)
+                if self._outage and rec.final_state is None:
+                    _note_outage((*init, *main), self._outage)
             out.append(
                 PodStatus(
                     name=rec.name,
@@ -218,27 +402,46 @@ class Service:
             )
         return out
 
-    def _read_files(self, rec: PodRecord) -> dict[str, jobdir.ContainerFiles]:
-        return {
+    def _read_files(self, rec: PodRecord) -> tuple[dict[str, jobdir.ContainerFiles], int]:
+        files = {
             name: jobdir.read_container(self.transport, rec.pod_dir, name)
             for name in rec.all_containers
         }
+        return files, jobdir.read_runs(self.transport, rec.pod_dir)
 
     # --- logs -----------------------------------------------------------------------------------
 
-    async def logs(self, req: LogRequest) -> bytes:
+    async def logs(self, req: LogRequest, job_output: bool = False) -> AsyncIterator[bytes]:
+        """The log stream of one container (or, with job_output, of the batch job itself)."""
         rec = await asyncio.to_thread(self.store.get, req.PodUID)
         if rec is None:
             raise NotFound(
                 f"pod {req.Namespace}/{req.PodName} (uid {req.PodUID}) is not known to this plugin"
             )
-        if req.ContainerName not in rec.all_containers:
-            raise NotFound(
-                f"pod {rec.namespace}/{rec.name} has no container {req.ContainerName!r} "
-                f"(containers: {', '.join(rec.all_containers)})"
-            )
-        path = jobdir.container_file(rec.pod_dir, req.ContainerName, "log")
-        return await asyncio.to_thread(read_log, self.transport, path, req.Opts)
+        name = req.ContainerName
+        if job_output:
+            path = f"{rec.pod_dir}/job.out"
+        else:
+            if name not in rec.all_containers:
+                raise NotFound(
+                    f"pod {rec.namespace}/{rec.name} has no container {name!r} "
+                    f"(containers: {', '.join(rec.all_containers)})"
+                )
+            suffix = "previous.log" if req.Opts.Previous else "log"
+            path = jobdir.container_file(rec.pod_dir, name, suffix)
+            if req.Opts.Previous and await asyncio.to_thread(self.transport.size, path) is None:
+                raise BadRequest(f"container {name!r} of pod {rec.name} has no previous run")
+        exit_file = jobdir.container_file(rec.pod_dir, name, "exit") if not job_output else None
+
+        def ended() -> bool:
+            fresh = self.store.get(rec.uid)
+            if fresh is None or fresh.final_state is not None:
+                return True
+            if req.Opts.Previous:
+                return True
+            return exit_file is not None and self.transport.size(exit_file) is not None
+
+        return stream_log(self.transport, LogSource(path, ended), req.Opts)
 
     # --- node -----------------------------------------------------------------------------------
 
@@ -274,6 +477,9 @@ class Service:
     async def ready(self) -> None:
         await self.scheduler.ping()
 
+    def snapshot_age(self) -> float | None:
+        return None if self._snapshot_at is None else time.monotonic() - self._snapshot_at
+
 
 def _all_waiting(
     rec: PodRecord, images: dict[str, str], reason: str, message: str
@@ -286,7 +492,7 @@ def _all_waiting(
 
 
 def _note_outage(statuses: Sequence[ContainerStatus], outage: str) -> None:
-    note = f" [last known state: {outage}]"
+    note = f" [Slurm does not answer, last known state: {outage}]"
     for st in statuses:
         inner = st.state.waiting or st.state.terminated
         if inner is not None:

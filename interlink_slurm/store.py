@@ -17,17 +17,26 @@ from pathlib import Path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pods (
-    uid        TEXT PRIMARY KEY,
-    namespace  TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    pod_dir    TEXT NOT NULL,
-    job_id     TEXT,             -- NULL while the submission is in flight
-    containers TEXT NOT NULL,    -- JSON: {"init": [...], "main": [...]}
-    created    REAL NOT NULL,
-    deleted    REAL              -- when /delete was asked
+    uid          TEXT PRIMARY KEY,
+    namespace    TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    pod_dir      TEXT NOT NULL,
+    job_id       TEXT,             -- NULL while the submission is in flight
+    containers   TEXT NOT NULL,    -- JSON: {"init": [...], "main": [...]}
+    created      REAL NOT NULL,
+    deleted      REAL,             -- when /delete was asked
+    final_state  TEXT,             -- the job's last Slurm state once it ended (or GONE)
+    final_reason TEXT,
+    kill_at      REAL              -- when to kill a job whose grace period runs
 );
 CREATE INDEX IF NOT EXISTS pods_job ON pods(job_id);
 """
+# Columns added after the first release, for databases created before them.
+MIGRATIONS = {
+    "final_state": "ALTER TABLE pods ADD COLUMN final_state TEXT",
+    "final_reason": "ALTER TABLE pods ADD COLUMN final_reason TEXT",
+    "kill_at": "ALTER TABLE pods ADD COLUMN kill_at REAL",
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,9 @@ class PodRecord:
     containers: tuple[str, ...]
     created: float
     deleted: float | None
+    final_state: str | None = None
+    final_reason: str | None = None
+    kill_at: float | None = None
 
     @property
     def all_containers(self) -> tuple[str, ...]:
@@ -59,6 +71,10 @@ class Store:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        have = {row[1] for row in db.execute("PRAGMA table_info(pods)")}
+        for column, statement in MIGRATIONS.items():
+            if column not in have:
+                db.execute(statement)
         self._db = db
         self._path.chmod(0o600)
 
@@ -82,7 +98,7 @@ class Store:
 
     @staticmethod
     def _record(row: sqlite3.Row | tuple[object, ...]) -> PodRecord:
-        uid, ns, name, pod_dir, job_id, containers, created, deleted = row
+        uid, ns, name, pod_dir, job_id, containers, created, deleted, state, reason, kill = row
         names = json.loads(str(containers))
         return PodRecord(
             uid=str(uid),
@@ -94,9 +110,15 @@ class Store:
             containers=tuple(names["main"]),
             created=float(created),  # type: ignore[arg-type]
             deleted=None if deleted is None else float(deleted),  # type: ignore[arg-type]
+            final_state=None if state is None else str(state),
+            final_reason=None if reason is None else str(reason),
+            kill_at=None if kill is None else float(kill),  # type: ignore[arg-type]
         )
 
-    _SELECT = "SELECT uid, namespace, name, pod_dir, job_id, containers, created, deleted FROM pods"
+    _SELECT = (
+        "SELECT uid, namespace, name, pod_dir, job_id, containers, created, deleted,"
+        " final_state, final_reason, kill_at FROM pods"
+    )
 
     def get(self, uid: str) -> PodRecord | None:
         with self._tx() as db:
@@ -146,6 +168,50 @@ class Store:
             db.execute(
                 "UPDATE pods SET deleted = COALESCE(deleted, ?) WHERE uid = ?", (time.time(), uid)
             )
+
+    def finish(self, job_states: Sequence[tuple[str, str, str]]) -> None:
+        """Record the final Slurm state of jobs that ended: (job id, state, reason)."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE pods SET final_state = ?, final_reason = ?, kill_at = NULL"
+                " WHERE job_id = ? AND final_state IS NULL",
+                [(state, reason, job_id) for job_id, state, reason in job_states],
+            )
+
+    def set_kill_at(self, uid: str, when: float | None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE pods SET kill_at = ? WHERE uid = ?", (when, uid))
+
+    def active(self) -> list[PodRecord]:
+        """Pods whose job has not been seen to end: the ones worth asking Slurm about."""
+        with self._tx() as db:
+            rows = db.execute(
+                self._SELECT + " WHERE job_id IS NOT NULL AND final_state IS NULL"
+            ).fetchall()
+        return [self._record(r) for r in rows]
+
+    def due_kills(self, now: float) -> list[PodRecord]:
+        with self._tx() as db:
+            rows = db.execute(
+                self._SELECT + " WHERE kill_at IS NOT NULL AND kill_at <= ?", (now,)
+            ).fetchall()
+        return [self._record(r) for r in rows]
+
+    def expired(self, deleted_before: float) -> list[PodRecord]:
+        """Pods deleted before the given time: their directories can go."""
+        with self._tx() as db:
+            rows = db.execute(
+                self._SELECT + " WHERE deleted IS NOT NULL AND deleted < ?", (deleted_before,)
+            ).fetchall()
+        return [self._record(r) for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT COALESCE(final_state, CASE WHEN job_id IS NULL THEN 'SUBMITTING'"
+                " ELSE 'ACTIVE' END), COUNT(*) FROM pods GROUP BY 1"
+            ).fetchall()
+        return {str(k): int(v) for k, v in rows}
 
     def in_flight(self) -> list[PodRecord]:
         """Pods whose submission was started but not recorded (a crash in between)."""

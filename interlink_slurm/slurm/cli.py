@@ -27,6 +27,8 @@ UNREACHABLE = (
     "munge",
 )
 INVALID_JOB = "invalid job id"
+# What scancel says of a job that has already ended.
+GONE = (INVALID_JOB, "already completing or completed", "job/step already")
 SEP = "|"
 # Node states that give nothing to new jobs.
 UNUSABLE_NODE_STATES = ("down", "drain", "fail", "inval", "maint", "future", "unknown")
@@ -104,6 +106,7 @@ class CliScheduler:
         self._timeout = timeout
         self._cmd = command or {}
         self._limit = asyncio.Semaphore(max_concurrent)
+        self._accounting = True
 
     def _bin(self, name: str) -> str:
         return self._cmd.get(name, name)
@@ -132,6 +135,35 @@ class CliScheduler:
         result = await self._run("scancel", job_id)
         if result.returncode != 0 and INVALID_JOB not in _message(result).lower():
             raise SchedulerError(f"scancel {job_id} failed: {_message(result)}")
+
+    async def signal(self, job_id: str, signal: str) -> None:
+        result = await self._run("scancel", f"--signal={signal}", "--full", job_id)
+        message = _message(result).lower()
+        if result.returncode != 0 and not any(m in message for m in GONE):
+            raise SchedulerError(f"scancel --signal={signal} {job_id} failed: {_message(result)}")
+
+    async def final_states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        ids = sorted({j for j in job_ids if j.isdigit()}, key=int)
+        if not ids or not self._accounting:
+            return {}
+        result = await self._run(
+            "sacct",
+            "--noheader",
+            "--parsable2",
+            "--allocations",
+            f"--jobs={','.join(ids)}",
+            "--format=JobID,State,ExitCode",
+        )
+        if result.returncode != 0 or "accounting storage is disabled" in result.stderr.lower():
+            # Without slurmdbd there is nothing to ask, now or later.
+            self._accounting = "disabled" not in result.stderr.lower()
+            return {}
+        out: dict[str, JobInfo] = {}
+        for line in result.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) >= 2 and parts[0].isdigit():
+                out[parts[0]] = JobInfo(parts[0], parts[1].split()[0].upper(), "")
+        return out
 
     async def _squeue(self, *selection: str) -> dict[str, JobInfo]:
         result = await self._run(

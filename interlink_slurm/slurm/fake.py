@@ -22,7 +22,8 @@ class FakeScheduler:
         default_factory=lambda: ClusterResources(cpus=64, memory_mb=256_000, gpus={"a100": 8})
     )
     next_id: int = 1000
-    comment_of: dict[str, str] = field(default_factory=dict)
+    signals: list[tuple[str, str]] = field(default_factory=list)
+    accounting: dict[str, JobInfo] = field(default_factory=dict)  # what sacct would say
 
     def _enter(self, method: str) -> None:
         self.calls.append(method)
@@ -49,6 +50,14 @@ class FakeScheduler:
         if job_id in self.jobs:
             old = self.jobs[job_id]
             self.jobs[job_id] = JobInfo(job_id, "CANCELLED", "", old.comment)
+
+    async def signal(self, job_id: str, signal: str) -> None:
+        self._enter("signal")
+        self.signals.append((job_id, signal))
+
+    async def final_states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        self._enter("final_states")
+        return {j: self.accounting[j] for j in job_ids if j in self.accounting}
 
     async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         self._enter("query")

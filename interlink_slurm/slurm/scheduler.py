@@ -32,8 +32,17 @@ class Scheduler(Protocol):
         """Cancel a job; a job that is already gone is not an error."""
         ...
 
+    async def signal(self, job_id: str, signal: str) -> None:
+        """Send a signal (e.g. "TERM") to every process of a job, the batch script included;
+        a job that is already gone is not an error."""
+        ...
+
     async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         """Every job of ``job_ids`` that Slurm still knows; one scheduler call for all."""
+        ...
+
+    async def final_states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """The end state of jobs that left the queue, from accounting; {} where there is none."""
         ...
 
     async def find_by_comment(self, comment: str) -> JobInfo | None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from interlink_slurm.jobdir import ContainerFiles
 from interlink_slurm.slurm.scheduler import JobInfo
@@ -57,6 +56,23 @@ ACTIVE = frozenset(
     }
 )
 WAITING = frozenset({"PENDING", "RESV_DEL_HOLD"})
+TERMINAL = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "DEADLINE",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "BOOT_FAIL",
+        "PREEMPTED",
+        "REVOKED",
+    }
+)
+# Reasons of our own for a job Slurm has not described yet.
+CREATING_REASON = "ContainerCreating"
+UNREACHABLE_REASON = "SlurmUnreachable"
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,12 @@ class Ending:
 
 # Why a job ended, for containers that could not say so themselves.
 ENDINGS: dict[str, Ending] = {
-    "CANCELLED": Ending("Cancelled", "the Slurm job was cancelled", 128, 143),
+    "CANCELLED": Ending(
+        "Cancelled",
+        "the Slurm job was cancelled outside Kubernetes (scancel by a Slurm user or administrator)",
+        128,
+        143,
+    ),
     "TIMEOUT": Ending("DeadlineExceeded", "the Slurm job reached its time limit", 128, 137),
     "DEADLINE": Ending("DeadlineExceeded", "the Slurm job reached its deadline", 128, 137),
     "OUT_OF_MEMORY": Ending("OOMKilled", "the Slurm job ran out of memory", 137, 137),
@@ -101,7 +122,8 @@ PENDING_MESSAGES: dict[str, str] = {
     "JobHeldUser": "held by its user",
     "JobHeldAdmin": "held by a Slurm administrator",
     "BeginTime": "its start time has not come yet",
-    "SlurmUnreachable": "Slurm does not answer; this is the last state known",
+    UNREACHABLE_REASON: "Slurm does not answer; this is the last state known",
+    CREATING_REASON: "submitted; its first state comes with the next read of the queue",
     "None": "submitted, not yet scheduled",
     "": "submitted, not yet scheduled",
 }
@@ -118,17 +140,21 @@ def pending_message(job: JobInfo) -> str:
     return f"Slurm job {job.job_id} is pending ({reason or 'None'}): {text}"
 
 
-def _state(job: JobInfo) -> str:
-    # squeue may print "CANCELLED by 0" or "CANCELLED+".
-    return job.state.split()[0].rstrip("+") if job.state else ""
+def base_state(job: JobInfo | None) -> str:
+    """PENDING, RUNNING, CANCELLED...: squeue may print "CANCELLED by 0", sacct "CANCELLED+"."""
+    if job is None or not job.state:
+        return ""
+    return job.state.split()[0].rstrip("+").upper()
 
 
 def ending_for(job: JobInfo | None, deleted: bool) -> Ending:
-    if job is None or (deleted and _state(job) in ACTIVE | WAITING):
+    if job is None or (deleted and base_state(job) in ACTIVE | WAITING):
         return DELETED if deleted else LOST
+    if deleted and base_state(job) == "CANCELLED":
+        return DELETED
     if job.reason == "JobLaunchFailure":
         return LAUNCH_FAILURE
-    state = _state(job)
+    state = base_state(job)
     ending = ENDINGS.get(state)
     if ending is None:
         log.warning("job %s has an unknown Slurm state %r", job.job_id, job.state)
@@ -167,10 +193,10 @@ def container_statuses(
     images: Mapping[str, str],
     *,
     deleted: bool = False,
-    now: datetime | None = None,
+    restarts: int = 0,
 ) -> tuple[list[ContainerStatus], list[ContainerStatus]]:
     """(init container statuses, container statuses)."""
-    state = _state(job) if job else ""
+    state = base_state(job)
     pending = job is not None and state in WAITING
     active = job is not None and state in ACTIVE and not deleted
     ending = None if (pending or active) else ending_for(job, deleted)
@@ -204,7 +230,12 @@ def container_statuses(
             )
         elif pending:
             assert job is not None
-            st = _waiting(job.reason or "Pending", pending_message(job))
+            reason = (
+                job.reason
+                if job.reason in (CREATING_REASON, UNREACHABLE_REASON)
+                else (job.reason or "Pending")
+            )
+            st = _waiting(reason, pending_message(job))
         elif active:
             st = _waiting(
                 "PodInitializing" if not is_init else "ContainerCreating",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from interlink_slurm import __version__
+from interlink_slurm import __version__, logpipe
 from interlink_slurm.config import Settings
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate.plan import ContainerPlan, FileSpec, JobPlan
@@ -18,6 +19,9 @@ from interlink_slurm.translate.resources import (
 from interlink_slurm.translate.runtimes import LOCAL_IMAGES_ONLY, container_argv, env_entries
 from interlink_slurm.translate.volumes import lay_out_volumes
 from interlink_slurm.wire import Container, RetrievedPodData
+
+# Copied into every pod directory: the job runs it on the compute node (see logpipe.py).
+LOGPIPE_SOURCE = Path(logpipe.__file__).read_bytes()
 
 ANNOTATION_IMAGE_ROOT = "slurm-job.vk.io/image-root"
 JOB_COMMENT_PREFIX = "interlink-slurm:"
@@ -158,6 +162,7 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
                 raise PodRejected(f"spec.{group}[{i}].command", err.reason) from err
             files.append(FileSpec(f"containers/{cp.name}.env", env_file(settings.runtime, cp.env)))
     files += layout.files
+    files.append(FileSpec("logpipe.py", LOGPIPE_SOURCE, 0o600))
     files.append(
         FileSpec(
             "pod.json",

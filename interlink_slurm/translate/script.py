@@ -43,20 +43,49 @@ ils_wait() {{
 }}
 
 # ils_container NAME ARGV...: run one container with the variables of its env file,
-# its output in its log, and its start time, end time and exit code in files.
+# its output in its log (through logpipe.py, which notes when each chunk was written), and
+# its start time, end time and exit code in files.
 ils_container() {{
   local name=$1; shift
   local -a envs=()
-  local kv rc
+  local kv rc logger="" pipe="containers/$name.pipe"
   trap ':' TERM INT
   while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
   ils_put "containers/$name.started" "$(ils_now)"
-  env -- "${{envs[@]}}" "$@" >> "containers/$name.log" 2>&1 < /dev/null &
+  if [ -n "$ILS_PYTHON" ]; then
+    rm -f "$pipe" && mkfifo -m 600 "$pipe"
+    "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
+    logger=$!
+    env -- "${{envs[@]}}" "$@" > "$pipe" 2>&1 < /dev/null &
+  else
+    env -- "${{envs[@]}}" "$@" >> "containers/$name.log" 2>&1 < /dev/null &
+  fi
   ils_wait $!; rc=$?
+  if [ -n "$logger" ]; then
+    # The log ends with the container, even if a process it left behind holds the pipe open.
+    ( sleep 5; kill -KILL "$logger" 2>/dev/null ) &
+    ils_wait "$logger"
+    kill "$!" 2>/dev/null
+    rm -f "$pipe"
+  fi
   ils_put "containers/$name.finished" "$(ils_now)"
   ils_put "containers/$name.exit" "$rc"
   return "$rc"
 }}
+
+# A requeued job runs again from the start: what the last run wrote becomes the "previous"
+# logs, and the containers start over.
+ILS_RUN=$(( $(cat job.runs 2>/dev/null || echo 0) + 1 ))
+ils_put job.runs "$ILS_RUN"
+if [ "$ILS_RUN" -gt 1 ]; then
+  for f in containers/*.log; do
+    case $f in *.previous.log|'containers/*.log') continue ;; esac
+    mv -f "$f" "${{f%.log}}.previous.log"
+    if [ -e "$f.idx" ]; then mv -f "$f.idx" "${{f%.log}}.previous.log.idx"; fi
+  done
+  rm -f containers/*.started containers/*.finished containers/*.exit
+fi
+ILS_PYTHON=$(command -v python3 || true)
 
 trap ':' TERM INT
 echo "interlink-slurm: pod {pod_ref} starts as job ${{SLURM_JOB_ID:-?}} on $(hostname)"

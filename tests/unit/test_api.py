@@ -45,6 +45,12 @@ class Harness:
         self.client = TestClient(self.app)
         self.client.__enter__()
 
+    def refresh(self) -> None:
+        """One pass of the status refresher, now (it otherwise runs every few seconds)."""
+        portal = self.client.portal
+        assert portal is not None
+        portal.call(self.service.refresh)
+
     def close(self) -> None:
         self.client.__exit__(None, None, None)
         self.store.close()
@@ -172,9 +178,19 @@ def test_bad_pods_are_refused_naming_the_field_and_nothing_is_written(
     assert api.scheduler.calls == []
 
 
-def test_status_and_logs_of_pod_created_through_the_api(api: Harness) -> None:
+def test_status_of_a_new_pod_waits_for_the_next_refresh(api: Harness) -> None:
+    data = simple("fresh")
+    api.post("/create", data)
+    [status] = api.get("/status", [data["pod"]]).json()
+    waiting = status["containers"][0]["state"]["waiting"]
+    assert waiting["reason"] == "ContainerCreating"
+    assert status["JID"] == "1001"
+
+
+def test_status_is_served_from_the_refreshed_snapshot(api: Harness) -> None:
     data = simple("watched")
     api.post("/create", data)
+    api.refresh()
     r = api.get("/status", [data["pod"]])
     assert r.status_code == 200
     [status] = r.json()
@@ -325,8 +341,9 @@ def test_readyz_fails_when_slurm_does_not_answer(api: Harness) -> None:
 def test_status_during_a_slurm_outage_serves_the_last_known_state(api: Harness) -> None:
     data = simple("outage")
     api.post("/create", data)
-    api.get("/status", [data["pod"]])
+    api.refresh()
     api.scheduler.down = SchedulerUnavailable("Slurm is not reachable: connect failure")
+    api.refresh()
 
     r = api.get("/status", [data["pod"]])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -23,6 +24,10 @@ class CountingTransport(LocalTransport):
         data = super().read_range(path, offset, length)
         self.read += len(data)
         return data
+
+
+def read(transport: LocalTransport, path: str, opts: LogOpts) -> bytes:
+    return asyncio.run(logs.read_log(transport, path, opts))
 
 
 def write(tmp_path: Path, data: bytes) -> str:
@@ -47,7 +52,7 @@ def test_tail_returns_exactly_the_last_lines(
     tmp_path: Path, data: bytes, tail: int, expected: bytes
 ) -> None:
     path = write(tmp_path, data)
-    assert logs.read_log(LocalTransport(), path, LogOpts(Tail=tail)) == expected
+    assert read(LocalTransport(), path, LogOpts(Tail=tail)) == expected
 
 
 @given(
@@ -62,23 +67,23 @@ def test_tail_matches_splitlines(
     path = write(tmp_path_factory.mktemp("t"), data)
     # Lines end at "\n" only (bytes.splitlines would also split at "\r").
     kept = re.findall(rb"[^\n]*\n|[^\n]+\Z", data)[-tail:]
-    assert logs.read_log(LocalTransport(), path, LogOpts(Tail=tail)) == b"".join(kept)
+    assert read(LocalTransport(), path, LogOpts(Tail=tail)) == b"".join(kept)
 
 
 def test_bytes_limits_the_answer_from_the_start(tmp_path: Path) -> None:
     path = write(tmp_path, b"0123456789\nabc\n")
-    assert logs.read_log(LocalTransport(), path, LogOpts(Bytes=4)) == b"0123"
-    assert logs.read_log(LocalTransport(), path, LogOpts(Bytes=100)) == b"0123456789\nabc\n"
+    assert read(LocalTransport(), path, LogOpts(Bytes=4)) == b"0123"
+    assert read(LocalTransport(), path, LogOpts(Bytes=100)) == b"0123456789\nabc\n"
 
 
 def test_tail_of_a_big_log_reads_only_its_end(tmp_path: Path) -> None:
     line = b"x" * 99 + b"\n"
     path = write(tmp_path, line * 200_000)  # 20 MB
     transport = CountingTransport()
-    out = logs.read_log(transport, path, LogOpts(Tail=100))
+    out = read(transport, path, LogOpts(Tail=100))
     assert out == line * 100
     assert transport.read < 2 * logs.BLOCK + len(out) + 1
 
 
 def test_missing_log_is_empty(tmp_path: Path) -> None:
-    assert logs.read_log(LocalTransport(), str(tmp_path / "none.log"), LogOpts()) == b""
+    assert read(LocalTransport(), str(tmp_path / "none.log"), LogOpts()) == b""

@@ -1,0 +1,121 @@
+"""Prometheus metrics. One registry per app, so tests can build many apps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from interlink_slurm.errors import SchedulerUnavailable
+from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo, Scheduler
+
+T = TypeVar("T")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "interlink_slurm_http_requests_total",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "interlink_slurm_http_request_seconds",
+            "HTTP request latency by endpoint",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.scheduler_calls = Counter(
+            "interlink_slurm_scheduler_calls_total",
+            "Calls to Slurm (one per command or REST request) by operation and outcome",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.scheduler_seconds = Histogram(
+            "interlink_slurm_scheduler_call_seconds",
+            "Latency of calls to Slurm by operation",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.submit_failures = Counter(
+            "interlink_slurm_submit_failures_total",
+            "Pods whose job could not be submitted, by reason class",
+            ["reason"],
+            registry=r,
+        )
+        self.pods = Gauge(
+            "interlink_slurm_pods",
+            "Tracked pods by Slurm state of their job (ACTIVE = "
+            "queued or running, SUBMITTING = in flight)",
+            ["state"],
+            registry=r,
+        )
+        self.refresh_age = Gauge(
+            "interlink_slurm_status_snapshot_age_seconds",
+            "Seconds since the job states were last read from Slurm",
+            registry=r,
+        )
+        self.tracked_jobs = Gauge(
+            "interlink_slurm_active_jobs",
+            "Jobs asked about at each refresh",
+            registry=r,
+        )
+
+
+class MeteredScheduler:
+    """Any Scheduler, with each call counted and timed."""
+
+    def __init__(self, inner: Scheduler, metrics: Metrics) -> None:
+        self._inner = inner
+        self._m = metrics
+
+    async def _call(self, operation: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await call
+        except SchedulerUnavailable:
+            outcome = "unavailable"
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            self._m.scheduler_calls.labels(operation, outcome).inc()
+            self._m.scheduler_seconds.labels(operation).observe(time.perf_counter() - started)
+
+    async def submit(self, script_path: str, workdir: str) -> str:
+        return await self._call("submit", self._inner.submit(script_path, workdir))
+
+    async def cancel(self, job_id: str) -> None:
+        await self._call("cancel", self._inner.cancel(job_id))
+
+    async def signal(self, job_id: str, signal: str) -> None:
+        await self._call("signal", self._inner.signal(job_id, signal))
+
+    async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        return await self._call("query", self._inner.query(job_ids))
+
+    async def final_states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        return await self._call("final_states", self._inner.final_states(job_ids))
+
+    async def find_by_comment(self, comment: str) -> JobInfo | None:
+        return await self._call("find_by_comment", self._inner.find_by_comment(comment))
+
+    async def resources(self, partitions: Sequence[str]) -> ClusterResources:
+        return await self._call("resources", self._inner.resources(partitions))
+
+    async def ping(self) -> None:
+        await self._call("ping", self._inner.ping())

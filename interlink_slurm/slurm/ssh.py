@@ -1,0 +1,538 @@
+"""The Transport over SSH to a login node: commands with exec, files with SFTP (paramiko).
+
+One connection, opened on first use and reused by every request; it is opened again when it
+breaks. At most ``max_channels`` channels are open on it at once (sshd refuses more than its
+MaxSessions, 10 by default); SFTP sessions are kept open between calls and count as channels.
+
+Nothing here can hang: connecting has connect_timeout, every channel operation has a deadline
+(socket timeouts, and a watchdog that closes the channel for the calls paramiko would wait on
+forever). Every failure to reach the login node becomes ``SSHUnavailable``, in one place
+(``_unavailable``): a ``CommandUnavailable`` for the CLI scheduler and a ``SchedulerUnavailable``
+(HTTP 503) for everything else. File errors the login node reports (no such file, permission
+denied) stay ``OSError``s, as with the local transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import select
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import paramiko
+
+from interlink_slurm.errors import SchedulerUnavailable
+from interlink_slurm.slurm.remote_settings import SSHSettings
+from interlink_slurm.slurm.transport import CommandResult, CommandUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# After a failed connection attempt, calls fail at once with the same reason for this long
+# instead of each waiting for its own connect_timeout.
+RECONNECT_BACKOFF_SECONDS = 1.0
+# Exit status of a shell that could not find the command.
+COMMAND_NOT_FOUND = 127
+NOT_FOUND = ("not found", "no such file or directory")  # from the shell, from env(1)
+# Directories created on the way to a pod directory (data_root, namespaces).
+PARENT_DIR_MODE = 0o755
+
+
+class SSHUnavailable(CommandUnavailable, SchedulerUnavailable):
+    """The login node cannot be reached, or did not answer in time."""
+
+
+def remote_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """The command line sshd hands to the login shell: every word quoted, variables via env(1).
+
+    >>> remote_command(["sbatch", "--comment=a b", "/d/job.sh"], {"SLURM_CONF": "/etc/s.conf"})
+    "env SLURM_CONF=/etc/s.conf sbatch '--comment=a b' /d/job.sh"
+    """
+    if not argv:
+        raise ValueError("empty command")
+    words = [*argv]
+    if env:
+        words = ["env", *(f"{k}={v}" for k, v in sorted(env.items())), *words]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+class _AcceptAnyHostKey(paramiko.MissingHostKeyPolicy):
+    """insecure_skip_host_key_check: take the key, say so in the log."""
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        log.warning(
+            "accepting the host key of %s without checking it (%s %s): "
+            "ssh.insecure_skip_host_key_check is on",
+            hostname,
+            key.get_name(),
+            key.fingerprint,
+        )
+
+
+class SSHTransport:
+    """Implements the Transport protocol (see transport.py) on a login node."""
+
+    def __init__(
+        self,
+        settings: SSHSettings,
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self._s = settings
+        self._env = dict(env or {})
+        self._timeout = timeout
+        self._conn_lock = threading.Lock()
+        self._client: paramiko.SSHClient | None = None
+        self._retry_at = 0.0
+        self._last_error = ""
+        self._slots = threading.BoundedSemaphore(settings.max_channels)
+        self._pool_lock = threading.Lock()
+        self._idle_sftp: list[paramiko.SFTPClient] = []
+
+    # --- connection -----------------------------------------------------------------------------
+
+    def _unavailable(self, what: str, err: BaseException | str) -> SSHUnavailable:
+        reason = err if isinstance(err, str) else _describe(err)
+        return SSHUnavailable(f"cannot reach the login node {self._s.target}: {what}{reason}")
+
+    def _connection(self) -> paramiko.Transport:
+        """The live connection, opened (again) when needed."""
+        with self._conn_lock:
+            current = self._client.get_transport() if self._client is not None else None
+            if current is not None and current.is_active():
+                return current
+            if time.monotonic() < self._retry_at:
+                raise SSHUnavailable(self._last_error)
+            self._drop_locked()
+            try:
+                self._client = self._connect()
+            except SSHUnavailable as err:
+                self._retry_at = time.monotonic() + RECONNECT_BACKOFF_SECONDS
+                self._last_error = str(err)
+                raise
+            transport = self._client.get_transport()
+            assert transport is not None
+            return transport
+
+    def _connect(self) -> paramiko.SSHClient:
+        s = self._s
+        client = paramiko.SSHClient()
+        known_hosts = s.known_hosts.expanduser()
+        if s.insecure_skip_host_key_check:
+            client.set_missing_host_key_policy(_AcceptAnyHostKey())
+        else:
+            if not known_hosts.is_file():
+                raise self._unavailable(
+                    "",
+                    f"the known_hosts file {known_hosts} does not exist: add the login node's "
+                    f"host key to it (ssh-keyscan -p {s.port} {s.host} >> {known_hosts}, then "
+                    "check the fingerprint), set ssh.known_hosts, or, insecurely, "
+                    "ssh.insecure_skip_host_key_check: true",
+                )
+            try:
+                client.load_host_keys(str(known_hosts))
+            except (OSError, paramiko.SSHException) as err:
+                raise self._unavailable(f"cannot read known_hosts {known_hosts}: ", err) from err
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        pkey = self._private_key()
+        started = time.monotonic()
+        try:
+            client.connect(
+                s.host,
+                port=s.port,
+                username=s.user,
+                pkey=pkey,
+                allow_agent=pkey is None,
+                look_for_keys=pkey is None,
+                timeout=s.connect_timeout,
+                banner_timeout=s.connect_timeout,
+                auth_timeout=s.connect_timeout,
+                channel_timeout=self._timeout,
+            )
+        except paramiko.BadHostKeyException as err:
+            client.close()
+            raise self._unavailable(
+                "",
+                f"its host key ({err.key.get_name()} {err.key.fingerprint}) does not match the "
+                f"one in known_hosts {known_hosts} ({err.expected_key.fingerprint}); if the "
+                "login node's key really changed, replace its line in that file, otherwise the "
+                "connection may be intercepted",
+            ) from err
+        except paramiko.AuthenticationException as err:
+            client.close()
+            key = f"the key {s.key_file}" if s.key_file else "the SSH agent's keys and ~/.ssh/id_*"
+            raise self._unavailable(
+                "",
+                f"login as {s.user} refused ({err}): check ssh.user and that {key} is in "
+                f"~{s.user}/.ssh/authorized_keys on {s.host}",
+            ) from err
+        except paramiko.SSHException as err:
+            client.close()
+            text = str(err)
+            if "not found in known_hosts" in text:
+                raise self._unavailable(
+                    "",
+                    f"its host key is not in known_hosts {known_hosts}: add it (ssh-keyscan -p "
+                    f"{s.port} {s.host} >> {known_hosts}, then check the fingerprint)",
+                ) from err
+            raise self._unavailable("SSH failed: ", err) from err
+        except (OSError, EOFError) as err:
+            client.close()
+            if isinstance(err, TimeoutError):
+                raise self._unavailable(
+                    "", f"no answer within {s.connect_timeout:g} s (ssh.connect_timeout)"
+                ) from err
+            raise self._unavailable("", err) from err
+        transport = client.get_transport()
+        if transport is None or not transport.is_active():
+            client.close()
+            raise self._unavailable("", "the connection closed during login")
+        if s.keepalive_seconds:
+            transport.set_keepalive(max(1, round(s.keepalive_seconds)))
+        log.info("connected to %s in %.2f s", s.target, time.monotonic() - started)
+        return client
+
+    def _private_key(self) -> paramiko.PKey | None:
+        s = self._s
+        if s.key_file is None:
+            return None
+        path = s.key_file.expanduser()
+        try:
+            pkey = paramiko.PKey.from_path(path)
+        except paramiko.PasswordRequiredException as err:
+            raise self._unavailable(
+                "", f"ssh.key_file {path} is protected by a passphrase: use the SSH agent instead"
+            ) from err
+        except (OSError, paramiko.SSHException, ValueError) as err:
+            raise self._unavailable(f"cannot read ssh.key_file {path}: ", err) from err
+        if s.certificate_file is not None:
+            cert = s.certificate_file.expanduser()
+            try:
+                pkey.load_certificate(str(cert))
+            except (OSError, ValueError, paramiko.SSHException) as err:
+                raise self._unavailable(f"cannot use ssh.certificate_file {cert}: ", err) from err
+        return pkey
+
+    def _drop_locked(self) -> None:
+        """Forget the current connection and its idle SFTP sessions (conn lock held)."""
+        with self._pool_lock:
+            idle, self._idle_sftp = self._idle_sftp, []
+        for sftp in idle:
+            _quiet_close(sftp)
+            self._slots.release()
+        if self._client is not None:
+            _quiet_close(self._client)
+            self._client = None
+
+    def close(self) -> None:
+        with self._conn_lock:
+            self._drop_locked()
+
+    def _timed_out(
+        self, what: str, seconds: float, connection: paramiko.Transport | None
+    ) -> SSHUnavailable:
+        """A call got no answer in time: the connection may be dead without knowing it yet (a
+        network partition, a frozen login node), so the next call opens a new one."""
+        if connection is not None:
+            with self._conn_lock:
+                current = self._client.get_transport() if self._client is not None else None
+                if current is connection:
+                    self._drop_locked()
+        return self._unavailable("", f"{what}: no answer within {seconds:g} s")
+
+    # --- channels -------------------------------------------------------------------------------
+
+    def _take_slot(self, deadline: float) -> None:
+        """One of the max_channels slots; an idle SFTP session gives its slot up if needed."""
+        while True:
+            if self._slots.acquire(blocking=False):
+                return
+            with self._pool_lock:
+                victim = self._idle_sftp.pop(0) if self._idle_sftp else None
+            if victim is not None:
+                _quiet_close(victim)
+                self._slots.release()
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._unavailable(
+                    "",
+                    f"all {self._s.max_channels} SSH channels stayed busy for "
+                    f"{self._timeout:g} s (ssh.max_channels)",
+                )
+            # Slots come back either released or as idle SFTP sessions: look again soon.
+            if self._slots.acquire(timeout=min(remaining, 0.05)):
+                return
+
+    @contextmanager
+    def _watchdog(self, channel: paramiko.Channel, deadline: float) -> Iterator[None]:
+        """Close the channel at the deadline: whoever waits on it wakes up with an error."""
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), channel.close)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _open_channel(self, deadline: float) -> paramiko.Channel:
+        connection = self._connection()
+        wait = max(0.1, deadline - time.monotonic())
+        try:
+            channel = connection.open_session(timeout=wait)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            if "timeout" in str(err).lower() or isinstance(err, TimeoutError):
+                raise self._timed_out("opening a channel", wait, connection) from err
+            raise self._unavailable("cannot open a channel: ", err) from err
+        channel.settimeout(max(0.1, deadline - time.monotonic()))
+        return channel
+
+    # --- commands -------------------------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        command = remote_command(argv, self._env)
+        deadline = time.monotonic() + timeout
+        self._take_slot(deadline)
+        try:
+            channel = self._open_channel(deadline)
+            try:
+                with self._watchdog(channel, deadline):
+                    channel.exec_command(command)
+                    out, err, status = _collect(channel, deadline)
+            except (paramiko.SSHException, OSError, EOFError) as error:
+                if time.monotonic() >= deadline:
+                    raise self._timed_out(argv[0], timeout, channel.get_transport()) from error
+                raise self._unavailable(f"running {argv[0]}: ", error) from error
+            finally:
+                channel.close()
+        finally:
+            self._slots.release()
+        if status < 0:
+            if time.monotonic() >= deadline:
+                raise self._timed_out(argv[0], timeout, channel.get_transport())
+            raise self._unavailable("", f"the connection closed before {argv[0]} ended")
+        stdout = out.decode(errors="replace")
+        stderr = err.decode(errors="replace")
+        if status == COMMAND_NOT_FOUND and any(m in stderr.lower() for m in NOT_FOUND):
+            raise CommandUnavailable(f"{argv[0]} is not installed or not on PATH on {self._s.host}")
+        return CommandResult(tuple(argv), status, stdout, stderr)
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def _take_sftp(self, deadline: float) -> paramiko.SFTPClient:
+        connection = self._connection()
+        while True:
+            with self._pool_lock:
+                sftp = self._idle_sftp.pop() if self._idle_sftp else None
+            if sftp is None:
+                break
+            sftp_channel = sftp.get_channel()
+            if (
+                sftp_channel is not None
+                and not sftp_channel.closed
+                and sftp_channel.get_transport() is connection
+            ):
+                return sftp
+            _quiet_close(sftp)  # from a connection that has since broken
+            self._slots.release()
+        self._take_slot(deadline)
+        channel: paramiko.Channel | None = None
+        try:
+            channel = self._open_channel(deadline)
+            with self._watchdog(channel, deadline):
+                channel.invoke_subsystem("sftp")
+                return paramiko.SFTPClient(channel)
+        except BaseException as err:
+            if channel is not None:
+                channel.close()
+            self._slots.release()
+            if isinstance(err, (paramiko.SSHException, OSError, EOFError)) and not isinstance(
+                err, SSHUnavailable
+            ):
+                raise self._unavailable("cannot start SFTP: ", err) from err
+            raise
+
+    def _give_back(self, sftp: paramiko.SFTPClient, reusable: bool) -> None:
+        channel = sftp.get_channel()
+        if reusable and channel is not None and not channel.closed:
+            with self._pool_lock:
+                self._idle_sftp.append(sftp)
+            return
+        _quiet_close(sftp)
+        self._slots.release()
+
+    def _sftp(self, what: str, path: str, op: Callable[[paramiko.SFTPClient], T]) -> T:
+        deadline = time.monotonic() + self._timeout
+        sftp = self._take_sftp(deadline)
+        channel = sftp.get_channel()
+        assert channel is not None
+        reusable = False
+        try:
+            channel.settimeout(self._timeout)
+            with self._watchdog(channel, deadline):
+                result = op(sftp)
+            reusable = True
+            return result
+        except TimeoutError as err:
+            raise self._timed_out(f"{what} {path}", self._timeout, channel.get_transport()) from err
+        except OSError as err:
+            if channel.closed or not channel.get_transport().is_active():
+                if time.monotonic() >= deadline:
+                    raise self._timed_out(
+                        f"{what} {path}", self._timeout, channel.get_transport()
+                    ) from err
+                raise self._unavailable(f"{what} {path}: ", err) from err
+            reusable = True
+            raise  # the login node's answer about the file itself (missing, permission...)
+        except (paramiko.SSHException, EOFError) as err:
+            if time.monotonic() >= deadline:
+                raise self._timed_out(
+                    f"{what} {path}", self._timeout, channel.get_transport()
+                ) from err
+            raise self._unavailable(f"{what} {path}: ", err) from err
+        finally:
+            self._give_back(sftp, reusable)
+
+    def make_dirs(self, path: str, mode: int) -> None:
+        def op(sftp: paramiko.SFTPClient) -> None:
+            _mkdirs(sftp, path, mode)
+            sftp.chmod(path, mode)
+
+        self._sftp("creating directory", path, op)
+
+    def write_file(self, path: str, data: bytes, mode: int) -> None:
+        tmp = f"{path}.tmp"
+
+        def op(sftp: paramiko.SFTPClient) -> None:
+            # Pod files live in the pod directory (mode 0700), so the temporary file is private
+            # before its mode is set; the rename makes the whole file appear at once.
+            with sftp.open(tmp, "wb") as f:
+                f.set_pipelined(True)
+                f.write(data)
+                f.chmod(mode)
+            sftp.posix_rename(tmp, path)
+
+        self._sftp("writing", path, op)
+
+    def read_file(self, path: str, limit: int) -> bytes | None:
+        def op(sftp: paramiko.SFTPClient) -> bytes | None:
+            try:
+                with sftp.open(path, "rb") as f:
+                    return bytes(f.read(limit))
+            except FileNotFoundError:
+                return None
+
+        return self._sftp("reading", path, op)
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        def op(sftp: paramiko.SFTPClient) -> bytes:
+            with sftp.open(path, "rb") as f:
+                f.seek(offset)
+                return bytes(f.read(length))
+
+        return self._sftp("reading", path, op)
+
+    def size(self, path: str) -> int | None:
+        def op(sftp: paramiko.SFTPClient) -> int | None:
+            try:
+                return sftp.stat(path).st_size
+            except FileNotFoundError:
+                return None
+
+        return self._sftp("reading", path, op)
+
+    def remove_tree(self, path: str) -> None:
+        """Best effort, like the local transport: a failure is logged, never raised."""
+        try:
+            result = self.run(["rm", "-rf", "--", path], timeout=self._timeout)
+        except CommandUnavailable as err:
+            log.warning("could not remove %s: %s", path, err)
+            return
+        if result.returncode != 0:
+            log.warning("could not remove %s: %s", path, result.stderr.strip())
+
+
+def _collect(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes, int]:
+    """Read stdout and stderr until the command exits; -1 when no exit status came."""
+    out: list[bytes] = []
+    err: list[bytes] = []
+    while True:
+        while channel.recv_ready():
+            out.append(channel.recv(65536))
+        while channel.recv_stderr_ready():
+            err.append(channel.recv_stderr(65536))
+        finished = channel.exit_status_ready() or channel.closed
+        if finished and not channel.recv_ready() and not channel.recv_stderr_ready():
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("command timed out")
+        select.select([channel], [], [], min(remaining, 0.5))
+    status = channel.recv_exit_status() if channel.exit_status_ready() else -1
+    return b"".join(out), b"".join(err), status
+
+
+def _mkdirs(sftp: paramiko.SFTPClient, path: str, mode: int) -> None:
+    try:
+        attrs = sftp.stat(path)
+    except FileNotFoundError:
+        parent = posixpath.dirname(path.rstrip("/"))
+        if parent and parent != path:
+            _mkdirs(sftp, parent, PARENT_DIR_MODE)
+        try:
+            sftp.mkdir(path, mode)
+        except OSError:
+            # Created meanwhile by another request? Then all is well.
+            attrs = sftp.stat(path)
+        else:
+            return
+    if attrs.st_mode is not None and not _is_dir(attrs.st_mode):
+        raise NotADirectoryError(20, "not a directory", path)
+
+
+def _is_dir(mode: int) -> bool:
+    return (mode & 0o170000) == 0o040000
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, paramiko.ssh_exception.NoValidConnectionsError) and all(
+        isinstance(e, ConnectionRefusedError) for e in err.errors.values()
+    ):
+        return "connection refused (is sshd running there, on that port?)"
+    if isinstance(err, socket.gaierror):
+        return f"unknown host ({err.strerror})"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused (is sshd running there, on that port?)"
+    if isinstance(err, OSError) and err.strerror:
+        return str(err.strerror).lower()
+    text = str(err) or type(err).__name__
+    return text
+
+
+def _quiet_close(thing: paramiko.SSHClient | paramiko.SFTPClient) -> None:
+    try:
+        thing.close()
+    except Exception:  # closing something broken: nothing to do about it
+        log.debug("error while closing %r", thing, exc_info=True)
+
+
+def check_key_file(path: Path) -> str | None:
+    """Why a private key file cannot be used, or None (for doctor)."""
+    try:
+        paramiko.PKey.from_path(path.expanduser())
+    except paramiko.PasswordRequiredException:
+        return f"{path} is protected by a passphrase"
+    except (OSError, paramiko.SSHException, ValueError) as err:
+        return f"{path}: {err}"
+    return None
