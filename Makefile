@@ -9,7 +9,7 @@ CLUSTER := deploy/local/cluster.sh
 DEV_CONFIG := .cluster/config.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit lint cluster-up cluster-down dev-config clean
+.PHONY: run test unit lint cluster-up cluster-down dev-config clean e2e-local
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { apt-get update && apt-get install -y python3 python3-venv; }
@@ -36,6 +36,12 @@ test: $(STAMP) cluster-up
 	$(BIN)/ruff check interlink_slurm tests
 	$(BIN)/mypy
 	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q
+	$(MAKE) e2e-local
+
+# The end-to-end scenarios of deploy/e2e/scenarios/ against the plugin's HTTP API on the local
+# cluster (the kind workflow runs the same ones through Kubernetes).
+e2e-local: $(STAMP) cluster-up
+	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/python deploy/e2e/run_local.py
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

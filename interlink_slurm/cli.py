@@ -1,4 +1,4 @@
-"""The ``interlink-slurm`` command: serve, render, version."""
+"""The ``interlink-slurm`` command: serve, render, doctor, version."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import yaml
 from interlink_slurm import __version__
 from interlink_slurm.config import ConfigError, Settings, load_settings
 from interlink_slurm.errors import PluginError, describe_validation_error
+from interlink_slurm.slurm import factory
 
 app = typer.Typer(
     add_completion=False,
@@ -28,7 +29,7 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", envvar="INTERLINK_SLURM_CONFIG", help="YAML configuration"),
 ]
-SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "sinfo", "sacct", "scontrol")
+SLURM_COMMANDS = factory.SLURM_COMMANDS
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
@@ -54,8 +55,6 @@ def serve(config: ConfigOption = None) -> None:
     from interlink_slurm.api import create_app
     from interlink_slurm.metrics import MeteredScheduler, Metrics
     from interlink_slurm.service import Service
-    from interlink_slurm.slurm.cli import CliScheduler
-    from interlink_slurm.slurm.transport import LocalTransport
     from interlink_slurm.store import Store
 
     settings = _settings(config)
@@ -63,20 +62,22 @@ def serve(config: ConfigOption = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Over SSH, data_root is on the login node: created there with the first pod's directory.
     try:
-        settings.data_root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        if settings.transport == "local":
+            settings.data_root.mkdir(parents=True, exist_ok=True, mode=0o711)
     except OSError as err:
         typer.echo(
             f"interlink-slurm: data_root: cannot create {settings.data_root}: {err.strerror}",
             err=True,
         )
         raise typer.Exit(2) from err
-    transport = LocalTransport(settings.command_env())
-    scheduler = CliScheduler(
-        transport,
-        timeout=settings.command_timeout,
-        command={name: settings.slurm_command(name) for name in SLURM_COMMANDS},
-    )
+    try:
+        transport, scheduler = factory.build(settings)
+    except (ConfigError, PluginError) as err:
+        typer.echo(f"interlink-slurm: {err}", err=True)
+        raise typer.Exit(2) from err
+    logging.getLogger(__name__).info("reaching Slurm: %s", factory.describe(settings))
     store = Store(settings.state_db_path)
     store.open()
     metrics = Metrics()
@@ -93,6 +94,7 @@ def serve(config: ConfigOption = None) -> None:
             uvicorn.run(api, host=host, port=port, log_level=settings.log_level)
     finally:
         store.close()
+        factory.close(transport)
 
 
 def _read_pod_file(path: Path) -> dict[str, Any]:
@@ -148,6 +150,45 @@ def render(
         typer.echo(f"#   {d}/")
     for f in plan.files:
         typer.echo(f"#   {f.path}  ({len(f.content)} bytes, mode {f.mode:04o})")
+
+
+@app.command()
+def doctor(config: ConfigOption = None) -> None:
+    """Check the way to Slurm end to end (connection, controller, data root, runtime,
+    partitions, GPU type) and say how to fix what is wrong; exit 1 when something is."""
+    import asyncio
+
+    from interlink_slurm.slurm.doctor import Check, diagnose
+
+    settings = _settings(config)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # its errors are reported below
+    typer.echo(f"interlink-slurm doctor: {factory.describe(settings)}")
+    try:
+        transport, scheduler = factory.build(settings)
+    except (ConfigError, PluginError) as err:
+        typer.echo(f"  FAIL  {'configuration':<15} {err}")
+        raise typer.Exit(1) from err
+
+    async def run() -> list[Check]:
+        try:
+            return await diagnose(settings, transport, scheduler)
+        finally:
+            await factory.aclose(scheduler)
+
+    try:
+        checks = asyncio.run(run())
+    finally:
+        factory.close(transport)
+    for check in checks:
+        typer.echo(f"  {check.label:<4}  {check.name:<15} {check.detail}")
+        if check.fix:
+            typer.echo(f"  {'':<4}  {'':<15} fix: {check.fix}")
+    failed = sum(not c.ok and not c.skipped for c in checks)
+    if failed:
+        typer.echo(f"{failed} problem(s) found")
+        raise typer.Exit(1)
+    typer.echo("all checks passed")
 
 
 @app.command()

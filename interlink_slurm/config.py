@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     retention_seconds: float = Field(
         3600.0, ge=0, description="how long a deleted pod's directory and logs are kept"
     )
+    gc_interval_seconds: float = Field(
+        60.0, gt=0, description="how often directories past their retention are removed"
+    )
     default_grace_seconds: int = Field(
         30, ge=0, description="grace period of a pod that sets no terminationGracePeriodSeconds"
     )

@@ -13,7 +13,7 @@ import bisect
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from interlink_slurm.logpipe import RECORD
 from interlink_slurm.slurm.transport import Transport
@@ -21,6 +21,16 @@ from interlink_slurm.wire import LogOpts
 
 BLOCK = 64 * 1024
 FOLLOW_POLL_SECONDS = 0.25
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ns(t: datetime) -> int:
+    """Exact nanoseconds since the epoch (a float timestamp would lose the last digits)."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return (t - EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def rfc3339nano(t_ns: int) -> bytes:
@@ -184,7 +194,7 @@ async def stream_log(
     if opts.SinceSeconds:
         since_ns = (now_ns or time.time_ns()) - opts.SinceSeconds * 1_000_000_000
     elif opts.since_time is not None:
-        since_ns = int(opts.since_time.timestamp() * 1_000_000_000)
+        since_ns = _ns(opts.since_time)
     if since_ns is not None and index:
         first = await run(index.first_at_or_after, since_ns)
         start = (

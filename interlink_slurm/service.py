@@ -28,6 +28,7 @@ from interlink_slurm.logs import LogSource, stream_log
 from interlink_slurm.metrics import Metrics
 from interlink_slurm.slurm.scheduler import JobInfo, Scheduler
 from interlink_slurm.slurm.states import (
+    ACTIVE,
     CREATING_REASON,
     TERMINAL,
     UNREACHABLE_REASON,
@@ -57,8 +58,9 @@ from interlink_slurm.wire import (
 log = logging.getLogger(__name__)
 
 GONE = "GONE"  # final_state of a job that left the queue with no accounting record
-GC_INTERVAL_SECONDS = 60.0
 MIN_REFRESH_GAP_SECONDS = 0.5
+# A job seen to end is still watched this long, while Slurm lists it: it may be requeued.
+ENDED_WATCH_SECONDS = 600.0
 
 
 class Service:
@@ -137,7 +139,7 @@ class Service:
             try:
                 await self.refresh()
                 await self._kill_due()
-                if started - self._last_gc >= GC_INTERVAL_SECONDS:
+                if started - self._last_gc >= self.settings.gc_interval_seconds:
                     self._last_gc = started
                     await self.collect_garbage()
             except asyncio.CancelledError:
@@ -162,9 +164,10 @@ class Service:
         """One scheduler query for every active job; record the ones that ended."""
         lock = self._refresh_lock or asyncio.Lock()
         async with lock:
-            recs = await asyncio.to_thread(self.store.active)
+            recs = await asyncio.to_thread(self.store.active, time.time() - ENDED_WATCH_SECONDS)
             self.metrics.tracked_jobs.set(len(recs))
             job_ids = [r.job_id for r in recs if r.job_id]
+            ended = {r.job_id for r in recs if r.final_state is not None}
             try:
                 jobs = await self.scheduler.query(job_ids) if job_ids else {}
             except (SchedulerUnavailable, SchedulerError) as err:
@@ -177,10 +180,16 @@ class Service:
             self._outage = None
 
             finished: list[tuple[str, str, str]] = []
-            gone = [j for j in job_ids if j not in jobs]
+            revived: list[str] = []
+            gone = [j for j in job_ids if j not in jobs and j not in ended]
             for job_id, job in jobs.items():
                 if base_state(job) in TERMINAL:
                     finished.append((job_id, base_state(job), job.reason))
+                elif job_id in ended:
+                    revived.append(job_id)
+            if revived:
+                log.info("jobs %s run again (requeued)", ", ".join(revived))
+                await asyncio.to_thread(self.store.reopen, revived)
             if gone:
                 try:
                     accounted = await self.scheduler.final_states(gone)
@@ -332,8 +341,9 @@ class Service:
                 await asyncio.to_thread(self.store.mark_deleted, uid)
                 return f"pod {uid}: job {job_id} has already ended"
             grace = self._grace_seconds(pod)
-            job = self._snapshot.get(job_id)
-            if grace > 0 and job is not None and base_state(job) not in ("PENDING",):
+            # The snapshot may be a refresh old; a delete is rare enough to ask Slurm itself.
+            job = (await self.scheduler.query([job_id])).get(job_id)
+            if grace > 0 and job is not None and base_state(job) in ACTIVE:
                 # Every container gets SIGTERM now and the grace period to end; the refresher
                 # cancels the job for good when it runs out.
                 await self.scheduler.signal(job_id, "TERM")
@@ -352,13 +362,13 @@ class Service:
     def _job_for(self, rec: PodRecord) -> JobInfo | None:
         """What is known of the pod's job without asking Slurm."""
         assert rec.job_id is not None
+        job = self._snapshot.get(rec.job_id)
+        if job is not None:
+            return job
         if rec.final_state is not None:
             if rec.final_state == GONE:
                 return None
             return JobInfo(rec.job_id, rec.final_state, rec.final_reason or "")
-        job = self._snapshot.get(rec.job_id)
-        if job is not None:
-            return job
         # Submitted after the last refresh (or Slurm has not answered since): ask for one now.
         self._request_refresh()
         if self._outage is not None:

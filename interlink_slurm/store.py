@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS pods (
     deleted      REAL,             -- when /delete was asked
     final_state  TEXT,             -- the job's last Slurm state once it ended (or GONE)
     final_reason TEXT,
-    kill_at      REAL              -- when to kill a job whose grace period runs
+    kill_at      REAL,             -- when to kill a job whose grace period runs
+    final_at     REAL              -- when the job was seen to end
 );
 CREATE INDEX IF NOT EXISTS pods_job ON pods(job_id);
 """
@@ -36,6 +37,7 @@ MIGRATIONS = {
     "final_state": "ALTER TABLE pods ADD COLUMN final_state TEXT",
     "final_reason": "ALTER TABLE pods ADD COLUMN final_reason TEXT",
     "kill_at": "ALTER TABLE pods ADD COLUMN kill_at REAL",
+    "final_at": "ALTER TABLE pods ADD COLUMN final_at REAL",
 }
 
 
@@ -173,20 +175,34 @@ class Store:
         """Record the final Slurm state of jobs that ended: (job id, state, reason)."""
         with self._tx() as db:
             db.executemany(
-                "UPDATE pods SET final_state = ?, final_reason = ?, kill_at = NULL"
-                " WHERE job_id = ? AND final_state IS NULL",
-                [(state, reason, job_id) for job_id, state, reason in job_states],
+                "UPDATE pods SET final_state = ?, final_reason = ?, kill_at = NULL,"
+                " final_at = COALESCE(final_at, ?) WHERE job_id = ?"
+                " AND (final_state IS NULL OR final_state != ?)",
+                [(state, reason, time.time(), job_id, state)
+                 for job_id, state, reason in job_states],
+            )
+
+    def reopen(self, job_ids: Sequence[str]) -> None:
+        """Jobs seen to end that Slurm runs again (requeued): they are active once more."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE pods SET final_state = NULL, final_reason = NULL, final_at = NULL"
+                " WHERE job_id = ?",
+                [(j,) for j in job_ids],
             )
 
     def set_kill_at(self, uid: str, when: float | None) -> None:
         with self._tx() as db:
             db.execute("UPDATE pods SET kill_at = ? WHERE uid = ?", (when, uid))
 
-    def active(self) -> list[PodRecord]:
-        """Pods whose job has not been seen to end: the ones worth asking Slurm about."""
+    def active(self, ended_since: float) -> list[PodRecord]:
+        """Pods worth asking Slurm about: jobs not seen to end, and jobs that ended after
+        ``ended_since`` (Slurm may still requeue those)."""
         with self._tx() as db:
             rows = db.execute(
-                self._SELECT + " WHERE job_id IS NOT NULL AND final_state IS NULL"
+                self._SELECT + " WHERE job_id IS NOT NULL AND (final_state IS NULL"
+                " OR (final_state != 'GONE' AND final_at >= ?))",
+                (ended_since,),
             ).fetchall()
         return [self._record(r) for r in rows]
 

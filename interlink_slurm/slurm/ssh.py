@@ -180,6 +180,11 @@ class SSHTransport:
         except paramiko.SSHException as err:
             client.close()
             text = str(err)
+            if time.monotonic() - started >= s.connect_timeout or "banner" in text.lower():
+                # paramiko ends a negotiation that timed out with "No existing session".
+                raise self._unavailable(
+                    "", f"no answer within {s.connect_timeout:g} s (ssh.connect_timeout)"
+                ) from err
             if "not found in known_hosts" in text:
                 raise self._unavailable(
                     "",

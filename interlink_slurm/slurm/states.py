@@ -8,7 +8,8 @@ job's end reason (cancelled, timed out, out of memory...).
 
 | Slurm state (or reason)        | container not started       | started, no exit code        |
 |--------------------------------|-----------------------------|------------------------------|
-| PENDING (reason)               | waiting: reason             | (cannot happen)              |
+| PENDING (reason)               | waiting: reason             | waiting (a requeued job's    |
+|                                |                             | earlier run does not count)  |
 | CONFIGURING, RUNNING, ...      | waiting: ContainerCreating  | running                      |
 | COMPLETED / FAILED             | terminated 128 JobEnded     | terminated 137 JobEnded      |
 | CANCELLED                      | terminated 128 Cancelled    | terminated 143 Cancelled     |
@@ -198,21 +199,40 @@ def container_statuses(
     """(init container statuses, container statuses)."""
     state = base_state(job)
     pending = job is not None and state in WAITING
-    active = job is not None and state in ACTIVE and not deleted
+    # A deleted pod's job may still run its grace period: its containers run until they end.
+    active = job is not None and state in ACTIVE
     ending = None if (pending or active) else ending_for(job, deleted)
 
     failed_init: tuple[str, int] | None = None
-    for name in init_containers:
+    for name in () if pending else init_containers:
         f = files.get(name, ContainerFiles())
         if f.exit_code not in (None, 0):
             failed_init = (name, f.exit_code or 0)
             break
 
+    # Every container that will run has ended: the job itself is about to end.
+    settling = (
+        all(files.get(n, ContainerFiles()).exit_code is not None for n in containers)
+        or failed_init is not None
+    )
+
     def one(name: str, is_init: bool) -> ContainerStatus:
-        f = files.get(name, ContainerFiles())
+        # A pending job runs nothing: files left by an earlier run (before a requeue) are
+        # that run's, not this one's.
+        f = ContainerFiles() if pending else files.get(name, ContainerFiles())
         image = images.get(name, "")
-        if f.exit_code is not None:
+        if f.exit_code is not None and f.exit_code > 128 and active and settling:
+            # Killed by a signal while the job is ending: why (cancel, time limit, memory) is
+            # known once Slurm says how the job ended, a refresh later. A terminal status given
+            # now would stick without its reason.
+            st = ContainerState(running=ContainerStateRunning(started_at=f.started))
+        elif f.exit_code is not None:
             st = _exited(f)
+            killed = f.exit_code > 128 and ending is not None
+            if killed and ending is not None and ending.reason not in ("JobEnded", "JobFailed"):
+                # Killed by the signal that ended the job: say why, keep its own exit code.
+                st.terminated.reason = ending.reason  # type: ignore[union-attr]
+                st.terminated.message = f"{ending.message} (job {job_id})"  # type: ignore[union-attr]
         elif f.started is not None:
             if active or pending:
                 st = ContainerState(running=ContainerStateRunning(started_at=f.started))
@@ -254,7 +274,7 @@ def container_statuses(
             name=name,
             state=st,
             ready=running,
-            restart_count=0,
+            restart_count=restarts,
             image=image,
             started=running if not is_init else None,
         )

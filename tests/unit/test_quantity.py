@@ -136,7 +136,7 @@ def test_parse_quantity_rejects_what_is_not_a_quantity(bad: object) -> None:
 
 
 def test_rejection_message_quotes_the_value() -> None:
-    with pytest.raises(ValueError, match="'1.2.3'"):
+    with pytest.raises(ValueError, match=r"'1\.2\.3'"):
         parse_quantity("1.2.3")
 
 

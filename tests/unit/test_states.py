@@ -124,3 +124,31 @@ def test_sinfo_counts_each_node_once_and_skips_unusable_nodes() -> None:
 def test_gres_strings_parse() -> None:
     assert parse_gres("gpu:a100:4(S:0-1),gpu:2,shard:8") == {"a100": 4, "": 2}
     assert parse_gres("(null)") == {}
+
+
+def test_requeued_pending_job_ignores_the_files_of_its_earlier_run() -> None:
+    files = {"c": ContainerFiles(started=T0, finished=T1, exit_code=0)}
+    _, main = run(JobInfo("7", "PENDING", "BeginTime"), files)
+    assert main["c"]["waiting"]["reason"] == "BeginTime"
+
+
+def test_container_killed_while_its_job_ends_waits_for_the_jobs_reason() -> None:
+    files = {"c": ContainerFiles(started=T0, finished=T1, exit_code=143)}
+    _, main = run(JobInfo("7", "RUNNING"), files)
+    assert "running" in main["c"]
+    _, main = run(JobInfo("7", "CANCELLED"), files)
+    term = main["c"]["terminated"]
+    assert (term["reason"], term["exit_code"]) == ("Cancelled", 143)
+
+
+def test_container_killed_while_others_run_is_terminated_at_once() -> None:
+    files = {"a": ContainerFiles(started=T0, finished=T1, exit_code=139),
+             "b": ContainerFiles(started=T0)}
+    _, main = run(JobInfo("7", "RUNNING"), files, main=("a", "b"))
+    assert main["a"]["terminated"]["exit_code"] == 139
+    assert "running" in main["b"]
+
+
+def test_deleted_pod_in_its_grace_period_still_runs() -> None:
+    _, main = run(JobInfo("7", "RUNNING"), {"c": ContainerFiles(started=T0)}, deleted=True)
+    assert "running" in main["c"]

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The kind workflow's "HPC side": a privileged Debian 12 container on the kind network running the
+# single-node Slurm of deploy/local/cluster.sh and interlink-slurm on 0.0.0.0:4000.
+#
+#   deploy/e2e/kind/slurm-container.sh start     # prints the container's address on the kind network
+#   deploy/e2e/kind/slurm-container.sh logs      # plugin and Slurm logs (after a failure)
+#   deploy/e2e/kind/slurm-container.sh stop
+#
+# Privileged because cluster.sh creates GPU device nodes (mknod) and ch-run needs user namespaces.
+set -euo pipefail
+REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../../.." && pwd -P)
+NAME=${ILS_E2E_CONTAINER:-ils-slurm}
+NETWORK=${ILS_E2E_NETWORK:-kind}
+IMAGE=${ILS_E2E_BASE_IMAGE:-debian:12}
+
+inside() {
+    # Runs in the container, as root, with the repository at /src.
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3 python3-venv make procps ca-certificates >/dev/null
+    cd /src
+    ILS_CLUSTER_DIR=/var/lib/ils-cluster deploy/local/cluster.sh up
+    eval "$(ILS_CLUSTER_DIR=/var/lib/ils-cluster deploy/local/cluster.sh env)"
+    python3 -m venv /opt/interlink-slurm
+    /opt/interlink-slurm/bin/pip install --quiet /src
+    mkdir -p /etc/interlink-slurm
+    /opt/interlink-slurm/bin/python deploy/e2e/scenarios.py config \
+        --listen 0.0.0.0:4000 --data-root /var/tmp/interlink-slurm/pods \
+        > /etc/interlink-slurm/config.yaml
+    cat /etc/interlink-slurm/config.yaml
+    USER=root nohup /opt/interlink-slurm/bin/interlink-slurm serve \
+        --config /etc/interlink-slurm/config.yaml >/var/log/interlink-slurm.log 2>&1 &
+    for _ in $(seq 60); do
+        if python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:4000/healthz", timeout=2)' 2>/dev/null; then
+            echo "interlink-slurm is up"
+            return 0
+        fi
+        sleep 1
+    done
+    cat /var/log/interlink-slurm.log
+    return 1
+}
+
+case ${1:-} in
+    start)
+        docker rm -f "$NAME" >/dev/null 2>&1 || true
+        docker run -d --name "$NAME" --hostname "$NAME" --privileged --network "$NETWORK" \
+            -v "$REPO:/src" "$IMAGE" sleep infinity >/dev/null
+        docker exec "$NAME" bash /src/deploy/e2e/kind/slurm-container.sh inside >&2
+        docker inspect -f "{{(index .NetworkSettings.Networks \"$NETWORK\").IPAddress}}" "$NAME"
+        ;;
+    inside) inside ;;
+    logs)
+        docker exec "$NAME" bash -c 'cat /var/log/interlink-slurm.log; tail -n 50 /var/lib/ils-cluster/log/slurmctld.log; SLURM_CONF=/var/lib/ils-cluster/slurm.conf squeue -a --states=all || true' || true
+        ;;
+    stop) docker rm -f "$NAME" >/dev/null 2>&1 || true ;;
+    *)
+        echo "usage: $0 {start|logs|stop}" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,259 @@
+"""``interlink-slurm doctor``: check the configured way to Slurm end to end, say how to fix it.
+
+Each check is one question with a yes or a no, a detail, and for a no what to do about it.
+Checks that need the transport are skipped when it cannot be reached (their answer would only
+repeat that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import posixpath
+import shlex
+import time
+from dataclasses import dataclass
+
+from interlink_slurm.config import Settings
+from interlink_slurm.errors import PluginError
+from interlink_slurm.slurm.factory import SLURM_COMMANDS
+from interlink_slurm.slurm.scheduler import ClusterResources, Scheduler
+from interlink_slurm.slurm.transport import CommandUnavailable, Transport
+
+PROBE_DATA = b"interlink-slurm doctor\n"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    skipped: bool = False  # not asked: what it needs is already reported as failing
+
+    @property
+    def label(self) -> str:
+        return "skip" if self.skipped else "ok" if self.ok else "FAIL"
+
+
+class Doctor:
+    def __init__(self, settings: Settings, transport: Transport, scheduler: Scheduler) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.scheduler = scheduler
+        self.checks: list[Check] = []
+
+    def _add(self, name: str, ok: bool, detail: str, fix: str = "") -> bool:
+        self.checks.append(Check(name, ok, detail, "" if ok else fix))
+        return ok
+
+    def _skip(self, names: str, because: str) -> None:
+        self.checks.append(Check(names, False, f"not checked: {because}", skipped=True))
+
+    async def run(self) -> list[Check]:
+        reachable = await self.check_transport()
+        # The CLI scheduler runs its commands through the transport; slurmrestd does not.
+        if reachable or self.settings.scheduler != "cli":
+            controller = await self.check_scheduler()
+        else:
+            controller = False
+            self._skip("scheduler", "the Slurm commands run through the transport")
+        if reachable:
+            await self.check_data_root()
+            await self.check_commands()
+            await self.check_images()
+        else:
+            self._skip("data root etc.", "the transport is not reachable")
+        if controller:
+            await self.check_partitions()
+        else:
+            self._skip("partitions", "the Slurm controller is not reachable")
+        return self.checks
+
+    # --- checks ---------------------------------------------------------------------------------
+
+    async def check_transport(self) -> bool:
+        s = self.settings
+        where = f"ssh {s.ssh.target}" if s.transport == "ssh" and s.ssh else "this machine"
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(
+                self.transport.run, ["true"], timeout=s.command_timeout
+            )
+        except CommandUnavailable as err:
+            fix = (
+                "check the ssh: settings (host, port, user, key_file, known_hosts) and that sshd "
+                "runs on the login node"
+                if s.transport == "ssh"
+                else "check that this machine can run commands"
+            )
+            return self._add("transport", False, str(err), fix)
+        if result.returncode != 0:
+            return self._add(
+                "transport",
+                False,
+                f"'true' exited {result.returncode} on {where}: {result.stderr.strip()}",
+                "check the login shell of the account",
+            )
+        return self._add(
+            "transport", True, f"{where}: commands run ({time.monotonic() - started:.2f} s)"
+        )
+
+    async def check_scheduler(self) -> bool:
+        s = self.settings
+        try:
+            await self.scheduler.ping()
+        except PluginError as err:
+            if s.scheduler == "rest" and s.rest is not None:
+                fix = (
+                    f"start slurmrestd at {s.rest.url} with -s openapi/{s.rest.api_version}, "
+                    "check rest.token_file, and that slurmctld runs"
+                )
+            else:
+                fix = "check that slurmctld runs and that slurm_conf (SLURM_CONF) names its config"
+            return self._add("scheduler", False, str(err), fix)
+        return self._add("scheduler", True, f"{s.scheduler}: the Slurm controller answers")
+
+    async def check_data_root(self) -> bool:
+        s = self.settings
+        root = str(s.data_root)
+        probe_dir = posixpath.join(root, f".interlink-slurm-doctor-{os.getpid()}")
+        probe = posixpath.join(probe_dir, "probe")
+        fix = (
+            f"create {root} on the filesystem the compute nodes share, writable by the account "
+            "the jobs run as, or set data_root"
+        )
+        try:
+            await asyncio.to_thread(self.transport.make_dirs, root, 0o711)
+            await asyncio.to_thread(self.transport.make_dirs, probe_dir, 0o700)
+            await asyncio.to_thread(self.transport.write_file, probe, PROBE_DATA, 0o600)
+            back = await asyncio.to_thread(self.transport.read_file, probe, 1024)
+        except (OSError, PluginError) as err:
+            detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            return self._add("data root", False, f"{root}: {detail}", fix)
+        finally:
+            await asyncio.to_thread(self.transport.remove_tree, probe_dir)
+        if back != PROBE_DATA:
+            return self._add("data root", False, f"{root}: a file read back differs", fix)
+        return self._add("data root", True, f"{root}: a file was written, read back and removed")
+
+    async def _missing(self, names: list[str]) -> list[str] | None:
+        """Commands of ``names`` not found on the submit host; None when that cannot be told."""
+        script = 'for c in "$@"; do command -v -- "$c" >/dev/null || echo "$c"; done'
+        try:
+            result = await asyncio.to_thread(
+                self.transport.run,
+                ["sh", "-c", script, "sh", *names],
+                timeout=self.settings.command_timeout,
+            )
+        except CommandUnavailable:
+            return None
+        return result.stdout.split()
+
+    async def check_commands(self) -> None:
+        s = self.settings
+        runtime = s.runtime_binary
+        missing = await self._missing([runtime])
+        where = "the login node" if s.transport == "ssh" else "this machine"
+        if missing is None:
+            self._add("runtime", False, "could not run sh to look for it")
+        elif missing:
+            self._add(
+                "runtime",
+                False,
+                f"{runtime} ({s.runtime}) is not found on {where}, where jobs are submitted",
+                f"install {s.runtime} there (and on the compute nodes) or set runtime_path",
+            )
+        else:
+            self._add("runtime", True, f"{runtime} found on {where}")
+        if s.scheduler != "cli":
+            return
+        commands = [s.slurm_command(c) for c in SLURM_COMMANDS if c != "sacct"]
+        missing = await self._missing(commands)
+        if missing:
+            self._add(
+                "slurm commands",
+                False,
+                f"not found on {where}: {' '.join(shlex.quote(m) for m in missing)}",
+                "install the Slurm client commands there or set slurm_bin_dir",
+            )
+        elif missing is not None:
+            self._add("slurm commands", True, f"{', '.join(commands)} found")
+
+    async def check_images(self) -> None:
+        for ref, path in sorted(self.settings.images.items()):
+            try:
+                size = await asyncio.to_thread(self.transport.size, path)
+            except (OSError, PluginError) as err:
+                size = None
+                reason = str(err)
+            else:
+                reason = "it does not exist"
+            if size is None:
+                self._add(
+                    "image",
+                    False,
+                    f"{ref} → {path}: {reason}",
+                    "build or copy the image there, or fix the images: map",
+                )
+            else:
+                self._add("image", True, f"{ref} → {path}")
+
+    async def _resources(self, partition: str | None) -> ClusterResources | str:
+        try:
+            return await self.scheduler.resources([partition] if partition else [])
+        except PluginError as err:
+            return str(err)
+
+    async def check_partitions(self) -> None:
+        s = self.settings
+        seen: dict[str | None, ClusterResources | str] = {}
+        for key, partition in (("partition", s.partition), ("gpu_partition", s.gpu_partition)):
+            if key == "gpu_partition" and partition is None:
+                continue
+            if partition not in seen:
+                seen[partition] = await self._resources(partition)
+            res = seen[partition]
+            name = partition or "(Slurm's default)"
+            if isinstance(res, str):
+                self._add(key, False, f"{name}: {res}")
+            elif res.nodes == 0:
+                self._add(
+                    key,
+                    False,
+                    f"{name}: no usable node (the partition does not exist, or all its nodes "
+                    "are down or drained)",
+                    f"set {key} to a partition that exists (sinfo -s lists them)",
+                )
+            else:
+                self._add(
+                    key,
+                    True,
+                    f"{name}: {res.nodes} node(s), {res.cpus} CPUs, {res.memory_mb} MiB",
+                )
+        if s.gpu_type:
+            partition = s.gpu_partition or s.partition
+            if partition not in seen:
+                seen[partition] = await self._resources(partition)
+            res = seen[partition]
+            if isinstance(res, str):
+                return
+            types = ", ".join(sorted(t or "(untyped)" for t in res.gpus)) or "none"
+            if s.gpu_type in res.gpus:
+                self._add(
+                    "gpu_type",
+                    True,
+                    f"gpu:{s.gpu_type} x{res.gpus[s.gpu_type]} in {partition or 'the default'}",
+                )
+            else:
+                self._add(
+                    "gpu_type",
+                    False,
+                    f"no GRES gpu:{s.gpu_type} in partition {partition or '(default)'} "
+                    f"(GPU types there: {types})",
+                    "set gpu_type to one of those types, or gpu_partition to where the GPUs are",
+                )
+
+
+async def diagnose(settings: Settings, transport: Transport, scheduler: Scheduler) -> list[Check]:
+    return await Doctor(settings, transport, scheduler).run()

@@ -1,0 +1,137 @@
+"""The Scheduler through pyslurm (Slurm's C API), for sites where it is installed.
+
+pyslurm is optional: it must be built against the site's exact Slurm release (pip install
+"pyslurm==<major>.<minor>.*"), so it is not a dependency of this package. Without it, choosing
+``scheduler: pyslurm`` fails at start with a message saying so; nothing else is affected.
+
+It uses pyslurm's object API (23.x and later: JobSubmitDescription, Jobs, Job, Nodes). The
+library is absent from the test machine (pyslurm does not build against Slurm 22.05), so this
+module is exercised by unit tests with a stand-in module only; prefer ``cli`` or ``rest`` unless
+you need pyslurm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
+from interlink_slurm.slurm.cli import INVALID_JOB, UNREACHABLE, UNUSABLE_NODE_STATES, parse_gres
+from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo
+from interlink_slurm.slurm.transport import Transport
+
+T = TypeVar("T")
+GONE_MESSAGES = (INVALID_JOB, "already completing or completed")
+
+
+def load_pyslurm() -> Any:
+    try:
+        return importlib.import_module("pyslurm")
+    except ImportError as err:
+        raise SchedulerError(
+            "scheduler: pyslurm needs the pyslurm package, built for this cluster's Slurm "
+            f"release (pip install 'pyslurm==<major>.<minor>.*'), and it cannot be imported "
+            f"({err}); or use scheduler: cli or scheduler: rest"
+        ) from err
+
+
+class PyslurmScheduler:
+    """Implements the Scheduler protocol (see scheduler.py) with pyslurm."""
+
+    def __init__(self, transport: Transport, *, module: Any = None) -> None:
+        self._transport = transport
+        self._py = module if module is not None else load_pyslurm()
+
+    async def _call(self, what: str, fn: Callable[[], T], *, submitting: bool = False) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except Exception as err:
+            if isinstance(err, (SchedulerError, SchedulerUnavailable)):
+                raise
+            text = str(err) or type(err).__name__
+            if any(marker in text.lower() for marker in UNREACHABLE):
+                raise SchedulerUnavailable(f"Slurm is not reachable ({what}): {text}") from err
+            if submitting:
+                raise SubmitRejected(f"Slurm refused the job: {text}") from err
+            raise SchedulerError(f"pyslurm: {what} failed: {text}") from err
+
+    async def submit(self, script_path: str, workdir: str) -> str:
+        # pyslurm reads the script (and its #SBATCH lines) itself: it must be on this machine,
+        # hence the local transport (see factory.py).
+        if await asyncio.to_thread(self._transport.size, script_path) is None:
+            raise SchedulerError(f"the job script {script_path} does not exist")
+
+        def submit() -> int:
+            desc = self._py.JobSubmitDescription(script=script_path, working_directory=workdir)
+            desc.load_sbatch_options()
+            return int(desc.submit())
+
+        return str(await self._call("submitting a job", submit, submitting=True))
+
+    async def cancel(self, job_id: str) -> None:
+        try:
+            await self._call(f"cancelling job {job_id}", lambda: self._py.Job(int(job_id)).cancel())
+        except SchedulerError as err:
+            if not any(m in str(err).lower() for m in GONE_MESSAGES):
+                raise
+
+    async def signal(self, job_id: str, signal: str) -> None:
+        try:
+            await self._call(
+                f"signalling job {job_id}",
+                lambda: self._py.Job(int(job_id)).send_signal(signal, steps="all"),
+            )
+        except SchedulerError as err:
+            if not any(m in str(err).lower() for m in GONE_MESSAGES):
+                raise
+
+    async def _jobs(self) -> dict[str, JobInfo]:
+        loaded = await self._call("listing jobs", lambda: self._py.Jobs.load())
+        out: dict[str, JobInfo] = {}
+        for job in loaded.values():
+            reason = str(getattr(job, "state_reason", "") or "")
+            out[str(job.id)] = JobInfo(
+                str(job.id),
+                str(job.state).upper(),
+                "" if reason == "None" else reason,
+                str(getattr(job, "comment", "") or ""),
+            )
+        return out
+
+    async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        wanted = set(job_ids)
+        if not wanted:
+            return {}
+        return {j: info for j, info in (await self._jobs()).items() if j in wanted}
+
+    async def final_states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        return {}
+
+    async def find_by_comment(self, comment: str) -> JobInfo | None:
+        return next((j for j in (await self._jobs()).values() if j.comment == comment), None)
+
+    async def resources(self, partitions: Sequence[str]) -> ClusterResources:
+        nodes = await self._call("listing nodes", lambda: self._py.Nodes.load())
+        wanted = set(partitions)
+        cpus = memory = count = 0
+        gpus: dict[str, int] = {}
+        for node in nodes.values():
+            if wanted and not wanted & set(getattr(node, "partitions", None) or []):
+                continue
+            state = str(getattr(node, "state", "") or "unknown").lower()
+            if any(bad in state for bad in UNUSABLE_NODE_STATES):
+                continue
+            count += 1
+            cpus += int(getattr(node, "total_cpus", 0) or 0)
+            memory += int(getattr(node, "real_memory", 0) or 0)
+            configured = getattr(node, "configured_gres", None) or {}
+            gres = ",".join(f"{k}:{v}" for k, v in configured.items())
+            for kind, n in parse_gres(gres).items():
+                gpus[kind] = gpus.get(kind, 0) + n
+        return ClusterResources(cpus=cpus, memory_mb=memory, gpus=gpus, nodes=count)
+
+    async def ping(self) -> None:
+        # Any successful call to slurmctld proves it answers.
+        await self._call("asking slurmctld", lambda: self._py.Nodes.load())

@@ -1,0 +1,722 @@
+"""The Scheduler over slurmrestd, Slurm's REST API (httpx; TCP with a JWT, or a unix socket).
+
+slurmrestd takes a job as JSON: the script, and the job's properties beside it. It does not read
+the script's ``#SBATCH`` lines, so they are translated here into properties
+(``job_description``); an option without a translation stops the submission, naming it, rather
+than be dropped silently.
+
+Two families of shapes: v0.0.38 (Slurm 22.05; plain numbers and strings) and the data_parser
+versions v0.0.40 and later (Slurm 23.11+: numbers as ``{"set", "infinite", "number"}``, states
+and flags as lists, GRES as ``tres_per_node``, the environment as ``NAME=value`` strings).
+
+Errors are sorted once, in ``_answer``: slurmrestd or slurmctld out of reach →
+``SchedulerUnavailable`` (503); Slurm refusing a job → ``SubmitRejected`` (422); anything else →
+``SchedulerError`` (502). Every message names slurmrestd and what Slurm said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
+from interlink_slurm.slurm.cli import (
+    INVALID_JOB,
+    UNREACHABLE,
+    UNUSABLE_NODE_STATES,
+    parse_gres,
+)
+from interlink_slurm.slurm.remote_settings import RestSettings
+from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo
+from interlink_slurm.slurm.transport import Transport
+
+log = logging.getLogger(__name__)
+
+MAX_SCRIPT_BYTES = 4 << 20
+# slurm_errno.h: 1000-1099 protocol and communication errors, 1800-1899 "unable to contact
+# slurmctld", 5000-5099 socket errors (timeouts).
+UNREACHABLE_ERRNO = (range(1000, 1100), range(1800, 1900), range(5000, 5100))
+# ESLURM_* errors about what a job asks (2000 invalid partition, 2017 invalid job id, ...).
+JOB_ERRNO = range(2000, 3000)
+ESLURM_INVALID_JOB_ID = 2017
+ESLURM_ALREADY_DONE = 2021
+GONE_MESSAGES = (INVALID_JOB, "already completing or completed")
+# Slurm's name for a job state when flags are set (job_state_string(), slurm_protocol_defs.c):
+# the first flag present wins over the base state.
+STATE_FLAGS = (
+    "COMPLETING",
+    "STAGE_OUT",
+    "CONFIGURING",
+    "RESIZING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "SPECIAL_EXIT",
+    "STOPPED",
+    "REVOKED",
+    "RESV_DEL_HOLD",
+    "SIGNALING",
+)
+BASE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "SUSPENDED",
+        "COMPLETED",
+        "CANCELLED",
+        "FAILED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "OUT_OF_MEMORY",
+    }
+)
+# Node state flags that make a node give nothing to new jobs (v0.0.40+: in the state list).
+UNUSABLE_NODE_FLAGS = frozenset({"DRAIN", "FAIL", "MAINTENANCE", "INVALID_REG"})
+
+
+class _Refused(SchedulerError):
+    """slurmrestd answered with errors; the caller decides what they mean."""
+
+    def __init__(self, message: str, numbers: Sequence[int], status: int) -> None:
+        super().__init__(message)
+        self.numbers = tuple(numbers)
+        self.status = status
+
+
+# --- #SBATCH lines → job properties -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # the long option, as the error messages name it
+    value: str | None  # None for a flag given without a value
+
+
+@dataclass(frozen=True)
+class _Spec:
+    takes_value: bool  # False: a flag (--requeue)
+    optional_value: bool = False  # a flag that may carry "=value" (--exclusive[=user])
+
+
+# The options sbatch_extra and the plugin's own directives may hold, with their short forms.
+_SPECS: dict[str, _Spec] = {
+    "--job-name": _Spec(True),
+    "--comment": _Spec(True),
+    "--output": _Spec(True),
+    "--error": _Spec(True),
+    "--open-mode": _Spec(True),
+    "--chdir": _Spec(True),
+    "--partition": _Spec(True),
+    "--nodes": _Spec(True),
+    "--ntasks": _Spec(True),
+    "--cpus-per-task": _Spec(True),
+    "--mem": _Spec(True),
+    "--mem-per-cpu": _Spec(True),
+    "--gres": _Spec(True),
+    "--gpus": _Spec(True),
+    "--time": _Spec(True),
+    "--time-min": _Spec(True),
+    "--account": _Spec(True),
+    "--qos": _Spec(True),
+    "--exclusive": _Spec(False, optional_value=True),
+    "--constraint": _Spec(True),
+    "--reservation": _Spec(True),
+    "--licenses": _Spec(True),
+    "--wckey": _Spec(True),
+    "--mail-type": _Spec(True),
+    "--mail-user": _Spec(True),
+    "--requeue": _Spec(False),
+    "--no-requeue": _Spec(False),
+}
+_SHORT = {
+    "-J": "--job-name",
+    "-o": "--output",
+    "-e": "--error",
+    "-D": "--chdir",
+    "-p": "--partition",
+    "-N": "--nodes",
+    "-n": "--ntasks",
+    "-c": "--cpus-per-task",
+    "-G": "--gpus",
+    "-t": "--time",
+    "-A": "--account",
+    "-q": "--qos",
+    "-C": "--constraint",
+    "-L": "--licenses",
+}
+_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+_UNLIMITED = frozenset({"UNLIMITED", "INFINITE", "-1"})
+
+
+def _untranslatable(name: str) -> SchedulerError:
+    return SchedulerError(
+        f"the sbatch option {name} in the job script cannot be sent to slurmrestd (it has no "
+        "REST job property here): remove it from sbatch_extra, or use scheduler: cli"
+    )
+
+
+def sbatch_options(script: str) -> list[Option]:
+    """The ``#SBATCH`` options of a batch script, in order, the way sbatch reads them: from the
+    top, until the first line that is neither blank nor a comment."""
+    options: list[Option] = []
+    for i, line in enumerate(script.splitlines()):
+        stripped = line.strip()
+        if i == 0 and stripped.startswith("#!"):
+            continue
+        if stripped.startswith("#SBATCH"):
+            rest = stripped.removeprefix("#SBATCH")
+            if rest and not rest[0].isspace():
+                continue  # "#SBATCHX" is a comment to sbatch too
+            try:
+                words = shlex.split(rest)
+            except ValueError as err:
+                raise SchedulerError(f"cannot read the job script line {line!r}: {err}") from err
+            options.extend(_options(words))
+        elif stripped and not stripped.startswith("#"):
+            break
+    return options
+
+
+def _options(words: list[str]) -> list[Option]:
+    out: list[Option] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word.startswith("--"):
+            name, eq, value = word.partition("=")
+            spec = _SPECS.get(name)
+            if spec is None:
+                raise _untranslatable(name)
+            if eq:
+                if not spec.takes_value and not spec.optional_value:
+                    raise SchedulerError(f"the sbatch option {name} takes no value: {word!r}")
+                out.append(Option(name, value))
+            elif spec.takes_value:
+                if i >= len(words):
+                    raise SchedulerError(f"the sbatch option {name} needs a value")
+                out.append(Option(name, words[i]))
+                i += 1
+            else:
+                out.append(Option(name, None))
+        elif word.startswith("-") and len(word) >= 2:
+            long_name = _SHORT.get(word[:2])
+            if long_name is None:
+                raise _untranslatable(word[:2])
+            if len(word) > 2:
+                out.append(Option(long_name, word[2:].removeprefix("=")))
+            elif i < len(words):
+                out.append(Option(long_name, words[i]))
+                i += 1
+            else:
+                raise SchedulerError(f"the sbatch option {word} needs a value")
+        else:
+            raise SchedulerError(f"unexpected word {word!r} in an #SBATCH line")
+    return out
+
+
+def _int(option: Option) -> int:
+    value = option.value or ""
+    if not value.isdigit():
+        raise SchedulerError(f"{option.name}={value}: a whole number is expected")
+    return int(value)
+
+
+def _mebibytes(option: Option) -> int:
+    """``--mem`` values: a number with an optional K, M (default), G or T suffix → MiB."""
+    m = re.fullmatch(r"(\d+)([KMGT]?)B?", (option.value or "").upper())
+    if not m:
+        raise SchedulerError(f"{option.name}={option.value}: expected a size like 512M or 4G")
+    amount = int(m.group(1)) * _UNITS[m.group(2) or "M"]
+    return max(1, -int(-amount // 1))
+
+
+def _minutes(option: Option) -> int | None:
+    """Slurm's time formats → whole minutes (rounded up, as Slurm does); None when unlimited.
+
+    minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+    days-hours:minutes:seconds."""
+    value = (option.value or "").strip()
+    if value.upper() in _UNLIMITED:
+        return None
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value)
+    if not m:
+        raise SchedulerError(f"{option.name}={value}: not a Slurm time (D-HH:MM:SS)")
+    days, first, second, third = m.groups()
+    if days is not None:
+        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+    elif third is not None:
+        hours, minutes, seconds = int(first), int(second), int(third)
+    elif second is not None:
+        hours, minutes, seconds = 0, int(first), int(second)
+    else:
+        hours, minutes, seconds = 0, int(first), 0
+    total = (int(days or 0) * 24 + hours) * 60 * 60 + minutes * 60 + seconds
+    return -(-total // 60)
+
+
+def _nodes(option: Option) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", option.value or "")
+    if not m:
+        raise SchedulerError(f"{option.name}={option.value}: expected N or MIN-MAX")
+    low = int(m.group(1))
+    return low, int(m.group(2) or low)
+
+
+def _gres_tres(value: str) -> str:
+    """``gpu:a100:2,license:x`` → ``gres/gpu:a100:2,gres/license:x`` (tres_per_node)."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return ",".join("gres/" + re.sub(r"^gres[:/]", "", item) for item in items)
+
+
+def _number(value: int | None) -> dict[str, Any]:
+    """A v0.0.40+ number: ``{"set", "infinite", "number"}``; None means infinite."""
+    if value is None:
+        return {"set": True, "infinite": True, "number": 0}
+    return {"set": True, "infinite": False, "number": value}
+
+
+def job_description(
+    script: str, workdir: str, *, legacy: bool, environment: Mapping[str, str]
+) -> dict[str, Any]:
+    """The REST job properties equivalent to the script's #SBATCH options (and ``--chdir``
+    workdir, as sbatch is given), for v0.0.38 (legacy) or v0.0.40+."""
+    job: dict[str, Any] = {"current_working_directory": workdir}
+    if legacy:
+        job["environment"] = dict(environment)
+    else:
+        job["environment"] = [f"{k}={v}" for k, v in environment.items()]
+    for option in sbatch_options(script):
+        _apply(job, option, legacy)
+    return job
+
+
+def _apply(job: dict[str, Any], option: Option, legacy: bool) -> None:
+    name, value = option.name, option.value
+    plain: dict[str, str] = {
+        "--job-name": "name",
+        "--comment": "comment",
+        "--output": "standard_output",
+        "--error": "standard_error",
+        "--chdir": "current_working_directory",
+        "--partition": "partition",
+        "--account": "account",
+        "--qos": "qos",
+        "--constraint": "constraints",
+        "--reservation": "reservation",
+        "--licenses": "licenses",
+        "--wckey": "wckey",
+        "--mail-user": "mail_user",
+    }
+    counts = {"--ntasks": "tasks", "--cpus-per-task": "cpus_per_task"}
+    if name in plain:
+        job[plain[name]] = value or ""
+    elif name in counts:
+        job[counts[name]] = _int(option)
+    elif name == "--open-mode":
+        mode = (value or "").lower()
+        if mode not in ("append", "truncate"):
+            raise SchedulerError(f"--open-mode={value}: expected append or truncate")
+        job["open_mode"] = mode if legacy else [mode.upper()]
+    elif name == "--nodes":
+        low, high = _nodes(option)
+        if legacy:
+            job["nodes"] = [low, high]
+        else:
+            job["minimum_nodes"], job["maximum_nodes"] = low, high
+    elif name in ("--mem", "--mem-per-cpu"):
+        key = "memory_per_node" if name == "--mem" else "memory_per_cpu"
+        mib = _mebibytes(option)
+        job[key] = mib if legacy else _number(mib)
+    elif name in ("--time", "--time-min"):
+        key = "time_limit" if name == "--time" else "time_minimum"
+        minutes = _minutes(option)
+        if legacy:
+            if minutes is None:
+                raise SchedulerError(
+                    f"{name}={value} cannot be sent to slurmrestd v0.0.38: leave it out "
+                    "(the partition's limit applies)"
+                )
+            job[key] = minutes
+        else:
+            job[key] = _number(minutes)
+    elif name == "--gres":
+        if legacy:
+            job["gres"] = value
+        else:
+            job["tres_per_node"] = _gres_tres(value or "")
+    elif name == "--gpus":
+        if legacy:
+            job["gpus"] = value
+        else:
+            job["tres_per_job"] = _gres_tres(f"gpu:{value}")
+    elif name == "--exclusive":
+        kind = (value or "").lower()
+        if kind not in ("", "user", "mcs", "topo"):
+            raise SchedulerError(f"--exclusive={value}: expected user, mcs or no value")
+        if legacy:
+            if kind == "topo":
+                raise SchedulerError("--exclusive=topo is not known to slurmrestd v0.0.38")
+            # v0.0.38 hands this to sbatch's own option parser: "exclusive", "user" or "mcs"
+            # (not the "true" its OpenAPI description lists, which it refuses).
+            job["exclusive"] = kind or "exclusive"
+        else:
+            job["shared"] = [kind or "none"]
+    elif name in ("--requeue", "--no-requeue"):
+        job["requeue"] = name == "--requeue"
+    elif name == "--mail-type":
+        kinds = [k.strip().upper() for k in (value or "").split(",") if k.strip()]
+        job["mail_type"] = ",".join(kinds) if legacy else kinds
+    else:  # in _SPECS but not handled above: a bug here, say which
+        raise _untranslatable(name)
+
+
+# --- answers → JobInfo, ClusterResources ---------------------------------------------------------
+
+
+def _state(value: Any) -> str:
+    if isinstance(value, str):
+        return value.upper()
+    if isinstance(value, list):
+        names = [str(v).upper() for v in value]
+        for flag in STATE_FLAGS:
+            if flag in names:
+                return flag
+        for name in names:
+            if name in BASE_STATES:
+                return name
+        return names[0] if names else "UNKNOWN"
+    return "UNKNOWN"
+
+
+def parse_jobs(answer: Mapping[str, Any]) -> dict[str, JobInfo]:
+    """``GET /jobs`` (any version) → job id → JobInfo."""
+    jobs: dict[str, JobInfo] = {}
+    for job in answer.get("jobs") or []:
+        job_id = job.get("job_id")
+        if not isinstance(job_id, int):
+            continue
+        reason = str(job.get("state_reason") or "")
+        comment = job.get("comment")
+        jobs[str(job_id)] = JobInfo(
+            str(job_id),
+            _state(job.get("job_state")),
+            "" if reason == "None" else reason,
+            comment if isinstance(comment, str) else "",
+        )
+    return jobs
+
+
+def _node_states(node: Mapping[str, Any]) -> list[str]:
+    state = node.get("state")
+    if isinstance(state, list):  # v0.0.40+: base state and flags together
+        names = [str(s).upper() for s in state]
+    else:  # v0.0.38: "idle", with flags apart
+        names = [
+            str(state or "unknown").upper(),
+            *(str(f).upper() for f in node.get("state_flags") or []),
+        ]
+    base = [n for n in names if n not in UNUSABLE_NODE_FLAGS and n.isalpha()][:1]
+    return [*base, *(n for n in names if n in UNUSABLE_NODE_FLAGS)]
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict) and value.get("set") and not value.get("infinite"):
+        return int(value.get("number") or 0)
+    return 0
+
+
+def parse_nodes(answer: Mapping[str, Any], partitions: Sequence[str]) -> ClusterResources:
+    """``GET /nodes`` (any version) → what the nodes of ``partitions`` (all if empty) give."""
+    wanted = set(partitions)
+    cpus = memory = count = 0
+    gpus: dict[str, int] = {}
+    for node in answer.get("nodes") or []:
+        if wanted and not wanted & set(node.get("partitions") or []):
+            continue
+        states = [s.lower() for s in _node_states(node)]
+        if any(bad in s for s in states for bad in UNUSABLE_NODE_STATES):
+            continue
+        count += 1
+        cpus += _count(node.get("cpus"))
+        memory += _count(node.get("real_memory"))
+        for kind, n in parse_gres(str(node.get("gres") or "")).items():
+            gpus[kind] = gpus.get(kind, 0) + n
+    return ClusterResources(cpus=cpus, memory_mb=memory, gpus=gpus, nodes=count)
+
+
+def _ping_up(answer: Mapping[str, Any]) -> bool:
+    for ping in answer.get("pings") or []:
+        # v0.0.38: "ping": "UP"; v0.0.40+: "pinged": "UP" (and "responding": true in later ones)
+        if ping.get("ping") == "UP" or ping.get("pinged") == "UP" or ping.get("responding") is True:
+            return True
+    return False
+
+
+# --- the scheduler ------------------------------------------------------------------------------
+
+
+class RestScheduler:
+    """Implements the Scheduler protocol (see scheduler.py) against slurmrestd."""
+
+    def __init__(
+        self,
+        settings: RestSettings,
+        transport: Transport,
+        *,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._s = settings
+        self._transport = transport
+        self._http_transport = http_transport
+        self._client: httpx.AsyncClient | None = None
+        self._token: tuple[tuple[int, int, int], str] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"slurmrestd at {self._s.url}"
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            transport = self._http_transport
+            base = self._s.url
+            if self._s.unix_socket is not None:
+                transport = transport or httpx.AsyncHTTPTransport(uds=self._s.unix_socket)
+                base = "http://slurmrestd"
+            self._client = httpx.AsyncClient(
+                base_url=base, transport=transport, timeout=self._s.timeout
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _read_token(self) -> str:
+        path = self._s.token_file
+        assert path is not None
+        try:
+            st = os.stat(path)
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if self._token is not None and self._token[0] == key:
+                return self._token[1]
+            text = path.read_text().strip()
+        except OSError as err:
+            raise SchedulerUnavailable(
+                f"rest.token_file: cannot read {path}: {err.strerror or err}"
+            ) from err
+        # `scontrol token` prints SLURM_JWT=...; accept the file as it prints it.
+        token = text.removeprefix("SLURM_JWT=").strip()
+        if not token:
+            raise SchedulerUnavailable(f"rest.token_file: {path} is empty")
+        if self._token is not None:
+            log.info("rest.token_file %s changed: using the new token", path)
+        self._token = (key, token)
+        return token
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self._s.user_name:
+            headers["X-SLURM-USER-NAME"] = self._s.user_name
+        if self._s.token_file is not None:
+            headers["X-SLURM-USER-TOKEN"] = self._read_token()
+        return headers
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        action: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        url = f"/slurm/{self._s.api_version}/{path}"
+        try:
+            response = await self._http().request(
+                method, url, json=body, params=params, headers=self._headers()
+            )
+        except httpx.TimeoutException as err:
+            raise SchedulerUnavailable(
+                f"{self.where} did not answer within {self._s.timeout:g} s ({action})"
+            ) from err
+        except httpx.TransportError as err:
+            reason = str(err) or type(err).__name__
+            raise SchedulerUnavailable(
+                f"{self.where} is not reachable ({action}): {reason}"
+            ) from err
+        return self._answer(response, url, action)
+
+    def _answer(self, response: httpx.Response, url: str, action: str) -> dict[str, Any]:
+        """The one place where slurmrestd's answers become results or typed errors."""
+        status = response.status_code
+        body: dict[str, Any] | None
+        try:
+            parsed = response.json()
+        except ValueError:
+            parsed = None
+        body = parsed if isinstance(parsed, dict) else None
+        for warning in (body or {}).get("warnings") or []:
+            if isinstance(warning, dict):
+                log.warning(
+                    "slurmrestd (%s): %s %s",
+                    action,
+                    warning.get("description", ""),
+                    warning.get("source", ""),
+                )
+        errors = [e for e in (body or {}).get("errors") or [] if isinstance(e, dict)]
+        if status < 400 and not errors and body is not None:
+            return body
+        texts = [_error_text(e) for e in errors]
+        numbers = [
+            n
+            for e in errors
+            for n in (e.get("error_number"), e.get("error_code"))
+            if isinstance(n, int)
+        ]
+        said = "; ".join(dict.fromkeys(texts)) or _snippet(response)
+        if status in (401, 403):
+            raise SchedulerUnavailable(
+                f"{self.where} refused the credentials (HTTP {status}, {action}): {said}; check "
+                "rest.user_name and rest.token_file (the token is read again when the file "
+                "changes)"
+            )
+        if status == 404 and body is None:
+            raise SchedulerError(
+                f"{self.where} does not serve {url} (HTTP 404): is {self._s.api_version} among "
+                "the versions slurmrestd was started with (slurmrestd -s list)? "
+                "Set rest.api_version accordingly"
+            )
+        unreachable = any(n in r for n in numbers for r in UNREACHABLE_ERRNO) or any(
+            marker in said.lower() for marker in UNREACHABLE
+        )
+        if unreachable or (status in (502, 503, 504) and not errors):
+            raise SchedulerUnavailable(
+                f"Slurm is not reachable through {self.where} ({action}): {said}"
+            )
+        raise _Refused(f"{self.where} answered HTTP {status} ({action}): {said}", numbers, status)
+
+    # --- Scheduler ------------------------------------------------------------------------------
+
+    async def submit(self, script_path: str, workdir: str) -> str:
+        try:
+            raw = await asyncio.to_thread(
+                self._transport.read_file, script_path, MAX_SCRIPT_BYTES + 1
+            )
+        except OSError as err:
+            raise SchedulerError(
+                f"cannot read the job script {script_path}: {err.strerror or err}"
+            ) from err
+        if raw is None:
+            raise SchedulerError(f"the job script {script_path} does not exist")
+        if len(raw) > MAX_SCRIPT_BYTES:
+            raise SchedulerError(f"the job script {script_path} is larger than 4 MiB")
+        script = raw.decode(errors="replace")
+        job = job_description(
+            script, workdir, legacy=self._s.legacy, environment=self._s.environment
+        )
+        body: dict[str, Any] = (
+            {"script": script, "job": job} if self._s.legacy else {"job": {**job, "script": script}}
+        )
+        try:
+            answer = await self._call("POST", "job/submit", "submitting a job", body=body)
+        except _Refused as err:
+            detail = str(err).split(": ", 1)[-1]
+            if any(n in JOB_ERRNO for n in err.numbers) or (
+                not err.numbers and 400 <= err.status < 500
+            ):
+                raise SubmitRejected(f"Slurm refused the job: {detail}") from err
+            raise SchedulerError(str(err)) from err
+        raw_result = answer.get("result")
+        result: dict[str, Any] = raw_result if isinstance(raw_result, dict) else {}
+        job_id = answer.get("job_id", result.get("job_id"))
+        if not isinstance(job_id, int):
+            raise SchedulerError(f"{self.where} answered the submission without a job id")
+        message = answer.get("job_submit_user_msg") or result.get("job_submit_user_msg")
+        if message:
+            log.info("job %s: %s", job_id, message)
+        return str(job_id)
+
+    async def _delete(self, job_id: str, params: Mapping[str, str], action: str) -> None:
+        if not job_id.isdigit():
+            raise SchedulerError(f"{job_id!r} is not a Slurm job id")
+        try:
+            await self._call("DELETE", f"job/{job_id}", action, params=params)
+        except _Refused as err:
+            gone = {ESLURM_INVALID_JOB_ID, ESLURM_ALREADY_DONE} & set(err.numbers)
+            if gone or any(m in str(err).lower() for m in GONE_MESSAGES):
+                return
+            raise
+
+    async def cancel(self, job_id: str) -> None:
+        await self._delete(job_id, {}, f"cancelling job {job_id}")
+
+    async def signal(self, job_id: str, signal: str) -> None:
+        # The batch script gets it too, as with scancel --full (v0.0.38 does that by itself).
+        params = {"signal": signal} if self._s.legacy else {"signal": signal, "flags": "FULL_JOB"}
+        await self._delete(job_id, params, f"signalling job {job_id}")
+
+    async def _jobs(self) -> dict[str, JobInfo]:
+        try:
+            answer = await self._call("GET", "jobs", "listing jobs")
+        except _Refused as err:
+            raise SchedulerError(str(err)) from err
+        return parse_jobs(answer)
+
+    async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        wanted = {j for j in job_ids if j.isdigit()}
+        if not wanted:
+            return {}
+        return {j: info for j, info in (await self._jobs()).items() if j in wanted}
+
+    async def final_states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        # Accounting is slurmdbd's (the /slurmdb/ endpoints), not configured here.
+        return {}
+
+    async def find_by_comment(self, comment: str) -> JobInfo | None:
+        return next((j for j in (await self._jobs()).values() if j.comment == comment), None)
+
+    async def resources(self, partitions: Sequence[str]) -> ClusterResources:
+        try:
+            answer = await self._call("GET", "nodes", "listing nodes")
+        except _Refused as err:
+            raise SchedulerError(str(err)) from err
+        return parse_nodes(answer, partitions)
+
+    async def ping(self) -> None:
+        try:
+            answer = await self._call("GET", "ping", "ping")
+        except _Refused as err:
+            raise SchedulerUnavailable(str(err)) from err
+        if not _ping_up(answer):
+            pings = answer.get("pings") or []
+            raise SchedulerUnavailable(f"Slurm controller is not up ({self.where}: {pings})")
+
+
+def _error_text(error: Mapping[str, Any]) -> str:
+    """Slurm's own words for one error: its errno string ("Invalid partition name specified"),
+    or the description when the errno says nothing ("Unspecified error")."""
+    short = str(error.get("error") or "").strip()
+    long = str(error.get("description") or "").strip()
+    if short and short != "Unspecified error":
+        return short
+    return long or short or "unknown error"
+
+
+def _snippet(response: httpx.Response) -> str:
+    text = " ".join(response.text.split())
+    return text[:200] or f"HTTP {response.status_code} with an empty body"

@@ -1,0 +1,241 @@
+"""The e2e scenarios as data: well formed, runnable on the local image, translatable by the plugin;
+the phase derivation and the judge; and `make test` running `make e2e-local` (which runs them)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from interlink_slurm.cli import app
+from interlink_slurm.config import load_settings
+from tests.deploy.helpers import DEPLOY, LOCAL, REPO, e2e_scenarios
+
+sc = e2e_scenarios()
+SCENARIOS = sc.load_all()
+IMAGE = "/var/cache/interlink-slurm/images/debian-python"
+
+
+def mount_points() -> set[str]:
+    """Directories cluster.sh creates in the local Charliecloud image (MOUNT_POINTS=(...))."""
+    text = (DEPLOY / "local" / "cluster.sh").read_text()
+    match = re.search(r"^MOUNT_POINTS=\((.*?)\)", text, re.S | re.M)
+    assert match, "MOUNT_POINTS not found in cluster.sh"
+    return {"/" + w for w in shlex.split(match.group(1), comments=True)}
+
+
+def e2e_config(tmp_path: Path) -> Path:
+    config = sc.plugin_config(
+        LOCAL,
+        listen="127.0.0.1:4000",
+        data_root=str(tmp_path / "pods"),
+        image=IMAGE,
+        slurm_conf="/etc/slurm/slurm.conf",
+        images=set().union(*(s.images for s in SCENARIOS)),
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_scenarios_cover_the_features_that_work_today() -> None:
+    names = {s.name for s in SCENARIOS}
+    for feature in (
+        "hello",
+        "exit-code",
+        "init-containers",
+        "init-failure",
+        "configmap-secret",
+        "shared-emptydir",
+        "gpu",
+        "service-account",
+        "unsupported-volume",
+        "deadline",
+    ):
+        assert any(n.endswith(feature) for n in names), f"no scenario for {feature}"
+    assert {s.phase for s in SCENARIOS} == {"Succeeded", "Failed"}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_scenario_mounts_and_working_dirs_exist_in_the_local_image(scenario: Any) -> None:
+    existing = mount_points()
+    pod, _ = sc.admitted_pod(scenario, sc.NAMESPACE, "00000000-0000-0000-0000-000000000001")
+    spec = pod["spec"]
+    for c in (spec.get("initContainers") or []) + spec["containers"]:
+        for m in c.get("volumeMounts") or []:
+            assert m["mountPath"] in existing, f"{c['name']}: {m['mountPath']} not in the image"
+        if c.get("workingDir"):
+            assert c["workingDir"] in existing
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_scenario_is_translated_by_the_plugin_as_expected(scenario: Any, tmp_path: Path) -> None:
+    """What /create will do with it: a script, or the refusal the scenario expects."""
+    body = sc.retrieved_pod_data(scenario, sc.NAMESPACE, "00000000-0000-0000-0000-000000000002")
+    pod_file = tmp_path / "pod.json"
+    pod_file.write_text(json.dumps(body))
+    result = CliRunner().invoke(
+        app, ["render", str(pod_file), "--config", str(e2e_config(tmp_path))]
+    )
+    if scenario.create_error:
+        assert result.exit_code == 1
+        for fragment in scenario.create_error:
+            assert fragment in result.output
+    else:
+        assert result.exit_code == 0, result.output
+        assert f"#SBATCH --job-name={scenario.pod_name}" in result.output
+
+
+def test_e2e_config_loads_and_maps_every_scenario_image(tmp_path: Path) -> None:
+    settings = load_settings(e2e_config(tmp_path))
+    for s in SCENARIOS:
+        assert s.images <= set(settings.images)
+    assert set(settings.images.values()) == {IMAGE}
+
+
+def test_scenario_files_are_rejected_when_malformed(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"pod": {"kind": "Pod"}, "expect": {"phase": "Done"}}))
+    with pytest.raises(sc.ScenarioError, match=r"expect\.phase"):
+        sc.load(bad)
+    bad.write_text(yaml.safe_dump({"pod": {}, "podFile": "x", "expect": {"phase": "Failed"}}))
+    with pytest.raises(sc.ScenarioError, match="exactly one"):
+        sc.load(bad)
+
+
+# --- what interLink would send --------------------------------------------------------------------
+
+
+def by_name(scenario_name: str) -> Any:
+    [s] = [s for s in SCENARIOS if s.name.endswith(scenario_name)]
+    return s
+
+
+def test_service_account_volume_is_added_unless_automount_is_off() -> None:
+    uid = "00000000-0000-0000-0000-000000000003"
+    body = sc.retrieved_pod_data(by_name("service-account"), sc.NAMESPACE, uid)
+    [c] = body["container"]
+    [projected] = c["projectedvolumemaps"]
+    assert projected["data"]["namespace"] == sc.NAMESPACE
+    mounts = body["pod"]["spec"]["containers"][0]["volumeMounts"]
+    assert {
+        "name": projected["metadata"]["name"],
+        "mountPath": sc.SERVICE_ACCOUNT_DIR,
+        "readOnly": True,
+    } in mounts
+    body = sc.retrieved_pod_data(by_name("hello"), sc.NAMESPACE, uid)
+    assert body["container"][0]["projectedvolumemaps"] is None
+    assert not body["pod"]["spec"].get("volumes")
+
+
+def test_each_container_gets_only_what_it_mounts_and_secrets_in_base64() -> None:
+    body = sc.retrieved_pod_data(
+        by_name("configmap-secret"), sc.NAMESPACE, "00000000-0000-0000-0000-000000000004"
+    )
+    [c] = body["container"]
+    assert [cm["metadata"]["name"] for cm in c["configMaps"]] == ["e2e-app-config"]
+    [secret] = c["secrets"]
+    assert "stringData" not in secret
+    assert base64.b64decode(secret["data"]["password"]) == b's3cr3t-with-$pecial"chars'
+    body = sc.retrieved_pod_data(
+        by_name("init-containers"), sc.NAMESPACE, "00000000-0000-0000-0000-000000000005"
+    )
+    assert [c["name"] for c in body["container"]] == ["first", "second", "main"]
+    assert all(c["configMaps"] is None and c["secrets"] is None for c in body["container"])
+
+
+# --- the virtual kubelet's phase, and the judge ---------------------------------------------------
+
+
+def status(state: str, code: int = 0, name: str = "main") -> dict[str, Any]:
+    detail: dict[str, Any] = (
+        {"terminated": {"exitCode": code}} if state == "terminated" else {state: {}}
+    )
+    return {"name": name, "state": detail}
+
+
+@pytest.mark.parametrize(
+    ("containers", "inits", "phase"),
+    [
+        ([], [], "Pending"),
+        ([status("waiting")], [], "Pending"),
+        ([status("waiting")], [status("running", name="i")], "Pending"),
+        ([status("running")], [status("terminated", name="i")], "Running"),
+        ([status("running"), status("terminated", 1, "b")], [], "Running"),
+        ([status("terminated")], [status("terminated", name="i")], "Succeeded"),
+        ([status("terminated"), status("terminated", 3, "b")], [], "Failed"),
+        ([status("terminated")], [status("terminated", 2, "i")], "Failed"),
+        ([status("terminated"), status("waiting", name="b")], [], "Pending"),
+    ],
+)
+def test_pod_phase_is_derived_like_the_virtual_kubelet(
+    containers: list[Any], inits: list[Any], phase: str
+) -> None:
+    assert sc.pod_phase({"containers": containers, "initContainers": inits}) == phase
+
+
+def test_judge_passes_a_matching_outcome_and_names_each_difference() -> None:
+    s = by_name("exit-code")
+    ok = [{"name": "main", "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]
+    assert sc.judge(s, "Failed", ok, [], {"main": "about to fail\n"}) == []
+    wrong = [{"name": "main", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]
+    problems = sc.judge(s, "Succeeded", wrong, [], {"main": "about to\n"})
+    assert any("phase Succeeded" in p for p in problems)
+    assert any("exit code 1, expected 3" in p for p in problems)
+    assert any("no line 'about to fail'" in p for p in problems)
+    running = [{"name": "main", "state": {"running": {}}}]
+    assert any("running, expected terminated" in p for p in sc.judge(s, "Running", running, [], {}))
+
+
+def test_judge_checks_create_refusals() -> None:
+    s = by_name("unsupported-volume")
+    assert (
+        sc.judge(
+            s,
+            "Failed",
+            [],
+            [],
+            {},
+            create_error="volume 'data' has type 'nfs', which this plugin does not support",
+        )
+        == []
+    )
+    assert sc.judge(s, "Failed", [], [], {}, create_error="something else")
+    assert sc.judge(s, "Failed", [], [], {})  # accepted, but a refusal was expected
+    assert sc.judge(by_name("hello"), "Failed", [], [], {}, create_error="boom")
+
+
+# --- make test runs make e2e-local ----------------------------------------------------------------
+
+
+def makefile_recipe(target: str) -> list[str]:
+    lines = (REPO / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    recipe = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return recipe
+
+
+def test_make_test_runs_the_e2e_scenarios_after_pytest() -> None:
+    recipe = makefile_recipe("test")
+    pytest_at = next(i for i, line in enumerate(recipe) if "pytest" in line)
+    e2e_at = recipe.index("$(MAKE) e2e-local")
+    assert e2e_at > pytest_at
+    e2e = makefile_recipe("e2e-local")
+    assert any("deploy/e2e/run_local.py" in line and "$(CLUSTER) env" in line for line in e2e)
+    head = next(
+        line
+        for line in (REPO / "Makefile").read_text().splitlines()
+        if line.startswith("e2e-local:")
+    )
+    assert "cluster-up" in head and "$(STAMP)" in head

@@ -1,0 +1,146 @@
+"""Every example in examples/ is rendered with `interlink-slurm render`; those that can run on the
+local cluster are run by an e2e scenario (make e2e-local)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from interlink_slurm.cli import app
+from interlink_slurm.config import load_settings
+from tests.deploy.helpers import EXAMPLES, LEONARDO, LOCAL, e2e_scenarios, rel
+
+# Files of examples/ that are not pods, and why.
+NOT_PODS = {
+    "hello-logs.json": "the body of a /getLogs request (README walkthrough)",
+    "hello-status.json": "the body of a /status request, holding hello-pod.json's pod",
+    "jupyterhub/z2jh-values.yaml": "Zero to JupyterHub Helm values",
+}
+# Pods that cannot run on the local cluster, and why.
+RENDER_ONLY = {
+    "jupyterhub/jupyterlab-pod.yaml": "needs a JupyterLab image, GPUs and interLink's wstunnel",
+}
+# Run by the integration tests of the README walkthrough instead of an e2e scenario.
+RUN_ELSEWHERE = {"hello-pod.json"}
+
+
+def example_files() -> list[Path]:
+    return sorted(p for p in EXAMPLES.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml"))
+
+
+def name(path: Path) -> str:
+    return str(path.relative_to(EXAMPLES))
+
+
+POD_FILES = [p for p in example_files() if name(p) not in NOT_PODS]
+
+
+def render(path: Path, config: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["render", str(path), "--config", str(config)])
+    return result.exit_code, result.output
+
+
+def images(path: Path) -> set[str]:
+    data: Any = yaml.safe_load(path.read_text())
+    if isinstance(data, list):
+        [data] = data
+    pod = data.get("pod", data)
+    spec = pod["spec"]
+    return {c["image"] for c in (spec.get("initContainers") or []) + spec["containers"]}
+
+
+def test_every_file_in_examples_is_a_pod_or_explained() -> None:
+    for p in example_files():
+        if name(p) in NOT_PODS:
+            continue
+        data = yaml.safe_load(p.read_text())
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
+        assert isinstance(data, dict) and (data.get("kind") == "Pod" or "pod" in data), (
+            f"{rel(p)}: neither a pod nor a RetrievedPodData; add it to NOT_PODS with a reason"
+        )
+
+
+@pytest.mark.parametrize("path", POD_FILES, ids=name)
+def test_example_renders_for_leonardo(path: Path) -> None:
+    code, out = render(path, LEONARDO)
+    assert code == 0, out
+    assert out.startswith("#!/bin/bash\n")
+    assert "#SBATCH --account=CHANGEME_account" in out
+    assert "# Files written in /leonardo_scratch/" in out
+
+
+@pytest.mark.parametrize("path", POD_FILES, ids=name)
+def test_example_renders_for_the_local_cluster_when_its_images_are_there(path: Path) -> None:
+    code, out = render(path, LOCAL)
+    local_images = set(load_settings(LOCAL).images)
+    if images(path) <= local_images:
+        assert code == 0, out
+        assert "ch-run" in out
+    else:
+        assert name(path) in RENDER_ONLY, f"{rel(path)} names images the local profile lacks"
+        assert code == 1 and "image" in out
+
+
+def test_runnable_examples_are_run_by_an_e2e_scenario() -> None:
+    local_images = set(load_settings(LOCAL).images)
+    run: set[str] = set()
+    for s in e2e_scenarios().load_all():
+        text = yaml.safe_load(s.path.read_text())
+        if "podFile" in text:
+            run.add(str(Path(text["podFile"]).relative_to("examples")))
+    for path in POD_FILES:
+        n = name(path)
+        if n in RENDER_ONLY:
+            continue
+        assert images(path) <= local_images, f"{n}: not runnable locally; add to RENDER_ONLY"
+        assert n in run or n in RUN_ELSEWHERE, f"{n} can run locally but no scenario runs it"
+
+
+def test_gpu_example_asks_two_gpus_on_the_gpu_partition() -> None:
+    _, local = render(EXAMPLES / "gpu-check.yaml", LOCAL)
+    assert "#SBATCH --partition=boost_usr_prod" in local
+    assert "#SBATCH --gres=gpu:a100:2" in local
+    _, leonardo = render(EXAMPLES / "gpu-check.yaml", LEONARDO)
+    assert "#SBATCH --gres=gpu:2" in leonardo  # Leonardo's GRES has no type
+
+
+def test_offload_basics_resources_become_what_its_comments_say() -> None:
+    _, out = render(EXAMPLES / "offload-basics.yaml", LEONARDO)
+    for directive in (
+        "--partition=dcgp_usr_prod",
+        "--cpus-per-task=2",
+        "--mem=1024M",
+        "--time=0-00:10:00",
+    ):
+        assert f"#SBATCH {directive}\n" in out
+
+
+def test_jupyterlab_pod_becomes_a_booster_job_with_two_gpus_for_eight_hours() -> None:
+    _, out = render(EXAMPLES / "jupyterhub" / "jupyterlab-pod.yaml", LEONARDO)
+    for directive in (
+        "--partition=boost_usr_prod",
+        "--gres=gpu:2",
+        "--cpus-per-task=16",
+        "--time=0-08:00:00",
+    ):
+        assert f"#SBATCH {directive}\n" in out
+    assert "pytorch-notebook_cuda12.sif" in out
+
+
+def test_render_command_line_itself_works_on_an_example() -> None:
+    exe = Path(sys.executable).parent / "interlink-slurm"
+    r = subprocess.run(
+        [str(exe), "render", str(EXAMPLES / "offload-basics.yaml"), "--config", str(LOCAL)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "#SBATCH --job-name=offload-basics" in r.stdout

@@ -1,0 +1,371 @@
+"""The rendered job.sh, run for real by bash (no Slurm): what a pod asks for reaches the process.
+
+The runtime is "charliecloud" with ``runtime_path`` pointing at a stand-in for ch-run, a small
+Python script that records the argv it was given (split at ch-run's ``--``) and its environment
+as hex bytes in ``$ILS_PROBE_OUT/<container>.json``. Comparing those bytes with what the pod
+asked for checks every layer at once: the plan, the env file, the quoting of the script, bash's
+``read -d ''`` loop and ``env``.
+
+Kubernetes expands ``$(VAR)`` and ``$$`` in command, args and env values; the property writes
+each ``$`` of its inputs as ``$$`` (the Kubernetes escape), so the container must see the input
+text exactly — including ``$(id)`` and backticks, which only the shell would expand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interlink_slurm.config import Settings, load_settings
+from interlink_slurm.translate.plan import JobPlan
+from interlink_slurm.translate.pod import build_plan
+from interlink_slurm.translate.script import render_script
+from interlink_slurm.wire import RetrievedPodData
+from tests import podgen as pg
+
+IMAGE_DIR = "/some/dir"
+MARKER = "ILS_PROBE_CONTAINER"
+
+STAND_IN = """#!{python}
+import json, os, sys
+argv = [os.fsencode(a) for a in sys.argv[1:]]
+sep = argv.index(b"--")
+record = {{
+    "runtime_args": [a.hex() for a in argv[:sep]],
+    "command": [a.hex() for a in argv[sep + 1:]],
+    "env": {{k.hex(): v.hex() for k, v in os.environb.items()}},
+}}
+out = os.path.join(os.environ["ILS_PROBE_OUT"], os.environ["{marker}"] + ".json")
+with open(out, "w") as f:
+    json.dump(record, f)
+sys.exit(int(os.environ.get("ILS_PROBE_EXIT", "0")))
+"""
+
+
+def _usable(path: Path) -> Path:
+    # Settings refuse a data_root with whitespace, ':' or ','; so do bind specs.
+    assert not any(c.isspace() or c in ":," for c in str(path)), path
+    return path
+
+
+@pytest.fixture(scope="module")
+def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = _usable(tmp_path_factory.mktemp("bin"))
+    exe = d / "fake-ch-run"
+    exe.write_text(STAND_IN.format(python=sys.executable, marker=MARKER))
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return d
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _usable(tmp_path_factory.mktemp("pods"))
+
+
+def charliecloud(data_root: Path, runtime_path: str) -> Settings:
+    return load_settings(
+        None,
+        data_root=str(data_root),
+        runtime="charliecloud",
+        runtime_path=runtime_path,
+        images={"img": IMAGE_DIR},
+    )
+
+
+def plan_for(the_pod: dict[str, Any], s: Settings, **objects: Any) -> JobPlan:
+    pod_dir = tempfile.mkdtemp(prefix="pod-", dir=s.data_root)
+    data = RetrievedPodData.model_validate(pg.retrieved(the_pod, **objects))
+    return build_plan(data, s, pod_dir)
+
+
+def inside(root: str, path: str) -> bool:
+    """Whether ``path`` (relative to ``root``, or absolute) lies strictly inside ``root``."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(root, path))
+    return os.path.normpath(os.path.join(root, path)).startswith(
+        os.path.normpath(root) + os.sep
+    ) and real.startswith(real_root + os.sep)
+
+
+def lay_out(plan: JobPlan) -> Path:
+    """What jobdir does: the plan's directories and files (with their modes), and job.sh."""
+    root = Path(plan.pod_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for d in plan.dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for f in plan.files:
+        path = root / f.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f.content)
+        path.chmod(f.mode)
+    (root / "job.sh").write_text(render_script(plan))
+    return root
+
+
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    output: str  # what sbatch would put in job.out
+
+
+def run_job(plan: JobPlan, **env: str) -> tuple[Run, Path]:
+    """``bash job.sh`` in the pod directory, its output in a file as under sbatch (a pipe would
+    also wait for any helper process the script leaves behind)."""
+    root = lay_out(plan)
+    out = root / "probe"
+    out.mkdir()
+    job_out = root / "job.out"
+    with job_out.open("wb") as sink:
+        proc = subprocess.run(
+            ["bash", "job.sh"],
+            cwd=root,
+            env={**os.environ, "ILS_PROBE_OUT": str(out), **env},
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+        )
+    return Run(proc.returncode, job_out.read_text(errors="replace")), out
+
+
+def seen(out: Path, name: str) -> dict[str, Any]:
+    record = json.loads((out / f"{name}.json").read_text())
+    return {
+        "runtime_args": [bytes.fromhex(a) for a in record["runtime_args"]],
+        "command": [bytes.fromhex(a) for a in record["command"]],
+        "env": {bytes.fromhex(k): bytes.fromhex(v) for k, v in record["env"].items()},
+    }
+
+
+def escape(text: str) -> str:
+    """Kubernetes' escape: '$$' reads as '$', so the text is passed through unexpanded."""
+    return text.replace("$", "$$")
+
+
+# --- strategies ---------------------------------------------------------------------------------
+
+TRICKY = [
+    "",
+    " ",
+    "  two  spaces ",
+    "'",
+    '"',
+    "\\",
+    "'\"'\"'",
+    "$HOME",
+    "${HOME}",
+    "$(id)",
+    "`id`",
+    "$((1+1))",
+    "$'x'",
+    "$",
+    "$$",
+    "!!",
+    "*",
+    "?",
+    "~",
+    "-",
+    "--",
+    "-x",
+    "--help",
+    "-c",
+    ";rm -rf /tmp/nothing",
+    "&&",
+    "|",
+    ">out",
+    "<in",
+    "#",
+    "=",
+    "a=b",
+    "%s%n",
+    "a\nb",
+    "\n",
+    "\r\n",
+    "\t",
+    "\x01\x7f",
+    "\x1b[31m",
+    "é",
+    "日本語",
+    "😀",
+    "\u2028",
+    "\ufeff",
+]
+TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=16
+)
+PIECE = st.sampled_from(TRICKY)
+ARG = st.one_of(TEXT, PIECE, st.lists(st.one_of(PIECE, TEXT), max_size=4).map("".join))
+CONTAINER_NAME = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,14}[a-z0-9])?", fullmatch=True)
+PRINTABLE_NO_EQUALS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "=")
+ENV_NAME = st.one_of(
+    st.from_regex(r"T_[A-Za-z0-9_]{1,8}", fullmatch=True),
+    st.text(PRINTABLE_NO_EQUALS, min_size=1, max_size=8).map(lambda s: "T" + s),
+    st.sampled_from(["-X", "a.b-c", "A$B", "X(1)", "`id`", "'q'"]),
+)
+CONFIG_KEY = st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True).filter(
+    lambda k: k not in (".", "..")
+)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    command: list[str]
+    args: list[str]
+    env: list[tuple[str, str]]
+    working_dir: str
+
+    def as_container(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "image": "img",
+            "args": [escape(a) for a in self.args],
+            "env": [{"name": MARKER, "value": self.name}]
+            + [{"name": n, "value": escape(v)} for n, v in self.env],
+            "volumeMounts": [
+                {"name": "cfg", "mountPath": "/etc/cfg"},
+                {"name": "scratch", "mountPath": "/scratch"},
+            ],
+        }
+        if self.working_dir:
+            fields["workingDir"] = self.working_dir
+        return pg.container(self.name, command=[escape(a) for a in self.command], **fields)
+
+
+@st.composite
+def pods(draw: st.DrawFn) -> tuple[list[Spec], list[Spec], dict[str, str]]:
+    names = draw(st.lists(CONTAINER_NAME, min_size=1, max_size=3, unique=True))
+    specs = [
+        Spec(
+            name=name,
+            command=draw(st.lists(ARG, min_size=1, max_size=4)),
+            args=draw(st.lists(ARG, max_size=3)),
+            env=[(n, draw(ARG)) for n in draw(st.lists(ENV_NAME, max_size=4, unique=True))],
+            working_dir=draw(st.one_of(st.just(""), TEXT.map(lambda t: "/" + t))),
+        )
+        for name in names
+    ]
+    n_init = draw(st.integers(0, len(specs) - 1))
+    config = draw(st.dictionaries(CONFIG_KEY, TEXT, max_size=3))
+    return specs[:n_init], specs[n_init:], config
+
+
+# --- the property -------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(pods())
+def test_command_args_and_env_reach_the_process_byte_exact(
+    bin_dir: Path,
+    data_root: Path,
+    pod: tuple[list[Spec], list[Spec], dict[str, str]],
+) -> None:
+    init, regular, config = pod
+    the_pod = pg.pod(
+        "probe",
+        [s.as_container() for s in regular],
+        init=[s.as_container() for s in init],
+        volumes=[
+            {"name": "cfg", "configMap": {"name": "probe-config"}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    )
+    s = charliecloud(data_root, str(bin_dir / "fake-ch-run"))
+    plan = plan_for(the_pod, s, config_maps=[pg.config_map("probe-config", config)])
+
+    # Everything the plan writes or binds stays inside the pod directory.
+    for f in plan.files:
+        assert inside(plan.pod_dir, f.path), f.path
+    for d in plan.dirs:
+        assert inside(plan.pod_dir, d), d
+    for c in (*plan.init_containers, *plan.containers):
+        for b in c.binds:
+            assert inside(plan.pod_dir, b.source), b.source
+
+    run, out = run_job(plan)
+    assert run.returncode == 0, run.output
+    containers_dir = Path(plan.pod_dir) / "containers"
+    for spec in (*init, *regular):
+        got = seen(out, spec.name)
+        assert got["command"] == [a.encode() for a in (*spec.command, *spec.args)]
+        expected_env = {MARKER: spec.name, **dict(spec.env)}
+        for name, value in expected_env.items():
+            assert got["env"].get(name.encode()) == value.encode(), name
+        runtime_args = [
+            "-b",
+            f"{plan.pod_dir}/volumes/cfg:/etc/cfg",
+            "-b",
+            f"{plan.pod_dir}/volumes/scratch:/scratch",
+            *(["-c", spec.working_dir] if spec.working_dir else []),
+            IMAGE_DIR,
+        ]
+        assert got["runtime_args"] == [a.encode() for a in runtime_args]
+        assert (containers_dir / f"{spec.name}.exit").read_text() == "0\n"
+        assert (containers_dir / f"{spec.name}.started").is_file()
+        assert (containers_dir / f"{spec.name}.finished").is_file()
+        assert (containers_dir / f"{spec.name}.log").is_file()
+    config_files = {
+        p.name: p.read_bytes().decode() for p in (Path(plan.pod_dir) / "volumes" / "cfg").iterdir()
+    }
+    assert config_files == config
+
+
+# --- exit codes and order -----------------------------------------------------------------------
+
+
+def probe(name: str, exit_code: int = 0) -> dict[str, Any]:
+    env = [{"name": MARKER, "value": name}, {"name": "ILS_PROBE_EXIT", "value": str(exit_code)}]
+    return pg.container(name, command=["run", name], image="img", env=env)
+
+
+def test_failing_init_container_ends_the_pod_with_its_code(bin_dir: Path, data_root: Path) -> None:
+    the_pod = pg.pod("probe", [probe("main")], init=[probe("first"), probe("second", 3)])
+    plan = plan_for(the_pod, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
+    run, out = run_job(plan)
+    assert run.returncode == 3
+    containers = Path(plan.pod_dir) / "containers"
+    assert (containers / "first.exit").read_text() == "0\n"
+    assert (containers / "second.exit").read_text() == "3\n"
+    assert not (containers / "main.started").exists()
+    assert not (out / "main.json").exists()
+
+
+def test_job_exit_code_is_the_first_failing_container(bin_dir: Path, data_root: Path) -> None:
+    the_pod = pg.pod("probe", [probe("ok"), probe("bad", 5), probe("worse", 7)])
+    plan = plan_for(the_pod, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
+    run, _ = run_job(plan)
+    assert run.returncode == 5
+    containers = Path(plan.pod_dir) / "containers"
+    assert [(containers / f"{n}.exit").read_text() for n in ("ok", "bad", "worse")] == [
+        "0\n",
+        "5\n",
+        "7\n",
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="for charliecloud/enroot the pod's env is put, unprefixed, in the environment of "
+    "'env -- NAME=VALUE... ch-run ...', so a pod setting PATH (e.g. PATH=/opt/conda/bin, "
+    "common in images) changes how env looks up the runtime binary: with the default "
+    "runtime_path 'ch-run' the container fails with 'env: ch-run: No such file or directory' "
+    "(exit 127)",
+)
+def test_pod_path_does_not_hide_the_runtime_binary(bin_dir: Path, data_root: Path) -> None:
+    c = probe("main")
+    c["env"].append({"name": "PATH", "value": "/opt/conda/bin"})
+    plan = plan_for(pg.pod("probe", [c]), charliecloud(data_root, "fake-ch-run"))
+    _, out = run_job(plan, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert (Path(plan.pod_dir) / "containers" / "main.exit").read_text() == "0\n"
+    assert seen(out, "main")["env"][b"PATH"] == b"/opt/conda/bin"

@@ -1,0 +1,211 @@
+"""The SSH transport without a login node: how commands are quoted for the remote shell, and how
+every way of not reaching the login node becomes a clear, quick 503 (never a hang). The same
+transport against a real sshd is in tests/integration (modes "ssh" and "rest", test_faults)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interlink_slurm.errors import SchedulerUnavailable
+from interlink_slurm.slurm.cli import CliScheduler
+from interlink_slurm.slurm.remote_settings import SSHSettings
+from interlink_slurm.slurm.ssh import SSHTransport, SSHUnavailable, remote_command
+from interlink_slurm.slurm.transport import CommandUnavailable
+
+# --- quoting ------------------------------------------------------------------------------------
+
+NASTY = [
+    "plain",
+    "two words",
+    "it's",
+    '"double"',
+    "$HOME",
+    "`id`",
+    "$(id)",
+    "a;b|c&d",
+    "*",
+    "~",
+    "new\nline",
+    "tab\there",
+    "--comment=interlink-slurm:3f6c",
+    "",
+    "ünïcode ✓",
+    "back\\slash",
+    "!bang",
+]
+
+
+def test_every_argument_is_quoted_and_variables_go_through_env() -> None:
+    assert remote_command(
+        ["sbatch", "--comment=a b", "/d/job.sh"], {"SLURM_CONF": "/e/s.conf"}
+    ) == ("env SLURM_CONF=/e/s.conf sbatch '--comment=a b' /d/job.sh")
+    assert remote_command(["squeue"]) == "squeue"
+
+
+def test_the_remote_shell_gets_each_argument_byte_for_byte() -> None:
+    # What sshd does with the command line: hand it to the user's shell (bash here).
+    line = remote_command(["printf", "%s\\0", *NASTY], {"A": "x y"})
+    out = subprocess.run(["bash", "-c", line], capture_output=True, check=True).stdout
+    assert out.decode().split("\0")[:-1] == NASTY
+
+
+@given(
+    st.lists(
+        st.text(st.characters(exclude_characters="\0", codec="utf-8"), max_size=12),
+        min_size=1,
+        max_size=6,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_quoting_round_trips_through_a_posix_shell_parser(argv: list[str]) -> None:
+    import shlex
+
+    assert shlex.split(remote_command(argv)) == argv
+
+
+# --- not reaching the login node ---------------------------------------------------------------
+
+
+@pytest.fixture
+def known_hosts(tmp_path: Path) -> Path:
+    path = tmp_path / "known_hosts"
+    path.write_text("")
+    return path
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """Accepts TCP connections and never says a word (a hung sshd, a black-holing firewall)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def transport(port: int, known_hosts: Path, **settings: object) -> SSHTransport:
+    config = SSHSettings.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "user": "hpc",
+            "known_hosts": str(known_hosts),
+            "connect_timeout": 0.5,
+            **settings,
+        }
+    )
+    return SSHTransport(config, timeout=2)
+
+
+def test_a_closed_port_is_unavailable_at_once_with_a_clear_message(known_hosts: Path) -> None:
+    port = closed_port()
+    t = transport(port, known_hosts)
+    started = time.monotonic()
+
+    with pytest.raises(SSHUnavailable) as err:
+        t.run(["sinfo"], timeout=5)
+
+    assert time.monotonic() - started < 2
+    assert str(err.value) == (
+        f"cannot reach the login node hpc@127.0.0.1:{port}: connection refused "
+        "(is sshd running there, on that port?)"
+    )
+    # One error, two readings: a command that could not run, and a 503 for the API.
+    assert isinstance(err.value, CommandUnavailable)
+    assert isinstance(err.value, SchedulerUnavailable)
+
+
+def test_a_login_node_that_never_answers_times_out(silent_server: int, known_hosts: Path) -> None:
+    t = transport(silent_server, known_hosts)
+    started = time.monotonic()
+
+    with pytest.raises(SSHUnavailable, match=r"no answer within 0\.5 s \(ssh\.connect_timeout\)"):
+        t.read_file("/data/pod/containers/main.log", 100)
+
+    assert time.monotonic() - started < 3
+
+
+def test_file_operations_while_unreachable_are_unavailable_not_file_errors(
+    known_hosts: Path,
+) -> None:
+    t = transport(closed_port(), known_hosts)
+
+    for op in (
+        lambda: t.read_file("/x", 1),
+        lambda: t.size("/x"),
+        lambda: t.read_range("/x", 0, 1),
+        lambda: t.write_file("/x", b"", 0o600),
+        lambda: t.make_dirs("/x", 0o700),
+    ):
+        with pytest.raises(SSHUnavailable):
+            op()
+    t.remove_tree("/x")  # best effort, like the local transport: never raises
+
+
+def test_the_cli_scheduler_over_ssh_says_slurm_is_not_reachable(known_hosts: Path) -> None:
+    scheduler = CliScheduler(transport(closed_port(), known_hosts))
+
+    with pytest.raises(
+        SchedulerUnavailable, match="Slurm is not reachable: cannot reach the login"
+    ):
+        asyncio.run(scheduler.ping())
+
+
+def test_a_missing_known_hosts_file_is_named_with_how_to_fill_it(tmp_path: Path) -> None:
+    t = transport(2222, tmp_path / "nope")
+
+    with pytest.raises(SSHUnavailable) as err:
+        t.run(["true"], timeout=5)
+
+    message = str(err.value)
+    assert f"known_hosts file {tmp_path / 'nope'} does not exist" in message
+    assert "ssh-keyscan -p 2222 127.0.0.1" in message
+    assert "insecure_skip_host_key_check" in message
+
+
+def test_an_unreadable_key_file_is_named(known_hosts: Path, tmp_path: Path) -> None:
+    t = transport(closed_port(), known_hosts, key_file=str(tmp_path / "id_missing"))
+
+    with pytest.raises(SSHUnavailable, match=r"cannot read ssh\.key_file .*id_missing"):
+        t.run(["true"], timeout=5)
+
+
+def test_after_a_failed_connection_calls_fail_fast_with_the_same_reason(known_hosts: Path) -> None:
+    t = transport(closed_port(), known_hosts)
+    with pytest.raises(SSHUnavailable):
+        t.run(["true"], timeout=5)
+    with pytest.raises(SSHUnavailable, match="connection refused"):
+        t.run(["true"], timeout=5)  # within the back-off: the same reason, without a new try
