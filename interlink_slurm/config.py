@@ -134,6 +134,17 @@ class Settings(BaseSettings):
         # Environment first, then what load_settings read from the YAML file (passed as init).
         return (env_settings, init_settings)
 
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, v: object) -> object:
+        # YAML reads 0660 as the decimal 660 and 0o660 as a string: modes are written in octal.
+        if isinstance(v, str):
+            try:
+                return int(v.removeprefix("0o"), 8)
+            except ValueError as err:
+                raise ValueError(f"{v!r} is not an octal file mode like 0660") from err
+        return v
+
     @field_validator("data_root", "state_db", "slurm_conf", "slurm_bin_dir", "auth_token_file")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:

@@ -178,8 +178,10 @@ class Store:
                 "UPDATE pods SET final_state = ?, final_reason = ?, kill_at = NULL,"
                 " final_at = COALESCE(final_at, ?) WHERE job_id = ?"
                 " AND (final_state IS NULL OR final_state != ?)",
-                [(state, reason, time.time(), job_id, state)
-                 for job_id, state, reason in job_states],
+                [
+                    (state, reason, time.time(), job_id, state)
+                    for job_id, state, reason in job_states
+                ],
             )
 
     def reopen(self, job_ids: Sequence[str]) -> None:

@@ -129,6 +129,8 @@ class VolumeMount(WireModel):
     @field_validator("sub_path")
     @classmethod
     def _sub_path(cls, v: str) -> str:
+        if v and any(c in v for c in ":,\n"):
+            raise ValueError(f"{v!r} must not contain ':', ',' or a newline")
         return relative_path(v) if v else v
 
 

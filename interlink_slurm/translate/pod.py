@@ -12,7 +12,7 @@ from interlink_slurm.config import Settings
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate.plan import ContainerPlan, FileSpec, JobPlan
 from interlink_slurm.translate.resources import (
-    GPU_RESOURCE,
+    container_gpus,
     pod_resources,
     resource_directives,
 )
@@ -26,32 +26,61 @@ LOGPIPE_SOURCE = Path(logpipe.__file__).read_bytes()
 ANNOTATION_IMAGE_ROOT = "slurm-job.vk.io/image-root"
 JOB_COMMENT_PREFIX = "interlink-slurm:"
 
-_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+# What an image reference may look like once resolved: an optional scheme, then registry /
+# path / tag / digest characters. Never a leading '-': the runtime would read an option.
+_IMAGE = re.compile(r"(?:[a-z][a-z0-9+.-]*://)?[A-Za-z0-9_./@:+=-]+")
 
 
 def expand_refs(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion: defined variables are replaced, ``$$`` is ``$``,
+    """Kubernetes' ``$(VAR)`` expansion, as its scanner does it: ``$$`` is ``$``; ``$(`` reads
+    up to the next ``)`` whatever is inside, and a defined name is replaced by its value;
     anything else is left as written."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch != "$" or i + 1 == n:
+            out.append(ch)
+            i += 1
+            continue
+        nxt = text[i + 1]
+        if nxt == "$":
+            out.append("$")
+            i += 2
+        elif nxt == "(":
+            close = text.find(")", i + 2)
+            if close < 0:
+                out.append(text[i:])
+                break
+            name = text[i + 2 : close]
+            out.append(env[name] if name in env else text[i : close + 1])
+            i = close + 1
+        else:
+            out.append("$")
+            i += 1
+    return "".join(out)
 
-    def one(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group(1)
-        return env[name] if name in env else m.group(0)
 
-    return _REF.sub(one, text)
+def _checked_image(image: str, ref: str) -> str:
+    if image.startswith("-") or not _IMAGE.fullmatch(image):
+        raise PodRejected("image", f"{ref!r} does not name an image the runtime can be given")
+    return image
 
 
 def resolve_image(ref: str, runtime: str, settings: Settings, image_root: str | None) -> str:
     """The image the runtime is given for a reference the pod names."""
     if ref in settings.images:
-        return settings.images[ref]
-    if "://" in ref or ref.startswith("/"):
+        return settings.images[ref]  # the operator's own mapping
+    _checked_image(ref, ref)
+    local_only = runtime in LOCAL_IMAGES_ONLY
+    if ref.startswith("/"):
+        return ref
+    if "://" in ref and not local_only:
         return ref
     if image_root:
         joined = image_root + ref if image_root.endswith(("://", "/")) else f"{image_root}/{ref}"
-        return joined
-    if runtime in LOCAL_IMAGES_ONLY:
+        return _checked_image(joined, ref)
+    if local_only:
         raise PodRejected(
             "image",
             f"image {ref!r} is not in the configured images map, and the {runtime} runtime "
@@ -91,8 +120,7 @@ def _container_plan(
     env_map = dict(env)
     if c.working_dir and (not c.working_dir.startswith("/") or "\x00" in c.working_dir):
         raise PodRejected(f"{where}.workingDir", f"{c.working_dir!r} must be an absolute path")
-    gpu_values = [c.resources.limits.get(GPU_RESOURCE), c.resources.requests.get(GPU_RESOURCE)]
-    gpus = max((int(float(v)) for v in gpu_values if v is not None), default=0)
+    gpus = container_gpus(c, where)
     return ContainerPlan(
         name=c.name,
         image=image,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, localcontext
 
 _SUFFIX = {
     "": Decimal(1),
@@ -22,6 +22,9 @@ _SUFFIX = {
     "Pi": Decimal(2) ** 50,
     "Ei": Decimal(2) ** 60,
 }
+# Far beyond any real machine, and small enough that rounding and printing stay cheap.
+MAX_QUANTITY = Decimal(10) ** 60
+PRECISION = 80  # digits: every quantity up to MAX_QUANTITY, exactly
 _QUANTITY = re.compile(
     r"([+]?[0-9]+(?:\.[0-9]*)?|[+]?\.[0-9]+)"  # the number
     r"(?:([eE][-+]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE])?)"  # exponent or suffix
@@ -41,19 +44,29 @@ def parse_quantity(value: str | int | float) -> Decimal:
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 256Mi, 1Gi)")
     number, exponent, suffix = match.groups()
     try:
-        amount = Decimal(number)
-        if exponent:
-            return amount * Decimal(10) ** int(exponent[1:])
-    except (InvalidOperation, ValueError, OverflowError) as err:
-        raise ValueError(f"{value!r} is not a Kubernetes quantity") from err
-    return amount * _SUFFIX[suffix or ""]
+        with localcontext() as ctx:
+            ctx.prec = PRECISION
+            amount = Decimal(number)
+            if exponent:
+                amount = amount * Decimal(10) ** int(exponent[1:])
+            else:
+                amount = amount * _SUFFIX[suffix or ""]
+    except (ArithmeticError, ValueError) as err:
+        raise ValueError(f"{value!r} is out of range for a quantity") from err
+    if amount > MAX_QUANTITY:
+        raise ValueError(f"{value!r} is out of range for a quantity")
+    return amount
 
 
 def cpus(value: str | int | float) -> int:
     """Whole CPUs, rounded up (Slurm allocates cores): "500m" → 1, "2.5" → 3."""
-    return max(1, math.ceil(parse_quantity(value)))
+    with localcontext() as ctx:
+        ctx.prec = PRECISION
+        return max(1, math.ceil(parse_quantity(value)))
 
 
 def mebibytes(value: str | int | float) -> int:
     """MiB, rounded up: Slurm's --mem unit."""
-    return max(1, math.ceil(parse_quantity(value) / (1 << 20)))
+    with localcontext() as ctx:
+        ctx.prec = PRECISION
+        return max(1, math.ceil(parse_quantity(value) / (1 << 20)))

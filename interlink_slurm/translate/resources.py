@@ -40,6 +40,18 @@ def _amount(c: Container, index: str, resource: str) -> Decimal | None:
     return None
 
 
+def container_gpus(c: Container, index: str) -> int:
+    """The whole number of GPUs one container asks for."""
+    amount = _amount(c, index, GPU_RESOURCE)
+    if amount is None:
+        return 0
+    if amount != amount.to_integral_value():
+        raise PodRejected(
+            f"{index}.resources.limits.{GPU_RESOURCE}", f"{amount} is not a whole number of GPUs"
+        )
+    return int(amount)
+
+
 def _check_names(c: Container, index: str) -> None:
     for kind, values in (("limits", c.resources.limits), ("requests", c.resources.requests)):
         for name in values:
@@ -72,9 +84,11 @@ def pod_resources(spec: PodSpec, default_cpus: int, default_memory_mb: int) -> R
 
     cpu = _effective(spec, "cpu")
     memory = _effective(spec, "memory")
+    for i, c in enumerate(spec.containers):
+        container_gpus(c, f"spec.containers[{i}]")
+    for i, c in enumerate(spec.init_containers):
+        container_gpus(c, f"spec.initContainers[{i}]")
     gpu = _effective(spec, GPU_RESOURCE)
-    if gpu is not None and gpu != gpu.to_integral_value():
-        raise PodRejected(f"resources.{GPU_RESOURCE}", f"{gpu} is not a whole number of GPUs")
     deadline = spec.active_deadline_seconds
     if deadline is not None and deadline <= 0:
         raise PodRejected("spec.activeDeadlineSeconds", "must be a positive number of seconds")

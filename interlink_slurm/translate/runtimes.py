@@ -37,16 +37,27 @@ def _apptainer(binary: str, options: Sequence[str], c: ContainerPlan) -> list[st
     return [*argv, c.image, *c.command, *c.args]
 
 
+def _fstab(path: str) -> str:
+    """A path as an fstab field: whitespace and backslashes octal-escaped."""
+    return "".join(f"\\{ord(ch):03o}" if ch in " \t\n\\" else ch for ch in path)
+
+
 def _enroot(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
     argv = [binary, "start", *options]
     for b in c.binds:
         flags = "x-create=auto,rbind,ro" if b.read_only else "x-create=auto,rbind"
-        argv += ["--mount", f"{b.source} {b.target} none {flags}"]
+        argv += ["--mount", f"{_fstab(b.source)} {_fstab(b.target)} none {flags}"]
     for name, _ in c.env:
         argv += ["--env", name]
     argv.append(c.image)
     command = [*c.command, *c.args]
     if c.working_dir:
+        if not command:
+            raise PodRejected(
+                f"container {c.name!r} command",
+                "with the enroot runtime a workingDir needs a command or args "
+                "(enroot has no working-directory option of its own)",
+            )
         # enroot has no working-directory option: change directory in the container first.
         return [*argv, "/bin/sh", "-c", 'cd -- "$0" && exec "$@"', c.working_dir, *command]
     return [*argv, *command]

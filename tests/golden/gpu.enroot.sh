@@ -46,24 +46,30 @@ ils_wait() {
 ils_container() {
   local name=$1; shift
   local -a envs=()
-  local kv rc logger="" pipe="containers/$name.pipe"
+  local kv rc logger="" pipe="containers/$name.pipe" runtime
   trap ':' TERM INT
   while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
+  # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
+  runtime=$(command -v -- "$1") || runtime=$1
+  shift
   ils_put "containers/$name.started" "$(ils_now)"
   if [ -n "$ILS_PYTHON" ]; then
     rm -f "$pipe" && mkfifo -m 600 "$pipe"
     "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
     logger=$!
-    env -- "${envs[@]}" "$@" > "$pipe" 2>&1 < /dev/null &
+    env -- "${envs[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
   else
-    env -- "${envs[@]}" "$@" >> "containers/$name.log" 2>&1 < /dev/null &
+    env -- "${envs[@]}" "$runtime" "$@" >> "containers/$name.log" 2>&1 < /dev/null &
   fi
   ils_wait $!; rc=$?
   if [ -n "$logger" ]; then
     # The log ends with the container, even if a process it left behind holds the pipe open.
-    ( sleep 5; kill -KILL "$logger" 2>/dev/null ) &
+    # (Stopping the watchdog stops its sleep too, so nothing outlives the container.)
+    ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
+      sleep 5 & s=$!; wait "$s"; kill -KILL "$logger" 2>/dev/null ) &
+    local watchdog=$!
     ils_wait "$logger"
-    kill "$!" 2>/dev/null
+    kill "$watchdog" 2>/dev/null
     rm -f "$pipe"
   fi
   ils_put "containers/$name.finished" "$(ils_now)"

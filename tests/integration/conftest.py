@@ -314,12 +314,24 @@ def remote_env() -> dict[str, str]:
     return env
 
 
+_USER_DIRS: list[Path] = []
+
+
 def user_dir(user: str, prefix: str) -> Path:
-    """A fresh directory under /tmp owned by ``user`` (its parents are world-searchable)."""
+    """A fresh directory under /tmp owned by ``user`` (its parents are world-searchable), removed
+    at the end of the session."""
     path = Path(tempfile.mkdtemp(prefix=f"ils-{prefix}-", dir="/tmp"))
     path.chmod(0o755)
     shutil.chown(path, user, user)
+    _USER_DIRS.append(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_user_dirs() -> Iterator[None]:
+    yield
+    for path in _USER_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class LoginNode:

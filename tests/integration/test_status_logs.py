@@ -3,6 +3,7 @@ option, and the scheduler queried once per refresh whatever the number of /statu
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -32,8 +33,11 @@ RFC3339NANO = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z) (.*
 def local(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
     """A plugin of this module's own, with a short refresh, retention and GC interval."""
     p = Plugin(
-        tmp_path_factory.mktemp("status"), cluster,
-        status_refresh_seconds=1, retention_seconds=2, gc_interval_seconds=1,
+        tmp_path_factory.mktemp("status"),
+        cluster,
+        status_refresh_seconds=1,
+        retention_seconds=2,
+        gc_interval_seconds=1,
     )
     p.start()
     yield p
@@ -48,7 +52,8 @@ def scheduler_queries(plugin: Plugin) -> float:
     text = plugin.client.get("/metrics").text
     m = re.search(
         r'^interlink_slurm_scheduler_calls_total\{operation="query",outcome="ok"\} (\S+)$',
-        text, re.M,
+        text,
+        re.M,
     )
     return float(m.group(1)) if m else 0.0
 
@@ -80,11 +85,24 @@ def test_status_storm_does_not_multiply_scheduler_queries(local: Plugin) -> None
 
 
 def test_pending_job_waits_with_slurm_reason_resources(local: Plugin) -> None:
-    hog = podgen.pod("gpu-hog", [podgen.container(
-        "main", "import time; time.sleep(120)",
-        resources={"limits": {"nvidia.com/gpu": "4"}})])
-    waiter = podgen.pod("gpu-waiter", [podgen.container(
-        "main", "print('got the gpus')", resources={"limits": {"nvidia.com/gpu": "4"}})])
+    hog = podgen.pod(
+        "gpu-hog",
+        [
+            podgen.container(
+                "main",
+                "import time; time.sleep(120)",
+                resources={"limits": {"nvidia.com/gpu": "4"}},
+            )
+        ],
+    )
+    waiter = podgen.pod(
+        "gpu-waiter",
+        [
+            podgen.container(
+                "main", "print('got the gpus')", resources={"limits": {"nvidia.com/gpu": "4"}}
+            )
+        ],
+    )
     local.create_ok(podgen.retrieved(hog))
     local.wait_for(hog, any_running)
     local.create_ok(podgen.retrieved(waiter))
@@ -121,8 +139,8 @@ def test_job_cancelled_by_an_admin_is_reported_as_cancelled_outside_kubernetes(
 
 def test_timeout_from_active_deadline_is_deadline_exceeded(local: Plugin) -> None:
     pod = podgen.pod(
-        "deadline", [podgen.container("main", "import time; print('start', flush=True); "
-                                               "time.sleep(600)")],
+        "deadline",
+        [podgen.container("main", "import time; print('start', flush=True); time.sleep(600)")],
         activeDeadlineSeconds=60,
     )
     local.create_ok(podgen.retrieved(pod))
@@ -140,12 +158,19 @@ def test_requeued_job_counts_a_restart_and_keeps_the_previous_log(
     local: Plugin, cluster: dict[str, str]
 ) -> None:
     # The first run waits to be requeued; the second one ends at once.
-    pod = podgen.pod("requeued", [podgen.container(
-        "main", "import os, time\nsecond = os.path.exists('/mnt/work/n')\n"
+    pod = podgen.pod(
+        "requeued",
+        [
+            podgen.container(
+                "main",
+                "import os, time\nsecond = os.path.exists('/mnt/work/n')\n"
                 "print('run', 2 if second else 1, flush=True)\n"
                 "open('/mnt/work/n', 'w').write('x')\ntime.sleep(0 if second else 300)",
-        volumeMounts=[{"name": "work", "mountPath": "/mnt/work"}])],
-        volumes=[{"name": "work", "emptyDir": {}}])
+                volumeMounts=[{"name": "work", "mountPath": "/mnt/work"}],
+            )
+        ],
+        volumes=[{"name": "work", "emptyDir": {}}],
+    )
     job_id = local.create_ok(podgen.retrieved(pod))
     local.wait_for(pod, any_running)
 
@@ -159,7 +184,8 @@ def test_requeued_job_counts_a_restart_and_keeps_the_previous_log(
     slurm(cluster, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
     status = local.wait_for(
-        pod, lambda s: all_terminated(s) and s["containers"][0]["restartCount"] == 1,
+        pod,
+        lambda s: all_terminated(s) and s["containers"][0]["restartCount"] == 1,
         timeout=90,
     )
     assert states(status)["main"]["terminated"]["exitCode"] == 0
@@ -170,11 +196,16 @@ def test_requeued_job_counts_a_restart_and_keeps_the_previous_log(
 @pytest.fixture(scope="module")
 def chatty(local: Plugin) -> dict[str, Any]:
     """A finished pod that wrote five lines about 0.6 s apart, and the times it wrote them."""
-    pod = podgen.pod("chatty", [podgen.container(
-        "main",
-        "import time\nfor i in range(1, 6):\n    print(f'line {i}', flush=True)\n"
-        "    time.sleep(0.6)\nprint('no newline at the end', end='', flush=True)",
-    )])
+    pod = podgen.pod(
+        "chatty",
+        [
+            podgen.container(
+                "main",
+                "import time\nfor i in range(1, 6):\n    print(f'line {i}', flush=True)\n"
+                "    time.sleep(0.6)\nprint('no newline at the end', end='', flush=True)",
+            )
+        ],
+    )
     local.create_ok(podgen.retrieved(pod))
     local.wait_for(pod, all_terminated)
     return pod
@@ -205,9 +236,14 @@ def test_logs_timestamps_are_when_each_line_was_written(
     lines = stamped(local.logs(chatty, "main", Timestamps=True).content)
 
     assert [text for _, text in lines] == [
-        b"line 1", b"line 2", b"line 3", b"line 4", b"line 5", b"no newline at the end"
+        b"line 1",
+        b"line 2",
+        b"line 3",
+        b"line 4",
+        b"line 5",
+        b"no newline at the end",
     ]
-    gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(lines, lines[1:5], strict=False)]
+    gaps = [(b[0] - a[0]).total_seconds() for a, b in itertools.pairwise(lines[:5])]
     assert all(0.4 < g < 2.0 for g in gaps), gaps
     term = states(local.pod_status(chatty))["main"]["terminated"]
     started = datetime.fromisoformat(term["startedAt"].replace("Z", "+00:00"))
@@ -230,19 +266,30 @@ def test_logs_since_time_and_since_seconds(local: Plugin, chatty: dict[str, Any]
 
 
 def test_follow_streams_lines_as_they_come_and_ends_with_the_container(local: Plugin) -> None:
-    pod = podgen.pod("follow", [podgen.container(
-        "main", "import time\nfor i in range(4):\n    print('tick', i, flush=True)\n"
-                "    time.sleep(1)")])
+    pod = podgen.pod(
+        "follow",
+        [
+            podgen.container(
+                "main",
+                "import time\nfor i in range(4):\n    print('tick', i, flush=True)\n"
+                "    time.sleep(1)",
+            )
+        ],
+    )
     local.create_ok(podgen.retrieved(pod))
     local.wait_for(pod, any_running)
     body = {
-        "Namespace": "default", "PodUID": pod["metadata"]["uid"], "PodName": "follow",
-        "ContainerName": "main", "Opts": {"Follow": True, "Timestamps": True},
+        "Namespace": "default",
+        "PodUID": pod["metadata"]["uid"],
+        "PodName": "follow",
+        "ContainerName": "main",
+        "Opts": {"Follow": True, "Timestamps": True},
     }
     arrivals: list[tuple[float, bytes]] = []
     started = time.monotonic()
-    with local.client.stream("GET", "/getLogs", content=json.dumps(body),
-                             headers=local.headers, timeout=60) as r:
+    with local.client.stream(
+        "GET", "/getLogs", content=json.dumps(body), headers=local.headers, timeout=60
+    ) as r:
         assert r.status_code == 200
         for chunk in r.iter_raw():
             arrivals.append((time.monotonic() - started, chunk))
@@ -255,14 +302,26 @@ def test_follow_streams_lines_as_they_come_and_ends_with_the_container(local: Pl
 
 
 def test_follow_ends_when_the_client_goes_away(local: Plugin) -> None:
-    pod = podgen.pod("follow-away", [podgen.container(
-        "main", "import time\nwhile True:\n    print('.', flush=True)\n    time.sleep(0.2)")])
+    pod = podgen.pod(
+        "follow-away",
+        [
+            podgen.container(
+                "main", "import time\nwhile True:\n    print('.', flush=True)\n    time.sleep(0.2)"
+            )
+        ],
+    )
     local.create_ok(podgen.retrieved(pod))
     local.wait_for(pod, any_running)
-    body = {"Namespace": "default", "PodUID": pod["metadata"]["uid"], "PodName": "follow-away",
-            "ContainerName": "main", "Opts": {"Follow": True}}
-    with local.client.stream("GET", "/getLogs", content=json.dumps(body),
-                             headers=local.headers) as r:
+    body = {
+        "Namespace": "default",
+        "PodUID": pod["metadata"]["uid"],
+        "PodName": "follow-away",
+        "ContainerName": "main",
+        "Opts": {"Follow": True},
+    }
+    with local.client.stream(
+        "GET", "/getLogs", content=json.dumps(body), headers=local.headers
+    ) as r:
         next(r.iter_raw())
     # The server is still fine and answers at once.
     assert local.status([pod]).status_code == 200
@@ -270,10 +329,16 @@ def test_follow_ends_when_the_client_goes_away(local: Plugin) -> None:
 
 
 def test_job_prologue_output_is_reachable(local: Plugin, chatty: dict[str, Any]) -> None:
-    body = {"Namespace": "default", "PodUID": chatty["metadata"]["uid"], "PodName": "chatty",
-            "ContainerName": "main", "Opts": {}}
-    r = local.client.request("GET", "/getLogs?source=job", content=json.dumps(body),
-                             headers=local.headers)
+    body = {
+        "Namespace": "default",
+        "PodUID": chatty["metadata"]["uid"],
+        "PodName": "chatty",
+        "ContainerName": "main",
+        "Opts": {},
+    }
+    r = local.client.request(
+        "GET", "/getLogs?source=job", content=json.dumps(body), headers=local.headers
+    )
     assert r.status_code == 200
     assert f"interlink-slurm: pod default/chatty starts as job {job_of(local, chatty)}" in r.text
 
@@ -287,8 +352,9 @@ def test_delete_gives_the_grace_period_and_sigterm_reaches_the_container(
         "    print('saved', flush=True); sys.exit(0)\n"
         "signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(300)"
     )
-    pod = podgen.pod("graceful", [podgen.container("main", script)],
-                     terminationGracePeriodSeconds=20)
+    pod = podgen.pod(
+        "graceful", [podgen.container("main", script)], terminationGracePeriodSeconds=20
+    )
     job_id = local.create_ok(podgen.retrieved(pod))
     local.wait_for(pod, lambda s: local.logs(pod, "main").text == "ready\n", timeout=60)
 

@@ -71,3 +71,11 @@ def test_missing_or_empty_token_file_is_named(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read configuration file"):
         load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "text", ["socket_mode: '0660'", "socket_mode: '0o660'", "socket_mode: 432"]
+)
+def test_socket_mode_is_read_as_octal(tmp_path: Path, text: str) -> None:
+    s = load_settings(write(tmp_path, f"data_root: /x\n{text}\n"))
+    assert s.socket_mode == 0o660

@@ -353,15 +353,6 @@ def test_job_exit_code_is_the_first_failing_container(bin_dir: Path, data_root: 
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="for charliecloud/enroot the pod's env is put, unprefixed, in the environment of "
-    "'env -- NAME=VALUE... ch-run ...', so a pod setting PATH (e.g. PATH=/opt/conda/bin, "
-    "common in images) changes how env looks up the runtime binary: with the default "
-    "runtime_path 'ch-run' the container fails with 'env: ch-run: No such file or directory' "
-    "(exit 127)",
-)
 def test_pod_path_does_not_hide_the_runtime_binary(bin_dir: Path, data_root: Path) -> None:
     c = probe("main")
     c["env"].append({"name": "PATH", "value": "/opt/conda/bin"})

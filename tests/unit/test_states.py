@@ -142,8 +142,10 @@ def test_container_killed_while_its_job_ends_waits_for_the_jobs_reason() -> None
 
 
 def test_container_killed_while_others_run_is_terminated_at_once() -> None:
-    files = {"a": ContainerFiles(started=T0, finished=T1, exit_code=139),
-             "b": ContainerFiles(started=T0)}
+    files = {
+        "a": ContainerFiles(started=T0, finished=T1, exit_code=139),
+        "b": ContainerFiles(started=T0),
+    }
     _, main = run(JobInfo("7", "RUNNING"), files, main=("a", "b"))
     assert main["a"]["terminated"]["exit_code"] == 139
     assert "running" in main["b"]
