@@ -206,6 +206,8 @@ MpiDefault=none
 ReturnToService=2
 # Finished jobs leave squeue after ~10 s instead of 300 s (the purge itself runs periodically).
 MinJobAge=10
+# Room for the 10,000-pod benchmarks (the default is 10000 jobs in all).
+MaxJobCount=40000
 KillWait=5
 # With slurmctld down, client commands (squeue, sbatch, ...) fail after MessageTimeout-1 s:
 # 4 s here instead of 9 s with the default 10.

@@ -1,0 +1,217 @@
+"""Speed and memory of interlink-slurm on the real local Slurm (run by hand, never in CI).
+
+    .venv/bin/python -m benchmarks.bench status --pods 100 1000 10000
+    .venv/bin/python -m benchmarks.bench create --pods 500 --clients 8
+    .venv/bin/python -m benchmarks.bench logs --sizes-mib 1 64 1024
+    .venv/bin/python -m benchmarks.bench all
+
+Each part starts its own plugin on the cluster of deploy/local/cluster.sh (which it brings up)
+and prints a Markdown table; docs/benchmarks.md keeps the results with the command that made
+them. Jobs are submitted held (`--hold`) where they only need to exist: the status benchmark
+measures tracked pods, not running containers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tests import podgen
+from tests.integration.conftest import Plugin, cluster_env
+
+HOLD = ["--hold"]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def metric(plugin: Plugin, name: str, labels: str) -> float:
+    for line in plugin.client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cancel_all(cluster: dict[str, str]) -> None:
+    subprocess.run(["scancel", "--user", os.environ.get("USER", "root")],
+                   env={**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}, check=False)
+
+
+def start(cluster: dict[str, str], workdir: Path, **config: Any) -> Plugin:
+    plugin = Plugin(workdir, cluster, log_level="warning", **config)
+    plugin.start()
+    return plugin
+
+
+def create_many(plugin: Plugin, n: int, clients: int, prefix: str) -> list[dict[str, Any]]:
+    pods = [podgen.pod(f"{prefix}-{i}", [podgen.container("main", "print(1)")]) for i in range(n)]
+    failures: list[str] = []
+
+    def one(p: dict[str, Any]) -> None:
+        r = plugin.create(podgen.retrieved(p))
+        if r.status_code != 200:
+            failures.append(r.text)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, pods))
+    if failures:
+        raise SystemExit(f"{len(failures)} creates failed, e.g. {failures[0]}")
+    return pods
+
+
+def bench_status(cluster: dict[str, str], sizes: list[int], calls: int) -> None:
+    print("| tracked pods | /status calls | p50 ms | p99 ms | scheduler queries/s "
+          "(refresh 2 s) | queries per 1000 calls | service RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
+            plugin = start(cluster, Path(tmp), sbatch_extra=HOLD, status_refresh_seconds=2)
+            try:
+                pods = create_many(plugin, n, 8, f"st{n}")
+                time.sleep(3)  # one refresh has seen every job
+                bodies = [json.dumps([p]) for p in pods]
+                q0 = metric(plugin, "interlink_slurm_scheduler_calls_total",
+                            'operation="query",outcome="ok"')
+                t0 = time.monotonic()
+                latencies = []
+                for i in range(calls):
+                    body = bodies[(i * 7919) % n]  # spread over every pod
+                    s = time.perf_counter()
+                    r = plugin.client.request("GET", "/status", content=body,
+                                              headers=plugin.headers)
+                    latencies.append((time.perf_counter() - s) * 1000)
+                    assert r.status_code == 200 and len(r.json()) == 1, r.text
+                elapsed = time.monotonic() - t0
+                queries = metric(plugin, "interlink_slurm_scheduler_calls_total",
+                                 'operation="query",outcome="ok"') - q0
+                assert plugin.proc is not None
+                rss = rss_mib(plugin.proc.pid)
+                print(f"| {n} | {calls} | {percentile(latencies, 50):.2f} | "
+                      f"{percentile(latencies, 99):.2f} | {queries / elapsed:.2f} | "
+                      f"{queries / calls * 1000:.1f} | {rss:.0f} |", flush=True)
+            finally:
+                plugin.stop()
+                cancel_all(cluster)
+
+
+def sbatch_loop(cluster: dict[str, str], scripts: list[Path]) -> float:
+    env = {**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}
+    t0 = time.monotonic()
+    for script in scripts:
+        subprocess.run(["sbatch", "--parsable", "--hold", f"--chdir={script.parent}",
+                        str(script)], env=env, check=True, capture_output=True)
+    return time.monotonic() - t0
+
+
+def bench_create(cluster: dict[str, str], n: int, clients: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
+        plugin = start(cluster, Path(tmp), sbatch_extra=HOLD)
+        try:
+            t0 = time.monotonic()
+            pods = create_many(plugin, n, clients, "cr")
+            plugin_s = time.monotonic() - t0
+            jobs = {plugin.pod_status(p)["JID"] for p in pods[:50]}
+            scripts = sorted(plugin.data_root.glob("default/*/job.sh"))
+            assert len(scripts) == n, len(scripts)
+            cancel_all(cluster)
+            # The same scripts, submitted again by hand in a loop: the ceiling for one client.
+            raw_s = sbatch_loop(cluster, scripts)
+            squeue = subprocess.run(
+                ["squeue", "-h", "-o", "%k"], capture_output=True, text=True,
+                env={**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}, check=True,
+            ).stdout.split()
+            duplicates = len(squeue) - len(set(squeue))
+        finally:
+            plugin.stop()
+            cancel_all(cluster)
+    print("| pods | clients | /create pods/s | raw sbatch pods/s | ratio | failed | duplicated |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {n} | {clients} | {n / plugin_s:.1f} | {n / raw_s:.1f} | "
+          f"{raw_s / plugin_s:.2f} | 0 | {duplicates} |")
+    assert len(jobs) == 50
+
+
+def fill_log(path: Path, size: int) -> None:
+    line = b"x" * 99 + b"\n"
+    block = line * 10_000  # ~1 MB
+    with open(path, "wb") as f:
+        written = 0
+        while written < size:
+            f.write(block)
+            written += len(block)
+
+
+def bench_logs(cluster: dict[str, str], sizes_mib: list[int], calls: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
+        plugin = start(cluster, Path(tmp))
+        try:
+            pod = podgen.pod("big-log", [podgen.container("main", "print(1)")])
+            plugin.create_ok(podgen.retrieved(pod))
+            plugin.wait_for(pod, lambda s: all("terminated" in c["state"]
+                                               for c in s["containers"]))
+            log = plugin.pod_dir(pod) / "containers" / "main.log"
+            print("| log size | Tail=100 p50 ms | p99 ms | bytes returned |")
+            print("|---|---|---|---|")
+            for mib in sizes_mib:
+                fill_log(log, mib << 20)
+                latencies = []
+                size = 0
+                for _ in range(calls):
+                    s = time.perf_counter()
+                    r = plugin.logs(pod, "main", Tail=100)
+                    latencies.append((time.perf_counter() - s) * 1000)
+                    size = len(r.content)
+                print(f"| {mib} MiB | {percentile(latencies, 50):.2f} | "
+                      f"{percentile(latencies, 99):.2f} | {size} |", flush=True)
+        finally:
+            plugin.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("status")
+    s.add_argument("--pods", type=int, nargs="+", default=[100, 1000, 10000])
+    s.add_argument("--calls", type=int, default=2000)
+    c = sub.add_parser("create")
+    c.add_argument("--pods", type=int, default=500)
+    c.add_argument("--clients", type=int, default=8)
+    lg = sub.add_parser("logs")
+    lg.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 64, 1024])
+    lg.add_argument("--calls", type=int, default=200)
+    sub.add_parser("all")
+    args = parser.parse_args()
+    cluster = cluster_env()
+    runs: dict[str, Callable[[], None]] = {
+        "status": lambda: bench_status(cluster, getattr(args, "pods", [100, 1000, 10000]),
+                                       getattr(args, "calls", 2000)),
+        "create": lambda: bench_create(cluster, getattr(args, "pods", 500),
+                                       getattr(args, "clients", 8)),
+        "logs": lambda: bench_logs(cluster, getattr(args, "sizes_mib", [1, 64, 1024]),
+                                   getattr(args, "calls", 200)),
+    }
+    for name in runs if args.what == "all" else [args.what]:
+        print(f"\n## {name}\n", flush=True)
+        runs[name]()
+
+if __name__ == "__main__":
+    main()
