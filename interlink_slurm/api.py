@@ -198,12 +198,14 @@ def create_app(service: Service, token: str | None) -> FastAPI:
         answer = await service.create(pod_data)
         return JSONResponse(_dump(answer))
 
-    @app.api_route("/delete", methods=["POST", "DELETE"])
+    @app.post("/delete", operation_id="delete_post")
+    @app.delete("/delete", operation_id="delete_delete")
     async def delete(request: Request) -> Response:
         pod = _parse(_POD, _one(await _json(request, limit), "pod"), "pod")
         return PlainTextResponse(await service.delete(pod))
 
-    @app.api_route("/status", methods=["GET", "POST"])
+    @app.get("/status", operation_id="status_get")
+    @app.post("/status", operation_id="status_post")
     async def status(request: Request) -> Response:
         body = await _body(request, limit)
         if not body.strip():
@@ -220,7 +222,8 @@ def create_app(service: Service, token: str | None) -> FastAPI:
             return JSONResponse(_dump(await service.ping()))
         return JSONResponse(_dump(await service.status(pods)))
 
-    @app.api_route("/getLogs", methods=["GET", "POST"])
+    @app.get("/getLogs", operation_id="getLogs_get")
+    @app.post("/getLogs", operation_id="getLogs_post")
     async def get_logs(request: Request) -> Response:
         """A container's log; ``?source=job`` gives the batch job's own output instead."""
         req = _parse(_LOGS, await _json(request, limit), "log request")
@@ -240,6 +243,8 @@ def create_app(service: Service, token: str | None) -> FastAPI:
             metrics.refresh_age.set(age)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
     @app.get("/healthz")
     async def healthz() -> Response:
         return PlainTextResponse("ok")
@@ -250,3 +255,38 @@ def create_app(service: Service, token: str | None) -> FastAPI:
         return PlainTextResponse("ready")
 
     return app
+
+
+# What each route reads from its body. The routes parse raw bodies themselves (to answer with
+# sentences that name the field), so FastAPI cannot see these; the OpenAPI document declares
+# them for clients and for schema-driven fuzzing.
+REQUEST_BODIES: dict[tuple[str, str], TypeAdapter[Any]] = {
+    ("/create", "post"): _CREATE,
+    ("/delete", "post"): _POD,
+    ("/delete", "delete"): _POD,
+    ("/status", "get"): _PODS,
+    ("/status", "post"): _PODS,
+    ("/getLogs", "get"): _LOGS,
+    ("/getLogs", "post"): _LOGS,
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for (path, method), adapter in REQUEST_BODIES.items():
+        body = adapter.json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        operation = schema["paths"][path][method]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+    app.openapi_schema = schema
+    return schema

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +30,8 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", envvar="INTERLINK_SLURM_CONFIG", help="YAML configuration"),
 ]
+# On SIGTERM, requests in progress get this long; a follow-mode log stream would wait forever.
+SHUTDOWN_SECONDS = 5
 SLURM_COMMANDS = factory.SLURM_COMMANDS
 
 
@@ -87,14 +90,38 @@ def serve(config: ConfigOption = None) -> None:
     try:
         if unix_path:
             sock = _listen_socket(unix_path, settings.socket_mode)
-            server = uvicorn.Server(uvicorn.Config(api, log_level=settings.log_level))
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    api, log_level=settings.log_level, timeout_graceful_shutdown=SHUTDOWN_SECONDS
+                )
+            )
             server.run(sockets=[sock])
         else:
             host, port = settings.listen_host_port
-            uvicorn.run(api, host=host, port=port, log_level=settings.log_level)
+            uvicorn.run(
+                api,
+                host=host,
+                port=port,
+                log_level=settings.log_level,
+                timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+                **_tls_options(settings),
+            )
     finally:
         store.close()
         factory.close(transport)
+
+
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    if settings.tls_cert_file is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.tls_cert_file),
+        "ssl_keyfile": str(settings.tls_key_file),
+    }
+    if settings.tls_client_ca_file is not None:
+        options["ssl_ca_certs"] = str(settings.tls_client_ca_file)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
 
 
 def _read_pod_file(path: Path) -> dict[str, Any]:

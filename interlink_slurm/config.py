@@ -16,7 +16,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from interlink_slurm.errors import describe_validation_error
 from interlink_slurm.slurm.remote_settings import RestSettings, SSHSettings
+from interlink_slurm.translate.annotations import (
+    DEFAULT_RUNTIME_OPTIONS_ALLOWED,
+    DEFAULT_USER_FLAGS_ALLOWED,
+    NEVER_USER_FLAGS,
+    RUNTIME_OPTION_VALUES,
+    SBATCH_OPTIONS,
+)
 from interlink_slurm.translate.quantity import mebibytes
+from interlink_slurm.translate.site import Profile, slurm_seconds
 from interlink_slurm.wire import Taint
 
 Runtime = Literal["apptainer", "singularity", "enroot", "charliecloud"]
@@ -68,6 +76,11 @@ class Settings(BaseSettings):
         "127.0.0.1:4000", description="HOST:PORT for TCP, or unix:///path/to/socket"
     )
     socket_mode: int = Field(0o660, ge=0, le=0o777, description="file mode of the unix socket")
+    tls_cert_file: Path | None = Field(None, description="serve HTTPS with this certificate")
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = Field(
+        None, description="require client certificates signed by this CA (mutual TLS)"
+    )
     auth_token: SecretStr | None = None
     auth_token_file: Path | None = None
 
@@ -89,6 +102,49 @@ class Settings(BaseSettings):
     default_cpus: int = Field(1, ge=1)
     default_memory: str = "1Gi"
     host_path_prefixes: list[Path] = []
+
+    # --- pod fidelity: annotations, site profiles, limits, volumes, restarts (issue 3) ---------
+    user_flags_allowed: list[str] = Field(
+        list(DEFAULT_USER_FLAGS_ALLOWED),
+        description="sbatch options pods may give in slurm-job.vk.io/flags",
+    )
+    user_partitions_allowed: list[str] | None = Field(
+        None, description="partitions pods may ask for; default: the partitions configured here"
+    )
+    user_qos_allowed: list[str] | None = Field(
+        None, description="QOS pods may ask for with --qos; default: any"
+    )
+    allow_account_annotation: bool = Field(
+        False, description="whether pods may choose the Slurm account (--account in flags)"
+    )
+    namespace_accounts: dict[str, str] = Field(
+        {}, description="Kubernetes namespace -> Slurm account (overrides account)"
+    )
+    allow_user_shell: bool = Field(
+        True,
+        description="run pod shell code (slurm-job.vk.io/pre-exec, "
+        "interlink.eu/wstunnel-client-commands) in the job; false: such pods are refused",
+    )
+    runtime_options_allowed: list[str] = Field(
+        list(DEFAULT_RUNTIME_OPTIONS_ALLOWED),
+        description="Apptainer/Singularity options pods may add "
+        "(slurm-job.vk.io/singularity-options)",
+    )
+    gpus_per_node: int | None = Field(None, ge=1, description="GPUs of one node")
+    max_cpus: int | None = Field(None, ge=1, description="most CPUs a pod may ask for")
+    max_memory: str | None = Field(None, description="most memory a pod may ask for")
+    default_time: str | int | None = Field(None, description="--time of a pod with no deadline")
+    max_time: str | int | None = Field(None, description="longest --time a pod may ask for")
+    profiles: dict[str, Profile] = Field({}, description="site profiles (flavors) by name")
+    pvc_root: Path | None = Field(
+        None, description="persistentVolumeClaim → <pvc_root>/<namespace>/<claimName>"
+    )
+    restart_backoff_seconds: float = Field(
+        10.0, gt=0, description="first wait before a container is restarted (doubles each time)"
+    )
+    restart_backoff_max_seconds: float = Field(
+        300.0, gt=0, description="longest wait between two restarts of a container"
+    )
 
     taints: list[Taint] = []
     max_pods: int = Field(1000, ge=1, description="the 'pods' capacity of the virtual node")
@@ -145,7 +201,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"{v!r} is not an octal file mode like 0660") from err
         return v
 
-    @field_validator("data_root", "state_db", "slurm_conf", "slurm_bin_dir", "auth_token_file")
+    @field_validator(
+        "data_root", "state_db", "slurm_conf", "slurm_bin_dir", "auth_token_file", "pvc_root"
+    )
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         if v is None:
@@ -182,6 +240,64 @@ class Settings(BaseSettings):
         mebibytes(v)
         return v
 
+    @field_validator("max_memory")
+    @classmethod
+    def _max_memory(cls, v: str | None) -> str | None:
+        if v is not None:
+            mebibytes(v)
+        return v
+
+    @field_validator("default_time", "max_time")
+    @classmethod
+    def _time(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            slurm_seconds(v)
+        return v
+
+    @field_validator("user_flags_allowed")
+    @classmethod
+    def _user_flags_allowed(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in SBATCH_OPTIONS:
+                raise ValueError(f"{name!r} is not an sbatch option (long form: --time...)")
+            if name in NEVER_USER_FLAGS:
+                raise ValueError(f"{name} is set by interlink-slurm and cannot be given by pods")
+        return v
+
+    @field_validator("runtime_options_allowed")
+    @classmethod
+    def _runtime_options_allowed(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in RUNTIME_OPTION_VALUES:
+                raise ValueError(f"{name!r} is not an Apptainer option this plugin knows")
+        return v
+
+    @field_validator("user_partitions_allowed", "user_qos_allowed")
+    @classmethod
+    def _names(cls, v: list[str] | None) -> list[str] | None:
+        for name in v or []:
+            cls._slurm_name(name)
+        return v
+
+    @field_validator("namespace_accounts")
+    @classmethod
+    def _accounts(cls, v: dict[str, str]) -> dict[str, str]:
+        for account in v.values():
+            cls._slurm_name(account)
+        return v
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles(cls, v: dict[str, Profile]) -> dict[str, Profile]:
+        for name, p in v.items():
+            if not _SLURM_NAME.match(name):
+                raise ValueError(f"profile name {name!r}: letters, digits, '_', '.', '+', '-'")
+            try:
+                cls._flags(p.sbatch_extra)
+            except ValueError as err:
+                raise ValueError(f"{name}.sbatch_extra: {err}") from err
+        return v
+
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
@@ -201,6 +317,16 @@ class Settings(BaseSettings):
         if v is not None and ("=" in v or any(c.isspace() for c in v)):
             raise ValueError(f"{v!r} must not contain '=' or whitespace")
         return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        if self.tls_cert_file is not None and self.listen.startswith("unix://"):
+            raise ValueError("TLS is for a TCP listener; a unix socket is guarded by socket_mode")
+        return self
 
     @model_validator(mode="after")
     def _combinations(self) -> Settings:

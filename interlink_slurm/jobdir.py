@@ -54,12 +54,19 @@ def write_pod(transport: Transport, plan: JobPlan, script: str) -> str:
     root = plan.pod_dir
     try:
         transport.make_dirs(posixpath.dirname(root), NAMESPACE_DIR_MODE)
+        made = {root}  # each directory once: on shared filesystems every mkdir costs
         transport.make_dirs(root, POD_DIR_MODE)
         for d in plan.dirs:
-            transport.make_dirs(inside(root, d), POD_DIR_MODE)
+            path = inside(root, d)
+            if path not in made:
+                transport.make_dirs(path, POD_DIR_MODE)
+                made.add(path)
         for f in plan.files:
             path = inside(root, f.path)
-            transport.make_dirs(posixpath.dirname(path), POD_DIR_MODE)
+            parent = posixpath.dirname(path)
+            if parent not in made:
+                transport.make_dirs(parent, POD_DIR_MODE)
+                made.add(parent)
             transport.write_file(path, f.content, f.mode)
         script_path = f"{root}/job.sh"
         transport.write_file(script_path, script.encode(), SCRIPT_MODE)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Sequence
 
 from interlink_slurm import jobdir
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 GONE = "GONE"  # final_state of a job that left the queue with no accounting record
 MIN_REFRESH_GAP_SECONDS = 0.5
+WORKER_THREADS = 64
 # A job seen to end is still watched this long, while Slurm lists it: it may be requeued.
 ENDED_WATCH_SECONDS = 600.0
 
@@ -100,6 +102,11 @@ class Service:
         """Settle what a crash left half-done, then keep job states fresh in the background."""
         self._wake = asyncio.Event()
         self._refresh_lock = asyncio.Lock()
+        # Blocking work (files, SQLite, Slurm commands) runs in threads; asyncio's default pool
+        # is min(32, cores + 4), too small to keep Slurm busy on a small login VM.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="ils")
+        )
         await self.reconcile()
         self._tasks.append(asyncio.create_task(self._refresher(), name="refresher"))
 

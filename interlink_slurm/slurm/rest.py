@@ -109,33 +109,58 @@ class _Spec:
     optional_value: bool = False  # a flag that may carry "=value" (--exclusive[=user])
 
 
-# The options sbatch_extra and the plugin's own directives may hold, with their short forms.
+# The options the plugin's own directives, sbatch_extra and the pods' slurm-job.vk.io/flags (with
+# the default allowlist) may hold, with their short forms. Whether a version can take one is
+# decided in _apply.
 _SPECS: dict[str, _Spec] = {
-    "--job-name": _Spec(True),
-    "--comment": _Spec(True),
-    "--output": _Spec(True),
-    "--error": _Spec(True),
-    "--open-mode": _Spec(True),
-    "--chdir": _Spec(True),
-    "--partition": _Spec(True),
-    "--nodes": _Spec(True),
-    "--ntasks": _Spec(True),
-    "--cpus-per-task": _Spec(True),
-    "--mem": _Spec(True),
-    "--mem-per-cpu": _Spec(True),
-    "--gres": _Spec(True),
-    "--gpus": _Spec(True),
-    "--time": _Spec(True),
-    "--time-min": _Spec(True),
-    "--account": _Spec(True),
-    "--qos": _Spec(True),
+    **{
+        name: _Spec(True)
+        for name in (
+            "--job-name",
+            "--comment",
+            "--output",
+            "--error",
+            "--open-mode",
+            "--chdir",
+            "--partition",
+            "--nodes",
+            "--ntasks",
+            "--ntasks-per-node",
+            "--ntasks-per-core",
+            "--ntasks-per-socket",
+            "--ntasks-per-gpu",
+            "--cpus-per-task",
+            "--threads-per-core",
+            "--mem",
+            "--mem-per-cpu",
+            "--mem-per-gpu",
+            "--tmp",
+            "--gres",
+            "--gres-flags",
+            "--gpus",
+            "--gpus-per-node",
+            "--gpus-per-task",
+            "--cpus-per-gpu",
+            "--gpu-bind",
+            "--time",
+            "--time-min",
+            "--account",
+            "--qos",
+            "--constraint",
+            "--prefer",
+            "--reservation",
+            "--licenses",
+            "--wckey",
+            "--dependency",
+            "--distribution",
+            "--hint",
+            "--signal",
+            "--mail-type",
+            "--mail-user",
+        )
+    },
     "--exclusive": _Spec(False, optional_value=True),
-    "--constraint": _Spec(True),
-    "--reservation": _Spec(True),
-    "--licenses": _Spec(True),
-    "--wckey": _Spec(True),
-    "--mail-type": _Spec(True),
-    "--mail-user": _Spec(True),
+    "--nice": _Spec(False, optional_value=True),
     "--requeue": _Spec(False),
     "--no-requeue": _Spec(False),
 }
@@ -154,15 +179,58 @@ _SHORT = {
     "-q": "--qos",
     "-C": "--constraint",
     "-L": "--licenses",
+    "-d": "--dependency",
+    "-m": "--distribution",
 }
+# Options whose value is copied as it is, to the same property in every version.
+_STRINGS = {
+    "--job-name": "name",
+    "--comment": "comment",
+    "--output": "standard_output",
+    "--error": "standard_error",
+    "--chdir": "current_working_directory",
+    "--partition": "partition",
+    "--account": "account",
+    "--qos": "qos",
+    "--constraint": "constraints",
+    "--prefer": "prefer",
+    "--reservation": "reservation",
+    "--licenses": "licenses",
+    "--wckey": "wckey",
+    "--mail-user": "mail_user",
+    "--dependency": "dependency",
+    "--distribution": "distribution",
+}
+# Whole numbers, same property in every version.
+_COUNTS = {
+    "--ntasks": "tasks",
+    "--cpus-per-task": "cpus_per_task",
+    "--ntasks-per-node": "tasks_per_node",
+    "--ntasks-per-core": "tasks_per_core",
+    "--ntasks-per-socket": "tasks_per_socket",
+    "--threads-per-core": "threads_per_core",
+}
+# GPU options: v0.0.38 has a property each; v0.0.40+ writes them as TRES of gres/gpu.
+_GPU = {
+    "--gpus": ("gpus", "tres_per_job"),
+    "--gpus-per-node": ("gpus_per_node", "tres_per_node"),
+    "--gpus-per-task": ("gpus_per_task", "tres_per_task"),
+    "--cpus-per-gpu": ("cpus_per_gpu", "cpus_per_tres"),
+    "--gpu-bind": ("gpu_binding", "tres_bind"),
+}
+# What only v0.0.38 takes (sbatch's own option parser reads them there).
+_LEGACY_ONLY = {"--hint": "cpu_binding_hint", "--gres-flags": "gres_flags"}
 _UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 _UNLIMITED = frozenset({"UNLIMITED", "INFINITE", "-1"})
+_SIGNAL = re.compile(r"(?:([BR]{1,2}):)?([A-Za-z0-9]+)(?:@(\d+))?")
 
 
-def _untranslatable(name: str) -> SchedulerError:
+def _untranslatable(name: str, version: str = "") -> SchedulerError:
+    where = f"slurmrestd {version}" if version else "slurmrestd"
     return SchedulerError(
-        f"the sbatch option {name} in the job script cannot be sent to slurmrestd (it has no "
-        "REST job property here): remove it from sbatch_extra, or use scheduler: cli"
+        f"the sbatch option {name} in the job script cannot be sent to {where} (it has no "
+        "REST job property here): remove it from sbatch_extra or the pod's "
+        "slurm-job.vk.io/flags, or use scheduler: cli"
     )
 
 
@@ -302,30 +370,29 @@ def job_description(
     return job
 
 
+def _add_tres(job: dict[str, Any], key: str, value: str) -> None:
+    job[key] = f"{job[key]},{value}" if job.get(key) else value
+
+
 def _apply(job: dict[str, Any], option: Option, legacy: bool) -> None:
-    name, value = option.name, option.value
-    plain: dict[str, str] = {
-        "--job-name": "name",
-        "--comment": "comment",
-        "--output": "standard_output",
-        "--error": "standard_error",
-        "--chdir": "current_working_directory",
-        "--partition": "partition",
-        "--account": "account",
-        "--qos": "qos",
-        "--constraint": "constraints",
-        "--reservation": "reservation",
-        "--licenses": "licenses",
-        "--wckey": "wckey",
-        "--mail-user": "mail_user",
-    }
-    counts = {"--ntasks": "tasks", "--cpus-per-task": "cpus_per_task"}
-    if name in plain:
-        job[plain[name]] = value or ""
-    elif name in counts:
-        job[counts[name]] = _int(option)
+    name, value = option.name, option.value or ""
+    version = "v0.0.38" if legacy else "v0.0.40+"
+    if name in _STRINGS:
+        job[_STRINGS[name]] = value
+    elif name in _COUNTS:
+        job[_COUNTS[name]] = _int(option)
+    elif name in _GPU:
+        old, new = _GPU[name]
+        if legacy:
+            job[old] = value
+        else:
+            _add_tres(job, new, _gres_tres(f"gpu:{value}"))
+    elif name in _LEGACY_ONLY:
+        if not legacy:
+            raise _untranslatable(name, version)
+        job[_LEGACY_ONLY[name]] = value
     elif name == "--open-mode":
-        mode = (value or "").lower()
+        mode = value.lower()
         if mode not in ("append", "truncate"):
             raise SchedulerError(f"--open-mode={value}: expected append or truncate")
         job["open_mode"] = mode if legacy else [mode.upper()]
@@ -339,6 +406,20 @@ def _apply(job: dict[str, Any], option: Option, legacy: bool) -> None:
         key = "memory_per_node" if name == "--mem" else "memory_per_cpu"
         mib = _mebibytes(option)
         job[key] = mib if legacy else _number(mib)
+    elif name == "--mem-per-gpu":
+        mib = _mebibytes(option)
+        if legacy:
+            job["memory_per_gpu"] = mib
+        else:
+            _add_tres(job, "memory_per_tres", f"gres/gpu:{mib}")
+    elif name == "--tmp":
+        if legacy:
+            raise _untranslatable(name, version)
+        job["temporary_disk_per_node"] = _mebibytes(option)
+    elif name == "--ntasks-per-gpu":
+        if legacy:
+            raise _untranslatable(name, version)
+        job["ntasks_per_tres"] = _int(option)
     elif name in ("--time", "--time-min"):
         key = "time_limit" if name == "--time" else "time_minimum"
         minutes = _minutes(option)
@@ -355,14 +436,9 @@ def _apply(job: dict[str, Any], option: Option, legacy: bool) -> None:
         if legacy:
             job["gres"] = value
         else:
-            job["tres_per_node"] = _gres_tres(value or "")
-    elif name == "--gpus":
-        if legacy:
-            job["gpus"] = value
-        else:
-            job["tres_per_job"] = _gres_tres(f"gpu:{value}")
+            _add_tres(job, "tres_per_node", _gres_tres(value))
     elif name == "--exclusive":
-        kind = (value or "").lower()
+        kind = value.lower()
         if kind not in ("", "user", "mcs", "topo"):
             raise SchedulerError(f"--exclusive={value}: expected user, mcs or no value")
         if legacy:
@@ -373,13 +449,43 @@ def _apply(job: dict[str, Any], option: Option, legacy: bool) -> None:
             job["exclusive"] = kind or "exclusive"
         else:
             job["shared"] = [kind or "none"]
+    elif name == "--nice":
+        if value and not re.fullmatch(r"[+-]?\d+", value):
+            raise SchedulerError(f"--nice={value}: a whole number is expected")
+        job["nice"] = int(value or 100)  # sbatch's default adjustment
+    elif name == "--signal":
+        _signal(job, option, legacy)
     elif name in ("--requeue", "--no-requeue"):
         job["requeue"] = name == "--requeue"
     elif name == "--mail-type":
-        kinds = [k.strip().upper() for k in (value or "").split(",") if k.strip()]
+        kinds = [k.strip().upper() for k in value.split(",") if k.strip()]
         job["mail_type"] = ",".join(kinds) if legacy else kinds
     else:  # in _SPECS but not handled above: a bug here, say which
-        raise _untranslatable(name)
+        raise _untranslatable(name, version)
+
+
+def _signal(job: dict[str, Any], option: Option, legacy: bool) -> None:
+    """``--signal=[{R}{B}:]<sig>[@sig_time]``."""
+    value = option.value or ""
+    m = _SIGNAL.fullmatch(value)
+    if not m:
+        raise SchedulerError(f"--signal={value}: expected [B:]SIGNAL[@SECONDS]")
+    where, signal, seconds = m.groups()
+    if legacy:
+        if where:
+            # Slurm 22.05 parses this property with the options common to srun and salloc,
+            # which know no "B:" or "R:" (only sbatch itself does).
+            raise SchedulerError(
+                f"--signal={value}: slurmrestd v0.0.38 takes no {where}: prefix; use "
+                f"--signal={signal}{'@' + seconds if seconds else ''}, or scheduler: cli"
+            )
+        job["signal"] = value
+        return
+    flags = {"B": "BATCH_JOB", "R": "RESERVATION_JOB"}
+    job["kill_warning_signal"] = signal
+    job["kill_warning_delay"] = _number(int(seconds or 60))
+    if where:
+        job["kill_warning_flags"] = [flags[c] for c in where]
 
 
 # --- answers → JobInfo, ClusterResources ---------------------------------------------------------

@@ -254,7 +254,7 @@ class SSHTransport:
                 current = self._client.get_transport() if self._client is not None else None
                 if current is connection:
                     self._drop_locked()
-        return self._unavailable("", f"{what}: no answer within {seconds:g} s")
+        return self._unavailable("", f"{what}: no answer within {seconds:.3g} s")
 
     # --- channels -------------------------------------------------------------------------------
 
@@ -293,15 +293,38 @@ class SSHTransport:
 
     def _open_channel(self, deadline: float) -> paramiko.Channel:
         connection = self._connection()
-        wait = max(0.1, deadline - time.monotonic())
-        try:
-            channel = connection.open_session(timeout=wait)
-        except (paramiko.SSHException, OSError, EOFError) as err:
-            if "timeout" in str(err).lower() or isinstance(err, TimeoutError):
-                raise self._timed_out("opening a channel", wait, connection) from err
-            raise self._unavailable("cannot open a channel: ", err) from err
-        channel.settimeout(max(0.1, deadline - time.monotonic()))
-        return channel
+        pause = 0.02
+        while True:
+            wait = max(0.1, deadline - time.monotonic())
+            try:
+                channel = connection.open_session(timeout=wait)
+            except paramiko.SSHException as err:
+                # sshd refused the channel: it still counts one we have just closed against
+                # MaxSessions for a moment. Ask again, within the deadline. (With several
+                # threads, paramiko may hand the refusal's ChannelException to another one and
+                # this one gets "Unable to open channel".)
+                refused = isinstance(err, paramiko.ChannelException) or (
+                    "unable to open channel" in str(err).lower()
+                )
+                if not refused or not connection.is_active():
+                    if "timeout" in str(err).lower():
+                        raise self._timed_out("opening a channel", wait, connection) from err
+                    raise self._unavailable("cannot open a channel: ", err) from err
+                if time.monotonic() + pause >= deadline:
+                    raise self._unavailable(
+                        "the login node refuses more channels (its sshd MaxSessions is below "
+                        f"ssh.max_channels = {self._s.max_channels}?): ",
+                        err,
+                    ) from err
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+                continue
+            except (OSError, EOFError) as err:
+                if isinstance(err, TimeoutError):
+                    raise self._timed_out("opening a channel", wait, connection) from err
+                raise self._unavailable("cannot open a channel: ", err) from err
+            channel.settimeout(max(0.1, deadline - time.monotonic()))
+            return channel
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -384,9 +407,9 @@ class SSHTransport:
         assert channel is not None
         reusable = False
         try:
+            # Every SFTP request waits on the channel's socket: its timeout bounds each wait.
             channel.settimeout(self._timeout)
-            with self._watchdog(channel, deadline):
-                result = op(sftp)
+            result = op(sftp)
             reusable = True
             return result
         except TimeoutError as err:

@@ -79,7 +79,8 @@ class LocalTransport:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            # No fsync: the rename makes the file whole or absent. Durability of the pod ↔ job
+            # link lives in SQLite, and a pod whose files vanished with the machine is re-sent.
         finally:
             os.close(fd)
         os.replace(tmp, path)

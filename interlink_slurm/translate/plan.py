@@ -34,6 +34,8 @@ class ContainerPlan:
     env: tuple[tuple[str, str], ...]
     binds: tuple[Bind, ...]
     gpus: int = 0
+    # Runs the container on every task of the job (srun / mpirun ...); empty: once, here.
+    launcher: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,3 +52,14 @@ class JobPlan:
     runtime: str = "apptainer"
     runtime_argv: dict[str, tuple[str, ...]] = field(default_factory=dict)  # container → argv
     header_comment: str = ""
+    # Exported in the job before anything runs (POD_IP...).
+    job_env: tuple[tuple[str, str], ...] = ()
+    # The pod's own shell code (slurm-job.vk.io/pre-exec), a file sourced before the containers.
+    pre_exec: str | None = None
+    # interLink's tunnel (interlink.eu/wstunnel-client-commands), a file run in the background
+    # from before the containers start until they end.
+    tunnel: str | None = None
+    # Absolute directories the job creates on the node when it starts (memory-backed emptyDirs,
+    # claims); those in ``scratch_dirs`` are removed again when it ends.
+    node_dirs: tuple[str, ...] = ()
+    scratch_dirs: tuple[str, ...] = ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 from interlink_slurm import __version__, logpipe
 from interlink_slurm.config import Settings
 from interlink_slurm.errors import PodRejected
+from interlink_slurm.translate import annotations as ann
 from interlink_slurm.translate.plan import ContainerPlan, FileSpec, JobPlan
 from interlink_slurm.translate.resources import (
     container_gpus,
@@ -17,13 +19,16 @@ from interlink_slurm.translate.resources import (
     resource_directives,
 )
 from interlink_slurm.translate.runtimes import LOCAL_IMAGES_ONLY, container_argv, env_entries
+from interlink_slurm.translate.site import partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import lay_out_volumes
 from interlink_slurm.wire import Container, RetrievedPodData
 
 # Copied into every pod directory: the job runs it on the compute node (see logpipe.py).
 LOGPIPE_SOURCE = Path(logpipe.__file__).read_bytes()
 
-ANNOTATION_IMAGE_ROOT = "slurm-job.vk.io/image-root"
+ANNOTATION_IMAGE_ROOT = ann.IMAGE_ROOT
+PRE_EXEC_FILE = "pre-exec.sh"
+TUNNEL_FILE = "tunnel.sh"
 JOB_COMMENT_PREFIX = "interlink-slurm:"
 
 # What an image reference may look like once resolved: an optional scheme, then registry /
@@ -139,10 +144,43 @@ def env_file(runtime: str, env: Sequence[tuple[str, str]]) -> bytes:
     return b"".join(e.encode() + b"\0" for e in env_entries(runtime, env))
 
 
+def _user_directives(
+    settings: Settings, annotations: dict[str, str], max_time: int | None
+) -> list[str]:
+    text = annotations.get(ann.FLAGS, "")
+    if not text.strip():
+        return []
+    partitions = settings.user_partitions_allowed
+    policy = ann.FlagPolicy(
+        allowed=settings.user_flags_allowed,
+        partitions=partitions if partitions is not None else partitions_of(settings),
+        qos=settings.user_qos_allowed,
+        account=settings.allow_account_annotation,
+    )
+    flags = ann.user_flags(text, policy)
+    for flag in flags:
+        name, _, value = flag.partition("=")
+        if name == "--time" and max_time is not None:
+            try:
+                seconds = slurm_seconds(value)
+            except ValueError as err:
+                raise PodRejected(f"metadata.annotations[{ann.FLAGS}]", f"--time: {err}") from err
+            if seconds > max_time:
+                raise PodRejected(
+                    f"metadata.annotations[{ann.FLAGS}]",
+                    f"--time={value} is longer than the {max_time} s a job may run here",
+                )
+    return flags
+
+
 def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobPlan:
     pod = data.pod
     meta = pod.metadata
-    res = pod_resources(pod.spec, settings.default_cpus, settings.default_memory_mb)
+    notes = meta.annotations
+    wants_gpus = pod_resources(pod.spec, 1, 1).gpus > 0
+    site = site_for(settings, notes, meta.namespace, wants_gpus)
+    mpi = ann.mpi(notes)
+    res = pod_resources(pod.spec, site.default_cpus, site.default_memory_mb)
     directives = [
         f"--job-name={meta.name}",
         f"--comment={JOB_COMMENT_PREFIX}{meta.uid}",
@@ -151,16 +189,38 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         f"--chdir={pod_dir}",
         *resource_directives(
             res,
-            partition=settings.partition,
-            gpu_partition=settings.gpu_partition,
-            gpu_type=settings.gpu_type,
+            partition=site.partition,
+            gpu_type=site.gpu_type,
+            nodes=mpi.nodes,
+            tasks_per_node=mpi.tasks_per_node,
+            gpus_per_node=site.gpus_per_node,
+            max_cpus=site.max_cpus,
+            max_memory_mb=site.max_memory_mb,
+            default_time=site.default_time,
+            max_time=site.max_time,
+            profile=site.profile,
         ),
     ]
-    if settings.account:
-        directives.append(f"--account={settings.account}")
-    if settings.qos:
-        directives.append(f"--qos={settings.qos}")
-    directives += settings.sbatch_extra
+    if site.account:
+        directives.append(f"--account={site.account}")
+    if site.qos:
+        directives.append(f"--qos={site.qos}")
+    directives = ann.merge_directives(directives, site.sbatch_extra)
+    directives = ann.merge_directives(directives, _user_directives(settings, notes, site.max_time))
+
+    shell = ann.user_shell(notes, settings.allow_user_shell)
+    ip = ann.pod_ip(notes)
+    runtime_flags = list(settings.runtime_flags)
+    if notes.get(ann.SINGULARITY_OPTIONS, "").strip():
+        runtime_flags += ann.runtime_options(
+            notes[ann.SINGULARITY_OPTIONS], settings.runtime, settings.runtime_options_allowed
+        )
+    if notes.get(ann.SINGULARITY_MOUNTS, "").strip():
+        runtime_flags += ann.runtime_mounts(
+            notes[ann.SINGULARITY_MOUNTS],
+            settings.runtime,
+            [str(p) for p in settings.host_path_prefixes],
+        )
 
     layout = lay_out_volumes(
         pod, data.container, pod_dir, [str(p) for p in settings.host_path_prefixes]
@@ -175,6 +235,13 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
 
     init = plans(pod.spec.init_containers, "initContainers")
     regular = plans(pod.spec.containers, "containers")
+    if ip is not None:
+        # The pod's own POD_IP (e.g. from the downward API) wins when it has a value.
+        init, regular = (
+            tuple(_with_env(c, "POD_IP", ip) for c in group) for group in (init, regular)
+        )
+    if mpi.launcher:
+        regular = tuple(dataclasses.replace(c, launcher=mpi.launcher) for c in regular)
 
     argv: dict[str, tuple[str, ...]] = {}
     files: list[FileSpec] = []
@@ -182,15 +249,19 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         for i, cp in enumerate(cps):
             try:
                 argv[cp.name] = tuple(
-                    container_argv(
-                        settings.runtime, settings.runtime_binary, settings.runtime_flags, cp
-                    )
+                    container_argv(settings.runtime, settings.runtime_binary, runtime_flags, cp)
                 )
             except PodRejected as err:
                 raise PodRejected(f"spec.{group}[{i}].command", err.reason) from err
             files.append(FileSpec(f"containers/{cp.name}.env", env_file(settings.runtime, cp.env)))
     files += layout.files
     files.append(FileSpec("logpipe.py", LOGPIPE_SOURCE, 0o600))
+    pre_exec = shell.get(ann.PRE_EXEC)
+    tunnel = shell.get(ann.WSTUNNEL)
+    if pre_exec is not None:
+        files.append(FileSpec(PRE_EXEC_FILE, _shell_file(ann.PRE_EXEC, pre_exec), 0o600))
+    if tunnel is not None:
+        files.append(FileSpec(TUNNEL_FILE, _shell_file(ann.WSTUNNEL, tunnel), 0o600))
     files.append(
         FileSpec(
             "pod.json",
@@ -218,4 +289,21 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         runtime=settings.runtime,
         runtime_argv=argv,
         header_comment=header,
+        job_env=(("POD_IP", ip),) if ip is not None else (),
+        pre_exec=PRE_EXEC_FILE if pre_exec is not None else None,
+        tunnel=TUNNEL_FILE if tunnel is not None else None,
     )
+
+
+def _with_env(c: ContainerPlan, name: str, value: str) -> ContainerPlan:
+    if any(n == name and v for n, v in c.env):
+        return c
+    env = (*((n, v) for n, v in c.env if n != name), (name, value))
+    return dataclasses.replace(c, env=env)
+
+
+def _shell_file(annotation: str, code: str) -> bytes:
+    return (
+        f"# From the pod's annotation {annotation}, run as written (allow_user_shell: true).\n"
+        f"{code}\n"
+    ).encode()

@@ -112,16 +112,70 @@ def resource_directives(
     res: Resources,
     *,
     partition: str | None,
-    gpu_partition: str | None,
     gpu_type: str | None,
+    nodes: int = 1,
+    tasks_per_node: int = 1,
+    gpus_per_node: int | None = None,
+    max_cpus: int | None = None,
+    max_memory_mb: int | None = None,
+    default_time: int | None = None,
+    max_time: int | None = None,
+    profile: str | None = None,
 ) -> list[str]:
-    out = ["--nodes=1", "--ntasks=1", f"--cpus-per-task={res.cpus}", f"--mem={res.memory_mb}M"]
-    chosen = (gpu_partition or partition) if res.gpus else partition
-    if chosen:
-        out.insert(0, f"--partition={chosen}")
-    if res.gpus:
-        gres = f"gpu:{gpu_type}:{res.gpus}" if gpu_type else f"gpu:{res.gpus}"
+    """The pod's resources as sbatch options. A pod's resources are the whole job's: over
+    several nodes (``nodes``), memory and GPUs are split evenly per node and CPUs per task."""
+    where = f" (flavor {profile})" if profile else ""
+    if res.gpus and res.gpus % nodes:
+        raise PodRejected(
+            f"spec.containers.resources.limits.{GPU_RESOURCE}",
+            f"{res.gpus} GPUs cannot be split evenly over {nodes} nodes",
+        )
+    gpus_node = res.gpus // nodes
+    if gpus_per_node is not None and gpus_node > gpus_per_node:
+        hint = (
+            f"ask for at most {gpus_per_node}, or spread the pod over "
+            f"{math.ceil(res.gpus / gpus_per_node)} nodes with the annotation "
+            "interlink-slurm/nodes"
+        )
+        raise PodRejected(
+            f"spec.containers.resources.limits.{GPU_RESOURCE}",
+            f"{gpus_node} GPUs on one node, but a node here has {gpus_per_node}{where}: {hint}",
+        )
+    cpus_node = math.ceil(res.cpus / nodes)
+    memory_node = math.ceil(res.memory_mb / nodes)
+    if max_cpus is not None and cpus_node > max_cpus:
+        raise PodRejected(
+            "spec.containers.resources.limits.cpu",
+            f"{cpus_node} CPUs per node is more than the {max_cpus} allowed here{where}",
+        )
+    if max_memory_mb is not None and memory_node > max_memory_mb:
+        raise PodRejected(
+            "spec.containers.resources.limits.memory",
+            f"{memory_node}Mi per node is more than the {max_memory_mb}Mi allowed here{where}",
+        )
+    seconds = res.time_seconds if res.time_seconds is not None else default_time
+    if seconds is not None and max_time is not None and seconds > max_time:
+        raise PodRejected(
+            "spec.activeDeadlineSeconds",
+            f"{seconds} s is longer than the {max_time} s ({slurm_time(max_time)}) "
+            f"a job may run here{where}",
+        )
+    tasks = (
+        ["--ntasks=1"]
+        if nodes == 1 and tasks_per_node == 1
+        else [f"--ntasks-per-node={tasks_per_node}"]
+    )
+    out = [
+        f"--nodes={nodes}",
+        *tasks,
+        f"--cpus-per-task={max(1, math.ceil(cpus_node / tasks_per_node))}",
+        f"--mem={memory_node}M",
+    ]
+    if partition:
+        out.insert(0, f"--partition={partition}")
+    if gpus_node:
+        gres = f"gpu:{gpu_type}:{gpus_node}" if gpu_type else f"gpu:{gpus_node}"
         out.append(f"--gres={gres}")
-    if res.time_seconds is not None:
-        out.append(f"--time={slurm_time(res.time_seconds)}")
+    if seconds is not None:
+        out.append(f"--time={slurm_time(seconds)}")
     return out

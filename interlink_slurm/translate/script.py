@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from interlink_slurm.translate.annotations import NTASKS
 from interlink_slurm.translate.plan import ContainerPlan, JobPlan
 
 # The per-container protocol, also read back by jobdir.py:
@@ -42,15 +43,20 @@ ils_wait() {{
   done
 }}
 
-# ils_container NAME ARGV...: run one container with the variables of its env file,
+# ils_container NAME [-L N LAUNCHER...] ARGV...: run one container with the variables of its
+# env file (through a launcher such as srun, given as its N words, on every task of the job),
 # its output in its log (through logpipe.py, which notes when each chunk was written), and
 # its start time, end time and exit code in files.
 ils_container() {{
   local name=$1; shift
-  local -a envs=()
-  local kv rc logger="" pipe="containers/$name.pipe" runtime
+  local -a envs=() launch=()
+  local kv rc logger="" pipe="containers/$name.pipe" runtime found
   trap ':' TERM INT
   while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
+  if [ "$1" = "-L" ]; then
+    launch=("${{@:3:$2}}"); shift $(( $2 + 2 ))
+    found=$(command -v -- "${{launch[0]}}") && launch[0]=$found
+  fi
   # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
   runtime=$(command -v -- "$1") || runtime=$1
   shift
@@ -59,9 +65,10 @@ ils_container() {{
     rm -f "$pipe" && mkfifo -m 600 "$pipe"
     "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
     logger=$!
-    env -- "${{envs[@]}}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
+    env -- "${{envs[@]}}" "${{launch[@]}}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
   else
-    env -- "${{envs[@]}}" "$runtime" "$@" >> "containers/$name.log" 2>&1 < /dev/null &
+    env -- "${{envs[@]}}" "${{launch[@]}}" "$runtime" "$@" \
+      >> "containers/$name.log" 2>&1 < /dev/null &
   fi
   ils_wait $!; rc=$?
   if [ -n "$logger" ]; then
@@ -102,9 +109,63 @@ def _quote_argv(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def _word(a: str) -> str:
+    # The launcher's task count is the job's, known on the node only.
+    return '"${SLURM_NTASKS:-1}"' if a == NTASKS else shlex.quote(a)
+
+
 def _container_line(c: ContainerPlan, argv: Sequence[str], background: bool) -> str:
-    line = f"ils_container {shlex.quote(c.name)} {_quote_argv(argv)}"
+    launch = ""
+    if c.launcher:
+        launch = f"-L {len(c.launcher)} {' '.join(_word(a) for a in c.launcher)} "
+    line = f"ils_container {shlex.quote(c.name)} {launch}{_quote_argv(argv)}"
     return f"{line} &" if background else line
+
+
+def _before_containers(plan: JobPlan) -> list[str]:
+    """What the job does before its first container: environment, node directories, the pod's
+    own pre-exec code, interLink's tunnel; and what it undoes when it ends."""
+    lines: list[str] = []
+    if plan.job_env:
+        lines += ["", "# The pod's address as interLink gave it (interlink.eu/pod-ip)."]
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in plan.job_env]
+    cleanup: list[str] = []
+    if plan.node_dirs:
+        lines += ["", "# Directories on the node: memory-backed emptyDirs, volume claims."]
+        lines.append(f"mkdir -p -m 700 -- {_quote_argv(plan.node_dirs)}")
+    if plan.scratch_dirs:
+        cleanup.append(f"rm -rf -- {_quote_argv(plan.scratch_dirs)}")
+    if plan.tunnel:
+        cleanup.append('[ -z "${ILS_TUNNEL:-}" ] || kill -TERM -- "-$ILS_TUNNEL" 2>/dev/null')
+    if cleanup:
+        lines += [
+            "",
+            "# When the job ends, however it ends: stop the tunnel, remove node directories.",
+            "ils_cleanup() {",
+            *(f"  {c}" for c in cleanup),
+            "}",
+            "trap ils_cleanup EXIT",
+        ]
+    if plan.pre_exec:
+        lines += [
+            "",
+            "# The pod's own shell code (slurm-job.vk.io/pre-exec), run in this shell.",
+            "set +o nounset",
+            f". ./{shlex.quote(plan.pre_exec)}",
+            "set -o nounset",
+            'cd "$POD_DIR" || exit 1',
+        ]
+    if plan.tunnel:
+        lines += [
+            "",
+            "# interLink's tunnel (interlink.eu/wstunnel-client-commands), in the background and",
+            "# in a process group of its own, from now until the containers end.",
+            "mkdir -p tunnel",
+            f"( cd tunnel && exec setsid bash ../{shlex.quote(plan.tunnel)} ) "
+            "> tunnel.log 2>&1 < /dev/null &",
+            "ILS_TUNNEL=$!",
+        ]
+    return lines
 
 
 def render_script(plan: JobPlan) -> str:
@@ -118,6 +179,7 @@ def render_script(plan: JobPlan) -> str:
             pod_ref=shlex.quote(f"{plan.namespace}/{plan.name}"),
         ).rstrip("\n")
     )
+    lines += _before_containers(plan)
     if plan.init_containers:
         lines += ["", "# Init containers, in order; the first that fails ends the pod."]
         for c in plan.init_containers:

@@ -40,15 +40,20 @@ ils_wait() {
   done
 }
 
-# ils_container NAME ARGV...: run one container with the variables of its env file,
+# ils_container NAME [-L N LAUNCHER...] ARGV...: run one container with the variables of its
+# env file (through a launcher such as srun, given as its N words, on every task of the job),
 # its output in its log (through logpipe.py, which notes when each chunk was written), and
 # its start time, end time and exit code in files.
 ils_container() {
   local name=$1; shift
-  local -a envs=()
-  local kv rc logger="" pipe="containers/$name.pipe" runtime
+  local -a envs=() launch=()
+  local kv rc logger="" pipe="containers/$name.pipe" runtime found
   trap ':' TERM INT
   while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
+  if [ "$1" = "-L" ]; then
+    launch=("${@:3:$2}"); shift $(( $2 + 2 ))
+    found=$(command -v -- "${launch[0]}") && launch[0]=$found
+  fi
   # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
   runtime=$(command -v -- "$1") || runtime=$1
   shift
@@ -57,9 +62,10 @@ ils_container() {
     rm -f "$pipe" && mkfifo -m 600 "$pipe"
     "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
     logger=$!
-    env -- "${envs[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
+    env -- "${envs[@]}" "${launch[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
   else
-    env -- "${envs[@]}" "$runtime" "$@" >> "containers/$name.log" 2>&1 < /dev/null &
+    env -- "${envs[@]}" "${launch[@]}" "$runtime" "$@" \
+      >> "containers/$name.log" 2>&1 < /dev/null &
   fi
   ils_wait $!; rc=$?
   if [ -n "$logger" ]; then

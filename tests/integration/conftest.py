@@ -235,7 +235,10 @@ def squeue(cluster: dict[str, str], job_id: str) -> str:
 def slurm(cluster: dict[str, str], *argv: str) -> str:
     """Run a Slurm command on the test cluster as an operator would; its stdout."""
     out = subprocess.run(
-        list(argv), capture_output=True, text=True, check=True,
+        list(argv),
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]},
     )
     return out.stdout
@@ -337,7 +340,13 @@ def _remove_user_dirs() -> Iterator[None]:
 class LoginNode:
     """An sshd on 127.0.0.1 playing a cluster's login node: its own port, host key, config."""
 
-    def __init__(self, remote: dict[str, str], workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        remote: dict[str, str],
+        workdir: Path,
+        port: int | None = None,
+        extra_config: str = "",
+    ) -> None:
         self.remote = remote
         self.user = remote["ILS_REMOTE_USER"]
         self.port = port or free_port()
@@ -346,8 +355,9 @@ class LoginNode:
         self.log = workdir / f"sshd-{self.port}.log"
         self.known_hosts = workdir / f"known_hosts-{self.port}"
         host_key = remote["ILS_SSH_HOST_KEY"]
+        # sshd keeps the first value of a keyword: extra_config comes first to override.
         self.config.write_text(
-            f"""Port {self.port}
+            f"""{extra_config}Port {self.port}
 ListenAddress 127.0.0.1
 HostKey {host_key}
 PidFile none
@@ -389,6 +399,14 @@ Subsystem sftp internal-sftp
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"sshd did not start:\n{self.log.read_text()}")
+
+    def logins(self) -> int:
+        """How many logins sshd has accepted so far."""
+        return self.log.read_text().count("Accepted publickey")
+
+    def sessions(self) -> list[int]:
+        """The processes serving the current connections (not the listener)."""
+        return descendants(self.proc.pid) if self.proc is not None else []
 
     def stop(self) -> None:
         """The login node goes away: the listener and every connection it serves."""
@@ -474,9 +492,7 @@ class RestServer:
             self.proc = None
 
 
-def ssh_plugin(
-    workdir: Path, cluster: dict[str, str], node: LoginNode, **config: Any
-) -> Plugin:
+def ssh_plugin(workdir: Path, cluster: dict[str, str], node: LoginNode, **config: Any) -> Plugin:
     """A plugin (as root) whose Slurm and files are on ``node``, as its user."""
     data_root = user_dir(node.user, "ssh") / "data"
     mode = "rest" if config.get("scheduler") == "rest" else "ssh"

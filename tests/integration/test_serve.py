@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import stat
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from tests import podgen
-from tests.integration.conftest import all_terminated, states
+from tests.integration.conftest import all_terminated, free_port, states
 
 pytestmark = pytest.mark.slurm
 EXE = str(Path(sys.executable).parent / "interlink-slurm")
@@ -69,3 +70,112 @@ def test_bad_configuration_stops_the_service_naming_the_key(tmp_path: Path) -> N
     )
     assert r.returncode == 2
     assert "runtime" in r.stderr and "imagez: unknown key" in r.stderr
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all from that CA."""
+    d = tmp_path / "pki"
+    d.mkdir()
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ils-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        cwd=d,
+    )
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, cn in (("server", "127.0.0.1"), ("client", "interlink")):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={cn}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
+        extra = ["-extfile", "server.ext"] if name == "server" else []
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            f"{name}.crt",
+            *extra,
+            cwd=d,
+        )
+    return d
+
+
+def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(
+    cluster: dict[str, str], tmp_path: Path, certificates: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": f"127.0.0.1:{port}",
+                "data_root": str(tmp_path / "data"),
+                "runtime": "charliecloud",
+                "slurm_conf": cluster["SLURM_CONF"],
+                "tls_cert_file": str(certificates / "server.crt"),
+                "tls_key_file": str(certificates / "server.key"),
+                "tls_client_ca_file": str(certificates / "ca.crt"),
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [EXE, "serve", "--config", str(config)],
+        stdout=(tmp_path / "serve.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"https://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(certificates / "ca.crt"))
+    context.load_cert_chain(str(certificates / "client.crt"), str(certificates / "client.key"))
+    trusted = httpx.Client(verify=context, timeout=10)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = trusted.get(f"{url}/healthz")
+                break
+            except httpx.TransportError:  # not listening yet, or mid-start
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert r.status_code == 200
+        assert trusted.request("GET", f"{url}/status", content="[]").status_code == 200
+        anonymous = httpx.Client(verify=str(certificates / "ca.crt"), timeout=10)
+        with pytest.raises(httpx.HTTPError):
+            anonymous.get(f"{url}/healthz")
+        anonymous.close()
+    finally:
+        trusted.close()
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -25,7 +25,7 @@ TOKEN = "s3cret-token"
 
 
 class Harness:
-    def __init__(self, root: Path, **config: Any) -> None:
+    def __init__(self, root: Path, *, enter: bool = True, **config: Any) -> None:
         self.root = root
         self.data_root = root / "data"
         self.settings = load_settings(
@@ -43,7 +43,9 @@ class Harness:
         self.service = Service(self.settings, self.scheduler, LocalTransport(), self.store)
         self.app = create_app(self.service, self.settings.token())
         self.client = TestClient(self.app)
-        self.client.__enter__()
+        self.entered = enter
+        if enter:  # runs the app's lifespan (the status refresher) in the client's loop
+            self.client.__enter__()
 
     def refresh(self) -> None:
         """One pass of the status refresher, now (it otherwise runs every few seconds)."""
@@ -52,7 +54,8 @@ class Harness:
         portal.call(self.service.refresh)
 
     def close(self) -> None:
-        self.client.__exit__(None, None, None)
+        if self.entered:
+            self.client.__exit__(None, None, None)
         self.store.close()
 
     def post(self, path: str, body: Any, **kw: Any) -> Any:

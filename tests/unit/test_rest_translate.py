@@ -120,18 +120,82 @@ def test_common_extra_options_are_translated(
 
 
 @pytest.mark.parametrize(
-    ("directive", "named"),
+    ("directive", "legacy", "expected"),
     [
-        ("--array=1-4", "--array"),
-        ("--dependency=afterok:12", "--dependency"),
-        ("--export=NONE", "--export"),
-        ("-w node01", "-w"),
-        ("--signal=B:USR1@60", "--signal"),
+        ("--ntasks-per-node=4", False, {"tasks_per_node": 4}),
+        ("--threads-per-core=1", True, {"threads_per_core": 1}),
+        ("--dependency=afterok:12", False, {"dependency": "afterok:12"}),
+        ("-m block:cyclic", True, {"distribution": "block:cyclic"}),
+        ("--prefer=a100", False, {"prefer": "a100"}),
+        ("--nice", False, {"nice": 100}),
+        ("--nice=-5", True, {"nice": -5}),
+        ("--gpus-per-node=2", True, {"gpus_per_node": "2"}),
+        ("--gpus-per-task=1", False, {"tres_per_task": "gres/gpu:1"}),
+        ("--cpus-per-gpu=8", False, {"cpus_per_tres": "gres/gpu:8"}),
+        ("--gpu-bind=closest", False, {"tres_bind": "gres/gpu:closest"}),
+        ("--mem-per-gpu=16G", True, {"memory_per_gpu": 16384}),
+        ("--mem-per-gpu=16G", False, {"memory_per_tres": "gres/gpu:16384"}),
+        ("--tmp=10G", False, {"temporary_disk_per_node": 10240}),
+        ("--ntasks-per-gpu=2", False, {"ntasks_per_tres": 2}),
+        ("--hint=nomultithread", True, {"cpu_binding_hint": "nomultithread"}),
+        ("--signal=USR1@90", True, {"signal": "USR1@90"}),
+        (
+            "--signal=B:USR1@90",
+            False,
+            {
+                "kill_warning_signal": "USR1",
+                "kill_warning_delay": {"set": True, "infinite": False, "number": 90},
+                "kill_warning_flags": ["BATCH_JOB"],
+            },
+        ),
+        (
+            "--signal=TERM",
+            False,
+            {
+                "kill_warning_signal": "TERM",
+                "kill_warning_delay": {"set": True, "infinite": False, "number": 60},
+            },
+        ),
     ],
 )
-def test_an_option_without_translation_is_refused_naming_it(directive: str, named: str) -> None:
+def test_the_default_pod_flags_are_translated(
+    directive: str, legacy: bool, expected: dict[str, Any]
+) -> None:
+    job = props(directive, legacy=legacy)
+    job.pop("current_working_directory")
+    assert job == expected
+
+
+def test_v0_0_38_cannot_signal_the_batch_shell_only() -> None:
+    # Seen on Slurm 22.05: "Invalid SIGNAL specification" for "B:USR1@30".
+    with pytest.raises(SchedulerError, match="takes no B: prefix; use --signal=USR1@30"):
+        props("--signal=B:USR1@30", legacy=True)
+
+
+def test_gpus_per_node_joins_the_gres_in_tres_per_node() -> None:
+    job = props("--gres=gpu:a100:2", "--gpus-per-node=a100:2", "--gres=nvme:1")
+    assert job["tres_per_node"] == "gres/gpu:a100:2,gres/gpu:a100:2,gres/nvme:1"
+
+
+@pytest.mark.parametrize(
+    ("directive", "legacy", "named"),
+    [
+        ("--array=1-4", False, "--array"),
+        ("--export=NONE", True, "--export"),
+        ("-w node01", False, "-w"),
+        ("--begin=now+60", False, "--begin"),
+        ("--switches=1", False, "--switches"),
+        ("--hint=nomultithread", False, "--hint"),
+        ("--gres-flags=enforce-binding", False, "--gres-flags"),
+        ("--tmp=10G", True, "--tmp"),
+        ("--ntasks-per-gpu=2", True, "--ntasks-per-gpu"),
+    ],
+)
+def test_an_option_without_translation_is_refused_naming_it(
+    directive: str, legacy: bool, named: str
+) -> None:
     with pytest.raises(SchedulerError, match=f"sbatch option {named} .*scheduler: cli"):
-        props(directive)
+        props(directive, legacy=legacy)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +207,8 @@ def test_an_option_without_translation_is_refused_naming_it(directive: str, name
         ("--open-mode=rewrite", "--open-mode=rewrite"),
         ("--exclusive=always", "--exclusive=always"),
         ("--requeue=yes", "--requeue takes no value"),
+        ("--nice=much", "--nice=much"),
+        ("--signal=B:USR1@soon", "--signal=B:USR1@soon"),
         ("--partition", "--partition needs a value"),
         ("--comment='unclosed", "cannot read the job script line"),
     ],

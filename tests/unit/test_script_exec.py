@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -360,3 +362,102 @@ def test_pod_path_does_not_hide_the_runtime_binary(bin_dir: Path, data_root: Pat
     _, out = run_job(plan, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert (Path(plan.pod_dir) / "containers" / "main.exit").read_text() == "0\n"
     assert seen(out, "main")["env"][b"PATH"] == b"/opt/conda/bin"
+
+
+# --- annotations: pre-exec, the tunnel, MPI launchers -------------------------------------------
+
+LAUNCHER_STAND_IN = """#!/bin/bash
+# Records its own options and runs what follows them, as srun/mpiexec would on one task.
+: > "$ILS_PROBE_OUT/launcher.args"
+while [ "$#" -gt 0 ] && [ "$1" != "--ils-end" ]; do
+  printf '%s\\0' "$1" >> "$ILS_PROBE_OUT/launcher.args"; shift
+done
+shift
+exec "$@"
+"""
+
+
+def annotated_probe(notes: dict[str, str], s: Settings) -> JobPlan:
+    the_pod = pg.pod("probe", [probe("main")], init=[probe("setup")], annotations=notes)
+    return plan_for(the_pod, s)
+
+
+def test_pre_exec_runs_in_the_job_before_the_containers_and_can_set_their_environment(
+    bin_dir: Path, data_root: Path
+) -> None:
+    code = "echo \"unset is fine: $NOT_SET_ANYWHERE\"\nexport FROM_PRE_EXEC='it''s set'\ncd /"
+    plan = annotated_probe(
+        {"slurm-job.vk.io/pre-exec": code}, charliecloud(data_root, str(bin_dir / "fake-ch-run"))
+    )
+    run, out = run_job(plan)
+    assert run.returncode == 0, run.output
+    assert "unset is fine: \n" in run.output
+    # ch-run passes the job's environment through: what pre-exec exports reaches the containers.
+    assert seen(out, "setup")["env"][b"FROM_PRE_EXEC"] == b"its set"
+    assert seen(out, "main")["env"][b"FROM_PRE_EXEC"] == b"its set"
+
+
+def test_tunnel_runs_while_the_containers_run_and_is_stopped_after(
+    bin_dir: Path, data_root: Path
+) -> None:
+    tunnel = "sleep 300 & echo $! > pid; echo started > state"
+    plan = annotated_probe(
+        {"interlink.eu/wstunnel-client-commands": tunnel},
+        charliecloud(data_root, str(bin_dir / "fake-ch-run")),
+    )
+    run, _ = run_job(plan)
+    assert run.returncode == 0, run.output
+    tunnel_dir = Path(plan.pod_dir) / "tunnel"
+    assert (tunnel_dir / "state").read_text() == "started\n"
+    pid = int((tunnel_dir / "pid").read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        # A killed child of a dead parent may linger as a zombie until reaped: not running.
+        if "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]:
+            break
+        time.sleep(0.05)
+    alive = (
+        Path(f"/proc/{pid}").exists()
+        and "Z" not in (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])
+    )
+    assert not alive, "the tunnel outlived the job"
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_mpi_launcher_runs_the_container_with_the_pods_flags(
+    bin_dir: Path, data_root: Path, tmp_path: Path, launcher: str
+) -> None:
+    launch_dir = tmp_path / "launchers"
+    launch_dir.mkdir()
+    exe = launch_dir / launcher
+    exe.write_text(LAUNCHER_STAND_IN)
+    exe.chmod(0o755)
+    notes = {
+        "interlink-slurm/mpi-launcher": launcher,
+        "slurm-job.vk.io/mpi-flags": "--bind-to 'core x' --ils-end",
+    }
+    plan = annotated_probe(notes, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
+    run, out = run_job(plan, PATH=f"{launch_dir}{os.pathsep}{os.environ['PATH']}", SLURM_NTASKS="8")
+    assert run.returncode == 0, run.output
+    args = (out / "launcher.args").read_bytes().split(b"\0")[:-1]
+    expected = [b"--bind-to", b"core x"]
+    assert args == (expected if launcher == "srun" else [b"-np", b"8", *expected])
+    assert seen(out, "main")["command"] == [b"run", b"main"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(ARG, min_size=1, max_size=4))
+def test_mpi_flags_reach_the_launcher_byte_exact(
+    bin_dir: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory, words: list[str]
+) -> None:
+    launch_dir = tmp_path_factory.mktemp("srun")
+    exe = launch_dir / "srun"
+    exe.write_text(LAUNCHER_STAND_IN)
+    exe.chmod(0o755)
+    text = shlex.join([*words, "--ils-end"])
+    notes = {"interlink-slurm/mpi-launcher": "srun", "slurm-job.vk.io/mpi-flags": text}
+    plan = annotated_probe(notes, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
+    run, out = run_job(plan, PATH=f"{launch_dir}{os.pathsep}{os.environ['PATH']}")
+    assert run.returncode == 0, run.output
+    args = (out / "launcher.args").read_bytes().split(b"\0")[:-1]
+    assert args == [w.encode() for w in words]

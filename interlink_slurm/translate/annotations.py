@@ -1,0 +1,585 @@
+"""Pod annotations users already write → checked sbatch options and runtime arguments. Pure.
+
+User text never reaches the script as written: sbatch flags are tokenised like a shell (shlex),
+each option is looked up in ``SBATCH_OPTIONS`` (short and long forms, abbreviations refused),
+checked against the configured allowlist, and written back in its canonical ``--name=value``
+form. Runtime options and mounts get the same treatment. Only the two annotations that *are*
+shell code (pre-exec, wstunnel commands) are used as written, and only when the operator allows
+it (``allow_user_shell``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import re
+import shlex
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from interlink_slurm.errors import PodRejected
+
+# Annotations of the reference plugin and of interLink (see the wire-format reference).
+FLAGS = "slurm-job.vk.io/flags"
+PRE_EXEC = "slurm-job.vk.io/pre-exec"
+SINGULARITY_MOUNTS = "slurm-job.vk.io/singularity-mounts"
+SINGULARITY_OPTIONS = "slurm-job.vk.io/singularity-options"
+IMAGE_ROOT = "slurm-job.vk.io/image-root"
+MPI_FLAGS = "slurm-job.vk.io/mpi-flags"
+FLAVOR = "slurm-job.vk.io/flavor"
+POD_IP = "interlink.eu/pod-ip"
+WSTUNNEL = "interlink.eu/wstunnel-client-commands"
+# Our own.
+NODES = "interlink-slurm/nodes"
+TASKS_PER_NODE = "interlink-slurm/tasks-per-node"
+MPI_LAUNCHER = "interlink-slurm/mpi-launcher"
+
+USER_SHELL_ANNOTATIONS = (PRE_EXEC, WSTUNNEL)
+APPTAINER_LIKE = frozenset({"apptainer", "singularity"})
+
+
+class Arity(Enum):
+    NONE = "none"  # a switch: --exclusive
+    REQUIRED = "required"  # --time=1:00:00, --time 1:00:00, -t 1:00:00, -t1:00:00
+    OPTIONAL = "optional"  # only with '=': --exclusive=user
+
+
+@dataclass(frozen=True)
+class Option:
+    short: str | None
+    arity: Arity
+
+
+_R, _N, _O = Arity.REQUIRED, Arity.NONE, Arity.OPTIONAL
+
+# sbatch's options (Slurm 22.05-23.11), long name → short form and value. Only these are known;
+# an unknown or abbreviated name is refused, so nothing sbatch would read differently passes.
+SBATCH_OPTIONS: dict[str, Option] = {
+    "--account": Option("-A", _R),
+    "--acctg-freq": Option(None, _R),
+    "--array": Option("-a", _R),
+    "--batch": Option(None, _R),
+    "--bb": Option(None, _R),
+    "--bbf": Option(None, _R),
+    "--begin": Option("-b", _R),
+    "--chdir": Option("-D", _R),
+    "--clusters": Option("-M", _R),
+    "--comment": Option(None, _R),
+    "--constraint": Option("-C", _R),
+    "--container": Option(None, _R),
+    "--contiguous": Option(None, _N),
+    "--core-spec": Option("-S", _R),
+    "--cores-per-socket": Option(None, _R),
+    "--cpu-freq": Option(None, _R),
+    "--cpus-per-gpu": Option(None, _R),
+    "--cpus-per-task": Option("-c", _R),
+    "--deadline": Option(None, _R),
+    "--delay-boot": Option(None, _R),
+    "--dependency": Option("-d", _R),
+    "--distribution": Option("-m", _R),
+    "--error": Option("-e", _R),
+    "--exclude": Option("-x", _R),
+    "--exclusive": Option(None, _O),
+    "--export": Option(None, _R),
+    "--export-file": Option(None, _R),
+    "--extra-node-info": Option("-B", _R),
+    "--get-user-env": Option(None, _O),
+    "--gid": Option(None, _R),
+    "--gpu-bind": Option(None, _R),
+    "--gpu-freq": Option(None, _R),
+    "--gpus": Option("-G", _R),
+    "--gpus-per-node": Option(None, _R),
+    "--gpus-per-socket": Option(None, _R),
+    "--gpus-per-task": Option(None, _R),
+    "--gres": Option(None, _R),
+    "--gres-flags": Option(None, _R),
+    "--hint": Option(None, _R),
+    "--hold": Option("-H", _N),
+    "--ignore-pbs": Option(None, _N),
+    "--input": Option("-i", _R),
+    "--job-name": Option("-J", _R),
+    "--kill-on-invalid-dep": Option(None, _R),
+    "--licenses": Option("-L", _R),
+    "--mail-type": Option(None, _R),
+    "--mail-user": Option(None, _R),
+    "--mcs-label": Option(None, _R),
+    "--mem": Option(None, _R),
+    "--mem-bind": Option(None, _R),
+    "--mem-per-cpu": Option(None, _R),
+    "--mem-per-gpu": Option(None, _R),
+    "--mincpus": Option(None, _R),
+    "--network": Option(None, _R),
+    "--nice": Option(None, _O),
+    "--no-kill": Option("-k", _O),
+    "--no-requeue": Option(None, _N),
+    "--nodefile": Option("-F", _R),
+    "--nodelist": Option("-w", _R),
+    "--nodes": Option("-N", _R),
+    "--ntasks": Option("-n", _R),
+    "--ntasks-per-core": Option(None, _R),
+    "--ntasks-per-gpu": Option(None, _R),
+    "--ntasks-per-node": Option(None, _R),
+    "--ntasks-per-socket": Option(None, _R),
+    "--open-mode": Option(None, _R),
+    "--output": Option("-o", _R),
+    "--overcommit": Option("-O", _N),
+    "--oversubscribe": Option("-s", _N),
+    "--parsable": Option(None, _N),
+    "--partition": Option("-p", _R),
+    "--power": Option(None, _R),
+    "--prefer": Option(None, _R),
+    "--priority": Option(None, _R),
+    "--profile": Option(None, _R),
+    "--propagate": Option(None, _O),
+    "--qos": Option("-q", _R),
+    "--quiet": Option("-Q", _N),
+    "--reboot": Option(None, _N),
+    "--requeue": Option(None, _N),
+    "--reservation": Option(None, _R),
+    "--signal": Option(None, _R),
+    "--sockets-per-node": Option(None, _R),
+    "--spread-job": Option(None, _N),
+    "--switches": Option(None, _R),
+    "--test-only": Option(None, _N),
+    "--thread-spec": Option(None, _R),
+    "--threads-per-core": Option(None, _R),
+    "--time": Option("-t", _R),
+    "--time-min": Option(None, _R),
+    "--tmp": Option(None, _R),
+    "--uid": Option(None, _R),
+    "--use-min-nodes": Option(None, _N),
+    "--verbose": Option("-v", _N),
+    "--wait": Option("-W", _N),
+    "--wait-all-nodes": Option(None, _R),
+    "--wckey": Option(None, _R),
+    "--wrap": Option(None, _R),
+}
+SHORT_OPTIONS = {o.short: name for name, o in SBATCH_OPTIONS.items() if o.short}
+
+# Never from a pod, whatever the configuration says: the plugin owns the job's identity, files
+# and directory (--job-name, --comment, --output, --error, --chdir, --open-mode), the job runs as
+# the plugin's user (--uid, --gid), and the script is the plugin's (--wrap, --export*, --array...).
+NEVER_USER_FLAGS = frozenset(
+    {
+        "--array",
+        "--batch",
+        "--chdir",
+        "--clusters",
+        "--comment",
+        "--container",
+        "--error",
+        "--export",
+        "--export-file",
+        "--get-user-env",
+        "--gid",
+        "--input",
+        "--job-name",
+        "--nodefile",
+        "--open-mode",
+        "--output",
+        "--parsable",
+        "--test-only",
+        "--uid",
+        "--wait",
+        "--wrap",
+    }
+)
+DEFAULT_USER_FLAGS_ALLOWED = (
+    "--account",  # only with allow_account_annotation
+    "--begin",
+    "--constraint",
+    "--cpus-per-gpu",
+    "--cpus-per-task",
+    "--dependency",
+    "--distribution",
+    "--exclusive",
+    "--gpu-bind",
+    "--gpus",
+    "--gpus-per-node",
+    "--gpus-per-task",
+    "--gres",
+    "--hint",
+    "--licenses",
+    "--mail-type",
+    "--mail-user",
+    "--mem",
+    "--mem-per-cpu",
+    "--mem-per-gpu",
+    "--nice",
+    "--no-requeue",
+    "--nodes",
+    "--ntasks",
+    "--ntasks-per-core",
+    "--ntasks-per-gpu",
+    "--ntasks-per-node",
+    "--ntasks-per-socket",
+    "--partition",  # only partitions in user_partitions_allowed
+    "--prefer",
+    "--qos",  # only QOS in user_qos_allowed, when set
+    "--requeue",
+    "--reservation",
+    "--signal",
+    "--switches",
+    "--threads-per-core",
+    "--time",  # at most max_time
+    "--time-min",
+    "--tmp",
+)
+# sbatch options that must not appear twice in one job: a later one replaces an earlier one.
+MEMORY_OPTIONS = frozenset({"--mem", "--mem-per-cpu", "--mem-per-gpu"})
+
+# What a flag value may hold: what sbatch values are made of (times, node lists, GRES, e-mail
+# addresses, dependencies, constraints with & | [ ]). No blank, quote, '#', '$', '\' or ';':
+# the value is written in an #SBATCH line and read again by sbatch and slurmrestd.
+_FLAG_VALUE = re.compile(r"[A-Za-z0-9_.,:=+/@%*\[\]()!&|~^-]*")
+
+
+def _tokens(text: str, annotation: str) -> list[str]:
+    if "\x00" in text:
+        raise PodRejected(f"metadata.annotations[{annotation}]", "must not contain NUL characters")
+    try:
+        return shlex.split(text, comments=False, posix=True)
+    except ValueError as err:
+        raise PodRejected(
+            f"metadata.annotations[{annotation}]", f"cannot be split like a shell line: {err}"
+        ) from err
+
+
+def _canonical(tokens: list[str], where: str) -> list[tuple[str, str | None]]:
+    """(long name, value or None) for each option of a tokenised sbatch command line."""
+    out: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        if tok.startswith("--"):
+            name, eq, value = tok.partition("=")
+            opt = SBATCH_OPTIONS.get(name)
+            if opt is None:
+                raise PodRejected(where, f"{name!r} is not an sbatch option (write it in full)")
+            if opt.arity is Arity.NONE and eq:
+                raise PodRejected(where, f"{name} takes no value")
+            if opt.arity is Arity.REQUIRED and not eq:
+                if i >= len(tokens):
+                    raise PodRejected(where, f"{name} needs a value")
+                value = tokens[i]
+                i += 1
+            out.append((name, value if (eq or opt.arity is Arity.REQUIRED) else None))
+        elif tok.startswith("-") and len(tok) > 1:
+            rest = tok[1:]
+            while rest:
+                short = "-" + rest[0]
+                name = SHORT_OPTIONS.get(short, "")
+                if not name:
+                    raise PodRejected(where, f"{short!r} is not an sbatch option")
+                opt = SBATCH_OPTIONS[name]
+                rest = rest[1:]
+                if opt.arity is Arity.REQUIRED:
+                    if rest:
+                        value, rest = rest, ""
+                    elif i < len(tokens):
+                        value = tokens[i]
+                        i += 1
+                    else:
+                        raise PodRejected(where, f"{short} ({name}) needs a value")
+                    out.append((name, value))
+                else:
+                    out.append((name, None))
+        else:
+            raise PodRejected(where, f"{tok!r} is not an sbatch option (options start with '-')")
+    return out
+
+
+@dataclass(frozen=True)
+class FlagPolicy:
+    """What a pod may ask with ``slurm-job.vk.io/flags``."""
+
+    allowed: Collection[str]
+    partitions: Collection[str] | None  # None: any
+    qos: Collection[str] | None  # None: any
+    account: bool  # whether --account may be given
+
+
+def user_flags(text: str, policy: FlagPolicy) -> list[str]:
+    """The annotation's sbatch options as canonical ``--name[=value]`` directives."""
+    where = f"metadata.annotations[{FLAGS}]"
+    out = []
+    for name, value in _canonical(_tokens(text, FLAGS), where):
+        if name in NEVER_USER_FLAGS or name not in policy.allowed:
+            raise PodRejected(
+                where,
+                f"sbatch option {name} is not allowed here "
+                f"(allowed: {', '.join(sorted(policy.allowed)) or 'none'})"
+                if name not in NEVER_USER_FLAGS
+                else f"sbatch option {name} is set by interlink-slurm and cannot be given by a pod",
+            )
+        if value is not None and not _FLAG_VALUE.fullmatch(value):
+            raise PodRejected(where, f"{name}: {value!r} is not a value this plugin passes on")
+        if value == "":
+            raise PodRejected(where, f"{name} has an empty value")
+        if name == "--account" and not policy.account:
+            raise PodRejected(
+                where, "sbatch option --account is not allowed: the site chooses the account"
+            )
+        if name == "--partition" and policy.partitions is not None:
+            assert value is not None
+            bad = [p for p in value.split(",") if p not in policy.partitions]
+            if bad:
+                raise PodRejected(
+                    where,
+                    f"--partition {','.join(bad)} is not allowed "
+                    f"(allowed: {', '.join(sorted(policy.partitions)) or 'none'})",
+                )
+        if name == "--qos" and policy.qos is not None and value not in policy.qos:
+            raise PodRejected(
+                where,
+                f"--qos {value} is not allowed "
+                f"(allowed: {', '.join(sorted(policy.qos)) or 'none'})",
+            )
+        out.append(f"{name}={value}" if value is not None else name)
+    return out
+
+
+def option_name(directive: str) -> str:
+    return directive.split("=", 1)[0]
+
+
+def merge_directives(base: Sequence[str], later: Sequence[str]) -> list[str]:
+    """``base`` then ``later``; an option of ``later`` replaces the same option (or, for memory,
+    any memory option) of ``base``, so sbatch sees each once."""
+    names = {option_name(d) for d in later}
+    if names & MEMORY_OPTIONS:
+        names |= MEMORY_OPTIONS
+    return [d for d in base if option_name(d) not in names] + list(later)
+
+
+# --- Apptainer / Singularity options -------------------------------------------------------------
+
+# Options a pod may add with slurm-job.vk.io/singularity-options, and whether they take a value.
+RUNTIME_OPTION_VALUES: dict[str, bool] = {
+    "--nv": False,
+    "--nvccli": False,
+    "--rocm": False,
+    "--cleanenv": False,
+    "--contain": False,
+    "--containall": False,
+    "--no-home": False,
+    "--no-init": False,
+    "--no-privs": False,
+    "--no-umask": False,
+    "--no-eval": False,
+    "--writable-tmpfs": False,
+    "--compat": False,
+    "--ipc": False,
+    "--pid": False,
+    "--uts": False,
+    "--no-mount": True,
+    "--env": True,
+    "--hostname": True,
+    "--pwd": True,
+    "--userns": False,
+    "--unsquash": False,
+    "--fakeroot": False,
+    "--net": False,
+    "--network": True,
+    "--security": True,
+    "--add-caps": True,
+    "--drop-caps": True,
+    "--overlay": True,
+    "--home": True,
+    "--bind": True,
+    "--mount": True,
+    "--scratch": True,
+    "--workdir": True,
+}
+DEFAULT_RUNTIME_OPTIONS_ALLOWED = (
+    "--nv",
+    "--nvccli",
+    "--rocm",
+    "--cleanenv",
+    "--contain",
+    "--containall",
+    "--no-home",
+    "--no-init",
+    "--no-umask",
+    "--no-eval",
+    "--writable-tmpfs",
+    "--compat",
+    "--ipc",
+    "--pid",
+    "--no-mount",
+    "--env",
+    "--pwd",
+)
+_RUNTIME_VALUE = re.compile(r"[^\x00\n]*")
+
+
+def runtime_options(text: str, runtime: str, allowed: Collection[str]) -> list[str]:
+    """slurm-job.vk.io/singularity-options → checked Apptainer/Singularity options."""
+    where = f"metadata.annotations[{SINGULARITY_OPTIONS}]"
+    if runtime not in APPTAINER_LIKE:
+        raise PodRejected(where, f"only for the apptainer and singularity runtimes, not {runtime}")
+    tokens = _tokens(text, SINGULARITY_OPTIONS)
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        name, eq, value = tok.partition("=")
+        if name not in RUNTIME_OPTION_VALUES or name not in allowed:
+            raise PodRejected(
+                where,
+                f"{name!r} is not allowed (allowed: {', '.join(sorted(allowed)) or 'none'}; "
+                f"mounts go in {SINGULARITY_MOUNTS})",
+            )
+        if RUNTIME_OPTION_VALUES[name]:
+            if not eq:
+                if i >= len(tokens):
+                    raise PodRejected(where, f"{name} needs a value")
+                value = tokens[i]
+                i += 1
+            if value.startswith("-"):
+                raise PodRejected(where, f"{name}: {value!r} is not a value")
+            out += [name, value]
+        else:
+            if eq:
+                raise PodRejected(where, f"{name} takes no value")
+            out.append(name)
+    return out
+
+
+def _under(path: str, prefixes: Sequence[str]) -> bool:
+    norm = posixpath.normpath(path)
+    for prefix in prefixes:
+        p = posixpath.normpath(prefix)
+        if norm == p or norm.startswith(p.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def runtime_mounts(text: str, runtime: str, host_path_prefixes: Sequence[str]) -> list[str]:
+    """slurm-job.vk.io/singularity-mounts (``--bind SRC[:DST[:ro|rw]],...``) → ``--bind`` options
+    whose host paths lie under the host paths pods may mount (as for hostPath volumes)."""
+    where = f"metadata.annotations[{SINGULARITY_MOUNTS}]"
+    if runtime not in APPTAINER_LIKE:
+        raise PodRejected(where, f"only for the apptainer and singularity runtimes, not {runtime}")
+    tokens = _tokens(text, SINGULARITY_MOUNTS)
+    specs: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        name, eq, value = tok.partition("=")
+        if name in ("--bind", "-B"):
+            if not eq:
+                if i >= len(tokens):
+                    raise PodRejected(where, f"{name} needs a value")
+                value = tokens[i]
+                i += 1
+            specs += value.split(",")
+        elif not tok.startswith("-"):
+            specs += tok.split(",")  # a bare SRC:DST list, as some users write it
+        else:
+            raise PodRejected(where, f"{tok!r}: only --bind SRC[:DST[:ro|rw]] is accepted")
+    out: list[str] = []
+    allowed = ", ".join(host_path_prefixes) or "none configured"
+    for spec in specs:
+        if not spec:
+            continue
+        parts = spec.split(":")
+        if len(parts) > 3 or any("\n" in p or "\x00" in p for p in parts):
+            raise PodRejected(where, f"{spec!r} is not SRC[:DST[:ro|rw]]")
+        src = parts[0]
+        dst = parts[1] if len(parts) > 1 else src
+        mode = parts[2] if len(parts) > 2 else "rw"
+        if mode not in ("ro", "rw"):
+            raise PodRejected(where, f"{spec!r}: the mount option must be ro or rw")
+        if not src.startswith("/") or not dst.startswith("/"):
+            raise PodRejected(where, f"{spec!r}: both paths must be absolute")
+        if not _under(src, host_path_prefixes):
+            raise PodRejected(
+                where, f"{src!r} is outside the host paths pods may mount ({allowed})"
+            )
+        out += ["--bind", f"{posixpath.normpath(src)}:{dst}:{mode}"]
+    return out
+
+
+# --- MPI -----------------------------------------------------------------------------------------
+
+NTASKS = "\x00NTASKS"  # stands for "$SLURM_NTASKS" in a launcher argv (NUL: never user text)
+LAUNCHERS = ("srun", "mpirun", "mpiexec")
+
+
+@dataclass(frozen=True)
+class Mpi:
+    nodes: int
+    tasks_per_node: int
+    launcher: tuple[str, ...]  # empty: containers run once, on the first node
+
+
+def _positive(annotations: Mapping[str, str], key: str, limit: int) -> int | None:
+    raw = annotations.get(key)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= limit:
+        raise PodRejected(
+            f"metadata.annotations[{key}]", f"{raw!r} must be a whole number from 1 to {limit}"
+        )
+    return int(raw)
+
+
+def mpi(annotations: Mapping[str, str]) -> Mpi:
+    """Nodes, tasks per node and how the containers are launched across them.
+
+    ``slurm-job.vk.io/mpi-flags`` (as the reference plugin) launches the containers with
+    ``mpiexec -np $SLURM_NTASKS <flags>``; ``interlink-slurm/mpi-launcher`` picks srun, mpirun
+    or mpiexec instead. More than one node or task with no launcher is launched with srun."""
+    nodes = _positive(annotations, NODES, 10000) or 1
+    tasks = _positive(annotations, TASKS_PER_NODE, 100000) or 1
+    flags_text = annotations.get(MPI_FLAGS)
+    launcher_name = annotations.get(MPI_LAUNCHER)
+    if launcher_name is not None and launcher_name not in LAUNCHERS:
+        raise PodRejected(
+            f"metadata.annotations[{MPI_LAUNCHER}]",
+            f"{launcher_name!r} must be one of {', '.join(LAUNCHERS)}",
+        )
+    flags = [] if flags_text in (None, "true") else _tokens(flags_text or "", MPI_FLAGS)
+    if launcher_name is None:
+        if flags_text is not None:
+            launcher_name = "mpiexec"
+        elif nodes > 1 or tasks > 1:
+            launcher_name = "srun"
+    if launcher_name is None:
+        return Mpi(nodes, tasks, ())
+    if launcher_name == "srun":
+        return Mpi(nodes, tasks, ("srun", *flags))
+    return Mpi(nodes, tasks, (launcher_name, "-np", NTASKS, *flags))
+
+
+def pod_ip(annotations: Mapping[str, str]) -> str | None:
+    raw = annotations.get(POD_IP)
+    if raw is None or raw == "":
+        return None
+    try:
+        return str(ipaddress.ip_address(raw.strip()))
+    except ValueError as err:
+        raise PodRejected(
+            f"metadata.annotations[{POD_IP}]", f"{raw!r} is not an IP address"
+        ) from err
+
+
+def user_shell(annotations: Mapping[str, str], allowed: bool) -> dict[str, str]:
+    """The shell-code annotations a pod carries (pre-exec, wstunnel commands), refused by name
+    when the site does not let pods run shell code of their own in the job."""
+    found = {k: annotations[k] for k in USER_SHELL_ANNOTATIONS if annotations.get(k, "").strip()}
+    if found and not allowed:
+        raise PodRejected(
+            f"metadata.annotations[{next(iter(found))}]",
+            "this site does not run shell code from pod annotations (allow_user_shell: false); "
+            f"remove {' and '.join(found)}",
+        )
+    for k, v in found.items():
+        if "\x00" in v:
+            raise PodRejected(f"metadata.annotations[{k}]", "must not contain NUL characters")
+    return found
