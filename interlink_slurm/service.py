@@ -12,8 +12,8 @@ import contextlib
 import logging
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from interlink_slurm import jobdir
 from interlink_slurm.config import Settings
