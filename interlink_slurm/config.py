@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     restart_backoff_max_seconds: float = Field(
         300.0, gt=0, description="longest wait between two restarts of a container"
     )
+    image_cache_dir: Path | None = Field(
+        None,
+        description="Apptainer/Singularity: registry images are pulled once into this shared "
+        "directory as SIF files and reused",
+    )
 
     taints: list[Taint] = []
     max_pods: int = Field(1000, ge=1, description="the 'pods' capacity of the virtual node")
@@ -202,7 +207,13 @@ class Settings(BaseSettings):
         return v
 
     @field_validator(
-        "data_root", "state_db", "slurm_conf", "slurm_bin_dir", "auth_token_file", "pvc_root"
+        "data_root",
+        "state_db",
+        "slurm_conf",
+        "slurm_bin_dir",
+        "auth_token_file",
+        "pvc_root",
+        "image_cache_dir",
     )
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
@@ -285,6 +296,15 @@ class Settings(BaseSettings):
         for account in v.values():
             cls._slurm_name(account)
         return v
+
+    @model_validator(mode="after")
+    def _image_cache(self) -> Settings:
+        if self.image_cache_dir is not None and self.runtime not in ("apptainer", "singularity"):
+            raise ValueError(
+                f"image_cache_dir: only for the apptainer and singularity runtimes, "
+                f"not {self.runtime}"
+            )
+        return self
 
     @field_validator("profiles")
     @classmethod

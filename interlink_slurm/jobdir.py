@@ -3,6 +3,8 @@
 Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
     job.sh, job.out (the batch script and its own output), job.id, pod.json
     containers/<name>.{env,log,started,finished,exit}
+    containers/<name>.{restarts,ready,backoff}  restarts (restartPolicy), readiness, back-off
+    containers/<name>.previous.log              the run before the last restart or requeue
     volumes/<volume>/...
 """
 
@@ -82,6 +84,10 @@ class ContainerFiles:
     started: datetime | None = None
     finished: datetime | None = None
     exit_code: int | None = None
+    restarts: int = 0  # times the job restarted it (restartPolicy)
+    ready: bool | None = None  # its readiness probe's last verdict; None: it has no probe
+    # Waiting to be restarted: (exit code of the run that ended, back-off in seconds).
+    backoff: tuple[int, int] | None = None
 
 
 def _time(raw: bytes | None) -> datetime | None:
@@ -100,19 +106,39 @@ def _time(raw: bytes | None) -> datetime | None:
         return None
 
 
+def _int(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw.strip())
+    except ValueError:
+        return None
+
+
 def read_container(transport: Transport, pod_dir: str, container: str) -> ContainerFiles:
     started = _time(transport.read_file(container_file(pod_dir, container, "started"), 64))
     if started is None:
         return ContainerFiles()
-    raw_exit = transport.read_file(container_file(pod_dir, container, "exit"), 16)
-    exit_code: int | None = None
-    if raw_exit is not None:
-        try:
-            exit_code = int(raw_exit.strip())
-        except ValueError:
-            exit_code = None
+    exit_code = _int(transport.read_file(container_file(pod_dir, container, "exit"), 16))
     finished = _time(transport.read_file(container_file(pod_dir, container, "finished"), 64))
-    return ContainerFiles(started=started, finished=finished, exit_code=exit_code)
+    restarts = _int(transport.read_file(container_file(pod_dir, container, "restarts"), 16))
+    ready = None
+    backoff = None
+    if exit_code is None:  # readiness and back-off matter while it has not ended for good
+        raw_ready = transport.read_file(container_file(pod_dir, container, "ready"), 16)
+        ready = None if raw_ready is None else raw_ready.strip() == b"true"
+        raw_backoff = transport.read_file(container_file(pod_dir, container, "backoff"), 32)
+        words = raw_backoff.split() if raw_backoff is not None else []
+        if len(words) == 2 and all(w.isdigit() for w in words):
+            backoff = (int(words[0]), int(words[1]))
+    return ContainerFiles(
+        started=started,
+        finished=finished,
+        exit_code=exit_code,
+        restarts=restarts or 0,
+        ready=ready,
+        backoff=backoff,
+    )
 
 
 def read_runs(transport: Transport, pod_dir: str) -> int:

@@ -578,16 +578,9 @@ def _ping_up(answer: Mapping[str, Any]) -> bool:
 class RestScheduler:
     """Implements the Scheduler protocol (see scheduler.py) against slurmrestd."""
 
-    def __init__(
-        self,
-        settings: RestSettings,
-        transport: Transport,
-        *,
-        http_transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
+    def __init__(self, settings: RestSettings, transport: Transport) -> None:
         self._s = settings
-        self._transport = transport
-        self._http_transport = http_transport
+        self._transport = transport  # where the job scripts are read
         self._client: httpx.AsyncClient | None = None
         self._token: tuple[tuple[int, int, int], str] | None = None
 
@@ -597,10 +590,10 @@ class RestScheduler:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            transport = self._http_transport
+            transport: httpx.AsyncHTTPTransport | None = None
             base = self._s.url
             if self._s.unix_socket is not None:
-                transport = transport or httpx.AsyncHTTPTransport(uds=self._s.unix_socket)
+                transport = httpx.AsyncHTTPTransport(uds=self._s.unix_socket)
                 base = "http://slurmrestd"
             self._client = httpx.AsyncClient(
                 base_url=base, transport=transport, timeout=self._s.timeout
@@ -665,9 +658,11 @@ class RestScheduler:
             raise SchedulerUnavailable(
                 f"{self.where} is not reachable ({action}): {reason}"
             ) from err
-        return self._answer(response, url, action)
+        return self._answer(response, method, url, action)
 
-    def _answer(self, response: httpx.Response, url: str, action: str) -> dict[str, Any]:
+    def _answer(
+        self, response: httpx.Response, method: str, url: str, action: str
+    ) -> dict[str, Any]:
         """The one place where slurmrestd's answers become results or typed errors."""
         status = response.status_code
         body: dict[str, Any] | None
@@ -710,7 +705,10 @@ class RestScheduler:
         unreachable = any(n in r for n in numbers for r in UNREACHABLE_ERRNO) or any(
             marker in said.lower() for marker in UNREACHABLE
         )
-        if unreachable or (status in (502, 503, 504) and not errors):
+        # A read slurmrestd could not do is slurmctld not answering: Slurm 22.05 then says only
+        # "Failed while looking for jobs" or "Unspecified error" (errno -1), with HTTP 500.
+        failed_read = method == "GET" and status >= 500
+        if unreachable or failed_read or (status in (502, 503, 504) and not errors):
             raise SchedulerUnavailable(
                 f"Slurm is not reachable through {self.where} ({action}): {said}"
             )
@@ -741,6 +739,9 @@ class RestScheduler:
         try:
             answer = await self._call("POST", "job/submit", "submitting a job", body=body)
         except _Refused as err:
+            queued = await self._queued_anyway(job.get("comment"), err)
+            if queued is not None:
+                return queued
             detail = str(err).split(": ", 1)[-1]
             if any(n in JOB_ERRNO for n in err.numbers) or (
                 not err.numbers and 400 <= err.status < 500
@@ -756,6 +757,28 @@ class RestScheduler:
         if message:
             log.info("job %s: %s", job_id, message)
         return str(job_id)
+
+    async def _queued_anyway(self, comment: Any, err: _Refused) -> str | None:
+        """The job Slurm queued although slurmrestd reported an error, if it did.
+
+        slurmctld queues a job with some errors (e.g. "Required node not available" while a
+        node comes back) and answers with both a job id and the error; Slurm 22.05's slurmrestd
+        reports only the error. The job's comment (the pod's UID) tells whether it exists."""
+        if not isinstance(comment, str) or not comment:
+            return None
+        try:
+            job = await self.find_by_comment(comment)
+        except (SchedulerError, SchedulerUnavailable):
+            return None
+        if job is None:
+            return None
+        log.warning(
+            "slurmrestd reported %r for the job with comment %s, but Slurm queued it as job %s",
+            str(err),
+            comment,
+            job.job_id,
+        )
+        return job.job_id
 
     async def _delete(self, job_id: str, params: Mapping[str, str], action: str) -> None:
         if not job_id.isdigit():

@@ -20,6 +20,12 @@ job's end reason (cancelled, timed out, out of memory...).
 | gone from squeue, no files     | terminated JobLost          | terminated 137 JobLost       |
 | init container failed          | terminated 0 InitContainerFailed (Kubernetes' phase comes   |
 |                                | from the init container's code, as the virtual kubelet does)|
+| RUNNING, container waits to be | waiting CrashLoopBackOff (its restartPolicy restarts it)    |
+| restarted (containers/*.backoff)|                                                            |
+
+``ready``: running, and with a readiness probe its last verdict (containers/<name>.ready).
+``restartCount``: Slurm requeues of the job plus the job's own restarts of the container
+(containers/<name>.restarts).
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ TERMINAL = frozenset(
 )
 # Reasons of our own for a job Slurm has not described yet.
 CREATING_REASON = "ContainerCreating"
+BACKOFF_REASON = "CrashLoopBackOff"  # waiting to be restarted (restartPolicy)
 UNREACHABLE_REASON = "SlurmUnreachable"
 
 
@@ -233,6 +240,12 @@ def container_statuses(
                 # Killed by the signal that ended the job: say why, keep its own exit code.
                 st.terminated.reason = ending.reason  # type: ignore[union-attr]
                 st.terminated.message = f"{ending.message} (job {job_id})"  # type: ignore[union-attr]
+        elif f.backoff is not None and active:
+            code, seconds = f.backoff
+            st = _waiting(
+                BACKOFF_REASON,
+                f"back-off {seconds}s restarting container {name} (last exit code {code})",
+            )
         elif f.started is not None:
             if active or pending:
                 st = ContainerState(running=ContainerStateRunning(started_at=f.started))
@@ -273,8 +286,9 @@ def container_statuses(
         return ContainerStatus(
             name=name,
             state=st,
-            ready=running,
-            restart_count=restarts,
+            # A container with a readiness probe is ready when the probe last said so.
+            ready=running and (f.ready if f.ready is not None else True),
+            restart_count=restarts + f.restarts,
             image=image,
             started=running if not is_init else None,
         )

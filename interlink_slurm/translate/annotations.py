@@ -185,9 +185,10 @@ NEVER_USER_FLAGS = frozenset(
         "--wrap",
     }
 )
+# Each of them also has a translation for slurmrestd (slurm/rest.py), so a pod behaves the same
+# whichever scheduler the site uses.
 DEFAULT_USER_FLAGS_ALLOWED = (
     "--account",  # only with allow_account_annotation
-    "--begin",
     "--constraint",
     "--cpus-per-gpu",
     "--cpus-per-task",
@@ -220,7 +221,6 @@ DEFAULT_USER_FLAGS_ALLOWED = (
     "--requeue",
     "--reservation",
     "--signal",
-    "--switches",
     "--threads-per-core",
     "--time",  # at most max_time
     "--time-min",

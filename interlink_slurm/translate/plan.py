@@ -24,6 +24,17 @@ class Bind:
 
 
 @dataclass(frozen=True)
+class Lifecycle:
+    """What the job does around one container (words for the script's ils_container)."""
+
+    restart: str = "Never"  # when it ends: Never, OnFailure (non-zero exit), Always
+    readiness: tuple[str, ...] = ()  # readiness DELAY PERIOD TIMEOUT SUCCESS FAILURE CHECK...
+    liveness: tuple[str, ...] = ()  # liveness DELAY PERIOD TIMEOUT SUCCESS FAILURE CHECK...
+    post_start: tuple[str, ...] = ()  # CHECK...
+    pre_stop: tuple[str, ...] = ()  # CHECK...
+
+
+@dataclass(frozen=True)
 class ContainerPlan:
     name: str
     image: str  # what the runtime is given: a path, or a docker:// reference
@@ -36,6 +47,7 @@ class ContainerPlan:
     gpus: int = 0
     # Runs the container on every task of the job (srun / mpirun ...); empty: once, here.
     launcher: tuple[str, ...] = ()
+    lifecycle: Lifecycle = Lifecycle()
 
 
 @dataclass(frozen=True)
@@ -63,3 +75,12 @@ class JobPlan:
     # claims); those in ``scratch_dirs`` are removed again when it ends.
     node_dirs: tuple[str, ...] = ()
     scratch_dirs: tuple[str, ...] = ()
+    # Restarts (restartPolicy): first wait, longest wait, in whole seconds; the grace a container
+    # stopped by its liveness probe gets before it is killed.
+    # Images to convert into the shared cache before the containers start (image_cache_dir):
+    # (SIF path, source, credentials file or None), with the runtime command that pulls.
+    image_pulls: tuple[tuple[str, str, str | None], ...] = ()
+    pull_binary: str = ""
+    backoff_seconds: tuple[int, int] = (10, 300)
+    nodes: int = 1
+    grace_seconds: int = 30

@@ -12,6 +12,8 @@ from interlink_slurm import __version__, logpipe
 from interlink_slurm.config import Settings
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate import annotations as ann
+from interlink_slurm.translate.images import ImagePull, plan_pulls
+from interlink_slurm.translate.lifecycle import lifecycle, restart_policy
 from interlink_slurm.translate.plan import ContainerPlan, FileSpec, JobPlan
 from interlink_slurm.translate.resources import (
     container_gpus,
@@ -223,7 +225,12 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         )
 
     layout = lay_out_volumes(
-        pod, data.container, pod_dir, [str(p) for p in settings.host_path_prefixes]
+        pod,
+        data.container,
+        pod_dir,
+        [str(p) for p in settings.host_path_prefixes],
+        pvc_root=str(settings.pvc_root) if settings.pvc_root else None,
+        memory_mb=res.memory_mb,
     )
     image_root = meta.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
 
@@ -242,6 +249,51 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         )
     if mpi.launcher:
         regular = tuple(dataclasses.replace(c, launcher=mpi.launcher) for c in regular)
+    pulls: list[ImagePull] = []
+    pull_files: list[FileSpec] = []
+    if settings.image_cache_dir is not None:
+        wanted = {
+            s.get("name")
+            for s in (pod.spec.model_extra or {}).get("imagePullSecrets") or []
+            if isinstance(s, dict)
+        }
+        pull_secrets = [
+            secret
+            for rc in data.container
+            for secret in rc.secrets
+            if secret.metadata.name in wanted
+        ]
+        cached, pulls, pull_files = plan_pulls(
+            settings.runtime,
+            str(settings.image_cache_dir),
+            [c.image for c in (*init, *regular)],
+            pull_secrets,
+        )
+        init, regular = (
+            tuple(dataclasses.replace(c, image=cached.get(c.image, c.image)) for c in group)
+            for group in (init, regular)
+        )
+
+    policy = restart_policy(pod.spec.restart_policy)
+
+    def with_lifecycle(cps: tuple[ContainerPlan, ...], group: str) -> tuple[ContainerPlan, ...]:
+        sources = pod.spec.init_containers if group == "initContainers" else pod.spec.containers
+        out = []
+        for i, (cp, c) in enumerate(zip(cps, sources, strict=True)):
+
+            def exec_argv(command: Sequence[str], cp: ContainerPlan = cp) -> list[str]:
+                probe = dataclasses.replace(cp, command=tuple(command), args=())
+                return container_argv(
+                    settings.runtime, settings.runtime_binary, runtime_flags, probe
+                )
+
+            where = f"spec.{group}[{i}]"
+            life = lifecycle(c, where, policy, group == "initContainers", exec_argv)
+            out.append(dataclasses.replace(cp, lifecycle=life))
+        return tuple(out)
+
+    init = with_lifecycle(init, "initContainers")
+    regular = with_lifecycle(regular, "containers")
 
     argv: dict[str, tuple[str, ...]] = {}
     files: list[FileSpec] = []
@@ -255,6 +307,7 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
                 raise PodRejected(f"spec.{group}[{i}].command", err.reason) from err
             files.append(FileSpec(f"containers/{cp.name}.env", env_file(settings.runtime, cp.env)))
     files += layout.files
+    files += pull_files
     files.append(FileSpec("logpipe.py", LOGPIPE_SOURCE, 0o600))
     pre_exec = shell.get(ann.PRE_EXEC)
     tunnel = shell.get(ann.WSTUNNEL)
@@ -291,6 +344,20 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         header_comment=header,
         job_env=(("POD_IP", ip),) if ip is not None else (),
         pre_exec=PRE_EXEC_FILE if pre_exec is not None else None,
+        nodes=mpi.nodes,
+        image_pulls=tuple((p.sif, p.source, p.auth) for p in pulls),
+        pull_binary=settings.runtime_binary if pulls else "",
+        node_dirs=layout.node_dirs,
+        scratch_dirs=layout.scratch_dirs,
+        backoff_seconds=(
+            max(1, round(settings.restart_backoff_seconds)),
+            max(1, round(settings.restart_backoff_max_seconds)),
+        ),
+        grace_seconds=(
+            pod.spec.termination_grace_period_seconds
+            if pod.spec.termination_grace_period_seconds is not None
+            else settings.default_grace_seconds
+        ),
         tunnel=TUNNEL_FILE if tunnel is not None else None,
     )
 

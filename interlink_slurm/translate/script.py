@@ -11,7 +11,9 @@ import shlex
 from collections.abc import Sequence
 
 from interlink_slurm.translate.annotations import NTASKS
+from interlink_slurm.translate.lifecycle import HOOK_TIMEOUT_SECONDS
 from interlink_slurm.translate.plan import ContainerPlan, JobPlan
+from interlink_slurm.translate.volumes import SHM_ROOT
 
 # The per-container protocol, also read back by jobdir.py:
 #   containers/<name>.started   RFC 3339 time the container was started
@@ -43,47 +45,116 @@ ils_wait() {{
   done
 }}
 
-# ils_container NAME [-L N LAUNCHER...] ARGV...: run one container with the variables of its
-# env file (through a launcher such as srun, given as its N words, on every task of the job),
-# its output in its log (through logpipe.py, which notes when each chunk was written), and
-# its start time, end time and exit code in files.
+# ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
+# its env file, its output in its log (through logpipe.py, which notes when each chunk was
+# written), its start time, end time, exit code and restarts in files. Options, each followed
+# by its number of words:
+#   -L launcher (srun, mpiexec...) that runs the container on every task of the job
+#   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
+#      run's log kept as <name>.previous.log
+#   -R / -V readiness / liveness probe (containers/<name>.ready; a failed liveness stops it)
+#   -S / -T postStart / preStop hook
 ils_container() {{
   local name=$1; shift
-  local -a envs=() launch=()
-  local kv rc logger="" pipe="containers/$name.pipe" runtime found
-  trap ':' TERM INT
+  local -a envs=() launch=() readiness=() liveness=() poststart=() prestop=()
+  local kv rc=0 logger="" pipe="containers/$name.pipe" runtime found cpid="" policy=Never
+  local restarts backoff=${{ILS_BACKOFF:-10}}
+  local -a watchers
+  trap 'ILS_STOPPING=1; ils_prestop' TERM INT
   while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
-  if [ "$1" = "-L" ]; then
-    launch=("${{@:3:$2}}"); shift $(( $2 + 2 ))
+  while :; do
+    case $1 in
+      -L) launch=("${{@:3:$2}}") ;;
+      -P) policy=$3 ;;
+      -R) readiness=("${{@:3:$2}}") ;;
+      -V) liveness=("${{@:3:$2}}") ;;
+      -S) poststart=("${{@:3:$2}}") ;;
+      -T) prestop=("${{@:3:$2}}") ;;
+      *) break ;;
+    esac
+    shift $(( $2 + 2 ))
+  done
+  if [ "${{#launch[@]}}" -gt 0 ]; then
     found=$(command -v -- "${{launch[0]}}") && launch[0]=$found
   fi
   # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
   runtime=$(command -v -- "$1") || runtime=$1
   shift
-  ils_put "containers/$name.started" "$(ils_now)"
-  if [ -n "$ILS_PYTHON" ]; then
-    rm -f "$pipe" && mkfifo -m 600 "$pipe"
-    "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
-    logger=$!
-    env -- "${{envs[@]}}" "${{launch[@]}}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
-  else
-    env -- "${{envs[@]}}" "${{launch[@]}}" "$runtime" "$@" \
-      >> "containers/$name.log" 2>&1 < /dev/null &
-  fi
-  ils_wait $!; rc=$?
-  if [ -n "$logger" ]; then
-    # The log ends with the container, even if a process it left behind holds the pipe open.
-    # (Stopping the watchdog stops its sleep too, so nothing outlives the container.)
-    ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
-      sleep 5 & s=$!; wait "$s"; kill -KILL "$logger" 2>/dev/null ) &
-    local watchdog=$!
-    ils_wait "$logger"
-    kill "$watchdog" 2>/dev/null
-    rm -f "$pipe"
-  fi
-  ils_put "containers/$name.finished" "$(ils_now)"
+  restarts=$(cat "containers/$name.restarts" 2>/dev/null || echo 0)
+  while :; do
+    logger=""
+    watchers=()
+    [ "${{#readiness[@]}}" -eq 0 ] || ils_put "containers/$name.ready" false
+    ils_put "containers/$name.started" "$(ils_now)"
+    rm -f "containers/$name.backoff"
+    if [ -n "$ILS_PYTHON" ]; then
+      rm -f "$pipe" && mkfifo -m 600 "$pipe"
+      "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
+      logger=$!
+      env -- "${{envs[@]}}" "${{launch[@]}}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
+    else
+      env -- "${{envs[@]}}" "${{launch[@]}}" "$runtime" "$@" \
+        >> "containers/$name.log" 2>&1 < /dev/null &
+    fi
+    cpid=$!
+    if [ "${{#poststart[@]}}" -gt 0 ]; then
+      ils_hook "$name" postStart "$cpid" "${{poststart[@]}}" & watchers+=($!)
+    fi
+    if [ "${{#readiness[@]}}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${{readiness[@]}}" & watchers+=($!)
+    fi
+    if [ "${{#liveness[@]}}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${{liveness[@]}}" & watchers+=($!)
+    fi
+    ils_wait "$cpid"; rc=$?
+    if [ "${{#watchers[@]}}" -gt 0 ]; then kill "${{watchers[@]}}" 2>/dev/null; fi
+    [ "${{#readiness[@]}}" -eq 0 ] || ils_put "containers/$name.ready" false
+    if [ -n "$logger" ]; then
+      # The log ends with the container, even if a process it left behind holds the pipe open.
+      # (Stopping the watchdog stops its sleep too, so nothing outlives the container.)
+      ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
+        sleep 5 & s=$!; wait "$s"; kill -KILL "$logger" 2>/dev/null ) &
+      local watchdog=$!
+      ils_wait "$logger"
+      kill "$watchdog" 2>/dev/null
+      rm -f "$pipe"
+    fi
+    ils_put "containers/$name.finished" "$(ils_now)"
+    case $policy in
+      Always) ;;
+      OnFailure) [ "$rc" -ne 0 ] || break ;;
+      *) break ;;
+    esac
+    [ -z "${{ILS_STOPPING:-}}" ] || break
+    # Restart after a back-off, as the kubelet does (CrashLoopBackOff meanwhile).
+    restarts=$(( restarts + 1 ))
+    ils_put "containers/$name.restarts" "$restarts"
+    mv -f "containers/$name.log" "containers/$name.previous.log" 2>/dev/null
+    rm -f "containers/$name.previous.log.idx"
+    if [ -e "containers/$name.log.idx" ]; then
+      mv -f "containers/$name.log.idx" "containers/$name.previous.log.idx"
+    fi
+    ils_put "containers/$name.backoff" "$rc $backoff"
+    echo "interlink-slurm: container $name exited with code $rc;" \
+      "restart $restarts in ${{backoff}} s"
+    sleep "$backoff" & local nap=$!
+    wait "$nap"; kill "$nap" 2>/dev/null
+    backoff=$(( backoff * 2 > ${{ILS_BACKOFF_MAX:-300}} ? ${{ILS_BACKOFF_MAX:-300}} : backoff * 2 ))
+    [ -z "${{ILS_STOPPING:-}}" ] || break
+  done
+  rm -f "containers/$name.backoff"
+  trap 'ILS_STOPPING=1' TERM INT
   ils_put "containers/$name.exit" "$rc"
   return "$rc"
+}}
+
+# The preStop hook of the container being run, once, when the job is told to stop.
+ils_prestop() {{
+  if [ "${{#prestop[@]}}" -gt 0 ]; then
+    local -a hook=("${{prestop[@]}}")
+    prestop=()
+    ils_hook "$name" preStop "$cpid" "${{hook[@]}}"
+  fi
 }}
 
 # A requeued job runs again from the start: what the last run wrote becomes the "previous"
@@ -96,12 +167,105 @@ if [ "$ILS_RUN" -gt 1 ]; then
     mv -f "$f" "${{f%.log}}.previous.log"
     if [ -e "$f.idx" ]; then mv -f "$f.idx" "${{f%.log}}.previous.log.idx"; fi
   done
-  rm -f containers/*.started containers/*.finished containers/*.exit
+  rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
+    containers/*.backoff
 fi
 ILS_PYTHON=$(command -v python3 || true)
 
-trap ':' TERM INT
+ILS_STOPPING=""
+trap 'ILS_STOPPING=1' TERM INT
 echo "interlink-slurm: pod {pod_ref} starts as job ${{SLURM_JOB_ID:-?}} on $(hostname)"
+"""
+
+
+# Probes and hooks, written into the script only when a container has one.
+LIFECYCLE = r"""
+# ils_check TIMEOUT CHECK...: one probe or hook action (see translate/lifecycle.py), run from
+# inside ils_container (it sees the container's envs).
+ils_check() {
+  local t=$1 rt; shift
+  case $1 in
+    exec)
+      rt=$(command -v -- "$2") || rt=$2
+      shift 2
+      timeout "$t" env -- "${envs[@]}" "$rt" "$@" ;;
+    http)
+      if [ -n "$ILS_PYTHON" ]; then
+        timeout "$t" "$ILS_PYTHON" -c 'import ssl, sys, urllib.request as u
+u.urlopen(sys.argv[1], timeout=float(sys.argv[2]), context=ssl._create_unverified_context())' \
+          "$2" "$t"
+      else
+        timeout "$t" curl -fsSk -o /dev/null -m "$t" -- "$2"
+      fi ;;
+    tcp) timeout "$t" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$2" "$3" ;;
+    sleep) sleep "$2" ;;
+    *) return 2 ;;
+  esac
+}
+
+# Stop a container: SIGTERM, then SIGKILL after the pod's grace period.
+ils_stop() {
+  kill -TERM "$1" 2>/dev/null
+  ( sleep "$ILS_GRACE"; kill -KILL "$1" 2>/dev/null ) &
+}
+
+# ils_probe NAME PID KIND DELAY PERIOD TIMEOUT SUCCESS FAILURE CHECK...: while the container
+# runs, readiness writes containers/NAME.ready; a failed liveness probe stops the container
+# (restarted or not by its policy).
+ils_probe() {
+  local name=$1 pid=$2 kind=$3 delay=$4 period=$5 t=$6 success=$7 failure=$8 ok=0 bad=0
+  shift 8
+  trap - TERM INT
+  sleep "$delay"
+  while kill -0 "$pid" 2>/dev/null; do
+    if ils_check "$t" "$@" > /dev/null 2>&1; then ok=$(( ok + 1 )); bad=0
+    else bad=$(( bad + 1 )); ok=0; fi
+    if [ "$kind" = readiness ]; then
+      if [ "$ok" -ge "$success" ]; then ils_put "containers/$name.ready" true
+      elif [ "$bad" -ge "$failure" ]; then ils_put "containers/$name.ready" false; fi
+    elif [ "$bad" -ge "$failure" ]; then
+      echo "interlink-slurm: container $name failed its liveness probe $bad times: stopping it"
+      ils_stop "$pid"
+      return
+    fi
+    sleep "$period"
+  done
+}
+
+# ils_hook NAME EVENT PID CHECK...: a postStart or preStop hook; a failed postStart stops the
+# container, as in Kubernetes.
+ils_hook() {
+  local name=$1 event=$2 pid=$3 t=$ILS_HOOK_TIMEOUT
+  shift 3
+  [ "$event" != preStop ] || t=$ILS_GRACE
+  if ! ils_check "$t" "$@" >> "containers/$name.hooks.log" 2>&1; then
+    echo "interlink-slurm: the $event hook of container $name failed"
+    [ "$event" != postStart ] || ils_stop "$pid"
+  fi
+}
+"""
+
+
+# Images converted into the shared cache, written only when a pod needs one.
+PULL = r"""
+# ils_pull RUNTIME SIF SOURCE [CREDENTIALS]: convert an image into the shared cache once; pods
+# pulling the same image wait for one another (flock), and a half-written image is never seen.
+ils_pull() {
+  local runtime=$1 sif=$2 source=$3 auth=${4:-} kv
+  local -a creds=()
+  [ -s "$sif" ] && return 0
+  if [ -n "$auth" ]; then
+    while IFS= read -r -d '' kv; do creds+=("$kv"); done < "$auth"
+  fi
+  mkdir -p -- "${sif%/*}" || return 1
+  (
+    flock -w 3600 9 || exit 1
+    [ -s "$sif" ] && exit 0
+    echo "interlink-slurm: pulling $source into $sif"
+    env -- "${creds[@]}" "$runtime" pull --force "$sif.part" "$source" &&
+      mv -f -- "$sif.part" "$sif"
+  ) 9> "$sif.lock"
+}
 """
 
 
@@ -115,26 +279,73 @@ def _word(a: str) -> str:
 
 
 def _container_line(c: ContainerPlan, argv: Sequence[str], background: bool) -> str:
-    launch = ""
-    if c.launcher:
-        launch = f"-L {len(c.launcher)} {' '.join(_word(a) for a in c.launcher)} "
-    line = f"ils_container {shlex.quote(c.name)} {launch}{_quote_argv(argv)}"
+    life = c.lifecycle
+    options = []
+    for flag, words in (
+        ("-L", c.launcher),
+        ("-P", (life.restart,) if life.restart != "Never" else ()),
+        ("-R", life.readiness),
+        ("-V", life.liveness),
+        ("-S", life.post_start),
+        ("-T", life.pre_stop),
+    ):
+        if words:
+            options.append(f"{flag} {len(words)} {' '.join(_word(a) for a in words)}")
+    # One option per line when there are any, so that a reader sees each.
+    sep = " \\\n    " if options else " "
+    line = sep.join([f"ils_container {shlex.quote(c.name)}", *options, _quote_argv(argv)])
     return f"{line} &" if background else line
+
+
+def _uses_lifecycle(plan: JobPlan) -> bool:
+    return any(
+        c.lifecycle.readiness
+        or c.lifecycle.liveness
+        or c.lifecycle.post_start
+        or c.lifecycle.pre_stop
+        for c in (*plan.init_containers, *plan.containers)
+    )
+
+
+def _uses_restarts(plan: JobPlan) -> bool:
+    return any(c.lifecycle.restart != "Never" for c in (*plan.init_containers, *plan.containers))
 
 
 def _before_containers(plan: JobPlan) -> list[str]:
     """What the job does before its first container: environment, node directories, the pod's
     own pre-exec code, interLink's tunnel; and what it undoes when it ends."""
     lines: list[str] = []
+    if _uses_restarts(plan) or _uses_lifecycle(plan):
+        first, most = plan.backoff_seconds
+        lines += [
+            "",
+            "# Restart back-off (first, longest), grace of a stopped container, hook timeout; s.",
+            f"ILS_BACKOFF={first} ILS_BACKOFF_MAX={most} ILS_GRACE={plan.grace_seconds}"
+            f" ILS_HOOK_TIMEOUT={HOOK_TIMEOUT_SECONDS}",
+        ]
+    if _uses_lifecycle(plan):
+        lines += LIFECYCLE.rstrip("\n").split("\n")
     if plan.job_env:
         lines += ["", "# The pod's address as interLink gave it (interlink.eu/pod-ip)."]
         lines += [f"export {name}={shlex.quote(value)}" for name, value in plan.job_env]
     cleanup: list[str] = []
+    # On several nodes, directories in a node's own memory are made on each (srun, one task
+    # per node); the others are on the shared filesystem.
+    every_node = (
+        f"srun --nodes={plan.nodes} --ntasks={plan.nodes} --ntasks-per-node=1 "
+        if plan.nodes > 1
+        else ""
+    )
+    shared = [d for d in plan.node_dirs if not d.startswith(SHM_ROOT)]
+    local = [d for d in plan.node_dirs if d.startswith(SHM_ROOT)]
     if plan.node_dirs:
         lines += ["", "# Directories on the node: memory-backed emptyDirs, volume claims."]
-        lines.append(f"mkdir -p -m 700 -- {_quote_argv(plan.node_dirs)}")
+    if shared:
+        lines.append(f"mkdir -p -m 700 -- {_quote_argv(shared)}")
+    if local:
+        lines.append(f"{every_node}mkdir -p -m 700 -- {_quote_argv(local)}")
     if plan.scratch_dirs:
-        cleanup.append(f"rm -rf -- {_quote_argv(plan.scratch_dirs)}")
+        cleanup.append(f"{every_node}rm -rf -- {_quote_argv(plan.scratch_dirs)}")
     if plan.tunnel:
         cleanup.append('[ -z "${ILS_TUNNEL:-}" ] || kill -TERM -- "-$ILS_TUNNEL" 2>/dev/null')
     if cleanup:
@@ -155,6 +366,14 @@ def _before_containers(plan: JobPlan) -> list[str]:
             "set -o nounset",
             'cd "$POD_DIR" || exit 1',
         ]
+    if plan.image_pulls:
+        lines += PULL.rstrip("\n").split("\n")
+        for sif, source, auth in plan.image_pulls:
+            words = [plan.pull_binary, sif, source, *([auth] if auth else [])]
+            lines.append(
+                f"ils_pull {_quote_argv(words)} || "
+                f"{{ echo {shlex.quote(f'interlink-slurm: cannot pull {source}')}; exit 1; }}"
+            )
     if plan.tunnel:
         lines += [
             "",

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import posixpath
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate.plan import Bind, FileSpec
+from interlink_slurm.translate.quantity import mebibytes
 from interlink_slurm.wire import (
     SUPPORTED_VOLUME_TYPES,
     ConfigMap,
@@ -24,6 +27,7 @@ from interlink_slurm.wire import (
     Secret,
     ValidPod,
     Volume,
+    dns_subdomain,
     relative_path,
 )
 
@@ -31,7 +35,9 @@ CONFIG_FILE_MODE = 0o644
 SECRET_FILE_MODE = 0o600
 # Kubernetes mounts these read-only whatever the volumeMount says.
 READ_ONLY_KINDS = frozenset({"configMap", "secret", "projected", "downwardAPI"})
-NOT_YET = {"persistentVolumeClaim": "persistentVolumeClaim volumes are not supported yet"}
+NOT_YET: dict[str, str] = {}
+# Memory-backed emptyDirs live in the node's shared memory, one directory per pod.
+SHM_ROOT = "/dev/shm"
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class VolumeLayout:
     files: tuple[FileSpec, ...]
     dirs: tuple[str, ...]
     binds: dict[str, tuple[Bind, ...]]  # container name → binds
+    node_dirs: tuple[str, ...] = ()  # absolute: created by the job on the node
+    scratch_dirs: tuple[str, ...] = ()  # absolute: removed by the job when it ends
 
 
 def volume_dir(name: str) -> str:
@@ -130,11 +138,76 @@ def _allowed_host_path(path: str, prefixes: Sequence[str]) -> bool:
     return False
 
 
+def shm_dir(uid: str) -> str:
+    return f"{SHM_ROOT}/interlink-slurm-{uid}"
+
+
+def _label_lines(values: Mapping[str, str]) -> bytes:
+    """Labels or annotations as the kubelet writes them in a downwardAPI file."""
+    return "".join(f"{k}={json.dumps(v)}\n" for k, v in sorted(values.items())).encode()
+
+
+_FIELD_KEY = re.compile(r"^metadata\.(labels|annotations)\['([^']*)'\]$")
+
+
+def _field_value(pod: ValidPod, field_path: str, where: str) -> bytes:
+    meta = pod.metadata
+    simple = {
+        "metadata.name": meta.name,
+        "metadata.namespace": meta.namespace,
+        "metadata.uid": meta.uid,
+        "spec.restartPolicy": pod.spec.restart_policy,
+    }
+    if field_path in simple:
+        return simple[field_path].encode()
+    if field_path == "metadata.labels":
+        return _label_lines(meta.labels)
+    if field_path == "metadata.annotations":
+        return _label_lines(meta.annotations)
+    m = _FIELD_KEY.match(field_path)
+    if m:
+        values = meta.labels if m.group(1) == "labels" else meta.annotations
+        return values.get(m.group(2), "").encode()
+    raise PodRejected(
+        where,
+        f"fieldPath {field_path!r} is not known on the cluster (supported: metadata.name, "
+        "metadata.namespace, metadata.uid, metadata.labels, metadata.annotations)",
+    )
+
+
+def _downward_files(pod: ValidPod, vol: Volume, where: str) -> list[FileSpec]:
+    """A downwardAPI volume interLink sent no content for, from the pod's own metadata."""
+    src = vol.downward_api or {}
+    files = []
+    default_mode = src.get("defaultMode")
+    for j, item in enumerate(src.get("items") or []):
+        iwhere = f"{where}.downwardAPI.items[{j}]"
+        if not isinstance(item, dict) or "path" not in item:
+            raise PodRejected(iwhere, "needs a path")
+        try:
+            path = relative_path(str(item["path"]))
+        except ValueError as err:
+            raise PodRejected(f"{iwhere}.path", str(err)) from err
+        ref = item.get("fieldRef")
+        if not isinstance(ref, dict) or "fieldPath" not in ref:
+            raise PodRejected(
+                iwhere, "only fieldRef items can be filled on the cluster (resourceFieldRef cannot)"
+            )
+        content = _field_value(pod, str(ref["fieldPath"]), f"{iwhere}.fieldRef.fieldPath")
+        mode = item.get("mode", default_mode)
+        m = _file_mode(mode) if isinstance(mode, int) else CONFIG_FILE_MODE
+        files.append(FileSpec(f"{volume_dir(vol.name)}/{path}", content, m))
+    return files
+
+
 def lay_out_volumes(
     pod: ValidPod,
     retrieved: Sequence[RetrievedContainer],
     pod_dir: str,
     host_path_prefixes: Sequence[str],
+    *,
+    pvc_root: str | None = None,
+    memory_mb: int | None = None,
 ) -> VolumeLayout:
     spec = pod.spec
     all_containers = (*spec.init_containers, *spec.containers)
@@ -145,6 +218,9 @@ def lay_out_volumes(
 
     files: list[FileSpec] = []
     dirs: list[str] = []
+    node_dirs: list[str] = []
+    scratch_dirs: list[str] = []
+    claims_read_only: set[str] = set()
     sources: dict[str, tuple[str, str]] = {}  # volume → (host path, kind)
     for i, vol in enumerate(spec.volumes):
         where = f"spec.volumes[{i}]"
@@ -204,6 +280,8 @@ def lay_out_volumes(
                     f"secret {ssrc.secret_name!r}",
                 )
             ]
+        elif kind == "downwardAPI" and _find(projected, vol.name) is None:
+            files += _downward_files(pod, vol, where)
         elif kind in ("projected", "downwardAPI"):
             pm = _find(projected, vol.name)
             if pm is None:
@@ -241,7 +319,46 @@ def lay_out_volumes(
                     f"{path!r} is outside the host paths pods may mount ({allowed})",
                 )
             host = posixpath.normpath(path)
-        if kind != "hostPath":
+        elif kind == "persistentVolumeClaim":
+            assert vol.persistent_volume_claim is not None
+            claim = vol.persistent_volume_claim.claim_name
+            if pvc_root is None:
+                raise PodRejected(
+                    f"{where}.persistentVolumeClaim",
+                    f"volume {vol.name!r}: persistentVolumeClaim volumes need a directory on the "
+                    "cluster's shared filesystem, and this site configures none (pvc_root)",
+                )
+            try:
+                dns_subdomain(claim)
+            except ValueError as err:
+                raise PodRejected(f"{where}.persistentVolumeClaim.claimName", str(err)) from err
+            host = f"{pvc_root.rstrip('/')}/{pod.metadata.namespace}/{claim}"
+            node_dirs.append(host)
+            if vol.persistent_volume_claim.read_only:
+                claims_read_only.add(vol.name)
+        elif kind == "emptyDir" and vol.empty_dir is not None:
+            limit = vol.empty_dir.size_limit
+            limit_mb = None
+            if limit is not None:
+                try:
+                    limit_mb = mebibytes(str(limit))
+                except ValueError as err:
+                    raise PodRejected(f"{where}.emptyDir.sizeLimit", str(err)) from err
+            if vol.empty_dir.medium == "Memory":
+                if limit_mb is not None and memory_mb is not None and limit_mb > memory_mb:
+                    raise PodRejected(
+                        f"{where}.emptyDir.sizeLimit",
+                        f"a memory-backed emptyDir of {limit} does not fit in the pod's "
+                        f"memory ({memory_mb}Mi): it counts against it",
+                    )
+                host = f"{shm_dir(pod.metadata.uid)}/{vol.name}"
+                node_dirs.append(host)
+            elif vol.empty_dir.medium not in ("", None):
+                raise PodRejected(
+                    f"{where}.emptyDir.medium",
+                    f'medium {vol.empty_dir.medium!r} is not supported ("" or Memory)',
+                )
+        if kind not in ("hostPath", "persistentVolumeClaim") and not host.startswith(SHM_ROOT):
             dirs.append(volume_dir(vol.name))
         sources[vol.name] = (host, kind)
 
@@ -260,6 +377,9 @@ def lay_out_volumes(
                     )
                 host, kind = sources[m.name]
                 source = f"{host}/{m.sub_path}" if m.sub_path else host
-                out.append(Bind(source, m.mount_path, m.read_only or kind in READ_ONLY_KINDS))
+                read_only = m.read_only or kind in READ_ONLY_KINDS or m.name in claims_read_only
+                out.append(Bind(source, m.mount_path, read_only))
             binds[c.name] = tuple(out)
-    return VolumeLayout(tuple(files), tuple(dirs), binds)
+    if any(d.startswith(SHM_ROOT) for d in node_dirs):
+        scratch_dirs.append(shm_dir(pod.metadata.uid))
+    return VolumeLayout(tuple(files), tuple(dirs), binds, tuple(node_dirs), tuple(scratch_dirs))

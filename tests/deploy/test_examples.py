@@ -25,9 +25,16 @@ NOT_PODS = {
 # Pods that cannot run on the local cluster, and why.
 RENDER_ONLY = {
     "jupyterhub/jupyterlab-pod.yaml": "needs a JupyterLab image, GPUs and interLink's wstunnel",
+    # Issue 3's use cases (their renders are pinned in tests/unit/test_translate_examples.py):
+    "jupyterlab-gpu.yaml": "needs a JupyterLab CUDA image and interLink's wstunnel",
+    "gan-training-4xa100.yaml": "needs an NVIDIA PyTorch image and four real A100",
+    "mpi-simulation-2-nodes.yaml": "needs two nodes and an MPI solver image",
 }
 # Run by the integration tests of the README walkthrough instead of an e2e scenario.
-RUN_ELSEWHERE = {"hello-pod.json"}
+RUN_ELSEWHERE = {
+    "hello-pod.json",
+    "datagen-job.yaml",  # run by tests/integration/test_fidelity.py
+}
 
 
 def example_files() -> list[Path]:

@@ -38,47 +38,116 @@ ils_wait() {
   done
 }
 
-# ils_container NAME [-L N LAUNCHER...] ARGV...: run one container with the variables of its
-# env file (through a launcher such as srun, given as its N words, on every task of the job),
-# its output in its log (through logpipe.py, which notes when each chunk was written), and
-# its start time, end time and exit code in files.
+# ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
+# its env file, its output in its log (through logpipe.py, which notes when each chunk was
+# written), its start time, end time, exit code and restarts in files. Options, each followed
+# by its number of words:
+#   -L launcher (srun, mpiexec...) that runs the container on every task of the job
+#   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
+#      run's log kept as <name>.previous.log
+#   -R / -V readiness / liveness probe (containers/<name>.ready; a failed liveness stops it)
+#   -S / -T postStart / preStop hook
 ils_container() {
   local name=$1; shift
-  local -a envs=() launch=()
-  local kv rc logger="" pipe="containers/$name.pipe" runtime found
-  trap ':' TERM INT
+  local -a envs=() launch=() readiness=() liveness=() poststart=() prestop=()
+  local kv rc=0 logger="" pipe="containers/$name.pipe" runtime found cpid="" policy=Never
+  local restarts backoff=${ILS_BACKOFF:-10}
+  local -a watchers
+  trap 'ILS_STOPPING=1; ils_prestop' TERM INT
   while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
-  if [ "$1" = "-L" ]; then
-    launch=("${@:3:$2}"); shift $(( $2 + 2 ))
+  while :; do
+    case $1 in
+      -L) launch=("${@:3:$2}") ;;
+      -P) policy=$3 ;;
+      -R) readiness=("${@:3:$2}") ;;
+      -V) liveness=("${@:3:$2}") ;;
+      -S) poststart=("${@:3:$2}") ;;
+      -T) prestop=("${@:3:$2}") ;;
+      *) break ;;
+    esac
+    shift $(( $2 + 2 ))
+  done
+  if [ "${#launch[@]}" -gt 0 ]; then
     found=$(command -v -- "${launch[0]}") && launch[0]=$found
   fi
   # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
   runtime=$(command -v -- "$1") || runtime=$1
   shift
-  ils_put "containers/$name.started" "$(ils_now)"
-  if [ -n "$ILS_PYTHON" ]; then
-    rm -f "$pipe" && mkfifo -m 600 "$pipe"
-    "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
-    logger=$!
-    env -- "${envs[@]}" "${launch[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
-  else
-    env -- "${envs[@]}" "${launch[@]}" "$runtime" "$@" \
-      >> "containers/$name.log" 2>&1 < /dev/null &
-  fi
-  ils_wait $!; rc=$?
-  if [ -n "$logger" ]; then
-    # The log ends with the container, even if a process it left behind holds the pipe open.
-    # (Stopping the watchdog stops its sleep too, so nothing outlives the container.)
-    ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
-      sleep 5 & s=$!; wait "$s"; kill -KILL "$logger" 2>/dev/null ) &
-    local watchdog=$!
-    ils_wait "$logger"
-    kill "$watchdog" 2>/dev/null
-    rm -f "$pipe"
-  fi
-  ils_put "containers/$name.finished" "$(ils_now)"
+  restarts=$(cat "containers/$name.restarts" 2>/dev/null || echo 0)
+  while :; do
+    logger=""
+    watchers=()
+    [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
+    ils_put "containers/$name.started" "$(ils_now)"
+    rm -f "containers/$name.backoff"
+    if [ -n "$ILS_PYTHON" ]; then
+      rm -f "$pipe" && mkfifo -m 600 "$pipe"
+      "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
+      logger=$!
+      env -- "${envs[@]}" "${launch[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
+    else
+      env -- "${envs[@]}" "${launch[@]}" "$runtime" "$@" \
+        >> "containers/$name.log" 2>&1 < /dev/null &
+    fi
+    cpid=$!
+    if [ "${#poststart[@]}" -gt 0 ]; then
+      ils_hook "$name" postStart "$cpid" "${poststart[@]}" & watchers+=($!)
+    fi
+    if [ "${#readiness[@]}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${readiness[@]}" & watchers+=($!)
+    fi
+    if [ "${#liveness[@]}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${liveness[@]}" & watchers+=($!)
+    fi
+    ils_wait "$cpid"; rc=$?
+    if [ "${#watchers[@]}" -gt 0 ]; then kill "${watchers[@]}" 2>/dev/null; fi
+    [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
+    if [ -n "$logger" ]; then
+      # The log ends with the container, even if a process it left behind holds the pipe open.
+      # (Stopping the watchdog stops its sleep too, so nothing outlives the container.)
+      ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
+        sleep 5 & s=$!; wait "$s"; kill -KILL "$logger" 2>/dev/null ) &
+      local watchdog=$!
+      ils_wait "$logger"
+      kill "$watchdog" 2>/dev/null
+      rm -f "$pipe"
+    fi
+    ils_put "containers/$name.finished" "$(ils_now)"
+    case $policy in
+      Always) ;;
+      OnFailure) [ "$rc" -ne 0 ] || break ;;
+      *) break ;;
+    esac
+    [ -z "${ILS_STOPPING:-}" ] || break
+    # Restart after a back-off, as the kubelet does (CrashLoopBackOff meanwhile).
+    restarts=$(( restarts + 1 ))
+    ils_put "containers/$name.restarts" "$restarts"
+    mv -f "containers/$name.log" "containers/$name.previous.log" 2>/dev/null
+    rm -f "containers/$name.previous.log.idx"
+    if [ -e "containers/$name.log.idx" ]; then
+      mv -f "containers/$name.log.idx" "containers/$name.previous.log.idx"
+    fi
+    ils_put "containers/$name.backoff" "$rc $backoff"
+    echo "interlink-slurm: container $name exited with code $rc;" \
+      "restart $restarts in ${backoff} s"
+    sleep "$backoff" & local nap=$!
+    wait "$nap"; kill "$nap" 2>/dev/null
+    backoff=$(( backoff * 2 > ${ILS_BACKOFF_MAX:-300} ? ${ILS_BACKOFF_MAX:-300} : backoff * 2 ))
+    [ -z "${ILS_STOPPING:-}" ] || break
+  done
+  rm -f "containers/$name.backoff"
+  trap 'ILS_STOPPING=1' TERM INT
   ils_put "containers/$name.exit" "$rc"
   return "$rc"
+}
+
+# The preStop hook of the container being run, once, when the job is told to stop.
+ils_prestop() {
+  if [ "${#prestop[@]}" -gt 0 ]; then
+    local -a hook=("${prestop[@]}")
+    prestop=()
+    ils_hook "$name" preStop "$cpid" "${hook[@]}"
+  fi
 }
 
 # A requeued job runs again from the start: what the last run wrote becomes the "previous"
@@ -91,11 +160,13 @@ if [ "$ILS_RUN" -gt 1 ]; then
     mv -f "$f" "${f%.log}.previous.log"
     if [ -e "$f.idx" ]; then mv -f "$f.idx" "${f%.log}.previous.log.idx"; fi
   done
-  rm -f containers/*.started containers/*.finished containers/*.exit
+  rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
+    containers/*.backoff
 fi
 ILS_PYTHON=$(command -v python3 || true)
 
-trap ':' TERM INT
+ILS_STOPPING=""
+trap 'ILS_STOPPING=1' TERM INT
 echo "interlink-slurm: pod default/web-7d9f starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
 
 # Containers, all together; the job fails with the first non-zero exit code.

@@ -92,6 +92,7 @@ class Plugin:
             "slurm_conf": cluster["SLURM_CONF"],
             "log_level": "debug",
             "ping_cache_seconds": 0,
+            "status_refresh_seconds": 0.5,
             **config,
         }
         self.config_path.write_text(yaml.safe_dump(self.settings))

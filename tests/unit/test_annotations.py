@@ -397,9 +397,10 @@ def test_mpi_flags_launch_the_containers_with_mpiexec_on_every_task() -> None:
     )
     script = render_script(plan)
     assert (
-        'ils_container main -L 7 mpiexec -np "${SLURM_NTASKS:-1}" --bind-to core --map-by '
-        "ppr:4:node apptainer exec" in script
-    )
+        "ils_container main \\\n"
+        '    -L 7 mpiexec -np "${SLURM_NTASKS:-1}" --bind-to core --map-by ppr:4:node \\\n'
+        "    apptainer exec"
+    ) in script
 
 
 def test_nodes_and_tasks_per_node_annotations_shape_the_job() -> None:
@@ -454,3 +455,9 @@ def test_script_with_every_annotation_is_valid_bash() -> None:
     script = render_script(plan_of(annotated(notes)))
     run = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_every_flag_allowed_by_default_can_also_go_through_slurmrestd() -> None:
+    from interlink_slurm.slurm import rest
+
+    assert set(ann.DEFAULT_USER_FLAGS_ALLOWED) <= set(rest._SPECS)

@@ -265,9 +265,27 @@ def test_slurm_refusing_the_job_is_submit_rejected_with_its_reason(
     api.post(path(version, "job/submit")).respond(
         500, json=answer(version, "submit_invalid_partition.json")
     )
+    jobs = api.get(path(version, "jobs")).respond(200, json=answer(version, "jobs.json"))
 
     with pytest.raises(SubmitRejected, match="Invalid partition name specified"):
         submit(version, token, tmp_path)
+    assert jobs.called  # no job carries the pod's comment: the refusal stands
+
+
+def test_a_job_slurm_queued_despite_the_error_is_taken_not_refused(
+    token: Path, tmp_path: Path, api: respx.MockRouter
+) -> None:
+    # Seen on 22.05 while a node came back: "Required node not available" with HTTP 500, and
+    # the job queued all the same. Refusing it would leave a job without its pod directory.
+    api.post(path("v0.0.38", "job/submit")).respond(
+        500,
+        json={"errors": [{"error_code": 2019, "error": "Required node not available"}]},
+    )
+    jobs = answer("v0.0.38", "jobs.json")
+    jobs["jobs"][1]["comment"] = "interlink-slurm:3f6c2b1e-8d4a-4c1e-9b7a-2a5d0e6f1c01"
+    api.get(path("v0.0.38", "jobs")).respond(200, json=jobs)
+
+    assert submit("v0.0.38", token, tmp_path) == str(jobs["jobs"][1]["job_id"])
 
 
 def test_a_missing_environment_refused_by_22_05_is_named(
@@ -276,6 +294,7 @@ def test_a_missing_environment_refused_by_22_05_is_named(
     api.post(path("v0.0.38", "job/submit")).respond(
         400, json=answer("v0.0.38", "submit_no_environment.json")
     )
+    api.get(path("v0.0.38", "jobs")).respond(200, json=answer("v0.0.38", "jobs.json"))
 
     with pytest.raises(SubmitRejected, match="environment must be set"):
         submit("v0.0.38", token, tmp_path)
@@ -416,6 +435,25 @@ def test_a_controller_slurmrestd_cannot_reach_is_unavailable(
 
     with pytest.raises(SchedulerUnavailable, match="Unable to contact slurm controller"):
         run(make(version, token).query(["4101"]))
+
+
+@pytest.mark.parametrize(
+    ("method", "rest", "name", "call"),
+    [
+        ("GET", "jobs", "jobs_controller_down.json", lambda s: s.query(["1"])),
+        ("GET", "nodes", "nodes_controller_down.json", lambda s: s.resources([])),
+        ("GET", "ping", "ping_controller_down.json", lambda s: s.ping()),
+        ("DELETE", "job/1", "cancel_controller_down.json", lambda s: s.cancel("1")),
+    ],
+)
+def test_22_05_answers_with_slurmctld_stopped_are_unavailable(
+    method: str, rest: str, name: str, call: Any, token: Path, api: respx.MockRouter
+) -> None:
+    # Recorded: reads say only "Failed while looking for jobs" or "Unspecified error" (-1).
+    api.route(method=method, path=path("v0.0.38", rest)).respond(500, json=answer("v0.0.38", name))
+
+    with pytest.raises(SchedulerUnavailable, match="Slurm is not reachable through slurmrestd"):
+        run(call(make("v0.0.38", token)))
 
 
 @pytest.mark.parametrize(

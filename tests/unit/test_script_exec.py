@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import stat
 import subprocess
 import sys
@@ -40,7 +41,7 @@ IMAGE_DIR = "/some/dir"
 MARKER = "ILS_PROBE_CONTAINER"
 
 STAND_IN = """#!{python}
-import json, os, sys
+import json, os, sys, time
 argv = [os.fsencode(a) for a in sys.argv[1:]]
 sep = argv.index(b"--")
 record = {{
@@ -48,9 +49,22 @@ record = {{
     "command": [a.hex() for a in argv[sep + 1:]],
     "env": {{k.hex(): v.hex() for k, v in os.environb.items()}},
 }}
-out = os.path.join(os.environ["ILS_PROBE_OUT"], os.environ["{marker}"] + ".json")
+hook = argv[sep + 1:sep + 2] == [b"ils-hook"]  # a postStart hook's command, not the container
+suffix = ".hook.json" if hook else ".json"
+out = os.path.join(os.environ["ILS_PROBE_OUT"], os.environ["{marker}"] + suffix)
 with open(out, "w") as f:
     json.dump(record, f)
+if hook:
+    sys.exit(0)
+# Runs counted per container; the first ILS_PROBE_FAIL_TIMES runs fail (restartPolicy tests).
+runs_file = out[: -len(".json")] + ".runs"
+runs = int(open(runs_file).read()) + 1 if os.path.exists(runs_file) else 1
+with open(runs_file, "w") as f:
+    f.write(str(runs))
+print("run", runs, flush=True)
+if runs <= int(os.environ.get("ILS_PROBE_FAIL_TIMES", "0")):
+    sys.exit(1)
+time.sleep(float(os.environ.get("ILS_PROBE_SLEEP", "0")))
 sys.exit(int(os.environ.get("ILS_PROBE_EXIT", "0")))
 """
 
@@ -461,3 +475,114 @@ def test_mpi_flags_reach_the_launcher_byte_exact(
     assert run.returncode == 0, run.output
     args = (out / "launcher.args").read_bytes().split(b"\0")[:-1]
     assert args == [w.encode() for w in words]
+
+
+# --- restartPolicy, readiness -------------------------------------------------------------------
+
+
+def restarting(data_root: Path, bin_dir: Path) -> Settings:
+    return load_settings(
+        None,
+        data_root=str(data_root),
+        runtime="charliecloud",
+        runtime_path=str(bin_dir / "fake-ch-run"),
+        images={"img": IMAGE_DIR},
+        restart_backoff_seconds=1,
+        restart_backoff_max_seconds=1,
+    )
+
+
+def failing(name: str, times: int) -> dict[str, Any]:
+    c = probe(name)
+    c["env"].append({"name": "ILS_PROBE_FAIL_TIMES", "value": str(times)})
+    return c
+
+
+def test_on_failure_restarts_a_failing_container_counting_restarts_and_keeping_the_last_log(
+    bin_dir: Path, data_root: Path
+) -> None:
+    the_pod = pg.pod("probe", [failing("main", 2)], restartPolicy="OnFailure")
+    plan = plan_for(the_pod, restarting(data_root, bin_dir))
+    run, out = run_job(plan)
+    assert run.returncode == 0, run.output
+    containers = Path(plan.pod_dir) / "containers"
+    assert (out / "main.runs").read_text() == "3"
+    assert (containers / "main.restarts").read_text() == "2\n"
+    assert (containers / "main.exit").read_text() == "0\n"
+    assert (containers / "main.log").read_text() == "run 3\n"
+    assert (containers / "main.previous.log").read_text() == "run 2\n"
+    assert not (containers / "main.backoff").exists()
+    assert "container main exited with code 1; restart 1 in 1 s" in run.output
+
+
+def test_never_does_not_restart(bin_dir: Path, data_root: Path) -> None:
+    plan = plan_for(pg.pod("probe", [failing("main", 1)]), restarting(data_root, bin_dir))
+    run, out = run_job(plan)
+    assert run.returncode == 1
+    assert (out / "main.runs").read_text() == "1"
+    assert not (Path(plan.pod_dir) / "containers" / "main.restarts").exists()
+
+
+def test_init_container_is_retried_until_it_succeeds_then_the_containers_run(
+    bin_dir: Path, data_root: Path
+) -> None:
+    the_pod = pg.pod("probe", [probe("main")], init=[failing("setup", 1)], restartPolicy="Always")
+    # Always would restart "main" forever: stop the job once main has run twice.
+    plan = plan_for(the_pod, restarting(data_root, bin_dir))
+    root = lay_out(plan)
+    out = root / "probe"
+    out.mkdir()
+    with (root / "job.out").open("wb") as sink:
+        proc = subprocess.Popen(
+            ["bash", "job.sh"],
+            cwd=root,
+            env={**os.environ, "ILS_PROBE_OUT": str(out)},
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while not (out / "main.runs").exists() or (out / "main.runs").read_text() < "2":
+            assert time.monotonic() < deadline, (root / "job.out").read_text()
+            time.sleep(0.1)
+        # What scancel --signal=TERM --full does: every process of the job gets SIGTERM, and
+        # the job stops restarting its containers.
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, 143), (root / "job.out").read_text()
+    containers = root / "containers"
+    assert (out / "setup.runs").read_text() == "2"
+    assert (containers / "setup.restarts").read_text() == "1\n"
+    assert (containers / "main.restarts").read_text() >= "1\n"
+
+
+def test_readiness_probe_writes_the_ready_file(bin_dir: Path, data_root: Path) -> None:
+    c = probe("main")
+    c["command"] = ["run", "main"]
+    c["env"].append({"name": "ILS_PROBE_EXIT", "value": "0"})
+    # A probe that fails: nothing listens on port 9 of this host (discard service is off).
+    c["readinessProbe"] = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 1}
+    plan = plan_for(pg.pod("probe", [c]), restarting(data_root, bin_dir))
+    run, _ = run_job(plan)
+    assert run.returncode == 0, run.output
+    # The container ended: whatever the probe said, it is not ready any more.
+    assert (Path(plan.pod_dir) / "containers" / "main.ready").read_text() == "false\n"
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(ARG, max_size=4))
+def test_hook_command_reaches_the_runtime_byte_exact(
+    bin_dir: Path, data_root: Path, words: list[str]
+) -> None:
+    c = probe("main")
+    c["env"].append({"name": "ILS_PROBE_SLEEP", "value": "0.5"})
+    c["lifecycle"] = {"postStart": {"exec": {"command": ["ils-hook", *words]}}}
+    plan = plan_for(pg.pod("probe", [c]), charliecloud(data_root, str(bin_dir / "fake-ch-run")))
+    run, out = run_job(plan)
+    assert run.returncode == 0, run.output
+    record = json.loads((out / "main.hook.json").read_text())
+    assert [bytes.fromhex(a) for a in record["command"]] == [
+        b"ils-hook",
+        *(w.encode() for w in words),
+    ]
+    assert bytes.fromhex(record["env"][MARKER.encode().hex()]) == b"main"

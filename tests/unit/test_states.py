@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,66 @@ def test_container_killed_while_others_run_is_terminated_at_once() -> None:
 def test_deleted_pod_in_its_grace_period_still_runs() -> None:
     _, main = run(JobInfo("7", "RUNNING"), {"c": ContainerFiles(started=T0)}, deleted=True)
     assert "running" in main["c"]
+
+
+# --- restarts (restartPolicy) and readiness --------------------------------------------------
+
+
+def statuses(job: JobInfo | None, files: dict[str, ContainerFiles], restarts: int = 0) -> dict:
+    _, m = container_statuses(job, "7", (), ("c",), files, {}, restarts=restarts)
+    return {c.name: c for c in m}
+
+
+def test_container_waiting_to_be_restarted_is_in_crash_loop_back_off() -> None:
+    files = {"c": ContainerFiles(started=T0, finished=T1, restarts=2, backoff=(3, 40))}
+    c = statuses(JobInfo("7", "RUNNING"), files)["c"]
+    assert c.state.waiting is not None
+    assert c.state.waiting.reason == "CrashLoopBackOff"
+    assert "back-off 40s" in c.state.waiting.message and "exit code 3" in c.state.waiting.message
+    assert c.restart_count == 2
+    assert not c.ready
+
+
+def test_restart_count_adds_the_jobs_restarts_to_slurm_requeues() -> None:
+    files = {"c": ContainerFiles(started=T0, restarts=3)}
+    c = statuses(JobInfo("7", "RUNNING"), files, restarts=1)["c"]
+    assert c.state.running is not None
+    assert c.restart_count == 4
+
+
+def test_back_off_file_of_an_ended_job_is_ignored() -> None:
+    files = {"c": ContainerFiles(started=T0, restarts=1, backoff=(1, 10))}
+    c = statuses(JobInfo("7", "CANCELLED"), files)["c"]
+    assert c.state.terminated is not None and c.state.terminated.reason == "Cancelled"
+
+
+@pytest.mark.parametrize(("ready", "expected"), [(None, True), (True, True), (False, False)])
+def test_ready_follows_the_readiness_probe_while_running(
+    ready: bool | None, expected: bool
+) -> None:
+    files = {"c": ContainerFiles(started=T0, ready=ready)}
+    assert statuses(JobInfo("7", "RUNNING"), files)["c"].ready is expected
+
+
+def test_ended_container_is_never_ready() -> None:
+    files = {"c": ContainerFiles(started=T0, finished=T1, exit_code=0, ready=True)}
+    assert statuses(JobInfo("7", "RUNNING"), files)["c"].ready is False
+
+
+def test_container_files_are_read_back_with_restarts_readiness_and_back_off(
+    tmp_path: Path,
+) -> None:
+    from interlink_slurm.jobdir import read_container
+    from interlink_slurm.slurm.transport import LocalTransport
+
+    d = tmp_path / "containers"
+    d.mkdir()
+    (d / "c.started").write_text("2026-11-25T07:00:00.123456789Z\n")
+    (d / "c.restarts").write_text("2\n")
+    (d / "c.ready").write_text("true\n")
+    (d / "c.backoff").write_text("137 20\n")
+    f = read_container(LocalTransport(), str(tmp_path), "c")
+    assert (f.restarts, f.ready, f.backoff, f.exit_code) == (2, True, (137, 20), None)
+    (d / "c.exit").write_text("0\n")
+    f = read_container(LocalTransport(), str(tmp_path), "c")
+    assert (f.restarts, f.ready, f.backoff, f.exit_code) == (2, None, None, 0)

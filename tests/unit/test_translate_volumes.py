@@ -1,0 +1,164 @@
+"""Volumes beyond files in the pod directory: memory-backed emptyDirs, sizeLimit, claims on the
+shared filesystem (pvc_root), downwardAPI filled from the pod itself."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+
+from interlink_slurm.translate.script import render_script
+from tests.unit.test_translate import (
+    POD_DIR,
+    UID,
+    container,
+    files,
+    main,
+    plan_of,
+    pod_of,
+    rejection,
+    volume_files,
+)
+from tests.unit.test_translate import settings as make_settings
+
+SHM = f"/dev/shm/interlink-slurm-{UID}"
+
+
+def mounted(*volumes: dict[str, Any], **mount: Any) -> dict[str, Any]:
+    mounts = [{"name": v["name"], "mountPath": f"/mnt/{v['name']}", **mount} for v in volumes]
+    return pod_of(main(volumeMounts=mounts), volumes=list(volumes))
+
+
+def test_memory_empty_dir_lives_in_shared_memory_created_and_removed_by_the_job() -> None:
+    plan = plan_of(mounted({"name": "fast", "emptyDir": {"medium": "Memory"}}))
+    [bind] = container(plan).binds
+    assert (bind.source, bind.target, bind.read_only) == (f"{SHM}/fast", "/mnt/fast", False)
+    assert plan.node_dirs == (f"{SHM}/fast",)
+    assert plan.scratch_dirs == (SHM,)
+    assert "volumes/fast" not in plan.dirs
+    script = render_script(plan)
+    assert f"mkdir -p -m 700 -- {SHM}/fast" in script
+    assert f"  rm -rf -- {SHM}\n" in script
+    assert script.index("trap ils_cleanup EXIT") < script.index("ils_container main")
+
+
+def test_disk_empty_dir_stays_in_the_pod_directory() -> None:
+    plan = plan_of(mounted({"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}}))
+    assert container(plan).binds[0].source == f"{POD_DIR}/volumes/scratch"
+    assert plan.node_dirs == () and plan.scratch_dirs == ()
+    assert "ils_cleanup" not in render_script(plan)
+
+
+def test_memory_empty_dir_larger_than_the_pods_memory_is_refused() -> None:
+    vol = {"name": "fast", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}
+    err = rejection(mounted(vol), make_settings(default_memory="1Gi"))
+    assert err.field == "spec.volumes[0].emptyDir.sizeLimit"
+    assert "1024Mi" in err.reason
+    assert plan_of(mounted(vol), make_settings(default_memory="4Gi")).node_dirs
+
+
+@pytest.mark.parametrize(
+    ("source", "field"),
+    [
+        ({"sizeLimit": "lots"}, "spec.volumes[0].emptyDir.sizeLimit"),
+        ({"medium": "HugePages"}, "spec.volumes[0].emptyDir.medium"),
+    ],
+)
+def test_bad_empty_dir_is_refused_naming_the_field(source: dict[str, str], field: str) -> None:
+    assert rejection(mounted({"name": "x", "emptyDir": source})).field == field
+
+
+def test_claim_becomes_a_directory_under_pvc_root_per_namespace() -> None:
+    vol = {"name": "data", "persistentVolumeClaim": {"claimName": "results-2024"}}
+    plan = plan_of(mounted(vol), make_settings(pvc_root="/shared/claims"))
+    [bind] = container(plan).binds
+    assert (bind.source, bind.read_only) == ("/shared/claims/default/results-2024", False)
+    assert plan.node_dirs == ("/shared/claims/default/results-2024",)
+    assert plan.scratch_dirs == ()  # a claim outlives the pod
+    assert "mkdir -p -m 700 -- /shared/claims/default/results-2024" in render_script(plan)
+
+
+def test_read_only_claim_or_mount_is_bound_read_only() -> None:
+    s = make_settings(pvc_root="/shared/claims")
+    vol = {"name": "data", "persistentVolumeClaim": {"claimName": "c", "readOnly": True}}
+    assert container(plan_of(mounted(vol), s)).binds[0].read_only
+    vol = {"name": "data", "persistentVolumeClaim": {"claimName": "c"}}
+    assert container(plan_of(mounted(vol, readOnly=True), s)).binds[0].read_only
+
+
+def test_claim_with_sub_path() -> None:
+    vol = {"name": "data", "persistentVolumeClaim": {"claimName": "c"}}
+    plan = plan_of(mounted(vol, subPath="run1/out"), make_settings(pvc_root="/shared/claims"))
+    assert container(plan).binds[0].source == "/shared/claims/default/c/run1/out"
+
+
+def test_claim_without_pvc_root_is_refused_naming_the_key() -> None:
+    vol = {"name": "data", "persistentVolumeClaim": {"claimName": "c"}}
+    err = rejection(mounted(vol))
+    assert err.field == "spec.volumes[0].persistentVolumeClaim"
+    assert "pvc_root" in err.reason
+
+
+@pytest.mark.parametrize("claim", ["../etc", "a/b", "UPPER", "x y"])
+def test_claim_name_that_is_no_dns_name_is_refused(claim: str) -> None:
+    vol = {"name": "data", "persistentVolumeClaim": {"claimName": claim}}
+    err = rejection(mounted(vol), make_settings(pvc_root="/shared/claims"))
+    assert err.field == "spec.volumes[0].persistentVolumeClaim.claimName"
+
+
+def downward(*items: dict[str, Any], **source: Any) -> dict[str, Any]:
+    return {"name": "info", "downwardAPI": {"items": list(items), **source}}
+
+
+def test_downward_api_without_interlinks_content_is_filled_from_the_pod() -> None:
+    p = mounted(
+        downward(
+            {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+            {"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}},
+            {"path": "meta/uid", "fieldRef": {"fieldPath": "metadata.uid"}, "mode": 0o600},
+            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+            {"path": "team", "fieldRef": {"fieldPath": "metadata.labels['team']"}},
+        )
+    )
+    p["metadata"]["labels"] = {"team": "hpc", "app": 'say "hi"'}
+    got = volume_files(plan_of(p), "info")
+    assert got["name"].content == b"p"
+    assert got["ns"].content == b"default"
+    assert got["meta/uid"].content == UID.encode()
+    assert got["meta/uid"].mode == 0o600
+    assert got["labels"].content == b'app="say \\"hi\\""\nteam="hpc"\n'
+    assert got["team"].content == b"hpc"
+
+
+def test_downward_api_sent_by_interlink_is_used_as_sent() -> None:
+    p = mounted(downward({"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}))
+    projected = [{"metadata": {"name": "info"}, "data": {"name": "from-interlink"}}]
+    assert volume_files(plan_of(p, projected=projected), "info")["name"].content == (
+        b"from-interlink"
+    )
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        ({"path": "cpu", "resourceFieldRef": {"resource": "limits.cpu"}}, "items[0]"),
+        ({"path": "x", "fieldRef": {"fieldPath": "status.podIP"}}, "items[0].fieldRef.fieldPath"),
+        ({"path": "../x", "fieldRef": {"fieldPath": "metadata.name"}}, "items[0].path"),
+    ],
+)
+def test_downward_api_items_the_cluster_cannot_fill_are_refused(
+    item: dict[str, Any], field: str
+) -> None:
+    err = rejection(mounted(downward(item)))
+    assert err.field == f"spec.volumes[0].downwardAPI.{field}"
+
+
+def test_node_directories_script_is_valid_bash() -> None:
+    vols = [
+        {"name": "fast", "emptyDir": {"medium": "Memory"}},
+        {"name": "data", "persistentVolumeClaim": {"claimName": "c"}},
+    ]
+    script = render_script(plan_of(mounted(*vols), make_settings(pvc_root="/shared/claims")))
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert "pod.json" in files(plan_of(mounted(*vols), make_settings(pvc_root="/x")))
