@@ -226,8 +226,15 @@ DEFAULT_USER_FLAGS_ALLOWED = (
     "--time-min",
     "--tmp",
 )
-# sbatch options that must not appear twice in one job: a later one replaces an earlier one.
+# sbatch options that must not appear twice in one job: a later one replaces an earlier one, and
+# one of a group replaces the others (sbatch refuses --mem with --mem-per-cpu, and a task or GPU
+# count given twice in two forms is ambiguous).
 MEMORY_OPTIONS = frozenset({"--mem", "--mem-per-cpu", "--mem-per-gpu"})
+REPLACING_GROUPS = (
+    MEMORY_OPTIONS,
+    frozenset({"--ntasks", "--ntasks-per-node"}),
+    frozenset({"--gres", "--gpus", "--gpus-per-node", "--gpus-per-task"}),
+)
 
 # What a flag value may hold: what sbatch values are made of (times, node lists, GRES, e-mail
 # addresses, dependencies, constraints with & | [ ]). No blank, quote, '#', '$', '\' or ';':
@@ -346,11 +353,12 @@ def option_name(directive: str) -> str:
 
 
 def merge_directives(base: Sequence[str], later: Sequence[str]) -> list[str]:
-    """``base`` then ``later``; an option of ``later`` replaces the same option (or, for memory,
-    any memory option) of ``base``, so sbatch sees each once."""
+    """``base`` then ``later``; an option of ``later`` replaces the same option of ``base``, or
+    any option of its group (``REPLACING_GROUPS``), so sbatch sees each once."""
     names = {option_name(d) for d in later}
-    if names & MEMORY_OPTIONS:
-        names |= MEMORY_OPTIONS
+    for group in REPLACING_GROUPS:
+        if names & group:
+            names |= group
     return [d for d in base if option_name(d) not in names] + list(later)
 
 

@@ -461,3 +461,24 @@ def test_every_flag_allowed_by_default_can_also_go_through_slurmrestd() -> None:
     from interlink_slurm.slurm import rest
 
     assert set(ann.DEFAULT_USER_FLAGS_ALLOWED) <= set(rest._SPECS)
+
+
+@pytest.mark.parametrize(
+    ("text", "gone"),
+    [
+        ("--ntasks-per-node=4", "--ntasks"),
+        ("--gpus=2", "--gres"),
+        ("--gpus-per-node=2", "--gres"),
+        ("--gres=gpu:a100:1,nvme:1", None),
+    ],
+)
+def test_user_flags_replace_the_plugins_option_of_the_same_group(
+    text: str, gone: str | None
+) -> None:
+    c = main(resources={"limits": {"nvidia.com/gpu": "2"}})
+    plan = plan_of(annotated({ann.FLAGS: text}, c), make_settings(gpu_type="a100"))
+    names = [d.split("=")[0] for d in plan.directives]
+    if gone:
+        assert gone not in names
+    assert plan.directives[-1] == text
+    assert len(names) == len(set(names))
