@@ -88,6 +88,8 @@ class Service:
         self._last_gc = 0.0
         self._ping: tuple[float, PingResponse] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # What each pod's files said when last read, for when they cannot be read.
+        self._files_seen: dict[str, tuple[dict[str, jobdir.ContainerFiles], int]] = {}
 
     def _lock(self, uid: str) -> asyncio.Lock:
         lock = self._locks.get(uid)
@@ -249,6 +251,7 @@ class Service:
                 continue  # its job has not been seen to end: its files are still in use
             await asyncio.to_thread(self.transport.remove_tree, rec.pod_dir)
             await asyncio.to_thread(self.store.forget, rec.uid)
+            self._files_seen.pop(rec.uid, None)
             log.info(
                 "pod %s/%s (%s): files removed after retention", rec.namespace, rec.name, rec.uid
             )
@@ -394,7 +397,16 @@ class Service:
             if rec.job_id is None:
                 init, main = _all_waiting(rec, images, CREATING_REASON, "being submitted to Slurm")
             else:
-                files, runs = await asyncio.to_thread(self._read_files, rec)
+                try:
+                    seen = await asyncio.to_thread(self._read_files, rec)
+                    self._files_seen[rec.uid] = seen
+                    files_outage = None
+                except (SchedulerUnavailable, OSError) as err:
+                    # The pod's files cannot be read now (SSH to the login node down, a
+                    # filesystem hiccup): what they said last time is still the best answer.
+                    seen = self._files_seen.get(rec.uid, ({}, 0))
+                    files_outage = f"cannot read the pod's files: {err}"
+                files, runs = seen
                 init, main = container_statuses(
                     self._job_for(rec),
                     rec.job_id,
@@ -405,8 +417,9 @@ class Service:
                     deleted=rec.deleted is not None,
                     restarts=max(0, runs - 1),
                 )
-                if self._outage and rec.final_state is None:
-                    _note_outage((*init, *main), self._outage)
+                outage = self._outage if rec.final_state is None else None
+                if outage or files_outage:
+                    _note_outage((*init, *main), "; ".join(o for o in (outage, files_outage) if o))
             out.append(
                 PodStatus(
                     name=rec.name,

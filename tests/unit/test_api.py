@@ -399,3 +399,23 @@ def test_delete_of_unknown_pod_and_pod_without_uid_is_fine(api: Harness) -> None
     del data["pod"]["metadata"]["uid"]
     assert api.post("/delete", data["pod"]).status_code == 200
     assert api.post("/delete", "{bad").status_code == 400
+
+
+def test_status_when_pod_files_cannot_be_read_serves_what_they_said_last(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = simple("unreadable")
+    api.post("/create", data)
+    api.refresh()
+    first = api.get("/status", [data["pod"]]).json()[0]
+
+    def down(*_: object) -> None:
+        raise SchedulerUnavailable("Slurm is not reachable: cannot reach the login node")
+
+    monkeypatch.setattr(api.service, "_read_files", down)
+    r = api.get("/status", [data["pod"]])
+
+    assert r.status_code == 200
+    waiting = r.json()[0]["containers"][0]["state"]["waiting"]
+    assert waiting["reason"] == first["containers"][0]["state"]["waiting"]["reason"]
+    assert "cannot read the pod's files" in waiting["message"]
