@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from interlink_slurm import __version__
+from interlink_slurm import __version__, logsetup
 from interlink_slurm.errors import (
     BadRequest,
     NotFound,
@@ -36,6 +36,7 @@ from interlink_slurm.service import Service
 from interlink_slurm.wire import LogRequest, Pod, RetrievedPodData
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("interlink_slurm.access")
 
 M = TypeVar("M")
 
@@ -141,6 +142,7 @@ def create_app(service: Service, token: str | None) -> FastAPI:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         request_id = request.headers.get("InterLink-Http-Session") or uuid.uuid4().hex[:12]
+        logsetup.request_id.set(request_id)
         if token is not None and request.url.path not in OPEN_PATHS:
             given = request.headers.get("authorization", "")
             scheme, _, value = given.partition(" ")
@@ -167,8 +169,16 @@ def create_app(service: Service, token: str | None) -> FastAPI:
             )
         response.headers["X-Request-Id"] = request_id
         endpoint = request.url.path if request.url.path in KNOWN_PATHS else "other"
+        elapsed = time.perf_counter() - started
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+        metrics.request_seconds.labels(endpoint).observe(elapsed)
+        access_log.info(
+            "%s %s %d",
+            request.method,
+            request.url.path,
+            response.status_code,
+            extra={"status": response.status_code, "duration_ms": round(elapsed * 1000, 2)},
+        )
         return response
 
     def _error(err: PluginError, request: Request) -> Response:

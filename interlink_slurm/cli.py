@@ -15,7 +15,7 @@ import typer
 import uvicorn
 import yaml
 
-from interlink_slurm import __version__
+from interlink_slurm import __version__, logsetup
 from interlink_slurm.config import ConfigError, Settings, load_settings
 from interlink_slurm.errors import PluginError, describe_validation_error
 from interlink_slurm.slurm import factory
@@ -61,10 +61,7 @@ def serve(config: ConfigOption = None) -> None:
     from interlink_slurm.store import Store
 
     settings = _settings(config)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logsetup.configure(settings.log_level, settings.log_format)
     # Over SSH, data_root is on the login node: created there with the first pod's directory.
     try:
         if settings.transport == "local":
@@ -87,25 +84,20 @@ def serve(config: ConfigOption = None) -> None:
     service = Service(settings, MeteredScheduler(scheduler, metrics), transport, store, metrics)
     api = create_app(service, settings.token())
     unix_path = settings.listen_unix_path
+    common: dict[str, Any] = {
+        "log_level": settings.log_level,
+        "log_config": None,  # logsetup has configured logging; uvicorn must not redo it
+        "access_log": False,  # the API logs each request itself, with its request ID
+        "timeout_graceful_shutdown": SHUTDOWN_SECONDS,
+    }
     try:
         if unix_path:
             sock = _listen_socket(unix_path, settings.socket_mode)
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    api, log_level=settings.log_level, timeout_graceful_shutdown=SHUTDOWN_SECONDS
-                )
-            )
-            server.run(sockets=[sock])
+            uvicorn.Server(uvicorn.Config(api, **common)).run(sockets=[sock])
         else:
             host, port = settings.listen_host_port
-            uvicorn.run(
-                api,
-                host=host,
-                port=port,
-                log_level=settings.log_level,
-                timeout_graceful_shutdown=SHUTDOWN_SECONDS,
-                **_tls_options(settings),
-            )
+            tcp = uvicorn.Config(api, host=host, port=port, **common, **_tls_options(settings))
+            uvicorn.Server(tcp).run()
     finally:
         store.close()
         factory.close(transport)

@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     command_timeout: float = Field(30.0, gt=0)
     max_body_bytes: int = Field(16 << 20, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one object per line with request_id, pod_uid, job_id"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from interlink_slurm import jobdir
+from interlink_slurm import jobdir, logsetup
 from interlink_slurm.config import Settings
 from interlink_slurm.errors import (
     BadRequest,
@@ -261,6 +261,7 @@ class Service:
     async def create(self, data: RetrievedPodData) -> CreateResponse:
         pod = data.pod
         uid = pod.uid
+        logsetup.bind(uid)
         async with self._lock(uid):
             rec = await asyncio.to_thread(self.store.get, uid)
             if rec is not None and rec.job_id is None:
@@ -302,6 +303,7 @@ class Service:
                 await asyncio.to_thread(self.store.forget, uid)
                 await asyncio.to_thread(self.transport.remove_tree, pod_dir)
                 raise
+            logsetup.bind(job=job_id)
             await asyncio.to_thread(self.store.set_job, uid, job_id)
             await asyncio.to_thread(
                 self.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
@@ -340,6 +342,7 @@ class Service:
         uid = pod.uid.lower()
         if not uid:
             return "pod has no uid: nothing to delete"
+        logsetup.bind(uid)
         async with self._lock(uid):
             rec = await asyncio.to_thread(self.store.get, uid)
             if rec is None:
@@ -350,6 +353,7 @@ class Service:
             if rec.deleted is not None or rec.final_state is not None:
                 await asyncio.to_thread(self.store.mark_deleted, uid)
                 return f"pod {uid}: job {job_id} has already ended"
+            logsetup.bind(job=job_id)
             grace = self._grace_seconds(pod)
             # The snapshot may be a refresh old; a delete is rare enough to ask Slurm itself.
             job = (await self.scheduler.query([job_id])).get(job_id)
@@ -443,7 +447,10 @@ class Service:
 
     async def logs(self, req: LogRequest, job_output: bool = False) -> AsyncIterator[bytes]:
         """The log stream of one container (or, with job_output, of the batch job itself)."""
+        logsetup.bind(req.PodUID)
         rec = await asyncio.to_thread(self.store.get, req.PodUID)
+        if rec is not None and rec.job_id:
+            logsetup.bind(job=rec.job_id)
         if rec is None:
             raise NotFound(
                 f"pod {req.Namespace}/{req.PodName} (uid {req.PodUID}) is not known to this plugin"
