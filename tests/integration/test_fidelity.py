@@ -300,3 +300,54 @@ def test_datagen_job_example_runs_its_shard(fplugin: Plugin) -> None:
 
     assert states(status)["generate"]["terminated"]["exitCode"] == 0
     assert fplugin.logs(pod, "generate").text.startswith("shard 7: 1000 rows, sha256 ")
+
+
+def test_liveness_restarts_a_hung_container_and_hooks_run_in_its_image(fplugin: Plugin) -> None:
+    work = [{"name": "work", "mountPath": "/mnt/work"}]
+    # Alive while /mnt/work/alive exists; the container removes it on its first run and hangs.
+    script = (
+        "import os, time\n"
+        "first = not os.path.exists('/mnt/work/started-once')\n"
+        "open('/mnt/work/started-once', 'a').close()\n"
+        "print('first run' if first else 'second run', flush=True)\n"
+        "if first: os.remove('/mnt/work/alive')\n"
+        "time.sleep(300)\n"
+    )
+    main = podgen.container(
+        "main",
+        script,
+        volumeMounts=work,
+        livenessProbe={
+            "exec": {"command": ["test", "-e", "/mnt/work/alive"]},
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        },
+        lifecycle={
+            "postStart": {"exec": {"command": ["touch", "/mnt/work/alive"]}},
+            "preStop": {"exec": {"command": ["touch", "/mnt/work/pre-stop-ran"]}},
+        },
+    )
+    pod = podgen.pod(
+        "liveness",
+        [main],
+        volumes=[{"name": "work", "emptyDir": {}}],
+        restartPolicy="Always",
+        terminationGracePeriodSeconds=5,
+    )
+    create(fplugin, podgen.retrieved(pod))
+    try:
+        status = fplugin.wait_for(
+            pod,
+            lambda s: s["containers"][0]["restartCount"] >= 1 and any_running(s),
+            timeout=90,
+        )
+        assert fplugin.logs(pod, "main").text == "second run\n"
+        assert fplugin.logs(pod, "main", Previous=True).text == "first run\n"
+        assert status["containers"][0]["ready"] is True  # no readiness probe: ready while running
+    finally:
+        assert fplugin.delete(pod).status_code == 200
+    fplugin.wait_for(pod, all_terminated)
+    volume = fplugin.pod_dir(pod) / "volumes" / "work"
+    assert (volume / "pre-stop-ran").exists()
+    job_out = (fplugin.pod_dir(pod) / "job.out").read_text()
+    assert "container main failed its liveness probe 2 times: stopping it" in job_out
