@@ -184,7 +184,14 @@ def create_app(service: Service, token: str | None) -> FastAPI:
     def _error(err: PluginError, request: Request) -> Response:
         code = _status_for(err)
         headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else {}
-        log.info("%s %s → %d: %s", request.method, request.url.path, code, err)
+        log.log(
+            logging.WARNING if code >= 500 else logging.INFO,
+            "%s %s → %d: %s",
+            request.method,
+            request.url.path,
+            code,
+            err,
+        )
         return PlainTextResponse(str(err), status_code=code, headers=headers)
 
     @app.exception_handler(PluginError)

@@ -360,9 +360,16 @@ class Service:
             if grace > 0 and job is not None and base_state(job) in ACTIVE:
                 # Every container gets SIGTERM now and the grace period to end; the refresher
                 # cancels the job for good when it runs out.
-                await self.scheduler.signal(job_id, "TERM")
-                await asyncio.to_thread(self.store.set_kill_at, uid, time.time() + grace)
-                message = f"pod {uid}: job {job_id} signalled, {grace} s to end"
+                try:
+                    await self.scheduler.signal(job_id, "TERM")
+                except SchedulerError as err:
+                    # Slurm would not signal it (it was changing state): end it plainly.
+                    log.info("job %s could not be signalled (%s): cancelling it", job_id, err)
+                    await self.scheduler.cancel(job_id)
+                    message = f"pod {uid}: job {job_id} cancelled"
+                else:
+                    await asyncio.to_thread(self.store.set_kill_at, uid, time.time() + grace)
+                    message = f"pod {uid}: job {job_id} signalled, {grace} s to end"
             else:
                 await self.scheduler.cancel(job_id)
                 message = f"pod {uid}: job {job_id} cancelled"

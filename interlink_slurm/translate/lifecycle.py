@@ -125,7 +125,12 @@ def lifecycle(
 ) -> Lifecycle:
     extra = c.model_extra or {}
     out: dict[str, tuple[str, ...]] = {}
-    for key, kind in (("readinessProbe", "readiness"), ("livenessProbe", "liveness")):
+    probes = (
+        ("startupProbe", "startup"),
+        ("readinessProbe", "readiness"),
+        ("livenessProbe", "liveness"),
+    )
+    for key, kind in probes:
         probe = extra.get(key)
         if probe is None:
             continue

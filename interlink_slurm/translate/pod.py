@@ -212,17 +212,7 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
 
     shell = ann.user_shell(notes, settings.allow_user_shell)
     ip = ann.pod_ip(notes)
-    runtime_flags = list(settings.runtime_flags)
-    if notes.get(ann.SINGULARITY_OPTIONS, "").strip():
-        runtime_flags += ann.runtime_options(
-            notes[ann.SINGULARITY_OPTIONS], settings.runtime, settings.runtime_options_allowed
-        )
-    if notes.get(ann.SINGULARITY_MOUNTS, "").strip():
-        runtime_flags += ann.runtime_mounts(
-            notes[ann.SINGULARITY_MOUNTS],
-            settings.runtime,
-            [str(p) for p in settings.host_path_prefixes],
-        )
+    runtime_flags = _runtime_flags(settings, notes)
 
     layout = lay_out_volumes(
         pod,
@@ -252,48 +242,15 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
     pulls: list[ImagePull] = []
     pull_files: list[FileSpec] = []
     if settings.image_cache_dir is not None:
-        wanted = {
-            s.get("name")
-            for s in (pod.spec.model_extra or {}).get("imagePullSecrets") or []
-            if isinstance(s, dict)
-        }
-        pull_secrets = [
-            secret
-            for rc in data.container
-            for secret in rc.secrets
-            if secret.metadata.name in wanted
-        ]
-        cached, pulls, pull_files = plan_pulls(
-            settings.runtime,
-            str(settings.image_cache_dir),
-            [c.image for c in (*init, *regular)],
-            pull_secrets,
-        )
+        cached, pulls, pull_files = _pull_through_cache(settings, data, (*init, *regular))
         init, regular = (
             tuple(dataclasses.replace(c, image=cached.get(c.image, c.image)) for c in group)
             for group in (init, regular)
         )
 
     policy = restart_policy(pod.spec.restart_policy)
-
-    def with_lifecycle(cps: tuple[ContainerPlan, ...], group: str) -> tuple[ContainerPlan, ...]:
-        sources = pod.spec.init_containers if group == "initContainers" else pod.spec.containers
-        out = []
-        for i, (cp, c) in enumerate(zip(cps, sources, strict=True)):
-
-            def exec_argv(command: Sequence[str], cp: ContainerPlan = cp) -> list[str]:
-                probe = dataclasses.replace(cp, command=tuple(command), args=())
-                return container_argv(
-                    settings.runtime, settings.runtime_binary, runtime_flags, probe
-                )
-
-            where = f"spec.{group}[{i}]"
-            life = lifecycle(c, where, policy, group == "initContainers", exec_argv)
-            out.append(dataclasses.replace(cp, lifecycle=life))
-        return tuple(out)
-
-    init = with_lifecycle(init, "initContainers")
-    regular = with_lifecycle(regular, "containers")
+    init = _with_lifecycle(init, pod.spec.init_containers, True, policy, settings, runtime_flags)
+    regular = _with_lifecycle(regular, pod.spec.containers, False, policy, settings, runtime_flags)
 
     argv: dict[str, tuple[str, ...]] = {}
     files: list[FileSpec] = []
@@ -360,6 +317,57 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         ),
         tunnel=TUNNEL_FILE if tunnel is not None else None,
     )
+
+
+def _runtime_flags(settings: Settings, notes: Mapping[str, str]) -> list[str]:
+    """The site's runtime options, then the pod's own (singularity-options, -mounts)."""
+    flags = list(settings.runtime_flags)
+    if notes.get(ann.SINGULARITY_OPTIONS, "").strip():
+        flags += ann.runtime_options(
+            notes[ann.SINGULARITY_OPTIONS], settings.runtime, settings.runtime_options_allowed
+        )
+    if notes.get(ann.SINGULARITY_MOUNTS, "").strip():
+        flags += ann.runtime_mounts(
+            notes[ann.SINGULARITY_MOUNTS],
+            settings.runtime,
+            [str(p) for p in settings.host_path_prefixes],
+        )
+    return flags
+
+
+def _pull_through_cache(
+    settings: Settings, data: RetrievedPodData, containers: Sequence[ContainerPlan]
+) -> tuple[dict[str, str], list[ImagePull], list[FileSpec]]:
+    """Registry images → SIF files of the shared cache, with the pod's pull secrets."""
+    assert settings.image_cache_dir is not None
+    extra = data.pod.spec.model_extra or {}
+    wanted = {s.get("name") for s in extra.get("imagePullSecrets") or [] if isinstance(s, dict)}
+    secrets = [s for rc in data.container for s in rc.secrets if s.metadata.name in wanted]
+    return plan_pulls(
+        settings.runtime, str(settings.image_cache_dir), [c.image for c in containers], secrets
+    )
+
+
+def _with_lifecycle(
+    plans: tuple[ContainerPlan, ...],
+    containers: Sequence[Container],
+    is_init: bool,
+    policy: str,
+    settings: Settings,
+    runtime_flags: Sequence[str],
+) -> tuple[ContainerPlan, ...]:
+    """Each container's restart policy, probes and hooks (exec ones run in its own image)."""
+    group = "initContainers" if is_init else "containers"
+    out = []
+    for i, (cp, c) in enumerate(zip(plans, containers, strict=True)):
+
+        def exec_argv(command: Sequence[str], cp: ContainerPlan = cp) -> list[str]:
+            probe = dataclasses.replace(cp, command=tuple(command), args=())
+            return container_argv(settings.runtime, settings.runtime_binary, runtime_flags, probe)
+
+        life = lifecycle(c, f"spec.{group}[{i}]", policy, is_init, exec_argv)
+        out.append(dataclasses.replace(cp, lifecycle=life))
+    return tuple(out)
 
 
 def _with_env(c: ContainerPlan, name: str, value: str) -> ContainerPlan:

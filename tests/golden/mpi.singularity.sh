@@ -49,11 +49,12 @@ ils_wait() {
 #   -L launcher (srun, mpiexec...) that runs the container on every task of the job
 #   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
 #      run's log kept as <name>.previous.log
-#   -R / -V readiness / liveness probe (containers/<name>.ready; a failed liveness stops it)
+#   -U / -R / -V startup / readiness / liveness probe (containers/<name>.ready; a failed
+#      startup or liveness probe stops it; readiness and liveness wait for startup)
 #   -S / -T postStart / preStop hook
 ils_container() {
   local name=$1; shift
-  local -a envs=() launch=() readiness=() liveness=() poststart=() prestop=()
+  local -a envs=() launch=() startup=() readiness=() liveness=() poststart=() prestop=()
   local kv rc=0 logger="" pipe="containers/$name.pipe" runtime found cpid="" policy=Never
   local restarts backoff=${ILS_BACKOFF:-10}
   local -a watchers
@@ -63,6 +64,7 @@ ils_container() {
     case $1 in
       -L) launch=("${@:3:$2}") ;;
       -P) policy=$3 ;;
+      -U) startup=("${@:3:$2}") ;;
       -R) readiness=("${@:3:$2}") ;;
       -V) liveness=("${@:3:$2}") ;;
       -S) poststart=("${@:3:$2}") ;;
@@ -96,6 +98,10 @@ ils_container() {
     cpid=$!
     if [ "${#poststart[@]}" -gt 0 ]; then
       ils_hook "$name" postStart "$cpid" "${poststart[@]}" & watchers+=($!)
+    fi
+    rm -f "containers/$name.startup-ok"
+    if [ "${#startup[@]}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${startup[@]}" & watchers+=($!)
     fi
     if [ "${#readiness[@]}" -gt 0 ]; then
       ils_probe "$name" "$cpid" "${readiness[@]}" & watchers+=($!)
@@ -165,7 +171,7 @@ if [ "$ILS_RUN" -gt 1 ]; then
     if [ -e "$f.idx" ]; then mv -f "$f.idx" "${f%.log}.previous.log.idx"; fi
   done
   rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
-    containers/*.backoff
+    containers/*.startup-ok containers/*.backoff
 fi
 ILS_PYTHON=$(command -v python3 || true)
 

@@ -46,11 +46,12 @@ ils_wait() {
 #   -L launcher (srun, mpiexec...) that runs the container on every task of the job
 #   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
 #      run's log kept as <name>.previous.log
-#   -R / -V readiness / liveness probe (containers/<name>.ready; a failed liveness stops it)
+#   -U / -R / -V startup / readiness / liveness probe (containers/<name>.ready; a failed
+#      startup or liveness probe stops it; readiness and liveness wait for startup)
 #   -S / -T postStart / preStop hook
 ils_container() {
   local name=$1; shift
-  local -a envs=() launch=() readiness=() liveness=() poststart=() prestop=()
+  local -a envs=() launch=() startup=() readiness=() liveness=() poststart=() prestop=()
   local kv rc=0 logger="" pipe="containers/$name.pipe" runtime found cpid="" policy=Never
   local restarts backoff=${ILS_BACKOFF:-10}
   local -a watchers
@@ -60,6 +61,7 @@ ils_container() {
     case $1 in
       -L) launch=("${@:3:$2}") ;;
       -P) policy=$3 ;;
+      -U) startup=("${@:3:$2}") ;;
       -R) readiness=("${@:3:$2}") ;;
       -V) liveness=("${@:3:$2}") ;;
       -S) poststart=("${@:3:$2}") ;;
@@ -93,6 +95,10 @@ ils_container() {
     cpid=$!
     if [ "${#poststart[@]}" -gt 0 ]; then
       ils_hook "$name" postStart "$cpid" "${poststart[@]}" & watchers+=($!)
+    fi
+    rm -f "containers/$name.startup-ok"
+    if [ "${#startup[@]}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${startup[@]}" & watchers+=($!)
     fi
     if [ "${#readiness[@]}" -gt 0 ]; then
       ils_probe "$name" "$cpid" "${readiness[@]}" & watchers+=($!)
@@ -162,7 +168,7 @@ if [ "$ILS_RUN" -gt 1 ]; then
     if [ -e "$f.idx" ]; then mv -f "$f.idx" "${f%.log}.previous.log.idx"; fi
   done
   rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
-    containers/*.backoff
+    containers/*.startup-ok containers/*.backoff
 fi
 ILS_PYTHON=$(command -v python3 || true)
 
@@ -203,12 +209,19 @@ ils_stop() {
 }
 
 # ils_probe NAME PID KIND DELAY PERIOD TIMEOUT SUCCESS FAILURE CHECK...: while the container
-# runs, readiness writes containers/NAME.ready; a failed liveness probe stops the container
-# (restarted or not by its policy).
+# runs, readiness writes containers/NAME.ready; a failed startup or liveness probe stops the
+# container (restarted or not by its policy). Readiness and liveness wait for a startup probe
+# to succeed (containers/NAME.startup-ok), as in Kubernetes.
 ils_probe() {
   local name=$1 pid=$2 kind=$3 delay=$4 period=$5 t=$6 success=$7 failure=$8 ok=0 bad=0
   shift 8
   trap - TERM INT
+  if [ "$kind" != startup ] && [ "${#startup[@]}" -gt 0 ]; then
+    while [ ! -e "containers/$name.startup-ok" ]; do
+      kill -0 "$pid" 2>/dev/null || return
+      sleep 1
+    done
+  fi
   sleep "$delay"
   while kill -0 "$pid" 2>/dev/null; do
     if ils_check "$t" "$@" > /dev/null 2>&1; then ok=$(( ok + 1 )); bad=0
@@ -216,8 +229,11 @@ ils_probe() {
     if [ "$kind" = readiness ]; then
       if [ "$ok" -ge "$success" ]; then ils_put "containers/$name.ready" true
       elif [ "$bad" -ge "$failure" ]; then ils_put "containers/$name.ready" false; fi
+    elif [ "$kind" = startup ] && [ "$ok" -ge "$success" ]; then
+      ils_put "containers/$name.startup-ok" "$(ils_now)"
+      return
     elif [ "$bad" -ge "$failure" ]; then
-      echo "interlink-slurm: container $name failed its liveness probe $bad times: stopping it"
+      echo "interlink-slurm: container $name failed its $kind probe $bad times: stopping it"
       ils_stop "$pid"
       return
     fi
@@ -256,6 +272,7 @@ ILS_TUNNEL=$!
 pids=()
 ils_container web \
     -P 1 Always \
+    -U 9 startup 0 2 1 1 30 tcp 127.0.0.1 8888 \
     -R 8 readiness 0 5 1 1 3 http http://127.0.0.1:8888/ \
     -V 14 liveness 0 10 1 1 5 exec apptainer exec --containall docker://debian-python test -e /tmp/alive \
     -S 7 exec apptainer exec --containall docker://debian-python touch /tmp/alive \

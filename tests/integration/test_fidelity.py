@@ -213,6 +213,7 @@ def test_readiness_probe_makes_the_container_ready_once_it_answers(fplugin: Plug
         workingDir="/mnt/work",
         volumeMounts=[{"name": "work", "mountPath": "/mnt/work"}],
         ports=[{"name": "http", "containerPort": port}],
+        startupProbe={"tcpSocket": {"port": port}, "periodSeconds": 1, "failureThreshold": 30},
         readinessProbe={"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
     )
     pod = podgen.pod("ready", [main], volumes=[{"name": "work", "emptyDir": {}}])
@@ -222,6 +223,7 @@ def test_readiness_probe_makes_the_container_ready_once_it_answers(fplugin: Plug
         assert first["containers"][0]["ready"] is False
         status = fplugin.wait_for(pod, lambda s: s["containers"][0]["ready"] is True, timeout=60)
         assert "running" in status["containers"][0]["state"]
+        assert (fplugin.pod_dir(pod) / "containers" / "main.startup-ok").exists()
         assert "serving" in fplugin.logs(pod, "main").text
     finally:
         assert fplugin.delete(pod).status_code == 200

@@ -32,7 +32,7 @@ def rss_mib(pid: int) -> float:
 def test_sixteen_clients_mixing_every_call_get_no_5xx_and_memory_stays_bounded(
     cluster: dict[str, str], tmp_path: Path
 ) -> None:
-    plugin = Plugin(tmp_path, cluster, log_level="warning", status_refresh_seconds=1)
+    plugin = Plugin(tmp_path, cluster, log_level="info", status_refresh_seconds=1)
     plugin.start()
     assert plugin.proc is not None
     codes: Counter[tuple[str, int]] = Counter()

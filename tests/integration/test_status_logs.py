@@ -175,12 +175,14 @@ def test_requeued_job_counts_a_restart_and_keeps_the_previous_log(
     local.wait_for(pod, any_running)
 
     slurm(cluster, "scontrol", "requeue", job_id)
-    # A requeued job waits about two minutes before it may start again; let it start now
-    # (once it is pending again: until then Slurm refuses the update).
+    # A requeued job waits about two minutes before it may start again; let it start sooner
+    # (once it is pending again: until then Slurm refuses the update). Not at once: started
+    # within a second or two, it fails with "Job credential revoked" (the old run's).
     deadline = time.monotonic() + 30
     while squeue(cluster, job_id) != "PENDING":
         assert time.monotonic() < deadline, squeue(cluster, job_id)
         time.sleep(0.2)
+    time.sleep(5)
     slurm(cluster, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
     status = local.wait_for(

@@ -59,6 +59,7 @@ def service_pod() -> tuple[dict[str, Any], dict[str, Any]]:
         "web",
         command=["python3", "-m", "http.server", "8888"],
         ports=[{"name": "http", "containerPort": 8888}],
+        startupProbe={"tcpSocket": {"port": 8888}, "periodSeconds": 2, "failureThreshold": 30},
         readinessProbe={"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
         livenessProbe={"exec": {"command": ["test", "-e", "/tmp/alive"]}, "failureThreshold": 5},
         lifecycle={

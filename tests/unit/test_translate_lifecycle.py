@@ -197,3 +197,15 @@ def test_probes_and_hooks_are_options_of_the_container_line_and_valid_bash() -> 
     assert "ILS_GRACE=12" in script
     assert "ils_probe()" in script and "ils_hook()" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_startup_probe_is_an_option_before_the_others() -> None:
+    c = main(
+        startupProbe={"tcpSocket": {"port": 8080}, "failureThreshold": 30},
+        readinessProbe=HTTP,
+    )
+    assert life(c).startup == ("startup", "0", "10", "1", "1", "30", "tcp", "127.0.0.1", "8080")
+    lines = render_script(plan_of(pod_of(c))).splitlines()
+    start = lines.index("ils_container main \\")
+    assert lines[start + 1].startswith("    -U 9 startup ")
+    assert lines[start + 2].startswith("    -R 8 readiness ")
