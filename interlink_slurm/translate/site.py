@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,6 +23,7 @@ from interlink_slurm.translate.quantity import mebibytes
 if TYPE_CHECKING:
     from interlink_slurm.config import Settings
 
+T = TypeVar("T")
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -119,11 +120,15 @@ class Site:
     sbatch_extra: tuple[str, ...]
 
 
-def _pick(profiles: Mapping[str, Profile], wants_gpus: bool) -> str | None:
+def _matching(profiles: Mapping[str, Profile], wants_gpus: bool) -> str | None:
     for name, p in profiles.items():
         if p.match == "any" or p.match == ("gpu" if wants_gpus else "cpu"):
             return name
     return None
+
+
+def _pick(own: T | None, top: T | None) -> T | None:
+    return own if own is not None else top
 
 
 def site_for(
@@ -140,32 +145,27 @@ def site_for(
                 f"no flavor {name!r} here (flavors: {', '.join(profiles) or 'none'})",
             )
     else:
-        name = _pick(profiles, wants_gpus)
+        name = _matching(profiles, wants_gpus)
     p = profiles[name] if name is not None else Profile()
 
-    def first(*values: object) -> object:
-        return next((v for v in values if v is not None), None)
-
     top_partition = (settings.gpu_partition or settings.partition) if wants_gpus else None
-    partition = first(p.partition, top_partition, settings.partition)
-    default_memory = first(p.default_memory, settings.default_memory)
-    max_memory = first(p.max_memory, settings.max_memory)
-    default_time = first(p.default_time, settings.default_time)
-    max_time = first(p.max_time, settings.max_time)
-    account = first(settings.namespace_accounts.get(namespace), p.account, settings.account)
+    default_memory = _pick(p.default_memory, settings.default_memory)
+    max_memory = _pick(p.max_memory, settings.max_memory)
+    default_time: str | int | None = _pick(p.default_time, settings.default_time)
+    max_time: str | int | None = _pick(p.max_time, settings.max_time)
     return Site(
         profile=name,
-        partition=partition,  # type: ignore[arg-type]
-        gpu_type=first(p.gpu_type, settings.gpu_type),  # type: ignore[arg-type]
-        gpus_per_node=first(p.gpus_per_node, settings.gpus_per_node),  # type: ignore[arg-type]
-        default_cpus=int(first(p.default_cpus, settings.default_cpus)),  # type: ignore[call-overload]
-        default_memory_mb=mebibytes(str(default_memory)),
-        max_cpus=first(p.max_cpus, settings.max_cpus),  # type: ignore[arg-type]
-        max_memory_mb=mebibytes(str(max_memory)) if max_memory is not None else None,
-        default_time=slurm_seconds(default_time) if default_time is not None else None,  # type: ignore[arg-type]
-        max_time=slurm_seconds(max_time) if max_time is not None else None,  # type: ignore[arg-type]
-        account=account,  # type: ignore[arg-type]
-        qos=first(p.qos, settings.qos),  # type: ignore[arg-type]
+        partition=_pick(p.partition, top_partition or settings.partition),
+        gpu_type=_pick(p.gpu_type, settings.gpu_type),
+        gpus_per_node=_pick(p.gpus_per_node, settings.gpus_per_node),
+        default_cpus=p.default_cpus or settings.default_cpus,
+        default_memory_mb=mebibytes(default_memory or settings.default_memory),
+        max_cpus=_pick(p.max_cpus, settings.max_cpus),
+        max_memory_mb=mebibytes(max_memory) if max_memory is not None else None,
+        default_time=slurm_seconds(default_time) if default_time is not None else None,
+        max_time=slurm_seconds(max_time) if max_time is not None else None,
+        account=settings.namespace_accounts.get(namespace) or _pick(p.account, settings.account),
+        qos=_pick(p.qos, settings.qos),
         sbatch_extra=(*settings.sbatch_extra, *p.sbatch_extra),
     )
 
