@@ -5,7 +5,10 @@ Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
     containers/<name>.{env,log,started,finished,exit}
     containers/<name>.{restarts,ready,backoff}  restarts (restartPolicy), readiness, back-off
     containers/<name>.previous.log              the run before the last restart or requeue
+    containers/<name>.{startup-ok,hooks.log}    startup probe passed; postStart/preStop output
     volumes/<volume>/...
+    pre-exec.sh, tunnel.sh, tunnel/, tunnel.log  the pod's own shell code (annotations)
+    pull/<hash>.auth                            registry credentials for the image cache
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 A check is one of:
     exec RUNTIME ARGS...   the probe's command in a new instance of the container's image, with
                            its binds and environment (the runtime's own ``exec``)
-    http URL               an HTTP GET from the node (python3, else curl): 2xx/3xx is success
+    http URL [HEADER...]   an HTTP GET from the node (python3, else curl) with the probe's
+                           headers ("Name: value"): 2xx/3xx is success
     tcp HOST PORT          a TCP connection from the node (bash's /dev/tcp)
     sleep SECONDS          (hooks only) wait
 Containers share the node's network with every runtime supported here, so ``localhost`` is the
@@ -13,6 +14,7 @@ container's own address.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +32,7 @@ PROBE_DEFAULTS = {
     "failureThreshold": 3,
 }
 HOOK_TIMEOUT_SECONDS = 30
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token
 
 
 def restart_policy(value: str) -> str:
@@ -90,7 +93,15 @@ def _check(
         host = _host(h.get("host"), hw)
         if ":" in host:
             host = f"[{host}]"
-        return ("http", f"{scheme}://{host}:{_port(h.get('port'), c, hw)}{path}")
+        headers = []
+        for j, header in enumerate(h.get("httpHeaders") or []):
+            name = str((header or {}).get("name", ""))
+            value = str((header or {}).get("value", ""))
+            if not _HEADER_NAME.fullmatch(name) or any(ch in value for ch in "\r\n\x00"):
+                raise PodRejected(f"{hw}.httpHeaders[{j}]", f"{name!r} is not a usable header")
+            headers.append(f"{name}: {value}")
+        url = f"{scheme}://{host}:{_port(h.get('port'), c, hw)}{path}"
+        return ("http", url, *headers)
     if "tcpSocket" in handler:
         t = handler["tcpSocket"] or {}
         tw = f"{where}.tcpSocket"

@@ -151,8 +151,8 @@ def site_for(
     top_partition = (settings.gpu_partition or settings.partition) if wants_gpus else None
     default_memory = _pick(p.default_memory, settings.default_memory)
     max_memory = _pick(p.max_memory, settings.max_memory)
-    default_time: str | int | None = _pick(p.default_time, settings.default_time)
-    max_time: str | int | None = _pick(p.max_time, settings.max_time)
+    default_time = p.default_time if p.default_time is not None else settings.default_time
+    max_time = p.max_time if p.max_time is not None else settings.max_time
     return Site(
         profile=name,
         partition=_pick(p.partition, top_partition or settings.partition),

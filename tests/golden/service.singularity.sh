@@ -189,12 +189,16 @@ ils_check() {
       shift 2
       timeout "$t" env -- "${envs[@]}" "$rt" "$@" ;;
     http)
+      shift
       if [ -n "$ILS_PYTHON" ]; then
         timeout "$t" "$ILS_PYTHON" -c 'import ssl, sys, urllib.request as u
-u.urlopen(sys.argv[1], timeout=float(sys.argv[2]), context=ssl._create_unverified_context())' \
-          "$2" "$t"
+r = u.Request(sys.argv[2], headers=dict(h.split(": ", 1) for h in sys.argv[3:]))
+u.urlopen(r, timeout=float(sys.argv[1]), context=ssl._create_unverified_context())' "$t" "$@"
       else
-        timeout "$t" curl -fsSk -o /dev/null -m "$t" -- "$2"
+        local -a hs=()
+        local h
+        for h in "${@:2}"; do hs+=(-H "$h"); done
+        timeout "$t" curl -fsSk -o /dev/null -m "$t" "${hs[@]}" -- "$1"
       fi ;;
     tcp) timeout "$t" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$2" "$3" ;;
     sleep) sleep "$2" ;;

@@ -586,3 +586,39 @@ def test_hook_command_reaches_the_runtime_byte_exact(
         *(w.encode() for w in words),
     ]
     assert bytes.fromhex(record["env"][MARKER.encode().hex()]) == b"main"
+
+
+def test_http_readiness_probe_sends_the_probes_headers(bin_dir: Path, data_root: Path) -> None:
+    import http.server
+    import threading
+
+    seen_headers: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen_headers.append(self.headers.get("X-Probe"))
+            self.send_response(200 if self.path == "/ready" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        c = probe("main")
+        c["env"].append({"name": "ILS_PROBE_SLEEP", "value": "2"})
+        c["readinessProbe"] = {
+            "httpGet": {
+                "path": "/ready",
+                "port": server.server_address[1],
+                "httpHeaders": [{"name": "X-Probe", "value": "yes, it's me"}],
+            },
+            "periodSeconds": 1,
+        }
+        plan = plan_for(pg.pod("probe", [c]), restarting(data_root, bin_dir))
+        run, _ = run_job(plan)
+    finally:
+        server.shutdown()
+    assert run.returncode == 0, run.output
+    assert seen_headers and set(seen_headers) == {"yes, it's me"}

@@ -209,3 +209,29 @@ def test_startup_probe_is_an_option_before_the_others() -> None:
     start = lines.index("ils_container main \\")
     assert lines[start + 1].startswith("    -U 9 startup ")
     assert lines[start + 2].startswith("    -R 8 readiness ")
+
+
+def test_http_probe_headers_are_words_after_the_url() -> None:
+    probe = {
+        "httpGet": {
+            "port": 80,
+            "httpHeaders": [
+                {"name": "Authorization", "value": "Bearer x y"},
+                {"name": "X-A", "value": ""},
+            ],
+        }
+    }
+    assert life(main(readinessProbe=probe)).readiness[-3:] == (
+        "http://127.0.0.1:80/",
+        "Authorization: Bearer x y",
+        "X-A: ",
+    )
+
+
+@pytest.mark.parametrize(
+    "header", [{"name": "Bad Name", "value": "v"}, {"name": "X", "value": "a\nb"}]
+)
+def test_http_probe_header_that_cannot_be_sent_is_refused(header: dict[str, str]) -> None:
+    probe = {"httpGet": {"port": 80, "httpHeaders": [header]}}
+    err = rejection(pod_of(main(readinessProbe=probe)))
+    assert err.field == "spec.containers[0].readinessProbe.httpGet.httpHeaders[0]"
