@@ -228,6 +228,12 @@ async def stream_log(
     while not limit.done:
         ended = await run(source.ended)
         size = await run(current_size)
+        if size < pos:
+            # The log was rotated (the container restarted): follow the new run from its start.
+            pos = 0
+            if stamper is not None:
+                stamper.at_line_start = True
+                await run(stamper.refresh, await run(Index, transport, path + ".idx"), 0)
         if size > pos:
             if stamper and index is not None:
                 fresh = await run(Index, transport, path + ".idx")

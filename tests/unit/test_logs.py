@@ -87,3 +87,23 @@ def test_tail_of_a_big_log_reads_only_its_end(tmp_path: Path) -> None:
 
 def test_missing_log_is_empty(tmp_path: Path) -> None:
     assert read(LocalTransport(), str(tmp_path / "none.log"), LogOpts()) == b""
+
+
+def test_follow_goes_on_into_the_next_run_when_the_log_is_rotated(tmp_path: Path) -> None:
+    path = Path(write(tmp_path, b"first run line 1\nfirst run line 2\n"))
+    done = {"ended": False}
+
+    async def follow() -> bytes:
+        source = logs.LogSource(str(path), lambda: done["ended"])
+        chunks = []
+        async for chunk in logs.stream_log(LocalTransport(), source, LogOpts(Follow=True)):
+            chunks.append(chunk)
+            if len(chunks) == 1:
+                # The container restarts: its log is rotated and a shorter one begins.
+                path.rename(path.with_suffix(".previous.log"))
+                path.write_bytes(b"second\n")
+                done["ended"] = True
+        return b"".join(chunks)
+
+    out = asyncio.run(asyncio.wait_for(follow(), timeout=10))
+    assert out == b"first run line 1\nfirst run line 2\nsecond\n"
