@@ -99,10 +99,24 @@ def test_the_profile_targets_the_edge_virtual_node_and_a_staged_image() -> None:
     assert helm["virtualNode"]["network"]["enableTunnel"] is True
 
 
-def test_doc_says_the_wstunnel_annotation_is_not_honoured_yet() -> None:
+def test_doc_says_how_the_wstunnel_annotation_is_run() -> None:
     doc = (DOCS / "jupyterhub.md").read_text()
     assert "interlink.eu/wstunnel-client-commands" in doc
-    assert "not working end to end yet" in doc
-    assert "pending" in doc
+    assert "before the containers" in doc
+    assert "allow_user_shell" in doc
     for path in ("examples/jupyterhub/z2jh-values.yaml", "examples/jupyterhub/jupyterlab-pod.yaml"):
         assert path in doc
+
+
+def test_the_jupyterlab_pod_renders_with_its_tunnel_started_before_the_containers() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "interlink-slurm"
+    pod = Path(__file__).resolve().parents[2] / "examples/jupyterhub/jupyterlab-pod.yaml"
+    out = subprocess.run(
+        [str(exe), "render", str(pod)], capture_output=True, text=True, check=True
+    ).stdout
+    started = out.index("bash ../tunnel.sh")  # the tunnel, in the background
+    assert started < out.index("\nils_container notebook")  # before the container starts
