@@ -6,7 +6,6 @@ the service with a message naming the key (``ConfigError``).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +23,7 @@ from interlink_slurm.translate.annotations import (
     SBATCH_OPTIONS,
 )
 from interlink_slurm.translate.quantity import mebibytes
-from interlink_slurm.translate.site import Profile, slurm_seconds
+from interlink_slurm.translate.site import SLURM_NAME, Profile, slurm_name, slurm_seconds
 from interlink_slurm.wire import Taint
 
 Runtime = Literal["apptainer", "singularity", "enroot", "charliecloud"]
@@ -60,7 +59,6 @@ OWNED_SBATCH_OPTIONS = frozenset(
         "--parsable",
     }
 )
-_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 class ConfigError(Exception):
@@ -233,9 +231,7 @@ class Settings(BaseSettings):
     @field_validator("partition", "gpu_partition", "gpu_type", "account", "qos")
     @classmethod
     def _slurm_name(cls, v: str | None) -> str | None:
-        if v is not None and not _SLURM_NAME.match(v):
-            raise ValueError(f"{v!r} is not a valid Slurm name")
-        return v
+        return slurm_name(v)
 
     @field_validator("sbatch_extra")
     @classmethod
@@ -313,7 +309,7 @@ class Settings(BaseSettings):
     @classmethod
     def _profiles(cls, v: dict[str, Profile]) -> dict[str, Profile]:
         for name, p in v.items():
-            if not _SLURM_NAME.match(name):
+            if not SLURM_NAME.fullmatch(name):
                 raise ValueError(f"profile name {name!r}: letters, digits, '_', '.', '+', '-'")
             try:
                 cls._flags(p.sbatch_extra)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from interlink_slurm.config import Settings
 
 T = TypeVar("T")
-_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -54,8 +54,10 @@ def slurm_seconds(value: str | int) -> int:
     return seconds
 
 
-def _name(v: str | None) -> str | None:
-    if v is not None and not _SLURM_NAME.match(v):
+def slurm_name(v: str | None) -> str | None:
+    """A partition, account, QOS or GRES type: letters, digits, '_', '.', '+', '-' only (such a
+    name goes into an #SBATCH line; a newline must never get through)."""
+    if v is not None and not SLURM_NAME.fullmatch(v):
         raise ValueError(f"{v!r} is not a valid Slurm name")
     return v
 
@@ -84,7 +86,7 @@ class Profile(BaseModel):
     @field_validator("partition", "gpu_type", "account", "qos")
     @classmethod
     def _slurm_name(cls, v: str | None) -> str | None:
-        return _name(v)
+        return slurm_name(v)
 
     @field_validator("default_memory", "max_memory")
     @classmethod

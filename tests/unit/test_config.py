@@ -79,3 +79,9 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 def test_socket_mode_is_read_as_octal(tmp_path: Path, text: str) -> None:
     s = load_settings(write(tmp_path, f"data_root: /x\n{text}\n"))
     assert s.socket_mode == 0o660
+
+
+def test_a_slurm_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    # It would end the #SBATCH line and start another one.
+    with pytest.raises(ConfigError, match="partition"):
+        load_settings(None, data_root="/x", partition="boost_usr_prod\n")
