@@ -84,14 +84,14 @@ class RestSettings(BaseModel):
                     "a unix socket must be an absolute path: unix:///run/slurmrestd.sock"
                 )
             return v
-        if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", v):
+        if not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", v):
             raise ValueError(f"{v!r} must be http(s)://host:port or unix:///path")
         return v.rstrip("/")
 
     @field_validator("api_version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if not REST_VERSION.match(v):
+        if not REST_VERSION.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not supported: use v0.0.38 (Slurm 22.05) or v0.0.40 and later"
             )

@@ -164,7 +164,7 @@ def _field_value(pod: ValidPod, field_path: str, where: str) -> bytes:
         return _label_lines(meta.labels)
     if field_path == "metadata.annotations":
         return _label_lines(meta.annotations)
-    m = _FIELD_KEY.match(field_path)
+    m = _FIELD_KEY.fullmatch(field_path)
     if m:
         values = meta.labels if m.group(1) == "labels" else meta.annotations
         return values.get(m.group(2), "").encode()
