@@ -23,7 +23,13 @@ from interlink_slurm.translate.annotations import (
     SBATCH_OPTIONS,
 )
 from interlink_slurm.translate.quantity import mebibytes
-from interlink_slurm.translate.site import SLURM_NAME, Profile, slurm_name, slurm_seconds
+from interlink_slurm.translate.site import (
+    SLURM_NAME,
+    Profile,
+    check_memory,
+    check_time,
+    slurm_name,
+)
 from interlink_slurm.wire import Taint
 
 Runtime = Literal["apptainer", "singularity", "enroot", "charliecloud"]
@@ -244,25 +250,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"{flag!r}: {name} is set by interlink-slurm for every job")
         return v
 
-    @field_validator("default_memory")
+    @field_validator("default_memory", "max_memory")
     @classmethod
-    def _memory(cls, v: str) -> str:
-        mebibytes(v)
-        return v
-
-    @field_validator("max_memory")
-    @classmethod
-    def _max_memory(cls, v: str | None) -> str | None:
-        if v is not None:
-            mebibytes(v)
-        return v
+    def _memory(cls, v: str | None) -> str | None:
+        return check_memory(v)
 
     @field_validator("default_time", "max_time")
     @classmethod
     def _time(cls, v: str | int | None) -> str | int | None:
-        if v is not None:
-            slurm_seconds(v)
-        return v
+        return check_time(v)
 
     @field_validator("user_flags_allowed")
     @classmethod

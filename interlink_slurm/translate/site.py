@@ -54,6 +54,20 @@ def slurm_seconds(value: str | int) -> int:
     return seconds
 
 
+def check_memory(v: str | None) -> str | None:
+    """A memory quantity as a config key holds it (unset is fine)."""
+    if v is not None:
+        mebibytes(v)
+    return v
+
+
+def check_time(v: str | int | None) -> str | int | None:
+    """A Slurm time limit as a config key holds it (unset is fine)."""
+    if v is not None:
+        slurm_seconds(v)
+    return v
+
+
 def slurm_name(v: str | None) -> str | None:
     """A partition, account, QOS or GRES type: letters, digits, '_', '.', '+', '-' only (such a
     name goes into an #SBATCH line; a newline must never get through)."""
@@ -91,16 +105,12 @@ class Profile(BaseModel):
     @field_validator("default_memory", "max_memory")
     @classmethod
     def _memory(cls, v: str | None) -> str | None:
-        if v is not None:
-            mebibytes(v)
-        return v
+        return check_memory(v)
 
     @field_validator("default_time", "max_time")
     @classmethod
     def _time(cls, v: str | int | None) -> str | int | None:
-        if v is not None:
-            slurm_seconds(v)
-        return v
+        return check_time(v)
 
 
 @dataclass(frozen=True)
