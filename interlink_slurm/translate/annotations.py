@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from interlink_slurm.errors import PodRejected
+from interlink_slurm.translate.volumes import allowed_host_path
 
 # Annotations of the reference plugin and of interLink (see the wire-format reference).
 FLAGS = "slurm-job.vk.io/flags"
@@ -457,15 +458,6 @@ def runtime_options(text: str, runtime: str, allowed: Collection[str]) -> list[s
     return out
 
 
-def _under(path: str, prefixes: Sequence[str]) -> bool:
-    norm = posixpath.normpath(path)
-    for prefix in prefixes:
-        p = posixpath.normpath(prefix)
-        if norm == p or norm.startswith(p.rstrip("/") + "/"):
-            return True
-    return False
-
-
 def runtime_mounts(text: str, runtime: str, host_path_prefixes: Sequence[str]) -> list[str]:
     """slurm-job.vk.io/singularity-mounts (``--bind SRC[:DST[:ro|rw]],...``) → ``--bind`` options
     whose host paths lie under the host paths pods may mount (as for hostPath volumes)."""
@@ -505,7 +497,7 @@ def runtime_mounts(text: str, runtime: str, host_path_prefixes: Sequence[str]) -
             raise PodRejected(where, f"{spec!r}: the mount option must be ro or rw")
         if not src.startswith("/") or not dst.startswith("/"):
             raise PodRejected(where, f"{spec!r}: both paths must be absolute")
-        if not _under(src, host_path_prefixes):
+        if not allowed_host_path(src, host_path_prefixes):
             raise PodRejected(
                 where, f"{src!r} is outside the host paths pods may mount ({allowed})"
             )

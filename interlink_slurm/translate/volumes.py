@@ -129,7 +129,9 @@ def _mounted_volumes(containers: Sequence[Container]) -> set[str]:
     return {m.name for c in containers for m in c.volume_mounts}
 
 
-def _allowed_host_path(path: str, prefixes: Sequence[str]) -> bool:
+def allowed_host_path(path: str, prefixes: Sequence[str]) -> bool:
+    """Whether a host path lies under one of the prefixes pods may mount (whole path elements:
+    "/data" does not allow "/data2")."""
     norm = posixpath.normpath(path)
     for prefix in prefixes:
         p = posixpath.normpath(prefix)
@@ -312,7 +314,7 @@ def lay_out_volumes(
                 raise PodRejected(
                     f"{where}.hostPath.path", f"{path!r} is not a usable absolute path"
                 )
-            if not _allowed_host_path(path, host_path_prefixes):
+            if not allowed_host_path(path, host_path_prefixes):
                 allowed = ", ".join(host_path_prefixes) or "none configured"
                 raise PodRejected(
                     f"{where}.hostPath.path",
