@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
 from interlink_slurm.slurm.cli import INVALID_JOB, UNREACHABLE, UNUSABLE_NODE_STATES, parse_gres
-from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo
+from interlink_slurm.slurm.scheduler import ClusterResources, FromJobListing, JobInfo
 from interlink_slurm.slurm.transport import Transport
 
 T = TypeVar("T")
@@ -37,7 +37,7 @@ def load_pyslurm() -> Any:
         ) from err
 
 
-class PyslurmScheduler:
+class PyslurmScheduler(FromJobListing):
     """Implements the Scheduler protocol (see scheduler.py) with pyslurm."""
 
     def __init__(self, transport: Transport, *, module: Any = None) -> None:
@@ -100,17 +100,8 @@ class PyslurmScheduler:
             )
         return out
 
-    async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        wanted = set(job_ids)
-        if not wanted:
-            return {}
-        return {j: info for j, info in (await self._jobs()).items() if j in wanted}
-
     async def final_states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         return {}
-
-    async def find_by_comment(self, comment: str) -> JobInfo | None:
-        return next((j for j in (await self._jobs()).values() if j.comment == comment), None)
 
     async def resources(self, partitions: Sequence[str]) -> ClusterResources:
         nodes = await self._call("listing nodes", lambda: self._py.Nodes.load())

@@ -35,7 +35,7 @@ from interlink_slurm.slurm.cli import (
     parse_gres,
 )
 from interlink_slurm.slurm.remote_settings import RestSettings
-from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo
+from interlink_slurm.slurm.scheduler import ClusterResources, FromJobListing, JobInfo
 from interlink_slurm.slurm.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -575,7 +575,7 @@ def _ping_up(answer: Mapping[str, Any]) -> bool:
 # --- the scheduler ------------------------------------------------------------------------------
 
 
-class RestScheduler:
+class RestScheduler(FromJobListing):
     """Implements the Scheduler protocol (see scheduler.py) against slurmrestd."""
 
     def __init__(self, settings: RestSettings, transport: Transport) -> None:
@@ -806,18 +806,9 @@ class RestScheduler:
             raise SchedulerError(str(err)) from err
         return parse_jobs(answer)
 
-    async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        wanted = {j for j in job_ids if j.isdigit()}
-        if not wanted:
-            return {}
-        return {j: info for j, info in (await self._jobs()).items() if j in wanted}
-
     async def final_states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         # Accounting is slurmdbd's (the /slurmdb/ endpoints), not configured here.
         return {}
-
-    async def find_by_comment(self, comment: str) -> JobInfo | None:
-        return next((j for j in (await self._jobs()).values() if j.comment == comment), None)
 
     async def resources(self, partitions: Sequence[str]) -> ClusterResources:
         try:

@@ -56,3 +56,20 @@ class Scheduler(Protocol):
     async def ping(self) -> None:
         """Return when the controller answers; raise SchedulerUnavailable otherwise."""
         ...
+
+
+class FromJobListing:
+    """query and find_by_comment for schedulers that can only list every job at once
+    (slurmrestd, pyslurm): one listing, filtered here."""
+
+    async def _jobs(self) -> dict[str, JobInfo]:
+        raise NotImplementedError
+
+    async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        wanted = {j for j in job_ids if j.isdigit()}
+        if not wanted:
+            return {}
+        return {j: info for j, info in (await self._jobs()).items() if j in wanted}
+
+    async def find_by_comment(self, comment: str) -> JobInfo | None:
+        return next((j for j in (await self._jobs()).values() if j.comment == comment), None)
