@@ -82,10 +82,16 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _json(request: Request, limit: int) -> Any:
+_REQUIRED = object()
+
+
+async def _json(request: Request, limit: int, empty: Any = _REQUIRED) -> Any:
+    """The body as JSON; an empty body is refused unless ``empty`` says what it means."""
     body = await _body(request, limit)
     if not body.strip():
-        raise BadRequest("the request body is empty: expected JSON")
+        if empty is _REQUIRED:
+            raise BadRequest("the request body is empty: expected JSON")
+        return empty
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -224,14 +230,7 @@ def create_app(service: Service, token: str | None) -> FastAPI:
     @app.get("/status", operation_id="status_get")
     @app.post("/status", operation_id="status_post")
     async def status(request: Request) -> Response:
-        body = await _body(request, limit)
-        if not body.strip():
-            data: Any = []
-        else:
-            try:
-                data = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise BadRequest("the request body is not valid JSON") from err
+        data = await _json(request, limit, empty=[])  # no body: the ping
         if isinstance(data, dict):
             data = [data]
         pods = _parse(_PODS, data, "status request")
