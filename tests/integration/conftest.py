@@ -186,6 +186,23 @@ class Plugin:
             "GET", "/getLogs", content=json.dumps(body), headers=self.headers
         )
 
+    def wait_for_log(
+        self, pod: dict[str, Any], container: str, expected: str, timeout: float = 60, **opts: Any
+    ) -> str:
+        """Wait until a running container's log is exactly `expected`.
+
+        A container is reported running as soon as its process starts, a little before the
+        process has written anything, so a log read right after a running status can be empty.
+        """
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.logs(pod, container, **opts).text
+            if text == expected:
+                return text
+            time.sleep(0.3)
+        raise AssertionError(f"log of {container} is {text!r}, not {expected!r} after {timeout}s")
+
     def delete(self, pod: dict[str, Any]) -> httpx.Response:
         return self.client.post("/delete", content=json.dumps(pod), headers=self.headers)
 

@@ -224,7 +224,7 @@ def test_readiness_probe_makes_the_container_ready_once_it_answers(fplugin: Plug
         status = fplugin.wait_for(pod, lambda s: s["containers"][0]["ready"] is True, timeout=60)
         assert "running" in status["containers"][0]["state"]
         assert (fplugin.pod_dir(pod) / "containers" / "main.startup-ok").exists()
-        assert "serving" in fplugin.logs(pod, "main").text
+        fplugin.wait_for_log(pod, "main", "warming up\nserving\n")
     finally:
         assert fplugin.delete(pod).status_code == 200
     status = fplugin.wait_for(pod, all_terminated)
@@ -343,7 +343,7 @@ def test_liveness_restarts_a_hung_container_and_hooks_run_in_its_image(fplugin: 
             lambda s: s["containers"][0]["restartCount"] >= 1 and any_running(s),
             timeout=90,
         )
-        assert fplugin.logs(pod, "main").text == "second run\n"
+        fplugin.wait_for_log(pod, "main", "second run\n")
         assert fplugin.logs(pod, "main", Previous=True).text == "first run\n"
         assert status["containers"][0]["ready"] is True  # no readiness probe: ready while running
     finally:

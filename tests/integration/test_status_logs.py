@@ -164,8 +164,8 @@ def test_requeued_job_counts_a_restart_and_keeps_the_previous_log(
             podgen.container(
                 "main",
                 "import os, time\nsecond = os.path.exists('/mnt/work/n')\n"
-                "print('run', 2 if second else 1, flush=True)\n"
-                "open('/mnt/work/n', 'w').write('x')\ntime.sleep(0 if second else 300)",
+                "open('/mnt/work/n', 'w').write('x')\n"
+                "print('run', 2 if second else 1, flush=True)\ntime.sleep(0 if second else 300)",
                 volumeMounts=[{"name": "work", "mountPath": "/mnt/work"}],
             )
         ],
@@ -173,6 +173,8 @@ def test_requeued_job_counts_a_restart_and_keeps_the_previous_log(
     )
     job_id = local.create_ok(podgen.retrieved(pod))
     local.wait_for(pod, any_running)
+    # Requeued before the first run has left its mark, the second run would be a first run too.
+    local.wait_for_log(pod, "main", "run 1\n")
 
     slurm(cluster, "scontrol", "requeue", job_id)
     # A requeued job waits about two minutes before it may start again; let it start sooner
@@ -358,7 +360,7 @@ def test_delete_gives_the_grace_period_and_sigterm_reaches_the_container(
         "graceful", [podgen.container("main", script)], terminationGracePeriodSeconds=20
     )
     job_id = local.create_ok(podgen.retrieved(pod))
-    local.wait_for(pod, lambda s: local.logs(pod, "main").text == "ready\n", timeout=60)
+    local.wait_for_log(pod, "main", "ready\n")
 
     r = local.delete(pod)
 
