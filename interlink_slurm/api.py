@@ -32,7 +32,7 @@ from interlink_slurm.errors import (
     SubmitRejected,
     describe_validation_error,
 )
-from interlink_slurm.service import Service
+from interlink_slurm.service import LOG_SOURCES, Service
 from interlink_slurm.wire import LogRequest, Pod, RetrievedPodData
 
 log = logging.getLogger(__name__)
@@ -241,12 +241,13 @@ def create_app(service: Service, token: str | None) -> FastAPI:
     @app.get("/getLogs", operation_id="getLogs_get")
     @app.post("/getLogs", operation_id="getLogs_post")
     async def get_logs(request: Request) -> Response:
-        """A container's log; ``?source=job`` gives the batch job's own output instead."""
+        """A container's log; ``?source=job`` gives the batch job's own output instead,
+        ``?source=pull`` the output of the image pulls on the submit host."""
         req = _parse(_LOGS, await _json(request, limit), "log request")
         source = request.query_params.get("source", "container")
-        if source not in ("container", "job"):
-            raise BadRequest(f"source must be 'container' or 'job', not {source!r}")
-        chunks = await service.logs(req, job_output=source == "job")
+        if source not in LOG_SOURCES:
+            raise BadRequest(f"source must be one of {', '.join(LOG_SOURCES)}, not {source!r}")
+        chunks = await service.logs(req, source=source)
         media = "text/plain; charset=utf-8"
         if req.Opts.Follow:
             return StreamingResponse(chunks, media_type=media)

@@ -154,6 +154,18 @@ class Settings(BaseSettings):
         description="Apptainer/Singularity: registry images are pulled once into this shared "
         "directory as SIF files and reused",
     )
+    image_pull_on: Literal["submit_host", "compute_node"] = Field(
+        "submit_host",
+        description="where images missing from image_cache_dir are pulled: on the submit host "
+        "(the job is held until they are there; for compute nodes without internet) or by the "
+        "job itself on its first node",
+    )
+    image_pull_timeout_seconds: float = Field(
+        3600.0, gt=0, description="longest one pull of a pod's images may take on the submit host"
+    )
+    image_pull_parallel: int = Field(
+        2, ge=1, description="pods whose images are pulled at the same time on the submit host"
+    )
 
     taints: list[Taint] = []
     max_pods: int = Field(1000, ge=1, description="the 'pods' capacity of the virtual node")
@@ -294,9 +306,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _image_cache(self) -> Settings:
-        if self.image_cache_dir is not None and self.runtime not in ("apptainer", "singularity"):
+        if self.image_cache_dir is not None and self.runtime not in (
+            "apptainer",
+            "singularity",
+            "enroot",
+        ):
             raise ValueError(
-                f"image_cache_dir: only for the apptainer and singularity runtimes, "
+                f"image_cache_dir: only for the apptainer, singularity and enroot runtimes, "
                 f"not {self.runtime}"
             )
         return self

@@ -102,6 +102,9 @@ class MeteredScheduler:
     async def cancel(self, job_id: str) -> None:
         await self._call("cancel", self._inner.cancel(job_id))
 
+    async def release(self, job_id: str) -> None:
+        await self._call("release", self._inner.release(job_id))
+
     async def signal(self, job_id: str, signal: str) -> None:
         await self._call("signal", self._inner.signal(job_id, signal))
 

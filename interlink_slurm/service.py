@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import weakref
@@ -27,6 +28,8 @@ from interlink_slurm.errors import (
 )
 from interlink_slurm.logs import LogSource, stream_log
 from interlink_slurm.metrics import Metrics
+from interlink_slurm.pulls import LOG as PULL_LOG
+from interlink_slurm.pulls import Puller, decode, encode
 from interlink_slurm.slurm.scheduler import JobInfo, Scheduler
 from interlink_slurm.slurm.states import (
     ACTIVE,
@@ -61,6 +64,8 @@ log = logging.getLogger(__name__)
 GONE = "GONE"  # final_state of a job that left the queue with no accounting record
 MIN_REFRESH_GAP_SECONDS = 0.5
 WORKER_THREADS = 64
+# What /getLogs?source= can read besides a container: the batch job's output, the pulls'.
+LOG_SOURCES = ("container", "job", "pull")
 # A job seen to end is still watched this long, while Slurm lists it: it may be requeued.
 ENDED_WATCH_SECONDS = 600.0
 
@@ -90,6 +95,7 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         # What each pod's files said when last read, for when they cannot be read.
         self._files_seen: dict[str, tuple[dict[str, jobdir.ContainerFiles], int]] = {}
+        self.puller = Puller(settings, transport, scheduler, store, self._request_refresh)
 
     def _lock(self, uid: str) -> asyncio.Lock:
         lock = self._locks.get(uid)
@@ -110,9 +116,11 @@ class Service:
             ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="ils")
         )
         await self.reconcile()
+        self.puller.resume(await asyncio.to_thread(self.store.pulling))
         self._tasks.append(asyncio.create_task(self._refresher(), name="refresher"))
 
     async def stop(self) -> None:
+        await self.puller.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -136,6 +144,8 @@ class Service:
             return None
         await asyncio.to_thread(self.store.set_job, rec.uid, job.job_id)
         log.info("pod %s: found its job %s in Slurm", rec.uid, job.job_id)
+        if rec.pulls is not None and rec.deleted is None:
+            self.puller.start(rec.uid, job.job_id, rec.pod_dir, decode(rec.pulls))
         return job.job_id
 
     # --- the refresher ---------------------------------------------------------------------------
@@ -275,6 +285,12 @@ class Service:
             try:
                 plan = build_plan(data, self.settings, pod_dir)
                 await asyncio.to_thread(self._check_mount_points, plan)
+                pulls = []
+                if plan.image_pulls and self.settings.image_pull_on == "submit_host":
+                    pulls = await asyncio.to_thread(self.puller.missing, plan.image_pulls)
+                if pulls:
+                    # Held until the submit host has put its images in the cache.
+                    plan = dataclasses.replace(plan, directives=(*plan.directives, "--hold"))
                 script = render_script(plan)
                 script_path = await asyncio.to_thread(
                     jobdir.write_pod, self.transport, plan, script
@@ -290,6 +306,7 @@ class Service:
                 pod_dir,
                 [c.name for c in pod.spec.init_containers],
                 [c.name for c in pod.spec.containers],
+                pulls=encode(pulls) if pulls else None,
             )
             try:
                 job_id = await self.scheduler.submit(script_path, pod_dir)
@@ -308,6 +325,8 @@ class Service:
             await asyncio.to_thread(
                 self.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
             )
+            if pulls:
+                self.puller.start(uid, job_id, pod_dir, pulls)
             self._request_refresh()
             log.info("pod %s/%s (%s) submitted as job %s", pod.namespace, pod.name, uid, job_id)
             return CreateResponse(PodUID=uid, PodJID=job_id)
@@ -355,6 +374,9 @@ class Service:
                 return f"pod {uid}: job {job_id} has already ended"
             logsetup.bind(job=job_id)
             grace = self._grace_seconds(pod)
+            if rec.pulls is not None:
+                grace = 0  # held for its images: nothing runs yet
+                self.puller.forget(uid)
             # The snapshot may be a refresh old; a delete is rare enough to ask Slurm itself.
             job = (await self.scheduler.query([job_id])).get(job_id)
             if grace > 0 and job is not None and base_state(job) in ACTIVE:
@@ -407,6 +429,9 @@ class Service:
             images = {c.name: c.image for c in (*pod.spec.init_containers, *pod.spec.containers)}
             if rec.job_id is None:
                 init, main = _all_waiting(rec, images, CREATING_REASON, "being submitted to Slurm")
+            elif self._held_for_images(rec):
+                pull = self.puller.state(rec.uid)
+                init, main = _all_waiting(rec, images, pull.reason, pull.message)
             else:
                 try:
                     seen = await asyncio.to_thread(self._read_files, rec)
@@ -443,6 +468,15 @@ class Service:
             )
         return out
 
+    def _held_for_images(self, rec: PodRecord) -> bool:
+        """Its job waits, held, for images the submit host is pulling (and no one released it
+        by hand meanwhile)."""
+        if rec.pulls is None or rec.deleted is not None or rec.final_state is not None:
+            return False
+        assert rec.job_id is not None
+        job = self._snapshot.get(rec.job_id)
+        return job is None or base_state(job) == "PENDING"
+
     def _read_files(self, rec: PodRecord) -> tuple[dict[str, jobdir.ContainerFiles], int]:
         files = {
             name: jobdir.read_container(self.transport, rec.pod_dir, name)
@@ -452,8 +486,9 @@ class Service:
 
     # --- logs -----------------------------------------------------------------------------------
 
-    async def logs(self, req: LogRequest, job_output: bool = False) -> AsyncIterator[bytes]:
-        """The log stream of one container (or, with job_output, of the batch job itself)."""
+    async def logs(self, req: LogRequest, source: str = "container") -> AsyncIterator[bytes]:
+        """The log stream of one container; or, by ``source``, of the batch job itself (job)
+        or of the image pulls on the submit host (pull)."""
         logsetup.bind(req.PodUID)
         rec = await asyncio.to_thread(self.store.get, req.PodUID)
         if rec is not None and rec.job_id:
@@ -463,8 +498,11 @@ class Service:
                 f"pod {req.Namespace}/{req.PodName} (uid {req.PodUID}) is not known to this plugin"
             )
         name = req.ContainerName
-        if job_output:
+        job_output = source != "container"
+        if source == "job":
             path = f"{rec.pod_dir}/job.out"
+        elif source == "pull":
+            path = f"{rec.pod_dir}/{PULL_LOG}"
         else:
             if name not in rec.all_containers:
                 raise NotFound(

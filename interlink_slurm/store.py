@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS pods (
     final_state  TEXT,             -- the job's last Slurm state once it ended (or GONE)
     final_reason TEXT,
     kill_at      REAL,             -- when to kill a job whose grace period runs
-    final_at     REAL              -- when the job was seen to end
+    final_at     REAL,             -- when the job was seen to end
+    pulls        TEXT              -- JSON: images to pull on the submit host while the job is held
 );
 CREATE INDEX IF NOT EXISTS pods_job ON pods(job_id);
 """
@@ -38,6 +39,7 @@ MIGRATIONS = {
     "final_reason": "ALTER TABLE pods ADD COLUMN final_reason TEXT",
     "kill_at": "ALTER TABLE pods ADD COLUMN kill_at REAL",
     "final_at": "ALTER TABLE pods ADD COLUMN final_at REAL",
+    "pulls": "ALTER TABLE pods ADD COLUMN pulls TEXT",
 }
 
 
@@ -55,6 +57,9 @@ class PodRecord:
     final_state: str | None = None
     final_reason: str | None = None
     kill_at: float | None = None
+    # Images still to pull on the submit host before the (held) job may start, as the JSON the
+    # puller wrote; None when there are none.
+    pulls: str | None = None
 
     @property
     def all_containers(self) -> tuple[str, ...]:
@@ -100,7 +105,9 @@ class Store:
 
     @staticmethod
     def _record(row: sqlite3.Row | tuple[object, ...]) -> PodRecord:
-        uid, ns, name, pod_dir, job_id, containers, created, deleted, state, reason, kill = row
+        uid, ns, name, pod_dir, job_id, containers, created, deleted, state, reason, kill, pulls = (
+            row
+        )
         names = json.loads(str(containers))
         return PodRecord(
             uid=str(uid),
@@ -115,11 +122,12 @@ class Store:
             final_state=None if state is None else str(state),
             final_reason=None if reason is None else str(reason),
             kill_at=None if kill is None else float(kill),  # type: ignore[arg-type]
+            pulls=None if pulls is None else str(pulls),
         )
 
     _SELECT = (
         "SELECT uid, namespace, name, pod_dir, job_id, containers, created, deleted,"
-        " final_state, final_reason, kill_at FROM pods"
+        " final_state, final_reason, kill_at, pulls FROM pods"
     )
 
     def get(self, uid: str) -> PodRecord | None:
@@ -148,18 +156,32 @@ class Store:
         pod_dir: str,
         init_containers: Sequence[str],
         containers: Sequence[str],
+        pulls: str | None = None,
     ) -> None:
         names = json.dumps({"init": list(init_containers), "main": list(containers)})
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO pods (uid, namespace, name, pod_dir, job_id, containers,"
-                " created, deleted) VALUES (?, ?, ?, ?, NULL, ?, ?, NULL)",
-                (uid, namespace, name, pod_dir, names, time.time()),
+                " created, deleted, pulls) VALUES (?, ?, ?, ?, NULL, ?, ?, NULL, ?)",
+                (uid, namespace, name, pod_dir, names, time.time(), pulls),
             )
 
     def set_job(self, uid: str, job_id: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE pods SET job_id = ? WHERE uid = ?", (job_id, uid))
+
+    def pulls_done(self, uid: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE pods SET pulls = NULL WHERE uid = ?", (uid,))
+
+    def pulling(self) -> list[PodRecord]:
+        """Pods whose held job waits for image pulls on the submit host."""
+        with self._tx() as db:
+            rows = db.execute(
+                self._SELECT + " WHERE pulls IS NOT NULL AND job_id IS NOT NULL"
+                " AND deleted IS NULL AND final_state IS NULL"
+            ).fetchall()
+        return [self._record(r) for r in rows]
 
     def forget(self, uid: str) -> None:
         with self._tx() as db:

@@ -136,6 +136,12 @@ class CliScheduler:
         if result.returncode != 0 and INVALID_JOB not in _message(result).lower():
             raise SchedulerError(f"scancel {job_id} failed: {_message(result)}")
 
+    async def release(self, job_id: str) -> None:
+        result = await self._run("scontrol", "release", job_id)
+        message = _message(result).lower()
+        if result.returncode != 0 and not any(m in message for m in (*GONE, "already finished")):
+            raise SchedulerError(f"scontrol release {job_id} failed: {_message(result)}")
+
     async def signal(self, job_id: str, signal: str) -> None:
         result = await self._run("scancel", f"--signal={signal}", "--full", job_id)
         message = _message(result).lower()

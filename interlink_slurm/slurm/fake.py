@@ -41,7 +41,11 @@ class FakeScheduler:
             for line in f:
                 if line.startswith("#SBATCH --comment="):
                     comment = line.strip().split("=", 1)[1]
-        self.jobs[job_id] = JobInfo(job_id, "PENDING", "Priority", comment)
+        held = False
+        with open(script_path) as f:
+            held = any(line.strip() == "#SBATCH --hold" for line in f)
+        reason = "JobHeldUser" if held else "Priority"
+        self.jobs[job_id] = JobInfo(job_id, "PENDING", reason, comment)
         self.scripts[job_id] = script_path
         return job_id
 
@@ -50,6 +54,12 @@ class FakeScheduler:
         if job_id in self.jobs:
             old = self.jobs[job_id]
             self.jobs[job_id] = JobInfo(job_id, "CANCELLED", "", old.comment)
+
+    async def release(self, job_id: str) -> None:
+        self._enter("release")
+        old = self.jobs.get(job_id)
+        if old is not None and old.reason == "JobHeldUser":
+            self.jobs[job_id] = JobInfo(job_id, "PENDING", "Priority", old.comment)
 
     async def signal(self, job_id: str, signal: str) -> None:
         self._enter("signal")

@@ -77,6 +77,13 @@ class PyslurmScheduler(FromJobListing):
             if not any(m in str(err).lower() for m in GONE_MESSAGES):
                 raise
 
+    async def release(self, job_id: str) -> None:
+        try:
+            await self._call(f"releasing job {job_id}", lambda: self._py.Job(int(job_id)).release())
+        except SchedulerError as err:
+            if not any(m in str(err).lower() for m in (*GONE_MESSAGES, "already finished")):
+                raise
+
     async def signal(self, job_id: str, signal: str) -> None:
         try:
             await self._call(

@@ -48,6 +48,11 @@ UNREACHABLE_ERRNO = (range(1000, 1100), range(1800, 1900), range(5000, 5100))
 JOB_ERRNO = range(2000, 3000)
 ESLURM_INVALID_JOB_ID = 2017
 ESLURM_ALREADY_DONE = 2021
+ESLURM_JOB_FINISHED = 2084
+# Not an error: a job submitted with "hold" is queued, and Slurm says it is held.
+ESLURM_JOB_HELD = 2042
+# A job update that lifts a user hold, as scontrol release does (every version).
+RELEASE = {"hold": False}
 GONE_MESSAGES = (INVALID_JOB, "already completing or completed")
 # Slurm's name for a job state when flags are set (job_state_string(), slurm_protocol_defs.c):
 # the first flag present wins over the base state.
@@ -162,6 +167,7 @@ _SPECS: dict[str, _Spec] = {
     "--exclusive": _Spec(False, optional_value=True),
     "--nice": _Spec(False, optional_value=True),
     "--requeue": _Spec(False),
+    "--hold": _Spec(False),
     "--no-requeue": _Spec(False),
 }
 _SHORT = {
@@ -181,6 +187,7 @@ _SHORT = {
     "-L": "--licenses",
     "-d": "--dependency",
     "-m": "--distribution",
+    "-H": "--hold",
 }
 # Options whose value is copied as it is, to the same property in every version.
 _STRINGS = {
@@ -455,6 +462,8 @@ def _apply(job: dict[str, Any], option: Option, legacy: bool) -> None:
         job["nice"] = int(value or 100)  # sbatch's default adjustment
     elif name == "--signal":
         _signal(job, option, legacy)
+    elif name == "--hold":
+        job["hold"] = True
     elif name in ("--requeue", "--no-requeue"):
         job["requeue"] = name == "--requeue"
     elif name == "--mail-type":
@@ -679,7 +688,12 @@ class RestScheduler(FromJobListing):
                     warning.get("description", ""),
                     warning.get("source", ""),
                 )
-        errors = [e for e in (body or {}).get("errors") or [] if isinstance(e, dict)]
+        errors = [
+            e
+            for e in (body or {}).get("errors") or []
+            if isinstance(e, dict)
+            and ESLURM_JOB_HELD not in (e.get("error_number"), e.get("error_code"))
+        ]
         if status < 400 and not errors and body is not None:
             return body
         texts = [_error_text(e) for e in errors]
@@ -793,6 +807,17 @@ class RestScheduler(FromJobListing):
 
     async def cancel(self, job_id: str) -> None:
         await self._delete(job_id, {}, f"cancelling job {job_id}")
+
+    async def release(self, job_id: str) -> None:
+        if not job_id.isdigit():
+            raise SchedulerError(f"{job_id!r} is not a Slurm job id")
+        try:
+            await self._call("POST", f"job/{job_id}", f"releasing job {job_id}", body=RELEASE)
+        except _Refused as err:
+            gone = {ESLURM_INVALID_JOB_ID, ESLURM_ALREADY_DONE, ESLURM_JOB_FINISHED}
+            if gone & set(err.numbers) or any(m in str(err).lower() for m in GONE_MESSAGES):
+                return
+            raise
 
     async def signal(self, job_id: str, signal: str) -> None:
         # The batch script gets it too, as with scancel --full (v0.0.38 does that by itself).

@@ -32,6 +32,11 @@ class Scheduler(Protocol):
         """Cancel a job; a job that is already gone is not an error."""
         ...
 
+    async def release(self, job_id: str) -> None:
+        """Let a job submitted held (``#SBATCH --hold``) start; a job that is gone or already
+        released is not an error."""
+        ...
+
     async def signal(self, job_id: str, signal: str) -> None:
         """Send a signal (e.g. "TERM") to every process of a job, the batch script included;
         a job that is already gone is not an error."""

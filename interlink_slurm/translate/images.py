@@ -1,10 +1,13 @@
-"""Images pulled into a shared cache (``image_cache_dir``): Apptainer/Singularity convert a
-registry reference into a SIF file once, keyed by the reference, and later pods reuse it. Pure.
+"""Images pulled into a shared cache (``image_cache_dir``): a registry reference is converted
+once into an image file, keyed by the reference, and later pods reuse it. Pure.
 
+Apptainer/Singularity pull any of ``docker://``, ``oras://``, ``library://`` into a SIF file;
+Enroot imports ``docker://`` images into a squashfs file (``.sqsh``) that ``enroot start`` runs.
 The job converts what is missing before its containers start, one conversion at a time per
-image (``flock`` on ``<sif>.lock``), into ``<sif>.part`` then renamed, so a reader never sees a
-half-written image. Registry credentials come from the pod's ``imagePullSecrets`` (when interLink
-sent those secrets): written to a 0600 file in the pod directory, given to the pull only.
+image (``flock`` on ``<target>.lock``), into ``<target>.part`` then renamed, so a reader never
+sees a half-written image (see ``script.PULL``). Registry credentials come from the pod's
+``imagePullSecrets`` (when interLink sent those secrets): written to 0600 files in the pod
+directory, given to the pull only.
 """
 
 from __future__ import annotations
@@ -15,29 +18,33 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-from interlink_slurm.translate.plan import FileSpec
+from interlink_slurm.errors import PodRejected
+from interlink_slurm.translate.plan import FileSpec, PlannedPull
 from interlink_slurm.wire import Secret
 
 PULL_SCHEMES = ("docker://", "oras://", "library://")
+# What each runtime can pull into the cache, and the file it makes.
+RUNTIME_SCHEMES: dict[str, tuple[str, ...]] = {
+    "apptainer": PULL_SCHEMES,
+    "singularity": PULL_SCHEMES,
+    "enroot": ("docker://",),
+}
+IMAGE_EXTENSION = {"apptainer": "sif", "singularity": "sif", "enroot": "sqsh"}
 DOCKER_HUB = "docker.io"
+# Docker Hub's registry API, as enroot must be told it, and its token service.
+HUB_REGISTRY = "registry-1.docker.io"
+HUB_AUTH = "auth.docker.io"
+_HUB_ALIASES = frozenset({DOCKER_HUB, "index.docker.io", HUB_REGISTRY})
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 _CRED_PREFIX = {"apptainer": "APPTAINER_DOCKER_", "singularity": "SINGULARITY_DOCKER_"}
 
 
-@dataclass(frozen=True)
-class ImagePull:
-    sif: str  # absolute path in the cache
-    source: str  # docker://..., oras://...
-    auth: str | None = None  # credentials file, relative to the pod directory
-
-
-def cached_sif(cache_dir: str, source: str) -> str:
+def cached_image(cache_dir: str, source: str, extension: str = "sif") -> str:
     """The cache file of a reference: readable name + hash of the exact reference."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     slug = _SLUG.sub("_", source.split("://", 1)[-1]).strip("_")[:80]
-    return f"{cache_dir.rstrip('/')}/{slug}-{digest}.sif"
+    return f"{cache_dir.rstrip('/')}/{slug}-{digest}.{extension}"
 
 
 def registry_of(source: str) -> str:
@@ -45,8 +52,33 @@ def registry_of(source: str) -> str:
     path = source.split("://", 1)[-1]
     first, _, rest = path.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost"):
-        return first
+        return DOCKER_HUB if first in _HUB_ALIASES else first
     return DOCKER_HUB
+
+
+def enroot_ref(source: str, *, hub_registry: bool = False) -> str:
+    """A docker:// reference in enroot's own syntax, ``docker://[REGISTRY#]IMAGE[:TAG]``: the
+    registry host is followed by '#', not '/'. Docker Hub images name no registry unless
+    ``hub_registry`` (enroot reads credentials only for a registry it is given)."""
+    path = source.removeprefix("docker://")
+    first, _, rest = path.partition("/")
+    registry = registry_of(source)
+    if registry != DOCKER_HUB:
+        return f"docker://{first}#{rest}"
+    if rest and first in _HUB_ALIASES:
+        path = rest  # docker.io/library/python → library/python
+    return f"docker://{HUB_REGISTRY}#{path}" if hub_registry else f"docker://{path}"
+
+
+def cannot_pull(runtime: str, source: str) -> str | None:
+    """Why a registry reference cannot be pulled into the cache by the runtime, or None."""
+    schemes = RUNTIME_SCHEMES.get(runtime, ())
+    if source.startswith(PULL_SCHEMES) and not source.startswith(schemes):
+        return (
+            f"{source!r} cannot be pulled into image_cache_dir by the {runtime} runtime, "
+            f"which imports only {', '.join(s + '...' for s in schemes)} images"
+        )
+    return None
 
 
 def _auths(secret: Secret) -> Mapping[str, object]:
@@ -66,7 +98,7 @@ def _auths(secret: Secret) -> Mapping[str, object]:
 
 def _host(key: str) -> str:
     host = key.split("://", 1)[-1].split("/", 1)[0]
-    return DOCKER_HUB if host in ("index.docker.io", "registry-1.docker.io") else host
+    return DOCKER_HUB if host in _HUB_ALIASES else host
 
 
 def credentials(secrets: Sequence[Secret], registry: str) -> tuple[str, str] | None:
@@ -88,27 +120,81 @@ def credentials(secrets: Sequence[Secret], registry: str) -> tuple[str, str] | N
     return None
 
 
+def _netrc_token(word: str) -> bool:
+    """Whether a word can be written as one token of a netrc file, read alike by curl (all
+    versions: no quoting, '#' starts a comment in recent ones) and by enroot's own parsing."""
+    return (
+        bool(word)
+        and word[0] not in '"#'
+        and all(ch.isprintable() and not ch.isspace() for ch in word)
+    )
+
+
+def enroot_credentials(registry: str, user: str, password: str) -> bytes:
+    """Enroot's ``$ENROOT_CONFIG_PATH/.credentials`` (netrc) for one registry.
+
+    enroot takes the user from the ``machine <registry host, no port> login <user>`` line, then
+    asks curl for a token from the registry's token service with this file: curl picks the
+    service's own host there (``auth.docker.io`` for Docker Hub, but it differs by registry),
+    hence the ``default`` entry. Each password is on a line of its own, as netrc allows: enroot
+    evaluates in a shell a password written sixth on a ``machine`` line when it starts with '$'.
+    """
+    if not (_netrc_token(user) and _netrc_token(password)):
+        raise PodRejected(
+            "spec.imagePullSecrets",
+            f"the credentials for {registry} cannot be given to enroot: its .credentials file "
+            "(netrc) cannot hold a username or password that contains whitespace or control "
+            "characters or starts with '\"' or '#'",
+        )
+    if registry == DOCKER_HUB:
+        hosts = [HUB_REGISTRY, HUB_AUTH]
+    else:
+        hosts = [registry[: registry.rfind(":")] if ":" in registry else registry]
+    lines = [
+        f"{entry} login {user}\npassword {password}\n"
+        for entry in [*(f"machine {h}" for h in hosts), "default"]
+    ]
+    return "".join(lines).encode()
+
+
 def plan_pulls(
     runtime: str,
+    binary: str,
     cache_dir: str,
+    pod_dir: str,
     sources: Sequence[str],
     pull_secrets: Sequence[Secret],
-) -> tuple[dict[str, str], list[ImagePull], list[FileSpec]]:
-    """For each pullable source: its cache file (source → sif), the pulls, credential files."""
+) -> tuple[dict[str, str], list[PlannedPull], list[FileSpec]]:
+    """For each source the runtime can pull: its cache file (source → target), the pulls, and
+    the credential files (relative to ``pod_dir``)."""
     mapping: dict[str, str] = {}
-    pulls: list[ImagePull] = []
+    pulls: list[PlannedPull] = []
     files: list[FileSpec] = []
     for source in dict.fromkeys(sources):
-        if not source.startswith(PULL_SCHEMES):
+        if not source.startswith(RUNTIME_SCHEMES[runtime]):
             continue
-        sif = cached_sif(cache_dir, source)
-        mapping[source] = sif
+        target = cached_image(cache_dir, source, IMAGE_EXTENSION[runtime])
+        mapping[source] = target
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
         auth = None
-        creds = credentials(pull_secrets, registry_of(source)) if pull_secrets else None
+        registry = registry_of(source)
+        creds = credentials(pull_secrets, registry) if pull_secrets else None
         if creds is not None and source.startswith("docker://"):
-            prefix = _CRED_PREFIX[runtime]
-            auth = f"pull/{hashlib.sha256(source.encode()).hexdigest()[:16]}.auth"
-            entries = [f"{prefix}USERNAME={creds[0]}", f"{prefix}PASSWORD={creds[1]}"]
+            auth = f"pull/{digest}.auth"
+            if runtime == "enroot":
+                config = f"pull/{digest}"
+                netrc = enroot_credentials(registry, *creds)
+                files.append(FileSpec(f"{config}/.credentials", netrc, 0o600))
+                entries = [f"ENROOT_CONFIG_PATH={pod_dir.rstrip('/')}/{config}"]
+            else:
+                prefix = _CRED_PREFIX[runtime]
+                entries = [f"{prefix}USERNAME={creds[0]}", f"{prefix}PASSWORD={creds[1]}"]
             files.append(FileSpec(auth, b"".join(e.encode() + b"\0" for e in entries), 0o600))
-        pulls.append(ImagePull(sif, source, auth))
+        part = target + ".part"
+        if runtime == "enroot":
+            ref = enroot_ref(source, hub_registry=auth is not None)
+            argv = (binary, "import", "--output", part, ref)
+        else:
+            argv = (binary, "pull", "--force", part, source)
+        pulls.append(PlannedPull(target, source, argv, auth))
     return mapping, pulls, files

@@ -17,6 +17,19 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
+class PlannedPull:
+    """One registry image converted into the shared cache (``image_cache_dir``) before the
+    containers start: ``argv`` writes ``target + ".part"`` from ``source``; the job (or
+    ``script.render_pull_script`` on the submit host) renames it to ``target`` when it succeeds."""
+
+    target: str  # absolute path of the cached image file (.sif or .sqsh)
+    source: str  # the registry reference, e.g. docker://python:3.12
+    argv: tuple[str, ...]  # the command that writes target + ".part" from source
+    # File relative to the pod dir: NUL-separated NAME=VALUE entries given to the pull only.
+    auth: str | None = None
+
+
+@dataclass(frozen=True)
 class Bind:
     source: str  # absolute host path
     target: str  # absolute path in the container
@@ -76,12 +89,10 @@ class JobPlan:
     # claims); those in ``scratch_dirs`` are removed again when it ends.
     node_dirs: tuple[str, ...] = ()
     scratch_dirs: tuple[str, ...] = ()
+    # Images to convert into the shared cache before the containers start (image_cache_dir).
+    image_pulls: tuple[PlannedPull, ...] = ()
     # Restarts (restartPolicy): first wait, longest wait, in whole seconds; the grace a container
     # stopped by its liveness probe gets before it is killed.
-    # Images to convert into the shared cache before the containers start (image_cache_dir):
-    # (SIF path, source, credentials file or None), with the runtime command that pulls.
-    image_pulls: tuple[tuple[str, str, str | None], ...] = ()
-    pull_binary: str = ""
     backoff_seconds: tuple[int, int] = (10, 300)
     nodes: int = 1
     grace_seconds: int = 30

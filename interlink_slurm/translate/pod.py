@@ -12,15 +12,15 @@ from interlink_slurm import __version__, logpipe
 from interlink_slurm.config import Settings
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate import annotations as ann
-from interlink_slurm.translate.images import ImagePull, plan_pulls
+from interlink_slurm.translate.images import cannot_pull, plan_pulls
 from interlink_slurm.translate.lifecycle import lifecycle, restart_policy
-from interlink_slurm.translate.plan import ContainerPlan, FileSpec, JobPlan
+from interlink_slurm.translate.plan import ContainerPlan, FileSpec, JobPlan, PlannedPull
 from interlink_slurm.translate.resources import (
     container_gpus,
     pod_resources,
     resource_directives,
 )
-from interlink_slurm.translate.runtimes import LOCAL_IMAGES_ONLY, container_argv, env_entries
+from interlink_slurm.translate.runtimes import container_argv, env_entries, local_images_only
 from interlink_slurm.translate.site import partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import lay_out_volumes
 from interlink_slurm.wire import Container, RetrievedPodData
@@ -75,11 +75,20 @@ def _checked_image(image: str, ref: str) -> str:
 
 
 def resolve_image(ref: str, runtime: str, settings: Settings, image_root: str | None) -> str:
-    """The image the runtime is given for a reference the pod names."""
+    """The image the runtime is given for a reference the pod names (with image_cache_dir, a
+    registry reference the job pulls into the cache first)."""
+    image = _resolved_image(ref, runtime, settings, image_root)
+    reason = cannot_pull(runtime, image) if settings.image_cache_dir is not None else None
+    if reason is not None:
+        raise PodRejected("image", reason)
+    return image
+
+
+def _resolved_image(ref: str, runtime: str, settings: Settings, image_root: str | None) -> str:
     if ref in settings.images:
         return settings.images[ref]  # the operator's own mapping
     _checked_image(ref, ref)
-    local_only = runtime in LOCAL_IMAGES_ONLY
+    local_only = local_images_only(runtime, settings.image_cache_dir is not None)
     if ref.startswith("/"):
         return ref
     if "://" in ref and not local_only:
@@ -239,10 +248,10 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         )
     if mpi.launcher:
         regular = tuple(dataclasses.replace(c, launcher=mpi.launcher) for c in regular)
-    pulls: list[ImagePull] = []
+    pulls: list[PlannedPull] = []
     pull_files: list[FileSpec] = []
     if settings.image_cache_dir is not None:
-        cached, pulls, pull_files = _pull_through_cache(settings, data, (*init, *regular))
+        cached, pulls, pull_files = _pull_through_cache(settings, data, pod_dir, (*init, *regular))
         init, regular = (
             tuple(dataclasses.replace(c, image=cached.get(c.image, c.image)) for c in group)
             for group in (init, regular)
@@ -302,8 +311,7 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         job_env=(("POD_IP", ip),) if ip is not None else (),
         pre_exec=PRE_EXEC_FILE if pre_exec is not None else None,
         nodes=mpi.nodes,
-        image_pulls=tuple((p.sif, p.source, p.auth) for p in pulls),
-        pull_binary=settings.runtime_binary if pulls else "",
+        image_pulls=tuple(pulls),
         node_dirs=layout.node_dirs,
         scratch_dirs=layout.scratch_dirs,
         backoff_seconds=(
@@ -336,15 +344,23 @@ def _runtime_flags(settings: Settings, notes: Mapping[str, str]) -> list[str]:
 
 
 def _pull_through_cache(
-    settings: Settings, data: RetrievedPodData, containers: Sequence[ContainerPlan]
-) -> tuple[dict[str, str], list[ImagePull], list[FileSpec]]:
-    """Registry images → SIF files of the shared cache, with the pod's pull secrets."""
+    settings: Settings,
+    data: RetrievedPodData,
+    pod_dir: str,
+    containers: Sequence[ContainerPlan],
+) -> tuple[dict[str, str], list[PlannedPull], list[FileSpec]]:
+    """Registry images → image files of the shared cache, with the pod's pull secrets."""
     assert settings.image_cache_dir is not None
     extra = data.pod.spec.model_extra or {}
     wanted = {s.get("name") for s in extra.get("imagePullSecrets") or [] if isinstance(s, dict)}
     secrets = [s for rc in data.container for s in rc.secrets if s.metadata.name in wanted]
     return plan_pulls(
-        settings.runtime, str(settings.image_cache_dir), [c.image for c in containers], secrets
+        settings.runtime,
+        settings.runtime_binary,
+        str(settings.image_cache_dir),
+        pod_dir,
+        [c.image for c in containers],
+        secrets,
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from interlink_slurm.translate.annotations import NTASKS
 from interlink_slurm.translate.lifecycle import HOOK_TIMEOUT_SECONDS
-from interlink_slurm.translate.plan import ContainerPlan, JobPlan
+from interlink_slurm.translate.plan import ContainerPlan, JobPlan, PlannedPull
 from interlink_slurm.translate.volumes import SHM_ROOT
 
 # The per-container protocol, also read back by jobdir.py:
@@ -266,27 +266,64 @@ ils_hook() {
 """
 
 
-# Images converted into the shared cache, written only when a pod needs one.
+# Images converted into the shared cache, written into the script only when a pod needs one;
+# render_pull_script runs the same function on the submit host.
 PULL = r"""
-# ils_pull RUNTIME SIF SOURCE [CREDENTIALS]: convert an image into the shared cache once; pods
-# pulling the same image wait for one another (flock), and a half-written image is never seen.
+# ils_pull TARGET AUTH SOURCE ARGV...: convert an image into the shared cache once: ARGV writes
+# TARGET.part from SOURCE, with the NAME=VALUE entries of the file AUTH ('' for none) in its
+# environment. Pods pulling the same image wait for one another (flock), a half-written image
+# is never seen, and a failed pull leaves nothing behind.
 ils_pull() {
-  local runtime=$1 sif=$2 source=$3 auth=${4:-} kv
+  local target=$1 auth=$2 source=$3 kv
   local -a creds=()
-  [ -s "$sif" ] && return 0
+  shift 3
+  [ -s "$target" ] && return 0
   if [ -n "$auth" ]; then
-    while IFS= read -r -d '' kv; do creds+=("$kv"); done < "$auth"
+    while IFS= read -r -d '' kv; do creds+=("$kv"); done < "$auth" || return 1
   fi
-  mkdir -p -- "${sif%/*}" || return 1
+  mkdir -p -- "${target%/*}" || return 1
   (
-    flock -w 3600 9 || exit 1
-    [ -s "$sif" ] && exit 0
-    echo "interlink-slurm: pulling $source into $sif"
-    env -- "${creds[@]}" "$runtime" pull --force "$sif.part" "$source" &&
-      mv -f -- "$sif.part" "$sif"
-  ) 9> "$sif.lock"
+    if ! flock -w 3600 9; then
+      echo "interlink-slurm: waited an hour for another pull of $source ($target.lock)"
+      exit 1
+    fi
+    [ -s "$target" ] && exit 0
+    echo "interlink-slurm: pulling $source into $target"
+    rm -f -- "$target.part"
+    if env -- "${creds[@]}" "$@" < /dev/null; then
+      mv -f -- "$target.part" "$target"
+    else
+      rc=$?
+      rm -f -- "$target.part"
+      exit "$rc"
+    fi
+  ) 9> "$target.lock"
 }
 """
+
+
+def render_pull_script(pulls: Sequence[PlannedPull]) -> str:
+    """A script that pulls the images into the cache one after the other, with the job's own
+    ils_pull; run by bash in the pod's directory (the credentials files are there). Exit code 0
+    once every image is there; else the first failure ends it with the pull's own exit code,
+    the reason in its output."""
+    lines = ["#!/bin/bash", "set -o nounset -o pipefail", "umask 077"]
+    lines += PULL.rstrip("\n").split("\n")
+    lines += ["", *_pull_lines(pulls, keep_code=True), ""]
+    return "\n".join(lines)
+
+
+def _pull_lines(pulls: Sequence[PlannedPull], keep_code: bool = False) -> list[str]:
+    """One ils_pull per image; the first that fails ends the script, with exit code 1 or
+    (``keep_code``) the pull's own."""
+    lines = []
+    for p in pulls:
+        say = shlex.quote(f"interlink-slurm: cannot pull {p.source}")
+        end = f'{{ rc=$?; echo {say}; exit "$rc"; }}' if keep_code else f"{{ echo {say}; exit 1; }}"
+        lines.append(
+            f"ils_pull {_quote_argv([p.target, p.auth or '', p.source, *p.argv])} || {end}"
+        )
+    return lines
 
 
 def _quote_argv(argv: Sequence[str]) -> str:
@@ -390,12 +427,7 @@ def _before_containers(plan: JobPlan) -> list[str]:
         ]
     if plan.image_pulls:
         lines += PULL.rstrip("\n").split("\n")
-        for sif, source, auth in plan.image_pulls:
-            words = [plan.pull_binary, sif, source, *([auth] if auth else [])]
-            lines.append(
-                f"ils_pull {_quote_argv(words)} || "
-                f"{{ echo {shlex.quote(f'interlink-slurm: cannot pull {source}')}; exit 1; }}"
-            )
+        lines += _pull_lines(plan.image_pulls)
     if plan.tunnel:
         lines += [
             "",

@@ -180,25 +180,37 @@ set +o nounset
 set -o nounset
 cd "$POD_DIR" || exit 1
 
-# ils_pull RUNTIME SIF SOURCE [CREDENTIALS]: convert an image into the shared cache once; pods
-# pulling the same image wait for one another (flock), and a half-written image is never seen.
+# ils_pull TARGET AUTH SOURCE ARGV...: convert an image into the shared cache once: ARGV writes
+# TARGET.part from SOURCE, with the NAME=VALUE entries of the file AUTH ('' for none) in its
+# environment. Pods pulling the same image wait for one another (flock), a half-written image
+# is never seen, and a failed pull leaves nothing behind.
 ils_pull() {
-  local runtime=$1 sif=$2 source=$3 auth=${4:-} kv
+  local target=$1 auth=$2 source=$3 kv
   local -a creds=()
-  [ -s "$sif" ] && return 0
+  shift 3
+  [ -s "$target" ] && return 0
   if [ -n "$auth" ]; then
-    while IFS= read -r -d '' kv; do creds+=("$kv"); done < "$auth"
+    while IFS= read -r -d '' kv; do creds+=("$kv"); done < "$auth" || return 1
   fi
-  mkdir -p -- "${sif%/*}" || return 1
+  mkdir -p -- "${target%/*}" || return 1
   (
-    flock -w 3600 9 || exit 1
-    [ -s "$sif" ] && exit 0
-    echo "interlink-slurm: pulling $source into $sif"
-    env -- "${creds[@]}" "$runtime" pull --force "$sif.part" "$source" &&
-      mv -f -- "$sif.part" "$sif"
-  ) 9> "$sif.lock"
+    if ! flock -w 3600 9; then
+      echo "interlink-slurm: waited an hour for another pull of $source ($target.lock)"
+      exit 1
+    fi
+    [ -s "$target" ] && exit 0
+    echo "interlink-slurm: pulling $source into $target"
+    rm -f -- "$target.part"
+    if env -- "${creds[@]}" "$@" < /dev/null; then
+      mv -f -- "$target.part" "$target"
+    else
+      rc=$?
+      rm -f -- "$target.part"
+      exit "$rc"
+    fi
+  ) 9> "$target.lock"
 }
-ils_pull singularity /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02aa20bc678e9f9e.sif docker://nvcr.io/nvidia/pytorch:24.05-py3 pull/02aa20bc678e9f9e.auth || { echo 'interlink-slurm: cannot pull docker://nvcr.io/nvidia/pytorch:24.05-py3'; exit 1; }
+ils_pull /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02aa20bc678e9f9e.sif pull/02aa20bc678e9f9e.auth docker://nvcr.io/nvidia/pytorch:24.05-py3 singularity pull --force /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02aa20bc678e9f9e.sif.part docker://nvcr.io/nvidia/pytorch:24.05-py3 || { echo 'interlink-slurm: cannot pull docker://nvcr.io/nvidia/pytorch:24.05-py3'; exit 1; }
 
 # Containers, all together; the job fails with the first non-zero exit code.
 pids=()

@@ -166,6 +166,12 @@ class Plugin:
         return dict(answer[0])
 
     def logs(self, pod: dict[str, Any], container: str, **opts: Any) -> httpx.Response:
+        return self.client.request(
+            "GET", "/getLogs", content=self.log_body(pod, container, **opts), headers=self.headers
+        )
+
+    @staticmethod
+    def log_body(pod: dict[str, Any], container: str, **opts: Any) -> str:
         body = {
             "Namespace": pod["metadata"]["namespace"],
             "PodUID": pod["metadata"]["uid"],
@@ -182,9 +188,7 @@ class Plugin:
                 **opts,
             },
         }
-        return self.client.request(
-            "GET", "/getLogs", content=json.dumps(body), headers=self.headers
-        )
+        return json.dumps(body)
 
     def wait_for_log(
         self, pod: dict[str, Any], container: str, expected: str, timeout: float = 60, **opts: Any

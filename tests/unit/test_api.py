@@ -25,7 +25,14 @@ TOKEN = "s3cret-token"
 
 
 class Harness:
-    def __init__(self, root: Path, *, enter: bool = True, **config: Any) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        enter: bool = True,
+        scheduler: FakeScheduler | None = None,
+        **config: Any,
+    ) -> None:
         self.root = root
         self.data_root = root / "data"
         self.settings = load_settings(
@@ -37,7 +44,7 @@ class Harness:
             gpu_type="a100",
             **config,
         )
-        self.scheduler = FakeScheduler()
+        self.scheduler = scheduler or FakeScheduler()
         self.store = Store(self.settings.state_db_path)
         self.store.open()
         self.service = Service(self.settings, self.scheduler, LocalTransport(), self.store)

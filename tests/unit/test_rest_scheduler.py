@@ -537,3 +537,47 @@ def test_create_while_slurmrestd_is_down_answers_503_naming_it(plugin: TestClien
     assert f"slurmrestd at {URL} is not reachable" in r.text
     assert r.headers["Retry-After"]
     assert ready.status_code == 503
+
+
+# --- held jobs (images pulled on the submit host first) ------------------------------------------
+
+
+def test_a_held_submission_is_a_job_not_an_error(
+    token: Path, tmp_path: Path, api: respx.MockRouter
+) -> None:
+    held = answer("v0.0.38", "submit_held.json")
+    route = api.post(path("v0.0.38", "job/submit")).respond(200, json=held)
+
+    job_id = submit("v0.0.38", token, tmp_path, SCRIPT.replace("#\n", "#SBATCH --hold\n#\n", 1))
+
+    assert job_id == str(held["job_id"])
+    assert sent(route)["job"]["hold"] is True
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_release_lifts_the_hold_with_a_job_update(
+    version: str, token: Path, api: respx.MockRouter
+) -> None:
+    route = api.post(path(version, "job/4102")).respond(200, json=answer("v0.0.38", "release.json"))
+
+    run(make(version, token).release("4102"))
+
+    assert sent(route) == {"hold": False}
+
+
+@pytest.mark.parametrize("name", ["release_done.json", "release_invalid_job.json"])
+def test_releasing_a_job_that_ended_or_is_gone_is_fine(
+    name: str, token: Path, api: respx.MockRouter
+) -> None:
+    api.post(path("v0.0.38", "job/17818")).respond(500, json=answer("v0.0.38", name))
+
+    run(make("v0.0.38", token).release("17818"))
+
+
+def test_a_release_slurm_refuses_is_an_error(token: Path, api: respx.MockRouter) -> None:
+    api.post(path("v0.0.38", "job/17818")).respond(
+        500, json={"errors": [{"error_number": 2002, "error": "Access/permission denied"}]}
+    )
+
+    with pytest.raises(SchedulerError, match="permission denied"):
+        run(make("v0.0.38", token).release("17818"))
