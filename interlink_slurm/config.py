@@ -151,8 +151,8 @@ class Settings(BaseSettings):
     )
     image_cache_dir: Path | None = Field(
         None,
-        description="Apptainer/Singularity: registry images are pulled once into this shared "
-        "directory as SIF files and reused",
+        description="Apptainer/Singularity/Enroot: registry images are pulled once into this "
+        "shared directory (SIF or squashfs files) and reused",
     )
     image_pull_on: Literal["submit_host", "compute_node"] = Field(
         "submit_host",

@@ -119,6 +119,18 @@ class FakePyslurm(types.SimpleNamespace):
 
     def __init__(self) -> None:
         submitted: list[Any] = []
+        released: list[int] = []
+
+        class Job:
+            def __init__(self, job_id: int) -> None:
+                self.job_id = job_id
+
+            def release(self) -> None:
+                if self.job_id == 79:
+                    raise RuntimeError("Job has already finished")
+                if self.job_id == 80:
+                    raise RuntimeError("Access/permission denied")
+                released.append(self.job_id)
 
         class Desc:
             def __init__(self, **kw: Any) -> None:
@@ -153,6 +165,8 @@ class FakePyslurm(types.SimpleNamespace):
         )
         super().__init__(
             JobSubmitDescription=Desc,
+            Job=Job,
+            released=released,
             Jobs=types.SimpleNamespace(load=lambda: {77: job}),
             Nodes=types.SimpleNamespace(load=lambda: {"n1": node, "n2": drained}),
             submitted=submitted,
@@ -177,7 +191,12 @@ def test_pyslurm_scheduler_maps_pyslurms_objects(tmp_path: Path) -> None:
         bad.write_text("#!/bin/bash\n")
         with pytest.raises(SubmitRejected, match="Invalid partition"):
             await scheduler.submit(str(bad), str(tmp_path))
+        await scheduler.release("77")
+        await scheduler.release("79")  # ended meanwhile: nothing to release, not an error
+        with pytest.raises(SchedulerError, match="permission denied"):
+            await scheduler.release("80")
 
     asyncio.run(scenario())
+    assert py.released == [77]
     (desc,) = py.submitted
     assert desc.loaded and desc.kw == {"script": str(script), "working_directory": str(tmp_path)}
