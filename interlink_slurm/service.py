@@ -380,10 +380,11 @@ class Service:
             # The snapshot may be a refresh old; a delete is rare enough to ask Slurm itself.
             job = (await self.scheduler.query([job_id])).get(job_id)
             if grace > 0 and job is not None and base_state(job) in ACTIVE:
-                # Every container gets SIGTERM now and the grace period to end; the refresher
-                # cancels the job for good when it runs out.
+                # Every container's preStop hook runs, then the container gets SIGTERM (the job
+                # script does both on SIGURG, which nothing else heeds) and the rest of the
+                # grace period to end; the refresher cancels the job for good when it runs out.
                 try:
-                    await self.scheduler.signal(job_id, "TERM")
+                    await self.scheduler.signal(job_id, "URG")
                 except SchedulerError as err:
                     # Slurm would not signal it (it was changing state): end it plainly.
                     log.info("job %s could not be signalled (%s): cancelling it", job_id, err)

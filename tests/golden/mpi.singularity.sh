@@ -59,6 +59,7 @@ ils_container() {
   local restarts backoff=${ILS_BACKOFF:-10}
   local -a watchers
   trap 'ILS_STOPPING=1; ils_prestop' TERM INT
+  trap ils_graceful URG
   while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
   while :; do
     case $1 in
@@ -110,6 +111,7 @@ ils_container() {
       ils_probe "$name" "$cpid" "${liveness[@]}" & watchers+=($!)
     fi
     ils_wait "$cpid"; rc=$?
+    cpid=""
     if [ "${#watchers[@]}" -gt 0 ]; then kill "${watchers[@]}" 2>/dev/null; fi
     [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
     if [ -n "$logger" ]; then
@@ -146,9 +148,21 @@ ils_container() {
     [ -z "${ILS_STOPPING:-}" ] || break
   done
   rm -f "containers/$name.backoff"
-  trap 'ILS_STOPPING=1' TERM INT
+  trap 'ILS_STOPPING=1' TERM INT URG
   ils_put "containers/$name.exit" "$rc"
   return "$rc"
+}
+
+# The pod is deleted: the plugin sends SIGURG to every process of the job (ignored by all but
+# this script). As the kubelet does, the container's preStop hook runs first, then the container
+# gets SIGTERM; the plugin cancels the job when the grace period is over. (A time limit or an
+# administrator's scancel sends SIGTERM to every process at once: the hook runs alongside.)
+ils_graceful() {
+  [ -z "${ILS_STOPPING:-}" ] || return 0
+  ILS_STOPPING=1
+  [ -n "$cpid" ] || return 0
+  ils_prestop
+  kill -TERM "$cpid" 2>/dev/null
 }
 
 # The preStop hook of the container being run, once, when the job is told to stop.
@@ -176,7 +190,7 @@ fi
 ILS_PYTHON=$(command -v python3 || true)
 
 ILS_STOPPING=""
-trap 'ILS_STOPPING=1' TERM INT
+trap 'ILS_STOPPING=1' TERM INT URG
 echo "interlink-slurm: pod default/mpi-sim starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
 
 # Directories on the node: memory-backed emptyDirs, volume claims.
@@ -196,6 +210,7 @@ set -o nounset
 cd "$POD_DIR" || exit 1
 
 # Containers, all together; the job fails with the first non-zero exit code.
+[ -z "$ILS_STOPPING" ] || exit 143
 pids=()
 ils_container sim \
     -L 3 srun --mpi=pmix --cpu-bind=cores \

@@ -353,3 +353,42 @@ def test_liveness_restarts_a_hung_container_and_hooks_run_in_its_image(fplugin: 
     assert (volume / "pre-stop-ran").exists()
     job_out = (fplugin.pod_dir(pod) / "job.out").read_text()
     assert "container main failed its liveness probe 2 times: stopping it" in job_out
+
+
+def test_delete_runs_the_pre_stop_hook_before_the_container_gets_sigterm(
+    fplugin: Plugin,
+) -> None:
+    work = [{"name": "work", "mountPath": "/mnt/work"}]
+    script = (
+        "import os, signal, sys, time\n"
+        "def bye(*_):\n"
+        "    done = os.path.exists('/mnt/work/pre-stop-done')\n"
+        "    print('SIGTERM; preStop done before it:', done, flush=True)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    main = podgen.container(
+        "main",
+        script,
+        volumeMounts=work,
+        lifecycle={
+            # Slow on purpose: SIGTERM must wait for it.
+            "preStop": {"exec": {"command": ["sh", "-c", "sleep 2; touch /mnt/work/pre-stop-done"]}}
+        },
+    )
+    pod = podgen.pod(
+        "prestop",
+        [main],
+        volumes=[{"name": "work", "emptyDir": {}}],
+        terminationGracePeriodSeconds=20,
+    )
+    create(fplugin, podgen.retrieved(pod))
+    fplugin.wait_for_log(pod, "main", "ready\n")
+
+    assert fplugin.delete(pod).status_code == 200
+
+    status = fplugin.wait_for(pod, all_terminated, timeout=60)
+    assert fplugin.logs(pod, "main").text == "ready\nSIGTERM; preStop done before it: True\n"
+    assert states(status)["main"]["terminated"]["exitCode"] == 0
