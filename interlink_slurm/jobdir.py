@@ -14,6 +14,7 @@ Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -151,3 +152,23 @@ def read_runs(transport: Transport, pod_dir: str) -> int:
         return int(raw.strip()) if raw else 0
     except ValueError:
         return 0
+
+
+@dataclass(frozen=True)
+class PodFiles:
+    containers: dict[str, ContainerFiles]
+    runs: int = 0  # times the batch job started (more than once when Slurm requeued it)
+    evicted: str | None = None  # why the job evicted its pod (an emptyDir over its sizeLimit)
+
+
+def read_pod(
+    transport: Transport, pod_dir: str, containers: Sequence[str], job_ended: bool = False
+) -> PodFiles:
+    files = {name: read_container(transport, pod_dir, name) for name in containers}
+    evicted = None
+    if job_ended or any(f.exit_code is not None for f in files.values()):
+        # Only a pod whose containers have started ending can have been evicted: no read
+        # for the others, the /status of a running pod is the hot path.
+        raw = transport.read_file(f"{pod_dir}/job.evicted", 1024)
+        evicted = raw.decode(errors="replace").strip() or None if raw is not None else None
+    return PodFiles(files, read_runs(transport, pod_dir), evicted)

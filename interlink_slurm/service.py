@@ -94,7 +94,7 @@ class Service:
         self._ping: tuple[float, PingResponse] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # What each pod's files said when last read, for when they cannot be read.
-        self._files_seen: dict[str, tuple[dict[str, jobdir.ContainerFiles], int]] = {}
+        self._files_seen: dict[str, jobdir.PodFiles] = {}
         self.puller = Puller(settings, transport, scheduler, store, self._request_refresh)
 
     def _lock(self, uid: str) -> asyncio.Lock:
@@ -441,18 +441,18 @@ class Service:
                 except (SchedulerUnavailable, OSError) as err:
                     # The pod's files cannot be read now (SSH to the login node down, a
                     # filesystem hiccup): what they said last time is still the best answer.
-                    seen = self._files_seen.get(rec.uid, ({}, 0))
+                    seen = self._files_seen.get(rec.uid, jobdir.PodFiles({}))
                     files_outage = f"cannot read the pod's files: {err}"
-                files, runs = seen
                 init, main = container_statuses(
                     self._job_for(rec),
                     rec.job_id,
                     rec.init_containers,
                     rec.containers,
-                    files,
+                    seen.containers,
                     images,
                     deleted=rec.deleted is not None,
-                    restarts=max(0, runs - 1),
+                    restarts=max(0, seen.runs - 1),
+                    evicted=seen.evicted,
                 )
                 outage = self._outage if rec.final_state is None else None
                 if outage or files_outage:
@@ -478,12 +478,10 @@ class Service:
         job = self._snapshot.get(rec.job_id)
         return job is None or base_state(job) == "PENDING"
 
-    def _read_files(self, rec: PodRecord) -> tuple[dict[str, jobdir.ContainerFiles], int]:
-        files = {
-            name: jobdir.read_container(self.transport, rec.pod_dir, name)
-            for name in rec.all_containers
-        }
-        return files, jobdir.read_runs(self.transport, rec.pod_dir)
+    def _read_files(self, rec: PodRecord) -> jobdir.PodFiles:
+        return jobdir.read_pod(
+            self.transport, rec.pod_dir, rec.all_containers, rec.final_state is not None
+        )
 
     # --- logs -----------------------------------------------------------------------------------
 

@@ -202,8 +202,10 @@ def container_statuses(
     *,
     deleted: bool = False,
     restarts: int = 0,
+    evicted: str | None = None,
 ) -> tuple[list[ContainerStatus], list[ContainerStatus]]:
-    """(init container statuses, container statuses)."""
+    """(init container statuses, container statuses). ``evicted``: why the job evicted the
+    pod, which then names the end of every container that ended."""
     state = base_state(job)
     pending = job is not None and state in WAITING
     # A deleted pod's job may still run its grace period: its containers run until they end.
@@ -282,6 +284,9 @@ def container_statuses(
                 f"not started: {ending.message} (job {job_id})",
                 f,
             )
+        if evicted and st.terminated is not None:
+            st.terminated.reason = "Evicted"
+            st.terminated.message = evicted
         running = st.running is not None
         return ContainerStatus(
             name=name,

@@ -17,6 +17,16 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
+class SizeLimit:
+    """An emptyDir's sizeLimit, watched by the job: over it, the pod is evicted."""
+
+    volume: str
+    path: str  # absolute, on the job's first node
+    kib: int
+    quantity: str  # as the pod wrote it, for the message
+
+
+@dataclass(frozen=True)
 class PlannedPull:
     """One registry image converted into the shared cache (``image_cache_dir``) before the
     containers start: ``argv`` writes ``target + ".part"`` from ``source``; the job (or
@@ -89,6 +99,7 @@ class JobPlan:
     # claims); those in ``scratch_dirs`` are removed again when it ends.
     node_dirs: tuple[str, ...] = ()
     scratch_dirs: tuple[str, ...] = ()
+    size_limits: tuple[SizeLimit, ...] = ()
     # Images to convert into the shared cache before the containers start (image_cache_dir).
     image_pulls: tuple[PlannedPull, ...] = ()
     # Restarts (restartPolicy): first wait, longest wait, in whole seconds; the grace a container

@@ -314,6 +314,7 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         image_pulls=tuple(pulls),
         node_dirs=layout.node_dirs,
         scratch_dirs=layout.scratch_dirs,
+        size_limits=layout.size_limits,
         backoff_seconds=(
             max(1, round(settings.restart_backoff_seconds)),
             max(1, round(settings.restart_backoff_max_seconds)),

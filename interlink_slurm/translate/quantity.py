@@ -70,3 +70,10 @@ def mebibytes(value: str | int | float) -> int:
     with localcontext() as ctx:
         ctx.prec = PRECISION
         return max(1, math.ceil(parse_quantity(value) / (1 << 20)))
+
+
+def kibibytes(value: str | int | float) -> int:
+    """KiB, rounded up: what ``du -sk`` counts in."""
+    with localcontext() as ctx:
+        ctx.prec = PRECISION
+        return max(1, math.ceil(parse_quantity(value) / 1024))

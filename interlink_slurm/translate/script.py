@@ -388,7 +388,7 @@ def _before_containers(plan: JobPlan) -> list[str]:
     """What the job does before its first container: environment, node directories, the pod's
     own pre-exec code, interLink's tunnel; and what it undoes when it ends."""
     lines: list[str] = []
-    if _uses_restarts(plan) or _uses_lifecycle(plan):
+    if _uses_restarts(plan) or _uses_lifecycle(plan) or plan.size_limits:
         first, most = plan.backoff_seconds
         lines += [
             "",
@@ -421,6 +421,8 @@ def _before_containers(plan: JobPlan) -> list[str]:
         cleanup.append(f"{every_node}rm -rf -- {_quote_argv(plan.scratch_dirs)}")
     if plan.tunnel:
         cleanup.append('[ -z "${ILS_TUNNEL:-}" ] || kill -TERM -- "-$ILS_TUNNEL" 2>/dev/null')
+    if plan.size_limits:
+        cleanup.append('[ -z "${ILS_SIZE_WATCH:-}" ] || kill "$ILS_SIZE_WATCH" 2>/dev/null')
     if cleanup:
         lines += [
             "",
@@ -442,6 +444,10 @@ def _before_containers(plan: JobPlan) -> list[str]:
     if plan.image_pulls:
         lines += PULL.rstrip("\n").split("\n")
         lines += _pull_lines(plan.image_pulls)
+    if plan.size_limits:
+        lines += SIZE_WATCH.rstrip("\n").split("\n")
+        words = [w for s in plan.size_limits for w in (s.volume, s.path, str(s.kib), s.quantity)]
+        lines += [f"ils_size_watch {_quote_argv(words)} &", "ILS_SIZE_WATCH=$!"]
     if plan.tunnel:
         lines += [
             "",
@@ -453,6 +459,33 @@ def _before_containers(plan: JobPlan) -> list[str]:
             "ILS_TUNNEL=$!",
         ]
     return lines
+
+
+# emptyDir sizeLimits, written only when a pod sets one.
+SIZE_WATCH = r"""
+# ils_size_watch [VOLUME PATH KIB LIMIT]...: watch the emptyDirs' sizes, as the kubelet does:
+# one over its sizeLimit evicts the pod. Every container is stopped as on a delete (preStop,
+# SIGTERM), and whatever still runs after the grace period is killed.
+ils_size_watch() {
+  local -a w=("$@")
+  local i used
+  trap - TERM INT URG
+  while sleep 10; do
+    for (( i = 0; i < ${#w[@]}; i += 4 )); do
+      used=$(du -sk -- "${w[i+1]}" 2>/dev/null | cut -f1)
+      if [ -n "$used" ] && [ "$used" -gt "${w[i+2]}" ]; then
+        ils_put job.evicted \
+          "Usage of EmptyDir volume \"${w[i]}\" exceeds the limit \"${w[i+3]}\"."
+        echo "interlink-slurm: emptyDir volume ${w[i]} uses ${used}Ki, more than its" \
+          "sizeLimit of ${w[i+3]}: the pod is evicted"
+        kill -URG 0
+        sleep "$ILS_GRACE"
+        kill -KILL 0
+      fi
+    done
+  done
+}
+"""
 
 
 # Deleted before the containers started (during an init container, the pre-exec, a pull):

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from interlink_slurm.errors import PodRejected
-from interlink_slurm.translate.plan import Bind, FileSpec
-from interlink_slurm.translate.quantity import mebibytes
+from interlink_slurm.translate.plan import Bind, FileSpec, SizeLimit
+from interlink_slurm.translate.quantity import kibibytes, mebibytes
 from interlink_slurm.wire import (
     SUPPORTED_VOLUME_TYPES,
     ConfigMap,
@@ -47,6 +47,7 @@ class VolumeLayout:
     binds: dict[str, tuple[Bind, ...]]  # container name → binds
     node_dirs: tuple[str, ...] = ()  # absolute: created by the job on the node
     scratch_dirs: tuple[str, ...] = ()  # absolute: removed by the job when it ends
+    size_limits: tuple[SizeLimit, ...] = ()  # emptyDirs with a sizeLimit
 
 
 def volume_dir(name: str) -> str:
@@ -224,6 +225,7 @@ def lay_out_volumes(
     scratch_dirs: list[str] = []
     claims_read_only: set[str] = set()
     sources: dict[str, tuple[str, str]] = {}  # volume → (host path, kind)
+    size_limits: list[SizeLimit] = []
     for i, vol in enumerate(spec.volumes):
         where = f"spec.volumes[{i}]"
         kind = vol.kind
@@ -360,6 +362,8 @@ def lay_out_volumes(
                     f"{where}.emptyDir.medium",
                     f'medium {vol.empty_dir.medium!r} is not supported ("" or Memory)',
                 )
+            if limit_mb is not None:
+                size_limits.append(SizeLimit(vol.name, host, kibibytes(str(limit)), str(limit)))
         if kind not in ("hostPath", "persistentVolumeClaim") and not host.startswith(SHM_ROOT):
             dirs.append(volume_dir(vol.name))
         sources[vol.name] = (host, kind)
@@ -384,4 +388,11 @@ def lay_out_volumes(
             binds[c.name] = tuple(out)
     if any(d.startswith(SHM_ROOT) for d in node_dirs):
         scratch_dirs.append(shm_dir(pod.metadata.uid))
-    return VolumeLayout(tuple(files), tuple(dirs), binds, tuple(node_dirs), tuple(scratch_dirs))
+    return VolumeLayout(
+        tuple(files),
+        tuple(dirs),
+        binds,
+        tuple(node_dirs),
+        tuple(scratch_dirs),
+        tuple(size_limits),
+    )

@@ -193,6 +193,9 @@ ILS_STOPPING=""
 trap 'ILS_STOPPING=1' TERM INT URG
 echo "interlink-slurm: pod default/mpi-sim starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
 
+# Restart back-off (first, longest), grace of a stopped container, hook timeout; s.
+ILS_BACKOFF=10 ILS_BACKOFF_MAX=300 ILS_GRACE=30 ILS_HOOK_TIMEOUT=30
+
 # Directories on the node: memory-backed emptyDirs, volume claims.
 mkdir -p -m 700 -- /shared/claims/default/cases
 srun --nodes=2 --ntasks=2 --ntasks-per-node=1 mkdir -p -m 700 -- /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast
@@ -200,6 +203,7 @@ srun --nodes=2 --ntasks=2 --ntasks-per-node=1 mkdir -p -m 700 -- /dev/shm/interl
 # When the job ends, however it ends: stop the tunnel, remove node directories.
 ils_cleanup() {
   srun --nodes=2 --ntasks=2 --ntasks-per-node=1 rm -rf -- /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888
+  [ -z "${ILS_SIZE_WATCH:-}" ] || kill "$ILS_SIZE_WATCH" 2>/dev/null
 }
 trap ils_cleanup EXIT
 
@@ -208,6 +212,31 @@ set +o nounset
 . ./pre-exec.sh
 set -o nounset
 cd "$POD_DIR" || exit 1
+
+# ils_size_watch [VOLUME PATH KIB LIMIT]...: watch the emptyDirs' sizes, as the kubelet does:
+# one over its sizeLimit evicts the pod. Every container is stopped as on a delete (preStop,
+# SIGTERM), and whatever still runs after the grace period is killed.
+ils_size_watch() {
+  local -a w=("$@")
+  local i used
+  trap - TERM INT URG
+  while sleep 10; do
+    for (( i = 0; i < ${#w[@]}; i += 4 )); do
+      used=$(du -sk -- "${w[i+1]}" 2>/dev/null | cut -f1)
+      if [ -n "$used" ] && [ "$used" -gt "${w[i+2]}" ]; then
+        ils_put job.evicted \
+          "Usage of EmptyDir volume \"${w[i]}\" exceeds the limit \"${w[i+3]}\"."
+        echo "interlink-slurm: emptyDir volume ${w[i]} uses ${used}Ki, more than its" \
+          "sizeLimit of ${w[i+3]}: the pod is evicted"
+        kill -URG 0
+        sleep "$ILS_GRACE"
+        kill -KILL 0
+      fi
+    done
+  done
+}
+ils_size_watch fast /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast 8388608 8Gi &
+ILS_SIZE_WATCH=$!
 
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143

@@ -392,3 +392,38 @@ def test_delete_runs_the_pre_stop_hook_before_the_container_gets_sigterm(
     status = fplugin.wait_for(pod, all_terminated, timeout=60)
     assert fplugin.logs(pod, "main").text == "ready\nSIGTERM; preStop done before it: True\n"
     assert states(status)["main"]["terminated"]["exitCode"] == 0
+
+
+def test_an_empty_dir_over_its_size_limit_evicts_the_pod(fplugin: Plugin) -> None:
+    script = (
+        "import signal, sys, time\n"
+        "def bye(*_):\n"
+        "    print('stopping', flush=True)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "open('/mnt/scratch/blob', 'wb').write(b'x' * (3 << 20))\n"
+        "print('wrote 3 MiB', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    main = podgen.container(
+        "main", script, volumeMounts=[{"name": "scratch", "mountPath": "/mnt/scratch"}]
+    )
+    pod = podgen.pod(
+        "evicted",
+        [main],
+        volumes=[{"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}}],
+        restartPolicy="Always",
+        terminationGracePeriodSeconds=5,
+    )
+    create(fplugin, podgen.retrieved(pod))
+
+    # The job looks every 10 s.
+    status = fplugin.wait_for(pod, all_terminated, timeout=90)
+
+    term = states(status)["main"]["terminated"]
+    assert term["reason"] == "Evicted"
+    assert term["message"] == 'Usage of EmptyDir volume "scratch" exceeds the limit "1Mi".'
+    assert term["exitCode"] == 0  # it ended on its SIGTERM, and was not restarted
+    assert fplugin.logs(pod, "main").text == "wrote 3 MiB\nstopping\n"
+    job_out = (fplugin.pod_dir(pod) / "job.out").read_text()
+    assert "emptyDir volume scratch uses 3" in job_out and "the pod is evicted" in job_out

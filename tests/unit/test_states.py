@@ -218,3 +218,38 @@ def test_container_files_are_read_back_with_restarts_readiness_and_back_off(
     (d / "c.exit").write_text("0\n")
     f = read_container(LocalTransport(), str(tmp_path), "c")
     assert (f.restarts, f.ready, f.backoff, f.exit_code) == (2, None, None, 0)
+
+
+def test_an_evicted_pod_names_the_eviction_on_every_ended_container() -> None:
+    why = 'Usage of EmptyDir volume "scratch" exceeds the limit "1Mi".'
+    files = {
+        "c": ContainerFiles(started=T0, finished=T1, exit_code=143),
+        "d": ContainerFiles(started=T0),  # killed after the grace period: no exit file
+    }
+    _, main = container_statuses(
+        JobInfo("7", "FAILED"), "7", (), ("c", "d"), files, {}, evicted=why
+    )
+    for status, code in zip(main, (143, 137), strict=True):
+        term = status.state.terminated
+        assert term is not None
+        assert (term.reason, term.message, term.exit_code) == ("Evicted", why, code)
+    # While the pod is being evicted, a container still stopping is still running.
+    _, main = container_statuses(
+        JobInfo("7", "RUNNING"), "7", (), ("c", "d"), files, {}, evicted=why
+    )
+    assert main[1].state.running is not None
+
+
+def test_evicted_is_read_only_once_containers_end(tmp_path: Path) -> None:
+    from interlink_slurm.jobdir import read_pod
+    from interlink_slurm.slurm.transport import LocalTransport
+
+    (tmp_path / "containers").mkdir()
+    (tmp_path / "containers" / "c.started").write_text("2026-11-25T07:00:00.000000001Z\n")
+    (tmp_path / "job.evicted").write_text("over the limit\n")
+    assert read_pod(LocalTransport(), str(tmp_path), ["c"]).evicted is None
+    assert read_pod(LocalTransport(), str(tmp_path), ["c"], job_ended=True).evicted == (
+        "over the limit"
+    )
+    (tmp_path / "containers" / "c.exit").write_text("143\n")
+    assert read_pod(LocalTransport(), str(tmp_path), ["c"]).evicted == "over the limit"

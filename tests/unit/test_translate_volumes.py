@@ -44,10 +44,31 @@ def test_memory_empty_dir_lives_in_shared_memory_created_and_removed_by_the_job(
 
 
 def test_disk_empty_dir_stays_in_the_pod_directory() -> None:
-    plan = plan_of(mounted({"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}}))
+    plan = plan_of(mounted({"name": "scratch", "emptyDir": {}}))
     assert container(plan).binds[0].source == f"{POD_DIR}/volumes/scratch"
     assert plan.node_dirs == () and plan.scratch_dirs == ()
     assert "ils_cleanup" not in render_script(plan)
+
+
+def test_size_limits_are_watched_by_the_job_in_kib() -> None:
+    plan = plan_of(
+        mounted(
+            {"name": "scratch", "emptyDir": {"sizeLimit": "1500M"}},
+            {"name": "fast", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+            {"name": "free", "emptyDir": {}},
+        ),
+        make_settings(default_memory="1Gi"),
+    )
+    assert [(s.volume, s.path, s.kib, s.quantity) for s in plan.size_limits] == [
+        ("scratch", f"{POD_DIR}/volumes/scratch", 1464844, "1500M"),
+        ("fast", f"{SHM}/fast", 65536, "64Mi"),
+    ]
+    script = render_script(plan)
+    watched = f"scratch {POD_DIR}/volumes/scratch 1464844 1500M fast {SHM}/fast 65536 64Mi"
+    assert f"ils_size_watch {watched} &" in script
+    assert 'kill "$ILS_SIZE_WATCH"' in script
+    assert "ILS_GRACE=" in script
+    assert "ils_size_watch" not in render_script(plan_of(mounted({"name": "x", "emptyDir": {}})))
 
 
 def test_memory_empty_dir_larger_than_the_pods_memory_is_refused() -> None:
