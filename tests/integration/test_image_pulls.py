@@ -77,6 +77,15 @@ def pod(name: str, image: str) -> dict[str, Any]:
     return podgen.pod(f"{name}-{uuid.uuid4().hex[:6]}", [c])
 
 
+def pull_log(plugin: Plugin, pod: dict[str, Any]) -> str:
+    """The output of the pod's image pulls on the submit host, through the API."""
+    r = plugin.client.request(
+        "GET", "/getLogs?source=pull", content=plugin.log_body(pod, "main"), headers=plugin.headers
+    )
+    assert r.status_code == 200, r.text
+    return r.text
+
+
 def waiting(status: dict[str, Any]) -> dict[str, str]:
     return dict(states(status)["main"].get("waiting") or {})
 
@@ -98,13 +107,9 @@ def test_a_missing_image_is_pulled_once_on_the_submit_host_then_the_job_runs(
         "image: SIF of docker://docker.io/library/busybox:1.36\nhello from the node\n"
     )
     assert (cache / "pulls.log").read_text() == "docker://docker.io/library/busybox:1.36\n"
-    pull_log = plugin.client.request(
-        "GET",
-        "/getLogs?source=pull",
-        content=plugin.log_body(first, "main"),
-        headers=plugin.headers,
+    assert "interlink-slurm: pulling docker://docker.io/library/busybox:1.36 into " in (
+        pull_log(plugin, first)
     )
-    assert pull_log.status_code == 200 and "pull" in pull_log.text
 
     # A second pod of the same image finds it in the cache: not held, not pulled again.
     second = pod("second", "docker.io/library/busybox:1.36")
@@ -132,10 +137,7 @@ def test_a_failed_pull_keeps_the_job_held_with_err_image_pull_until_the_pod_goes
     state, reason = slurm(cluster, "squeue", "-h", "-j", job_id, "-o", "%T %r").split()
     # Still held after the failure: nothing ran on a compute node.
     assert (state, reason) == ("PENDING", "JobHeldUser")
-    pull_log = plugin.client.request(
-        "GET", "/getLogs?source=pull", content=plugin.log_body(bad, "main"), headers=plugin.headers
-    )
-    assert "FATAL: While making image from oci registry" in pull_log.text
+    assert "FATAL: While making image from oci registry" in pull_log(plugin, bad)
 
     assert plugin.delete(bad).status_code == 200
     plugin.wait_for(bad, all_terminated, timeout=60)
