@@ -154,6 +154,12 @@ class Settings(BaseSettings):
         description="Apptainer/Singularity/Enroot: registry images are pulled once into this "
         "shared directory (SIF or squashfs files) and reused",
     )
+    enroot_create_dir: Path | None = Field(
+        None,
+        description="Enroot: node-local directory where Enroot unpacks each pod's images "
+        "(enroot create) instead of starting them from the squashfs file (which needs "
+        "squashfuse and fuse-overlayfs on the nodes)",
+    )
     image_pull_on: Literal["submit_host", "compute_node"] = Field(
         "submit_host",
         description="where images missing from image_cache_dir are pulled: on the submit host "
@@ -233,6 +239,7 @@ class Settings(BaseSettings):
         "auth_token_file",
         "pvc_root",
         "image_cache_dir",
+        "enroot_create_dir",
     )
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
@@ -315,6 +322,8 @@ class Settings(BaseSettings):
                 f"image_cache_dir: only for the apptainer, singularity and enroot runtimes, "
                 f"not {self.runtime}"
             )
+        if self.enroot_create_dir is not None and self.runtime != "enroot":
+            raise ValueError(f"enroot_create_dir: only for the enroot runtime, not {self.runtime}")
         return self
 
     @field_validator("profiles")

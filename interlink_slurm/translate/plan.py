@@ -40,6 +40,17 @@ class PlannedPull:
 
 
 @dataclass(frozen=True)
+class PlannedCreate:
+    """One image Enroot unpacks on every node of the job before the containers start
+    (enroot_create_dir): ``argv`` (``enroot create --name NAME IMAGE``) makes
+    ``$ENROOT_DATA_PATH/NAME``, which the containers of that image then start."""
+
+    name: str  # ils-0, ils-1...: never from the pod
+    image: str  # the image file
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Bind:
     source: str  # absolute host path
     target: str  # absolute path in the container
@@ -61,7 +72,9 @@ class Lifecycle:
 @dataclass(frozen=True)
 class ContainerPlan:
     name: str
-    image: str  # what the runtime is given: a path, or a docker:// reference
+    # What the runtime is given: a path, a docker:// reference, or the name of an image Enroot
+    # unpacked (JobPlan.enroot_creates).
+    image: str
     image_ref: str  # what the pod asked for
     command: tuple[str, ...]  # the container's command; empty → the image's default
     args: tuple[str, ...]
@@ -102,6 +115,10 @@ class JobPlan:
     size_limits: tuple[SizeLimit, ...] = ()
     # Images to convert into the shared cache before the containers start (image_cache_dir).
     image_pulls: tuple[PlannedPull, ...] = ()
+    # Enroot's create mode (enroot_create_dir): ENROOT_DATA_PATH, a directory of the job's own on
+    # each node, where each image is unpacked before the containers start.
+    enroot_data_path: str | None = None
+    enroot_creates: tuple[PlannedCreate, ...] = ()
     # Restarts (restartPolicy): first wait, longest wait, in whole seconds; the grace a container
     # stopped by its liveness probe gets before it is killed.
     backoff_seconds: tuple[int, int] = (10, 300)

@@ -14,7 +14,13 @@ from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate import annotations as ann
 from interlink_slurm.translate.images import cannot_pull, plan_pulls
 from interlink_slurm.translate.lifecycle import lifecycle, restart_policy
-from interlink_slurm.translate.plan import ContainerPlan, FileSpec, JobPlan, PlannedPull
+from interlink_slurm.translate.plan import (
+    ContainerPlan,
+    FileSpec,
+    JobPlan,
+    PlannedCreate,
+    PlannedPull,
+)
 from interlink_slurm.translate.resources import (
     container_gpus,
     pod_resources,
@@ -256,6 +262,17 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
             tuple(dataclasses.replace(c, image=cached.get(c.image, c.image)) for c in group)
             for group in (init, regular)
         )
+    creates: tuple[PlannedCreate, ...] = ()
+    data_path: str | None = None
+    if settings.enroot_create_dir is not None:
+        # Unpacked on each node into a directory of the job's own; the containers start the name.
+        data_path = f"{settings.enroot_create_dir}/interlink-slurm-{meta.uid}"
+        creates = _enroot_creates(settings.runtime_binary, (*init, *regular))
+        names = {c.image: c.name for c in creates}
+        init, regular = (
+            tuple(dataclasses.replace(c, image=names[c.image]) for c in group)
+            for group in (init, regular)
+        )
 
     policy = restart_policy(pod.spec.restart_policy)
     init = _with_lifecycle(init, pod.spec.init_containers, True, policy, settings, runtime_flags)
@@ -312,6 +329,8 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
         pre_exec=PRE_EXEC_FILE if pre_exec is not None else None,
         nodes=mpi.nodes,
         image_pulls=tuple(pulls),
+        enroot_data_path=data_path,
+        enroot_creates=creates,
         node_dirs=layout.node_dirs,
         scratch_dirs=layout.scratch_dirs,
         size_limits=layout.size_limits,
@@ -362,6 +381,15 @@ def _pull_through_cache(
         pod_dir,
         [c.image for c in containers],
         secrets,
+    )
+
+
+def _enroot_creates(binary: str, containers: Sequence[ContainerPlan]) -> tuple[PlannedCreate, ...]:
+    """``enroot create`` of each distinct image, named ils-0, ils-1... in order of first use."""
+    images = list(dict.fromkeys(c.image for c in containers))
+    return tuple(
+        PlannedCreate(f"ils-{n}", image, (binary, "create", "--name", f"ils-{n}", image))
+        for n, image in enumerate(images)
     )
 
 

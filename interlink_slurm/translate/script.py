@@ -411,14 +411,32 @@ def _before_containers(plan: JobPlan) -> list[str]:
     )
     shared = [d for d in plan.node_dirs if not d.startswith(SHM_ROOT)]
     local = [d for d in plan.node_dirs if d.startswith(SHM_ROOT)]
+    scratch = list(plan.scratch_dirs)
+    if plan.enroot_data_path:
+        data = plan.enroot_data_path
+        # An unpacked image may hold directories without write permission, which rm cannot
+        # empty: made writable first, as enroot remove does (best effort: it may not exist).
+        writable = f"{every_node}chmod -Rf u+w -- {shlex.quote(data)} 2>/dev/null"
+        lines += [
+            "",
+            "# Enroot unpacks the pod's images on each node into a directory of the job's own",
+            "# (enroot_create_dir); what a run killed before its cleanup left there is removed.",
+            f"export ENROOT_DATA_PATH={shlex.quote(data)}",
+            writable,
+            f"{every_node}rm -rf -- {shlex.quote(data)}",
+        ]
+        local.append(data)
+        scratch.append(data)
+        cleanup.append(writable)
     if plan.node_dirs:
-        lines += ["", "# Directories on the node: memory-backed emptyDirs, volume claims."]
+        also = ", ENROOT_DATA_PATH" if plan.enroot_data_path else ""
+        lines += ["", f"# Directories on the node: memory-backed emptyDirs, volume claims{also}."]
     if shared:
         lines.append(f"mkdir -p -m 700 -- {_quote_argv(shared)}")
     if local:
         lines.append(f"{every_node}mkdir -p -m 700 -- {_quote_argv(local)}")
-    if plan.scratch_dirs:
-        cleanup.append(f"{every_node}rm -rf -- {_quote_argv(plan.scratch_dirs)}")
+    if scratch:
+        cleanup.append(f"{every_node}rm -rf -- {_quote_argv(scratch)}")
     if plan.tunnel:
         cleanup.append('[ -z "${ILS_TUNNEL:-}" ] || kill -TERM -- "-$ILS_TUNNEL" 2>/dev/null')
     if plan.size_limits:
@@ -444,6 +462,12 @@ def _before_containers(plan: JobPlan) -> list[str]:
     if plan.image_pulls:
         lines += PULL.rstrip("\n").split("\n")
         lines += _pull_lines(plan.image_pulls)
+    if plan.enroot_creates:
+        lines += ["", "# Each image unpacked once on each node; the containers start it by name."]
+        for c in plan.enroot_creates:
+            say = shlex.quote(f"interlink-slurm: cannot unpack {c.image}")
+            lines.append(f"{every_node}{_quote_argv(c.argv)} || {{ echo {say}; exit 1; }}")
+        lines.append(STOPPED)
     if plan.size_limits:
         lines += SIZE_WATCH.rstrip("\n").split("\n")
         words = [w for s in plan.size_limits for w in (s.volume, s.path, str(s.kib), s.quantity)]

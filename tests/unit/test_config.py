@@ -85,3 +85,15 @@ def test_a_slurm_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None
     # It would end the #SBATCH line and start another one.
     with pytest.raises(ConfigError, match="partition"):
         load_settings(None, data_root="/x", partition="boost_usr_prod\n")
+
+
+def test_enroot_create_dir_is_an_absolute_path_for_the_enroot_runtime_only() -> None:
+    s = load_settings(None, data_root="/x", runtime="enroot", enroot_create_dir="/local/enroot")
+    assert s.enroot_create_dir == Path("/local/enroot")
+    assert load_settings(None, data_root="/x", runtime="enroot").enroot_create_dir is None
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, data_root="/x", runtime="apptainer", enroot_create_dir="/local")
+    assert "enroot_create_dir" in str(err.value) and "apptainer" in str(err.value)
+    for bad in ("local/enroot", "/local/en root", "/local:enroot"):
+        with pytest.raises(ConfigError, match="enroot_create_dir"):
+            load_settings(None, data_root="/x", runtime="enroot", enroot_create_dir=bad)

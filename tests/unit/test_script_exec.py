@@ -622,3 +622,122 @@ def test_http_readiness_probe_sends_the_probes_headers(bin_dir: Path, data_root:
         server.shutdown()
     assert run.returncode == 0, run.output
     assert seen_headers and set(seen_headers) == {"yes, it's me"}
+
+
+# --- Enroot's create mode (enroot_create_dir) ---------------------------------------------------
+
+# create --name NAME IMAGE makes $ENROOT_DATA_PATH/NAME (refused when it exists, as by enroot) and
+# records "NAME IMAGE"; start [--mount X|--env X]... NAME COMMAND... fails unless NAME was
+# created, else records "NAME" and runs COMMAND. ILS_FAIL_CREATE makes every create fail.
+ENROOT_STAND_IN = """#!/bin/bash
+case $1 in
+  create)
+    [ "$2" = --name ] && [ "$#" -eq 4 ] || { echo "usage: create --name NAME IMAGE" >&2; exit 2; }
+    [ -z "${ILS_FAIL_CREATE:-}" ] || { echo "[ERROR] Invalid image format: $4" >&2; exit 1; }
+    mkdir -- "$ENROOT_DATA_PATH/$3" || exit 1
+    printf '%s %s\\n' "$3" "$4" >> "$ILS_PROBE_OUT/creates"
+    ;;
+  start)
+    shift
+    while [ "$#" -gt 0 ]; do
+      case $1 in
+        --mount|--env) shift 2 ;;
+        -*) echo "unexpected option $1" >&2; exit 2 ;;
+        *) break ;;
+      esac
+    done
+    [ -d "$ENROOT_DATA_PATH/$1" ] || { echo "[ERROR] No such file or directory: $1" >&2; exit 1; }
+    printf '%s\\n' "$1" >> "$ILS_PROBE_OUT/starts"
+    shift
+    exec "$@"
+    ;;
+  *) exit 2 ;;
+esac
+"""
+
+IMAGE_A = "/images/a.sqsh"
+IMAGE_B = "/images/b.sqsh"
+
+
+def enroot_create(data_root: Path, tmp_path: Path) -> Settings:
+    exe = tmp_path / "fake-enroot"
+    exe.write_text(ENROOT_STAND_IN)
+    exe.chmod(0o755)
+    return load_settings(
+        None,
+        data_root=str(data_root),
+        runtime="enroot",
+        runtime_path=str(exe),
+        images={"a": IMAGE_A, "b": IMAGE_B},
+        enroot_create_dir=str(_usable(tmp_path / "node-local")),
+    )
+
+
+def recording(name: str, image: str, **fields: Any) -> dict[str, Any]:
+    """A container that writes its name to $ILS_PROBE_OUT/ran."""
+    script = escape('echo "$0" >> "$ILS_PROBE_OUT/ran"')
+    return pg.container(name, command=["sh", "-c", script, name], image=image, **fields)
+
+
+def test_enroot_create_unpacks_each_image_once_and_the_containers_start_its_name(
+    data_root: Path, tmp_path: Path
+) -> None:
+    s = enroot_create(data_root, tmp_path)
+    # The postStart hook runs in the container's image too; main waits for it.
+    wait = escape(
+        'i=0; while [ ! -e "$ILS_PROBE_OUT/hooked" ] && [ "$i" -lt 100 ]; do'
+        ' sleep 0.05; i=$((i + 1)); done; echo "$0" >> "$ILS_PROBE_OUT/ran"'
+    )
+    hook = ["sh", "-c", 'touch "$ILS_PROBE_OUT/hooked"']  # not $(VAR)-expanded by Kubernetes
+    main_c = pg.container(
+        "main",
+        command=["sh", "-c", wait, "main"],
+        image="b",
+        lifecycle={"postStart": {"exec": {"command": hook}}},
+    )
+    the_pod = pg.pod("enroot", [main_c, recording("side", "a")], init=[recording("setup", "a")])
+    plan = plan_for(the_pod, s)
+    data_path = Path(f"{s.enroot_create_dir}/interlink-slurm-{the_pod['metadata']['uid']}")
+    assert plan.enroot_data_path == str(data_path)
+    run, out = run_job(plan)
+    assert run.returncode == 0, run.output
+    # Distinct images, named in order of first use (init containers first).
+    assert (out / "creates").read_text() == f"ils-0 {IMAGE_A}\nils-1 {IMAGE_B}\n"
+    assert (out / "hooked").exists()
+    ran = (out / "ran").read_text().split()
+    assert ran[0] == "setup" and sorted(ran[1:]) == ["main", "side"]
+    # setup and side from ils-0, main and its hook from ils-1.
+    assert sorted((out / "starts").read_text().split()) == ["ils-0", "ils-0", "ils-1", "ils-1"]
+    assert not data_path.exists(), "the job left its ENROOT_DATA_PATH behind"
+    assert data_path.parent.exists()
+
+
+def test_enroot_create_removes_what_a_killed_run_left(data_root: Path, tmp_path: Path) -> None:
+    s = enroot_create(data_root, tmp_path)
+    the_pod = pg.pod("enroot", [recording("main", "a")])
+    plan = plan_for(the_pod, s)
+    # A requeued job on the same node, after a run that never reached its cleanup; an unpacked
+    # image may hold directories without write permission.
+    stale = Path(f"{plan.enroot_data_path}/ils-0/usr/lib/x")
+    stale.mkdir(parents=True)
+    (stale / "f").write_text("left")
+    stale.chmod(0o555)
+    run, out = run_job(plan)
+    assert run.returncode == 0, run.output
+    assert (out / "ran").read_text() == "main\n"
+    assert not Path(str(plan.enroot_data_path)).exists()
+
+
+def test_enroot_create_failure_ends_the_job_before_any_container(
+    data_root: Path, tmp_path: Path
+) -> None:
+    s = enroot_create(data_root, tmp_path)
+    the_pod = pg.pod("enroot", [recording("main", "b")], init=[recording("setup", "a")])
+    plan = plan_for(the_pod, s)
+    run, out = run_job(plan, ILS_FAIL_CREATE="1")
+    assert run.returncode != 0
+    assert f"interlink-slurm: cannot unpack {IMAGE_A}\n" in run.output
+    assert f"cannot unpack {IMAGE_B}" not in run.output
+    assert not (out / "ran").exists() and not (out / "starts").exists()
+    assert not (Path(plan.pod_dir) / "containers" / "setup.started").exists()
+    assert not Path(str(plan.enroot_data_path)).exists()

@@ -1036,6 +1036,47 @@ def test_enroot_working_directory_without_command_still_runs_something() -> None
         assert after_image[4:], "the wrapper has nothing to exec: it exits 0, running nothing"
 
 
+def test_enroot_create_mode_names_each_distinct_image_in_order_of_first_use() -> None:
+    images = {"a": "/images/a.sqsh", "b": "/images/b.sqsh", "a2": "/images/a.sqsh"}
+    s = runtime_settings(
+        "enroot", images=images, enroot_create_dir="/local/enroot", runtime_path="/opt/enroot"
+    )
+    the_pod = pod_of(
+        main(image="b", readinessProbe={"exec": {"command": ["cat", "/ok"]}}),
+        pg.container("side", command=["true"], image="a2"),
+        init=[pg.container("setup", command=["true"], image="a")],
+    )
+    plan = plan_of(the_pod, s)
+    assert plan.enroot_data_path == f"/local/enroot/interlink-slurm-{UID}"
+    assert [(c.name, c.image, c.argv) for c in plan.enroot_creates] == [
+        ("ils-0", "/images/a.sqsh", ("/opt/enroot", "create", "--name", "ils-0", "/images/a.sqsh")),
+        ("ils-1", "/images/b.sqsh", ("/opt/enroot", "create", "--name", "ils-1", "/images/b.sqsh")),
+    ]
+    assert {c.name: c.image for c in (*plan.init_containers, *plan.containers)} == {
+        "setup": "ils-0",
+        "main": "ils-1",
+        "side": "ils-0",
+    }
+    assert plan.runtime_argv["main"] == ("/opt/enroot", "start", "ils-1", "true")
+    probe = container(plan).lifecycle.readiness
+    assert probe[-5:] == ("/opt/enroot", "start", "ils-1", "cat", "/ok")
+    # The job's own directory, made and removed on the node; nothing about it in the pod's dirs.
+    assert plan.node_dirs == () and plan.scratch_dirs == ()
+    script = render_script(plan)
+    assert f"export ENROOT_DATA_PATH=/local/enroot/interlink-slurm-{UID}\n" in script
+    assert (
+        "/opt/enroot create --name ils-1 /images/b.sqsh || "
+        "{ echo 'interlink-slurm: cannot unpack /images/b.sqsh'; exit 1; }\n"
+    ) in script
+
+
+def test_enroot_without_create_dir_starts_the_image_file() -> None:
+    plan = plan_of(pod_of(main()), runtime_settings("enroot"))
+    assert plan.enroot_data_path is None and plan.enroot_creates == ()
+    assert LOCAL_IMAGE["enroot"] in plan.runtime_argv["main"]
+    assert "ENROOT_DATA_PATH" not in render_script(plan)
+
+
 def test_charliecloud_binds_working_directory_and_separator() -> None:
     vols = [{"name": "scratch", "emptyDir": {}}]
     c = main(

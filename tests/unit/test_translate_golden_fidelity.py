@@ -126,3 +126,34 @@ def test_rendered_script_is_valid_bash(pod_name: str, runtime: str) -> None:
     script = render_script(plan(pod_name, runtime))
     run = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+# Enroot's create mode (enroot_create_dir): one node (probes and hooks start the created name
+# too) and two (unpacked, created and removed on each node).
+CREATE_CASES = ["service", "mpi"]
+
+
+def create_plan(pod_name: str) -> JobPlan:
+    the_pod, objects = PODS[pod_name]()
+    data = RetrievedPodData.model_validate(pg.retrieved(the_pod, **objects))
+    s = runtime_settings(
+        "enroot",
+        **GPU_SETTINGS,
+        pvc_root="/shared/claims",
+        host_path_prefixes=["/leonardo_work/p1"],
+        account="site_acct",
+        enroot_create_dir="/local/enroot",
+    )
+    return build_plan(data, s, f"/data/ils/pods/{the_pod['metadata']['uid']}")
+
+
+@pytest.mark.parametrize("pod_name", CREATE_CASES)
+def test_enroot_create_script_matches_golden(pod_name: str) -> None:
+    check_golden(f"{pod_name}.enroot-create.sh", render_script(create_plan(pod_name)))
+
+
+@pytest.mark.parametrize("pod_name", CREATE_CASES)
+def test_enroot_create_script_is_valid_bash(pod_name: str) -> None:
+    script = render_script(create_plan(pod_name))
+    run = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

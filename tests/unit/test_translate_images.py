@@ -309,6 +309,20 @@ def test_cached_pull_script_matches_golden(runtime: str) -> None:
     check_golden(f"pulled.{runtime}.sh", render_script(plan))
 
 
+def test_enroot_create_golden_unpacks_the_pulled_image_after_the_pull() -> None:
+    p = pg.pod(
+        "pulled",
+        [pg.container("main", "print(1)", image="nvcr.io/nvidia/pytorch:24.05-py3")],
+        uid=GOLDEN_UID,
+    )
+    data = RetrievedPodData.model_validate(pg.retrieved(p))
+    s = cached(runtime="enroot", enroot_create_dir="/local/enroot")
+    plan = build_plan(data, s, f"/data/ils/pods/{GOLDEN_UID}")
+    [pull] = plan.image_pulls
+    assert [(c.name, c.image) for c in plan.enroot_creates] == [("ils-0", pull.target)]
+    check_golden("pulled.enroot-create.sh", render_script(plan))
+
+
 FAKE_APPTAINER = """#!{python}
 # "apptainer pull --force DEST SOURCE": counts pulls, writes DEST slowly; "exec ...": runs.
 import os, sys, time

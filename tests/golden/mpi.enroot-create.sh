@@ -1,0 +1,264 @@
+#!/bin/bash
+#SBATCH --job-name=mpi-sim
+#SBATCH --comment=interlink-slurm:44444444-5555-4666-8777-888888888888
+#SBATCH --output=/data/ils/pods/44444444-5555-4666-8777-888888888888/job.out
+#SBATCH --open-mode=append
+#SBATCH --chdir=/data/ils/pods/44444444-5555-4666-8777-888888888888
+#SBATCH --partition=cpu
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=32
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=65536M
+#SBATCH --account=site_acct
+#SBATCH --constraint=ib
+#SBATCH --time=2:00:00
+#SBATCH --exclusive
+#
+# Pod default/mpi-sim (uid 44444444-5555-4666-8777-888888888888), written by interlink-slurm <version>.
+# Each container's output, exit code and times are in containers/.
+# To run it again by hand: sbatch job.sh
+
+set -o nounset -o pipefail
+umask 077
+# Some runtimes (ch-run) refuse to start without $USER, which batch jobs may lack.
+export USER="${USER:-$(id -un)}"
+POD_DIR=/data/ils/pods/44444444-5555-4666-8777-888888888888
+cd "$POD_DIR" || exit 1
+
+# Time stamps in RFC 3339 with nanoseconds, as Kubernetes prints them.
+ils_now() { date -u +%Y-%m-%dT%H:%M:%S.%NZ; }
+
+# Write a small file atomically, so a reader never sees half of it.
+ils_put() { printf '%s\n' "$2" > "$1.tmp" && mv -f "$1.tmp" "$1"; }
+
+# Wait for one child, riding out the TERM that scancel sends to every process of the job:
+# wait returns early (>128) when a trapped signal arrives while the child still runs.
+ils_wait() {
+  local pid=$1 rc
+  while :; do
+    wait "$pid"; rc=$?
+    if [ "$rc" -gt 128 ] && kill -0 "$pid" 2>/dev/null; then continue; fi
+    return "$rc"
+  done
+}
+
+# ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
+# its env file, its output in its log (through logpipe.py, which notes when each chunk was
+# written), its start time, end time, exit code and restarts in files. Options, each followed
+# by its number of words:
+#   -L launcher (srun, mpiexec...) that runs the container on every task of the job
+#   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
+#      run's log kept as <name>.previous.log
+#   -U / -R / -V startup / readiness / liveness probe (containers/<name>.ready; a failed
+#      startup or liveness probe stops it; readiness and liveness wait for startup)
+#   -S / -T postStart / preStop hook
+ils_container() {
+  local name=$1; shift
+  local -a envs=() launch=() startup=() readiness=() liveness=() poststart=() prestop=()
+  local kv rc=0 logger="" pipe="containers/$name.pipe" runtime found cpid="" policy=Never
+  local restarts backoff=${ILS_BACKOFF:-10}
+  local -a watchers
+  trap 'ILS_STOPPING=1; ils_prestop' TERM INT
+  trap ils_graceful URG
+  while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
+  while :; do
+    case $1 in
+      -L) launch=("${@:3:$2}") ;;
+      -P) policy=$3 ;;
+      -U) startup=("${@:3:$2}") ;;
+      -R) readiness=("${@:3:$2}") ;;
+      -V) liveness=("${@:3:$2}") ;;
+      -S) poststart=("${@:3:$2}") ;;
+      -T) prestop=("${@:3:$2}") ;;
+      *) break ;;
+    esac
+    shift $(( $2 + 2 ))
+  done
+  if [ "${#launch[@]}" -gt 0 ]; then
+    found=$(command -v -- "${launch[0]}") && launch[0]=$found
+  fi
+  # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
+  runtime=$(command -v -- "$1") || runtime=$1
+  shift
+  restarts=$(cat "containers/$name.restarts" 2>/dev/null || echo 0)
+  while :; do
+    logger=""
+    watchers=()
+    [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
+    ils_put "containers/$name.started" "$(ils_now)"
+    rm -f "containers/$name.backoff"
+    if [ -n "$ILS_PYTHON" ]; then
+      rm -f "$pipe" && mkfifo -m 600 "$pipe"
+      "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
+      logger=$!
+      env -- "${envs[@]}" "${launch[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
+    else
+      env -- "${envs[@]}" "${launch[@]}" "$runtime" "$@" \
+        >> "containers/$name.log" 2>&1 < /dev/null &
+    fi
+    cpid=$!
+    if [ "${#poststart[@]}" -gt 0 ]; then
+      ils_hook "$name" postStart "$cpid" "${poststart[@]}" & watchers+=($!)
+    fi
+    rm -f "containers/$name.startup-ok"
+    if [ "${#startup[@]}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${startup[@]}" & watchers+=($!)
+    fi
+    if [ "${#readiness[@]}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${readiness[@]}" & watchers+=($!)
+    fi
+    if [ "${#liveness[@]}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${liveness[@]}" & watchers+=($!)
+    fi
+    ils_wait "$cpid"; rc=$?
+    cpid=""
+    if [ "${#watchers[@]}" -gt 0 ]; then kill "${watchers[@]}" 2>/dev/null; fi
+    [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
+    if [ -n "$logger" ]; then
+      # The log ends with the container, even if a process it left behind holds the pipe open.
+      # (Stopping the watchdog stops its sleep too, so nothing outlives the container.)
+      ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
+        sleep 5 & s=$!; wait "$s"; kill -KILL "$logger" 2>/dev/null ) &
+      local watchdog=$!
+      ils_wait "$logger"
+      kill "$watchdog" 2>/dev/null
+      rm -f "$pipe"
+    fi
+    ils_put "containers/$name.finished" "$(ils_now)"
+    case $policy in
+      Always) ;;
+      OnFailure) [ "$rc" -ne 0 ] || break ;;
+      *) break ;;
+    esac
+    [ -z "${ILS_STOPPING:-}" ] || break
+    # Restart after a back-off, as the kubelet does (CrashLoopBackOff meanwhile).
+    restarts=$(( restarts + 1 ))
+    ils_put "containers/$name.restarts" "$restarts"
+    mv -f "containers/$name.log" "containers/$name.previous.log" 2>/dev/null
+    rm -f "containers/$name.previous.log.idx"
+    if [ -e "containers/$name.log.idx" ]; then
+      mv -f "containers/$name.log.idx" "containers/$name.previous.log.idx"
+    fi
+    ils_put "containers/$name.backoff" "$rc $backoff"
+    echo "interlink-slurm: container $name exited with code $rc;" \
+      "restart $restarts in ${backoff} s"
+    sleep "$backoff" & local nap=$!
+    wait "$nap"; kill "$nap" 2>/dev/null
+    backoff=$(( backoff * 2 > ${ILS_BACKOFF_MAX:-300} ? ${ILS_BACKOFF_MAX:-300} : backoff * 2 ))
+    [ -z "${ILS_STOPPING:-}" ] || break
+  done
+  rm -f "containers/$name.backoff"
+  trap 'ILS_STOPPING=1' TERM INT URG
+  ils_put "containers/$name.exit" "$rc"
+  return "$rc"
+}
+
+# The pod is deleted: the plugin sends SIGURG to every process of the job (ignored by all but
+# this script). As the kubelet does, the container's preStop hook runs first, then the container
+# gets SIGTERM; the plugin cancels the job when the grace period is over. (A time limit or an
+# administrator's scancel sends SIGTERM to every process at once: the hook runs alongside.)
+ils_graceful() {
+  [ -z "${ILS_STOPPING:-}" ] || return 0
+  ILS_STOPPING=1
+  [ -n "$cpid" ] || return 0
+  ils_prestop
+  kill -TERM "$cpid" 2>/dev/null
+}
+
+# The preStop hook of the container being run, once, when the job is told to stop.
+ils_prestop() {
+  if [ "${#prestop[@]}" -gt 0 ]; then
+    local -a hook=("${prestop[@]}")
+    prestop=()
+    ils_hook "$name" preStop "$cpid" "${hook[@]}"
+  fi
+}
+
+# A requeued job runs again from the start: what the last run wrote becomes the "previous"
+# logs, and the containers start over.
+ILS_RUN=$(( $(cat job.runs 2>/dev/null || echo 0) + 1 ))
+ils_put job.runs "$ILS_RUN"
+if [ "$ILS_RUN" -gt 1 ]; then
+  for f in containers/*.log; do
+    case $f in *.previous.log|'containers/*.log') continue ;; esac
+    mv -f "$f" "${f%.log}.previous.log"
+    if [ -e "$f.idx" ]; then mv -f "$f.idx" "${f%.log}.previous.log.idx"; fi
+  done
+  rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
+    containers/*.startup-ok containers/*.backoff
+fi
+ILS_PYTHON=$(command -v python3 || true)
+
+ILS_STOPPING=""
+trap 'ILS_STOPPING=1' TERM INT URG
+echo "interlink-slurm: pod default/mpi-sim starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
+
+# Restart back-off (first, longest), grace of a stopped container, hook timeout; s.
+ILS_BACKOFF=10 ILS_BACKOFF_MAX=300 ILS_GRACE=30 ILS_HOOK_TIMEOUT=30
+
+# Enroot unpacks the pod's images on each node into a directory of the job's own
+# (enroot_create_dir); what a run killed before its cleanup left there is removed.
+export ENROOT_DATA_PATH=/local/enroot/interlink-slurm-44444444-5555-4666-8777-888888888888
+srun --nodes=2 --ntasks=2 --ntasks-per-node=1 chmod -Rf u+w -- /local/enroot/interlink-slurm-44444444-5555-4666-8777-888888888888 2>/dev/null
+srun --nodes=2 --ntasks=2 --ntasks-per-node=1 rm -rf -- /local/enroot/interlink-slurm-44444444-5555-4666-8777-888888888888
+
+# Directories on the node: memory-backed emptyDirs, volume claims, ENROOT_DATA_PATH.
+mkdir -p -m 700 -- /shared/claims/default/cases
+srun --nodes=2 --ntasks=2 --ntasks-per-node=1 mkdir -p -m 700 -- /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast /local/enroot/interlink-slurm-44444444-5555-4666-8777-888888888888
+
+# When the job ends, however it ends: stop the tunnel, remove node directories.
+ils_cleanup() {
+  srun --nodes=2 --ntasks=2 --ntasks-per-node=1 chmod -Rf u+w -- /local/enroot/interlink-slurm-44444444-5555-4666-8777-888888888888 2>/dev/null
+  srun --nodes=2 --ntasks=2 --ntasks-per-node=1 rm -rf -- /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888 /local/enroot/interlink-slurm-44444444-5555-4666-8777-888888888888
+  [ -z "${ILS_SIZE_WATCH:-}" ] || kill "$ILS_SIZE_WATCH" 2>/dev/null
+}
+trap ils_cleanup EXIT
+
+# The pod's own shell code (slurm-job.vk.io/pre-exec), run in this shell.
+set +o nounset
+. ./pre-exec.sh
+set -o nounset
+cd "$POD_DIR" || exit 1
+
+# Each image unpacked once on each node; the containers start it by name.
+srun --nodes=2 --ntasks=2 --ntasks-per-node=1 enroot create --name ils-0 /images/debian-python.sqsh || { echo 'interlink-slurm: cannot unpack /images/debian-python.sqsh'; exit 1; }
+[ -z "$ILS_STOPPING" ] || exit 143
+
+# ils_size_watch [VOLUME PATH KIB LIMIT]...: watch the emptyDirs' sizes, as the kubelet does:
+# one over its sizeLimit evicts the pod. Every container is stopped as on a delete (preStop,
+# SIGTERM), and whatever still runs after the grace period is killed.
+ils_size_watch() {
+  local -a w=("$@")
+  local i used
+  trap - TERM INT URG
+  while sleep 10; do
+    for (( i = 0; i < ${#w[@]}; i += 4 )); do
+      used=$(du -sk -- "${w[i+1]}" 2>/dev/null | cut -f1)
+      if [ -n "$used" ] && [ "$used" -gt "${w[i+2]}" ]; then
+        ils_put job.evicted \
+          "Usage of EmptyDir volume \"${w[i]}\" exceeds the limit \"${w[i+3]}\"."
+        echo "interlink-slurm: emptyDir volume ${w[i]} uses ${used}Ki, more than its" \
+          "sizeLimit of ${w[i+3]}: the pod is evicted"
+        kill -URG 0
+        sleep "$ILS_GRACE"
+        kill -KILL 0
+      fi
+    done
+  done
+}
+ils_size_watch fast /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast 8388608 8Gi &
+ILS_SIZE_WATCH=$!
+
+# Containers, all together; the job fails with the first non-zero exit code.
+[ -z "$ILS_STOPPING" ] || exit 143
+pids=()
+ils_container sim \
+    -L 3 srun --mpi=pmix --cpu-bind=cores \
+    enroot start --mount '/shared/claims/default/cases /data none x-create=auto,rbind' --mount '/dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast /scratch none x-create=auto,rbind' ils-0 /opt/sim/bin/solver --input=/data/case.nml --steps=1000 &
+pids+=($!)
+status=0
+for pid in "${pids[@]}"; do
+  ils_wait "$pid"; rc=$?
+  [ "$status" -ne 0 ] || status=$rc
+done
+exit "$status"
