@@ -127,7 +127,8 @@ class Settings(BaseSettings):
     allow_user_shell: bool = Field(
         True,
         description="run pod shell code (slurm-job.vk.io/pre-exec, "
-        "interlink.eu/wstunnel-client-commands) in the job; false: such pods are refused",
+        "interlink.eu/wstunnel-client-commands) in the job; false: such pods are refused, and "
+        "so are (Enroot, Charliecloud) env variables the runtime itself would act on on the host",
     )
     runtime_options_allowed: list[str] = Field(
         list(DEFAULT_RUNTIME_OPTIONS_ALLOWED),

@@ -26,7 +26,12 @@ from interlink_slurm.translate.resources import (
     pod_resources,
     resource_directives,
 )
-from interlink_slurm.translate.runtimes import container_argv, env_entries, local_images_only
+from interlink_slurm.translate.runtimes import (
+    container_argv,
+    env_entries,
+    host_heeded,
+    local_images_only,
+)
 from interlink_slurm.translate.site import partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import lay_out_volumes
 from interlink_slurm.wire import Container, RetrievedPodData
@@ -111,10 +116,17 @@ def _resolved_image(ref: str, runtime: str, settings: Settings, image_root: str 
     return f"docker://{ref}"
 
 
-def _env(c: Container, where: str) -> list[tuple[str, str]]:
+def _env(c: Container, where: str, settings: Settings) -> list[tuple[str, str]]:
     resolved: dict[str, str] = {}
     out: list[tuple[str, str]] = []
     for j, var in enumerate(c.env):
+        if not settings.allow_user_shell and host_heeded(settings.runtime, var.name):
+            raise PodRejected(
+                f"{where}.env[{j}].name",
+                f"{var.name} would also be read by the {settings.runtime} runtime on the host, "
+                "outside the container, and this site does not run code of the pod's choosing "
+                "there (allow_user_shell: false)",
+            )
         value = expand_refs(var.value or "", resolved)
         if "\x00" in value:
             raise PodRejected(f"{where}.env[{j}].value", "must not contain NUL characters")
@@ -138,7 +150,7 @@ def _container_plan(
         image = resolve_image(c.image, settings.runtime, settings, image_root)
     except PodRejected as err:
         raise PodRejected(f"{where}.image", err.reason) from err
-    env = _env(c, where)
+    env = _env(c, where, settings)
     env_map = dict(env)
     if c.working_dir and (not c.working_dir.startswith("/") or "\x00" in c.working_dir):
         raise PodRejected(f"{where}.workingDir", f"{c.working_dir!r} must be an absolute path")

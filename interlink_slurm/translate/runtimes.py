@@ -20,6 +20,39 @@ ENV_PREFIX = {
 }
 
 
+# Enroot and Charliecloud take the container's environment from their own process environment,
+# so a pod's variables reach the runtime on the host, outside the container, too. These are the
+# names through which the host side would run code of the pod's choosing: the dynamic loader's,
+# and for Enroot (a bash script that sources the user's configuration and hooks) bash's and
+# its configuration's.
+_LOADER = ("LD_", "GCONV_PATH", "GLIBC_TUNABLES")
+HOST_HEEDED: dict[str, tuple[str, ...]] = {
+    "enroot": (
+        *_LOADER,
+        "BASH_ENV",
+        "ENV",
+        "BASH_FUNC_",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "IFS",
+        "PATH",
+        "HOME",
+        "XDG_",
+        "ENROOT_",
+    ),
+    "charliecloud": (*_LOADER, "CH_"),
+}
+
+
+def host_heeded(runtime: str, name: str) -> bool:
+    """Whether the runtime's own process, on the host, would act on this variable."""
+    for entry in HOST_HEEDED.get(runtime, ()):
+        if name == entry or (entry.endswith("_") and name.startswith(entry)):
+            return True
+    return False
+
+
 def env_entries(runtime: str, env: Sequence[tuple[str, str]]) -> list[str]:
     """``NAME=VALUE`` strings for the job to put in the runtime's environment."""
     prefix = ENV_PREFIX[runtime]

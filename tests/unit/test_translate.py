@@ -1267,3 +1267,41 @@ def test_plan_writes_the_pod_and_one_env_file_per_container() -> None:
     assert {"containers/main.env", "containers/setup.env", "pod.json"} <= set(files(plan))
     assert json.loads(files(plan)["pod.json"].content)["metadata"]["uid"] == UID
     assert plan.dirs[0] == "containers"
+
+
+@pytest.mark.parametrize(
+    ("runtime", "name"),
+    [
+        ("charliecloud", "LD_PRELOAD"),
+        ("charliecloud", "GLIBC_TUNABLES"),
+        ("charliecloud", "CH_RUN_STORAGE"),
+        ("enroot", "LD_LIBRARY_PATH"),
+        ("enroot", "BASH_ENV"),
+        ("enroot", "BASH_FUNC_ls%%"),
+        ("enroot", "HOME"),
+        ("enroot", "ENROOT_CONFIG_PATH"),
+        ("enroot", "PATH"),
+    ],
+)
+def test_env_the_host_runtime_would_heed_is_refused_without_user_shell(
+    runtime: str, name: str
+) -> None:
+    pod = pod_of(main(env=[{"name": "OK", "value": "1"}, {"name": name, "value": "/tmp/x"}]))
+    strict = settings(runtime=runtime, allow_user_shell=False, images={pg.IMAGE: "/img"})
+    err = rejection(pod, strict)
+    assert err.field == "spec.containers[0].env[1].name"
+    assert name in err.reason and "allow_user_shell: false" in err.reason
+    # With host-side shell allowed (the default), the pod could run such code anyway.
+    lenient = settings(runtime=runtime, images={pg.IMAGE: "/img"})
+    assert (name, "/tmp/x") in container(plan_of(pod, lenient)).env
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "PATH", "HOME", "LDFLAGS", "CHUNK"])
+def test_apptainer_keeps_the_environment_out_of_the_runtimes_way(name: str) -> None:
+    pod = pod_of(main(env=[{"name": name, "value": "v"}]))
+    strict = settings(allow_user_shell=False)
+    assert (name, "v") in container(plan_of(pod, strict)).env
+    # Prefix entries, not whole names: these are plain variables for every runtime.
+    if name in ("LDFLAGS", "CHUNK"):
+        loose = settings(runtime="charliecloud", allow_user_shell=False, images={pg.IMAGE: "/i"})
+        assert (name, "v") in container(plan_of(pod, loose)).env
