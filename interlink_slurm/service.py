@@ -527,18 +527,23 @@ class Service:
     # --- node -----------------------------------------------------------------------------------
 
     def _partitions(self) -> list[str]:
-        parts = [self.settings.partition, self.settings.gpu_partition]
+        """Where the plugin sends jobs: the top-level partitions and the site profiles'."""
+        s = self.settings
+        parts = [s.partition, s.gpu_partition, *(p.partition for p in s.profiles.values())]
         return sorted({p for p in parts if p})
+
+    def _gpu_types(self) -> set[str]:
+        s = self.settings
+        return {t for t in (s.gpu_type, *(p.gpu_type for p in s.profiles.values())) if t}
 
     async def ping(self) -> PingResponse:
         now = time.monotonic()
         if self._ping and now - self._ping[0] < self.settings.ping_cache_seconds:
             return self._ping[1]
         res = await self.scheduler.resources(self._partitions())
+        types = self._gpu_types()
         gpus = (
-            res.gpus.get(self.settings.gpu_type, 0)
-            if self.settings.gpu_type
-            else sum(res.gpus.values())
+            sum(n for t, n in res.gpus.items() if t in types) if types else sum(res.gpus.values())
         )
         answer = PingResponse(
             status="ok",

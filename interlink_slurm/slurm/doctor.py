@@ -206,14 +206,30 @@ class Doctor:
             return str(err)
 
     async def check_partitions(self) -> None:
+        """Every partition and GPU type the configuration names, site profiles included."""
         s = self.settings
         seen: dict[str | None, ClusterResources | str] = {}
-        for key, partition in (("partition", s.partition), ("gpu_partition", s.gpu_partition)):
-            if key == "gpu_partition" and partition is None:
-                continue
+
+        async def resources(partition: str | None) -> ClusterResources | str:
             if partition not in seen:
                 seen[partition] = await self._resources(partition)
-            res = seen[partition]
+            return seen[partition]
+
+        partitions: list[tuple[str, str | None]] = [("partition", s.partition)]
+        if s.gpu_partition is not None:
+            partitions.append(("gpu_partition", s.gpu_partition))
+        gpu_types: list[tuple[str, str, str | None]] = []
+        if s.gpu_type:
+            gpu_types.append(("gpu_type", s.gpu_type, s.gpu_partition or s.partition))
+        for name, profile in sorted(s.profiles.items()):
+            if profile.partition is not None:
+                partitions.append((f"profiles.{name}.partition", profile.partition))
+            if profile.gpu_type:
+                where = profile.partition or s.gpu_partition or s.partition
+                gpu_types.append((f"profiles.{name}.gpu_type", profile.gpu_type, where))
+
+        for key, partition in partitions:
+            res = await resources(partition)
             name = partition or "(Slurm's default)"
             if isinstance(res, str):
                 self._add(key, False, f"{name}: {res}")
@@ -231,27 +247,24 @@ class Doctor:
                     True,
                     f"{name}: {res.nodes} node(s), {res.cpus} CPUs, {res.memory_mb} MiB",
                 )
-        if s.gpu_type:
-            partition = s.gpu_partition or s.partition
-            if partition not in seen:
-                seen[partition] = await self._resources(partition)
-            res = seen[partition]
+        for key, gpu_type, partition in gpu_types:
+            res = await resources(partition)
             if isinstance(res, str):
-                return
+                continue  # already said under the partition
             types = ", ".join(sorted(t or "(untyped)" for t in res.gpus)) or "none"
-            if s.gpu_type in res.gpus:
+            if gpu_type in res.gpus:
                 self._add(
-                    "gpu_type",
+                    key,
                     True,
-                    f"gpu:{s.gpu_type} x{res.gpus[s.gpu_type]} in {partition or 'the default'}",
+                    f"gpu:{gpu_type} x{res.gpus[gpu_type]} in {partition or 'the default'}",
                 )
             else:
                 self._add(
-                    "gpu_type",
+                    key,
                     False,
-                    f"no GRES gpu:{s.gpu_type} in partition {partition or '(default)'} "
+                    f"no GRES gpu:{gpu_type} in partition {partition or '(default)'} "
                     f"(GPU types there: {types})",
-                    "set gpu_type to one of those types, or gpu_partition to where the GPUs are",
+                    f"set {key} to one of those types, or the partition to where the GPUs are",
                 )
 
 
