@@ -116,23 +116,64 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+# Workloads whose pod template render takes: kind → where the template is.
+TEMPLATES = {
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+}
+
+
+def _pod_of_workload(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The pod a Job, Deployment... would create, named after the workload."""
+    kind = str(data.get("kind"))
+    template: Any = data
+    for key in TEMPLATES[kind]:
+        template = template.get(key) if isinstance(template, dict) else None
+    if not isinstance(template, dict):
+        raise typer.BadParameter(f"{path}: this {kind} has no {'.'.join(TEMPLATES[kind])}")
+    meta = dict(template.get("metadata") or {})
+    workload = data.get("metadata") or {}
+    meta.setdefault("name", workload.get("name", kind.lower()))
+    if "namespace" in workload:
+        meta.setdefault("namespace", workload["namespace"])
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec")}
+
+
 def _read_pod_file(path: Path) -> dict[str, Any]:
-    text = path.read_text()
     try:
-        data = json.loads(text)
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise typer.BadParameter(f"cannot read {path}: {reason}") from err
+    try:
+        docs = [json.loads(text)]
     except json.JSONDecodeError:
-        data = yaml.safe_load(text)
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as err:
+            raise typer.BadParameter(f"{path} is neither JSON nor YAML: {err}") from err
+    if len(docs) != 1:
+        raise typer.BadParameter(
+            f"{path} holds {len(docs)} YAML documents: give it one pod (or workload)"
+        )
+    data: Any = docs[0]
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{path} holds neither a pod nor a RetrievedPodData")
+    if data.get("kind") in TEMPLATES:
+        data = _pod_of_workload(data, path)
     if "pod" not in data:
         # A plain v1.Pod manifest: give it what the API server would have.
         meta = data.setdefault("metadata", {})
         meta.setdefault("uid", "00000000-0000-0000-0000-000000000000")
         meta.setdefault("namespace", "default")
         data = {"pod": data, "container": []}
-    return data
+    return dict(data)
 
 
 @app.command()

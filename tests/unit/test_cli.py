@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -59,3 +60,48 @@ def test_render_explains_a_pod_it_cannot_run(tmp_path: Path) -> None:
     r = runner.invoke(app, ["render", str(f)])
     assert r.exit_code == 1
     assert "'cephfs'" in r.output
+
+
+def test_render_takes_the_pod_template_of_a_workload(tmp_path: Path) -> None:
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "sweep", "namespace": "science"},
+        "spec": {
+            "completions": 1000,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "gen", "image": "busybox", "command": ["true"]}],
+                }
+            },
+        },
+    }
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml.safe_dump(job))
+    r = runner.invoke(app, ["render", str(f)])
+    assert r.exit_code == 0, r.output
+    assert "#SBATCH --job-name=sweep" in r.stdout
+    assert "/science/sweep-" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (None, "cannot read"),
+        ("a: [unclosed", "neither JSON nor YAML"),
+        ("kind: Pod\\n---\\nkind: Pod\\n", "holds 2 YAML documents"),
+        ("kind: Job\\nmetadata: {name: x}\\nspec: {}\\n", "this Job has no spec.template"),
+        ("- 1\\n- 2\\n", "neither a pod nor a RetrievedPodData"),
+    ],
+)
+def test_render_says_what_is_wrong_with_the_file(
+    tmp_path: Path, content: str | None, said: str
+) -> None:
+    f = tmp_path / "pod.yaml"
+    if content is not None:
+        f.write_text(content.replace("\\n", "\n"))
+    r = runner.invoke(app, ["render", str(f)])
+    assert r.exit_code == 2
+    assert said in r.output
+    assert "Traceback" not in r.output
