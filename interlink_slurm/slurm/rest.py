@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
+from interlink_slurm.sbatch_options import OptionError, scan_options
 from interlink_slurm.slurm.cli import (
     INVALID_JOB,
     UNREACHABLE,
@@ -108,87 +109,6 @@ class Option:
     value: str | None  # None for a flag given without a value
 
 
-@dataclass(frozen=True)
-class _Spec:
-    takes_value: bool  # False: a flag (--requeue)
-    optional_value: bool = False  # a flag that may carry "=value" (--exclusive[=user])
-
-
-# The options the plugin's own directives, sbatch_extra and the pods' slurm-job.vk.io/flags (with
-# the default allowlist) may hold, with their short forms. Whether a version can take one is
-# decided in _apply.
-_SPECS: dict[str, _Spec] = {
-    **{
-        name: _Spec(True)
-        for name in (
-            "--job-name",
-            "--comment",
-            "--output",
-            "--error",
-            "--open-mode",
-            "--chdir",
-            "--partition",
-            "--nodes",
-            "--ntasks",
-            "--ntasks-per-node",
-            "--ntasks-per-core",
-            "--ntasks-per-socket",
-            "--ntasks-per-gpu",
-            "--cpus-per-task",
-            "--threads-per-core",
-            "--mem",
-            "--mem-per-cpu",
-            "--mem-per-gpu",
-            "--tmp",
-            "--gres",
-            "--gres-flags",
-            "--gpus",
-            "--gpus-per-node",
-            "--gpus-per-task",
-            "--cpus-per-gpu",
-            "--gpu-bind",
-            "--time",
-            "--time-min",
-            "--account",
-            "--qos",
-            "--constraint",
-            "--prefer",
-            "--reservation",
-            "--licenses",
-            "--wckey",
-            "--dependency",
-            "--distribution",
-            "--hint",
-            "--signal",
-            "--mail-type",
-            "--mail-user",
-        )
-    },
-    "--exclusive": _Spec(False, optional_value=True),
-    "--nice": _Spec(False, optional_value=True),
-    "--requeue": _Spec(False),
-    "--hold": _Spec(False),
-    "--no-requeue": _Spec(False),
-}
-_SHORT = {
-    "-J": "--job-name",
-    "-o": "--output",
-    "-e": "--error",
-    "-D": "--chdir",
-    "-p": "--partition",
-    "-N": "--nodes",
-    "-n": "--ntasks",
-    "-c": "--cpus-per-task",
-    "-G": "--gpus",
-    "-t": "--time",
-    "-A": "--account",
-    "-q": "--qos",
-    "-C": "--constraint",
-    "-L": "--licenses",
-    "-d": "--dependency",
-    "-m": "--distribution",
-    "-H": "--hold",
-}
 # Options whose value is copied as it is, to the same property in every version.
 _STRINGS = {
     "--job-name": "name",
@@ -227,6 +147,33 @@ _GPU = {
 }
 # What only v0.0.38 takes (sbatch's own option parser reads them there).
 _LEGACY_ONLY = {"--hint": "cpu_binding_hint", "--gres-flags": "gres_flags"}
+# The sbatch options _apply translates into job properties (whether a version can take one is
+# decided there); any other option in a job script stops the submission, naming it.
+TRANSLATED = frozenset(
+    {
+        *_STRINGS,
+        *_COUNTS,
+        *_GPU,
+        *_LEGACY_ONLY,
+        "--open-mode",
+        "--nodes",
+        "--mem",
+        "--mem-per-cpu",
+        "--mem-per-gpu",
+        "--tmp",
+        "--ntasks-per-gpu",
+        "--time",
+        "--time-min",
+        "--gres",
+        "--exclusive",
+        "--nice",
+        "--signal",
+        "--hold",
+        "--requeue",
+        "--no-requeue",
+        "--mail-type",
+    }
+)
 _UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 _UNLIMITED = frozenset({"UNLIMITED", "INFINITE", "-1"})
 _SIGNAL = re.compile(r"(?:([BR]{1,2}):)?([A-Za-z0-9]+)(?:@(\d+))?")
@@ -257,48 +204,17 @@ def sbatch_options(script: str) -> list[Option]:
                 words = shlex.split(rest)
             except ValueError as err:
                 raise SchedulerError(f"cannot read the job script line {line!r}: {err}") from err
-            options.extend(_options(words))
+            try:
+                found = scan_options(words)
+            except OptionError as err:
+                raise SchedulerError(f"cannot read the job script line {line!r}: {err}") from err
+            for written, name, value in found:
+                if name not in TRANSLATED:
+                    raise _untranslatable(written)
+                options.append(Option(name, value))
         elif stripped and not stripped.startswith("#"):
             break
     return options
-
-
-def _options(words: list[str]) -> list[Option]:
-    out: list[Option] = []
-    i = 0
-    while i < len(words):
-        word = words[i]
-        i += 1
-        if word.startswith("--"):
-            name, eq, value = word.partition("=")
-            spec = _SPECS.get(name)
-            if spec is None:
-                raise _untranslatable(name)
-            if eq:
-                if not spec.takes_value and not spec.optional_value:
-                    raise SchedulerError(f"the sbatch option {name} takes no value: {word!r}")
-                out.append(Option(name, value))
-            elif spec.takes_value:
-                if i >= len(words):
-                    raise SchedulerError(f"the sbatch option {name} needs a value")
-                out.append(Option(name, words[i]))
-                i += 1
-            else:
-                out.append(Option(name, None))
-        elif word.startswith("-") and len(word) >= 2:
-            long_name = _SHORT.get(word[:2])
-            if long_name is None:
-                raise _untranslatable(word[:2])
-            if len(word) > 2:
-                out.append(Option(long_name, word[2:].removeprefix("=")))
-            elif i < len(words):
-                out.append(Option(long_name, words[i]))
-                i += 1
-            else:
-                raise SchedulerError(f"the sbatch option {word} needs a value")
-        else:
-            raise SchedulerError(f"unexpected word {word!r} in an #SBATCH line")
-    return out
 
 
 def _int(option: Option) -> int:
@@ -469,7 +385,7 @@ def _apply(job: dict[str, Any], option: Option, legacy: bool) -> None:
     elif name == "--mail-type":
         kinds = [k.strip().upper() for k in value.split(",") if k.strip()]
         job["mail_type"] = ",".join(kinds) if legacy else kinds
-    else:  # in _SPECS but not handled above: a bug here, say which
+    else:  # in TRANSLATED but not handled above: a bug here, say which
         raise _untranslatable(name, version)
 
 

@@ -16,9 +16,10 @@ import re
 import shlex
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 from interlink_slurm.errors import PodRejected
+from interlink_slurm.sbatch_options import SBATCH_OPTIONS as SBATCH_OPTIONS
+from interlink_slurm.sbatch_options import OptionError, parse_options
 from interlink_slurm.translate.volumes import allowed_host_path
 
 # Annotations of the reference plugin and of interLink (see the wire-format reference).
@@ -39,124 +40,6 @@ MPI_LAUNCHER = "interlink-slurm/mpi-launcher"
 USER_SHELL_ANNOTATIONS = (PRE_EXEC, WSTUNNEL)
 APPTAINER_LIKE = frozenset({"apptainer", "singularity"})
 
-
-class Arity(Enum):
-    NONE = "none"  # a switch: --exclusive
-    REQUIRED = "required"  # --time=1:00:00, --time 1:00:00, -t 1:00:00, -t1:00:00
-    OPTIONAL = "optional"  # only with '=': --exclusive=user
-
-
-@dataclass(frozen=True)
-class Option:
-    short: str | None
-    arity: Arity
-
-
-_R, _N, _O = Arity.REQUIRED, Arity.NONE, Arity.OPTIONAL
-
-# sbatch's options (Slurm 22.05-23.11), long name → short form and value. Only these are known;
-# an unknown or abbreviated name is refused, so nothing sbatch would read differently passes.
-SBATCH_OPTIONS: dict[str, Option] = {
-    "--account": Option("-A", _R),
-    "--acctg-freq": Option(None, _R),
-    "--array": Option("-a", _R),
-    "--batch": Option(None, _R),
-    "--bb": Option(None, _R),
-    "--bbf": Option(None, _R),
-    "--begin": Option("-b", _R),
-    "--chdir": Option("-D", _R),
-    "--clusters": Option("-M", _R),
-    "--comment": Option(None, _R),
-    "--constraint": Option("-C", _R),
-    "--container": Option(None, _R),
-    "--contiguous": Option(None, _N),
-    "--core-spec": Option("-S", _R),
-    "--cores-per-socket": Option(None, _R),
-    "--cpu-freq": Option(None, _R),
-    "--cpus-per-gpu": Option(None, _R),
-    "--cpus-per-task": Option("-c", _R),
-    "--deadline": Option(None, _R),
-    "--delay-boot": Option(None, _R),
-    "--dependency": Option("-d", _R),
-    "--distribution": Option("-m", _R),
-    "--error": Option("-e", _R),
-    "--exclude": Option("-x", _R),
-    "--exclusive": Option(None, _O),
-    "--export": Option(None, _R),
-    "--export-file": Option(None, _R),
-    "--extra-node-info": Option("-B", _R),
-    "--get-user-env": Option(None, _O),
-    "--gid": Option(None, _R),
-    "--gpu-bind": Option(None, _R),
-    "--gpu-freq": Option(None, _R),
-    "--gpus": Option("-G", _R),
-    "--gpus-per-node": Option(None, _R),
-    "--gpus-per-socket": Option(None, _R),
-    "--gpus-per-task": Option(None, _R),
-    "--gres": Option(None, _R),
-    "--gres-flags": Option(None, _R),
-    "--hint": Option(None, _R),
-    "--hold": Option("-H", _N),
-    "--ignore-pbs": Option(None, _N),
-    "--input": Option("-i", _R),
-    "--job-name": Option("-J", _R),
-    "--kill-on-invalid-dep": Option(None, _R),
-    "--licenses": Option("-L", _R),
-    "--mail-type": Option(None, _R),
-    "--mail-user": Option(None, _R),
-    "--mcs-label": Option(None, _R),
-    "--mem": Option(None, _R),
-    "--mem-bind": Option(None, _R),
-    "--mem-per-cpu": Option(None, _R),
-    "--mem-per-gpu": Option(None, _R),
-    "--mincpus": Option(None, _R),
-    "--network": Option(None, _R),
-    "--nice": Option(None, _O),
-    "--no-kill": Option("-k", _O),
-    "--no-requeue": Option(None, _N),
-    "--nodefile": Option("-F", _R),
-    "--nodelist": Option("-w", _R),
-    "--nodes": Option("-N", _R),
-    "--ntasks": Option("-n", _R),
-    "--ntasks-per-core": Option(None, _R),
-    "--ntasks-per-gpu": Option(None, _R),
-    "--ntasks-per-node": Option(None, _R),
-    "--ntasks-per-socket": Option(None, _R),
-    "--open-mode": Option(None, _R),
-    "--output": Option("-o", _R),
-    "--overcommit": Option("-O", _N),
-    "--oversubscribe": Option("-s", _N),
-    "--parsable": Option(None, _N),
-    "--partition": Option("-p", _R),
-    "--power": Option(None, _R),
-    "--prefer": Option(None, _R),
-    "--priority": Option(None, _R),
-    "--profile": Option(None, _R),
-    "--propagate": Option(None, _O),
-    "--qos": Option("-q", _R),
-    "--quiet": Option("-Q", _N),
-    "--reboot": Option(None, _N),
-    "--requeue": Option(None, _N),
-    "--reservation": Option(None, _R),
-    "--signal": Option(None, _R),
-    "--sockets-per-node": Option(None, _R),
-    "--spread-job": Option(None, _N),
-    "--switches": Option(None, _R),
-    "--test-only": Option(None, _N),
-    "--thread-spec": Option(None, _R),
-    "--threads-per-core": Option(None, _R),
-    "--time": Option("-t", _R),
-    "--time-min": Option(None, _R),
-    "--tmp": Option(None, _R),
-    "--uid": Option(None, _R),
-    "--use-min-nodes": Option(None, _N),
-    "--verbose": Option("-v", _N),
-    "--wait": Option("-W", _N),
-    "--wait-all-nodes": Option(None, _R),
-    "--wckey": Option(None, _R),
-    "--wrap": Option(None, _R),
-}
-SHORT_OPTIONS = {o.short: name for name, o in SBATCH_OPTIONS.items() if o.short}
 
 # Never from a pod, whatever the configuration says: the plugin owns the job's identity, files
 # and directory (--job-name, --comment, --output, --error, --chdir, --open-mode), the job runs as
@@ -254,51 +137,6 @@ def _tokens(text: str, annotation: str) -> list[str]:
         ) from err
 
 
-def _canonical(tokens: list[str], where: str) -> list[tuple[str, str | None]]:
-    """(long name, value or None) for each option of a tokenised sbatch command line."""
-    out: list[tuple[str, str | None]] = []
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        i += 1
-        if tok.startswith("--"):
-            name, eq, value = tok.partition("=")
-            opt = SBATCH_OPTIONS.get(name)
-            if opt is None:
-                raise PodRejected(where, f"{name!r} is not an sbatch option (write it in full)")
-            if opt.arity is Arity.NONE and eq:
-                raise PodRejected(where, f"{name} takes no value")
-            if opt.arity is Arity.REQUIRED and not eq:
-                if i >= len(tokens):
-                    raise PodRejected(where, f"{name} needs a value")
-                value = tokens[i]
-                i += 1
-            out.append((name, value if (eq or opt.arity is Arity.REQUIRED) else None))
-        elif tok.startswith("-") and len(tok) > 1:
-            rest = tok[1:]
-            while rest:
-                short = "-" + rest[0]
-                name = SHORT_OPTIONS.get(short, "")
-                if not name:
-                    raise PodRejected(where, f"{short!r} is not an sbatch option")
-                opt = SBATCH_OPTIONS[name]
-                rest = rest[1:]
-                if opt.arity is Arity.REQUIRED:
-                    if rest:
-                        value, rest = rest, ""
-                    elif i < len(tokens):
-                        value = tokens[i]
-                        i += 1
-                    else:
-                        raise PodRejected(where, f"{short} ({name}) needs a value")
-                    out.append((name, value))
-                else:
-                    out.append((name, None))
-        else:
-            raise PodRejected(where, f"{tok!r} is not an sbatch option (options start with '-')")
-    return out
-
-
 @dataclass(frozen=True)
 class FlagPolicy:
     """What a pod may ask with ``slurm-job.vk.io/flags``."""
@@ -312,8 +150,12 @@ class FlagPolicy:
 def user_flags(text: str, policy: FlagPolicy) -> list[str]:
     """The annotation's sbatch options as canonical ``--name[=value]`` directives."""
     where = f"metadata.annotations[{FLAGS}]"
+    try:
+        options = parse_options(_tokens(text, FLAGS))
+    except OptionError as err:
+        raise PodRejected(where, str(err)) from err
     out = []
-    for name, value in _canonical(_tokens(text, FLAGS), where):
+    for name, value in options:
         if name in NEVER_USER_FLAGS or name not in policy.allowed:
             raise PodRejected(
                 where,

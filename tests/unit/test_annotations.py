@@ -460,7 +460,7 @@ def test_script_with_every_annotation_is_valid_bash() -> None:
 def test_every_flag_allowed_by_default_can_also_go_through_slurmrestd() -> None:
     from interlink_slurm.slurm import rest
 
-    assert set(ann.DEFAULT_USER_FLAGS_ALLOWED) <= set(rest._SPECS)
+    assert set(ann.DEFAULT_USER_FLAGS_ALLOWED) <= rest.TRANSLATED
 
 
 @pytest.mark.parametrize(
