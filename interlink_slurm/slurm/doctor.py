@@ -62,6 +62,7 @@ class Doctor:
             await self.check_data_root()
             await self.check_commands()
             await self.check_images()
+            await self.check_image_cache()
         else:
             self._skip("data root etc.", "the transport is not reachable")
         if controller:
@@ -115,27 +116,58 @@ class Doctor:
         return self._add("scheduler", True, f"{s.scheduler}: the Slurm controller answers")
 
     async def check_data_root(self) -> bool:
-        s = self.settings
-        root = str(s.data_root)
-        probe_dir = posixpath.join(root, f".interlink-slurm-doctor-{os.getpid()}")
-        probe = posixpath.join(probe_dir, "probe")
+        root = str(self.settings.data_root)
         fix = (
             f"create {root} on the filesystem the compute nodes share, writable by the account "
             "the jobs run as, or set data_root"
         )
+        return await self._writable("data root", root, 0o711, fix)
+
+    async def check_image_cache(self) -> None:
+        s = self.settings
+        if s.image_cache_dir is None:
+            return
+        cache = str(s.image_cache_dir)
+        await self._writable(
+            "image cache",
+            cache,
+            0o755,
+            f"create {cache} on a filesystem the submit host and the compute nodes share, "
+            "writable by the account the jobs run as, or set image_cache_dir",
+        )
+        if s.image_pull_on != "submit_host":
+            return
+        # What the pulls on the submit host run besides the runtime (checked with it).
+        tools = ["bash", "flock", "setsid", "timeout"]
+        missing = await self._missing(tools)
+        where = "the login node" if s.transport == "ssh" else "this machine"
+        if missing:
+            self._add(
+                "image pulls",
+                False,
+                f"not found on {where}: {' '.join(missing)}",
+                "install them there (util-linux, coreutils), or set image_pull_on: compute_node",
+            )
+        elif missing is not None:
+            self._add("image pulls", True, f"{', '.join(tools)} found on {where}")
+
+    async def _writable(self, name: str, root: str, mode: int, fix: str) -> bool:
+        """A file written into ``root``, read back and removed, through the transport."""
+        probe_dir = posixpath.join(root, f".interlink-slurm-doctor-{os.getpid()}")
+        probe = posixpath.join(probe_dir, "probe")
         try:
-            await asyncio.to_thread(self.transport.make_dirs, root, 0o711)
+            await asyncio.to_thread(self.transport.make_dirs, root, mode)
             await asyncio.to_thread(self.transport.make_dirs, probe_dir, 0o700)
             await asyncio.to_thread(self.transport.write_file, probe, PROBE_DATA, 0o600)
             back = await asyncio.to_thread(self.transport.read_file, probe, 1024)
         except (OSError, PluginError) as err:
             detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            return self._add("data root", False, f"{root}: {detail}", fix)
+            return self._add(name, False, f"{root}: {detail}", fix)
         finally:
             await asyncio.to_thread(self.transport.remove_tree, probe_dir)
         if back != PROBE_DATA:
-            return self._add("data root", False, f"{root}: a file read back differs", fix)
-        return self._add("data root", True, f"{root}: a file was written, read back and removed")
+            return self._add(name, False, f"{root}: a file read back differs", fix)
+        return self._add(name, True, f"{root}: a file was written, read back and removed")
 
     async def _missing(self, names: list[str]) -> list[str] | None:
         """Commands of ``names`` not found on the submit host; None when that cannot be told."""
