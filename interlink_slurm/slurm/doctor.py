@@ -138,18 +138,20 @@ class Doctor:
         if s.image_pull_on != "submit_host":
             return
         # What the pulls on the submit host run besides the runtime (checked with it).
-        tools = ["bash", "flock", "setsid", "timeout"]
-        missing = await self._missing(tools)
-        where = "the login node" if s.transport == "ssh" else "this machine"
+        await self._need_commands(
+            "image pulls",
+            ["bash", "flock", "setsid", "timeout"],
+            "install them there (util-linux, coreutils), or set image_pull_on: compute_node",
+        )
+
+    async def _need_commands(self, name: str, commands: list[str], fix: str) -> None:
+        missing = await self._missing(commands)
+        where = "the login node" if self.settings.transport == "ssh" else "this machine"
         if missing:
-            self._add(
-                "image pulls",
-                False,
-                f"not found on {where}: {' '.join(missing)}",
-                "install them there (util-linux, coreutils), or set image_pull_on: compute_node",
-            )
+            listed = " ".join(shlex.quote(m) for m in missing)
+            self._add(name, False, f"not found on {where}: {listed}", fix)
         elif missing is not None:
-            self._add("image pulls", True, f"{', '.join(tools)} found on {where}")
+            self._add(name, True, f"{', '.join(commands)} found on {where}")
 
     async def _writable(self, name: str, root: str, mode: int, fix: str) -> bool:
         """A file written into ``root``, read back and removed, through the transport."""
@@ -200,17 +202,11 @@ class Doctor:
             self._add("runtime", True, f"{runtime} found on {where}")
         if s.scheduler != "cli":
             return
-        commands = [s.slurm_command(c) for c in SLURM_COMMANDS if c != "sacct"]
-        missing = await self._missing(commands)
-        if missing:
-            self._add(
-                "slurm commands",
-                False,
-                f"not found on {where}: {' '.join(shlex.quote(m) for m in missing)}",
-                "install the Slurm client commands there or set slurm_bin_dir",
-            )
-        elif missing is not None:
-            self._add("slurm commands", True, f"{', '.join(commands)} found")
+        await self._need_commands(
+            "slurm commands",
+            [s.slurm_command(c) for c in SLURM_COMMANDS if c != "sacct"],
+            "install the Slurm client commands there or set slurm_bin_dir",
+        )
 
     async def check_images(self) -> None:
         for ref, path in sorted(self.settings.images.items()):
