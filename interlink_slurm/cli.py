@@ -35,6 +35,9 @@ SHUTDOWN_SECONDS = 5
 SLURM_COMMANDS = factory.SLURM_COMMANDS
 
 
+SOCKET_BACKLOG = 2048  # uvicorn's own default
+
+
 def _settings(config: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(config, **overrides)
@@ -47,8 +50,16 @@ def _listen_socket(path: str, mode: int) -> socket.socket:
     if os.path.exists(path):
         os.unlink(path)  # a stale socket from an earlier run
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
+    # Created with its final mode (no moment where the umask's is looser), and listening at
+    # once: a client that connects while the service still starts waits in the backlog
+    # instead of being refused.
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
     os.chmod(path, mode)
+    sock.listen(SOCKET_BACKLOG)
     return sock
 
 
