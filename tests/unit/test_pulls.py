@@ -31,7 +31,8 @@ def cache(tmp_path: Path) -> Path:
 def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("STANDIN_PULL_SECONDS", "0.5")
     monkeypatch.setattr(pulls, "POLL_SECONDS", 0.1)
-    monkeypatch.setattr(pulls, "BACKOFF_SECONDS", (0.5, 1.0))
+    # Long enough that a poll under load still sees ErrImagePull before the next attempt.
+    monkeypatch.setattr(pulls, "BACKOFF_SECONDS", (2.0, 3.0))
     path = tmp_path / "apptainer"
     path.write_text(APPTAINER)
     path.chmod(0o755)
