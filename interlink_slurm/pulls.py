@@ -108,13 +108,12 @@ class Puller:
         self._states[uid] = PullState(CREATING, f"waiting to pull {_sources(pulls)}")
         task = asyncio.create_task(self._run(uid, job_id, pod_dir, list(pulls)), name=f"pull {uid}")
         self._tasks[uid] = task
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda t: self._done(uid, t))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, uid: str, task: asyncio.Task[None]) -> None:
         # Only this task's own entry: a pod forgotten and started again has a new one.
-        for uid, current in list(self._tasks.items()):
-            if current is task:
-                del self._tasks[uid]
+        if self._tasks.get(uid) is task:
+            del self._tasks[uid]
 
     def resume(self, recs: Sequence[PodRecord]) -> None:
         """After a restart: the pods whose held jobs still wait for their images."""
