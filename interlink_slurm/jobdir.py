@@ -14,6 +14,7 @@ Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -172,3 +173,14 @@ def read_pod(
         raw = transport.read_file(f"{pod_dir}/job.evicted", 1024)
         evicted = raw.decode(errors="replace").strip() or None if raw is not None else None
     return PodFiles(files, read_runs(transport, pod_dir), evicted)
+
+
+_STARTED = re.compile(rb"^interlink-slurm: pod \S+ starts as job (\d+) on ", re.MULTILINE)
+
+
+def read_started_job(transport: Transport, pod_dir: str) -> str | None:
+    """The job id the batch script wrote when it started (its first line in job.out), if it
+    did: how a job that left Slurm's queue is still found after a crash."""
+    raw = transport.read_file(f"{pod_dir}/job.out", 4096)
+    match = _STARTED.search(raw or b"")
+    return match.group(1).decode() if match else None

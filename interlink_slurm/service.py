@@ -140,6 +140,15 @@ class Service:
     async def _settle(self, rec: PodRecord) -> str | None:
         job = await self.scheduler.find_by_comment(f"{JOB_COMMENT_PREFIX}{rec.uid}")
         if job is None:
+            # Not in the queue (any more): if it ran, its script said which job it was.
+            try:
+                ran = await asyncio.to_thread(jobdir.read_started_job, self.transport, rec.pod_dir)
+            except OSError:
+                ran = None
+            if ran is not None:
+                await asyncio.to_thread(self.store.set_job, rec.uid, ran)
+                log.info("pod %s: its job %s ran and left the queue", rec.uid, ran)
+                return ran
             await asyncio.to_thread(self.store.forget, rec.uid)
             return None
         await asyncio.to_thread(self.store.set_job, rec.uid, job.job_id)

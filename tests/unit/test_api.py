@@ -3,6 +3,7 @@ here; the same API on real Slurm is in tests/integration."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -426,3 +427,39 @@ def test_status_when_pod_files_cannot_be_read_serves_what_they_said_last(
     waiting = r.json()[0]["containers"][0]["state"]["waiting"]
     assert waiting["reason"] == first["containers"][0]["state"]["waiting"]["reason"]
     assert "cannot read the pod's files" in waiting["message"]
+
+
+def test_a_submission_cut_short_is_settled_from_slurm_or_from_the_jobs_own_output(
+    tmp_path: Path,
+) -> None:
+    """A crash between sbatch and recording the job: Slurm knows the job by its comment while
+    it is queued; once it left the queue (no accounting), its first line in job.out says it."""
+    h = Harness(tmp_path, enter=False)
+    try:
+        ran, never, queued = (podgen.pod(n, [podgen.container("main", "1")]) for n in "abc")
+        for pod in (ran, never, queued):
+            meta = pod["metadata"]
+            pod_dir = tmp_path / "data" / meta["namespace"] / f"{meta['name']}-{meta['uid']}"
+            pod_dir.mkdir(parents=True)
+            h.store.begin_submit(
+                meta["uid"], meta["namespace"], meta["name"], str(pod_dir), [], ["main"]
+            )
+            if pod is ran:
+                (pod_dir / "job.out").write_text(
+                    f"interlink-slurm: pod default/{meta['name']} starts as job 4242 on node7\n"
+                )
+        script = tmp_path / "queued.sh"
+        script.write_text(f"#SBATCH --comment=interlink-slurm:{queued['metadata']['uid']}\n")
+        queued_job = asyncio.run(h.scheduler.submit(str(script), str(tmp_path)))
+
+        asyncio.run(h.service.reconcile())
+
+        def job_of(pod: dict[str, Any]) -> str | None:
+            rec = h.store.get(pod["metadata"]["uid"])
+            return None if rec is None else rec.job_id
+
+        assert job_of(ran) == "4242"
+        assert job_of(queued) == queued_job
+        assert h.store.get(never["metadata"]["uid"]) is None  # never submitted: created anew
+    finally:
+        h.close()
