@@ -22,6 +22,7 @@ from interlink_slurm.translate.annotations import (
     RUNTIME_OPTION_VALUES,
     SBATCH_OPTIONS,
 )
+from interlink_slurm.translate.images import RUNTIME_SCHEMES
 from interlink_slurm.translate.quantity import mebibytes
 from interlink_slurm.translate.site import (
     SLURM_NAME,
@@ -314,14 +315,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _image_cache(self) -> Settings:
-        if self.image_cache_dir is not None and self.runtime not in (
-            "apptainer",
-            "singularity",
-            "enroot",
-        ):
+        if self.image_cache_dir is not None and self.runtime not in RUNTIME_SCHEMES:
+            runtimes = ", ".join(RUNTIME_SCHEMES)
             raise ValueError(
-                f"image_cache_dir: only for the apptainer, singularity and enroot runtimes, "
-                f"not {self.runtime}"
+                f"image_cache_dir: only for the {runtimes} runtimes, not {self.runtime}"
             )
         if self.enroot_create_dir is not None and self.runtime != "enroot":
             raise ValueError(f"enroot_create_dir: only for the enroot runtime, not {self.runtime}")

@@ -40,11 +40,15 @@ _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 _CRED_PREFIX = {"apptainer": "APPTAINER_DOCKER_", "singularity": "SINGULARITY_DOCKER_"}
 
 
+def _digest(source: str) -> str:
+    """What names a reference's files: its cache file and its credentials in the pod dir."""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
 def cached_image(cache_dir: str, source: str, extension: str = "sif") -> str:
     """The cache file of a reference: readable name + hash of the exact reference."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     slug = _SLUG.sub("_", source.split("://", 1)[-1]).strip("_")[:80]
-    return f"{cache_dir.rstrip('/')}/{slug}-{digest}.{extension}"
+    return f"{cache_dir.rstrip('/')}/{slug}-{_digest(source)}.{extension}"
 
 
 def registry_of(source: str) -> str:
@@ -175,7 +179,7 @@ def plan_pulls(
             continue
         target = cached_image(cache_dir, source, IMAGE_EXTENSION[runtime])
         mapping[source] = target
-        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        digest = _digest(source)
         auth = None
         registry = registry_of(source)
         creds = credentials(pull_secrets, registry) if pull_secrets else None

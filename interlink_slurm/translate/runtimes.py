@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from interlink_slurm.errors import PodRejected
+from interlink_slurm.translate.images import RUNTIME_SCHEMES
 from interlink_slurm.translate.plan import ContainerPlan
 
 ENV_PREFIX = {
@@ -125,13 +126,12 @@ def container_argv(
     return RUNTIMES[runtime](binary, options, c)
 
 
-# Runtimes that take a path to a local image only (they cannot pull docker:// themselves)...
+# Runtimes that take a path to a local image only (they cannot pull docker:// themselves).
 LOCAL_IMAGES_ONLY = frozenset({"enroot", "charliecloud"})
-# ...except these, given a registry image the job first imports into image_cache_dir.
-CACHE_IMPORTS = frozenset({"enroot"})
 
 
 def local_images_only(runtime: str, image_cache: bool) -> bool:
     """Whether the runtime can only be given an image staged on the cluster (mapped, rooted or
-    an absolute path); ``image_cache``: whether image_cache_dir is set."""
-    return runtime in LOCAL_IMAGES_ONLY and not (image_cache and runtime in CACHE_IMPORTS)
+    an absolute path); ``image_cache``: whether image_cache_dir is set, into which the runtimes
+    that can import registry images (images.RUNTIME_SCHEMES) have them pulled first."""
+    return runtime in LOCAL_IMAGES_ONLY and not (image_cache and runtime in RUNTIME_SCHEMES)
