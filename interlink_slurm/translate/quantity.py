@@ -58,22 +58,23 @@ def parse_quantity(value: str | int | float) -> Decimal:
     return amount
 
 
-def cpus(value: str | int | float) -> int:
-    """Whole CPUs, rounded up (Slurm allocates cores): "500m" → 1, "2.5" → 3."""
+def _whole(value: str | int | float, unit: int) -> int:
+    """The quantity in whole units, rounded up, at least one."""
     with localcontext() as ctx:
         ctx.prec = PRECISION
-        return max(1, math.ceil(parse_quantity(value)))
+        return max(1, math.ceil(parse_quantity(value) / unit))
+
+
+def cpus(value: str | int | float) -> int:
+    """Whole CPUs, rounded up (Slurm allocates cores): "500m" → 1, "2.5" → 3."""
+    return _whole(value, 1)
 
 
 def mebibytes(value: str | int | float) -> int:
     """MiB, rounded up: Slurm's --mem unit."""
-    with localcontext() as ctx:
-        ctx.prec = PRECISION
-        return max(1, math.ceil(parse_quantity(value) / (1 << 20)))
+    return _whole(value, 1 << 20)
 
 
 def kibibytes(value: str | int | float) -> int:
     """KiB, rounded up: what ``du -sk`` counts in."""
-    with localcontext() as ctx:
-        ctx.prec = PRECISION
-        return max(1, math.ceil(parse_quantity(value) / 1024))
+    return _whole(value, 1 << 10)
