@@ -89,7 +89,7 @@ class Puller:
         self._on_release = on_release
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._states: dict[str, PullState] = {}
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = asyncio.Semaphore(settings.image_pull_parallel)
 
     def missing(self, pulls: Sequence[PlannedPull]) -> list[PlannedPull]:
         """The pulls whose image is not in the cache yet (blocking: it asks the transport)."""
@@ -103,8 +103,6 @@ class Puller:
     def start(self, uid: str, job_id: str, pod_dir: str, pulls: Sequence[PlannedPull]) -> None:
         if uid in self._tasks:
             return
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._settings.image_pull_parallel)
         self._states[uid] = PullState(CREATING, f"waiting to pull {_sources(pulls)}")
         task = asyncio.create_task(self._run(uid, job_id, pod_dir, list(pulls)), name=f"pull {uid}")
         self._tasks[uid] = task
@@ -142,7 +140,6 @@ class Puller:
     async def _run(self, uid: str, job_id: str, pod_dir: str, pulls: list[PlannedPull]) -> None:
         failures = 0
         while True:
-            assert self._slots is not None
             async with self._slots:
                 self._states[uid] = PullState(
                     CREATING, f"pulling {_sources(pulls)} on the submit host"

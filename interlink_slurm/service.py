@@ -383,9 +383,8 @@ class Service:
                 return f"pod {uid}: job {job_id} has already ended"
             logsetup.bind(job=job_id)
             grace = self._grace_seconds(pod)
-            if rec.pulls is not None:
-                grace = 0  # held for its images: nothing runs yet
-                self.puller.forget(uid)
+            # A job held for its images is pending: cancelled below at once, like any other.
+            self.puller.forget(uid)
             # The snapshot may be a refresh old; a delete is rare enough to ask Slurm itself.
             job = (await self.scheduler.query([job_id])).get(job_id)
             if grace > 0 and job is not None and base_state(job) in ACTIVE:

@@ -37,13 +37,12 @@ class FakeScheduler:
         self.next_id += 1
         job_id = str(self.next_id)
         comment = ""
+        held = False
         with open(script_path) as f:
             for line in f:
                 if line.startswith("#SBATCH --comment="):
                     comment = line.strip().split("=", 1)[1]
-        held = False
-        with open(script_path) as f:
-            held = any(line.strip() == "#SBATCH --hold" for line in f)
+                held = held or line.strip() == "#SBATCH --hold"
         reason = "JobHeldUser" if held else "Priority"
         self.jobs[job_id] = JobInfo(job_id, "PENDING", reason, comment)
         self.scripts[job_id] = script_path
