@@ -330,14 +330,22 @@ def render_pull_script(pulls: Sequence[PlannedPull]) -> str:
 def _pull_lines(pulls: Sequence[PlannedPull], keep_code: bool = False) -> list[str]:
     """One ils_pull per image; the first that fails ends the script, with exit code 1 or
     (``keep_code``) the pull's own."""
-    lines = []
-    for p in pulls:
-        say = shlex.quote(f"interlink-slurm: cannot pull {p.source}")
-        end = f'{{ rc=$?; echo {say}; exit "$rc"; }}' if keep_code else f"{{ echo {say}; exit 1; }}"
-        lines.append(
-            f"ils_pull {_quote_argv([p.target, p.auth or '', p.source, *p.argv])} || {end}"
+    return [
+        _or_exit(
+            f"ils_pull {_quote_argv([p.target, p.auth or '', p.source, *p.argv])}",
+            f"interlink-slurm: cannot pull {p.source}",
+            keep_code,
         )
-    return lines
+        for p in pulls
+    ]
+
+
+def _or_exit(command: str, say: str, keep_code: bool = False) -> str:
+    """``command``, and if it fails: ``say`` it and end the script (exit code 1, or with
+    ``keep_code`` the command's own)."""
+    if keep_code:
+        return f'{command} || {{ rc=$?; echo {shlex.quote(say)}; exit "$rc"; }}'
+    return f"{command} || {{ echo {shlex.quote(say)}; exit 1; }}"
 
 
 def _quote_argv(argv: Sequence[str]) -> str:
@@ -464,10 +472,12 @@ def _before_containers(plan: JobPlan) -> list[str]:
         lines += _pull_lines(plan.image_pulls)
     if plan.enroot_creates:
         lines += ["", "# Each image unpacked once on each node; the containers start it by name."]
-        for c in plan.enroot_creates:
-            say = shlex.quote(f"interlink-slurm: cannot unpack {c.image}")
-            lines.append(f"{every_node}{_quote_argv(c.argv)} || {{ echo {say}; exit 1; }}")
-        lines.append(STOPPED)
+        lines += [
+            _or_exit(
+                f"{every_node}{_quote_argv(c.argv)}", f"interlink-slurm: cannot unpack {c.image}"
+            )
+            for c in plan.enroot_creates
+        ]
     if plan.size_limits:
         lines += SIZE_WATCH.rstrip("\n").split("\n")
         words = [w for s in plan.size_limits for w in (s.volume, s.path, str(s.kib), s.quantity)]
@@ -512,8 +522,8 @@ ils_size_watch() {
 """
 
 
-# Deleted before the containers started (during an init container, the pre-exec, a pull):
-# start nothing more.
+# Deleted before a container started (during the pre-exec, a pull, an unpack, an earlier init
+# container): start nothing more.
 STOPPED = '[ -z "$ILS_STOPPING" ] || exit 143'
 
 
@@ -532,9 +542,9 @@ def render_script(plan: JobPlan) -> str:
     if plan.init_containers:
         lines += ["", "# Init containers, in order; the first that fails ends the pod."]
         for c in plan.init_containers:
+            lines.append(STOPPED)
             lines.append(_container_line(c, plan.runtime_argv[c.name], background=False))
             lines.append('rc=$?; [ "$rc" -eq 0 ] || exit "$rc"')
-            lines.append(STOPPED)
     lines += ["", "# Containers, all together; the job fails with the first non-zero exit code."]
     lines.append(STOPPED)
     lines.append("pids=()")

@@ -222,7 +222,6 @@ cd "$POD_DIR" || exit 1
 
 # Each image unpacked once on each node; the containers start it by name.
 srun --nodes=2 --ntasks=2 --ntasks-per-node=1 enroot create --name ils-0 /images/debian-python.sqsh || { echo 'interlink-slurm: cannot unpack /images/debian-python.sqsh'; exit 1; }
-[ -z "$ILS_STOPPING" ] || exit 143
 
 # ils_size_watch [VOLUME PATH KIB LIMIT]...: watch the emptyDirs' sizes, as the kubelet does:
 # one over its sizeLimit evicts the pod. Every container is stopped as on a delete (preStop,

@@ -236,7 +236,6 @@ ils_pull /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02aa20bc678e9f9e.sqs
 
 # Each image unpacked once on each node; the containers start it by name.
 enroot create --name ils-0 /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02aa20bc678e9f9e.sqsh || { echo 'interlink-slurm: cannot unpack /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02aa20bc678e9f9e.sqsh'; exit 1; }
-[ -z "$ILS_STOPPING" ] || exit 143
 
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143

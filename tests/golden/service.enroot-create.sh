@@ -291,7 +291,6 @@ trap ils_cleanup EXIT
 
 # Each image unpacked once on each node; the containers start it by name.
 enroot create --name ils-0 /images/debian-python.sqsh || { echo 'interlink-slurm: cannot unpack /images/debian-python.sqsh'; exit 1; }
-[ -z "$ILS_STOPPING" ] || exit 143
 
 # interLink's tunnel (interlink.eu/wstunnel-client-commands), in the background and
 # in a process group of its own, from now until the containers end.
