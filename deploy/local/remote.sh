@@ -26,18 +26,8 @@ PACKAGES=(openssh-server slurmrestd)
 log() { printf 'remote.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-ensure_packages() {
-    local p missing=()
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
-            missing+=("$p")
-    done
-    ((${#missing[@]} == 0)) && return 0
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
-    apt-get update -qq
-    apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null
-}
+# shellcheck source=deploy/local/packages.sh
+. "$SCRIPT_DIR/packages.sh"
 
 ensure_user() {
     if ! id -u "$JOB_USER" >/dev/null 2>&1; then
