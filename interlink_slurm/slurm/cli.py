@@ -136,17 +136,18 @@ class CliScheduler:
         if result.returncode != 0 and INVALID_JOB not in _message(result).lower():
             raise SchedulerError(f"scancel {job_id} failed: {_message(result)}")
 
-    async def release(self, job_id: str) -> None:
-        result = await self._run("scontrol", "release", job_id)
+    async def _on_job(self, *argv: str, gone: Sequence[str] = GONE) -> None:
+        """A command on one job; Slurm saying that the job is gone (``gone``) is fine."""
+        result = await self._run(*argv)
         message = _message(result).lower()
-        if result.returncode != 0 and not any(m in message for m in (*GONE, "already finished")):
-            raise SchedulerError(f"scontrol release {job_id} failed: {_message(result)}")
+        if result.returncode != 0 and not any(m in message for m in gone):
+            raise SchedulerError(f"{' '.join(argv)} failed: {_message(result)}")
+
+    async def release(self, job_id: str) -> None:
+        await self._on_job("scontrol", "release", job_id, gone=(*GONE, "already finished"))
 
     async def signal(self, job_id: str, signal: str) -> None:
-        result = await self._run("scancel", f"--signal={signal}", "--full", job_id)
-        message = _message(result).lower()
-        if result.returncode != 0 and not any(m in message for m in GONE):
-            raise SchedulerError(f"scancel --signal={signal} {job_id} failed: {_message(result)}")
+        await self._on_job("scancel", f"--signal={signal}", "--full", job_id)
 
     async def final_states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         ids = sorted({j for j in job_ids if j.isdigit()}, key=int)

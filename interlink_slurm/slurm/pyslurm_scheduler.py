@@ -70,29 +70,31 @@ class PyslurmScheduler(FromJobListing):
 
         return str(await self._call("submitting a job", submit, submitting=True))
 
-    async def cancel(self, job_id: str) -> None:
+    async def _on_job(
+        self, what: str, fn: Callable[[], object], gone: Sequence[str] = GONE_MESSAGES
+    ) -> None:
+        """A call on one job; pyslurm saying that the job is gone (``gone``) is fine."""
         try:
-            await self._call(f"cancelling job {job_id}", lambda: self._py.Job(int(job_id)).cancel())
+            await self._call(what, fn)
         except SchedulerError as err:
-            if not any(m in str(err).lower() for m in GONE_MESSAGES):
+            if not any(m in str(err).lower() for m in gone):
                 raise
+
+    async def cancel(self, job_id: str) -> None:
+        await self._on_job(f"cancelling job {job_id}", lambda: self._py.Job(int(job_id)).cancel())
 
     async def release(self, job_id: str) -> None:
-        try:
-            await self._call(f"releasing job {job_id}", lambda: self._py.Job(int(job_id)).release())
-        except SchedulerError as err:
-            if not any(m in str(err).lower() for m in (*GONE_MESSAGES, "already finished")):
-                raise
+        await self._on_job(
+            f"releasing job {job_id}",
+            lambda: self._py.Job(int(job_id)).release(),
+            (*GONE_MESSAGES, "already finished"),
+        )
 
     async def signal(self, job_id: str, signal: str) -> None:
-        try:
-            await self._call(
-                f"signalling job {job_id}",
-                lambda: self._py.Job(int(job_id)).send_signal(signal, steps="all"),
-            )
-        except SchedulerError as err:
-            if not any(m in str(err).lower() for m in GONE_MESSAGES):
-                raise
+        await self._on_job(
+            f"signalling job {job_id}",
+            lambda: self._py.Job(int(job_id)).send_signal(signal, steps="all"),
+        )
 
     async def _jobs(self) -> dict[str, JobInfo]:
         loaded = await self._call("listing jobs", lambda: self._py.Jobs.load())

@@ -50,6 +50,8 @@ JOB_ERRNO = range(2000, 3000)
 ESLURM_INVALID_JOB_ID = 2017
 ESLURM_ALREADY_DONE = 2021
 ESLURM_JOB_FINISHED = 2084
+# What Slurm answers about a job that is no longer there to cancel or signal.
+GONE_ERRNO = frozenset({ESLURM_INVALID_JOB_ID, ESLURM_ALREADY_DONE})
 # Not an error: a job submitted with "hold" is queued, and Slurm says it is held.
 ESLURM_JOB_HELD = 2042
 # A job update that lifts a user hold, as scontrol release does (every version).
@@ -710,35 +712,43 @@ class RestScheduler(FromJobListing):
         )
         return job.job_id
 
-    async def _delete(self, job_id: str, params: Mapping[str, str], action: str) -> None:
+    async def _on_job(
+        self,
+        method: str,
+        job_id: str,
+        action: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        gone: frozenset[int] = GONE_ERRNO,
+    ) -> None:
+        """A call on one job; Slurm answering that the job is gone (``gone``) is fine."""
         if not job_id.isdigit():
             raise SchedulerError(f"{job_id!r} is not a Slurm job id")
         try:
-            await self._call("DELETE", f"job/{job_id}", action, params=params)
+            await self._call(method, f"job/{job_id}", action, params=params, body=body)
         except _Refused as err:
-            gone = {ESLURM_INVALID_JOB_ID, ESLURM_ALREADY_DONE} & set(err.numbers)
-            if gone or any(m in str(err).lower() for m in GONE_MESSAGES):
-                return
-            raise
-
-    async def cancel(self, job_id: str) -> None:
-        await self._delete(job_id, {}, f"cancelling job {job_id}")
-
-    async def release(self, job_id: str) -> None:
-        if not job_id.isdigit():
-            raise SchedulerError(f"{job_id!r} is not a Slurm job id")
-        try:
-            await self._call("POST", f"job/{job_id}", f"releasing job {job_id}", body=RELEASE)
-        except _Refused as err:
-            gone = {ESLURM_INVALID_JOB_ID, ESLURM_ALREADY_DONE, ESLURM_JOB_FINISHED}
             if gone & set(err.numbers) or any(m in str(err).lower() for m in GONE_MESSAGES):
                 return
             raise
 
+    async def cancel(self, job_id: str) -> None:
+        await self._on_job("DELETE", job_id, f"cancelling job {job_id}")
+
+    async def release(self, job_id: str) -> None:
+        # An update of a job that ended says so with its own number.
+        await self._on_job(
+            "POST",
+            job_id,
+            f"releasing job {job_id}",
+            body=RELEASE,
+            gone=GONE_ERRNO | {ESLURM_JOB_FINISHED},
+        )
+
     async def signal(self, job_id: str, signal: str) -> None:
         # The batch script gets it too, as with scancel --full (v0.0.38 does that by itself).
         params = {"signal": signal} if self._s.legacy else {"signal": signal, "flags": "FULL_JOB"}
-        await self._delete(job_id, params, f"signalling job {job_id}")
+        await self._on_job("DELETE", job_id, f"signalling job {job_id}", params=params)
 
     async def _jobs(self) -> dict[str, JobInfo]:
         try:
