@@ -39,6 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "deploy" / "local" / "cluster.sh"
 REMOTE = REPO / "deploy" / "local" / "remote.sh"
+EXE = str(Path(sys.executable).parent / "interlink-slurm")  # the console script
 MODES = ("local", "ssh", "rest")
 REST_VERSION = "v0.0.38"  # what Slurm 22.05's slurmrestd serves
 
@@ -111,10 +112,9 @@ class Plugin:
             home = pwd.getpwnam(self.user).pw_dir
             env.update(USER=self.user, LOGNAME=self.user, HOME=home)
             as_user = {"user": self.user, "group": self.user, "extra_groups": []}
-        exe = Path(sys.executable).parent / "interlink-slurm"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(exe), "serve", "--config", str(self.config_path)],
+            [EXE, "serve", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -138,6 +138,15 @@ class Plugin:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=30)
         self.proc = None
+
+    def doctor(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        """``interlink-slurm doctor`` on this plugin's configuration."""
+        return subprocess.run(
+            [EXE, "doctor", "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def restart(self) -> None:
         self.stop()

@@ -5,7 +5,6 @@ Each gives a clear answer in bounded time, and nothing runs twice."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,6 @@ from tests.integration.conftest import (
 )
 
 pytestmark = pytest.mark.slurm
-EXE = str(Path(sys.executable).parent / "interlink-slurm")
 SLURM_TOOLS = ("squeue", "scancel", "sinfo", "sacct", "scontrol")
 # Submits, then kills the SSH session serving it before sbatch's answer can travel back: Slurm
 # has the job, the plugin never hears of it. Once (while the flag file exists).
@@ -182,12 +180,7 @@ def test_a_host_key_that_does_not_match_is_refused_naming_known_hosts(
         assert "does not match the one in known_hosts" in r.text and str(known_hosts) in r.text
         assert jobs_with_comment(cluster, pod["metadata"]["uid"]) == []
 
-        doctor = subprocess.run(
-            [EXE, "doctor", "--config", str(plugin.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        doctor = plugin.doctor(timeout=60)
         assert doctor.returncode == 1
         assert "FAIL  transport" in doctor.stdout and "known_hosts" in doctor.stdout
     finally:
@@ -227,12 +220,7 @@ def test_slurmrestd_not_running_answers_503_and_doctor_says_what_to_start(
         assert time.monotonic() - started < 5
         assert plugin.client.get("/readyz").status_code == 503
 
-        doctor = subprocess.run(
-            [EXE, "doctor", "--config", str(plugin.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        doctor = plugin.doctor(timeout=60)
         assert doctor.returncode == 1
         assert "FAIL  scheduler" in doctor.stdout
         assert f"fix: start slurmrestd at {gone.url} with -s openapi/v0.0.38" in doctor.stdout
@@ -253,12 +241,7 @@ def test_doctor_names_each_wrong_setting_with_a_fix(
         data_root="/root/not-for-ilsuser/data",
     )
 
-    r = subprocess.run(
-        [EXE, "doctor", "--config", str(plugin.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = plugin.doctor(timeout=60)
 
     assert r.returncode == 1
     out = r.stdout

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +12,6 @@ from tests import podgen
 from tests.integration.conftest import Plugin, all_terminated, slurm
 
 pytestmark = pytest.mark.slurm
-EXE = str(Path(sys.executable).parent / "interlink-slurm")
 JOB_USER = "ilsuser"
 
 
@@ -38,12 +34,7 @@ def test_jobs_run_as_the_account_of_the_mode_and_are_submitted_its_way(
 
 
 def test_doctor_finds_everything_in_place(plugin: Plugin) -> None:
-    r = subprocess.run(
-        [EXE, "doctor", "--config", str(plugin.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = plugin.doctor(timeout=120)
 
     assert r.returncode == 0, r.stdout + r.stderr
     transport = "local" if plugin.mode == "local" else "ssh"

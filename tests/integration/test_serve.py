@@ -6,7 +6,6 @@ import json
 import ssl
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,10 +14,9 @@ import pytest
 import yaml
 
 from tests import podgen
-from tests.integration.conftest import all_terminated, free_port, states
+from tests.integration.conftest import EXE, all_terminated, free_port, states
 
 pytestmark = pytest.mark.slurm
-EXE = str(Path(sys.executable).parent / "interlink-slurm")
 
 
 def test_unix_socket_with_file_mode_serves_the_api(cluster: dict[str, str], tmp_path: Path) -> None:
