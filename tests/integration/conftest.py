@@ -576,6 +576,17 @@ def login_node(
         node.stop()
 
 
+@pytest.fixture
+def own_login_node(remote: dict[str, str], tmp_path: Path) -> Iterator[LoginNode]:
+    """A login node of this test's own, which it may take down."""
+    node = LoginNode(remote, tmp_path)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
 @pytest.fixture(scope="session")
 def rest_server(cluster: dict[str, str], remote: dict[str, str]) -> Iterator[RestServer]:
     user = remote["ILS_REMOTE_USER"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +61,6 @@ def retry_create(plugin: Plugin, data: dict[str, Any], seconds: float = 15) -> s
             return str(r.json()["PodJID"])
         assert r.status_code == 503 and time.monotonic() < deadline, r.text
         time.sleep(0.3)
-
-
-@pytest.fixture
-def own_login_node(remote: dict[str, str], tmp_path: Path) -> Iterator[LoginNode]:
-    """A login node of this test's own, which it may take down."""
-    node = LoginNode(remote, tmp_path)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def test_login_node_going_away_gives_503_then_recovers_without_a_duplicate_job(

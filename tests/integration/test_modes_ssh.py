@@ -8,7 +8,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,6 @@ pytestmark = pytest.mark.slurm
 def transport(node: LoginNode, cluster: dict[str, str], **settings: Any) -> SSHTransport:
     config = SSHSettings.model_validate(node.ssh_settings(**settings))
     return SSHTransport(config, env={"SLURM_CONF": cluster["SLURM_CONF"]}, timeout=10)
-
-
-@pytest.fixture
-def own_login_node(remote: dict[str, str], tmp_path: Path) -> Iterator[LoginNode]:
-    node = LoginNode(remote, tmp_path)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def test_many_concurrent_calls_share_one_connection_and_a_few_channels(
