@@ -260,6 +260,51 @@ def _snake(camel: str) -> str:
     return re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower()
 
 
+class Toleration(WireModel):
+    """Kept as sent: an operator Kubernetes does not know tolerates nothing (see matching.py),
+    it is not a reason to refuse the pod."""
+
+    key: str = ""
+    operator: str = "Equal"
+    value: str = ""
+    effect: str = ""
+    toleration_seconds: int | None = None
+
+
+class NodeSelectorRequirement(WireModel):
+    key: str
+    operator: str
+    values: Annotated[list[str], BeforeValidator(_none_to_list)] = []
+
+
+class NodeSelectorTerm(WireModel):
+    match_expressions: Annotated[list[NodeSelectorRequirement], BeforeValidator(_none_to_list)] = []
+    # On node fields (metadata.name): they concern the virtual node, not a target behind it.
+    match_fields: Annotated[list[NodeSelectorRequirement], BeforeValidator(_none_to_list)] = []
+
+
+class NodeSelector(WireModel):
+    node_selector_terms: Annotated[list[NodeSelectorTerm], BeforeValidator(_none_to_list)] = []
+
+
+class PreferredSchedulingTerm(WireModel):
+    weight: int
+    preference: NodeSelectorTerm
+
+
+class NodeAffinity(WireModel):
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    preferred_during_scheduling_ignored_during_execution: Annotated[
+        list[PreferredSchedulingTerm], BeforeValidator(_none_to_list)
+    ] = []
+
+
+class Affinity(WireModel):
+    """Node affinity only; podAffinity and podAntiAffinity stay in model_extra."""
+
+    node_affinity: NodeAffinity | None = None
+
+
 class PodSpec(WireModel):
     containers: Annotated[list[Container], BeforeValidator(_none_to_list)] = []
     init_containers: Annotated[list[Container], BeforeValidator(_none_to_list)] = []
@@ -268,6 +313,8 @@ class PodSpec(WireModel):
     active_deadline_seconds: int | None = None
     termination_grace_period_seconds: int | None = None
     node_selector: Annotated[dict[str, str], BeforeValidator(_none_to_dict)] = {}
+    tolerations: Annotated[list[Toleration], BeforeValidator(_none_to_list)] = []
+    affinity: Affinity | None = None
 
 
 class Pod(WireModel):

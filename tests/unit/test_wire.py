@@ -40,6 +40,7 @@ from interlink_slurm.wire import (
     PodStatus,
     RetrievedPodData,
     Taint,
+    Toleration,
     ValidPod,
     Volume,
     VolumeMount,
@@ -255,11 +256,11 @@ def test_unknown_fields_are_kept_in_model_extra() -> None:
     spec_extra = pod.spec.model_extra or {}
     assert spec_extra["nodeName"] == "interlink-slurm-node"
     assert spec_extra["serviceAccountName"] == "default"
-    assert {
-        "key": "virtual-node.interlink/no-schedule",
-        "operator": "Exists",
-        "effect": "NoSchedule",
-    } in spec_extra["tolerations"]
+    # Tolerations are typed (placement matches them against targets' taints).
+    assert (
+        Toleration(key="virtual-node.interlink/no-schedule", operator="Exists", effect="NoSchedule")
+        in pod.spec.tolerations
+    )
     [container] = pod.spec.containers
     assert (container.model_extra or {})["terminationMessagePath"] == "/dev/termination-log"
 
@@ -269,7 +270,10 @@ def test_unknown_fields_survive_a_dump_by_alias() -> None:
     dumped = create("create_simple.json").model_dump(by_alias=True, mode="json")
     pod, sent = dumped["pod"], original["pod"]
     assert pod["metadata"]["managedFields"] == sent["metadata"]["managedFields"]
-    assert pod["spec"]["tolerations"] == sent["spec"]["tolerations"]
+    unset_left_out = create("create_simple.json").model_dump(
+        by_alias=True, mode="json", exclude_unset=True
+    )
+    assert unset_left_out["pod"]["spec"]["tolerations"] == sent["spec"]["tolerations"]
     assert pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == SA_MOUNT
     assert dumped["jobConfig"] == original["jobConfig"]
 
