@@ -16,7 +16,7 @@ import uvicorn
 import yaml
 
 from interlink_slurm import __version__, logsetup
-from interlink_slurm.config import ConfigError, Settings, load_settings
+from interlink_slurm.config import DEFAULT_CLUSTER, ConfigError, Settings, load_settings
 from interlink_slurm.errors import PluginError, describe_validation_error
 from interlink_slurm.slurm import factory
 
@@ -74,25 +74,29 @@ def serve(config: ConfigOption = None) -> None:
     settings = _settings(config)
     logsetup.configure(settings.log_level, settings.log_format)
     # Over SSH, data_root is on the login node: created there with the first pod's directory.
+    for name in settings.cluster_names:
+        own = settings.for_cluster(name)
+        try:
+            if own.transport == "local":
+                own.data_root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        except OSError as err:
+            typer.echo(
+                f"interlink-slurm: data_root: cannot create {own.data_root}: {err.strerror}",
+                err=True,
+            )
+            raise typer.Exit(2) from err
     try:
-        if settings.transport == "local":
-            settings.data_root.mkdir(parents=True, exist_ok=True, mode=0o711)
-    except OSError as err:
-        typer.echo(
-            f"interlink-slurm: data_root: cannot create {settings.data_root}: {err.strerror}",
-            err=True,
-        )
-        raise typer.Exit(2) from err
-    try:
-        transport, scheduler = factory.build(settings)
+        clusters = factory.build_clusters(settings)
     except (ConfigError, PluginError) as err:
         typer.echo(f"interlink-slurm: {err}", err=True)
         raise typer.Exit(2) from err
-    logging.getLogger(__name__).info("reaching Slurm: %s", factory.describe(settings))
+    logging.getLogger(__name__).info("reaching Slurm: %s", factory.describe_all(settings))
     store = Store(settings.state_db_path)
     store.open()
     metrics = Metrics()
-    service = Service(settings, MeteredScheduler(scheduler, metrics), transport, store, metrics)
+    metered = {name: (t, MeteredScheduler(s, metrics)) for name, (t, s) in clusters.items()}
+    transport, scheduler = metered.pop(DEFAULT_CLUSTER)
+    service = Service(settings, scheduler, transport, store, metrics, metered)
     api = create_app(service, settings.token())
     unix_path = settings.listen_unix_path
     common: dict[str, Any] = {
@@ -111,7 +115,8 @@ def serve(config: ConfigOption = None) -> None:
             uvicorn.Server(tcp).run()
     finally:
         store.close()
-        factory.close(transport)
+        for t, _ in clusters.values():
+            factory.close(t)
 
 
 def _tls_options(settings: Settings) -> dict[str, Any]:
@@ -191,12 +196,18 @@ def _read_pod_file(path: Path) -> dict[str, Any]:
 def render(
     pod_file: Annotated[Path, typer.Argument(help="a v1.Pod or RetrievedPodData, JSON or YAML")],
     config: ConfigOption = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            help="with several targets, ask each one's Slurm when the pod would start there "
+            "(sbatch --test-only); without, the configured order decides"
+        ),
+    ] = True,
 ) -> None:
-    """Print the batch script a pod becomes (and the files beside it), without submitting."""
+    """Print the batch script a pod becomes (and the files beside it), without submitting;
+    with several targets, also where it would go and why."""
     from pydantic import ValidationError
 
-    from interlink_slurm import jobdir
-    from interlink_slurm.translate.pod import build_plan
     from interlink_slurm.translate.script import render_script
     from interlink_slurm.wire import RetrievedPodData
 
@@ -206,21 +217,62 @@ def render(
     settings = _settings(config, **overrides)
     try:
         data = RetrievedPodData.model_validate(_read_pod_file(pod_file))
-        pod = data.pod
-        pod_dir = jobdir.pod_dir(str(settings.data_root), pod.namespace, pod.name, pod.uid)
-        plan = build_plan(data, settings, pod_dir)
+        placement = _placement(settings, data, estimate)
     except ValidationError as err:
         typer.echo(f"interlink-slurm: invalid pod: {describe_validation_error(err)}", err=True)
         raise typer.Exit(1) from err
     except PluginError as err:
         typer.echo(f"interlink-slurm: {err}", err=True)
         raise typer.Exit(1) from err
+    plan = placement.chosen.plan
+    assert plan is not None  # the chosen target's
     sys.stdout.write(render_script(plan))
-    typer.echo(f"\n# Files written in {pod_dir}:")
+    typer.echo(f"\n# Files written in {plan.pod_dir}:")
     for d in plan.dirs:
         typer.echo(f"#   {d}/")
     for f in plan.files:
         typer.echo(f"#   {f.path}  ({len(f.content)} bytes, mode {f.mode:04o})")
+    if settings.targets:
+        typer.echo("\n# Placement:")
+        for line in placement.lines():
+            typer.echo(f"#   {line}")
+
+
+def _placement(settings: Settings, data: Any, estimate: bool) -> Any:
+    """Where ``render`` puts the pod: as ``create`` would, asking each target's Slurm for an
+    estimate unless told not to."""
+    import asyncio
+
+    from interlink_slurm import jobdir
+    from interlink_slurm.placement import place
+    from interlink_slurm.translate.targets import candidates
+
+    pod = data.pod
+
+    def pod_dir(cluster: str) -> str:
+        root = str(settings.for_cluster(cluster).data_root)
+        return jobdir.pod_dir(root, pod.namespace, pod.name, pod.uid)
+
+    cands = candidates(data, settings, pod_dir)
+    if not settings.targets:
+        return asyncio.run(place(cands, {}, settings.placement_estimate_seconds))
+    clusters = factory.build_clusters(settings) if estimate else {}
+
+    async def run() -> Any:
+        schedulers = {name: s for name, (_, s) in clusters.items()}
+        try:
+            return await place(
+                cands, schedulers, settings.placement_estimate_seconds, estimate=estimate
+            )
+        finally:
+            for _, s in clusters.values():
+                await factory.aclose(s)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        for t, _ in clusters.values():
+            factory.close(t)
 
 
 @app.command()

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from interlink_slurm.errors import describe_validation_error
@@ -27,6 +35,7 @@ from interlink_slurm.translate.quantity import mebibytes
 from interlink_slurm.translate.site import (
     SLURM_NAME,
     Profile,
+    Target,
     check_memory,
     check_time,
     slurm_name,
@@ -68,8 +77,55 @@ OWNED_SBATCH_OPTIONS = frozenset(
 )
 
 
+# The name of the Slurm reached through the top-level keys (transport, scheduler, ssh...).
+DEFAULT_CLUSTER = "default"
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and what is wrong."""
+
+
+def _absolute_path(v: Path | None) -> Path | None:
+    if v is None:
+        return v
+    if not v.is_absolute():
+        raise ValueError(f"{str(v)!r} must be an absolute path")
+    if any(c.isspace() or c in ":," for c in str(v)):
+        # The path goes into #SBATCH lines, which sbatch splits on whitespace, and into
+        # runtime bind options, where ':' and ',' separate fields.
+        raise ValueError(f"{str(v)!r} must not contain whitespace, ':' or ','")
+    return v
+
+
+class ClusterSettings(BaseModel):
+    """One more Slurm cluster that targets may send pods to: how it is reached (as the
+    top-level keys of the same names say it for the default cluster) and where its pods'
+    directories go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transport: Literal["local", "ssh"] = "local"
+    scheduler: Literal["cli", "rest", "pyslurm"] = "cli"
+    ssh: SSHSettings | None = None
+    rest: RestSettings | None = None
+    slurm_conf: Path | None = None
+    slurm_bin_dir: Path | None = None
+    data_root: Path | None = Field(
+        None, description="this cluster's shared directory of pods; default: the top-level one"
+    )
+
+    @field_validator("slurm_conf", "slurm_bin_dir", "data_root")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return _absolute_path(v)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> ClusterSettings:
+        if self.transport == "ssh" and self.ssh is None:
+            raise ValueError("ssh: required with transport: ssh (host, user, key_file...)")
+        if self.scheduler == "rest" and self.rest is None:
+            raise ValueError("rest: required with scheduler: rest (url, api_version...)")
+        return self
 
 
 class Settings(BaseSettings):
@@ -175,6 +231,20 @@ class Settings(BaseSettings):
         2, ge=1, description="pods whose images are pulled at the same time on the submit host"
     )
 
+    # --- placement over several targets (issue 8) -------------------------------------------
+    clusters: dict[str, ClusterSettings] = Field(
+        {}, description="more Slurm clusters, by name, for targets to use"
+    )
+    targets: dict[str, Target] = Field(
+        {},
+        description="where pods may go (partitions of this or other clusters); each pod goes "
+        "to the eligible one where it is expected to start soonest, ties and failed estimates "
+        "in this order",
+    )
+    placement_estimate_seconds: float = Field(
+        5.0, gt=0, description="longest the start-time estimates of one pod may take in all"
+    )
+
     taints: list[Taint] = []
     max_pods: int = Field(1000, ge=1, description="the 'pods' capacity of the virtual node")
     ping_cache_seconds: float = Field(30.0, ge=0)
@@ -245,15 +315,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
-        if v is None:
-            return v
-        if not v.is_absolute():
-            raise ValueError(f"{str(v)!r} must be an absolute path")
-        if any(c.isspace() or c in ":," for c in str(v)):
-            # The path goes into #SBATCH lines, which sbatch splits on whitespace, and into
-            # runtime bind options, where ':' and ',' separate fields.
-            raise ValueError(f"{str(v)!r} must not contain whitespace, ':' or ','")
-        return v
+        return _absolute_path(v)
 
     @field_validator("partition", "gpu_partition", "gpu_type", "account", "qos")
     @classmethod
@@ -336,6 +398,30 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name}.sbatch_extra: {err}") from err
         return v
 
+    @model_validator(mode="after")
+    def _targets(self) -> Settings:
+        if DEFAULT_CLUSTER in self.clusters:
+            raise ValueError(
+                f"clusters.{DEFAULT_CLUSTER}: that name is the top-level transport's; "
+                "name this cluster otherwise"
+            )
+        for name in self.clusters:
+            if not SLURM_NAME.fullmatch(name):
+                raise ValueError(f"cluster name {name!r}: letters, digits, '_', '.', '+', '-'")
+        for name, t in self.targets.items():
+            if not SLURM_NAME.fullmatch(name):
+                raise ValueError(f"target name {name!r}: letters, digits, '_', '.', '+', '-'")
+            if t.cluster is not None and t.cluster not in self.clusters:
+                known = ", ".join(self.clusters) or "none"
+                raise ValueError(
+                    f"targets.{name}.cluster: no cluster {t.cluster!r} in clusters ({known})"
+                )
+            try:
+                self._flags(t.sbatch_extra)
+            except ValueError as err:
+                raise ValueError(f"targets.{name}.sbatch_extra: {err}") from err
+        return self
+
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
@@ -382,6 +468,32 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values -------------------------------------------------------------------------
+
+    def for_cluster(self, name: str) -> Settings:
+        """These settings as seen from one cluster: its transport, scheduler and data root."""
+        if name == DEFAULT_CLUSTER:
+            return self
+        c = self.clusters[name]
+        return self.model_copy(
+            update={
+                "transport": c.transport,
+                "scheduler": c.scheduler,
+                "ssh": c.ssh,
+                "rest": c.rest,
+                "slurm_conf": c.slurm_conf,
+                "slurm_bin_dir": c.slurm_bin_dir,
+                "data_root": c.data_root or self.data_root,
+            }
+        )
+
+    @property
+    def cluster_names(self) -> list[str]:
+        """The clusters pods can go to: without targets the default one (top-level keys);
+        with targets, those they use, in the order of the configuration."""
+        if not self.targets:
+            return [DEFAULT_CLUSTER]
+        used = {t.cluster or DEFAULT_CLUSTER for t in self.targets.values()}
+        return [name for name in (DEFAULT_CLUSTER, *self.clusters) if name in used]
 
     @property
     def state_db_path(self) -> Path:

@@ -10,11 +10,14 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from interlink_slurm.errors import SchedulerUnavailable
-from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo, Scheduler
+from interlink_slurm.slurm.scheduler import ClusterResources, Estimate, JobInfo, Scheduler
 
 T = TypeVar("T")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Queue waits: seconds to days.
+WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400, 259200)
+ERROR_BUCKETS = tuple(sorted({-b for b in WAIT_BUCKETS} | {0} | set(WAIT_BUCKETS)))
 
 
 @dataclass
@@ -65,6 +68,41 @@ class Metrics:
         self.refresh_age = Gauge(
             "interlink_slurm_status_snapshot_age_seconds",
             "Seconds since the job states were last read from Slurm",
+            registry=r,
+        )
+        # Placement over several targets: how pods were placed, and how good the estimates were.
+        self.placements = Counter(
+            "interlink_slurm_placements_total",
+            "Pods placed, by target and by what decided (only: the one target that could take "
+            "it, estimate: the soonest expected start, order: no estimate, configured order)",
+            ["target", "basis"],
+            registry=r,
+        )
+        self.estimate_failures = Counter(
+            "interlink_slurm_placement_estimate_failures_total",
+            "Start-time estimates that failed or came too late, by target",
+            ["target"],
+            registry=r,
+        )
+        self.predicted_wait = Histogram(
+            "interlink_slurm_placement_predicted_wait_seconds",
+            "Wait from submission to start that Slurm predicted for placed pods, by target",
+            ["target"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.actual_wait = Histogram(
+            "interlink_slurm_placement_actual_wait_seconds",
+            "Wait from placement until the job was seen running, by target",
+            ["target"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.wait_error = Histogram(
+            "interlink_slurm_placement_start_error_seconds",
+            "Actual minus predicted start of placed pods (negative: earlier than predicted)",
+            ["target"],
+            buckets=ERROR_BUCKETS,
             registry=r,
         )
         self.tracked_jobs = Gauge(
@@ -122,3 +160,6 @@ class MeteredScheduler:
 
     async def ping(self) -> None:
         await self._call("ping", self._inner.ping())
+
+    async def estimate(self, directives: Sequence[str], timeout: float) -> Estimate:
+        return await self._call("estimate", self._inner.estimate(directives, timeout))

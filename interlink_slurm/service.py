@@ -1,8 +1,11 @@
 """The use cases: create, delete, status, logs, ping. No HTTP here, no Slurm syntax either.
 
 Status is served from a snapshot: one background refresher asks Slurm about every active job in
-one query per interval, whatever the number of pods and of /status calls. A job seen to end has
-its final state written to the store, and is never asked about again.
+one query per interval and cluster, whatever the number of pods and of /status calls. A job seen
+to end has its final state written to the store, and is never asked about again.
+
+With several targets (placement), a pod's job may be on any of several clusters; the store says
+which, and every later call about the pod goes to that cluster's transport and scheduler.
 """
 
 from __future__ import annotations
@@ -10,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from interlink_slurm import jobdir, logsetup
-from interlink_slurm.config import Settings
+from interlink_slurm.config import DEFAULT_CLUSTER, Settings
 from interlink_slurm.errors import (
     BadRequest,
     NotFound,
@@ -28,23 +33,26 @@ from interlink_slurm.errors import (
 )
 from interlink_slurm.logs import LogSource, stream_log
 from interlink_slurm.metrics import Metrics
+from interlink_slurm.placement import Placement, describe, place
 from interlink_slurm.pulls import LOG as PULL_LOG
 from interlink_slurm.pulls import Puller, decode, encode
-from interlink_slurm.slurm.scheduler import JobInfo, Scheduler
+from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo, Scheduler
 from interlink_slurm.slurm.states import (
     ACTIVE,
     CREATING_REASON,
     TERMINAL,
     UNREACHABLE_REASON,
+    WAITING,
     base_state,
     container_statuses,
 )
 from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.translate.plan import JobPlan
-from interlink_slurm.translate.pod import JOB_COMMENT_PREFIX, build_plan
+from interlink_slurm.translate.pod import JOB_COMMENT_PREFIX
 from interlink_slurm.translate.resources import GPU_RESOURCE
 from interlink_slurm.translate.script import render_script
+from interlink_slurm.translate.targets import candidates
 from interlink_slurm.wire import (
     Accelerator,
     ContainerState,
@@ -68,6 +76,19 @@ WORKER_THREADS = 64
 LOG_SOURCES = ("container", "job", "pull")
 # A job seen to end is still watched this long, while Slurm lists it: it may be requeued.
 ENDED_WATCH_SECONDS = 600.0
+# States of a job that has started (for the placement's predicted vs. actual start).
+STARTED = frozenset({"RUNNING", "COMPLETING", "COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY"})
+
+
+@dataclass
+class Cluster:
+    """One Slurm cluster pods go to: how it is reached, and its image pulls."""
+
+    name: str
+    transport: Transport
+    scheduler: Scheduler
+    puller: Puller
+    data_root: str
 
 
 class Service:
@@ -78,16 +99,20 @@ class Service:
         transport: Transport,
         store: Store,
         metrics: Metrics | None = None,
+        clusters: Mapping[str, tuple[Transport, Scheduler]] | None = None,
     ) -> None:
+        """``scheduler`` and ``transport`` reach the default cluster (the top-level keys);
+        ``clusters`` the others that targets use, by name."""
         self.settings = settings
         self.scheduler = scheduler
         self.transport = transport
         self.store = store
         self.metrics = metrics or Metrics()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._snapshot: dict[str, JobInfo] = {}
+        # Per cluster: the jobs seen at the last refresh, and why Slurm did not answer.
+        self._snapshot: dict[str, dict[str, JobInfo]] = {}
         self._snapshot_at: float | None = None
-        self._outage: str | None = None
+        self._outage: dict[str, str] = {}
         self._wake: asyncio.Event | None = None
         self._refresh_lock: asyncio.Lock | None = None
         self._last_gc = 0.0
@@ -95,7 +120,20 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         # What each pod's files said when last read, for when they cannot be read.
         self._files_seen: dict[str, jobdir.PodFiles] = {}
-        self.puller = Puller(settings, transport, scheduler, store, self._request_refresh)
+        self.clusters: dict[str, Cluster] = {}
+        for name, (t, s) in {DEFAULT_CLUSTER: (transport, scheduler), **(clusters or {})}.items():
+            own = settings.for_cluster(name)
+            puller = Puller(own, t, s, store, self._request_refresh)
+            self.clusters[name] = Cluster(name, t, s, puller, str(own.data_root))
+        self.puller = self.clusters[DEFAULT_CLUSTER].puller
+
+    def _cluster(self, rec: PodRecord) -> Cluster:
+        cluster = self.clusters.get(rec.cluster)
+        if cluster is None:
+            raise SchedulerUnavailable(
+                f"pod {rec.uid} is on cluster {rec.cluster!r}, which is no longer configured"
+            )
+        return cluster
 
     def _lock(self, uid: str) -> asyncio.Lock:
         lock = self._locks.get(uid)
@@ -116,11 +154,14 @@ class Service:
             ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="ils")
         )
         await self.reconcile()
-        self.puller.resume(await asyncio.to_thread(self.store.pulling))
+        for rec in await asyncio.to_thread(self.store.pulling):
+            if rec.cluster in self.clusters:
+                self.clusters[rec.cluster].puller.resume([rec])
         self._tasks.append(asyncio.create_task(self._refresher(), name="refresher"))
 
     async def stop(self) -> None:
-        await self.puller.stop()
+        for cluster in self.clusters.values():
+            await cluster.puller.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -130,19 +171,25 @@ class Service:
 
     async def reconcile(self) -> None:
         """Submissions a crash cut short: Slurm (the job's comment) says whether they landed."""
+        down: set[str] = set()  # clusters that did not answer: their other pods wait too
         for rec in await asyncio.to_thread(self.store.in_flight):
+            if rec.cluster in down:
+                continue
             try:
                 await self._settle(rec)
             except SchedulerUnavailable as err:
                 log.warning("cannot reconcile pod %s now: %s", rec.uid, err)
-                return
+                down.add(rec.cluster)
 
     async def _settle(self, rec: PodRecord) -> str | None:
-        job = await self.scheduler.find_by_comment(f"{JOB_COMMENT_PREFIX}{rec.uid}")
+        cluster = self._cluster(rec)
+        job = await cluster.scheduler.find_by_comment(f"{JOB_COMMENT_PREFIX}{rec.uid}")
         if job is None:
             # Not in the queue (any more): if it ran, its script said which job it was.
             try:
-                ran = await asyncio.to_thread(jobdir.read_started_job, self.transport, rec.pod_dir)
+                ran = await asyncio.to_thread(
+                    jobdir.read_started_job, cluster.transport, rec.pod_dir
+                )
             except OSError:
                 ran = None
             if ran is not None:
@@ -154,7 +201,7 @@ class Service:
         await asyncio.to_thread(self.store.set_job, rec.uid, job.job_id)
         log.info("pod %s: found its job %s in Slurm", rec.uid, job.job_id)
         if rec.pulls is not None and rec.deleted is None:
-            self.puller.start(rec.uid, job.job_id, rec.pod_dir, decode(rec.pulls))
+            cluster.puller.start(rec.uid, job.job_id, rec.pod_dir, decode(rec.pulls))
         return job.job_id
 
     # --- the refresher ---------------------------------------------------------------------------
@@ -189,57 +236,95 @@ class Service:
             self._wake.set()
 
     async def refresh(self) -> None:
-        """One scheduler query for every active job; record the ones that ended."""
+        """One scheduler query per cluster for its active jobs; record the ones that ended."""
         lock = self._refresh_lock or asyncio.Lock()
         async with lock:
             recs = await asyncio.to_thread(self.store.active, time.time() - ENDED_WATCH_SECONDS)
             self.metrics.tracked_jobs.set(len(recs))
-            job_ids = [r.job_id for r in recs if r.job_id]
-            ended = {r.job_id for r in recs if r.final_state is not None}
-            try:
-                jobs = await self.scheduler.query(job_ids) if job_ids else {}
-            except (SchedulerUnavailable, SchedulerError) as err:
-                if self._outage is None:
-                    log.warning("Slurm does not answer; serving the last known states: %s", err)
-                self._outage = str(err)
-                return
-            if self._outage is not None:
-                log.info("Slurm answers again")
-            self._outage = None
-
-            finished: list[tuple[str, str, str]] = []
-            revived: list[str] = []
-            gone = [j for j in job_ids if j not in jobs and j not in ended]
-            for job_id, job in jobs.items():
-                if base_state(job) in TERMINAL:
-                    finished.append((job_id, base_state(job), job.reason))
-                elif job_id in ended:
-                    revived.append(job_id)
-            if revived:
-                log.info("jobs %s run again (requeued)", ", ".join(revived))
-                await asyncio.to_thread(self.store.reopen, revived)
-            if gone:
-                try:
-                    accounted = await self.scheduler.final_states(gone)
-                except (SchedulerUnavailable, SchedulerError):
-                    accounted = {}
-                for job_id in gone:
-                    acct = accounted.get(job_id)
-                    finished.append(
-                        (job_id, base_state(acct), acct.reason) if acct else (job_id, GONE, "")
-                    )
-            if finished:
-                await asyncio.to_thread(self.store.finish, finished)
-            self._snapshot = jobs
-            self._snapshot_at = time.monotonic()
-            self.metrics.refresh_age.set(0)
+            by_cluster: dict[str, list[PodRecord]] = {name: [] for name in self.clusters}
+            for rec in recs:
+                if rec.cluster in by_cluster:
+                    by_cluster[rec.cluster].append(rec)
+            answered = await asyncio.gather(
+                *(self._refresh_cluster(self.clusters[n], rs) for n, rs in by_cluster.items())
+            )
+            if any(answered):
+                self._snapshot_at = time.monotonic()
+                self.metrics.refresh_age.set(0)
             await self._count_pods()
+
+    async def _refresh_cluster(self, cluster: Cluster, recs: Sequence[PodRecord]) -> bool:
+        """The refresh of one cluster's jobs; False when its Slurm did not answer."""
+        name = cluster.name
+        job_ids = [r.job_id for r in recs if r.job_id]
+        ended = {r.job_id for r in recs if r.final_state is not None}
+        try:
+            jobs = await cluster.scheduler.query(job_ids) if job_ids else {}
+        except (SchedulerUnavailable, SchedulerError) as err:
+            if name not in self._outage:
+                log.warning(
+                    "Slurm (cluster %s) does not answer; serving the last known states: %s",
+                    name,
+                    err,
+                )
+            self._outage[name] = str(err)
+            return False
+        if self._outage.pop(name, None) is not None:
+            log.info("Slurm (cluster %s) answers again", name)
+
+        finished: list[tuple[str, str, str]] = []
+        revived: list[str] = []
+        gone = [j for j in job_ids if j not in jobs and j not in ended]
+        for job_id, job in jobs.items():
+            if base_state(job) in TERMINAL:
+                finished.append((job_id, base_state(job), job.reason))
+            elif job_id in ended:
+                revived.append(job_id)
+        if revived:
+            log.info("jobs %s run again (requeued)", ", ".join(revived))
+            await asyncio.to_thread(self.store.reopen, name, revived)
+        if gone:
+            try:
+                accounted = await cluster.scheduler.final_states(gone)
+            except (SchedulerUnavailable, SchedulerError):
+                accounted = {}
+            for job_id in gone:
+                acct = accounted.get(job_id)
+                finished.append(
+                    (job_id, base_state(acct), acct.reason) if acct else (job_id, GONE, "")
+                )
+        if finished:
+            await asyncio.to_thread(self.store.finish, name, finished)
+        self._snapshot[name] = jobs
+        await self._note_starts(recs, jobs)
+        return True
+
+    async def _note_starts(self, recs: Sequence[PodRecord], jobs: Mapping[str, JobInfo]) -> None:
+        """Placed pods whose job is seen started for the first time: predicted vs. actual."""
+        now = time.time()
+        started = []
+        for rec in recs:
+            job = jobs.get(rec.job_id or "")
+            if rec.placement is None or rec.started is not None or job is None:
+                continue
+            if base_state(job) not in STARTED:
+                continue
+            started.append(rec.uid)
+            record = json.loads(rec.placement)
+            target = str(record.get("target"))
+            decided = record.get("decided_at") or rec.created
+            self.metrics.actual_wait.labels(target).observe(max(0.0, now - decided))
+            predicted = record.get("predicted_start")
+            if isinstance(predicted, int | float):
+                self.metrics.wait_error.labels(target).observe(now - predicted)
+        if started:
+            await asyncio.to_thread(self.store.mark_started, started, now)
 
     async def _count_pods(self) -> None:
         counts = await asyncio.to_thread(self.store.count_by_state)
         active = counts.pop("ACTIVE", 0)
         by_state: dict[str, int] = {}
-        for job in self._snapshot.values():
+        for job in (j for jobs in self._snapshot.values() for j in jobs.values()):
             state = base_state(job)
             if state not in TERMINAL:
                 by_state[state] = by_state.get(state, 0) + 1
@@ -255,7 +340,7 @@ class Service:
         for rec in await asyncio.to_thread(self.store.due_kills, time.time()):
             assert rec.job_id is not None
             try:
-                await self.scheduler.cancel(rec.job_id)
+                await self._cluster(rec).scheduler.cancel(rec.job_id)
             except (SchedulerUnavailable, SchedulerError) as err:
                 log.warning("pod %s: cannot end job %s yet: %s", rec.uid, rec.job_id, err)
                 continue
@@ -268,7 +353,9 @@ class Service:
         for rec in await asyncio.to_thread(self.store.expired, cutoff):
             if rec.job_id is not None and rec.final_state is None:
                 continue  # its job has not been seen to end: its files are still in use
-            await asyncio.to_thread(self.transport.remove_tree, rec.pod_dir)
+            if rec.cluster not in self.clusters:
+                continue  # on a cluster no longer configured: nothing to reach it with
+            await asyncio.to_thread(self.clusters[rec.cluster].transport.remove_tree, rec.pod_dir)
             await asyncio.to_thread(self.store.forget, rec.uid)
             self._files_seen.pop(rec.uid, None)
             log.info(
@@ -290,23 +377,27 @@ class Service:
                 log.info("pod %s already has job %s", uid, rec.job_id)
                 return CreateResponse(PodUID=uid, PodJID=rec.job_id)
 
-            pod_dir = jobdir.pod_dir(str(self.settings.data_root), pod.namespace, pod.name, uid)
             try:
-                plan = build_plan(data, self.settings, pod_dir)
-                await asyncio.to_thread(self._check_mount_points, plan)
+                placement = await self.place(data)
+                cluster = self.clusters[placement.chosen.cluster]
+                plan = placement.chosen.plan
+                assert plan is not None  # a chosen target has a plan
+                pod_dir = plan.pod_dir
+                await asyncio.to_thread(self._check_mount_points, cluster.transport, plan)
                 pulls = []
                 if plan.image_pulls and self.settings.image_pull_on == "submit_host":
-                    pulls = await asyncio.to_thread(self.puller.missing, plan.image_pulls)
+                    pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
                 if pulls:
                     # Held until the submit host has put its images in the cache.
                     plan = dataclasses.replace(plan, directives=(*plan.directives, "--hold"))
                 script = render_script(plan)
                 script_path = await asyncio.to_thread(
-                    jobdir.write_pod, self.transport, plan, script
+                    jobdir.write_pod, cluster.transport, plan, script
                 )
             except (PodRejected, StorageError) as err:
                 self.metrics.submit_failures.labels(type(err).__name__).inc()
                 raise
+            placed = placement.chosen.name if self.settings.targets else ""
             await asyncio.to_thread(
                 self.store.begin_submit,
                 uid,
@@ -316,9 +407,11 @@ class Service:
                 [c.name for c in pod.spec.init_containers],
                 [c.name for c in pod.spec.containers],
                 pulls=encode(pulls) if pulls else None,
+                cluster=cluster.name,
+                placement=placement.record() if placed else None,
             )
             try:
-                job_id = await self.scheduler.submit(script_path, pod_dir)
+                job_id = await cluster.scheduler.submit(script_path, pod_dir)
             except SchedulerUnavailable:
                 # sbatch may have reached Slurm before failing: the row stays in flight and the
                 # next create (or a restart) asks Slurm for the job by its comment.
@@ -327,20 +420,46 @@ class Service:
             except SchedulerError as err:
                 self.metrics.submit_failures.labels(type(err).__name__).inc()
                 await asyncio.to_thread(self.store.forget, uid)
-                await asyncio.to_thread(self.transport.remove_tree, pod_dir)
+                await asyncio.to_thread(cluster.transport.remove_tree, pod_dir)
                 raise
             logsetup.bind(job=job_id)
             await asyncio.to_thread(self.store.set_job, uid, job_id)
             await asyncio.to_thread(
-                self.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
+                cluster.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
             )
             if pulls:
-                self.puller.start(uid, job_id, pod_dir, pulls)
+                cluster.puller.start(uid, job_id, pod_dir, pulls)
             self._request_refresh()
-            log.info("pod %s/%s (%s) submitted as job %s", pod.namespace, pod.name, uid, job_id)
+            where = f" on target {placed} ({placement.basis})" if placed else ""
+            log.info(
+                "pod %s/%s (%s) submitted as job %s%s", pod.namespace, pod.name, uid, job_id, where
+            )
             return CreateResponse(PodUID=uid, PodJID=job_id)
 
-    def _check_mount_points(self, plan: JobPlan) -> None:
+    async def place(self, data: RetrievedPodData) -> Placement:
+        """Where the pod's job goes: with targets, the eligible one where Slurm expects it to
+        start soonest; without, the top-level configuration. Raises PodRejected."""
+        pod = data.pod
+
+        def pod_dir(cluster: str) -> str:
+            root = self.clusters[cluster].data_root
+            return jobdir.pod_dir(root, pod.namespace, pod.name, pod.uid)
+
+        cands = candidates(data, self.settings, pod_dir)
+        schedulers = {name: c.scheduler for name, c in self.clusters.items()}
+        placement = await place(cands, schedulers, self.settings.placement_estimate_seconds)
+        if self.settings.targets:
+            name = placement.chosen.name
+            self.metrics.placements.labels(name, placement.basis).inc()
+            for target, est in placement.estimates.items():
+                if isinstance(est, str):
+                    self.metrics.estimate_failures.labels(target).inc()
+            if placement.predicted_start is not None:
+                wait = max(0.0, placement.predicted_start - placement.decided_at)
+                self.metrics.predicted_wait.labels(name).observe(wait)
+        return placement
+
+    def _check_mount_points(self, transport: Transport, plan: JobPlan) -> None:
         """Charliecloud (0.31) cannot create a bind destination in a read-only image: say so at
         create time, naming the mount, rather than let the container fail on the node."""
         if self.settings.runtime != "charliecloud":
@@ -351,7 +470,7 @@ class Service:
                 if not c.image.startswith("/"):
                     continue
                 for b in c.binds:
-                    if self.transport.size(c.image.rstrip("/") + b.target) is None:
+                    if transport.size(c.image.rstrip("/") + b.target) is None:
                         raise PodRejected(
                             f"spec.{group}[{i}].volumeMounts",
                             f"mount path {b.target!r} does not exist in image {c.image}; "
@@ -382,27 +501,28 @@ class Service:
                 await asyncio.to_thread(self.store.mark_deleted, uid)
                 return f"pod {uid}: job {job_id} has already ended"
             logsetup.bind(job=job_id)
+            cluster = self._cluster(rec)
             grace = self._grace_seconds(pod)
             # A job held for its images is pending: cancelled below at once, like any other.
-            self.puller.forget(uid)
+            cluster.puller.forget(uid)
             # The snapshot may be a refresh old; a delete is rare enough to ask Slurm itself.
-            job = (await self.scheduler.query([job_id])).get(job_id)
+            job = (await cluster.scheduler.query([job_id])).get(job_id)
             if grace > 0 and job is not None and base_state(job) in ACTIVE:
                 # Every container's preStop hook runs, then the container gets SIGTERM (the job
                 # script does both on SIGURG, which nothing else heeds) and the rest of the
                 # grace period to end; the refresher cancels the job for good when it runs out.
                 try:
-                    await self.scheduler.signal(job_id, "URG")
+                    await cluster.scheduler.signal(job_id, "URG")
                 except SchedulerError as err:
                     # Slurm would not signal it (it was changing state): end it plainly.
                     log.info("job %s could not be signalled (%s): cancelling it", job_id, err)
-                    await self.scheduler.cancel(job_id)
+                    await cluster.scheduler.cancel(job_id)
                     message = f"pod {uid}: job {job_id} cancelled"
                 else:
                     await asyncio.to_thread(self.store.set_kill_at, uid, time.time() + grace)
                     message = f"pod {uid}: job {job_id} signalled, {grace} s to end"
             else:
-                await self.scheduler.cancel(job_id)
+                await cluster.scheduler.cancel(job_id)
                 message = f"pod {uid}: job {job_id} cancelled"
             await asyncio.to_thread(self.store.mark_deleted, uid)
             self._request_refresh()
@@ -414,7 +534,7 @@ class Service:
     def _job_for(self, rec: PodRecord) -> JobInfo | None:
         """What is known of the pod's job without asking Slurm."""
         assert rec.job_id is not None
-        job = self._snapshot.get(rec.job_id)
+        job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
         if job is not None:
             return job
         if rec.final_state is not None:
@@ -423,7 +543,7 @@ class Service:
             return JobInfo(rec.job_id, rec.final_state, rec.final_reason or "")
         # Submitted after the last refresh (or Slurm has not answered since): ask for one now.
         self._request_refresh()
-        if self._outage is not None:
+        if rec.cluster in self._outage:
             return JobInfo(rec.job_id, "PENDING", UNREACHABLE_REASON)
         return JobInfo(rec.job_id, "PENDING", CREATING_REASON)
 
@@ -439,7 +559,7 @@ class Service:
             if rec.job_id is None:
                 init, main = _all_waiting(rec, images, CREATING_REASON, "being submitted to Slurm")
             elif self._held_for_images(rec):
-                pull = self.puller.state(rec.uid)
+                pull = self._cluster(rec).puller.state(rec.uid)
                 init, main = _all_waiting(rec, images, pull.reason, pull.message)
             else:
                 try:
@@ -451,8 +571,9 @@ class Service:
                     # filesystem hiccup): what they said last time is still the best answer.
                     seen = self._files_seen.get(rec.uid, jobdir.PodFiles({}))
                     files_outage = f"cannot read the pod's files: {err}"
+                job = self._job_for(rec)
                 init, main = container_statuses(
-                    self._job_for(rec),
+                    job,
                     rec.job_id,
                     rec.init_containers,
                     rec.containers,
@@ -462,9 +583,13 @@ class Service:
                     restarts=max(0, seen.runs - 1),
                     evicted=seen.evicted,
                 )
-                outage = self._outage if rec.final_state is None else None
+                outage = self._outage.get(rec.cluster) if rec.final_state is None else None
                 if outage or files_outage:
                     _note_outage((*init, *main), "; ".join(o for o in (outage, files_outage) if o))
+                if rec.placement and job is not None and base_state(job) in WAITING:
+                    _note_placement(
+                        (*init, *main), describe(json.loads(rec.placement), time.time())
+                    )
             out.append(
                 PodStatus(
                     name=rec.name,
@@ -483,12 +608,15 @@ class Service:
         if rec.pulls is None or rec.deleted is not None or rec.final_state is not None:
             return False
         assert rec.job_id is not None
-        job = self._snapshot.get(rec.job_id)
+        job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
         return job is None or base_state(job) == "PENDING"
 
     def _read_files(self, rec: PodRecord) -> jobdir.PodFiles:
         return jobdir.read_pod(
-            self.transport, rec.pod_dir, rec.all_containers, rec.final_state is not None
+            self._cluster(rec).transport,
+            rec.pod_dir,
+            rec.all_containers,
+            rec.final_state is not None,
         )
 
     # --- logs -----------------------------------------------------------------------------------
@@ -504,6 +632,7 @@ class Service:
             raise NotFound(
                 f"pod {req.Namespace}/{req.PodName} (uid {req.PodUID}) is not known to this plugin"
             )
+        transport = self._cluster(rec).transport
         name = req.ContainerName
         job_output = source != "container"
         if source == "job":
@@ -518,7 +647,7 @@ class Service:
                 )
             suffix = "previous.log" if req.Opts.Previous else "log"
             path = jobdir.container_file(rec.pod_dir, name, suffix)
-            if req.Opts.Previous and await asyncio.to_thread(self.transport.size, path) is None:
+            if req.Opts.Previous and await asyncio.to_thread(transport.size, path) is None:
                 raise BadRequest(f"container {name!r} of pod {rec.name} has no previous run")
         exit_file = jobdir.container_file(rec.pod_dir, name, "exit") if not job_output else None
 
@@ -528,36 +657,55 @@ class Service:
                 return True
             if req.Opts.Previous:
                 return True
-            return exit_file is not None and self.transport.size(exit_file) is not None
+            return exit_file is not None and transport.size(exit_file) is not None
 
-        return stream_log(self.transport, LogSource(path, ended), req.Opts)
+        return stream_log(transport, LogSource(path, ended), req.Opts)
 
     # --- node -----------------------------------------------------------------------------------
 
-    def _partitions(self) -> list[str]:
-        """Where the plugin sends jobs: the top-level partitions and the site profiles'."""
+    def _partitions(self, cluster: str) -> list[str]:
+        """Where the plugin sends jobs on a cluster: its targets' partitions; without targets
+        (or for a target that names none) the top-level partitions and the profiles'."""
         s = self.settings
-        parts = [s.partition, s.gpu_partition, *(p.partition for p in s.profiles.values())]
+        base = {s.partition, s.gpu_partition, *(p.partition for p in s.profiles.values())}
+        if not s.targets:
+            parts = base
+        else:
+            parts = set()
+            for t in s.targets.values():
+                if (t.cluster or DEFAULT_CLUSTER) == cluster:
+                    parts |= {t.partition} if t.partition else base
         return sorted({p for p in parts if p})
 
     def _gpu_types(self) -> set[str]:
         s = self.settings
-        return {t for t in (s.gpu_type, *(p.gpu_type for p in s.profiles.values())) if t}
+        types = [s.gpu_type, *(p.gpu_type for p in (*s.profiles.values(), *s.targets.values()))]
+        return {t for t in types if t}
 
     async def ping(self) -> PingResponse:
+        """The node's capacity: the sum over the clusters the targets use (one that does not
+        answer is left out of the sum; all silent is an error)."""
         now = time.monotonic()
         if self._ping and now - self._ping[0] < self.settings.ping_cache_seconds:
             return self._ping[1]
-        res = await self.scheduler.resources(self._partitions())
-        types = self._gpu_types()
-        gpus = (
-            sum(n for t, n in res.gpus.items() if t in types) if types else sum(res.gpus.values())
+        names = self.settings.cluster_names
+        answers = await asyncio.gather(
+            *(self.clusters[n].scheduler.resources(self._partitions(n)) for n in names),
+            return_exceptions=True,
         )
+        found = [a for a in answers if isinstance(a, ClusterResources)]
+        failed = [(n, a) for n, a in zip(names, answers, strict=True) if isinstance(a, Exception)]
+        if not found:
+            raise failed[0][1]
+        for name, err in failed:
+            log.warning("cluster %s left out of the node's capacity: %s", name, err)
+        types = self._gpu_types()
+        gpus = sum(n for res in found for t, n in res.gpus.items() if not types or t in types)
         answer = PingResponse(
             status="ok",
             resources=PingResources(
-                cpu=str(res.cpus),
-                memory=f"{res.memory_mb}Mi",
+                cpu=str(sum(r.cpus for r in found)),
+                memory=f"{sum(r.memory_mb for r in found)}Mi",
                 pods=str(self.settings.max_pods),
                 accelerators=[Accelerator(resourceType=GPU_RESOURCE, available=str(gpus))]
                 if gpus
@@ -569,7 +717,14 @@ class Service:
         return answer
 
     async def ready(self) -> None:
-        await self.scheduler.ping()
+        """Ready when Slurm answers: one cluster of those the targets use is enough."""
+        names = self.settings.cluster_names
+        answers = await asyncio.gather(
+            *(self.clusters[n].scheduler.ping() for n in names), return_exceptions=True
+        )
+        errors = [a for a in answers if isinstance(a, BaseException)]
+        if len(errors) == len(answers):
+            raise errors[0]
 
     def snapshot_age(self) -> float | None:
         return None if self._snapshot_at is None else time.monotonic() - self._snapshot_at
@@ -583,6 +738,12 @@ def _all_waiting(
         return ContainerStatus(name=name, state=state, image=images.get(name, ""))
 
     return [one(n) for n in rec.init_containers], [one(n) for n in rec.containers]
+
+
+def _note_placement(statuses: Sequence[ContainerStatus], placement: str) -> None:
+    for st in statuses:
+        if st.state.waiting is not None:
+            st.state.waiting.message = f"{st.state.waiting.message} ({placement})".strip()
 
 
 def _note_outage(statuses: Sequence[ContainerStatus], outage: str) -> None:

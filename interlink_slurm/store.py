@@ -29,7 +29,10 @@ CREATE TABLE IF NOT EXISTS pods (
     final_reason TEXT,
     kill_at      REAL,             -- when to kill a job whose grace period runs
     final_at     REAL,             -- when the job was seen to end
-    pulls        TEXT              -- JSON: images to pull on the submit host while the job is held
+    pulls        TEXT,             -- JSON: images to pull on the submit host while the job is held
+    cluster      TEXT NOT NULL DEFAULT 'default',  -- the Slurm cluster the job is on
+    placement    TEXT,             -- JSON: the target chosen and why (several targets)
+    started      REAL              -- when the job was first seen running (placement metrics)
 );
 CREATE INDEX IF NOT EXISTS pods_job ON pods(job_id);
 """
@@ -40,6 +43,9 @@ MIGRATIONS = {
     "kill_at": "ALTER TABLE pods ADD COLUMN kill_at REAL",
     "final_at": "ALTER TABLE pods ADD COLUMN final_at REAL",
     "pulls": "ALTER TABLE pods ADD COLUMN pulls TEXT",
+    "cluster": "ALTER TABLE pods ADD COLUMN cluster TEXT NOT NULL DEFAULT 'default'",
+    "placement": "ALTER TABLE pods ADD COLUMN placement TEXT",
+    "started": "ALTER TABLE pods ADD COLUMN started REAL",
 }
 
 
@@ -60,6 +66,10 @@ class PodRecord:
     # Images still to pull on the submit host before the (held) job may start, as the JSON the
     # puller wrote; None when there are none.
     pulls: str | None = None
+    cluster: str = "default"
+    # The placement decision as JSON (placement.Placement.record), with several targets.
+    placement: str | None = None
+    started: float | None = None
 
     @property
     def all_containers(self) -> tuple[str, ...]:
@@ -105,9 +115,23 @@ class Store:
 
     @staticmethod
     def _record(row: sqlite3.Row | tuple[object, ...]) -> PodRecord:
-        uid, ns, name, pod_dir, job_id, containers, created, deleted, state, reason, kill, pulls = (
-            row
-        )
+        (
+            uid,
+            ns,
+            name,
+            pod_dir,
+            job_id,
+            containers,
+            created,
+            deleted,
+            state,
+            reason,
+            kill,
+            pulls,
+            cluster,
+            placement,
+            started,
+        ) = row
         names = json.loads(str(containers))
         return PodRecord(
             uid=str(uid),
@@ -123,11 +147,14 @@ class Store:
             final_reason=None if reason is None else str(reason),
             kill_at=None if kill is None else float(kill),  # type: ignore[arg-type]
             pulls=None if pulls is None else str(pulls),
+            cluster=str(cluster),
+            placement=None if placement is None else str(placement),
+            started=None if started is None else float(started),  # type: ignore[arg-type]
         )
 
     _SELECT = (
         "SELECT uid, namespace, name, pod_dir, job_id, containers, created, deleted,"
-        " final_state, final_reason, kill_at, pulls FROM pods"
+        " final_state, final_reason, kill_at, pulls, cluster, placement, started FROM pods"
     )
 
     def get(self, uid: str) -> PodRecord | None:
@@ -157,13 +184,16 @@ class Store:
         init_containers: Sequence[str],
         containers: Sequence[str],
         pulls: str | None = None,
+        cluster: str = "default",
+        placement: str | None = None,
     ) -> None:
         names = json.dumps({"init": list(init_containers), "main": list(containers)})
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO pods (uid, namespace, name, pod_dir, job_id, containers,"
-                " created, deleted, pulls) VALUES (?, ?, ?, ?, NULL, ?, ?, NULL, ?)",
-                (uid, namespace, name, pod_dir, names, time.time(), pulls),
+                " created, deleted, pulls, cluster, placement)"
+                " VALUES (?, ?, ?, ?, NULL, ?, ?, NULL, ?, ?, ?)",
+                (uid, namespace, name, pod_dir, names, time.time(), pulls, cluster, placement),
             )
 
     def set_job(self, uid: str, job_id: str) -> None:
@@ -193,26 +223,35 @@ class Store:
                 "UPDATE pods SET deleted = COALESCE(deleted, ?) WHERE uid = ?", (time.time(), uid)
             )
 
-    def finish(self, job_states: Sequence[tuple[str, str, str]]) -> None:
-        """Record the final Slurm state of jobs that ended: (job id, state, reason)."""
+    def finish(self, cluster: str, job_states: Sequence[tuple[str, str, str]]) -> None:
+        """Record the final Slurm state of jobs of a cluster that ended: (job id, state,
+        reason)."""
         with self._tx() as db:
             db.executemany(
                 "UPDATE pods SET final_state = ?, final_reason = ?, kill_at = NULL,"
-                " final_at = COALESCE(final_at, ?) WHERE job_id = ?"
+                " final_at = COALESCE(final_at, ?) WHERE job_id = ? AND cluster = ?"
                 " AND (final_state IS NULL OR final_state != ?)",
                 [
-                    (state, reason, time.time(), job_id, state)
+                    (state, reason, time.time(), job_id, cluster, state)
                     for job_id, state, reason in job_states
                 ],
             )
 
-    def reopen(self, job_ids: Sequence[str]) -> None:
+    def reopen(self, cluster: str, job_ids: Sequence[str]) -> None:
         """Jobs seen to end that Slurm runs again (requeued): they are active once more."""
         with self._tx() as db:
             db.executemany(
                 "UPDATE pods SET final_state = NULL, final_reason = NULL, final_at = NULL"
-                " WHERE job_id = ?",
-                [(j,) for j in job_ids],
+                " WHERE job_id = ? AND cluster = ?",
+                [(j, cluster) for j in job_ids],
+            )
+
+    def mark_started(self, uids: Sequence[str], when: float) -> None:
+        """Pods whose job was seen running for the first time."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE pods SET started = COALESCE(started, ?) WHERE uid = ?",
+                [(when, uid) for uid in uids],
             )
 
     def set_kill_at(self, uid: str, when: float | None) -> None:

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from interlink_slurm.config import ConfigError, Settings
+from interlink_slurm.config import DEFAULT_CLUSTER, ConfigError, Settings
 from interlink_slurm.slurm.cli import CliScheduler
 from interlink_slurm.slurm.scheduler import Scheduler
 from interlink_slurm.slurm.transport import LocalTransport, Transport
@@ -34,7 +34,7 @@ def build_scheduler(settings: Settings, transport: Transport) -> Scheduler:
         from interlink_slurm.slurm.rest import RestScheduler
 
         assert settings.rest is not None  # checked by Settings
-        return RestScheduler(settings.rest, transport)
+        return RestScheduler(settings.rest, transport, sbatch=settings.slurm_command("sbatch"))
     if settings.scheduler == "pyslurm":
         from interlink_slurm.slurm.pyslurm_scheduler import PyslurmScheduler
 
@@ -43,7 +43,7 @@ def build_scheduler(settings: Settings, transport: Transport) -> Scheduler:
                 "scheduler: pyslurm calls Slurm from this process, which must then run on a "
                 "login node: use it with transport: local"
             )
-        return PyslurmScheduler(transport)
+        return PyslurmScheduler(transport, sbatch=settings.slurm_command("sbatch"))
     return CliScheduler(
         transport,
         timeout=settings.command_timeout,
@@ -56,6 +56,16 @@ def build(settings: Settings) -> tuple[Transport, Scheduler]:
     opened on first use. Raises ConfigError, or SchedulerError when pyslurm is missing."""
     transport = build_transport(settings)
     return transport, build_scheduler(settings, transport)
+
+
+def build_clusters(settings: Settings) -> dict[str, tuple[Transport, Scheduler]]:
+    """The transport and scheduler of every cluster pods can go to (``cluster_names``), the
+    default one first and always. Nothing is contacted yet."""
+    out = {DEFAULT_CLUSTER: build(settings)}
+    for name in settings.cluster_names:
+        if name != DEFAULT_CLUSTER:
+            out[name] = build(settings.for_cluster(name))
+    return out
 
 
 def close(transport: Transport) -> None:
@@ -81,3 +91,11 @@ def describe(settings: Settings) -> str:
     if settings.scheduler == "rest" and settings.rest is not None:
         how = f"slurmrestd {settings.rest.url} ({settings.rest.api_version})"
     return f"transport {settings.transport} ({where}), scheduler {settings.scheduler} ({how})"
+
+
+def describe_all(settings: Settings) -> str:
+    """How each cluster pods can go to is reached, for logs and doctor."""
+    names = settings.cluster_names
+    if names == [DEFAULT_CLUSTER]:
+        return describe(settings)
+    return "; ".join(f"cluster {n}: {describe(settings.for_cluster(n))}" for n in names)

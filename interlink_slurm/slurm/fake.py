@@ -5,10 +5,12 @@ Jobs are submitted into a dict; ``fail_next`` scripts the errors the next calls 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo
+from interlink_slurm.slurm.scheduler import ClusterResources, Estimate, JobInfo
 
 
 @dataclass
@@ -24,6 +26,9 @@ class FakeScheduler:
     next_id: int = 1000
     signals: list[tuple[str, str]] = field(default_factory=list)
     accounting: dict[str, JobInfo] = field(default_factory=dict)  # what sacct would say
+    # Partition ("" for none given) → seconds from now its jobs start; missing: now.
+    starts: dict[str, float] = field(default_factory=dict)
+    estimate_delay: float = 0.0  # seconds each estimate takes to answer
 
     def _enter(self, method: str) -> None:
         self.calls.append(method)
@@ -82,3 +87,13 @@ class FakeScheduler:
 
     async def ping(self) -> None:
         self._enter("ping")
+
+    async def estimate(self, directives: Sequence[str], timeout: float) -> Estimate:
+        self._enter("estimate")
+        await asyncio.sleep(self.estimate_delay)
+        partitions = [d.split("=", 1)[1] for d in directives if d.startswith("--partition=")]
+        partition = partitions[-1] if partitions else ""  # the last one given wins, as in sbatch
+        return Estimate(
+            start=time.time() + self.starts.get(partition, 0.0),
+            detail=f"using 1 processors on nodes fake in partition {partition or 'default'}",
+        )

@@ -18,8 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
-from interlink_slurm.slurm.cli import INVALID_JOB, UNREACHABLE, UNUSABLE_NODE_STATES, parse_gres
-from interlink_slurm.slurm.scheduler import ClusterResources, FromJobListing, JobInfo
+from interlink_slurm.slurm.cli import (
+    INVALID_JOB,
+    UNREACHABLE,
+    UNUSABLE_NODE_STATES,
+    estimate_with_sbatch,
+    parse_gres,
+)
+from interlink_slurm.slurm.scheduler import ClusterResources, Estimate, FromJobListing, JobInfo
 from interlink_slurm.slurm.transport import Transport
 
 T = TypeVar("T")
@@ -38,11 +44,14 @@ def load_pyslurm() -> Any:
 
 
 class PyslurmScheduler(FromJobListing):
-    """Implements the Scheduler protocol (see scheduler.py) with pyslurm."""
+    """Implements the Scheduler protocol (see scheduler.py) with pyslurm; start estimates run
+    ``sbatch --test-only`` through the transport (``sbatch``: the command's path), as every
+    scheduler's do."""
 
-    def __init__(self, transport: Transport, *, module: Any = None) -> None:
+    def __init__(self, transport: Transport, *, module: Any = None, sbatch: str = "sbatch") -> None:
         self._transport = transport
         self._py = module if module is not None else load_pyslurm()
+        self._sbatch = sbatch
 
     async def _call(self, what: str, fn: Callable[[], T], *, submitting: bool = False) -> T:
         try:
@@ -135,3 +144,6 @@ class PyslurmScheduler(FromJobListing):
     async def ping(self) -> None:
         # Any successful call to slurmctld proves it answers.
         await self._call("asking slurmctld", lambda: self._py.Nodes.load())
+
+    async def estimate(self, directives: Sequence[str], timeout: float) -> Estimate:
+        return await estimate_with_sbatch(self._transport, self._sbatch, directives, timeout)

@@ -12,6 +12,10 @@ and flags as lists, GRES as ``tres_per_node``, the environment as ``NAME=value``
 Errors are sorted once, in ``_answer``: slurmrestd or slurmctld out of reach →
 ``SchedulerUnavailable`` (503); Slurm refusing a job → ``SubmitRejected`` (422); anything else →
 ``SchedulerError`` (502). Every message names slurmrestd and what Slurm said.
+
+slurmrestd has no will-run endpoint (v0.0.38 serves none), so start estimates run Slurm's
+``sbatch --test-only`` through the transport: they need sbatch on the transport's host, and
+they are made as the transport's user.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from interlink_slurm.slurm.cli import (
     INVALID_JOB,
     UNREACHABLE,
     UNUSABLE_NODE_STATES,
+    estimate_with_sbatch,
     parse_gres,
 )
 from interlink_slurm.slurm.remote_settings import RestSettings
-from interlink_slurm.slurm.scheduler import ClusterResources, FromJobListing, JobInfo
+from interlink_slurm.slurm.scheduler import ClusterResources, Estimate, FromJobListing, JobInfo
 from interlink_slurm.slurm.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -503,11 +508,16 @@ def _ping_up(answer: Mapping[str, Any]) -> bool:
 
 
 class RestScheduler(FromJobListing):
-    """Implements the Scheduler protocol (see scheduler.py) against slurmrestd."""
+    """Implements the Scheduler protocol (see scheduler.py) against slurmrestd. Start estimates
+    run ``sbatch --test-only`` (``sbatch``: the command's path) through the transport, as
+    slurmrestd has no will-run endpoint: sbatch must be on the transport's host."""
 
-    def __init__(self, settings: RestSettings, transport: Transport) -> None:
+    def __init__(
+        self, settings: RestSettings, transport: Transport, *, sbatch: str = "sbatch"
+    ) -> None:
         self._s = settings
         self._transport = transport  # where the job scripts are read
+        self._sbatch = sbatch
         self._client: httpx.AsyncClient | None = None
         self._token: tuple[tuple[int, int, int], str] | None = None
 
@@ -776,6 +786,9 @@ class RestScheduler(FromJobListing):
         if not _ping_up(answer):
             pings = answer.get("pings") or []
             raise SchedulerUnavailable(f"Slurm controller is not up ({self.where}: {pings})")
+
+    async def estimate(self, directives: Sequence[str], timeout: float) -> Estimate:
+        return await estimate_with_sbatch(self._transport, self._sbatch, directives, timeout)
 
 
 def _error_text(error: Mapping[str, Any]) -> str:

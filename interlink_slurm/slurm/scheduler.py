@@ -1,4 +1,4 @@
-"""The one seam to Slurm: submit, cancel, query many jobs, cluster resources."""
+"""The one seam to Slurm: submit, cancel, query many jobs, cluster resources, start estimates."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ class ClusterResources:
     memory_mb: int
     gpus: dict[str, int] = field(default_factory=dict)  # gres type ("a100", "" untyped) → count
     nodes: int = 0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    start: float  # epoch seconds (UTC) when Slurm expects the job to start
+    detail: str  # Slurm's own words after the time, e.g. "using 2 processors on nodes vm in ..."
 
 
 class Scheduler(Protocol):
@@ -60,6 +66,13 @@ class Scheduler(Protocol):
 
     async def ping(self) -> None:
         """Return when the controller answers; raise SchedulerUnavailable otherwise."""
+        ...
+
+    async def estimate(self, directives: Sequence[str], timeout: float) -> Estimate:
+        """When Slurm expects a job with these sbatch options to start, without submitting it
+        (sbatch --test-only). Raises SubmitRejected when Slurm says it would refuse or could never
+        run such a job there (its message), SchedulerUnavailable when Slurm cannot be reached or the
+        answer did not come within ``timeout`` seconds, SchedulerError for anything else."""
         ...
 
 

@@ -36,6 +36,7 @@ WSTUNNEL = "interlink.eu/wstunnel-client-commands"
 NODES = "interlink-slurm/nodes"
 TASKS_PER_NODE = "interlink-slurm/tasks-per-node"
 MPI_LAUNCHER = "interlink-slurm/mpi-launcher"
+TARGETS = "interlink-slurm/targets"  # placement: the targets a pod may go to, comma-separated
 
 USER_SHELL_ANNOTATIONS = (PRE_EXEC, WSTUNNEL)
 APPTAINER_LIKE = frozenset({"apptainer", "singularity"})

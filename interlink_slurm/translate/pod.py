@@ -32,7 +32,7 @@ from interlink_slurm.translate.runtimes import (
     host_heeded,
     local_images_only,
 )
-from interlink_slurm.translate.site import partitions_of, site_for, slurm_seconds
+from interlink_slurm.translate.site import Target, partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import lay_out_volumes
 from interlink_slurm.wire import Container, RetrievedPodData
 
@@ -202,14 +202,28 @@ def _user_directives(
     return flags
 
 
-def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobPlan:
+def build_plan(
+    data: RetrievedPodData,
+    settings: Settings,
+    pod_dir: str,
+    target: Target | None = None,
+    target_name: str = "",
+) -> JobPlan:
+    """The job of a pod; on ``target`` (placement) when given, which then wins over the
+    profile's and top-level keys."""
     pod = data.pod
     meta = pod.metadata
     notes = meta.annotations
     wants_gpus = pod_resources(pod.spec, 1, 1).gpus > 0
-    site = site_for(settings, notes, meta.namespace, wants_gpus)
+    site = site_for(settings, notes, meta.namespace, wants_gpus, target)
     mpi = ann.mpi(notes)
     res = pod_resources(pod.spec, site.default_cpus, site.default_memory_mb)
+    # Named in the messages of what this target or flavor does not allow.
+    where = ", ".join(
+        f"{kind} {name}"
+        for kind, name in (("target", target_name), ("flavor", site.profile))
+        if name
+    )
     directives = [
         f"--job-name={meta.name}",
         f"--comment={JOB_COMMENT_PREFIX}{meta.uid}",
@@ -227,7 +241,7 @@ def build_plan(data: RetrievedPodData, settings: Settings, pod_dir: str) -> JobP
             max_memory_mb=site.max_memory_mb,
             default_time=site.default_time,
             max_time=site.max_time,
-            profile=site.profile,
+            where=where,
         ),
     ]
     if site.account:

@@ -120,17 +120,22 @@ def resource_directives(
     max_memory_mb: int | None = None,
     default_time: int | None = None,
     max_time: int | None = None,
-    profile: str | None = None,
+    where: str = "",
 ) -> list[str]:
     """The pod's resources as sbatch options. A pod's resources are the whole job's: over
     several nodes (``nodes``), memory and GPUs are split evenly per node and CPUs per task."""
-    where = f" (flavor {profile})" if profile else ""
+    where = f" ({where})" if where else ""
     if res.gpus and res.gpus % nodes:
         raise PodRejected(
             f"spec.containers.resources.limits.{GPU_RESOURCE}",
             f"{res.gpus} GPUs cannot be split evenly over {nodes} nodes",
         )
     gpus_node = res.gpus // nodes
+    if gpus_per_node == 0 and gpus_node:
+        raise PodRejected(
+            f"spec.containers.resources.limits.{GPU_RESOURCE}",
+            f"{res.gpus} GPUs asked, but the nodes here have none{where}",
+        )
     if gpus_per_node is not None and gpus_node > gpus_per_node:
         hint = (
             f"ask for at most {gpus_per_node}, or spread the pod over "

@@ -13,17 +13,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate.quantity import mebibytes
+from interlink_slurm.wire import Taint
 
 if TYPE_CHECKING:
     from interlink_slurm.config import Settings
 
-T = TypeVar("T")
 SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -113,6 +113,40 @@ class Profile(BaseModel):
         return check_time(v)
 
 
+class Target(Profile):
+    """One place pods can be sent to (placement): a partition of a cluster, with what it can
+    serve. Every Profile key may be given (what the target sets wins over the profile's and the
+    top level's); ``match`` says which pods it serves (gpu, cpu, any: the default)."""
+
+    cluster: str | None = Field(
+        None, description="a key of clusters; default: the top-level transport and scheduler"
+    )
+    gpus_per_node: int | None = Field(None, ge=0, description="GPUs of one node; 0: none")
+    namespaces: list[str] | None = Field(
+        None, description="Kubernetes namespaces whose pods may go here; default: all"
+    )
+    accounts: list[str] | None = Field(
+        None, description="Slurm accounts a pod may be charged to here; default: any"
+    )
+    labels: dict[str, str] = Field(
+        {}, description="labels the pods' nodeSelector and node affinity are matched against"
+    )
+    taints: list[Taint] = Field([], description="taints a pod must tolerate to go here")
+    weight: float = Field(
+        1.0, ge=0, description="multiplies the predicted wait when targets are compared"
+    )
+    penalty_seconds: float = Field(
+        0.0, ge=0, description="added to the predicted wait when targets are compared"
+    )
+
+    @field_validator("accounts")
+    @classmethod
+    def _accounts(cls, v: list[str] | None) -> list[str] | None:
+        for name in v or []:
+            slurm_name(name)
+        return v
+
+
 @dataclass(frozen=True)
 class Site:
     """What applies to one pod: the top-level configuration with its profile laid over it."""
@@ -139,13 +173,14 @@ def _matching(profiles: Mapping[str, Profile], wants_gpus: bool) -> str | None:
     return None
 
 
-def _pick(own: T | None, top: T | None) -> T | None:
-    return own if own is not None else top
-
-
 def site_for(
-    settings: Settings, annotations: Mapping[str, str], namespace: str, wants_gpus: bool
+    settings: Settings,
+    annotations: Mapping[str, str],
+    namespace: str,
+    wants_gpus: bool,
+    target: Target | None = None,
 ) -> Site:
+    """What applies to a pod: the top level, its profile over it, the target over both."""
     from interlink_slurm.translate.annotations import FLAVOR
 
     profiles = settings.profiles
@@ -159,26 +194,35 @@ def site_for(
     else:
         name = _matching(profiles, wants_gpus)
     p = profiles[name] if name is not None else Profile()
+    t = target or Target()
+
+    def pick(key: str, top: Any) -> Any:
+        # The target's value, else the profile's, else the top level's.
+        for layer in (t, p):
+            value = getattr(layer, key)
+            if value is not None:
+                return value
+        return top
 
     top_partition = (settings.gpu_partition or settings.partition) if wants_gpus else None
-    default_memory = _pick(p.default_memory, settings.default_memory)
-    max_memory = _pick(p.max_memory, settings.max_memory)
-    default_time = p.default_time if p.default_time is not None else settings.default_time
-    max_time = p.max_time if p.max_time is not None else settings.max_time
+    default_memory = pick("default_memory", settings.default_memory)
+    max_memory = pick("max_memory", settings.max_memory)
+    default_time = pick("default_time", settings.default_time)
+    max_time = pick("max_time", settings.max_time)
     return Site(
         profile=name,
-        partition=_pick(p.partition, top_partition or settings.partition),
-        gpu_type=_pick(p.gpu_type, settings.gpu_type),
-        gpus_per_node=_pick(p.gpus_per_node, settings.gpus_per_node),
-        default_cpus=p.default_cpus or settings.default_cpus,
+        partition=pick("partition", top_partition or settings.partition),
+        gpu_type=pick("gpu_type", settings.gpu_type),
+        gpus_per_node=pick("gpus_per_node", settings.gpus_per_node),
+        default_cpus=pick("default_cpus", settings.default_cpus) or settings.default_cpus,
         default_memory_mb=mebibytes(default_memory or settings.default_memory),
-        max_cpus=_pick(p.max_cpus, settings.max_cpus),
+        max_cpus=pick("max_cpus", settings.max_cpus),
         max_memory_mb=mebibytes(max_memory) if max_memory is not None else None,
         default_time=slurm_seconds(default_time) if default_time is not None else None,
         max_time=slurm_seconds(max_time) if max_time is not None else None,
-        account=settings.namespace_accounts.get(namespace) or _pick(p.account, settings.account),
-        qos=_pick(p.qos, settings.qos),
-        sbatch_extra=(*settings.sbatch_extra, *p.sbatch_extra),
+        account=settings.namespace_accounts.get(namespace) or pick("account", settings.account),
+        qos=pick("qos", settings.qos),
+        sbatch_extra=(*settings.sbatch_extra, *p.sbatch_extra, *t.sbatch_extra),
     )
 
 
@@ -186,4 +230,5 @@ def partitions_of(settings: Settings) -> set[str]:
     """Every partition the configuration names (what pods may ask by default)."""
     parts = {settings.partition, settings.gpu_partition}
     parts |= {p.partition for p in settings.profiles.values()}
+    parts |= {t.partition for t in settings.targets.values()}
     return {p for p in parts if p}
