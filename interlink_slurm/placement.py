@@ -70,7 +70,7 @@ class Placement:
             if c.rejected is not None:
                 what = f"ruled out: {c.rejected}"
             elif isinstance(est, Estimate):
-                what = f"expected start {_when(est.start, self.decided_at)} ({est.detail})"
+                what = f"expected start {_when(est.start, self.decided_at)}: {est.detail}"
             elif est is not None:
                 what = f"no estimate: {est}"
             else:
@@ -88,7 +88,7 @@ def describe(record: Mapping[str, Any], now: float) -> str:
     if basis == ONLY:
         return f"placed on {where}, the only target that can run it"
     if basis == ORDER:
-        return f"placed on {where} in the configured order: no target gave a start estimate"
+        return f"placed on {where} in the configured order (no start estimate)"
     decided = record.get("decided_at") or now
     when = _when(start, decided) if isinstance(start, int | float) else "unknown"
     return f"placed on {where}, where Slurm expected it to start soonest: {when}"

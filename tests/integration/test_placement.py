@@ -8,6 +8,7 @@ Partitions are filled with real running jobs; where a pod went is read back from
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import yaml
 from tests import podgen
 from tests.integration.conftest import (
     CLUSTER,
+    EXE,
     Plugin,
     all_terminated,
     cluster_env,
@@ -133,6 +135,22 @@ def test_a_pod_goes_where_slurm_expects_it_to_start_soonest(
         p.wait_for(first["pod"], all_terminated)
         with boost_limited_to(cluster, 2), filled(cluster, "--partition=boost_usr_prod", "-c2"):
             moved = cpu_pod("soon-moved")
+            # render shows what create then does, with Slurm's estimates.
+            pod_file = tmp_path / "moved.json"
+            pod_file.write_text(json.dumps(moved))
+            rendered = subprocess.run(
+                [EXE, "render", str(pod_file), "--config", str(p.config_path)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            lines = rendered.split("# Placement:\n", 1)[1]
+            assert "* target dcgp (partition dcgp_usr_prod): expected start" in lines
+            assert "using 1 processors on nodes vm in partition dcgp_usr_prod" in lines
+            booster = next(line for line in lines.splitlines() if "- target booster " in line)
+            assert f"(after {FILL_MINUTES - 1} min)" in booster or (
+                f"(after {FILL_MINUTES} min)" in booster
+            )
             assert job_partition(cluster, p.create_ok(moved)) == "dcgp_usr_prod"
             p.wait_for(moved["pod"], all_terminated)
             assert p.logs(moved["pod"], "main").text == "ran\n"
@@ -198,9 +216,7 @@ def test_without_estimates_the_configured_order_decides(
             job = p.create_ok(two)
             assert job_partition(cluster, job) == "boost_usr_prod"  # full, but first
             status = p.wait_for(two["pod"], lambda s: "placed on" in waiting_message(s))
-            assert "in the configured order: no target gave a start estimate" in (
-                waiting_message(status)
-            )
+            assert "in the configured order (no start estimate)" in (waiting_message(status))
             assert p.delete(two["pod"]).status_code == 200
     finally:
         p.stop()

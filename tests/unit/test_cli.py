@@ -105,3 +105,39 @@ def test_render_says_what_is_wrong_with_the_file(
     assert r.exit_code == 2
     assert said in r.output
     assert "Traceback" not in r.output
+
+
+def test_render_shows_where_a_pod_would_go_and_why(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_root": "/data/interlink",
+                "targets": {
+                    "booster": {"partition": "boost_usr_prod", "gpus_per_node": 4},
+                    "dcgp": {"partition": "dcgp_usr_prod", "gpus_per_node": 0},
+                },
+            }
+        )
+    )
+    limits = {"limits": {"nvidia.com/gpu": "2"}}
+    pod = podgen.pod("gpu", [podgen.container("main", "print(1)", resources=limits)])
+    f = tmp_path / "pod.json"
+    f.write_text(json.dumps(podgen.retrieved(pod)))
+    r = runner.invoke(app, ["render", str(f), "--config", str(config), "--no-estimate"])
+    assert r.exit_code == 0, r.output
+    assert "#SBATCH --partition=boost_usr_prod" in r.stdout
+    placement = r.stdout.split("# Placement:\n", 1)[1].splitlines()
+    assert placement == [
+        "#   placed on target booster (partition boost_usr_prod), the only target that can run it",
+        "#   * target booster (partition boost_usr_prod): can run it",
+        "#   - target dcgp (partition dcgp_usr_prod): ruled out: "
+        "spec.containers.resources.limits.nvidia.com/gpu: 2 GPUs asked, "
+        "but the nodes here have none (target dcgp)",
+    ]
+
+    pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "8"
+    f.write_text(json.dumps(podgen.retrieved(pod)))
+    r = runner.invoke(app, ["render", str(f), "--config", str(config), "--no-estimate"])
+    assert r.exit_code == 1
+    assert "no target here can run this pod (target booster: " in r.output
