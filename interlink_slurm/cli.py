@@ -279,39 +279,51 @@ def _placement(settings: Settings, data: Any, estimate: bool) -> Any:
 def doctor(config: ConfigOption = None) -> None:
     """Check the way to Slurm end to end (connection, controller, data root, runtime,
     partitions, GPU type) and say how to fix what is wrong; exit 1 when something is."""
-    import asyncio
-
-    from interlink_slurm.slurm.doctor import Check, diagnose
+    from interlink_slurm.slurm.doctor import Check
 
     settings = _settings(config)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # its errors are reported below
-    typer.echo(f"interlink-slurm doctor: {factory.describe(settings)}")
+    checks: list[Check] = []
+    for name in settings.cluster_names:
+        own = settings.for_cluster(name)
+        where = f"cluster {name}: " if settings.cluster_names != [DEFAULT_CLUSTER] else ""
+        typer.echo(f"interlink-slurm doctor: {where}{factory.describe(own)}")
+        found = _diagnose(own, name)
+        for check in found:
+            typer.echo(f"  {check.label:<4}  {check.name:<15} {check.detail}")
+            if check.fix:
+                typer.echo(f"  {'':<4}  {'':<15} fix: {check.fix}")
+        checks += found
+    failed = sum(not c.ok and not c.skipped for c in checks)
+    if failed:
+        typer.echo(f"{failed} problem(s) found")
+        raise typer.Exit(1)
+    typer.echo("all checks passed")
+
+
+def _diagnose(settings: Settings, cluster: str) -> list[Any]:
+    """doctor's checks of one cluster (``settings`` as seen from it)."""
+    import asyncio
+
+    from interlink_slurm.slurm.doctor import diagnose
+
     try:
         transport, scheduler = factory.build(settings)
     except (ConfigError, PluginError) as err:
         typer.echo(f"  FAIL  {'configuration':<15} {err}")
         raise typer.Exit(1) from err
 
-    async def run() -> list[Check]:
+    async def run() -> list[Any]:
         try:
-            return await diagnose(settings, transport, scheduler)
+            return await diagnose(settings, transport, scheduler, cluster)
         finally:
             await factory.aclose(scheduler)
 
     try:
-        checks = asyncio.run(run())
+        return asyncio.run(run())
     finally:
         factory.close(transport)
-    for check in checks:
-        typer.echo(f"  {check.label:<4}  {check.name:<15} {check.detail}")
-        if check.fix:
-            typer.echo(f"  {'':<4}  {'':<15} fix: {check.fix}")
-    failed = sum(not c.ok and not c.skipped for c in checks)
-    if failed:
-        typer.echo(f"{failed} problem(s) found")
-        raise typer.Exit(1)
-    typer.echo("all checks passed")
 
 
 @app.command()

@@ -14,7 +14,7 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from interlink_slurm.config import Settings
+from interlink_slurm.config import DEFAULT_CLUSTER, Settings
 from interlink_slurm.errors import PluginError
 from interlink_slurm.slurm.factory import SLURM_COMMANDS
 from interlink_slurm.slurm.scheduler import ClusterResources, Scheduler
@@ -37,10 +37,18 @@ class Check:
 
 
 class Doctor:
-    def __init__(self, settings: Settings, transport: Transport, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        scheduler: Scheduler,
+        cluster: str = DEFAULT_CLUSTER,
+    ) -> None:
+        """``settings`` as seen from ``cluster`` (Settings.for_cluster)."""
         self.settings = settings
         self.transport = transport
         self.scheduler = scheduler
+        self.cluster = cluster
         self.checks: list[Check] = []
 
     def _add(self, name: str, ok: bool, detail: str, fix: str = "") -> bool:
@@ -234,7 +242,8 @@ class Doctor:
             return str(err)
 
     async def check_partitions(self) -> None:
-        """Every partition and GPU type the configuration names, site profiles included."""
+        """Every partition and GPU type the configuration names for this cluster: on the
+        default one the top-level keys' and the site profiles', and each target's on its own."""
         s = self.settings
         seen: dict[str | None, ClusterResources | str] = {}
 
@@ -243,18 +252,29 @@ class Doctor:
                 seen[partition] = await self._resources(partition)
             return seen[partition]
 
-        partitions: list[tuple[str, str | None]] = [("partition", s.partition)]
-        if s.gpu_partition is not None:
-            partitions.append(("gpu_partition", s.gpu_partition))
+        partitions: list[tuple[str, str | None]] = []
         gpu_types: list[tuple[str, str, str | None]] = []
-        if s.gpu_type:
-            gpu_types.append(("gpu_type", s.gpu_type, s.gpu_partition or s.partition))
-        for name, profile in sorted(s.profiles.items()):
+        if self.cluster == DEFAULT_CLUSTER:
+            partitions.append(("partition", s.partition))
+            if s.gpu_partition is not None:
+                partitions.append(("gpu_partition", s.gpu_partition))
+            if s.gpu_type:
+                gpu_types.append(("gpu_type", s.gpu_type, s.gpu_partition or s.partition))
+        layers = [] if self.cluster != DEFAULT_CLUSTER else sorted(s.profiles.items())
+        for name, profile in layers:
             if profile.partition is not None:
                 partitions.append((f"profiles.{name}.partition", profile.partition))
             if profile.gpu_type:
                 where = profile.partition or s.gpu_partition or s.partition
                 gpu_types.append((f"profiles.{name}.gpu_type", profile.gpu_type, where))
+        for name, target in s.targets.items():
+            if (target.cluster or DEFAULT_CLUSTER) != self.cluster:
+                continue
+            if target.partition is not None:
+                partitions.append((f"targets.{name}.partition", target.partition))
+            if target.gpu_type:
+                where = target.partition or s.gpu_partition or s.partition
+                gpu_types.append((f"targets.{name}.gpu_type", target.gpu_type, where))
 
         for key, partition in partitions:
             res = await resources(partition)
@@ -296,5 +316,7 @@ class Doctor:
                 )
 
 
-async def diagnose(settings: Settings, transport: Transport, scheduler: Scheduler) -> list[Check]:
-    return await Doctor(settings, transport, scheduler).run()
+async def diagnose(
+    settings: Settings, transport: Transport, scheduler: Scheduler, cluster: str = DEFAULT_CLUSTER
+) -> list[Check]:
+    return await Doctor(settings, transport, scheduler, cluster).run()

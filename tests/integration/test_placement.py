@@ -280,6 +280,12 @@ def test_a_pod_goes_to_the_other_cluster_when_this_ones_gpus_are_busy(
         targets={"here": BOOSTER, "there": {**BOOSTER, "cluster": "far"}},
     )
     try:
+        # doctor checks each cluster with its own transport, and each target where it is.
+        doctor = p.doctor(timeout=60)
+        assert doctor.returncode == 0, doctor.stdout
+        assert "doctor: cluster far: transport local" in doctor.stdout
+        assert "targets.there.partition boost_usr_prod: 1 node(s)" in doctor.stdout
+        assert "targets.here.gpu_type gpu:a100 x4" in doctor.stdout
         # The node's capacity is both clusters'.
         ping = p.status([]).json()
         assert ping["resources"]["cpu"] == "64"

@@ -85,3 +85,26 @@ def test_doctor_checks_the_profiles_partitions_and_gpu_types(tmp_path: Path) -> 
     assert "nope: no usable node" in failed["profiles.serial.partition"].detail
     assert "set profiles.serial.partition to a partition" in failed["profiles.serial.partition"].fix
     assert "no GRES gpu:h100 in partition nope" in failed["profiles.serial.gpu_type"].detail
+
+
+def test_doctor_checks_each_targets_partition_on_its_own_cluster(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        data_root=str(tmp_path),
+        partition="dcgp_usr_prod",
+        clusters={"far": {"data_root": str(tmp_path / "far")}},
+        targets={
+            "here": {"partition": "dcgp_usr_prod"},
+            "there": {"partition": "boost_usr_prod", "gpu_type": "h100", "cluster": "far"},
+        },
+    )
+    far = Doctor(settings.for_cluster("far"), LocalTransport(), PerPartition(), "far")
+    asyncio.run(far.check_partitions())
+    # Only the far cluster's target: the top-level partition is the default cluster's.
+    assert {c.name: c.ok for c in far.checks} == {
+        "targets.there.partition": True,
+        "targets.there.gpu_type": False,
+    }
+    here = Doctor(settings, LocalTransport(), PerPartition())
+    asyncio.run(here.check_partitions())
+    assert [c.name for c in here.checks] == ["partition", "targets.here.partition"]
