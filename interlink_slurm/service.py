@@ -607,6 +607,8 @@ class Service:
         by hand meanwhile)."""
         if rec.pulls is None or rec.deleted is not None or rec.final_state is not None:
             return False
+        if rec.cluster not in self.clusters:
+            return False  # no puller to ask: its files say what they can
         assert rec.job_id is not None
         job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
         return job is None or base_state(job) == "PENDING"

@@ -413,3 +413,25 @@ def test_an_outage_of_one_cluster_leaves_the_other_fresh(
         assert "Slurm does not answer" not in str(status.model_dump())
 
     asyncio.run(scenario())
+
+
+def test_a_pod_on_a_cluster_no_longer_configured_still_gets_an_answer(
+    two: tuple[Service, FakeScheduler, FakeScheduler], tmp_path: Path
+) -> None:
+    service, here, _ = two
+    here.starts = {"dcgp_usr_prod": 7200.0}
+    data = pod()
+    asyncio.run(service.create(data))
+    assert service.store.get(data.pod.uid).cluster == "far"  # type: ignore[union-attr]
+    # The operator removes the far cluster and restarts.
+    s = settings(tmp_path, {"here": DCGP})
+    again = Service(s, here, LocalTransport(), service.store)
+
+    async def scenario() -> None:
+        await again.refresh()
+        [status] = await again.status([data.pod])
+        assert status.containers[0].state.waiting is not None
+        with pytest.raises(SchedulerUnavailable, match="cluster 'far', which is no longer"):
+            await again.delete(Pod.model_validate(data.pod.model_dump(by_alias=True)))
+
+    asyncio.run(scenario())
