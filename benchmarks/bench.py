@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.bench status --pods 100 1000 10000
     .venv/bin/python -m benchmarks.bench create --pods 500 --clients 8
     .venv/bin/python -m benchmarks.bench logs --sizes-mib 1 64 1024
+    .venv/bin/python -m benchmarks.bench placement --pods 200 --clients 8
     .venv/bin/python -m benchmarks.bench all
 
 Each part starts its own plugin on the cluster of deploy/local/cluster.sh (which it brings up)
@@ -149,6 +150,61 @@ def bench_create(cluster: dict[str, str], n: int, clients: int) -> None:
     assert len(jobs) == 50
 
 
+PLACEMENT_SETUPS: dict[str, dict[str, Any]] = {
+    "no targets": {},
+    "1 eligible target": {"targets": {"dcgp": {"partition": "dcgp_usr_prod"}}},
+    "2 eligible targets": {
+        "targets": {
+            "booster": {"partition": "boost_usr_prod"},
+            "dcgp": {"partition": "dcgp_usr_prod"},
+        }
+    },
+    "3 eligible targets": {
+        "targets": {
+            "booster": {"partition": "boost_usr_prod"},
+            "booster-b": {"partition": "boost_usr_prod", "penalty_seconds": 60},
+            "dcgp": {"partition": "dcgp_usr_prod"},
+        }
+    },
+}
+
+
+def timed_create(plugin: Plugin, pod: dict[str, Any]) -> float:
+    """One /create, in milliseconds."""
+    s = time.perf_counter()
+    r = plugin.create(podgen.retrieved(pod))
+    assert r.status_code == 200, r.text
+    return (time.perf_counter() - s) * 1000
+
+
+def bench_placement(cluster: dict[str, str], n: int, clients: int) -> None:
+    """What placement costs a create: one sbatch --test-only per eligible target, at once."""
+    print("| setup | pods | clients | /create pods/s | p50 ms | p99 ms | placed by estimate "
+          "| by order (no estimate in time) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, config in PLACEMENT_SETUPS.items():
+        with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
+            plugin = start(cluster, Path(tmp), sbatch_extra=HOLD, **config)
+            try:
+                pods = [podgen.pod(f"pl-{i}", [podgen.container("main", "print(1)")])
+                        for i in range(n)]
+
+                t0 = time.monotonic()
+                with ThreadPoolExecutor(clients) as pool:
+                    latencies = list(pool.map(timed_create, [plugin] * n, pods))
+                elapsed = time.monotonic() - t0
+                by = {basis: sum(metric(plugin, "interlink_slurm_placements_total",
+                                        f'basis="{basis}",target="{t}"')
+                                 for t in config.get("targets", {}))
+                      for basis in ("estimate", "order")}
+            finally:
+                plugin.stop()
+                cancel_all(cluster)
+        print(f"| {name} | {n} | {clients} | {n / elapsed:.1f} | {percentile(latencies, 50):.1f}"
+              f" | {percentile(latencies, 99):.1f} | {by['estimate']:.0f} | {by['order']:.0f} |",
+              flush=True)
+
+
 def fill_log(path: Path, size: int) -> None:
     line = b"x" * 99 + b"\n"
     block = line * 10_000  # ~1 MB
@@ -198,6 +254,9 @@ def main() -> None:
     lg = sub.add_parser("logs")
     lg.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 64, 1024])
     lg.add_argument("--calls", type=int, default=200)
+    pl = sub.add_parser("placement")
+    pl.add_argument("--pods", type=int, default=200)
+    pl.add_argument("--clients", type=int, default=8)
     sub.add_parser("all")
     args = parser.parse_args()
     cluster = cluster_env()
@@ -208,6 +267,8 @@ def main() -> None:
                                        getattr(args, "clients", 8)),
         "logs": lambda: bench_logs(cluster, getattr(args, "sizes_mib", [1, 64, 1024]),
                                    getattr(args, "calls", 200)),
+        "placement": lambda: bench_placement(cluster, getattr(args, "pods", 200),
+                                             getattr(args, "clients", 8)),
     }
     for name in runs if args.what == "all" else [args.what]:
         print(f"\n## {name}\n", flush=True)
