@@ -153,7 +153,7 @@ async def place(
 
 
 def _slurm_refused(err: SubmitRejected) -> PodRejected:
-    return PodRejected("spec", f"Slurm would refuse it here: {err}")
+    return PodRejected("spec", str(err))  # "Slurm would not run the job: <Slurm's words>"
 
 
 async def _estimates(
