@@ -307,11 +307,13 @@ def test_datagen_job_example_runs_its_shard(fplugin: Plugin) -> None:
 def test_liveness_restarts_a_hung_container_and_hooks_run_in_its_image(fplugin: Plugin) -> None:
     work = [{"name": "work", "mountPath": "/mnt/work"}]
     # Alive while /mnt/work/alive exists; the container removes it on its first run and hangs.
+    # postStart runs beside the container's process (as in Kubernetes): wait for its file.
     script = (
         "import os, time\n"
         "first = not os.path.exists('/mnt/work/started-once')\n"
         "open('/mnt/work/started-once', 'a').close()\n"
         "print('first run' if first else 'second run', flush=True)\n"
+        "while first and not os.path.exists('/mnt/work/alive'): time.sleep(0.05)\n"
         "if first: os.remove('/mnt/work/alive')\n"
         "time.sleep(300)\n"
     )
