@@ -221,8 +221,11 @@ class Service:
                 raise
             except Exception:
                 log.exception("status refresh failed")
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+            # arrives as the wake-up does, and stop() then waits for this loop forever.
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
                 # Woken early (a new pod): still leave Slurm a breath between two queries.
                 await asyncio.sleep(
                     max(0.0, MIN_REFRESH_GAP_SECONDS - (time.monotonic() - started))
