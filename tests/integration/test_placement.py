@@ -24,6 +24,7 @@ from tests import podgen
 from tests.integration.conftest import (
     CLUSTER,
     EXE,
+    LoginNode,
     Plugin,
     all_terminated,
     cluster_env,
@@ -269,21 +270,34 @@ def second_cluster() -> Iterator[dict[str, str]]:
         subprocess.run([str(CLUSTER), "down"], check=False, stdout=sys.stderr, env=env)
 
 
+@pytest.mark.parametrize("far_transport", ["local", "ssh"])
 def test_a_pod_goes_to_the_other_cluster_when_this_ones_gpus_are_busy(
-    tmp_path: Path, cluster: dict[str, str], second_cluster: dict[str, str]
+    tmp_path: Path,
+    cluster: dict[str, str],
+    second_cluster: dict[str, str],
+    far_transport: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    far_root = tmp_path / "far-data"
+    far: dict[str, Any] = {"slurm_conf": second_cluster["SLURM_CONF"]}
+    user = "root"
+    if far_transport == "ssh":
+        # The other centre is reached over SSH, as its own user, with its own data root.
+        node: LoginNode = request.getfixturevalue("login_node")
+        user = node.user
+        far |= {"transport": "ssh", "ssh": node.ssh_settings()}
+    far_root = user_dir(user, "far-data")
+    far["data_root"] = str(far_root)
     p = placed(
         tmp_path,
         cluster,
-        clusters={"far": {"slurm_conf": second_cluster["SLURM_CONF"], "data_root": str(far_root)}},
+        clusters={"far": far},
         targets={"here": BOOSTER, "there": {**BOOSTER, "cluster": "far"}},
     )
     try:
         # doctor checks each cluster with its own transport, and each target where it is.
         doctor = p.doctor(timeout=60)
         assert doctor.returncode == 0, doctor.stdout
-        assert "doctor: cluster far: transport local" in doctor.stdout
+        assert f"doctor: cluster far: transport {far_transport}" in doctor.stdout
         assert "targets.there.partition boost_usr_prod: 1 node(s)" in doctor.stdout
         assert "targets.here.gpu_type gpu:a100 x4" in doctor.stdout
         # The node's capacity is both clusters'.
@@ -296,6 +310,8 @@ def test_a_pod_goes_to_the_other_cluster_when_this_ones_gpus_are_busy(
             pod = gpu_pod("far-away", gpus=2)
             job = p.create_ok(pod)
             assert job_partition(second_cluster, job) == "boost_usr_prod"
+            owner = slurm(second_cluster, "squeue", "-h", "-a", "-j", job, "-o", "%u").strip()
+            assert owner in (user, "")  # "" once it has left the queue
             p.wait_for(pod["pod"], all_terminated)
             assert p.logs(pod["pod"], "main").text == "gpus 0,1\n"
             meta = pod["pod"]["metadata"]
