@@ -3,10 +3,13 @@
 
 Each eligible target's scheduler is asked, all at once and for at most
 ``placement_estimate_seconds`` in all, when the pod's job would start there (``sbatch
---test-only``). The score of a target is ``penalty_seconds + weight * wait``; the lowest wins,
-ties going to the pod's preferred node affinity, then to the configured order. A target whose
-Slurm says it would refuse the job is ruled out; targets with no estimate (Slurm unreachable,
-too slow) come after those with one, and when no target has one the configured order decides.
+--test-only``). The score of a target is ``penalty_seconds + weight * wait``; the lowest wins.
+Ties (scores within the same TIE_SECONDS) go to the target with fewer of the plugin's own placed
+pods still waiting to start (Slurm's estimate counts running jobs, not pending ones, so a burst
+of pods would otherwise all go to the first of equally free targets), then to the pod's
+preferred node affinity, then to the configured order. A target whose Slurm says it would
+refuse the job is ruled out; targets with no estimate (Slurm unreachable, too slow) come after
+those with one, and when no target has one the configured order decides.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from interlink_slurm.translate.targets import Candidate, rejection
 ONLY = "only"  # one target could take the pod
 ESTIMATE = "estimate"  # the soonest expected start (weighted)
 ORDER = "order"  # no target had an estimate: the configured order
+# Scores this close are a tie: Slurm's estimates are whole seconds, asked a moment apart.
+TIE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -109,10 +114,12 @@ async def place(
     cap_seconds: float,
     clock: Callable[[], float] = time.time,
     estimate: bool = True,
+    waiting: Callable[[], Mapping[str, int]] = dict,
 ) -> Placement:
     """Choose among ``cands`` (from ``translate.targets.candidates``); raise PodRejected when
     none can take the pod, naming each one's reason. ``estimate=False``: no scheduler is
-    asked, the configured order decides."""
+    asked, the configured order decides. ``waiting()``: per target, the placed pods still
+    waiting to start there, read when the estimates are in (for ties)."""
     now = clock()
     eligible = [c for c in cands if c.plan is not None]
     if not eligible:
@@ -138,13 +145,15 @@ async def place(
         if name not in refused
     }
 
-    def key(index_cand: tuple[int, Candidate]) -> tuple[int, float, int, int]:
+    backlog = waiting()
+
+    def key(index_cand: tuple[int, Candidate]) -> tuple[int, float, int, int, int]:
         index, c = index_cand
         est = answers.get(c.name)
         if not isinstance(est, Estimate):
-            return (1, 0.0, -c.preference, index)
+            return (1, 0.0, 0, -c.preference, index)
         score = c.target.penalty_seconds + c.target.weight * max(0.0, est.start - now)
-        return (0, score, -c.preference, index)
+        return (0, score // TIE_SECONDS, backlog.get(c.name, 0), -c.preference, index)
 
     ranked = sorted(enumerate(eligible), key=key)
     chosen = ranked[0][1]

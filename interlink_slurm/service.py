@@ -120,12 +120,25 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         # What each pod's files said when last read, for when they cannot be read.
         self._files_seen: dict[str, jobdir.PodFiles] = {}
+        # Per target: the placed pods whose job has not been seen to start (placement's ties).
+        self._waiting: dict[str, set[str]] = {}
         self.clusters: dict[str, Cluster] = {}
         for name, (t, s) in {DEFAULT_CLUSTER: (transport, scheduler), **(clusters or {})}.items():
             own = settings.for_cluster(name)
             puller = Puller(own, t, s, store, self._request_refresh)
             self.clusters[name] = Cluster(name, t, s, puller, str(own.data_root))
         self.puller = self.clusters[DEFAULT_CLUSTER].puller
+
+    def _not_waiting(self, rec: PodRecord) -> None:
+        """A placed pod no longer waits to start: it started, ended, or went."""
+        if rec.placement is not None:
+            target = str(json.loads(rec.placement).get("target"))
+            self._waiting.get(target, set()).discard(rec.uid)
+
+    def _forget_waiting(self, uid: str) -> None:
+        """A pod placed but not submitted after all."""
+        for uids in self._waiting.values():
+            uids.discard(uid)
 
     def _cluster(self, rec: PodRecord) -> Cluster:
         cluster = self.clusters.get(rec.cluster)
@@ -154,6 +167,9 @@ class Service:
             ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="ils")
         )
         await self.reconcile()
+        for rec in await asyncio.to_thread(self.store.waiting_placed):
+            target = str(json.loads(rec.placement or "{}").get("target"))
+            self._waiting.setdefault(target, set()).add(rec.uid)
         for rec in await asyncio.to_thread(self.store.pulling):
             if rec.cluster in self.clusters:
                 self.clusters[rec.cluster].puller.resume([rec])
@@ -308,9 +324,11 @@ class Service:
         started = []
         for rec in recs:
             job = jobs.get(rec.job_id or "")
-            if rec.placement is None or rec.started is not None or job is None:
+            if rec.placement is None or rec.started is not None:
                 continue
-            if base_state(job) not in STARTED:
+            if job is None or base_state(job) not in WAITING or rec.deleted is not None:
+                self._not_waiting(rec)
+            if job is None or base_state(job) not in STARTED:
                 continue
             started.append(rec.uid)
             record = json.loads(rec.placement)
@@ -399,6 +417,7 @@ class Service:
                 )
             except (PodRejected, StorageError) as err:
                 self.metrics.submit_failures.labels(type(err).__name__).inc()
+                self._forget_waiting(uid)
                 raise
             placed = placement.chosen.name if self.settings.targets else ""
             await asyncio.to_thread(
@@ -422,6 +441,7 @@ class Service:
                 raise
             except SchedulerError as err:
                 self.metrics.submit_failures.labels(type(err).__name__).inc()
+                self._forget_waiting(uid)
                 await asyncio.to_thread(self.store.forget, uid)
                 await asyncio.to_thread(cluster.transport.remove_tree, pod_dir)
                 raise
@@ -450,9 +470,16 @@ class Service:
 
         cands = candidates(data, self.settings, pod_dir)
         schedulers = {name: c.scheduler for name, c in self.clusters.items()}
-        placement = await place(cands, schedulers, self.settings.placement_estimate_seconds)
+        placement = await place(
+            cands,
+            schedulers,
+            self.settings.placement_estimate_seconds,
+            waiting=lambda: {t: len(uids) for t, uids in self._waiting.items()},
+        )
         if self.settings.targets:
             name = placement.chosen.name
+            # Counted at once (no await since the decision): the next pod's tie sees it.
+            self._waiting.setdefault(name, set()).add(pod.uid)
             self.metrics.placements.labels(name, placement.basis).inc()
             for target, est in placement.estimates.items():
                 if isinstance(est, str):

@@ -292,6 +292,15 @@ class Store:
             ).fetchall()
         return {str(k): int(v) for k, v in rows}
 
+    def waiting_placed(self) -> list[PodRecord]:
+        """Placed pods whose job has not been seen to start, end or be deleted."""
+        with self._tx() as db:
+            rows = db.execute(
+                self._SELECT + " WHERE placement IS NOT NULL AND started IS NULL"
+                " AND final_state IS NULL AND deleted IS NULL"
+            ).fetchall()
+        return [self._record(r) for r in rows]
+
     def in_flight(self) -> list[PodRecord]:
         """Pods whose submission was started but not recorded (a crash in between)."""
         with self._tx() as db:

@@ -182,6 +182,24 @@ def test_a_pod_goes_where_slurm_expects_it_to_start_soonest(
         p.stop()
 
 
+def test_pods_that_start_equally_soon_are_spread_while_they_wait(
+    tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    # Held jobs wait without using anything: Slurm expects every new pod to start now on both
+    # targets, so only the plugin's own waiting pods tell the targets apart.
+    p = placed(
+        tmp_path, cluster, targets={"booster": BOOSTER, "dcgp": DCGP}, sbatch_extra=["--hold"]
+    )
+    pods = [cpu_pod(f"spread-{i}") for i in range(4)]
+    try:
+        where = [job_partition(cluster, p.create_ok(pod)) for pod in pods]
+        assert where == ["boost_usr_prod", "dcgp_usr_prod"] * 2
+    finally:
+        for pod in pods:
+            p.delete(pod["pod"])
+        p.stop()
+
+
 def test_without_estimates_the_configured_order_decides(
     tmp_path: Path, cluster: dict[str, str]
 ) -> None:

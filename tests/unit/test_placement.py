@@ -434,3 +434,50 @@ def test_a_pod_on_a_cluster_no_longer_configured_still_gets_an_answer(
             await again.delete(Pod.model_validate(data.pod.model_dump(by_alias=True)))
 
     asyncio.run(scenario())
+
+
+def test_ties_go_to_the_target_with_fewer_of_our_pods_waiting(tmp_path: Path) -> None:
+    s = settings(tmp_path, {"booster": BOOSTER, "dcgp": DCGP})
+    fake = FakeScheduler()  # both start now
+    chosen = asyncio.run(
+        place(where(s, pod()), {"default": fake}, 1.0, waiting=lambda: {"booster": 1})
+    )
+    assert chosen.chosen.name == "dcgp"
+    # Not a tie: the soonest start wins whatever waits there.
+    fake.starts = {"dcgp_usr_prod": 60.0}
+    chosen = asyncio.run(
+        place(where(s, pod()), {"default": fake}, 1.0, waiting=lambda: {"booster": 5})
+    )
+    assert chosen.chosen.name == "booster"
+
+
+def test_a_burst_of_equal_pods_is_spread_until_their_jobs_start(tmp_path: Path) -> None:
+    s = settings(tmp_path, {"booster": BOOSTER, "dcgp": DCGP})
+    fake = FakeScheduler()
+    store = Store(tmp_path / "state.db")
+    store.open()
+    service = Service(s, fake, LocalTransport(), store)
+    pods = [pod() for _ in range(5)]
+
+    def partition_of(job_id: str) -> str:
+        script = Path(fake.scripts[job_id]).read_text()
+        return script.split("#SBATCH --partition=", 1)[1].split()[0]
+
+    async def scenario() -> list[str]:
+        # At once, as interLink sends a Job's pods: each decision sees the ones before it.
+        answers = await asyncio.gather(*(service.create(p) for p in pods))
+        where = [partition_of(a.PodJID) for a in answers]
+        # The booster pods start: booster is free of our waiting pods again.
+        for a, part in zip(answers, where, strict=True):
+            if part == "boost_usr_prod":
+                fake.jobs[a.PodJID] = JobInfo(a.PodJID, "RUNNING", "", fake.jobs[a.PodJID].comment)
+        await service.refresh()
+        late = await service.create(pod())
+        return [*where, partition_of(late.PodJID)]
+
+    try:
+        where = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert where[:5] == ["boost_usr_prod", "dcgp_usr_prod"] * 2 + ["boost_usr_prod"]
+    assert where[5] == "boost_usr_prod"  # 0 waiting on booster, 2 on dcgp
