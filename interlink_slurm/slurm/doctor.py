@@ -19,6 +19,7 @@ from interlink_slurm.errors import PluginError
 from interlink_slurm.slurm.factory import SLURM_COMMANDS
 from interlink_slurm.slurm.scheduler import ClusterResources, Scheduler
 from interlink_slurm.slurm.transport import CommandUnavailable, Transport
+from interlink_slurm.translate.site import Profile
 
 PROBE_DATA = b"interlink-slurm doctor\n"
 
@@ -254,27 +255,26 @@ class Doctor:
 
         partitions: list[tuple[str, str | None]] = []
         gpu_types: list[tuple[str, str, str | None]] = []
+        # The top level and the profiles apply on the default cluster; each target on its own.
+        layers: list[tuple[str, Profile]] = []
         if self.cluster == DEFAULT_CLUSTER:
             partitions.append(("partition", s.partition))
             if s.gpu_partition is not None:
                 partitions.append(("gpu_partition", s.gpu_partition))
             if s.gpu_type:
                 gpu_types.append(("gpu_type", s.gpu_type, s.gpu_partition or s.partition))
-        layers = [] if self.cluster != DEFAULT_CLUSTER else sorted(s.profiles.items())
-        for name, profile in layers:
-            if profile.partition is not None:
-                partitions.append((f"profiles.{name}.partition", profile.partition))
-            if profile.gpu_type:
-                where = profile.partition or s.gpu_partition or s.partition
-                gpu_types.append((f"profiles.{name}.gpu_type", profile.gpu_type, where))
-        for name, target in s.targets.items():
-            if (target.cluster or DEFAULT_CLUSTER) != self.cluster:
-                continue
-            if target.partition is not None:
-                partitions.append((f"targets.{name}.partition", target.partition))
-            if target.gpu_type:
-                where = target.partition or s.gpu_partition or s.partition
-                gpu_types.append((f"targets.{name}.gpu_type", target.gpu_type, where))
+            layers += [(f"profiles.{n}", p) for n, p in sorted(s.profiles.items())]
+        layers += [
+            (f"targets.{n}", t)
+            for n, t in s.targets.items()
+            if (t.cluster or DEFAULT_CLUSTER) == self.cluster
+        ]
+        for prefix, layer in layers:
+            if layer.partition is not None:
+                partitions.append((f"{prefix}.partition", layer.partition))
+            if layer.gpu_type:
+                where = layer.partition or s.gpu_partition or s.partition
+                gpu_types.append((f"{prefix}.gpu_type", layer.gpu_type, where))
 
         for key, partition in partitions:
             res = await resources(partition)
