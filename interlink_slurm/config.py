@@ -97,6 +97,14 @@ def _absolute_path(v: Path | None) -> Path | None:
     return v
 
 
+def _check_connection(transport: str, ssh: object, scheduler: str, rest: object) -> None:
+    """The keys each way of reaching Slurm needs (top level and each of ``clusters``)."""
+    if transport == "ssh" and ssh is None:
+        raise ValueError("ssh: required with transport: ssh (host, user, key_file...)")
+    if scheduler == "rest" and rest is None:
+        raise ValueError("rest: required with scheduler: rest (url, api_version...)")
+
+
 class ClusterSettings(BaseModel):
     """One more Slurm cluster that targets may send pods to: how it is reached (as the
     top-level keys of the same names say it for the default cluster) and where its pods'
@@ -121,10 +129,7 @@ class ClusterSettings(BaseModel):
 
     @model_validator(mode="after")
     def _combinations(self) -> ClusterSettings:
-        if self.transport == "ssh" and self.ssh is None:
-            raise ValueError("ssh: required with transport: ssh (host, user, key_file...)")
-        if self.scheduler == "rest" and self.rest is None:
-            raise ValueError("rest: required with scheduler: rest (url, api_version...)")
+        _check_connection(self.transport, self.ssh, self.scheduler, self.rest)
         return self
 
 
@@ -389,14 +394,21 @@ class Settings(BaseSettings):
     @field_validator("profiles")
     @classmethod
     def _profiles(cls, v: dict[str, Profile]) -> dict[str, Profile]:
-        for name, p in v.items():
-            if not SLURM_NAME.fullmatch(name):
-                raise ValueError(f"profile name {name!r}: letters, digits, '_', '.', '+', '-'")
-            try:
-                cls._flags(p.sbatch_extra)
-            except ValueError as err:
-                raise ValueError(f"{name}.sbatch_extra: {err}") from err
+        cls._layers("profile", "", v)
         return v
+
+    @classmethod
+    def _layers(
+        cls, kind: str, prefix: str, layers: dict[str, Profile] | dict[str, Target]
+    ) -> None:
+        """Names usable in messages and annotations, and sbatch_extra as at the top level."""
+        for name, layer in layers.items():
+            if not SLURM_NAME.fullmatch(name):
+                raise ValueError(f"{kind} name {name!r}: letters, digits, '_', '.', '+', '-'")
+            try:
+                cls._flags(layer.sbatch_extra)
+            except ValueError as err:
+                raise ValueError(f"{prefix}{name}.sbatch_extra: {err}") from err
 
     @model_validator(mode="after")
     def _targets(self) -> Settings:
@@ -408,18 +420,13 @@ class Settings(BaseSettings):
         for name in self.clusters:
             if not SLURM_NAME.fullmatch(name):
                 raise ValueError(f"cluster name {name!r}: letters, digits, '_', '.', '+', '-'")
+        self._layers("target", "targets.", self.targets)
         for name, t in self.targets.items():
-            if not SLURM_NAME.fullmatch(name):
-                raise ValueError(f"target name {name!r}: letters, digits, '_', '.', '+', '-'")
             if t.cluster is not None and t.cluster not in self.clusters:
                 known = ", ".join(self.clusters) or "none"
                 raise ValueError(
                     f"targets.{name}.cluster: no cluster {t.cluster!r} in clusters ({known})"
                 )
-            try:
-                self._flags(t.sbatch_extra)
-            except ValueError as err:
-                raise ValueError(f"targets.{name}.sbatch_extra: {err}") from err
         return self
 
     @field_validator("listen")
@@ -456,15 +463,12 @@ class Settings(BaseSettings):
     def _combinations(self) -> Settings:
         if self.auth_token is not None and self.auth_token_file is not None:
             raise ValueError("set auth_token or auth_token_file, not both")
-        if self.transport == "ssh" and self.ssh is None:
-            raise ValueError("ssh: required with transport: ssh (host, user, key_file...)")
+        _check_connection(self.transport, self.ssh, self.scheduler, self.rest)
         if self.transport == "ssh" and self.state_db is None:
             raise ValueError(
                 "state_db: required with transport: ssh (data_root is on the login node; the "
                 "state database stays on this machine)"
             )
-        if self.scheduler == "rest" and self.rest is None:
-            raise ValueError("rest: required with scheduler: rest (url, api_version...)")
         return self
 
     # --- derived values -------------------------------------------------------------------------
@@ -474,17 +478,9 @@ class Settings(BaseSettings):
         if name == DEFAULT_CLUSTER:
             return self
         c = self.clusters[name]
-        return self.model_copy(
-            update={
-                "transport": c.transport,
-                "scheduler": c.scheduler,
-                "ssh": c.ssh,
-                "rest": c.rest,
-                "slurm_conf": c.slurm_conf,
-                "slurm_bin_dir": c.slurm_bin_dir,
-                "data_root": c.data_root or self.data_root,
-            }
-        )
+        # Every key of a cluster is a top-level key of the same name and meaning.
+        own = {key: getattr(c, key) for key in ClusterSettings.model_fields}
+        return self.model_copy(update={**own, "data_root": c.data_root or self.data_root})
 
     @property
     def cluster_names(self) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from interlink_slurm.config import Settings, load_settings
+from interlink_slurm.config import ConfigError, Settings, load_settings
 from interlink_slurm.errors import PodRejected, SchedulerUnavailable, SubmitRejected
 from interlink_slurm.placement import ESTIMATE, ONLY, ORDER, place
 from interlink_slurm.service import Service
@@ -481,3 +481,42 @@ def test_a_burst_of_equal_pods_is_spread_until_their_jobs_start(tmp_path: Path) 
         store.close()
     assert where[:5] == ["boost_usr_prod", "dcgp_usr_prod"] * 2 + ["boost_usr_prod"]
     assert where[5] == "boost_usr_prod"  # 0 waiting on booster, 2 on dcgp
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"targets": {"a b": {}}}, "target name 'a b'"),
+        (
+            {"targets": {"x": {"sbatch_extra": ["--job-name=y"]}}},
+            "targets.x.sbatch_extra: '--job-name=y': --job-name is set by interlink-slurm",
+        ),
+        ({"targets": {"x": {"cluster": "nope"}}}, "targets.x.cluster: no cluster 'nope'"),
+        ({"clusters": {"default": {}}}, "clusters.default: that name is the top-level"),
+        ({"clusters": {"b": {"transport": "ssh"}}}, "ssh: required with transport: ssh"),
+        ({"clusters": {"b": {"data_root": "rel"}}}, "'rel' must be an absolute path"),
+    ],
+)
+def test_targets_and_clusters_are_checked_at_start(
+    tmp_path: Path, config: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, data_root=str(tmp_path), **config)
+    assert message in str(err.value)
+
+
+def test_a_cluster_is_seen_with_its_own_keys(tmp_path: Path) -> None:
+    s = settings(
+        tmp_path,
+        {"x": {"cluster": "b"}},
+        clusters={"b": {"slurm_conf": "/etc/b/slurm.conf"}},
+        slurm_conf="/etc/a/slurm.conf",
+    )
+    b = s.for_cluster("b")
+    assert (b.slurm_conf, b.data_root, b.transport) == (
+        Path("/etc/b/slurm.conf"),
+        s.data_root,
+        "local",
+    )
+    assert s.for_cluster("default") is s
+    assert s.cluster_names == ["b"]
