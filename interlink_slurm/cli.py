@@ -254,9 +254,8 @@ def _placement(settings: Settings, data: Any, estimate: bool) -> Any:
         return jobdir.pod_dir(root, pod.namespace, pod.name, pod.uid)
 
     cands = candidates(data, settings, pod_dir)
-    if not settings.targets:
-        return asyncio.run(place(cands, {}, settings.placement_estimate_seconds))
-    clusters = factory.build_clusters(settings) if estimate else {}
+    # Without targets there is one candidate: nothing to ask.
+    clusters = factory.build_clusters(settings) if estimate and settings.targets else {}
 
     async def run() -> Any:
         schedulers = {name: s for name, (_, s) in clusters.items()}

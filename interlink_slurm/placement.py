@@ -155,8 +155,7 @@ async def place(
         score = c.target.penalty_seconds + c.target.weight * max(0.0, est.start - now)
         return (0, score // TIE_SECONDS, backlog.get(c.name, 0), -c.preference, index)
 
-    ranked = sorted(enumerate(eligible), key=key)
-    chosen = ranked[0][1]
+    chosen = min(enumerate(eligible), key=key)[1]
     basis = ESTIMATE if any(isinstance(e, Estimate) for e in answers.values()) else ORDER
     return Placement(chosen, basis, answers, tuple(cands), now)
 
