@@ -12,17 +12,64 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 import uvicorn
 import yaml
 
 from interlink_slurm import __version__, logsetup
-from interlink_slurm.config import DEFAULT_CLUSTER, ConfigError, Settings, load_settings
+from interlink_slurm.config import (
+    DEFAULT_CLUSTER,
+    ConfigError,
+    Settings,
+    load_settings,
+    yaml_problem,
+)
 from interlink_slurm.errors import PluginError, describe_validation_error
 from interlink_slurm.slurm import factory
 
+PROG = "interlink-slurm"
+
+
+class CliError(Exception):
+    """What is wrong with a command's input, as ``<file or key>: <what is wrong>``."""
+
+
+def _one_line(text: str) -> str:
+    # A log or a pipe reads one line per error; messages from YAML or Slurm may hold several.
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _say_error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {_one_line(message)}\n")
+
+
+class _PlainErrors(typer.core.TyperGroup):
+    """Errors as one plain line on stderr, exit 2, whatever the terminal: no box, no wrapping
+    by ``COLUMNS``. Help stays rich."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False  # exceptions come here instead of a rich box
+        kwargs.setdefault("prog_name", PROG)
+        try:
+            code = super().main(*args, **kwargs)
+        except CliError as err:
+            _say_error(str(err))
+            sys.exit(2)
+        except typer.TyperException as err:  # a usage error, e.g. a missing argument
+            ctx = getattr(err, "ctx", None)
+            where = f"{ctx.command_path.removeprefix(PROG).strip()}: " if ctx else ""
+            hint = f" (see {ctx.command_path} --help)" if ctx else ""
+            _say_error(f"{where.lstrip(': ')}{err.format_message()}{hint}")
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            _say_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_PlainErrors,
     add_completion=False,
-    no_args_is_help=True,
     help="interLink plugin that runs Kubernetes pods as Slurm jobs.",
 )
 
@@ -42,8 +89,7 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(config, **overrides)
     except ConfigError as err:
-        typer.echo(f"interlink-slurm: {err}", err=True)
-        raise typer.Exit(2) from err
+        raise CliError(str(err)) from err
 
 
 def _listen_socket(path: str, mode: int) -> socket.socket:
@@ -80,16 +126,13 @@ def serve(config: ConfigOption = None) -> None:
             if own.transport == "local":
                 own.data_root.mkdir(parents=True, exist_ok=True, mode=0o711)
         except OSError as err:
-            typer.echo(
-                f"interlink-slurm: data_root: cannot create {own.data_root}: {err.strerror}",
-                err=True,
-            )
-            raise typer.Exit(2) from err
+            raise CliError(
+                f"{_source(config)}data_root: cannot create {own.data_root}: {err.strerror}"
+            ) from err
     try:
         clusters = factory.build_clusters(settings)
     except (ConfigError, PluginError) as err:
-        typer.echo(f"interlink-slurm: {err}", err=True)
-        raise typer.Exit(2) from err
+        raise CliError(f"{_source(config)}{err}") from err
     logging.getLogger(__name__).info("reaching Slurm: %s", factory.describe_all(settings))
     store = Store(settings.state_db_path)
     store.open()
@@ -117,6 +160,11 @@ def serve(config: ConfigOption = None) -> None:
         store.close()
         for t, _ in clusters.values():
             factory.close(t)
+
+
+def _source(config: Path | None) -> str:
+    """The prefix naming where a setting came from, for an error about it."""
+    return f"{config}: " if config is not None else ""
 
 
 def _tls_options(settings: Settings) -> dict[str, Any]:
@@ -150,7 +198,7 @@ def _pod_of_workload(data: dict[str, Any], path: Path) -> dict[str, Any]:
     for key in TEMPLATES[kind]:
         template = template.get(key) if isinstance(template, dict) else None
     if not isinstance(template, dict):
-        raise typer.BadParameter(f"{path}: this {kind} has no {'.'.join(TEMPLATES[kind])}")
+        raise CliError(f"{path}: this {kind} has no {'.'.join(TEMPLATES[kind])}")
     meta = dict(template.get("metadata") or {})
     workload = data.get("metadata") or {}
     meta.setdefault("name", workload.get("name", kind.lower()))
@@ -164,23 +212,21 @@ def _read_pod_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise typer.BadParameter(f"cannot read {path}: {reason}") from err
+        raise CliError(f"{path}: cannot read: {reason}") from err
     try:
         docs = [json.loads(text)]
     except json.JSONDecodeError:
         try:
             docs = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as err:
-            raise typer.BadParameter(f"{path} is neither JSON nor YAML: {err}") from err
+            raise CliError(f"{path}: neither JSON nor YAML: {yaml_problem(err)}") from err
     if len(docs) != 1:
-        raise typer.BadParameter(
-            f"{path} holds {len(docs)} YAML documents: give it one pod (or workload)"
-        )
+        raise CliError(f"{path}: holds {len(docs)} YAML documents: give it one pod (or workload)")
     data: Any = docs[0]
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
     if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path} holds neither a pod nor a RetrievedPodData")
+        raise CliError(f"{path}: holds neither a pod nor a RetrievedPodData")
     if data.get("kind") in TEMPLATES:
         data = _pod_of_workload(data, path)
     if "pod" not in data:
@@ -219,11 +265,9 @@ def render(
         data = RetrievedPodData.model_validate(_read_pod_file(pod_file))
         placement = _placement(settings, data, estimate)
     except ValidationError as err:
-        typer.echo(f"interlink-slurm: invalid pod: {describe_validation_error(err)}", err=True)
-        raise typer.Exit(1) from err
+        raise CliError(f"{pod_file}: invalid pod: {describe_validation_error(err)}") from err
     except PluginError as err:
-        typer.echo(f"interlink-slurm: {err}", err=True)
-        raise typer.Exit(1) from err
+        raise CliError(f"{pod_file}: {err}") from err
     plan = placement.chosen.plan
     assert plan is not None  # the chosen target's
     sys.stdout.write(render_script(plan))
@@ -310,7 +354,7 @@ def _diagnose(settings: Settings, cluster: str) -> list[Any]:
     try:
         transport, scheduler = factory.build(settings)
     except (ConfigError, PluginError) as err:
-        typer.echo(f"  FAIL  {'configuration':<15} {err}")
+        typer.echo(f"  FAIL  {'configuration':<15} {_one_line(str(err))}")
         raise typer.Exit(1) from err
 
     async def run() -> list[Any]:
@@ -331,5 +375,27 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _options(
+    ctx: typer.Context,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """interLink plugin that runs Kubernetes pods as Slurm jobs."""
+    if ctx.invoked_subcommand is None:  # no command: say which there are
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
+
+
 def main() -> None:
-    app()
+    app(prog_name=PROG)

@@ -6,6 +6,9 @@ the service with a message naming the key (``ConfigError``).
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,6 +84,9 @@ OWNED_SBATCH_OPTIONS = frozenset(
 DEFAULT_CLUSTER = "default"
 
 
+ENV_PREFIX = "INTERLINK_SLURM_"
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and what is wrong."""
 
@@ -134,9 +140,7 @@ class ClusterSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="INTERLINK_SLURM_", extra="forbid", validate_default=True
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     listen: str = Field(
         "127.0.0.1:4000", description="HOST:PORT for TCP, or unix:///path/to/socket"
@@ -533,36 +537,72 @@ class Settings(BaseSettings):
         return str(self.slurm_bin_dir / name) if self.slurm_bin_dir else name
 
 
+# Environment variables of the command line itself, not configuration keys.
+ENV_NOT_SETTINGS = frozenset({"INTERLINK_SLURM_CONFIG"})
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, then what (PyYAML's own text spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """``INTERLINK_SLURM_*`` variables that set no key: a misspelling would otherwise be
+    ignored without a word, as a misspelled YAML key is not."""
+    keys = {name.upper() for name in Settings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in ENV_NOT_SETTINGS
+        and name.upper().removeprefix(ENV_PREFIX) not in keys
+    )
+
+
+def _describe_unknown_variable(name: str) -> str:
+    keys = [ENV_PREFIX + key.upper() for key in Settings.model_fields]
+    close = difflib.get_close_matches(name.upper(), keys, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"environment: {name}: matches no configuration key{hint}"
+
+
 def load_settings(path: Path | None, **overrides: Any) -> Settings:
-    """Read the YAML file (if any), apply environment overrides, validate; or raise ConfigError."""
+    """Read the YAML file (if any), apply environment overrides, validate; or raise ConfigError
+    whose message starts with the file (or ``environment``) and names the key."""
+    unknown = unknown_environment(os.environ)
+    if unknown:
+        raise ConfigError(_describe_unknown_variable(unknown[0]))
     data: dict[str, Any] = {}
     if path is not None:
         try:
             loaded = yaml.safe_load(path.read_text())
         except OSError as err:
-            raise ConfigError(f"cannot read configuration file {path}: {err.strerror}") from err
+            raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: cannot read: not UTF-8 text ({err.reason})") from err
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from err
+            raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from err
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of keys to values")
+            raise ConfigError(f"{path}: must hold a mapping of keys to values")
         data = loaded
     data.update(overrides)
+    where = f"{path}" if path else "configuration"
     try:
         settings = Settings(**data)
     except ValidationError as err:
-        where = f" in {path}" if path else ""
-        raise ConfigError(
-            f"invalid configuration{where}: {describe_validation_error(err)}"
-        ) from err
+        raise ConfigError(f"{where}: {describe_validation_error(err)}") from err
     if settings.auth_token_file is not None:
         try:
             token = settings.token()
         except OSError as err:
             raise ConfigError(
-                f"auth_token_file: cannot read {settings.auth_token_file}: {err.strerror}"
+                f"{where}: auth_token_file: cannot read {settings.auth_token_file}: {err.strerror}"
             ) from err
         if not token:
-            raise ConfigError(f"auth_token_file: {settings.auth_token_file} is empty")
+            raise ConfigError(f"{where}: auth_token_file: {settings.auth_token_file} is empty")
     return settings

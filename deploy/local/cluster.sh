@@ -25,7 +25,6 @@ REPO=$(cd -- "$SCRIPT_DIR/../.." && pwd -P)
 D=$(realpath -m -- "${ILS_CLUSTER_DIR:-$REPO/.cluster}")
 IMAGE_DIR=$(realpath -m -- "${ILS_IMAGE_DIR:-/var/cache/interlink-slurm/images}")
 IMG=$IMAGE_DIR/debian-python
-DEBIAN_MIRROR=${ILS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CTLD_PORT=${ILS_SLURMCTLD_PORT:-17817}
 SLURMD_PORT=${ILS_SLURMD_PORT:-17818}
 MSG_TIMEOUT=${ILS_MESSAGE_TIMEOUT:-5}
@@ -35,7 +34,12 @@ HN=$(hostname -s)
 
 CONF=$D/slurm.conf
 MUNGE_DIR=$D/munge
-MUNGE_SOCKET=$MUNGE_DIR/munge.socket
+# A unix socket's path has at most 107 bytes, and $D can be as deep as the checkout. munged's
+# socket and slurmd's spool (each job step listens on a socket there) live in a short
+# directory of their own, named after $D so that several clusters on a machine never share one.
+RUN_DIR=${ILS_RUN_DIR:-/run/interlink-slurm/$(printf '%s' "$D" | sha256sum | cut -c1-12)}
+MUNGE_SOCKET=$RUN_DIR/munge.socket
+SPOOL=$RUN_DIR/spool
 MUNGED_PID=$MUNGE_DIR/munged.pid
 CTLD_PID=$D/slurmctld.pid
 SLURMD_PID=$D/slurmd.pid
@@ -81,15 +85,17 @@ daemon_pid() {
     echo "$pid"
 }
 munged_pid()    { daemon_pid munged    "$MUNGED_PID" "$MUNGE_SOCKET"; }
+# A munged started by an older cluster.sh, whose socket was inside $D.
+old_munged_pid() { daemon_pid munged   "$MUNGED_PID" "--socket=$MUNGE_DIR/munge.socket"; }
 slurmctld_pid() { daemon_pid slurmctld "$CTLD_PID"   "$CONF"; }
 slurmd_pid()    { daemon_pid slurmd    "$SLURMD_PID" "$CONF"; }
 
 # slurmstepd processes (one per running job step) of this cluster. They are not children of
 # slurmd and outlive it; what ties them to this cluster is the unix socket each one listens on
-# in our SlurmdSpoolDir ($D/spool/<host>_<job>.<step>).
+# in our SlurmdSpoolDir ($SPOOL/<host>_<job>.<step>).
 stepd_pids() {
     local inodes pid fd link
-    inodes=" $(awk -v dir="$D/spool/" 'index($8, dir) == 1 { printf "%s ", $7 }' /proc/net/unix) "
+    inodes=" $(awk -v dir="$SPOOL/" 'index($8, dir) == 1 { printf "%s ", $7 }' /proc/net/unix) "
     [[ $inodes != "  " ]] || return 0
     for pid in $(pgrep -x slurmstepd); do
         for fd in /proc/"$pid"/fd/*; do
@@ -172,7 +178,7 @@ CredType=cred/munge
 # Private munged: never the system socket in /run/munge.
 AuthInfo=socket=$MUNGE_SOCKET
 StateSaveLocation=$D/state
-SlurmdSpoolDir=$D/spool
+SlurmdSpoolDir=$SPOOL
 SlurmctldPidFile=$CTLD_PID
 SlurmdPidFile=$SLURMD_PID
 SlurmctldLogFile=$D/log/slurmctld.log
@@ -237,13 +243,13 @@ write_if_changed() {
 # prepare_dir : create the cluster dir, munge key, fake GPUs and config files.
 prepare_dir() {
     local i dev
-    mkdir -p "$D"/{state,spool,log,dev}
+    mkdir -p "$D"/{state,log,dev} "$SPOOL"
     # Keep git from ever picking up the cluster dir when it is inside the repo.
     [[ -f $D/.gitignore ]] || echo '*' >"$D/.gitignore"
 
     # munged refuses sockets in group/world-writable dirs; clients need to reach the socket.
     mkdir -p "$MUNGE_DIR"
-    chmod 755 "$MUNGE_DIR"
+    chmod 755 "$MUNGE_DIR" "$RUN_DIR"
     if [[ ! -s $MUNGE_DIR/munge.key ]]; then
         (umask 077 && dd if=/dev/urandom of="$MUNGE_DIR/munge.key" bs=1024 count=1 status=none)
     fi
@@ -374,6 +380,25 @@ remove_tree() {
     rm -rf --one-file-system -- "$dir"
 }
 
+# debian_mirror : the Debian archive this machine's apt already uses (the first URIs: line of
+# its deb822 sources, else the first deb line of sources.list, security archives left out),
+# since a machine may reach only its own mirror. ILS_DEBIAN_MIRROR overrides it.
+debian_mirror() {
+    local uri
+    if [[ -n ${ILS_DEBIAN_MIRROR:-} ]]; then
+        echo "$ILS_DEBIAN_MIRROR"
+        return
+    fi
+    uri=$(awk '$1 == "URIs:" { for (i = 2; i <= NF; i++) print $i }' \
+        /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v -e security -e ubuntu | head -n 1) || true
+    if [[ -z $uri ]]; then
+        uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }' \
+            /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+            grep -v -e security -e ubuntu | head -n 1) || true
+    fi
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
 build_image() {
     image_ok && return 0
     mkdir -p "$IMAGE_DIR"
@@ -388,6 +413,8 @@ build_image() {
     remove_tree "$IMG"
 
     tmp=$IMAGE_DIR/.debian-python.tmp.$$
+    local DEBIAN_MIRROR
+    DEBIAN_MIRROR=$(debian_mirror)
     log "building image $IMG (debootstrap bookworm from $DEBIAN_MIRROR)"
     debootstrap --variant=minbase --include=python3-minimal bookworm "$tmp" "$DEBIAN_MIRROR" \
         >"$IMAGE_DIR/.debian-python.build.log" 2>&1 ||
@@ -449,6 +476,7 @@ cmd_up() {
         stop_daemon slurmd slurmd_pid
         stop_daemon slurmctld slurmctld_pid
     fi
+    stop_daemon munged old_munged_pid >/dev/null 2>&1
     start_munged
     start_slurmctld
     start_slurmd
@@ -490,6 +518,8 @@ cmd_down() {
     if [[ -n $ids ]]; then
         log "warning: job steps of this cluster still running (slurmstepd pids: $ids); they end" \
             "with their jobs or can be killed by hand"
+    else
+        rm -rf -- "$RUN_DIR"
     fi
 }
 

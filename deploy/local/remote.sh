@@ -58,8 +58,10 @@ ensure_keys() {
 
 # The job user must reach the cluster's config and munge socket (jobs and slurmrestd use them).
 check_reachable() {
-    local path
-    for path in "$D/slurm.conf" "$D/munge/munge.socket"; do
+    local path socket
+    # The munge socket lives outside $D (a short path): slurm.conf says where.
+    socket=$(sed -n 's/^AuthInfo=socket=//p' "$D/slurm.conf" 2>/dev/null) || true
+    for path in "$D/slurm.conf" "${socket:-$D/slurm.conf (AuthInfo=socket=...)}"; do
         [[ -e $path ]] || die "$path missing: run deploy/local/cluster.sh up first"
         runuser -u "$JOB_USER" -- test -r "$path" ||
             die "$JOB_USER cannot reach $path: every directory above it must be mode 755"

@@ -197,12 +197,12 @@ def stopped() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 @pytest.mark.parametrize("listen", ["tcp", "wildcard", "unix"])
 def test_healthcheck_follows_listen_and_fails_when_the_service_is_down(
-    tmp_path: Path, listen: str, stopped: list[subprocess.Popen[bytes]]
+    tmp_path: Path, listen: str, stopped: list[subprocess.Popen[bytes]], socket_dir: Path
 ) -> None:
     address = {
         "tcp": f"127.0.0.1:{free_port()}",
         "wildcard": f"0.0.0.0:{free_port()}",
-        "unix": f"unix://{tmp_path}/plugin.sock",
+        "unix": f"unix://{socket_dir}/plugin.sock",
     }[listen]
     config = tmp_path / "config.yaml"
     config.write_text(

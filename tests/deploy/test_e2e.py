@@ -85,7 +85,7 @@ def test_scenario_is_translated_by_the_plugin_as_expected(scenario: Any, tmp_pat
         app, ["render", str(pod_file), "--config", str(e2e_config(tmp_path))]
     )
     if scenario.create_error:
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         for fragment in scenario.create_error:
             assert fragment in result.output
     else:

@@ -3,6 +3,7 @@ local cluster are run by an e2e scenario (make e2e-local)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from interlink_slurm.cli import app
 from interlink_slurm.config import load_settings
-from tests.deploy.helpers import EXAMPLES, LEONARDO, LOCAL, e2e_scenarios, rel
+from tests.deploy.helpers import EXAMPLES, LEONARDO, LOCAL, REPO, e2e_scenarios, rel
 
 # Files of examples/ that are not pods, and why.
 NOT_PODS = {
@@ -92,7 +93,34 @@ def test_example_renders_for_the_local_cluster_when_its_images_are_there(path: P
         assert "ch-run" in out
     else:
         assert name(path) in RENDER_ONLY, f"{rel(path)} names images the local profile lacks"
-        assert code == 1 and "image" in out
+        assert code == 2 and "image" in out
+
+
+@pytest.fixture(scope="module")
+def dev_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The configuration `make run` writes (deploy/local/dev-config.sh), for a cluster dir of
+    its own (it only prints paths: no cluster is needed)."""
+    d = tmp_path_factory.mktemp("dev-config")
+    out = subprocess.run(
+        [str(REPO / "deploy" / "local" / "dev-config.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "ILS_CLUSTER_DIR": str(d / "cluster")},
+    ).stdout
+    (d / "config.yaml").write_text(out)
+    return d / "config.yaml"
+
+
+@pytest.mark.parametrize("path", POD_FILES, ids=name)
+def test_every_example_renders_with_the_dev_config_of_make_run(
+    path: Path, dev_config: Path
+) -> None:
+    assert images(path) <= set(load_settings(dev_config).images)
+    code, out = render(path, dev_config)
+    assert code == 0, out
+    assert "ch-run" in out
 
 
 def test_runnable_examples_are_run_by_an_e2e_scenario() -> None:

@@ -19,8 +19,10 @@ from tests.integration.conftest import EXE, all_terminated, free_port, states
 pytestmark = pytest.mark.slurm
 
 
-def test_unix_socket_with_file_mode_serves_the_api(cluster: dict[str, str], tmp_path: Path) -> None:
-    sock = tmp_path / "plugin.sock"
+def test_unix_socket_with_file_mode_serves_the_api(
+    cluster: dict[str, str], tmp_path: Path, socket_dir: Path
+) -> None:
+    sock = socket_dir / "plugin.sock"
     config = tmp_path / "config.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -69,8 +69,28 @@ def test_missing_or_empty_token_file_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read configuration file"):
-        load_settings(tmp_path / "nope.yaml")
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_settings(missing)
+    assert str(err.value) == f"{missing}: cannot read: No such file or directory"
+
+
+def test_an_environment_variable_that_sets_no_key_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INTERLINK_SLURM_PARTITON", "boost_usr_prod")
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, data_root="/x")
+    assert str(err.value) == (
+        "environment: INTERLINK_SLURM_PARTITON: matches no configuration key "
+        "(did you mean INTERLINK_SLURM_PARTITION?)"
+    )
+
+
+def test_environment_variables_that_set_keys_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERLINK_SLURM_PARTITION", "boost_usr_prod")
+    monkeypatch.setenv("INTERLINK_SLURM_CONFIG", "/not/read/here.yaml")  # the CLI's, not a key
+    assert load_settings(None, data_root="/x").partition == "boost_usr_prod"
 
 
 @pytest.mark.parametrize(
