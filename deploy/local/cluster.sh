@@ -514,6 +514,7 @@ cmd_down() {
     stop_daemon slurmd slurmd_pid
     stop_daemon slurmctld slurmctld_pid
     stop_daemon munged munged_pid
+    stop_daemon munged old_munged_pid >/dev/null 2>&1
     ids=$(stepd_pids | tr '\n' ' ')
     if [[ -n $ids ]]; then
         log "warning: job steps of this cluster still running (slurmstepd pids: $ids); they end" \
