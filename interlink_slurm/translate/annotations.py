@@ -3,9 +3,10 @@
 User text never reaches the script as written: sbatch flags are tokenised like a shell (shlex),
 each option is looked up in ``SBATCH_OPTIONS`` (short and long forms, abbreviations refused),
 checked against the configured allowlist, and written back in its canonical ``--name=value``
-form. Runtime options and mounts get the same treatment. Only the two annotations that *are*
-shell code (pre-exec, wstunnel commands) are used as written, and only when the operator allows
-it (``allow_user_shell``).
+form. Runtime options and mounts get the same treatment, and so do the MPI launcher's options
+(``launcher_options.py``; the launcher runs on the host, so options acting there need
+``allow_user_shell``). Only the two annotations that *are* shell code (pre-exec, wstunnel
+commands) are used as written, and only when the operator allows it (``allow_user_shell``).
 """
 
 from __future__ import annotations
