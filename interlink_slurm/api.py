@@ -7,8 +7,10 @@ body of a failed /create to the user as the pod's failure message.
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -84,6 +86,30 @@ async def _body(request: Request, limit: int) -> bytes:
 
 _REQUIRED = object()
 
+# Deeper than any Kubernetes object (a pod nests about 15 levels); json.loads and the models
+# recurse once per level, and a body nested thousands deep would exhaust the stack.
+MAX_JSON_DEPTH = 128
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [1 if chr(b) in "[{" else -1 for b in range(256)]
+
+
+def _too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than ``limit``, found without
+    parsing it: strings removed, then the running count of opening less closing brackets,
+    a block at a time so that a deep body is known as such at its start."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    marks = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    depth = 0
+    for start in range(0, len(marks), 1 << 16):
+        steps = itertools.accumulate(map(_STEP.__getitem__, marks[start : start + (1 << 16)]))
+        block = [depth + d for d in steps]
+        if max(block) > limit:
+            return True
+        depth = block[-1]
+    return False
+
 
 async def _json(request: Request, limit: int, empty: Any = _REQUIRED) -> Any:
     """The body as JSON; an empty body is refused unless ``empty`` says what it means."""
@@ -92,8 +118,14 @@ async def _json(request: Request, limit: int, empty: Any = _REQUIRED) -> Any:
         if empty is _REQUIRED:
             raise BadRequest("the request body is empty: expected JSON")
         return empty
+    if _too_deep(body):
+        raise BadRequest(
+            f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep"
+        )
     try:
         return json.loads(body)
+    except RecursionError as err:
+        raise BadRequest("the request body nests arrays and objects too deeply") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         where = (
             f" (line {err.lineno}, column {err.colno})"

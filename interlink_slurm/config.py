@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from interlink_slurm.errors import describe_validation_error
+from interlink_slurm.launcher_options import DEFAULT_MPI_FLAGS_ALLOWED, LAUNCHER_OPTIONS
 from interlink_slurm.slurm.remote_settings import RestSettings, SSHSettings
 from interlink_slurm.translate.annotations import (
     DEFAULT_RUNTIME_OPTIONS_ALLOWED,
@@ -46,6 +47,21 @@ from interlink_slurm.translate.site import (
 from interlink_slurm.wire import Taint
 
 Runtime = Literal["apptainer", "singularity", "enroot", "charliecloud"]
+Launcher = Literal["srun", "mpirun", "mpiexec"]
+_DEFAULT_MPI_FLAGS: dict[Launcher, list[str]] = {
+    "srun": list(DEFAULT_MPI_FLAGS_ALLOWED["srun"]),
+    "mpirun": list(DEFAULT_MPI_FLAGS_ALLOWED["mpirun"]),
+    "mpiexec": list(DEFAULT_MPI_FLAGS_ALLOWED["mpiexec"]),
+}
+DependencyType = Literal[
+    "after",
+    "afterany",
+    "afterburstbuffer",
+    "aftercorr",
+    "afternotok",
+    "afterok",
+    "singleton",
+]
 
 DEFAULT_RUNTIME_PATH: dict[str, str] = {
     "apptainer": "apptainer",
@@ -181,8 +197,8 @@ class Settings(BaseSettings):
     user_partitions_allowed: list[str] | None = Field(
         None, description="partitions pods may ask for; default: the partitions configured here"
     )
-    user_qos_allowed: list[str] | None = Field(
-        None, description="QOS pods may ask for with --qos; default: any"
+    user_qos_allowed: list[str] | Literal["any"] = Field(
+        [], description="QOS pods may ask for with --qos, or any; default: none"
     )
     allow_account_annotation: bool = Field(
         False, description="whether pods may choose the Slurm account (--account in flags)"
@@ -195,6 +211,36 @@ class Settings(BaseSettings):
         description="run pod shell code (slurm-job.vk.io/pre-exec, "
         "interlink.eu/wstunnel-client-commands) in the job; false: such pods are refused, and "
         "so are (Enroot, Charliecloud) env variables the runtime itself would act on on the host",
+    )
+    # --- what one pod may ask (issue 16) ------------------------------------------------------
+    user_reservations_allowed: list[str] | Literal["any"] = Field(
+        [], description="reservations pods may ask for with --reservation, or any; default: none"
+    )
+    user_dependencies_allowed: list[DependencyType] | Literal["any"] = Field(
+        [],
+        description="dependency types pods may give with --dependency (afterok, singleton...), "
+        "or any; default: none (a dependency may name any user's job id)",
+    )
+    user_mail_allowed: list[str] | Literal["any"] = Field(
+        [],
+        description="addresses (user@site.org) or domains (@site.org) pods may give with "
+        "--mail-user, or any; default: none",
+    )
+    mpi_flags_allowed: dict[Launcher, list[str]] = Field(
+        _DEFAULT_MPI_FLAGS,
+        description="options pods may give their MPI launcher in slurm-job.vk.io/mpi-flags, "
+        "by launcher (srun, mpirun, mpiexec)",
+    )
+    image_roots: list[Path] = Field(
+        [],
+        description="directories under which a pod may name an image by its absolute path "
+        "(image_root and the images map are the operator's own and need none)",
+    )
+    max_containers_per_pod: int = Field(
+        64, ge=1, description="most containers (init containers included) one pod may have"
+    )
+    max_env_bytes_per_container: int = Field(
+        262144, ge=1024, description="most bytes of NAME=VALUE env entries one container may have"
     )
     runtime_options_allowed: list[str] = Field(
         list(DEFAULT_RUNTIME_OPTIONS_ALLOWED),
@@ -370,12 +416,47 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name!r} is not an Apptainer option this plugin knows")
         return v
 
-    @field_validator("user_partitions_allowed", "user_qos_allowed")
+    @field_validator("user_partitions_allowed", "user_qos_allowed", "user_reservations_allowed")
     @classmethod
-    def _names(cls, v: list[str] | None) -> list[str] | None:
-        for name in v or []:
+    def _names(cls, v: list[str] | str | None) -> list[str] | str | None:
+        for name in v if isinstance(v, list) else []:
             cls._slurm_name(name)
         return v
+
+    @field_validator("user_mail_allowed")
+    @classmethod
+    def _mail(cls, v: list[str] | str) -> list[str] | str:
+        for entry in v if isinstance(v, list) else []:
+            _, at, domain = entry.rpartition("@")
+            if not at or not domain or "," in entry or any(c.isspace() for c in entry):
+                raise ValueError(f"{entry!r} must be an address (user@site.org) or @site.org")
+        return v
+
+    @field_validator("image_roots")
+    @classmethod
+    def _image_roots(cls, v: list[Path]) -> list[Path]:
+        for p in v:
+            if not p.is_absolute():
+                raise ValueError(f"{str(p)!r} must be an absolute path")
+        return v
+
+    @model_validator(mode="after")
+    def _mpi_flags(self) -> Settings:
+        for launcher, names in self.mpi_flags_allowed.items():
+            table = LAUNCHER_OPTIONS[launcher]
+            for name in names:
+                if name not in table.options:
+                    raise ValueError(
+                        f"mpi_flags_allowed.{launcher}: {name!r} is not a {launcher} option "
+                        "this plugin knows (long form: --bind-to...)"
+                    )
+                if name in table.host and not self.allow_user_shell:
+                    raise ValueError(
+                        f"mpi_flags_allowed.{launcher}: {name} acts on the host (runs a "
+                        "program, names a file or changes the directory, environment or user "
+                        "of the tasks): only with allow_user_shell: true"
+                    )
+        return self
 
     @field_validator("namespace_accounts")
     @classmethod

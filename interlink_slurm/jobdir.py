@@ -13,13 +13,14 @@ Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
 
 from __future__ import annotations
 
+import errno
 import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from interlink_slurm.errors import StorageError
+from interlink_slurm.errors import PodRejected, StorageError
 from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.wire import dns_label, dns_subdomain, pod_uid
@@ -79,6 +80,12 @@ def write_pod(transport: Transport, plan: JobPlan, script: str) -> str:
         transport.write_file(script_path, script.encode(), SCRIPT_MODE)
     except OSError as err:
         transport.remove_tree(root)
+        if err.errno == errno.ENAMETOOLONG:
+            # The pod's own names are checked before (wire.relative_path); this is the backstop
+            # for a filesystem with shorter names: the pod's doing, not a full disk.
+            raise PodRejected(
+                "spec.volumes", f"a file name of the pod is too long for {root}: {err}"
+            ) from err
         reason = err.strerror or str(err)
         raise StorageError(f"cannot write the pod directory {root}: {reason}") from err
     return script_path

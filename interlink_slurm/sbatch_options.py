@@ -7,7 +7,7 @@ lines slurmrestd is sent as job properties (slurm/rest.py), so both read an opti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -128,7 +128,13 @@ SBATCH_OPTIONS: dict[str, OptionSpec] = {
     "--wckey": OptionSpec(None, _R),
     "--wrap": OptionSpec(None, _R),
 }
-SHORT_OPTIONS = {o.short: name for name, o in SBATCH_OPTIONS.items() if o.short}
+
+
+def _shorts(table: Mapping[str, OptionSpec]) -> dict[str, str]:
+    return {o.short: name for name, o in table.items() if o.short}
+
+
+SHORT_OPTIONS = _shorts(SBATCH_OPTIONS)
 
 
 class OptionError(ValueError):
@@ -136,12 +142,17 @@ class OptionError(ValueError):
     message says which and why."""
 
 
-def scan_options(tokens: Sequence[str]) -> list[tuple[str, str, str | None]]:
+def scan_options(
+    tokens: Sequence[str],
+    table: Mapping[str, OptionSpec] = SBATCH_OPTIONS,
+    command: str = "sbatch",
+) -> list[tuple[str, str, str | None]]:
     """(the option as written, long name, value or None) for each option of a tokenised sbatch
     command line: ``--x=v``, ``--x v``, ``-t v``, ``-t1:00`` and bundled short switches
     (``-Hk``). An optional value is only taken with '=' (``--exclusive=user``), as sbatch does.
     Unknown or abbreviated names are refused (OptionError), so nothing sbatch would read
-    differently passes."""
+    differently passes. ``table``: another command's options read the same way (srun's)."""
+    shorts = SHORT_OPTIONS if table is SBATCH_OPTIONS else _shorts(table)
     out: list[tuple[str, str, str | None]] = []
     i = 0
     while i < len(tokens):
@@ -149,9 +160,9 @@ def scan_options(tokens: Sequence[str]) -> list[tuple[str, str, str | None]]:
         i += 1
         if tok.startswith("--"):
             name, eq, value = tok.partition("=")
-            spec = SBATCH_OPTIONS.get(name)
+            spec = table.get(name)
             if spec is None:
-                raise OptionError(f"{name!r} is not an sbatch option (write it in full)")
+                raise OptionError(f"{name!r} is not an {command} option (write it in full)")
             if spec.arity is Arity.NONE and eq:
                 raise OptionError(f"{name} takes no value")
             if spec.arity is Arity.REQUIRED and not eq:
@@ -164,11 +175,11 @@ def scan_options(tokens: Sequence[str]) -> list[tuple[str, str, str | None]]:
             rest = tok[1:]
             while rest:
                 short = "-" + rest[0]
-                name = SHORT_OPTIONS.get(short, "")
+                name = shorts.get(short, "")
                 if not name:
-                    raise OptionError(f"{short!r} is not an sbatch option")
+                    raise OptionError(f"{short!r} is not an {command} option")
                 rest = rest[1:]
-                if SBATCH_OPTIONS[name].arity is Arity.REQUIRED:
+                if table[name].arity is Arity.REQUIRED:
                     if rest:
                         value, rest = rest, ""
                     elif i < len(tokens):
@@ -180,7 +191,7 @@ def scan_options(tokens: Sequence[str]) -> list[tuple[str, str, str | None]]:
                 else:
                     out.append((short, name, None))
         else:
-            raise OptionError(f"{tok!r} is not an sbatch option (options start with '-')")
+            raise OptionError(f"{tok!r} is not an {command} option (options start with '-')")
     return out
 
 

@@ -522,7 +522,7 @@ class Service:
         logsetup.bind(uid)
         async with self._lock(uid):
             rec = await asyncio.to_thread(self.store.get, uid)
-            if rec is None:
+            if rec is None or not _same_pod(rec, pod.namespace, pod.name):
                 return f"pod {uid} is not known here: nothing to delete"
             job_id = rec.job_id or await self._settle(rec)
             if job_id is None:
@@ -583,7 +583,7 @@ class Service:
         out = []
         for pod in pods:
             rec = recs.get(pod.uid.lower())
-            if rec is None:
+            if rec is None or not _same_pod(rec, pod.namespace, pod.name):
                 continue  # not ours: an empty answer leaves the pod as it is
             images = {c.name: c.image for c in (*pod.spec.init_containers, *pod.spec.containers)}
             if rec.job_id is None:
@@ -660,7 +660,7 @@ class Service:
         rec = await asyncio.to_thread(self.store.get, req.PodUID)
         if rec is not None and rec.job_id:
             logsetup.bind(job=rec.job_id)
-        if rec is None:
+        if rec is None or not _same_pod(rec, req.Namespace, req.PodName):
             raise NotFound(
                 f"pod {req.Namespace}/{req.PodName} (uid {req.PodUID}) is not known to this plugin"
             )
@@ -760,6 +760,12 @@ class Service:
 
     def snapshot_age(self) -> float | None:
         return None if self._snapshot_at is None else time.monotonic() - self._snapshot_at
+
+
+def _same_pod(rec: PodRecord, namespace: str, name: str) -> bool:
+    """Whether a request names the pod of this record: the UID found it, and the namespace and
+    name must agree too (a UID alone, e.g. one seen in another namespace, shows nothing)."""
+    return rec.namespace == namespace and rec.name == name
 
 
 def _all_waiting(

@@ -62,6 +62,9 @@ def pod_uid(value: str) -> str:
     return value.lower()
 
 
+NAME_MAX = 255  # bytes of one file name, on every filesystem a pod directory may be on
+
+
 def relative_path(value: str) -> str:
     """A path that stays inside the directory it is joined to: relative, no '..', no NUL."""
     if not value or "\x00" in value or value.startswith("/"):
@@ -69,6 +72,8 @@ def relative_path(value: str) -> str:
     parts = value.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"{value!r} must not contain empty, '.' or '..' path elements")
+    if any(len(p.encode()) > NAME_MAX for p in parts):
+        raise ValueError(f"a path element is longer than the {NAME_MAX} bytes a file name may be")
     return value
 
 

@@ -3,9 +3,10 @@
 User text never reaches the script as written: sbatch flags are tokenised like a shell (shlex),
 each option is looked up in ``SBATCH_OPTIONS`` (short and long forms, abbreviations refused),
 checked against the configured allowlist, and written back in its canonical ``--name=value``
-form. Runtime options and mounts get the same treatment. Only the two annotations that *are*
-shell code (pre-exec, wstunnel commands) are used as written, and only when the operator allows
-it (``allow_user_shell``).
+form. Runtime options and mounts get the same treatment, and so do the MPI launcher's options
+(``launcher_options.py``; the launcher runs on the host, so options acting there need
+``allow_user_shell``). Only the two annotations that *are* shell code (pre-exec, wstunnel
+commands) are used as written, and only when the operator allows it (``allow_user_shell``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ import re
 import shlex
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from interlink_slurm.errors import PodRejected
+from interlink_slurm.launcher_options import (
+    DEFAULT_MPI_FLAGS_ALLOWED,
+    LAUNCHER_OPTIONS,
+    canonical,
+    scan_launcher_options,
+)
 from interlink_slurm.sbatch_options import SBATCH_OPTIONS as SBATCH_OPTIONS
 from interlink_slurm.sbatch_options import OptionError, parse_options
 from interlink_slurm.translate.volumes import allowed_host_path
@@ -146,6 +154,56 @@ class FlagPolicy:
     partitions: Collection[str] | None  # None: any
     qos: Collection[str] | None  # None: any
     account: bool  # whether --account may be given
+    # Open by default no more: each needs the site's list, or None for "any" said explicitly.
+    reservations: Collection[str] | None = ()
+    dependencies: Collection[str] | None = ()  # dependency types: afterok, singleton...
+    mail: Collection[str] | None = ()  # addresses, or @domain
+
+
+# Where each of them is configured, for the messages.
+_LISTED = {
+    "--qos": ("QOS", "user_qos_allowed"),
+    "--reservation": ("reservation", "user_reservations_allowed"),
+    "--dependency": ("dependency type", "user_dependencies_allowed"),
+    "--mail-user": ("address", "user_mail_allowed"),
+}
+_DEPENDENCY_SEP = re.compile(r"[,?]")
+
+
+def _listed_values(name: str, value: str) -> list[str]:
+    """What of a value the site's list must hold: each QOS or reservation, each dependency's
+    type (``afterok:123:456`` → afterok), each address."""
+    if name == "--dependency":
+        return [d.split(":", 1)[0] for d in _DEPENDENCY_SEP.split(value)]
+    if name == "--qos":
+        return [value]
+    return value.split(",")
+
+
+def _mail_allowed(address: str, allowed: Collection[str]) -> bool:
+    return address in allowed or "@" + address.rpartition("@")[2] in allowed
+
+
+def _check_listed(where: str, name: str, value: str, policy: FlagPolicy) -> None:
+    allowed = {
+        "--qos": policy.qos,
+        "--reservation": policy.reservations,
+        "--dependency": policy.dependencies,
+        "--mail-user": policy.mail,
+    }[name]
+    if allowed is None:
+        return
+    what, key = _LISTED[name]
+    if name == "--mail-user":
+        bad = [v for v in _listed_values(name, value) if not _mail_allowed(v, allowed)]
+    else:
+        bad = [v for v in _listed_values(name, value) if v not in allowed]
+    if bad:
+        raise PodRejected(
+            where,
+            f"{name} {','.join(bad)}: this {what} is not allowed "
+            f"(allowed: {', '.join(sorted(allowed)) or f'none; the site lists them in {key}'})",
+        )
 
 
 def user_flags(text: str, policy: FlagPolicy) -> list[str]:
@@ -182,12 +240,13 @@ def user_flags(text: str, policy: FlagPolicy) -> list[str]:
                     f"--partition {','.join(bad)} is not allowed "
                     f"(allowed: {', '.join(sorted(policy.partitions)) or 'none'})",
                 )
-        if name == "--qos" and policy.qos is not None and value not in policy.qos:
-            raise PodRejected(
-                where,
-                f"--qos {value} is not allowed "
-                f"(allowed: {', '.join(sorted(policy.qos)) or 'none'})",
-            )
+        if name in _LISTED:
+            assert value is not None
+            _check_listed(where, name, value, policy)
+        if name == "--nice" and value is not None and not value.isdigit():
+            # A negative nice raises the job's priority over other users' (when the plugin
+            # runs as root, Slurm honours it).
+            raise PodRejected(where, f"--nice={value}: only a whole number of 0 or more")
         out.append(f"{name}={value}" if value is not None else name)
     return out
 
@@ -372,12 +431,55 @@ def _positive(annotations: Mapping[str, str], key: str, limit: int) -> int | Non
     return int(raw)
 
 
-def mpi(annotations: Mapping[str, str]) -> Mpi:
+def launcher_flags(
+    text: str, launcher: str, allowed: Collection[str], user_shell: bool
+) -> list[str]:
+    """slurm-job.vk.io/mpi-flags → checked options of the launcher, in its canonical form.
+
+    The launcher runs on the host: an option that runs a program, names a file or changes the
+    tasks' directory, environment or user is refused unless the site runs pods' shell code."""
+    where = f"metadata.annotations[{MPI_FLAGS}]"
+    table = LAUNCHER_OPTIONS[launcher]
+    try:
+        options = scan_launcher_options(_tokens(text, MPI_FLAGS), table)
+    except OptionError as err:
+        raise PodRejected(where, str(err)) from err
+    out: list[str] = []
+    for written, name, values in options:
+        if name in table.host and not user_shell:
+            raise PodRejected(
+                where,
+                f"{launcher} option {written} runs a program, names a file or changes the "
+                "directory, environment or user of the tasks on the host, and this site does "
+                "not run code of the pod's choosing there (allow_user_shell: false)",
+            )
+        if name not in allowed:
+            raise PodRejected(
+                where,
+                f"{launcher} option {written} is not allowed here "
+                f"(allowed: {', '.join(sorted(allowed)) or 'none'}; mpi_flags_allowed)",
+            )
+        for value in values:
+            if "\x00" in value or "\n" in value or value == "":
+                raise PodRejected(where, f"{written}: {value!r} is not a value")
+            if not table.joined and value.startswith("-"):
+                # Written as a word of its own, the launcher would read it as an option.
+                raise PodRejected(where, f"{written}: {value!r} is not a value")
+        out += canonical(table, name, values)
+    return out
+
+
+def mpi(
+    annotations: Mapping[str, str],
+    allowed: Mapping[Any, Collection[str]] | None = None,
+    user_shell: bool = True,
+) -> Mpi:
     """Nodes, tasks per node and how the containers are launched across them.
 
     ``slurm-job.vk.io/mpi-flags`` (as the reference plugin) launches the containers with
     ``mpiexec -np $SLURM_NTASKS <flags>``; ``interlink-slurm/mpi-launcher`` picks srun, mpirun
-    or mpiexec instead. More than one node or task with no launcher is launched with srun."""
+    or mpiexec instead. More than one node or task with no launcher is launched with srun.
+    ``allowed``: the options a pod may give, by launcher (default DEFAULT_MPI_FLAGS_ALLOWED)."""
     nodes = _positive(annotations, NODES, 10000) or 1
     tasks = _positive(annotations, TASKS_PER_NODE, 100000) or 1
     flags_text = annotations.get(MPI_FLAGS)
@@ -387,7 +489,6 @@ def mpi(annotations: Mapping[str, str]) -> Mpi:
             f"metadata.annotations[{MPI_LAUNCHER}]",
             f"{launcher_name!r} must be one of {', '.join(LAUNCHERS)}",
         )
-    flags = [] if flags_text in (None, "true") else _tokens(flags_text or "", MPI_FLAGS)
     if launcher_name is None:
         if flags_text is not None:
             launcher_name = "mpiexec"
@@ -395,6 +496,13 @@ def mpi(annotations: Mapping[str, str]) -> Mpi:
             launcher_name = "srun"
     if launcher_name is None:
         return Mpi(nodes, tasks, ())
+    flags: list[str] = []
+    if flags_text not in (None, "true"):
+        if allowed is None:
+            allowed = DEFAULT_MPI_FLAGS_ALLOWED
+        flags = launcher_flags(
+            flags_text or "", launcher_name, allowed.get(launcher_name, ()), user_shell
+        )
     if launcher_name == "srun":
         return Mpi(nodes, tasks, ("srun", *flags))
     return Mpi(nodes, tasks, (launcher_name, "-np", NTASKS, *flags))

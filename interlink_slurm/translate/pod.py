@@ -30,10 +30,11 @@ from interlink_slurm.translate.runtimes import (
     container_argv,
     env_entries,
     host_heeded,
+    launcher_heeded,
     local_images_only,
 )
 from interlink_slurm.translate.site import Target, partitions_of, site_for, slurm_seconds
-from interlink_slurm.translate.volumes import lay_out_volumes
+from interlink_slurm.translate.volumes import allowed_host_path, lay_out_volumes
 from interlink_slurm.wire import Container, RetrievedPodData
 
 # Copied into every pod directory: the job runs it on the compute node (see logpipe.py).
@@ -85,6 +86,21 @@ def _checked_image(image: str, ref: str) -> str:
     return image
 
 
+def _under_image_roots(path: str, ref: str, settings: Settings) -> str:
+    """An image named by a host path (the pod's own, or under a root its annotation chose) only
+    under the site's image roots: otherwise a pod could run any host directory as its root."""
+    roots = [str(p) for p in settings.image_roots]
+    if settings.image_root and settings.image_root.startswith("/"):
+        roots.append(settings.image_root)
+    if ".." in path.split("/") or not allowed_host_path(path, roots):
+        raise PodRejected(
+            "image",
+            f"{ref!r} names a path outside the directories images may come from "
+            f"({', '.join(roots) or 'none: the site lists them in image_roots'})",
+        )
+    return path
+
+
 def resolve_image(ref: str, runtime: str, settings: Settings, image_root: str | None) -> str:
     """The image the runtime is given for a reference the pod names (with image_cache_dir, a
     registry reference the job pulls into the cache first)."""
@@ -101,12 +117,13 @@ def _resolved_image(ref: str, runtime: str, settings: Settings, image_root: str 
     _checked_image(ref, ref)
     local_only = local_images_only(runtime, settings.image_cache_dir is not None)
     if ref.startswith("/"):
-        return ref
+        return _under_image_roots(ref, ref, settings)
     if "://" in ref and not local_only:
         return ref
     if image_root:
         joined = image_root + ref if image_root.endswith(("://", "/")) else f"{image_root}/{ref}"
-        return _checked_image(joined, ref)
+        image = _checked_image(joined, ref)
+        return _under_image_roots(image, ref, settings) if image.startswith("/") else image
     if local_only:
         raise PodRejected(
             "image",
@@ -127,6 +144,12 @@ def _env(c: Container, where: str, settings: Settings) -> list[tuple[str, str]]:
                 "outside the container, and this site does not run code of the pod's choosing "
                 "there (allow_user_shell: false)",
             )
+        if not settings.allow_user_shell and launcher_heeded(var.name):
+            raise PodRejected(
+                f"{where}.env[{j}].name",
+                f"{var.name} is a variable Slurm or an MPI launcher acts on, and this site does "
+                "not let a pod steer them (allow_user_shell: false)",
+            )
         value = expand_refs(var.value or "", resolved)
         if "\x00" in value:
             raise PodRejected(f"{where}.env[{j}].value", "must not contain NUL characters")
@@ -134,6 +157,14 @@ def _env(c: Container, where: str, settings: Settings) -> list[tuple[str, str]]:
         out.append((var.name, value))
     # A later definition of a name wins, as in Kubernetes; keep one entry per name.
     last = {name: value for name, value in out}
+    size = sum(len(f"{name}={value}".encode()) + 1 for name, value in last.items())
+    if size > settings.max_env_bytes_per_container:
+        raise PodRejected(
+            f"{where}.env",
+            f"the variables take {size} bytes, more than the "
+            f"{settings.max_env_bytes_per_container} a container may have here "
+            "(max_env_bytes_per_container)",
+        )
     return list(last.items())
 
 
@@ -173,6 +204,11 @@ def env_file(runtime: str, env: Sequence[tuple[str, str]]) -> bytes:
     return b"".join(e.encode() + b"\0" for e in env_entries(runtime, env))
 
 
+def _any(allowed: Sequence[str] | str) -> Sequence[str] | None:
+    """A configured list, or None for ``any``."""
+    return None if isinstance(allowed, str) else allowed
+
+
 def _user_directives(
     settings: Settings, annotations: dict[str, str], max_time: int | None
 ) -> list[str]:
@@ -183,8 +219,11 @@ def _user_directives(
     policy = ann.FlagPolicy(
         allowed=settings.user_flags_allowed,
         partitions=partitions if partitions is not None else partitions_of(settings),
-        qos=settings.user_qos_allowed,
+        qos=_any(settings.user_qos_allowed),
         account=settings.allow_account_annotation,
+        reservations=_any(settings.user_reservations_allowed),
+        dependencies=_any(settings.user_dependencies_allowed),
+        mail=_any(settings.user_mail_allowed),
     )
     flags = ann.user_flags(text, policy)
     for flag in flags:
@@ -214,9 +253,17 @@ def build_plan(
     pod = data.pod
     meta = pod.metadata
     notes = meta.annotations
+    count = len(pod.spec.init_containers) + len(pod.spec.containers)
+    if count > settings.max_containers_per_pod:
+        # Each container is a process tree of the one job: thousands would start at once.
+        raise PodRejected(
+            "spec.containers",
+            f"the pod has {count} containers (init containers included), more than the "
+            f"{settings.max_containers_per_pod} a pod may have here (max_containers_per_pod)",
+        )
     wants_gpus = pod_resources(pod.spec, 1, 1).gpus > 0
     site = site_for(settings, notes, meta.namespace, wants_gpus, target)
-    mpi = ann.mpi(notes)
+    mpi = ann.mpi(notes, settings.mpi_flags_allowed, settings.allow_user_shell)
     res = pod_resources(pod.spec, site.default_cpus, site.default_memory_mb)
     # Named in the messages of what this target or flavor does not allow.
     where = ", ".join(

@@ -54,6 +54,30 @@ def host_heeded(runtime: str, name: str) -> bool:
     return False
 
 
+# Variables Slurm's commands and the MPI launchers act on (srun --task-prolog is
+# SLURM_TASK_PROLOG, mpirun -x is OMPI_MCA_..., Hydra's launcher is HYDRA_LAUNCHER...). The job
+# keeps the pod's variables from the launcher (they are set after it, for the runtime only), but
+# a site that runs no code of the pod's choosing refuses them outright.
+LAUNCHER_HEEDED = (
+    "SLURM_",
+    "SRUN_",
+    "SALLOC_",
+    "SBATCH_",
+    "OMPI_",
+    "PRTE_",
+    "PMIX_",
+    "PMI",
+    "HYDRA_",
+    "MPIEXEC_",
+    "I_MPI_",
+)
+
+
+def launcher_heeded(name: str) -> bool:
+    """Whether Slurm or an MPI launcher would act on this variable."""
+    return name.startswith(LAUNCHER_HEEDED)
+
+
 def env_entries(runtime: str, env: Sequence[tuple[str, str]]) -> list[str]:
     """``NAME=VALUE`` strings for the job to put in the runtime's environment."""
     prefix = ENV_PREFIX[runtime]

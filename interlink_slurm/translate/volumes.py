@@ -108,7 +108,9 @@ def _project(
             try:
                 relative_path(key)
             except ValueError as err:
-                raise PodRejected(where, f"{what} key {key!r} cannot be a file name") from err
+                raise PodRejected(
+                    where, f"{what} key {key!r} cannot be a file name: {err}"
+                ) from err
             files.append(FileSpec(f"{base}/{key}", value, _file_mode(mode)))
     return files
 

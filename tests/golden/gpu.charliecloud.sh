@@ -40,6 +40,10 @@ ils_wait() {
   done
 }
 
+# Run by a launcher's task: the variables of the env file ($1), then the rest of the words.
+ILS_AFTER_LAUNCH='e=(); while IFS= read -r -d "" kv; do e+=("$kv"); done < "$1" || exit 127
+shift; exec env -- "${e[@]}" "$@"'
+
 # ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
 # its env file, its output in its log (through logpipe.py, which notes when each chunk was
 # written), its start time, end time, exit code and restarts in files. Options, each followed
@@ -72,8 +76,13 @@ ils_container() {
     esac
     shift $(( $2 + 2 ))
   done
+  local -a direct=("${envs[@]}")
   if [ "${#launch[@]}" -gt 0 ]; then
     found=$(command -v -- "${launch[0]}") && launch[0]=$found
+    # The launcher never sees the pod's variables (it acts on SLURM_*, OMPI_*...): they are
+    # read from the env file after it, on each task's node, for the runtime only.
+    launch+=("$BASH" -c "$ILS_AFTER_LAUNCH" ils-env "$POD_DIR/containers/$name.env")
+    direct=()
   fi
   # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
   runtime=$(command -v -- "$1") || runtime=$1
@@ -89,9 +98,9 @@ ils_container() {
       rm -f "$pipe" && mkfifo -m 600 "$pipe"
       "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
       logger=$!
-      env -- "${envs[@]}" "${launch[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
+      env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
     else
-      env -- "${envs[@]}" "${launch[@]}" "$runtime" "$@" \
+      env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
         >> "containers/$name.log" 2>&1 < /dev/null &
     fi
     cpid=$!

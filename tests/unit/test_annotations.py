@@ -76,7 +76,7 @@ def flag_rejection(text: str, **config: Any) -> PodRejected:
 def test_flags_are_read_like_a_shell_and_written_in_canonical_form(
     text: str, expected: list[str]
 ) -> None:
-    directives = flags(text)
+    directives = flags(text, user_dependencies_allowed="any", user_mail_allowed="any")
     assert directives[-len(expected) :] == expected
 
 
@@ -159,7 +159,9 @@ def test_account_flag_needs_the_sites_permission() -> None:
 
 
 def test_qos_flag_limited_to_the_configured_list() -> None:
-    assert "--qos=anything" in flags("-q anything")
+    assert "--qos=anything" in flags("-q anything", user_qos_allowed="any")
+    err = flag_rejection("--qos=anything")
+    assert "not allowed (allowed: none; the site lists them in user_qos_allowed)" in err.reason
     err = flag_rejection("--qos=boost_qos_lprod", user_qos_allowed=["normal", "boost_qos_dbg"])
     assert "boost_qos_lprod" in err.reason and "boost_qos_dbg, normal" in err.reason
     assert "--qos=normal" in flags("--qos=normal", user_qos_allowed=["normal"])
@@ -418,12 +420,13 @@ def test_nodes_and_tasks_per_node_annotations_shape_the_job() -> None:
 
 @pytest.mark.parametrize("launcher", ["srun", "mpirun"])
 def test_mpi_launcher_annotation_chooses_the_launcher(launcher: str) -> None:
-    notes = {ann.MPI_LAUNCHER: launcher, ann.MPI_FLAGS: "--mpi=pmix"}
+    notes = {ann.MPI_LAUNCHER: launcher}
+    notes[ann.MPI_FLAGS] = "--mpi=pmix" if launcher == "srun" else "--map-by=ppr:1:node"
     plan = plan_of(annotated(notes, init=[pg.container("setup", "pass")]))
     expected = (
         ("srun", "--mpi=pmix")
         if launcher == "srun"
-        else ("mpirun", "-np", ann.NTASKS, "--mpi=pmix")
+        else ("mpirun", "-np", ann.NTASKS, "--map-by", "ppr:1:node")
     )
     assert plan.containers[0].launcher == expected
     assert plan.init_containers[0].launcher == ()  # init containers run once

@@ -463,3 +463,34 @@ def test_a_submission_cut_short_is_settled_from_slurm_or_from_the_jobs_own_outpu
         assert h.store.get(never["metadata"]["uid"]) is None  # never submitted: created anew
     finally:
         h.close()
+
+
+def test_a_uid_with_another_namespace_or_name_shows_nothing_of_the_pod(api: Harness) -> None:
+    data = simple("mine", namespace="team-a")
+    assert api.post("/create", data).status_code == 200
+    meta = data["pod"]["metadata"]
+    api.refresh()
+    for namespace, name in (("team-b", "mine"), ("team-a", "other")):
+        stranger = json.loads(json.dumps(data["pod"]))
+        stranger["metadata"].update(namespace=namespace, name=name)
+        # status: an empty answer, as for a pod the plugin does not know
+        r = api.get("/status", [stranger])
+        assert r.status_code == 200 and r.json() == []
+        # logs: 404
+        logs = {
+            "Namespace": namespace,
+            "PodUID": meta["uid"],
+            "PodName": name,
+            "ContainerName": "c",
+            "Opts": {},
+        }
+        r = api.get("/getLogs", logs)
+        assert r.status_code == 404 and "not known" in r.text
+        # delete: nothing is cancelled
+        r = api.post("/delete", stranger)
+        assert r.status_code == 200 and "not known here" in r.text
+        assert "cancel" not in api.scheduler.calls and "signal" not in api.scheduler.calls
+    # The pod itself, named rightly, is still served.
+    assert [s["name"] for s in api.get("/status", [data["pod"]]).json()] == ["mine"]
+    logs["Namespace"], logs["PodName"] = "team-a", "mine"
+    assert api.get("/getLogs", logs).status_code == 200

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from interlink_slurm.config import Settings, load_settings
@@ -381,12 +381,13 @@ def test_pod_path_does_not_hide_the_runtime_binary(bin_dir: Path, data_root: Pat
 # --- annotations: pre-exec, the tunnel, MPI launchers -------------------------------------------
 
 LAUNCHER_STAND_IN = """#!/bin/bash
-# Records its own options and runs what follows them, as srun/mpiexec would on one task.
+# Records its own options and environment, and runs what follows them (from the first absolute
+# path: the job's bash reading the env file), as srun/mpiexec would on one task.
 : > "$ILS_PROBE_OUT/launcher.args"
-while [ "$#" -gt 0 ] && [ "$1" != "--ils-end" ]; do
+env -0 > "$ILS_PROBE_OUT/launcher.env"
+while [ "$#" -gt 0 ] && [ "${1#/}" = "$1" ]; do
   printf '%s\\0' "$1" >> "$ILS_PROBE_OUT/launcher.args"; shift
 done
-shift
 exec "$@"
 """
 
@@ -437,26 +438,69 @@ def test_tunnel_runs_while_the_containers_run_and_is_stopped_after(
     assert not alive, "the tunnel outlived the job"
 
 
-@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
-def test_mpi_launcher_runs_the_container_with_the_pods_flags(
-    bin_dir: Path, data_root: Path, tmp_path: Path, launcher: str
-) -> None:
-    launch_dir = tmp_path / "launchers"
-    launch_dir.mkdir()
+def stand_in(launch_dir: Path, launcher: str) -> None:
+    launch_dir.mkdir(exist_ok=True)
     exe = launch_dir / launcher
     exe.write_text(LAUNCHER_STAND_IN)
     exe.chmod(0o755)
-    notes = {
-        "interlink-slurm/mpi-launcher": launcher,
-        "slurm-job.vk.io/mpi-flags": "--bind-to 'core x' --ils-end",
-    }
+
+
+@pytest.mark.parametrize(
+    ("launcher", "flags", "expected"),
+    [
+        ("srun", "--cpu-bind 'map_cpu:0 1' -l", [b"--cpu-bind=map_cpu:0 1", b"--label"]),
+        ("mpiexec", "-bind-to 'core x'", [b"-np", b"8", b"--bind-to", b"core x"]),
+    ],
+)
+def test_mpi_launcher_runs_the_container_with_the_pods_flags(
+    bin_dir: Path,
+    data_root: Path,
+    tmp_path: Path,
+    launcher: str,
+    flags: str,
+    expected: list[bytes],
+) -> None:
+    stand_in(tmp_path / "launchers", launcher)
+    notes = {"interlink-slurm/mpi-launcher": launcher, "slurm-job.vk.io/mpi-flags": flags}
     plan = annotated_probe(notes, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
-    run, out = run_job(plan, PATH=f"{launch_dir}{os.pathsep}{os.environ['PATH']}", SLURM_NTASKS="8")
+    path = f"{tmp_path / 'launchers'}{os.pathsep}{os.environ['PATH']}"
+    run, out = run_job(plan, PATH=path, SLURM_NTASKS="8")
     assert run.returncode == 0, run.output
     args = (out / "launcher.args").read_bytes().split(b"\0")[:-1]
-    expected = [b"--bind-to", b"core x"]
-    assert args == (expected if launcher == "srun" else [b"-np", b"8", *expected])
+    assert args == expected
     assert seen(out, "main")["command"] == [b"run", b"main"]
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
+def test_the_launcher_never_sees_the_pods_environment(
+    bin_dir: Path, data_root: Path, tmp_path: Path, launcher: str
+) -> None:
+    # srun writes its tasks' output where SLURM_STDOUTMODE says, runs SLURM_TASK_PROLOG...
+    c = probe("main")
+    c["env"] += [
+        {"name": "SLURM_STDOUTMODE", "value": "/var/tmp/pod-chose-this"},
+        {"name": "OMPI_MCA_plm_rsh_agent", "value": "/bin/pod-agent"},
+        {"name": "WITH_NEWLINE", "value": "a\nb"},
+    ]
+    the_pod = pg.pod("probe", [c], annotations={"interlink-slurm/mpi-launcher": launcher})
+    plan = plan_for(the_pod, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
+    stand_in(tmp_path / "launchers", launcher)
+    path = f"{tmp_path / 'launchers'}{os.pathsep}{os.environ['PATH']}"
+    run, out = run_job(plan, PATH=path, SLURM_NTASKS="1", SLURM_JOB_ID="77")
+    assert run.returncode == 0, run.output
+    launcher_env = dict(
+        e.split(b"=", 1) for e in (out / "launcher.env").read_bytes().split(b"\0") if e
+    )
+    assert b"SLURM_STDOUTMODE" not in launcher_env
+    assert b"OMPI_MCA_plm_rsh_agent" not in launcher_env
+    assert MARKER.encode() not in launcher_env
+    assert launcher_env[b"SLURM_JOB_ID"] == b"77"  # the job's own context stays
+    # ...while the runtime, after the launcher, gets every variable of the pod, byte-exact.
+    env = seen(out, "main")["env"]
+    assert env[b"SLURM_STDOUTMODE"] == b"/var/tmp/pod-chose-this"
+    assert env[b"WITH_NEWLINE"] == b"a\nb"
+    assert env[MARKER.encode()] == b"main"
+    assert env[b"SLURM_JOB_ID"] == b"77"
 
 
 @settings(max_examples=25, deadline=None)
@@ -465,16 +509,16 @@ def test_mpi_flags_reach_the_launcher_byte_exact(
     bin_dir: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory, words: list[str]
 ) -> None:
     launch_dir = tmp_path_factory.mktemp("srun")
-    exe = launch_dir / "srun"
-    exe.write_text(LAUNCHER_STAND_IN)
-    exe.chmod(0o755)
-    text = shlex.join([*words, "--ils-end"])
+    stand_in(launch_dir, "srun")
+    values = [w for w in words if w and "\n" not in w]
+    assume(values)
+    text = shlex.join(f"--cpu-bind={w}" for w in values)
     notes = {"interlink-slurm/mpi-launcher": "srun", "slurm-job.vk.io/mpi-flags": text}
     plan = annotated_probe(notes, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
     run, out = run_job(plan, PATH=f"{launch_dir}{os.pathsep}{os.environ['PATH']}")
     assert run.returncode == 0, run.output
     args = (out / "launcher.args").read_bytes().split(b"\0")[:-1]
-    assert args == [w.encode() for w in words]
+    assert args == [f"--cpu-bind={w}".encode() for w in values]
 
 
 # --- restartPolicy, readiness -------------------------------------------------------------------

@@ -740,12 +740,30 @@ def test_reference_without_scheme_is_pulled_from_docker(runtime: str) -> None:
 
 @pytest.mark.parametrize("ref", ["docker://python:3.12", "oras://reg/x:1", "/abs/path.sif"])
 def test_scheme_or_absolute_path_is_kept(ref: str) -> None:
-    assert image_of(ref) == ref
+    assert image_of(ref, image_roots=["/abs"]) == ref
 
 
 def test_absolute_path_is_kept_for_local_image_runtimes() -> None:
-    assert image_of("/images/app", "charliecloud") == "/images/app"
-    assert image_of("/images/app.sqsh", "enroot") == "/images/app.sqsh"
+    assert image_of("/images/app", "charliecloud", image_roots=["/images"]) == "/images/app"
+    assert image_of("/images/app.sqsh", "enroot", image_roots=["/images"]) == "/images/app.sqsh"
+
+
+@pytest.mark.parametrize(
+    ("ref", "notes", "config"),
+    [
+        ("/etc", None, {}),  # no image_roots: no host path at all
+        ("/images2/app", None, {"image_roots": ["/images"]}),
+        ("/images/../etc", None, {"image_roots": ["/images"]}),
+        ("etc", {"slurm-job.vk.io/image-root": "/"}, {"image_roots": ["/images"]}),
+        ("../../etc", None, {"image_root": "/images"}),
+    ],
+)
+def test_an_image_path_outside_the_image_roots_is_refused(
+    ref: str, notes: dict[str, str] | None, config: dict[str, Any]
+) -> None:
+    err = rejection(pod_of(main(image=ref), annotations=notes), settings(**config))
+    assert err.field == "spec.containers[0].image"
+    assert "outside the directories images may come from" in err.reason
 
 
 @pytest.mark.parametrize(
@@ -764,7 +782,8 @@ def test_image_root_is_a_prefix(root: str, expected: str) -> None:
 def test_image_root_annotation_wins_over_config() -> None:
     annotations = {"slurm-job.vk.io/image-root": "/project/images"}
     assert (
-        image_of("app:1", annotations=annotations, image_root="/images") == "/project/images/app:1"
+        image_of("app:1", annotations=annotations, image_root="/images", image_roots=["/project"])
+        == "/project/images/app:1"
     )
 
 

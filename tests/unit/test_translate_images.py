@@ -74,7 +74,7 @@ def test_one_pull_per_image_whatever_the_number_of_containers() -> None:
 
 
 def test_mapped_and_local_images_are_not_pulled() -> None:
-    s = cached(images={"python:3.12": "/sif/python.sif"})
+    s = cached(images={"python:3.12": "/sif/python.sif"}, image_roots=["/abs"])
     p = pod_of(main(image="python:3.12"), pg.container("side", "pass", image="/abs/x.sif"))
     plan = plan_of(p, s)
     assert plan.image_pulls == ()
