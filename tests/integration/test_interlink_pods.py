@@ -1,0 +1,65 @@
+"""What interLink 0.6.2+ deployments and its conformance suite (vk-test-set) need, on the real
+Slurm: the suite's own sbatch flags, where a pod runs, logs without a container name, the ping,
+and a delete that Slurm cannot hear at first."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from pathlib import Path
+
+from tests import podgen
+from tests.integration.conftest import Plugin, all_terminated, slurm
+from tests.integration.test_crash_outage import cancel, jobs_by_comment
+
+# The annotation vk-test-set puts on every pod it creates.
+SUITE_FLAGS = {"slurm-job.vk.io/flags": "--job-name=test-pod-cfg -t 2800"}
+
+
+def test_the_suites_flags_name_the_job_and_set_its_time(plugin: Plugin) -> None:
+    pod = podgen.pod(
+        "suite-flags", [podgen.container("main", "print('ok')")], annotations=SUITE_FLAGS
+    )
+    job_id = plugin.create_ok(podgen.retrieved(pod))
+    name, limit, comment = (
+        slurm(plugin.cluster, "squeue", "-h", "-a", "--states=all", "-j", job_id, "-o", "%j|%l|%k")
+        .strip()
+        .split("|")
+    )
+    assert name == "test-pod-cfg"
+    assert limit == "1-22:40:00"  # 2800 minutes
+    assert comment == f"interlink-slurm:{pod['metadata']['uid']}"
+    status = plugin.wait_for(pod, all_terminated)
+    assert status["containers"][0]["state"]["terminated"]["exitCode"] == 0
+
+
+def test_pods_naming_their_jobs_alike_are_still_submitted_once_after_a_crash(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    # Held, so the jobs stay in the queue to be counted.
+    plugin = Plugin(tmp_path, cluster, sbatch_extra=["--hold"])
+    plugin.start()
+    pods = [
+        podgen.pod(
+            f"same-name-{i}", [podgen.container("main", "print(1)")], annotations=SUITE_FLAGS
+        )
+        for i in range(3)
+    ]
+    job_ids: list[str] = []
+    try:
+        job_ids = [plugin.create_ok(podgen.retrieved(p)) for p in pods]
+        plugin.stop(signal.SIGKILL)
+        # A crash between sbatch and recording its answer leaves the rows in flight.
+        with sqlite3.connect(plugin.data_root / "state.db") as db:
+            db.execute("UPDATE pods SET job_id = NULL")
+        plugin.start()
+        for p, job_id in zip(pods, job_ids, strict=True):
+            assert plugin.create_ok(podgen.retrieved(p)) == job_id
+        comments = jobs_by_comment(cluster)
+        for p in pods:
+            assert comments[f"interlink-slurm:{p['metadata']['uid']}"] == 1
+        for job_id in job_ids:
+            assert "test-pod-cfg" in slurm(cluster, "squeue", "-h", "-j", job_id, "-o", "%j")
+    finally:
+        plugin.stop()
+        cancel(cluster, job_ids)
