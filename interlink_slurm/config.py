@@ -250,7 +250,9 @@ class Settings(BaseSettings):
         5.0, gt=0, description="longest the start-time estimates of one pod may take in all"
     )
 
-    taints: list[Taint] = []
+    # None: the ping leaves the node's taints as the virtual kubelet's configuration sets them
+    # (interLink replaces them with any list the ping carries, [] included).
+    taints: list[Taint] | None = None
     max_pods: int = Field(1000, ge=1, description="the 'pods' capacity of the virtual node")
     ping_cache_seconds: float = Field(30.0, ge=0)
 

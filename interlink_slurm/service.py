@@ -117,6 +117,7 @@ class Service:
         self._refresh_lock: asyncio.Lock | None = None
         self._last_gc = 0.0
         self._ping: tuple[float, PingResponse] | None = None
+        self._last_capacity: PingResources | None = None  # of the last healthy ping
         self._tasks: list[asyncio.Task[None]] = []
         # What each pod's files said when last read, for when they cannot be read.
         self._files_seen: dict[str, jobdir.PodFiles] = {}
@@ -302,6 +303,7 @@ class Service:
         if revived:
             log.info("jobs %s run again (requeued)", ", ".join(revived))
             await asyncio.to_thread(self.store.reopen, name, revived)
+        placed = {j: job.nodes for j, job in jobs.items() if job.nodes}
         if gone:
             try:
                 accounted = await cluster.scheduler.final_states(gone)
@@ -312,8 +314,15 @@ class Service:
                 finished.append(
                     (job_id, base_state(acct), acct.reason) if acct else (job_id, GONE, "")
                 )
+                if acct and acct.nodes:
+                    placed[job_id] = acct.nodes
         if finished:
             await asyncio.to_thread(self.store.finish, name, finished)
+        known = {r.job_id: r.nodes for r in recs}
+        moved = [(j, n) for j, n in placed.items() if known.get(j) != n]
+        if moved:
+            # Kept, so a pod whose job has left the queue still says where it ran.
+            await asyncio.to_thread(self.store.set_nodes, name, moved)
         self._snapshot[name] = jobs
         await self._note_starts(recs, jobs)
         return True
@@ -586,6 +595,7 @@ class Service:
             if rec is None:
                 continue  # not ours: an empty answer leaves the pod as it is
             images = {c.name: c.image for c in (*pod.spec.init_containers, *pod.spec.containers)}
+            nodes = ""
             if rec.job_id is None:
                 init, main = _all_waiting(rec, images, CREATING_REASON, "being submitted to Slurm")
             elif self._held_for_images(rec):
@@ -620,6 +630,9 @@ class Service:
                     _note_placement(
                         (*init, *main), describe(json.loads(rec.placement), time.time())
                     )
+                nodes = self._nodes_of(rec)
+                if nodes:
+                    _note_nodes((*init, *main), nodes)
             out.append(
                 PodStatus(
                     name=rec.name,
@@ -628,9 +641,20 @@ class Service:
                     JID=rec.job_id or "",
                     containers=main,
                     initContainers=init,
+                    NodeName=nodes or None,
                 )
             )
         return out
+
+    def _nodes_of(self, rec: PodRecord) -> str:
+        """Where the pod's job runs or ran: Slurm's node list ("" while it waits)."""
+        if rec.job_id is None:
+            return ""
+        job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
+        if job is not None:
+            # A requeued job waiting again runs nowhere, whatever its last run said.
+            return job.nodes if base_state(job) not in WAITING else ""
+        return rec.nodes or ""
 
     def _held_for_images(self, rec: PodRecord) -> bool:
         """Its job waits, held, for images the submit host is pulling (and no one released it
@@ -667,6 +691,14 @@ class Service:
         transport = self._cluster(rec).transport
         name = req.ContainerName
         job_output = source != "container"
+        if not name and not job_output:
+            # interLink passes an empty name on; like kubectl, a one-container pod means it.
+            if len(rec.containers) != 1:
+                raise BadRequest(
+                    f"pod {rec.namespace}/{rec.name} has {len(rec.containers)} containers "
+                    f"({', '.join(rec.containers)}): ContainerName must name one"
+                )
+            name = rec.containers[0]
         if source == "job":
             path = f"{rec.pod_dir}/job.out"
         elif source == "pull":
@@ -716,7 +748,9 @@ class Service:
 
     async def ping(self) -> PingResponse:
         """The node's capacity: the sum over the clusters the targets use (one that does not
-        answer is left out of the sum; all silent is an error)."""
+        answer is left out of the sum; all silent is an error). No usable node is an error too,
+        never a zero capacity: the virtual kubelet would take a zero as the node's new size and
+        drain it (interLink #558), where an error leaves the last size and marks the node."""
         now = time.monotonic()
         if self._ping and now - self._ping[0] < self.settings.ping_cache_seconds:
             return self._ping[1]
@@ -731,21 +765,31 @@ class Service:
             raise failed[0][1]
         for name, err in failed:
             log.warning("cluster %s left out of the node's capacity: %s", name, err)
+        cpus = sum(r.cpus for r in found)
+        memory_mb = sum(r.memory_mb for r in found)
+        if cpus <= 0 or memory_mb <= 0:
+            last = self._last_capacity
+            kept = f"cpu {last.cpu}, memory {last.memory}" if last else "none known yet"
+            partitions = sorted({p for n in names for p in self._partitions(n)})
+            raise SchedulerUnavailable(
+                "no Slurm node is usable"
+                + (f" in partitions {', '.join(partitions)}" if partitions else "")
+                + " (all down, drained or not responding): the virtual node keeps its last "
+                f"known capacity ({kept})"
+            )
         types = self._gpu_types()
         gpus = sum(n for res in found for t, n in res.gpus.items() if not types or t in types)
-        answer = PingResponse(
-            status="ok",
-            resources=PingResources(
-                cpu=str(sum(r.cpus for r in found)),
-                memory=f"{sum(r.memory_mb for r in found)}Mi",
-                pods=str(self.settings.max_pods),
-                accelerators=[Accelerator(resourceType=GPU_RESOURCE, available=str(gpus))]
-                if gpus
-                else [],
-            ),
-            taints=self.settings.taints,
+        resources = PingResources(
+            cpu=str(cpus),
+            memory=f"{memory_mb}Mi",
+            pods=str(self.settings.max_pods),
+            accelerators=[Accelerator(resourceType=GPU_RESOURCE, available=str(gpus))]
+            if gpus
+            else [],
         )
+        answer = PingResponse(status="ok", resources=resources, taints=self.settings.taints)
         self._ping = (now, answer)
+        self._last_capacity = resources
         return answer
 
     async def ready(self) -> None:
@@ -776,6 +820,16 @@ def _note_placement(statuses: Sequence[ContainerStatus], placement: str) -> None
     for st in statuses:
         if st.state.waiting is not None:
             st.state.waiting.message = f"{st.state.waiting.message} ({placement})".strip()
+
+
+def _note_nodes(statuses: Sequence[ContainerStatus], nodes: str) -> None:
+    """Where the job runs, in the messages a status can carry (a running state has none: the
+    pod's NodeName says it then). An eviction keeps the kubelet's exact words."""
+    for st in statuses:
+        inner = st.state.waiting or st.state.terminated
+        if inner is None or (st.state.terminated and st.state.terminated.reason == "Evicted"):
+            continue
+        inner.message = f"{inner.message} (Slurm node {nodes})".strip()
 
 
 def _note_outage(statuses: Sequence[ContainerStatus], outage: str) -> None:

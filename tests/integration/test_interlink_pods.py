@@ -63,3 +63,37 @@ def test_pods_naming_their_jobs_alike_are_still_submitted_once_after_a_crash(
     finally:
         plugin.stop()
         cancel(cluster, job_ids)
+
+
+def test_status_names_the_node_and_logs_need_no_container_name(plugin: Plugin) -> None:
+    pod = podgen.pod("where", [podgen.container("main", "print('here')")])
+    plugin.create_ok(podgen.retrieved(pod))
+    status = plugin.wait_for(pod, all_terminated)
+    node = slurm(plugin.cluster, "sinfo", "-h", "-N", "-o", "%N").split()[0]
+    assert status["NodeName"] == node
+    assert f"Slurm node {node}" in status["containers"][0]["state"]["terminated"]["message"]
+    # interLink passes an empty ContainerName on; a one-container pod means its container.
+    r = plugin.logs(pod, "")
+    assert r.status_code == 200, r.text
+    assert r.text == "here\n"
+
+
+def test_ping_leaves_taints_alone_and_never_reports_an_empty_node(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    plugin = Plugin(tmp_path, cluster)
+    plugin.start()
+    node = slurm(cluster, "sinfo", "-h", "-N", "-o", "%N").split()[0]
+    try:
+        answer = plugin.status([]).json()
+        assert "taints" not in answer
+        capacity = answer["resources"]
+        assert int(capacity["cpu"]) > 0
+        slurm(cluster, "scontrol", "update", f"NodeName={node}", "State=DRAIN", "Reason=test")
+        r = plugin.status([])
+        assert r.status_code == 503
+        assert "no Slurm node is usable" in r.text
+        assert f"cpu {capacity['cpu']}, memory {capacity['memory']}" in r.text
+    finally:
+        slurm(cluster, "scontrol", "update", f"NodeName={node}", "State=RESUME")
+        plugin.stop()
