@@ -41,10 +41,12 @@ from interlink_slurm.slurm.states import (
     ACTIVE,
     CREATING_REASON,
     TERMINAL,
+    UNCONFIRMED_REASON,
     UNREACHABLE_REASON,
     WAITING,
     base_state,
     container_statuses,
+    doubtful_failure,
 )
 from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import PodRecord, Store
@@ -291,6 +293,7 @@ class Service:
             return False
         if self._outage.pop(name, None) is not None:
             log.info("Slurm (cluster %s) answers again", name)
+        jobs = await self._confirm_failures(cluster, recs, jobs, ended)
 
         finished: list[tuple[str, str, str]] = []
         revived: list[str] = []
@@ -326,6 +329,58 @@ class Service:
         self._snapshot[name] = jobs
         await self._note_starts(recs, jobs)
         return True
+
+    async def _confirm_failures(
+        self,
+        cluster: Cluster,
+        recs: Sequence[PodRecord],
+        jobs: dict[str, JobInfo],
+        ended: set[str | None],
+    ) -> dict[str, JobInfo]:
+        """The queue's answer, with each doubtful failure (states.doubtful_failure) replaced by
+        what Slurm's accounting record says, or held as pending while it says nothing."""
+        now = time.time()
+        by_job = {r.job_id: r for r in recs if r.job_id and r.job_id not in ended}
+        young = [
+            (j, rec)
+            for j, job in jobs.items()
+            if (rec := by_job.get(j)) is not None and doubtful_failure(job, rec.created, now, False)
+        ]
+        if not young:
+            return jobs
+        doubtful = []
+        for job_id, rec in young:
+            try:
+                ran = await asyncio.to_thread(
+                    jobdir.read_started_job, cluster.transport, rec.pod_dir
+                )
+            except (OSError, SchedulerUnavailable):
+                ran = None
+            if ran != job_id:
+                doubtful.append(job_id)
+        if not doubtful:
+            return jobs
+        try:
+            records = await cluster.scheduler.final_states(doubtful)
+        except (SchedulerUnavailable, SchedulerError):
+            records = {}
+        out = dict(jobs)
+        for job_id in doubtful:
+            record = records.get(job_id)
+            if record is not None and base_state(record) == "FAILED":
+                continue  # confirmed: the queue's answer (with its reason) stands
+            if record is not None and base_state(record) in TERMINAL:
+                out[job_id] = dataclasses.replace(record, comment=jobs[job_id].comment)
+                continue
+            if record is not None:
+                log.info("job %s: the queue shows FAILED, its record %s", job_id, record.state)
+                out[job_id] = dataclasses.replace(record, comment=jobs[job_id].comment)
+                continue
+            log.info(
+                "job %s: Slurm shows it FAILED before it started; held until confirmed", job_id
+            )
+            out[job_id] = JobInfo(job_id, "PENDING", UNCONFIRMED_REASON, jobs[job_id].comment)
+        return out
 
     async def _note_starts(self, recs: Sequence[PodRecord], jobs: Mapping[str, JobInfo]) -> None:
         """Placed pods whose job is seen started for the first time: predicted vs. actual."""
