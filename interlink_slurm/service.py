@@ -421,16 +421,19 @@ class Service:
             self.metrics.pods.labels(state).set(n)
 
     async def _kill_due(self) -> None:
-        """Jobs whose grace period ran out after a delete: cancel them for good."""
+        """Jobs whose grace period ran out after a delete, or whose delete could not reach
+        Slurm: cancel them for good, retried at every refresh until Slurm takes it."""
         for rec in await asyncio.to_thread(self.store.due_kills, time.time()):
-            assert rec.job_id is not None
             try:
-                await self._cluster(rec).scheduler.cancel(rec.job_id)
+                job_id = rec.job_id or await self._settle(rec)
+                if job_id is not None:
+                    await self._cluster(rec).scheduler.cancel(job_id)
             except (SchedulerUnavailable, SchedulerError) as err:
                 log.warning("pod %s: cannot end job %s yet: %s", rec.uid, rec.job_id, err)
                 continue
-            await asyncio.to_thread(self.store.set_kill_at, rec.uid, None)
-            log.info("pod %s: grace period over, job %s cancelled", rec.uid, rec.job_id)
+            if job_id is not None:
+                await asyncio.to_thread(self.store.set_kill_at, rec.uid, None)
+                log.info("pod %s: deleted, job %s cancelled", rec.uid, job_id)
 
     async def collect_garbage(self) -> None:
         """Directories and rows of pods deleted longer ago than the retention."""
@@ -588,40 +591,59 @@ class Service:
             rec = await asyncio.to_thread(self.store.get, uid)
             if rec is None:
                 return f"pod {uid} is not known here: nothing to delete"
-            job_id = rec.job_id or await self._settle(rec)
-            if job_id is None:
-                return f"pod {uid} had no job: nothing to delete"
-            if rec.deleted is not None or rec.final_state is not None:
+            try:
+                return await self._delete(pod, rec)
+            except SchedulerUnavailable as err:
+                # interLink may forget the pod after this answer (interLink #540): the delete
+                # is kept instead, and the refresher cancels the job once Slurm answers.
                 await asyncio.to_thread(self.store.mark_deleted, uid)
-                return f"pod {uid}: job {job_id} has already ended"
-            logsetup.bind(job=job_id)
-            cluster = self._cluster(rec)
-            grace = self._grace_seconds(pod)
-            # A job held for its images is pending: cancelled below at once, like any other.
-            cluster.puller.forget(uid)
-            # The snapshot may be a refresh old; a delete is rare enough to ask Slurm itself.
-            job = (await cluster.scheduler.query([job_id])).get(job_id)
-            if grace > 0 and job is not None and base_state(job) in ACTIVE:
-                # Every container's preStop hook runs, then the container gets SIGTERM (the job
-                # script does both on SIGURG, which nothing else heeds) and the rest of the
-                # grace period to end; the refresher cancels the job for good when it runs out.
-                try:
-                    await cluster.scheduler.signal(job_id, "URG")
-                except SchedulerError as err:
-                    # Slurm would not signal it (it was changing state): end it plainly.
-                    log.info("job %s could not be signalled (%s): cancelling it", job_id, err)
-                    await cluster.scheduler.cancel(job_id)
-                    message = f"pod {uid}: job {job_id} cancelled"
-                else:
-                    await asyncio.to_thread(self.store.set_kill_at, uid, time.time() + grace)
-                    message = f"pod {uid}: job {job_id} signalled, {grace} s to end"
-            else:
+                await asyncio.to_thread(self.store.set_kill_at, uid, time.time())
+                self._request_refresh()
+                message = (
+                    f"pod {uid}: Slurm does not answer ({err}); its job will be cancelled as "
+                    "soon as Slurm answers"
+                )
+                log.warning(message)
+                return message
+
+    async def _delete(self, pod: Pod, rec: PodRecord) -> str:
+        uid = rec.uid
+        job_id = rec.job_id or await self._settle(rec)
+        if job_id is None:
+            return f"pod {uid} had no job: nothing to delete"
+        if rec.final_state is not None:
+            await asyncio.to_thread(self.store.mark_deleted, uid)
+            return f"pod {uid}: job {job_id} has already ended"
+        if rec.deleted is not None:
+            return f"pod {uid}: job {job_id} is already being ended"
+        logsetup.bind(job=job_id)
+        cluster = self._cluster(rec)
+        grace = self._grace_seconds(pod)
+        # A job held for its images is pending: cancelled below at once, like any other.
+        cluster.puller.forget(uid)
+        # The snapshot may be a refresh old; a delete is rare enough to ask Slurm itself.
+        job = (await cluster.scheduler.query([job_id])).get(job_id)
+        if grace > 0 and job is not None and base_state(job) in ACTIVE:
+            # Every container's preStop hook runs, then the container gets SIGTERM (the job
+            # script does both on SIGURG, which nothing else heeds) and the rest of the
+            # grace period to end; the refresher cancels the job for good when it runs out.
+            try:
+                await cluster.scheduler.signal(job_id, "URG")
+            except SchedulerError as err:
+                # Slurm would not signal it (it was changing state): end it plainly.
+                log.info("job %s could not be signalled (%s): cancelling it", job_id, err)
                 await cluster.scheduler.cancel(job_id)
                 message = f"pod {uid}: job {job_id} cancelled"
-            await asyncio.to_thread(self.store.mark_deleted, uid)
-            self._request_refresh()
-            log.info(message)
-            return message
+            else:
+                await asyncio.to_thread(self.store.set_kill_at, uid, time.time() + grace)
+                message = f"pod {uid}: job {job_id} signalled, {grace} s to end"
+        else:
+            await cluster.scheduler.cancel(job_id)
+            message = f"pod {uid}: job {job_id} cancelled"
+        await asyncio.to_thread(self.store.mark_deleted, uid)
+        self._request_refresh()
+        log.info(message)
+        return message
 
     # --- status ---------------------------------------------------------------------------------
 

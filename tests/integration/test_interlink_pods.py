@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 from tests import podgen
-from tests.integration.conftest import Plugin, all_terminated, slurm
-from tests.integration.test_crash_outage import cancel, jobs_by_comment
+from tests.integration.conftest import Plugin, all_terminated, slurm, squeue
+from tests.integration.test_crash_outage import (  # noqa: F401 (a fixture)
+    cancel,
+    jobs_by_comment,
+    slurmctld_stopper,
+)
 
 # The annotation vk-test-set puts on every pod it creates.
 SUITE_FLAGS = {"slurm-job.vk.io/flags": "--job-name=test-pod-cfg -t 2800"}
@@ -96,4 +102,34 @@ def test_ping_leaves_taints_alone_and_never_reports_an_empty_node(
         assert f"cpu {capacity['cpu']}, memory {capacity['memory']}" in r.text
     finally:
         slurm(cluster, "scontrol", "update", f"NodeName={node}", "State=RESUME")
+        plugin.stop()
+
+
+def test_a_delete_slurm_cannot_hear_is_carried_out_when_it_can(
+    cluster: dict[str, str],
+    tmp_path: Path,
+    slurmctld_stopper: tuple[Any, Any],  # noqa: F811 (the fixture imported above)
+) -> None:
+    stop, start = slurmctld_stopper
+    plugin = Plugin(tmp_path, cluster)
+    plugin.start()
+    pod = podgen.pod(
+        "deleted-in-outage", [podgen.container("main", "import time; time.sleep(600)")]
+    )
+    try:
+        job_id = plugin.create_ok(podgen.retrieved(pod))
+        plugin.wait_for(pod, lambda s: "running" in s["containers"][0]["state"])
+        stop()
+        try:
+            r = plugin.delete(pod)
+            assert r.status_code == 200, r.text
+            assert "will be cancelled as soon as Slurm answers" in r.text
+            plugin.restart()  # the intent is on disk, not only in memory
+        finally:
+            start()
+        deadline = time.monotonic() + 120
+        while squeue(cluster, job_id) not in ("", "CANCELLED"):
+            assert time.monotonic() < deadline, squeue(cluster, job_id)
+            time.sleep(0.5)
+    finally:
         plugin.stop()
