@@ -591,6 +591,7 @@ class Service:
             rec = await asyncio.to_thread(self.store.get, uid)
             if rec is None:
                 return f"pod {uid} is not known here: nothing to delete"
+            self._cluster(rec)  # a cluster no longer configured: never reachable, say so
             try:
                 return await self._delete(pod, rec)
             except SchedulerUnavailable as err:
@@ -823,6 +824,23 @@ class Service:
         types = [s.gpu_type, *(p.gpu_type for p in (*s.profiles.values(), *s.targets.values()))]
         return {t for t in types if t}
 
+    def _accelerators(self, found: Sequence[ClusterResources]) -> list[Accelerator]:
+        """The GPUs of the clusters, under the extended resource names pods ask them as."""
+        mapped = self.settings.accelerators
+        if not mapped:
+            types = self._gpu_types()
+            gpus = sum(n for res in found for t, n in res.gpus.items() if not types or t in types)
+            return [Accelerator(resourceType=GPU_RESOURCE, available=str(gpus))] if gpus else []
+        out = []
+        for resource, gres in mapped.items():
+            name, _, kind = gres.partition(":")
+            if name != "gpu":
+                continue  # Slurm's node listings are read for gpu gres only
+            n = sum(c for res in found for t, c in res.gpus.items() if not kind or t == kind)
+            if n:
+                out.append(Accelerator(resourceType=resource, available=str(n)))
+        return out
+
     async def ping(self) -> PingResponse:
         """The node's capacity: the sum over the clusters the targets use (one that does not
         answer is left out of the sum; all silent is an error). No usable node is an error too,
@@ -854,15 +872,11 @@ class Service:
                 + " (all down, drained or not responding): the virtual node keeps its last "
                 f"known capacity ({kept})"
             )
-        types = self._gpu_types()
-        gpus = sum(n for res in found for t, n in res.gpus.items() if not types or t in types)
         resources = PingResources(
             cpu=str(cpus),
             memory=f"{memory_mb}Mi",
             pods=str(self.settings.max_pods),
-            accelerators=[Accelerator(resourceType=GPU_RESOURCE, available=str(gpus))]
-            if gpus
-            else [],
+            accelerators=self._accelerators(found),
         )
         answer = PingResponse(status="ok", resources=resources, taints=self.settings.taints)
         self._ping = (now, answer)

@@ -133,3 +133,44 @@ def test_a_delete_slurm_cannot_hear_is_carried_out_when_it_can(
             time.sleep(0.5)
     finally:
         plugin.stop()
+
+
+def test_a_mapped_accelerator_gets_its_gres_on_slurm_and_in_the_ping(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    # The local node's four GPUs stand for AMD ones: what matters is the name → gres map.
+    plugin = Plugin(tmp_path, cluster, accelerators={"amd.com/gpu": "gpu:a100"})
+    plugin.start()
+    try:
+        ping = plugin.status([]).json()
+        assert ping["resources"]["accelerators"] == [
+            {"resourceType": "amd.com/gpu", "available": "4"}
+        ]
+        pod = podgen.pod(
+            "amd",
+            [
+                podgen.container(
+                    "main",
+                    "import os; print(os.environ['SLURM_JOB_GPUS'])",
+                    resources={"limits": {"amd.com/gpu": "2"}},
+                )
+            ],
+        )
+        job_id = plugin.create_ok(podgen.retrieved(pod))
+        gres = slurm(cluster, "squeue", "-h", "-a", "--states=all", "-j", job_id, "-o", "%b")
+        assert "gpu:a100:2" in gres
+        status = plugin.wait_for(pod, all_terminated)
+        assert status["containers"][0]["state"]["terminated"]["exitCode"] == 0
+        assert len(plugin.logs(pod, "main").text.strip().split(",")) == 2
+        r = plugin.create(
+            podgen.retrieved(
+                podgen.pod(
+                    "nvidia",
+                    [podgen.container("main", "", resources={"limits": {"nvidia.com/gpu": "1"}})],
+                )
+            )
+        )
+        assert r.status_code == 422
+        assert "nvidia.com/gpu" in r.text
+    finally:
+        plugin.stop()
