@@ -547,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["config", "list"])
     parser.add_argument("--listen", default="127.0.0.1:4000")
     parser.add_argument("--data-root", default="/var/tmp/interlink-slurm/pods")
+    parser.add_argument(
+        "--runtime",
+        choices=["charliecloud", "apptainer"],
+        default="charliecloud",
+        help="apptainer: images from their registries (vk-test-set), none mapped",
+    )
     args = parser.parse_args(argv)
     scenarios = load_all()
     if args.command == "list":
@@ -561,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
         slurm_conf=os.environ["SLURM_CONF"],
         images=set().union(*(s.images for s in scenarios)),
     )
+    if args.runtime == "apptainer":
+        config["runtime"] = "apptainer"
+        config["images"] = {}  # docker:// references: the job pulls them
     print(yaml.safe_dump(config, sort_keys=False), end="")
     return 0
 
