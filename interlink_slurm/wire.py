@@ -457,6 +457,8 @@ class PodStatus(BaseModel):
     initContainers: list[ContainerStatus] = []
     # The Slurm node list of the pod's job, once Slurm has placed it (interLink PR #550's
     # PodStatus.NodeName, for its SSH shadow). Absent until then; older interLink ignores it.
+    # The key is the Go field's name, which encoding/json uses without a tag: the PR's diff was
+    # not at hand to read a tag from, so this is the one place to change if it has another.
     NodeName: str | None = None
 
 
