@@ -17,8 +17,8 @@ job's end reason (cancelled, timed out, out of memory...).
 | OUT_OF_MEMORY                  | terminated OOMKilled        | terminated 137               |
 | NODE_FAIL, BOOT_FAIL, PREEMPTED| terminated NodeFailure, ... | terminated 137               |
 | FAILED / JobLaunchFailure      | terminated JobLaunchFailure | —                            |
-| FAILED in its first minute,   | waiting: FailureUnconfirmed until Slurm's accounting record   |
-| its script not started        | confirms it (doubtful_failure; the service asks sacct)        |
+| FAILED in its first minute,    | waiting FailureUnconfirmed until Slurm's accounting record  |
+| its script not started         | confirms it (doubtful_failure; the service asks sacct)      |
 | gone from squeue, no files     | terminated JobLost          | terminated 137 JobLost       |
 | init container failed          | terminated 0 InitContainerFailed (Kubernetes' phase comes   |
 |                                | from the init container's code, as the virtual kubelet does)|
