@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ from interlink_slurm.translate.annotations import (
 )
 from interlink_slurm.translate.images import RUNTIME_SCHEMES
 from interlink_slurm.translate.quantity import mebibytes
+from interlink_slurm.translate.resources import DEFAULT_ACCELERATORS
 from interlink_slurm.translate.site import (
     SLURM_NAME,
     Profile,
@@ -95,6 +97,13 @@ OWNED_SBATCH_OPTIONS = frozenset(
     }
 )
 
+
+# A device plugin's resource name (Kubernetes' qualified name with a domain) and a gres to
+# give it: "gpu", "gpu:mi250x" (the count is the pod's).
+_EXTENDED_RESOURCE = re.compile(
+    r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+)
+_GRES_NAME = re.compile(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?")
 
 # The name of the Slurm reached through the top-level keys (transport, scheduler, ssh...).
 DEFAULT_CLUSTER = "default"
@@ -182,6 +191,9 @@ class Settings(BaseSettings):
     partition: str | None = None
     gpu_partition: str | None = None
     gpu_type: str | None = None
+    # Extended resource → Slurm gres, e.g. {"nvidia.com/gpu": "gpu:a100", "amd.com/gpu":
+    # "gpu:mi250x"}. Empty: nvidia.com/gpu → gpu[:gpu_type], and no other accelerator.
+    accelerators: dict[str, str] = {}
     account: str | None = None
     qos: str | None = None
     sbatch_extra: list[str] = []
@@ -300,7 +312,9 @@ class Settings(BaseSettings):
         5.0, gt=0, description="longest the start-time estimates of one pod may take in all"
     )
 
-    taints: list[Taint] = []
+    # None: the ping leaves the node's taints as the virtual kubelet's configuration sets them
+    # (interLink replaces them with any list the ping carries, [] included).
+    taints: list[Taint] | None = None
     max_pods: int = Field(1000, ge=1, description="the 'pods' capacity of the virtual node")
     ping_cache_seconds: float = Field(30.0, ge=0)
 
@@ -376,6 +390,27 @@ class Settings(BaseSettings):
     @classmethod
     def _slurm_name(cls, v: str | None) -> str | None:
         return slurm_name(v)
+
+    @field_validator("accelerators")
+    @classmethod
+    def _accelerators(cls, v: dict[str, str]) -> dict[str, str]:
+        for resource, gres in v.items():
+            if not _EXTENDED_RESOURCE.fullmatch(resource):
+                raise ValueError(
+                    f"{resource!r} is not an extended resource name (vendor-domain/name, "
+                    "e.g. amd.com/gpu)"
+                )
+            if not _GRES_NAME.fullmatch(gres):
+                raise ValueError(
+                    f"{resource}: {gres!r} is not a gres without a count (name or name:type, "
+                    "e.g. gpu:mi250x)"
+                )
+        return v
+
+    @property
+    def accelerator_names(self) -> tuple[str, ...]:
+        """The extended resources a pod may ask as accelerators here."""
+        return tuple(self.accelerators) or DEFAULT_ACCELERATORS
 
     @field_validator("sbatch_extra")
     @classmethod

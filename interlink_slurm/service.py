@@ -41,10 +41,12 @@ from interlink_slurm.slurm.states import (
     ACTIVE,
     CREATING_REASON,
     TERMINAL,
+    UNCONFIRMED_REASON,
     UNREACHABLE_REASON,
     WAITING,
     base_state,
     container_statuses,
+    doubtful_failure,
 )
 from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import PodRecord, Store
@@ -117,6 +119,7 @@ class Service:
         self._refresh_lock: asyncio.Lock | None = None
         self._last_gc = 0.0
         self._ping: tuple[float, PingResponse] | None = None
+        self._last_capacity: PingResources | None = None  # of the last healthy ping
         self._tasks: list[asyncio.Task[None]] = []
         # What each pod's files said when last read, for when they cannot be read.
         self._files_seen: dict[str, jobdir.PodFiles] = {}
@@ -290,6 +293,7 @@ class Service:
             return False
         if self._outage.pop(name, None) is not None:
             log.info("Slurm (cluster %s) answers again", name)
+        jobs = await self._confirm_failures(cluster, recs, jobs, ended)
 
         finished: list[tuple[str, str, str]] = []
         revived: list[str] = []
@@ -302,6 +306,7 @@ class Service:
         if revived:
             log.info("jobs %s run again (requeued)", ", ".join(revived))
             await asyncio.to_thread(self.store.reopen, name, revived)
+        placed = {j: job.nodes for j, job in jobs.items() if job.nodes}
         if gone:
             try:
                 accounted = await cluster.scheduler.final_states(gone)
@@ -312,11 +317,70 @@ class Service:
                 finished.append(
                     (job_id, base_state(acct), acct.reason) if acct else (job_id, GONE, "")
                 )
+                if acct and acct.nodes:
+                    placed[job_id] = acct.nodes
         if finished:
             await asyncio.to_thread(self.store.finish, name, finished)
+        known = {r.job_id: r.nodes for r in recs}
+        moved = [(j, n) for j, n in placed.items() if known.get(j) != n]
+        if moved:
+            # Kept, so a pod whose job has left the queue still says where it ran.
+            await asyncio.to_thread(self.store.set_nodes, name, moved)
         self._snapshot[name] = jobs
         await self._note_starts(recs, jobs)
         return True
+
+    async def _confirm_failures(
+        self,
+        cluster: Cluster,
+        recs: Sequence[PodRecord],
+        jobs: dict[str, JobInfo],
+        ended: set[str | None],
+    ) -> dict[str, JobInfo]:
+        """The queue's answer, with each doubtful failure (states.doubtful_failure) replaced by
+        what Slurm's accounting record says, or held as pending while it says nothing."""
+        now = time.time()
+        by_job = {r.job_id: r for r in recs if r.job_id and r.job_id not in ended}
+        young = [
+            (j, rec)
+            for j, job in jobs.items()
+            if (rec := by_job.get(j)) is not None and doubtful_failure(job, rec.created, now, False)
+        ]
+        if not young:
+            return jobs
+        doubtful = []
+        for job_id, rec in young:
+            try:
+                ran = await asyncio.to_thread(
+                    jobdir.read_started_job, cluster.transport, rec.pod_dir
+                )
+            except (OSError, SchedulerUnavailable):
+                ran = None
+            if ran != job_id:
+                doubtful.append(job_id)
+        if not doubtful:
+            return jobs
+        try:
+            records = await cluster.scheduler.final_states(doubtful)
+        except (SchedulerUnavailable, SchedulerError):
+            records = {}
+        out = dict(jobs)
+        for job_id in doubtful:
+            record = records.get(job_id)
+            if record is not None and base_state(record) == "FAILED":
+                continue  # confirmed: the queue's answer (with its reason) stands
+            if record is not None and base_state(record) in TERMINAL:
+                out[job_id] = dataclasses.replace(record, comment=jobs[job_id].comment)
+                continue
+            if record is not None:
+                log.info("job %s: the queue shows FAILED, its record %s", job_id, record.state)
+                out[job_id] = dataclasses.replace(record, comment=jobs[job_id].comment)
+                continue
+            log.info(
+                "job %s: Slurm shows it FAILED before it started; held until confirmed", job_id
+            )
+            out[job_id] = JobInfo(job_id, "PENDING", UNCONFIRMED_REASON, jobs[job_id].comment)
+        return out
 
     async def _note_starts(self, recs: Sequence[PodRecord], jobs: Mapping[str, JobInfo]) -> None:
         """Placed pods whose job is seen started for the first time: predicted vs. actual."""
@@ -357,16 +421,19 @@ class Service:
             self.metrics.pods.labels(state).set(n)
 
     async def _kill_due(self) -> None:
-        """Jobs whose grace period ran out after a delete: cancel them for good."""
+        """Jobs whose grace period ran out after a delete, or whose delete could not reach
+        Slurm: cancel them for good, retried at every refresh until Slurm takes it."""
         for rec in await asyncio.to_thread(self.store.due_kills, time.time()):
-            assert rec.job_id is not None
             try:
-                await self._cluster(rec).scheduler.cancel(rec.job_id)
+                job_id = rec.job_id or await self._settle(rec)
+                if job_id is not None:
+                    await self._cluster(rec).scheduler.cancel(job_id)
             except (SchedulerUnavailable, SchedulerError) as err:
                 log.warning("pod %s: cannot end job %s yet: %s", rec.uid, rec.job_id, err)
                 continue
-            await asyncio.to_thread(self.store.set_kill_at, rec.uid, None)
-            log.info("pod %s: grace period over, job %s cancelled", rec.uid, rec.job_id)
+            if job_id is not None:
+                await asyncio.to_thread(self.store.set_kill_at, rec.uid, None)
+                log.info("pod %s: deleted, job %s cancelled", rec.uid, job_id)
 
     async def collect_garbage(self) -> None:
         """Directories and rows of pods deleted longer ago than the retention."""
@@ -524,40 +591,60 @@ class Service:
             rec = await asyncio.to_thread(self.store.get, uid)
             if rec is None or not _same_pod(rec, pod.namespace, pod.name):
                 return f"pod {uid} is not known here: nothing to delete"
-            job_id = rec.job_id or await self._settle(rec)
-            if job_id is None:
-                return f"pod {uid} had no job: nothing to delete"
-            if rec.deleted is not None or rec.final_state is not None:
+            self._cluster(rec)  # a cluster no longer configured: never reachable, say so
+            try:
+                return await self._delete(pod, rec)
+            except SchedulerUnavailable as err:
+                # interLink may forget the pod after this answer (interLink #540): the delete
+                # is kept instead, and the refresher cancels the job once Slurm answers.
                 await asyncio.to_thread(self.store.mark_deleted, uid)
-                return f"pod {uid}: job {job_id} has already ended"
-            logsetup.bind(job=job_id)
-            cluster = self._cluster(rec)
-            grace = self._grace_seconds(pod)
-            # A job held for its images is pending: cancelled below at once, like any other.
-            cluster.puller.forget(uid)
-            # The snapshot may be a refresh old; a delete is rare enough to ask Slurm itself.
-            job = (await cluster.scheduler.query([job_id])).get(job_id)
-            if grace > 0 and job is not None and base_state(job) in ACTIVE:
-                # Every container's preStop hook runs, then the container gets SIGTERM (the job
-                # script does both on SIGURG, which nothing else heeds) and the rest of the
-                # grace period to end; the refresher cancels the job for good when it runs out.
-                try:
-                    await cluster.scheduler.signal(job_id, "URG")
-                except SchedulerError as err:
-                    # Slurm would not signal it (it was changing state): end it plainly.
-                    log.info("job %s could not be signalled (%s): cancelling it", job_id, err)
-                    await cluster.scheduler.cancel(job_id)
-                    message = f"pod {uid}: job {job_id} cancelled"
-                else:
-                    await asyncio.to_thread(self.store.set_kill_at, uid, time.time() + grace)
-                    message = f"pod {uid}: job {job_id} signalled, {grace} s to end"
-            else:
+                await asyncio.to_thread(self.store.set_kill_at, uid, time.time())
+                self._request_refresh()
+                message = (
+                    f"pod {uid}: Slurm does not answer ({err}); its job will be cancelled as "
+                    "soon as Slurm answers"
+                )
+                log.warning(message)
+                return message
+
+    async def _delete(self, pod: Pod, rec: PodRecord) -> str:
+        uid = rec.uid
+        job_id = rec.job_id or await self._settle(rec)
+        if job_id is None:
+            return f"pod {uid} had no job: nothing to delete"
+        if rec.final_state is not None:
+            await asyncio.to_thread(self.store.mark_deleted, uid)
+            return f"pod {uid}: job {job_id} has already ended"
+        if rec.deleted is not None:
+            return f"pod {uid}: job {job_id} is already being ended"
+        logsetup.bind(job=job_id)
+        cluster = self._cluster(rec)
+        grace = self._grace_seconds(pod)
+        # A job held for its images is pending: cancelled below at once, like any other.
+        cluster.puller.forget(uid)
+        # The snapshot may be a refresh old; a delete is rare enough to ask Slurm itself.
+        job = (await cluster.scheduler.query([job_id])).get(job_id)
+        if grace > 0 and job is not None and base_state(job) in ACTIVE:
+            # Every container's preStop hook runs, then the container gets SIGTERM (the job
+            # script does both on SIGURG, which nothing else heeds) and the rest of the
+            # grace period to end; the refresher cancels the job for good when it runs out.
+            try:
+                await cluster.scheduler.signal(job_id, "URG")
+            except SchedulerError as err:
+                # Slurm would not signal it (it was changing state): end it plainly.
+                log.info("job %s could not be signalled (%s): cancelling it", job_id, err)
                 await cluster.scheduler.cancel(job_id)
                 message = f"pod {uid}: job {job_id} cancelled"
-            await asyncio.to_thread(self.store.mark_deleted, uid)
-            self._request_refresh()
-            log.info(message)
-            return message
+            else:
+                await asyncio.to_thread(self.store.set_kill_at, uid, time.time() + grace)
+                message = f"pod {uid}: job {job_id} signalled, {grace} s to end"
+        else:
+            await cluster.scheduler.cancel(job_id)
+            message = f"pod {uid}: job {job_id} cancelled"
+        await asyncio.to_thread(self.store.mark_deleted, uid)
+        self._request_refresh()
+        log.info(message)
+        return message
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -586,6 +673,7 @@ class Service:
             if rec is None or not _same_pod(rec, pod.namespace, pod.name):
                 continue  # not ours: an empty answer leaves the pod as it is
             images = {c.name: c.image for c in (*pod.spec.init_containers, *pod.spec.containers)}
+            nodes = ""
             if rec.job_id is None:
                 init, main = _all_waiting(rec, images, CREATING_REASON, "being submitted to Slurm")
             elif self._held_for_images(rec):
@@ -620,6 +708,9 @@ class Service:
                     _note_placement(
                         (*init, *main), describe(json.loads(rec.placement), time.time())
                     )
+                nodes = self._nodes_of(rec)
+                if nodes:
+                    _note_nodes((*init, *main), nodes)
             out.append(
                 PodStatus(
                     name=rec.name,
@@ -628,9 +719,20 @@ class Service:
                     JID=rec.job_id or "",
                     containers=main,
                     initContainers=init,
+                    NodeName=nodes or None,
                 )
             )
         return out
+
+    def _nodes_of(self, rec: PodRecord) -> str:
+        """Where the pod's job runs or ran: Slurm's node list ("" while it waits)."""
+        if rec.job_id is None:
+            return ""
+        job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
+        if job is not None:
+            # A requeued job waiting again runs nowhere, whatever its last run said.
+            return job.nodes if base_state(job) not in WAITING else ""
+        return rec.nodes or ""
 
     def _held_for_images(self, rec: PodRecord) -> bool:
         """Its job waits, held, for images the submit host is pulling (and no one released it
@@ -667,6 +769,14 @@ class Service:
         transport = self._cluster(rec).transport
         name = req.ContainerName
         job_output = source != "container"
+        if not name and not job_output:
+            # interLink passes an empty name on; like kubectl, a one-container pod means it.
+            if len(rec.containers) != 1:
+                raise BadRequest(
+                    f"pod {rec.namespace}/{rec.name} has {len(rec.containers)} containers "
+                    f"({', '.join(rec.containers)}): ContainerName must name one"
+                )
+            name = rec.containers[0]
         if source == "job":
             path = f"{rec.pod_dir}/job.out"
         elif source == "pull":
@@ -714,9 +824,28 @@ class Service:
         types = [s.gpu_type, *(p.gpu_type for p in (*s.profiles.values(), *s.targets.values()))]
         return {t for t in types if t}
 
+    def _accelerators(self, found: Sequence[ClusterResources]) -> list[Accelerator]:
+        """The GPUs of the clusters, under the extended resource names pods ask them as."""
+        mapped = self.settings.accelerators
+        if not mapped:
+            types = self._gpu_types()
+            gpus = sum(n for res in found for t, n in res.gpus.items() if not types or t in types)
+            return [Accelerator(resourceType=GPU_RESOURCE, available=str(gpus))] if gpus else []
+        out = []
+        for resource, gres in mapped.items():
+            name, _, kind = gres.partition(":")
+            if name != "gpu":
+                continue  # Slurm's node listings are read for gpu gres only
+            n = sum(c for res in found for t, c in res.gpus.items() if not kind or t == kind)
+            if n:
+                out.append(Accelerator(resourceType=resource, available=str(n)))
+        return out
+
     async def ping(self) -> PingResponse:
         """The node's capacity: the sum over the clusters the targets use (one that does not
-        answer is left out of the sum; all silent is an error)."""
+        answer is left out of the sum; all silent is an error). No usable node is an error too,
+        never a zero capacity: the virtual kubelet would take a zero as the node's new size and
+        drain it (interLink #558), where an error leaves the last size and marks the node."""
         now = time.monotonic()
         if self._ping and now - self._ping[0] < self.settings.ping_cache_seconds:
             return self._ping[1]
@@ -731,21 +860,27 @@ class Service:
             raise failed[0][1]
         for name, err in failed:
             log.warning("cluster %s left out of the node's capacity: %s", name, err)
-        types = self._gpu_types()
-        gpus = sum(n for res in found for t, n in res.gpus.items() if not types or t in types)
-        answer = PingResponse(
-            status="ok",
-            resources=PingResources(
-                cpu=str(sum(r.cpus for r in found)),
-                memory=f"{sum(r.memory_mb for r in found)}Mi",
-                pods=str(self.settings.max_pods),
-                accelerators=[Accelerator(resourceType=GPU_RESOURCE, available=str(gpus))]
-                if gpus
-                else [],
-            ),
-            taints=self.settings.taints,
+        cpus = sum(r.cpus for r in found)
+        memory_mb = sum(r.memory_mb for r in found)
+        if cpus <= 0 or memory_mb <= 0:
+            last = self._last_capacity
+            kept = f"cpu {last.cpu}, memory {last.memory}" if last else "none known yet"
+            partitions = sorted({p for n in names for p in self._partitions(n)})
+            raise SchedulerUnavailable(
+                "no Slurm node is usable"
+                + (f" in partitions {', '.join(partitions)}" if partitions else "")
+                + " (all down, drained or not responding): the virtual node keeps its last "
+                f"known capacity ({kept})"
+            )
+        resources = PingResources(
+            cpu=str(cpus),
+            memory=f"{memory_mb}Mi",
+            pods=str(self.settings.max_pods),
+            accelerators=self._accelerators(found),
         )
+        answer = PingResponse(status="ok", resources=resources, taints=self.settings.taints)
         self._ping = (now, answer)
+        self._last_capacity = resources
         return answer
 
     async def ready(self) -> None:
@@ -782,6 +917,16 @@ def _note_placement(statuses: Sequence[ContainerStatus], placement: str) -> None
     for st in statuses:
         if st.state.waiting is not None:
             st.state.waiting.message = f"{st.state.waiting.message} ({placement})".strip()
+
+
+def _note_nodes(statuses: Sequence[ContainerStatus], nodes: str) -> None:
+    """Where the job runs, in the messages a status can carry (a running state has none: the
+    pod's NodeName says it then). An eviction keeps the kubelet's exact words."""
+    for st in statuses:
+        inner = st.state.waiting or st.state.terminated
+        if inner is None or (st.state.terminated and st.state.terminated.reason == "Evicted"):
+            continue
+        inner.message = f"{inner.message} (Slurm node {nodes})".strip()
 
 
 def _note_outage(statuses: Sequence[ContainerStatus], outage: str) -> None:

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS pods (
     pulls        TEXT,             -- JSON: images to pull on the submit host while the job is held
     cluster      TEXT NOT NULL DEFAULT 'default',  -- the Slurm cluster the job is on
     placement    TEXT,             -- JSON: the target chosen and why (several targets)
-    started      REAL              -- when the job was first seen running (placement metrics)
+    started      REAL,             -- when the job was first seen running (placement metrics)
+    nodes        TEXT              -- the job's Slurm node list, once seen placed
 );
 CREATE INDEX IF NOT EXISTS pods_job ON pods(job_id);
 """
@@ -46,6 +47,7 @@ MIGRATIONS = {
     "cluster": "ALTER TABLE pods ADD COLUMN cluster TEXT NOT NULL DEFAULT 'default'",
     "placement": "ALTER TABLE pods ADD COLUMN placement TEXT",
     "started": "ALTER TABLE pods ADD COLUMN started REAL",
+    "nodes": "ALTER TABLE pods ADD COLUMN nodes TEXT",
 }
 
 
@@ -70,6 +72,7 @@ class PodRecord:
     # The placement decision as JSON (placement.Placement.record), with several targets.
     placement: str | None = None
     started: float | None = None
+    nodes: str | None = None  # Slurm's node list of the job, as last seen
 
     @property
     def all_containers(self) -> tuple[str, ...]:
@@ -131,6 +134,7 @@ class Store:
             cluster,
             placement,
             started,
+            nodes,
         ) = row
         names = json.loads(str(containers))
         return PodRecord(
@@ -150,11 +154,13 @@ class Store:
             cluster=str(cluster),
             placement=None if placement is None else str(placement),
             started=None if started is None else float(started),  # type: ignore[arg-type]
+            nodes=None if nodes is None else str(nodes),
         )
 
     _SELECT = (
         "SELECT uid, namespace, name, pod_dir, job_id, containers, created, deleted,"
-        " final_state, final_reason, kill_at, pulls, cluster, placement, started FROM pods"
+        " final_state, final_reason, kill_at, pulls, cluster, placement, started, nodes"
+        " FROM pods"
     )
 
     def get(self, uid: str) -> PodRecord | None:
@@ -252,6 +258,14 @@ class Store:
             db.executemany(
                 "UPDATE pods SET started = COALESCE(started, ?) WHERE uid = ?",
                 [(when, uid) for uid in uids],
+            )
+
+    def set_nodes(self, cluster: str, job_nodes: Sequence[tuple[str, str]]) -> None:
+        """Where jobs of a cluster run (job id, node list), as Slurm last said."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE pods SET nodes = ? WHERE job_id = ? AND cluster = ?",
+                [(nodes, job_id, cluster) for job_id, nodes in job_nodes],
             )
 
     def set_kill_at(self, uid: str, when: float | None) -> None:

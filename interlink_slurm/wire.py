@@ -460,6 +460,11 @@ class PodStatus(BaseModel):
     JID: str = ""
     containers: list[ContainerStatus] = []
     initContainers: list[ContainerStatus] = []
+    # The Slurm node list of the pod's job, once Slurm has placed it (interLink PR #550's
+    # PodStatus.NodeName, for its SSH shadow). Absent until then; older interLink ignores it.
+    # The key is the Go field's name, which encoding/json uses without a tag: the PR's diff was
+    # not at hand to read a tag from, so this is the one place to change if it has another.
+    NodeName: str | None = None
 
 
 class LogOpts(BaseModel):
@@ -495,13 +500,19 @@ class LogRequest(BaseModel):
     Namespace: str
     PodUID: str
     PodName: str
-    ContainerName: str
+    # "" (as interLink accepts it): the pod's one container.
+    ContainerName: str = ""
     Opts: LogOpts = LogOpts()
 
-    @field_validator("Namespace", "ContainerName")
+    @field_validator("Namespace")
     @classmethod
     def _label(cls, v: str) -> str:
         return dns_label(v)
+
+    @field_validator("ContainerName")
+    @classmethod
+    def _container(cls, v: str) -> str:
+        return v and dns_label(v)
 
     @field_validator("PodName")
     @classmethod
@@ -535,4 +546,6 @@ class Taint(BaseModel):
 class PingResponse(BaseModel):
     status: str = "ok"
     resources: PingResources
-    taints: list[Taint] = []
+    # interLink replaces the node's taints with these whenever the key is there, even as []:
+    # None (left out of the answer) leaves the taints of the virtual kubelet's configuration.
+    taints: list[Taint] | None = None

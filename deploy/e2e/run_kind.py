@@ -55,6 +55,14 @@ def on_node(pod: dict[str, Any], node: str, namespace: str) -> dict[str, Any]:
     return pod
 
 
+def pod_logs(pod: dict[str, Any], name: str, namespace: str) -> dict[str, str]:
+    spec = pod.get("spec", {})
+    return {
+        c["name"]: kubectl("logs", "-n", namespace, name, "-c", c["name"], check=False)
+        for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+    }
+
+
 def run(scenario: sc.Scenario, node: str, namespace: str) -> list[str]:
     for cm in scenario.config_maps:
         apply({**cm, "metadata": {**cm["metadata"], "namespace": namespace}})
@@ -69,15 +77,12 @@ def run(scenario: sc.Scenario, node: str, namespace: str) -> list[str]:
         while time.monotonic() < deadline:
             pod = json.loads(kubectl("get", "pod", "-n", namespace, name, "-o", "json"))
             phase = pod.get("status", {}).get("phase", "Pending")
-            if phase in sc.PHASES:
+            if sc.settled(scenario, phase, lambda p=pod: pod_logs(p, name, namespace)):
                 break
             time.sleep(2)
         status = pod.get("status", {})
         create_error = status.get("message") if status.get("reason") == "ProviderFailed" else None
-        spec = pod.get("spec", {})
-        logs = {}
-        for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
-            logs[c["name"]] = kubectl("logs", "-n", namespace, name, "-c", c["name"], check=False)
+        logs = pod_logs(pod, name, namespace)
         problems = sc.judge(
             scenario,
             phase,

@@ -173,26 +173,12 @@ def run_scenario(plugin: Plugin, scenario: sc.Scenario, data_root: Path) -> Resu
                 result.status = answer[0]
                 phase = sc.pod_phase(result.status)
                 pod["status"]["phase"] = phase
-            if phase in sc.PHASES:
+            if sc.settled(scenario, phase, lambda: read_logs(plugin, pod, uid)):
                 break
             time.sleep(POLL_SECONDS)
         else:
             result.problems.append(f"still {phase} after {scenario.timeout:g}s")
-        names = [c["name"] for c in (pod["spec"].get("initContainers") or [])]
-        names += [c["name"] for c in pod["spec"]["containers"]]
-        for name in names:
-            r = plugin.call(
-                "GET",
-                "/getLogs",
-                {
-                    "Namespace": sc.NAMESPACE,
-                    "PodUID": uid,
-                    "PodName": scenario.pod_name,
-                    "ContainerName": name,
-                    "Opts": LOG_OPTS,
-                },
-            )
-            result.logs[name] = r.text if r.status_code == 200 else f"<{r.status_code}: {r.text}>"
+        result.logs = read_logs(plugin, pod, uid)
         result.problems += sc.judge(
             scenario,
             phase,
@@ -213,6 +199,27 @@ def run_scenario(plugin: Plugin, scenario: sc.Scenario, data_root: Path) -> Resu
                 result.problems.append(f"/delete: {type(err).__name__}: {err}")
         result.seconds = time.monotonic() - start
     return result
+
+
+def read_logs(plugin: Plugin, pod: dict[str, Any], uid: str) -> dict[str, str]:
+    """Every container's log, as the virtual kubelet asks for it."""
+    names = [c["name"] for c in (pod["spec"].get("initContainers") or [])]
+    names += [c["name"] for c in pod["spec"]["containers"]]
+    logs = {}
+    for name in names:
+        r = plugin.call(
+            "GET",
+            "/getLogs",
+            {
+                "Namespace": sc.NAMESPACE,
+                "PodUID": uid,
+                "PodName": pod["metadata"]["name"],
+                "ContainerName": name,
+                "Opts": LOG_OPTS,
+            },
+        )
+        logs[name] = r.text if r.status_code == 200 else f"<{r.status_code}: {r.text}>"
+    return logs
 
 
 def ping(plugin: Plugin) -> list[str]:

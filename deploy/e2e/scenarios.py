@@ -9,7 +9,9 @@ One YAML file per scenario in ``scenarios/``::
                                       # server does
     timeoutSeconds: 90                # until the pod must reach its final phase
     expect:
-      phase: Succeeded | Failed
+      phase: Succeeded | Failed | Running   # Running: a pod that serves until deleted (probes,
+                                            # hooks) passes once it runs and its logs hold
+                                            # every expected line; then it is deleted
       createError: [text, ...]        # /create must be refused with a message holding each
                                       # text (the pod Fails, reason ProviderFailed)
       initContainers: {name: {exitCode: 0, reason: Completed, logs: [line, ...]}}
@@ -19,6 +21,12 @@ Every expected log line must appear as a whole line of the container's log. The 
 from the container statuses the way interLink's virtual kubelet does (``pod_phase``), so the same
 expectations hold for the plugin's raw HTTP answers (run_local.py) and for a real cluster
 (run_kind.py, where Kubernetes reports the phase).
+
+Without Kubernetes (run_local.py), the pod is first made what the API server and interLink's
+virtual kubelet would send: the API server's defaults (``api_server_defaults``), the
+service-account volume on every pod unless ``automountServiceAccountToken: false``, and env
+``valueFrom``/``envFrom`` resolved from the scenario's ConfigMaps and Secrets
+(``resolve_env``), as the virtual kubelet does before calling interLink.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 NAMESPACE = "interlink-e2e"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 PHASES = ("Succeeded", "Failed")
+RUNNING = "Running"  # an expected phase the pod reaches and keeps until it is deleted
 
 _SCENARIO_KEYS = {
     "description",
@@ -135,8 +144,8 @@ def load(path: Path) -> Scenario:
     unknown = set(expect) - _EXPECT_KEYS
     if unknown:
         raise _fail(path, f"expect: unknown keys {sorted(unknown)}")
-    if expect.get("phase") not in PHASES:
-        raise _fail(path, f"expect.phase must be one of {PHASES}")
+    if expect.get("phase") not in (*PHASES, RUNNING):
+        raise _fail(path, f"expect.phase must be one of {(*PHASES, RUNNING)}")
     spec = pod["spec"]
     names = {c["name"] for c in spec["containers"]}
     init_names = {c["name"] for c in spec.get("initContainers") or []}
@@ -197,6 +206,103 @@ def stored_secret(secret: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def api_server_defaults(pod: dict[str, Any]) -> None:
+    """The fields the API server fills in a pod it admits (v1 defaulting), in place."""
+    spec = pod["spec"]
+    for key, value in (
+        ("restartPolicy", "Always"),
+        ("dnsPolicy", "ClusterFirst"),
+        ("schedulerName", "default-scheduler"),
+        ("securityContext", {}),
+        ("terminationGracePeriodSeconds", 30),
+        ("serviceAccountName", "default"),
+        ("serviceAccount", "default"),
+        ("enableServiceLinks", True),
+        ("preemptionPolicy", "PreemptLowerPriority"),
+        ("priority", 0),
+    ):
+        spec.setdefault(key, copy.deepcopy(value))
+    # The DefaultTolerationSeconds admission plugin.
+    tolerations = spec.setdefault("tolerations", [])
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
+        if not any(t.get("key") == key for t in tolerations):
+            tolerations.append(
+                {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+            )
+    for c in (spec.get("initContainers") or []) + spec["containers"]:
+        c.setdefault("terminationMessagePath", "/dev/termination-log")
+        c.setdefault("terminationMessagePolicy", "File")
+        latest = ":" not in c["image"].rsplit("/", 1)[-1] or c["image"].endswith(":latest")
+        c.setdefault("imagePullPolicy", "Always" if latest else "IfNotPresent")
+        c.setdefault("resources", {})
+        for port in c.get("ports") or []:
+            port.setdefault("protocol", "TCP")
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            if c.get(probe):
+                for key, value in (
+                    ("timeoutSeconds", 1),
+                    ("periodSeconds", 10),
+                    ("successThreshold", 1),
+                    ("failureThreshold", 3),
+                ):
+                    c[probe].setdefault(key, value)
+                if "httpGet" in c[probe]:
+                    c[probe]["httpGet"].setdefault("scheme", "HTTP")
+
+
+def resolve_env(
+    pod: dict[str, Any], config_maps: list[dict[str, Any]], secrets: list[dict[str, Any]]
+) -> None:
+    """What interLink's virtual kubelet does to env before it sends a pod (execute.go): every
+    ``valueFrom`` it can read becomes a ``value`` (fieldRef metadata.name/namespace/uid and
+    annotations, configMapKeyRef, secretKeyRef), and ``envFrom`` becomes env entries (with its
+    prefix; a name given in ``env`` wins). In place."""
+    meta = pod["metadata"]
+    cms = {cm["metadata"]["name"]: cm.get("data") or {} for cm in config_maps}
+    sec = {
+        s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
+        for s in secrets
+    }
+    fields = {
+        "metadata.name": meta.get("name", ""),
+        "metadata.namespace": meta.get("namespace", ""),
+        "metadata.uid": meta.get("uid", ""),
+    }
+    for c in (pod["spec"].get("initContainers") or []) + pod["spec"]["containers"]:
+        env = c.get("env") or []
+        for var in env:
+            ref = var.pop("valueFrom", None)
+            if ref is None:
+                continue
+            if "fieldRef" in ref:
+                path = ref["fieldRef"]["fieldPath"]
+                if path.startswith("metadata.annotations['"):
+                    var["value"] = (meta.get("annotations") or {}).get(path[22:-2], "")
+                else:
+                    var["value"] = fields.get(path, "")
+            elif "configMapKeyRef" in ref:
+                sel = ref["configMapKeyRef"]
+                var["value"] = cms[sel["name"]][sel["key"]]
+            elif "secretKeyRef" in ref:
+                sel = ref["secretKeyRef"]
+                var["value"] = sec[sel["name"]][sel["key"]]
+            else:
+                var["valueFrom"] = ref  # not resolved by the virtual kubelet either
+        explicit = {var["name"] for var in env}
+        for source in c.pop("envFrom", None) or []:
+            prefix = source.get("prefix", "")
+            if "configMapRef" in source:
+                data = cms.get(source["configMapRef"]["name"], {})
+            else:
+                data = sec.get(source["secretRef"]["name"], {})
+            for key, value in data.items():
+                if prefix + key not in explicit:
+                    env = [v for v in env if v["name"] != prefix + key]
+                    env.append({"name": prefix + key, "value": value})
+        if env:
+            c["env"] = env
+
+
 def admitted_pod(scenario: Scenario, namespace: str, uid: str) -> tuple[dict[str, Any], list[Any]]:
     """The pod as interLink receives it from a cluster, and its projected volumes' contents.
 
@@ -210,7 +316,7 @@ def admitted_pod(scenario: Scenario, namespace: str, uid: str) -> tuple[dict[str
     meta.setdefault("annotations", {})
     meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
     spec = pod["spec"]
-    spec.setdefault("restartPolicy", "Never")
+    api_server_defaults(pod)
     projected: list[Any] = []
     if spec.get("automountServiceAccountToken") is not False:
         vol = "kube-api-access-e2e"
@@ -268,6 +374,8 @@ def retrieved_pod_data(scenario: Scenario, namespace: str, uid: str) -> dict[str
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     config_maps = [_in_namespace(cm, namespace) for cm in scenario.config_maps]
     secrets = [_in_namespace(stored_secret(s), namespace) for s in scenario.secrets]
+    resolve_env(pod, config_maps, secrets)
+    projected += _projected_volumes(spec, config_maps, secrets, namespace)
     containers = []
     for c in (spec.get("initContainers") or []) + spec["containers"]:
         mounted = [volumes[m["name"]] for m in c.get("volumeMounts") or [] if m["name"] in volumes]
@@ -288,6 +396,37 @@ def retrieved_pod_data(scenario: Scenario, namespace: str, uid: str) -> dict[str
             }
         )
     return {"pod": pod, "container": containers, "jobConfig": {}}
+
+
+def _projected_volumes(
+    spec: dict[str, Any],
+    config_maps: list[dict[str, Any]],
+    secrets: list[dict[str, Any]],
+    namespace: str,
+) -> list[dict[str, Any]]:
+    """The pod's own projected volumes of ConfigMaps and Secrets, as the virtual kubelet sends
+    them: one map per volume, its data keyed by file path (the service account's is added by
+    admitted_pod)."""
+    cms = {cm["metadata"]["name"]: cm.get("data") or {} for cm in config_maps}
+    sec = {
+        s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
+        for s in secrets
+    }
+    out = []
+    for vol in spec.get("volumes") or []:
+        sources = (vol.get("projected") or {}).get("sources")
+        if not sources or vol["name"].startswith("kube-api-access"):
+            continue
+        data: dict[str, str] = {}
+        for source in sources:
+            for kind, objects in (("configMap", cms), ("secret", sec)):
+                if kind in source:
+                    values = objects[source[kind]["name"]]
+                    items = source[kind].get("items") or [{"key": k, "path": k} for k in values]
+                    for item in items:
+                        data[item["path"]] = values[item["key"]]
+        out.append({"metadata": {"name": vol["name"], "namespace": namespace}, "data": data})
+    return out
 
 
 def _in_namespace(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
@@ -328,6 +467,25 @@ def pod_phase(status: dict[str, Any]) -> str:
     if "running" in kinds:
         return "Running"
     return "Pending"
+
+
+def logs_complete(scenario: Scenario, logs: dict[str, str]) -> bool:
+    """Every expected log line is there (how a pod expected Running is seen to have done its
+    part before it is deleted)."""
+    for expectations in (scenario.init_containers, scenario.containers):
+        for name, exp in expectations.items():
+            lines = {line.rstrip("\r") for line in logs.get(name, "").splitlines()}
+            if not set(exp.logs) <= lines:
+                return False
+    return True
+
+
+def settled(scenario: Scenario, phase: str, logs: Any) -> bool:
+    """Whether to stop waiting: a final phase, or the Running a scenario expects with its logs
+    complete (``logs()`` reads them, only then)."""
+    if phase in PHASES:
+        return True
+    return scenario.phase == RUNNING and phase == RUNNING and logs_complete(scenario, logs())
 
 
 def judge(
@@ -389,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["config", "list"])
     parser.add_argument("--listen", default="127.0.0.1:4000")
     parser.add_argument("--data-root", default="/var/tmp/interlink-slurm/pods")
+    parser.add_argument(
+        "--runtime",
+        choices=["charliecloud", "apptainer"],
+        default="charliecloud",
+        help="apptainer: images from their registries (vk-test-set), none mapped",
+    )
     args = parser.parse_args(argv)
     scenarios = load_all()
     if args.command == "list":
@@ -403,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
         slurm_conf=os.environ["SLURM_CONF"],
         images=set().union(*(s.images for s in scenarios)),
     )
+    if args.runtime == "apptainer":
+        config["runtime"] = "apptainer"
+        config["images"] = {}  # docker:// references: the job pulls them
     print(yaml.safe_dump(config, sort_keys=False), end="")
     return 0
 

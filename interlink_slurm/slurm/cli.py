@@ -98,15 +98,18 @@ def parse_sinfo(text: str) -> ClusterResources:
 
 
 def parse_squeue(text: str) -> dict[str, JobInfo]:
-    """Lines of ``%i|%T|%r|%k`` (the comment last: it may hold the separator)."""
+    """Lines of ``%i|%T|%r|%N|%k`` (the comment last: it may hold the separator)."""
     jobs: dict[str, JobInfo] = {}
     for line in text.splitlines():
-        parts = line.strip().split(SEP, 3)
+        parts = line.strip().split(SEP, 4)
         if len(parts) < 3 or not parts[0]:
             continue
         job_id, state, reason = parts[0], parts[1].upper(), parts[2]
-        comment = parts[3] if len(parts) > 3 and parts[3] != "(null)" else ""
-        jobs[job_id] = JobInfo(job_id, state, "" if reason == "None" else reason, comment)
+        nodes = parts[3] if len(parts) > 3 else ""
+        comment = parts[4] if len(parts) > 4 and parts[4] != "(null)" else ""
+        jobs[job_id] = JobInfo(
+            job_id, state, "" if reason == "None" else reason, comment, nodes.strip()
+        )
     return jobs
 
 
@@ -269,7 +272,7 @@ class CliScheduler:
             "--parsable2",
             "--allocations",
             f"--jobs={','.join(ids)}",
-            "--format=JobID,State,ExitCode",
+            "--format=JobID,State,ExitCode,NodeList",
         )
         if result.returncode != 0 or "accounting storage is disabled" in result.stderr.lower():
             # Without slurmdbd there is nothing to ask, now or later.
@@ -279,7 +282,8 @@ class CliScheduler:
         for line in result.stdout.splitlines():
             parts = line.split("|")
             if len(parts) >= 2 and parts[0].isdigit():
-                out[parts[0]] = JobInfo(parts[0], parts[1].split()[0].upper(), "")
+                nodes = parts[3] if len(parts) > 3 and parts[3] != "None assigned" else ""
+                out[parts[0]] = JobInfo(parts[0], parts[1].split()[0].upper(), "", nodes=nodes)
         return out
 
     async def _squeue(self, *selection: str) -> dict[str, JobInfo]:
@@ -289,7 +293,7 @@ class CliScheduler:
             "--all",
             "--states=all",
             *selection,
-            "--format=%i|%T|%r|%k",
+            "--format=%i|%T|%r|%N|%k",
         )
         if result.returncode != 0:
             if INVALID_JOB in _message(result).lower():

@@ -115,6 +115,7 @@ class PyslurmScheduler(FromJobListing):
                 str(job.state).upper(),
                 "" if reason == "None" else reason,
                 str(getattr(job, "comment", "") or ""),
+                str(getattr(job, "nodes", "") or ""),
             )
         return out
 

@@ -447,11 +447,13 @@ def parse_jobs(answer: Mapping[str, Any]) -> dict[str, JobInfo]:
             continue
         reason = str(job.get("state_reason") or "")
         comment = job.get("comment")
+        nodes = job.get("nodes")
         jobs[str(job_id)] = JobInfo(
             str(job_id),
             _state(job.get("job_state")),
             "" if reason == "None" else reason,
             comment if isinstance(comment, str) else "",
+            nodes if isinstance(nodes, str) else "",
         )
     return jobs
 

@@ -13,6 +13,7 @@ class JobInfo:
     state: str  # Slurm's long state name: PENDING, RUNNING, COMPLETED, ...
     reason: str = ""  # Slurm's reason (Priority, Resources, NonZeroExitCode, ...), "" for None
     comment: str = ""
+    nodes: str = ""  # Slurm's node list once the job is placed ("lrdn0001", "n[1-2]"), else ""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ job's end reason (cancelled, timed out, out of memory...).
 | OUT_OF_MEMORY                  | terminated OOMKilled        | terminated 137               |
 | NODE_FAIL, BOOT_FAIL, PREEMPTED| terminated NodeFailure, ... | terminated 137               |
 | FAILED / JobLaunchFailure      | terminated JobLaunchFailure | —                            |
+| FAILED in its first minute,    | waiting FailureUnconfirmed until Slurm's accounting record  |
+| its script not started         | confirms it (doubtful_failure; the service asks sacct)      |
 | gone from squeue, no files     | terminated JobLost          | terminated 137 JobLost       |
 | init container failed          | terminated 0 InitContainerFailed (Kubernetes' phase comes   |
 |                                | from the init container's code, as the virtual kubelet does)|
@@ -81,6 +83,10 @@ TERMINAL = frozenset(
 CREATING_REASON = "ContainerCreating"
 BACKOFF_REASON = "CrashLoopBackOff"  # waiting to be restarted (restartPolicy)
 UNREACHABLE_REASON = "SlurmUnreachable"
+# A job Slurm shows failed before its script started, in its first minute, whose failure no
+# record of Slurm's confirms yet (see doubtful_failure).
+UNCONFIRMED_REASON = "FailureUnconfirmed"
+DOUBTFUL_FAILURE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,8 @@ PENDING_MESSAGES: dict[str, str] = {
     "BeginTime": "its start time has not come yet",
     UNREACHABLE_REASON: "Slurm does not answer; this is the last state known",
     CREATING_REASON: "submitted; its first state comes with the next read of the queue",
+    UNCONFIRMED_REASON: "Slurm showed it failed before it started; some sites briefly show a "
+    "new job so and then run it, so the failure counts once Slurm's record confirms it",
     "None": "submitted, not yet scheduled",
     "": "submitted, not yet scheduled",
 }
@@ -146,6 +154,17 @@ def pending_message(job: JobInfo) -> str:
     else:
         text = "waiting in the Slurm queue"
     return f"Slurm job {job.job_id} is pending ({reason or 'None'}): {text}"
+
+
+def doubtful_failure(job: JobInfo, submitted: float, now: float, script_started: bool) -> bool:
+    """A FAILED the queue shows for a job in its first minute whose script never started.
+    Some sites (Leonardo) briefly show a new job so and then run it; the virtual kubelet stops
+    asking about a pod once it is Failed, so believing it would end a pod that runs."""
+    return (
+        base_state(job) == "FAILED"
+        and not script_started
+        and now - submitted < DOUBTFUL_FAILURE_SECONDS
+    )
 
 
 def base_state(job: JobInfo | None) -> str:

@@ -51,8 +51,10 @@ APPTAINER_LIKE = frozenset({"apptainer", "singularity"})
 
 
 # Never from a pod, whatever the configuration says: the plugin owns the job's identity, files
-# and directory (--job-name, --comment, --output, --error, --chdir, --open-mode), the job runs as
-# the plugin's user (--uid, --gid), and the script is the plugin's (--wrap, --export*, --array...).
+# and directory (--comment, --output, --error, --chdir, --open-mode), the job runs as the
+# plugin's user (--uid, --gid), and the script is the plugin's (--wrap, --export*, --array...).
+# --job-name is only a label: the pod's UID is in the comment, which is what finds the job again
+# (reconcile, slurmrestd's errors), so a pod may name its job (vk-test-set's pods do).
 NEVER_USER_FLAGS = frozenset(
     {
         "--array",
@@ -67,7 +69,6 @@ NEVER_USER_FLAGS = frozenset(
         "--get-user-env",
         "--gid",
         "--input",
-        "--job-name",
         "--nodefile",
         "--open-mode",
         "--output",
@@ -94,6 +95,7 @@ DEFAULT_USER_FLAGS_ALLOWED = (
     "--gpus-per-task",
     "--gres",
     "--hint",
+    "--job-name",
     "--licenses",
     "--mail-type",
     "--mail-user",

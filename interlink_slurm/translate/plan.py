@@ -82,6 +82,7 @@ class ContainerPlan:
     env: tuple[tuple[str, str], ...]
     binds: tuple[Bind, ...]
     gpus: int = 0
+    gpu_vendor: str = "nvidia"  # "amd" for amd.com/* accelerators (Apptainer's --rocm)
     # Runs the container on every task of the job (srun / mpirun ...); empty: once, here.
     launcher: tuple[str, ...] = ()
     lifecycle: Lifecycle = Lifecycle()

@@ -185,7 +185,7 @@ def _container_plan(
     env_map = dict(env)
     if c.working_dir and (not c.working_dir.startswith("/") or "\x00" in c.working_dir):
         raise PodRejected(f"{where}.workingDir", f"{c.working_dir!r} must be an absolute path")
-    gpus = container_gpus(c, where)
+    gpus = container_gpus(c, where, settings.accelerator_names)
     return ContainerPlan(
         name=c.name,
         image=image,
@@ -196,7 +196,16 @@ def _container_plan(
         env=tuple(env),
         binds=tuple(binds.get(c.name, ())),  # type: ignore[arg-type]
         gpus=gpus,
+        gpu_vendor="amd" if _asks_any(c, AMD_ACCELERATORS) else "nvidia",
     )
+
+
+# Extended resources of AMD's device plugin: Apptainer binds their devices with --rocm.
+AMD_ACCELERATORS = ("amd.com/gpu",)
+
+
+def _asks_any(c: Container, resources: Sequence[str]) -> bool:
+    return any(r in c.resources.limits or r in c.resources.requests for r in resources)
 
 
 def env_file(runtime: str, env: Sequence[tuple[str, str]]) -> bytes:
@@ -261,10 +270,11 @@ def build_plan(
             f"the pod has {count} containers (init containers included), more than the "
             f"{settings.max_containers_per_pod} a pod may have here (max_containers_per_pod)",
         )
-    wants_gpus = pod_resources(pod.spec, 1, 1).gpus > 0
+    accelerators = settings.accelerator_names
+    wants_gpus = pod_resources(pod.spec, 1, 1, accelerators).gpus > 0
     site = site_for(settings, notes, meta.namespace, wants_gpus, target)
     mpi = ann.mpi(notes, settings.mpi_flags_allowed, settings.allow_user_shell)
-    res = pod_resources(pod.spec, site.default_cpus, site.default_memory_mb)
+    res = pod_resources(pod.spec, site.default_cpus, site.default_memory_mb, accelerators)
     # Named in the messages of what this target or flavor does not allow.
     where = ", ".join(
         f"{kind} {name}"
@@ -289,6 +299,7 @@ def build_plan(
             default_time=site.default_time,
             max_time=site.max_time,
             where=where,
+            gres=settings.accelerators.get(res.accelerator),
         ),
     ]
     if site.account:

@@ -8,6 +8,7 @@ Slurm enforces what it allocates, so a container's limit counts when set, else i
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -16,6 +17,8 @@ from interlink_slurm.translate.quantity import parse_quantity
 from interlink_slurm.wire import Container, PodSpec
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# The accelerators a site has when its configuration maps none (``accelerators``).
+DEFAULT_ACCELERATORS = (GPU_RESOURCE,)
 # Accepted and not turned into a Slurm option (no per-job equivalent on an HPC node).
 IGNORED_RESOURCES = frozenset({"ephemeral-storage"})
 KNOWN_RESOURCES = frozenset({"cpu", "memory", GPU_RESOURCE}) | IGNORED_RESOURCES
@@ -25,8 +28,9 @@ KNOWN_RESOURCES = frozenset({"cpu", "memory", GPU_RESOURCE}) | IGNORED_RESOURCES
 class Resources:
     cpus: int
     memory_mb: int
-    gpus: int
+    gpus: int  # of the accelerator below (GPUs, whatever their vendor)
     time_seconds: int | None
+    accelerator: str = GPU_RESOURCE  # the extended resource the pod asks its GPUs as
 
 
 def _amount(c: Container, index: str, resource: str) -> Decimal | None:
@@ -40,27 +44,58 @@ def _amount(c: Container, index: str, resource: str) -> Decimal | None:
     return None
 
 
-def container_gpus(c: Container, index: str) -> int:
-    """The whole number of GPUs one container asks for."""
-    amount = _amount(c, index, GPU_RESOURCE)
-    if amount is None:
-        return 0
-    if amount != amount.to_integral_value():
-        raise PodRejected(
-            f"{index}.resources.limits.{GPU_RESOURCE}", f"{amount} is not a whole number of GPUs"
-        )
-    return int(amount)
+def container_gpus(
+    c: Container, index: str, accelerators: Collection[str] = DEFAULT_ACCELERATORS
+) -> int:
+    """The whole number of accelerators (of the site's kinds) one container asks for."""
+    total = 0
+    for resource in accelerators:
+        amount = _amount(c, index, resource)
+        if amount is None:
+            continue
+        if amount != amount.to_integral_value():
+            raise PodRejected(
+                f"{index}.resources.limits.{resource}", f"{amount} is not a whole number of GPUs"
+            )
+        total += int(amount)
+    return total
 
 
-def _check_names(c: Container, index: str) -> None:
+def _check_names(c: Container, index: str, accelerators: Collection[str]) -> None:
     for kind, values in (("limits", c.resources.limits), ("requests", c.resources.requests)):
         for name in values:
-            if name not in KNOWN_RESOURCES:
-                raise PodRejected(
-                    f"{index}.resources.{kind}.{name}",
-                    f"resource {name!r} cannot be given by this Slurm plugin "
-                    f"(supported: cpu, memory, {GPU_RESOURCE})",
+            if name in accelerators or (name in KNOWN_RESOURCES and name != GPU_RESOURCE):
+                continue
+            if "/" in name:  # an extended resource: a device plugin's, which Slurm knows as gres
+                reason = (
+                    f"extended resource {name!r} has no Slurm gres on this site (accelerators "
+                    f"it maps: {', '.join(sorted(accelerators)) or 'none'}; an operator adds "
+                    "one with the accelerators setting)"
                 )
+            else:
+                reason = (
+                    f"resource {name!r} cannot be given by this Slurm plugin (supported: cpu, "
+                    f"memory, {', '.join(sorted(accelerators))})"
+                )
+            raise PodRejected(f"{index}.resources.{kind}.{name}", reason)
+
+
+def _accelerator(spec: PodSpec, accelerators: Collection[str]) -> str:
+    """The one accelerator kind the pod asks for (GPU_RESOURCE when none)."""
+    asked = sorted(
+        {
+            name
+            for c in (*spec.containers, *spec.init_containers)
+            for name in (*c.resources.limits, *c.resources.requests)
+            if name in accelerators
+        }
+    )
+    if len(asked) > 1:
+        raise PodRejected(
+            "spec.containers.resources.limits",
+            f"asks for {' and '.join(asked)}: a Slurm job gets one kind of accelerator",
+        )
+    return asked[0] if asked else GPU_RESOURCE
 
 
 def _effective(spec: PodSpec, resource: str) -> Decimal | None:
@@ -76,19 +111,26 @@ def _effective(spec: PodSpec, resource: str) -> Decimal | None:
     return max(total, largest_init)
 
 
-def pod_resources(spec: PodSpec, default_cpus: int, default_memory_mb: int) -> Resources:
+def pod_resources(
+    spec: PodSpec,
+    default_cpus: int,
+    default_memory_mb: int,
+    accelerators: Collection[str] = DEFAULT_ACCELERATORS,
+) -> Resources:
+    """``accelerators``: the extended resources the site maps to a gres."""
     for i, c in enumerate(spec.containers):
-        _check_names(c, f"spec.containers[{i}]")
+        _check_names(c, f"spec.containers[{i}]", accelerators)
     for i, c in enumerate(spec.init_containers):
-        _check_names(c, f"spec.initContainers[{i}]")
+        _check_names(c, f"spec.initContainers[{i}]", accelerators)
 
     cpu = _effective(spec, "cpu")
     memory = _effective(spec, "memory")
+    accelerator = _accelerator(spec, accelerators)
     for i, c in enumerate(spec.containers):
-        container_gpus(c, f"spec.containers[{i}]")
+        container_gpus(c, f"spec.containers[{i}]", accelerators)
     for i, c in enumerate(spec.init_containers):
-        container_gpus(c, f"spec.initContainers[{i}]")
-    gpu = _effective(spec, GPU_RESOURCE)
+        container_gpus(c, f"spec.initContainers[{i}]", accelerators)
+    gpu = _effective(spec, accelerator)
     deadline = spec.active_deadline_seconds
     if deadline is not None and deadline <= 0:
         raise PodRejected("spec.activeDeadlineSeconds", "must be a positive number of seconds")
@@ -97,6 +139,7 @@ def pod_resources(spec: PodSpec, default_cpus: int, default_memory_mb: int) -> R
         memory_mb=max(1, math.ceil(memory / (1 << 20))) if memory else default_memory_mb,
         gpus=int(gpu or 0),
         time_seconds=deadline,
+        accelerator=accelerator,
     )
 
 
@@ -121,19 +164,22 @@ def resource_directives(
     default_time: int | None = None,
     max_time: int | None = None,
     where: str = "",
+    gres: str | None = None,
 ) -> list[str]:
     """The pod's resources as sbatch options. A pod's resources are the whole job's: over
-    several nodes (``nodes``), memory and GPUs are split evenly per node and CPUs per task."""
+    several nodes (``nodes``), memory and GPUs are split evenly per node and CPUs per task.
+    ``gres``: the site's gres for the pod's accelerator (``gpu:mi250x``); else
+    ``gpu[:gpu_type]``."""
     where = f" ({where})" if where else ""
     if res.gpus and res.gpus % nodes:
         raise PodRejected(
-            f"spec.containers.resources.limits.{GPU_RESOURCE}",
+            f"spec.containers.resources.limits.{res.accelerator}",
             f"{res.gpus} GPUs cannot be split evenly over {nodes} nodes",
         )
     gpus_node = res.gpus // nodes
     if gpus_per_node == 0 and gpus_node:
         raise PodRejected(
-            f"spec.containers.resources.limits.{GPU_RESOURCE}",
+            f"spec.containers.resources.limits.{res.accelerator}",
             f"{res.gpus} GPUs asked, but the nodes here have none{where}",
         )
     if gpus_per_node is not None and gpus_node > gpus_per_node:
@@ -143,7 +189,7 @@ def resource_directives(
             "interlink-slurm/nodes"
         )
         raise PodRejected(
-            f"spec.containers.resources.limits.{GPU_RESOURCE}",
+            f"spec.containers.resources.limits.{res.accelerator}",
             f"{gpus_node} GPUs on one node, but a node here has {gpus_per_node}{where}: {hint}",
         )
     cpus_node = math.ceil(res.cpus / nodes)
@@ -179,8 +225,8 @@ def resource_directives(
     if partition:
         out.insert(0, f"--partition={partition}")
     if gpus_node:
-        gres = f"gpu:{gpu_type}:{gpus_node}" if gpu_type else f"gpu:{gpus_node}"
-        out.append(f"--gres={gres}")
+        name = gres or (f"gpu:{gpu_type}" if gpu_type else "gpu")
+        out.append(f"--gres={name}:{gpus_node}")
     if seconds is not None:
         out.append(f"--time={slurm_time(seconds)}")
     return out

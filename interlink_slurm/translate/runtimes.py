@@ -87,7 +87,7 @@ def env_entries(runtime: str, env: Sequence[tuple[str, str]]) -> list[str]:
 def _apptainer(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
     argv = [binary, "exec" if c.command else "run", *options]
     if c.gpus:
-        argv.append("--nv")
+        argv.append("--rocm" if c.gpu_vendor == "amd" else "--nv")
     for b in c.binds:
         argv += ["--bind", f"{b.source}:{b.target}:{'ro' if b.read_only else 'rw'}"]
     if c.working_dir:

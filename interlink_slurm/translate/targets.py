@@ -54,7 +54,7 @@ def candidates(
         plan = build_plan(data, settings, pod_dir(DEFAULT_CLUSTER))
         return [Candidate("", DEFAULT_CLUSTER, Target(), plan=plan)]
     spec = data.pod.spec
-    wants_gpus = pod_resources(spec, 1, 1).gpus > 0
+    wants_gpus = pod_resources(spec, 1, 1, settings.accelerator_names).gpus > 0
     pinned = _pinned(data, settings)
     keys = {k for t in settings.targets.values() for k in t.labels}
     out = []

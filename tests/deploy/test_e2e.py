@@ -4,6 +4,7 @@ the phase derivation and the judge; and `make test` running `make e2e-local` (wh
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import shlex
@@ -58,9 +59,34 @@ def test_scenarios_cover_the_features_that_work_today() -> None:
         "service-account",
         "unsupported-volume",
         "deadline",
+        # What vk-test-set's templates check, on pods shaped as Kubernetes makes them.
+        "env-key-refs",
+        "env-from",
+        "env-quotes",
+        "job-pod",
+        "probes",
+        "lifecycle-hooks",
+        "projected-newlines",
+        "args-only",
+        "no-command",
+        "failing-containers",
+        "command-not-found",
     ):
         assert any(n.endswith(feature) for n in names), f"no scenario for {feature}"
-    assert {s.phase for s in SCENARIOS} == {"Succeeded", "Failed"}
+    assert {s.phase for s in SCENARIOS} == {"Succeeded", "Failed", "Running"}
+
+
+def test_every_scenario_pod_carries_the_service_account_volume() -> None:
+    # As Kubernetes adds it: to every pod but those that opt out, here only the examples/ pods.
+    opted_out = {
+        s.name for s in SCENARIOS if s.pod["spec"].get("automountServiceAccountToken") is False
+    }
+    assert opted_out == {"07-gpu", "10-offload-basics"}
+    for s in (s for s in SCENARIOS if s.name not in opted_out):
+        body = sc.retrieved_pod_data(s, sc.NAMESPACE, "00000000-0000-0000-0000-000000000009")
+        for c in body["pod"]["spec"]["containers"]:
+            mounts = [m["mountPath"] for m in c.get("volumeMounts") or []]
+            assert sc.SERVICE_ACCOUNT_DIR in mounts, f"{s.name}: {c['name']}"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
@@ -90,7 +116,10 @@ def test_scenario_is_translated_by_the_plugin_as_expected(scenario: Any, tmp_pat
             assert fragment in result.output
     else:
         assert result.exit_code == 0, result.output
-        assert f"#SBATCH --job-name={scenario.pod_name}" in result.output
+        # The pod's own --job-name (vk-test-set's flags) wins over the pod name.
+        flags = body["pod"]["metadata"]["annotations"].get("slurm-job.vk.io/flags", "")
+        name = "test-pod-cfg" if "--job-name=test-pod-cfg" in flags else scenario.pod_name
+        assert f"#SBATCH --job-name={name}" in result.output
 
 
 def test_e2e_config_loads_and_maps_every_scenario_image(tmp_path: Path) -> None:
@@ -130,9 +159,68 @@ def test_service_account_volume_is_added_unless_automount_is_off() -> None:
         "mountPath": sc.SERVICE_ACCOUNT_DIR,
         "readOnly": True,
     } in mounts
-    body = sc.retrieved_pod_data(by_name("hello"), sc.NAMESPACE, uid)
+    hello = by_name("hello")
+    off = dataclasses.replace(
+        hello,
+        pod={**hello.pod, "spec": {**hello.pod["spec"], "automountServiceAccountToken": False}},
+    )
+    body = sc.retrieved_pod_data(off, sc.NAMESPACE, uid)
     assert body["container"][0]["projectedvolumemaps"] is None
     assert not body["pod"]["spec"].get("volumes")
+
+
+def test_the_pod_gets_the_api_servers_defaults() -> None:
+    body = sc.retrieved_pod_data(
+        by_name("probes"), sc.NAMESPACE, "00000000-0000-0000-0000-00000000000a"
+    )
+    spec = body["pod"]["spec"]
+    assert spec["dnsPolicy"] == "ClusterFirst" and spec["terminationGracePeriodSeconds"] == 30
+    assert spec["serviceAccountName"] == "default" and spec["enableServiceLinks"] is True
+    assert {t["key"] for t in spec["tolerations"]} >= {"node.kubernetes.io/not-ready"}
+    [c] = spec["containers"]
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert c["imagePullPolicy"] == "IfNotPresent"  # a tag other than latest
+    assert c["ports"] == [{"containerPort": 18119, "protocol": "TCP"}]
+    assert c["readinessProbe"]["timeoutSeconds"] == 1
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+
+
+def test_env_is_resolved_as_the_virtual_kubelet_does() -> None:
+    uid = "00000000-0000-0000-0000-00000000000b"
+    body = sc.retrieved_pod_data(by_name("env-key-refs"), sc.NAMESPACE, uid)
+    env = {e["name"]: e for e in body["pod"]["spec"]["containers"][0]["env"]}
+    assert all("valueFrom" not in e for e in env.values())
+    assert env["APP_NAME"]["value"] == "config-test-app"
+    assert env["API_KEY"]["value"] == "secret-api-key-12345"
+    assert env["POD_NAMESPACE"]["value"] == sc.NAMESPACE
+    body = sc.retrieved_pod_data(by_name("env-from"), sc.NAMESPACE, uid)
+    [c] = body["pod"]["spec"]["containers"]
+    assert "envFrom" not in c
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["LOG_LEVEL"] == "explicit-wins"  # env wins over envFrom
+    assert env["CFG_MODE"] == "batch"  # the prefix
+    assert env["AWS_DEFAULT_REGION"] == "us-west-2"
+
+
+def test_a_projected_configmap_is_sent_as_a_projected_volume_map() -> None:
+    uid = "00000000-0000-0000-0000-00000000000c"
+    body = sc.retrieved_pod_data(by_name("projected-newlines"), sc.NAMESPACE, uid)
+    [c] = body["container"]
+    maps = {m["metadata"]["name"]: m["data"] for m in c["projectedvolumemaps"]}
+    assert maps["projected-config"]["multiline.txt"] == "line one\nline two\nline three\n"
+    assert "ca.crt" in maps["kube-api-access-e2e"]
+
+
+def test_a_running_scenario_settles_once_its_logs_are_complete() -> None:
+    s = by_name("probes")
+    partial = {"probe-test": "Starting HTTP server on port 18119\n"}
+    full = {"probe-test": "".join(f"{line}\n" for line in s.containers["probe-test"].logs)}
+    assert not sc.settled(s, "Pending", lambda: full)
+    assert not sc.settled(s, "Running", lambda: partial)
+    assert sc.settled(s, "Running", lambda: full)
+    assert sc.settled(s, "Failed", lambda: {})  # a final phase ends the wait (and fails judge)
+    assert sc.judge(s, "Running", [], [], full) == []
+    assert not sc.settled(by_name("hello"), "Running", lambda: {})
 
 
 def test_each_container_gets_only_what_it_mounts_and_secrets_in_base64() -> None:

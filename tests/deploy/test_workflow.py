@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,81 @@ def test_container_script_is_valid_bash_with_its_subcommands(script: Path) -> No
     assert "--listen 0.0.0.0:4000" in text
     assert "deploy/e2e/scenarios.py config" in text
     assert "deploy/local/cluster.sh up" in text
+
+
+# --- the vk-test-set job: interLink's conformance suite, as the Go Slurm plugin's CI runs it ------
+
+# interlink-hq/interlink-slurm-plugin, scripts/k3s-test-run.sh: the templates its CI leaves out.
+GO_PLUGIN_FILTER = "not rclone and not limits and not stress and not multi-init and not fail"
+VKTEST_CONFIG = E2E / "vktest_config.yaml"
+
+
+def vk_job() -> dict[str, Any]:
+    return dict(workflow()["jobs"]["vk-test-set"])
+
+
+def vk_run_text() -> str:
+    return "\n".join(s.get("run", "") for s in vk_job()["steps"])
+
+
+def test_vk_test_set_runs_with_the_go_plugins_filter_at_a_pinned_commit() -> None:
+    env = vk_job()["env"]
+    assert env["VK_TEST_FILTER"] == GO_PLUGIN_FILTER
+    assert re.fullmatch(r"[0-9a-f]{40}", env["VK_TEST_SET_REF"])
+    assert env["VK_TEST_SET_REPO"] == "https://github.com/interlink-hq/vk-test-set.git"
+    text = vk_run_text()
+    assert 'pytest" -v -k "$VK_TEST_FILTER"' in text
+    assert 'checkout --detach "$VK_TEST_SET_REF"' in text
+    assert 'pip" install -e' in text
+    assert "cp deploy/e2e/vktest_config.yaml" in text
+
+
+def test_vktest_config_targets_the_virtual_node_with_the_suites_values() -> None:
+    config = yaml.safe_load(VKTEST_CONFIG.read_text())
+    # vk-test-set's ConfigManager forbids any other key.
+    assert set(config) <= {"required_namespaces", "target_nodes", "timeout_multiplier", "values"}
+    assert set(config["values"]) <= {"annotations", "namespace", "tolerations"}
+    assert config["target_nodes"] == [vk_job()["env"]["NODE_NAME"]]
+    assert config["target_nodes"] == [workflow()["jobs"]["e2e-kind"]["env"]["NODE_NAME"]]
+    values = config["values"]
+    assert values["namespace"] in config["required_namespaces"]
+    assert values["annotations"] == {
+        "slurm-job.vk.io/flags": "--job-name=test-pod-cfg -t 2800",
+        "slurm-job.vk.io/image-root": "docker://",
+    }
+    assert {
+        "key": "virtual-node.interlink/no-schedule",
+        "operator": "Exists",
+        "effect": "NoSchedule",
+    } in values["tolerations"]
+
+
+def test_vk_test_set_job_deploys_like_the_scenarios_job_with_apptainer() -> None:
+    steps = vk_job()["steps"]
+    [start] = [s for s in steps if "slurm-container.sh start" in s.get("run", "")]
+    assert start["env"] == {"ILS_E2E_RUNTIME": "apptainer"}
+    text = vk_run_text()
+    for line in run_text().splitlines():
+        if "manifests/in-cluster" in line or "endpointslice" in line or "rollout status" in line:
+            assert line in text
+    script = CONTAINER_SCRIPT.read_text()
+    assert "apptainer_${APPTAINER_VERSION}_amd64.deb" in script
+    assert '--runtime "$RUNTIME"' in script
+    assert '-e ILS_E2E_RUNTIME="$RUNTIME"' in script
+
+
+def test_the_apptainer_plugin_config_runs_registry_images(tmp_path: Path) -> None:
+    from interlink_slurm.config import load_settings
+
+    out = subprocess.run(
+        [sys.executable, str(E2E / "scenarios.py"), "config", "--runtime", "apptainer"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "ILS_IMAGE": "/images/debian-python", "SLURM_CONF": "/etc/slurm.conf"},
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(out.stdout)
+    settings = load_settings(path)
+    assert settings.runtime == "apptainer"
+    assert settings.images == {}

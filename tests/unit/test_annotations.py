@@ -90,8 +90,6 @@ def test_flags_are_read_like_a_shell_and_written_in_canonical_form(
         ("--error=/tmp/e", "--error"),
         ("--chdir=/", "--chdir"),
         ("-D /home", "--chdir"),
-        ("--job-name=other", "--job-name"),
-        ("-J x", "--job-name"),
         ("--comment=interlink-slurm:00000000-0000-0000-0000-000000000000", "--comment"),
         ("--open-mode=truncate", "--open-mode"),
         ("--wrap=id", "--wrap"),
@@ -105,6 +103,20 @@ def test_flags_the_plugin_owns_are_refused_naming_the_flag(text: str, name: str)
     err = flag_rejection(text)
     assert name in err.reason
     assert "set by interlink-slurm" in err.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [("--job-name=test-pod-cfg -t 2800", "test-pod-cfg"), ("-J other -t 2800", "other")],
+)
+def test_a_pod_may_name_its_job_and_its_uid_stays_in_the_comment(text: str, name: str) -> None:
+    # vk-test-set's pods carry the first text; the comment is what finds the job again.
+    pod = annotated({ann.FLAGS: text})
+    directives = list(plan_of(pod, make_settings(partition="cpu")).directives)
+    names = [d for d in directives if d.startswith("--job-name")]
+    assert names == [f"--job-name={name}"]
+    assert "--time=2800" in directives
+    assert f"--comment=interlink-slurm:{pod['metadata']['uid']}" in directives
 
 
 def test_flag_outside_the_allowlist_is_refused_and_allowed_when_configured() -> None:
@@ -234,7 +246,7 @@ def test_any_flags_text_is_refused_or_becomes_safe_sbatch_lines(text: str) -> No
     except PodRejected as err:
         assert err.field == FLAGS_FIELD
         return
-    owned = {"--uid", "--output", "--chdir", "--job-name", "--comment", "--error", "--wrap"}
+    owned = {"--uid", "--output", "--chdir", "--comment", "--error", "--wrap"}
     for d in directives[5:]:
         assert d.split("=")[0] not in owned
         assert not any(c.isspace() or c in "'\"#$\\;`" for c in d), d

@@ -18,6 +18,7 @@ from interlink_slurm.config import load_settings
 from interlink_slurm.errors import SchedulerUnavailable, SubmitRejected
 from interlink_slurm.service import Service
 from interlink_slurm.slurm.fake import FakeScheduler
+from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo
 from interlink_slurm.slurm.transport import LocalTransport
 from interlink_slurm.store import Store
 from tests import podgen
@@ -214,6 +215,27 @@ def test_status_is_served_from_the_refreshed_snapshot(api: Harness) -> None:
     assert r.status_code == 200 and len(r.json()) == 1
 
 
+def test_status_says_where_the_job_runs_and_ran(api: Harness) -> None:
+    data = simple("placed")
+    api.post("/create", data)
+    api.refresh()
+    [status] = api.get("/status", [data["pod"]]).json()
+    assert "NodeName" not in status  # pending: placed nowhere yet
+    comment = f"interlink-slurm:{data['pod']['metadata']['uid']}"
+    api.scheduler.jobs["1001"] = JobInfo("1001", "RUNNING", "", comment, "lrdn[0001-0002]")
+    api.refresh()
+    [status] = api.get("/status", [data["pod"]]).json()
+    assert status["NodeName"] == "lrdn[0001-0002]"
+    waiting = status["containers"][0]["state"]["waiting"]  # no file says it started yet
+    assert waiting["message"].endswith("(Slurm node lrdn[0001-0002])")
+    # The job leaves the queue: where it ran is still known (kept in the store).
+    del api.scheduler.jobs["1001"]
+    api.refresh()
+    [status] = api.get("/status", [data["pod"]]).json()
+    assert status["NodeName"] == "lrdn[0001-0002]"
+    assert "Slurm node lrdn[0001-0002]" in status["containers"][0]["state"]["terminated"]["message"]
+
+
 def test_ping_is_status_with_an_empty_list(api: Harness) -> None:
     r = api.get("/status", [])
     assert r.status_code == 200
@@ -225,8 +247,50 @@ def test_ping_is_status_with_an_empty_list(api: Harness) -> None:
             "pods": "1000",
             "accelerators": [{"resourceType": "nvidia.com/gpu", "available": "8"}],
         },
-        "taints": [],
     }
+
+
+@pytest.mark.parametrize(
+    ("config", "sent"),
+    [
+        ({}, None),  # absent: interLink leaves the NodeTaints of its own configuration
+        ({"taints": []}, []),  # an operator who wants the node's taints cleared says so
+        (
+            {"taints": [{"key": "site", "value": "hpc", "effect": "NoExecute"}]},
+            [{"key": "site", "value": "hpc", "effect": "NoExecute"}],
+        ),
+    ],
+)
+def test_ping_sends_taints_only_when_configured(
+    tmp_path: Path, config: dict[str, Any], sent: list[dict[str, str]] | None
+) -> None:
+    h = Harness(tmp_path, **config)
+    try:
+        answer = h.get("/status", []).json()
+    finally:
+        h.close()
+    assert answer.get("taints") == sent
+    assert ("taints" in answer) == (sent is not None)
+
+
+def test_ping_with_no_usable_node_is_an_error_naming_the_last_capacity(tmp_path: Path) -> None:
+    h = Harness(tmp_path, ping_cache_seconds=0)
+    try:
+        assert h.get("/status", []).status_code == 200
+        for empty in (
+            ClusterResources(cpus=0, memory_mb=0, nodes=0),
+            ClusterResources(cpus=8, memory_mb=0, nodes=1),
+        ):
+            h.scheduler.resources_answer = empty
+            r = h.get("/status", [])
+            # Never a zero capacity with 200: the virtual kubelet would drain the node.
+            assert r.status_code == 503
+            assert "no Slurm node is usable in partitions cpu, gpu" in r.text
+            assert "cpu 64, memory 256000Mi" in r.text
+        h.scheduler.resources_answer = ClusterResources(cpus=2, memory_mb=4000, nodes=1)
+        assert h.get("/status", []).json()["resources"]["cpu"] == "2"
+    finally:
+        h.close()
 
 
 @pytest.mark.parametrize(
@@ -286,6 +350,33 @@ def test_logs_of_unknown_pod_or_container_are_404(api: Harness) -> None:
     assert r.status_code == 404 and "'other'" in r.text
     body["PodUID"] = "6f1c2a4e-3b5d-4e7f-8a9b-0c1d2e3f4a5b"
     assert api.get("/getLogs", body).status_code == 404
+
+
+def test_logs_without_a_container_name_are_the_one_containers(api: Harness) -> None:
+    # interLink passes an empty ContainerName on (it checks the name only when there is one).
+    data = podgen.retrieved(
+        podgen.pod("one", [podgen.container("c", "")], init=[podgen.container("setup", "")])
+    )
+    assert api.post("/create", data).status_code == 200
+    meta = data["pod"]["metadata"]
+    pod_dir = api.data_root / "default" / f"one-{meta['uid']}"
+    (pod_dir / "containers" / "c.log").write_text("from c\n")
+    body = {"Namespace": "default", "PodUID": meta["uid"], "PodName": "one", "Opts": {}}
+    for request in (body, {**body, "ContainerName": ""}):
+        r = api.get("/getLogs", request)
+        assert r.status_code == 200, r.text
+        assert r.text == "from c\n"
+
+
+def test_logs_without_a_container_name_of_a_pod_of_two_name_both(api: Harness) -> None:
+    containers = [podgen.container("a", ""), podgen.container("b", "")]
+    data = podgen.retrieved(podgen.pod("two", containers))
+    assert api.post("/create", data).status_code == 200
+    meta = data["pod"]["metadata"]
+    body = {"Namespace": "default", "PodUID": meta["uid"], "PodName": "two", "ContainerName": ""}
+    r = api.get("/getLogs", body)
+    assert r.status_code == 400
+    assert "ContainerName" in r.text and "a, b" in r.text
 
 
 def test_slurm_unreachable_on_create_is_503_with_retry_after_and_nothing_is_lost(

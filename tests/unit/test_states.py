@@ -104,9 +104,10 @@ def test_containers_wait_while_init_containers_run() -> None:
 
 
 def test_squeue_lines_parse_with_comment_last() -> None:
-    jobs = parse_squeue("12|PENDING|Priority|interlink-slurm:u|x\n13|RUNNING|None|(null)\n\n")
+    text = "12|PENDING|Priority||interlink-slurm:u|x\n13|RUNNING|None|lrdn[0001-0002]|(null)\n\n"
+    jobs = parse_squeue(text)
     assert jobs["12"] == JobInfo("12", "PENDING", "Priority", "interlink-slurm:u|x")
-    assert jobs["13"] == JobInfo("13", "RUNNING", "", "")
+    assert jobs["13"] == JobInfo("13", "RUNNING", "", "", "lrdn[0001-0002]")
 
 
 def test_sinfo_counts_each_node_once_and_skips_unusable_nodes() -> None:
