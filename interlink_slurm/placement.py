@@ -4,7 +4,7 @@
 Each eligible target's scheduler is asked, all at once and for at most
 ``placement_estimate_seconds`` in all, when the pod's job would start there (``sbatch
 --test-only``). The score of a target is ``penalty_seconds + weight * wait``; the lowest wins.
-Ties (scores within the same TIE_SECONDS) go to the target with fewer of the plugin's own placed
+Ties (scores within TIE_SECONDS of the best) go to the target with fewer of the plugin's own placed
 pods still waiting to start (Slurm's estimate counts running jobs, not pending ones, so a burst
 of pods would otherwise all go to the first of equally free targets), then to the pod's
 preferred node affinity, then to the configured order. A target whose Slurm says it would
@@ -146,14 +146,27 @@ async def place(
     }
 
     backlog = waiting()
+    scores = {
+        c.name: c.target.penalty_seconds + c.target.weight * max(0.0, est.start - now)
+        for c in eligible
+        if isinstance(est := answers.get(c.name), Estimate)
+    }
+    best = min(scores.values(), default=0.0)
 
     def key(index_cand: tuple[int, Candidate]) -> tuple[int, float, int, int, int]:
         index, c = index_cand
-        est = answers.get(c.name)
-        if not isinstance(est, Estimate):
+        score = scores.get(c.name)
+        if score is None:
             return (1, 0.0, 0, -c.preference, index)
-        score = c.target.penalty_seconds + c.target.weight * max(0.0, est.start - now)
-        return (0, score // TIE_SECONDS, backlog.get(c.name, 0), -c.preference, index)
+        # Within TIE_SECONDS of the best is as good as the best (estimates are read a moment
+        # apart): the waiting pods, then the preference, then the order decide among those.
+        return (
+            0,
+            0.0 if score - best <= TIE_SECONDS else score,
+            backlog.get(c.name, 0),
+            -c.preference,
+            index,
+        )
 
     chosen = min(enumerate(eligible), key=key)[1]
     basis = ESTIMATE if any(isinstance(e, Estimate) for e in answers.values()) else ORDER

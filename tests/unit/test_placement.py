@@ -451,6 +451,24 @@ def test_ties_go_to_the_target_with_fewer_of_our_pods_waiting(tmp_path: Path) ->
     assert chosen.chosen.name == "booster"
 
 
+def test_a_tie_is_within_five_seconds_of_the_best_wherever_the_scores_fall(
+    tmp_path: Path,
+) -> None:
+    s = settings(tmp_path, {"booster": BOOSTER, "dcgp": DCGP})
+    # 4 s and 6 s apart from now: 2 s from each other, so a tie (not two 5 s buckets).
+    fake = FakeScheduler(starts={"boost_usr_prod": 6.0, "dcgp_usr_prod": 4.0})
+    chosen = asyncio.run(
+        place(where(s, pod()), {"default": fake}, 1.0, waiting=lambda: {"dcgp": 2})
+    )
+    assert chosen.chosen.name == "booster"
+    # 9 s apart is no tie: the soonest wins.
+    fake.starts = {"boost_usr_prod": 13.0, "dcgp_usr_prod": 4.0}
+    chosen = asyncio.run(
+        place(where(s, pod()), {"default": fake}, 1.0, waiting=lambda: {"dcgp": 2})
+    )
+    assert chosen.chosen.name == "dcgp"
+
+
 def test_a_burst_of_equal_pods_is_spread_until_their_jobs_start(tmp_path: Path) -> None:
     s = settings(tmp_path, {"booster": BOOSTER, "dcgp": DCGP})
     fake = FakeScheduler()
