@@ -46,13 +46,14 @@ from interlink_slurm.slurm.states import (
     base_state,
     container_statuses,
 )
-from interlink_slurm.slurm.transport import Transport
+from interlink_slurm.slurm.transport import CommandUnavailable, Transport
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.translate.plan import JobPlan
-from interlink_slurm.translate.pod import JOB_COMMENT_PREFIX
+from interlink_slurm.translate.pod import JOB_COMMENT_PREFIX, build_plan
 from interlink_slurm.translate.resources import GPU_RESOURCE
+from interlink_slurm.translate.runtimes import image_paths_argv, parse_image_paths
 from interlink_slurm.translate.script import render_script
-from interlink_slurm.translate.targets import candidates
+from interlink_slurm.translate.targets import Candidate, candidates
 from interlink_slurm.wire import (
     Accelerator,
     ContainerState,
@@ -404,7 +405,11 @@ class Service:
                 plan = placement.chosen.plan
                 assert plan is not None  # a chosen target has a plan
                 pod_dir = plan.pod_dir
-                await asyncio.to_thread(self._check_mount_points, cluster.transport, plan)
+                plan = await asyncio.to_thread(
+                    self._in_images, cluster.transport, data, placement.chosen, plan
+                )
+                for container, warning in plan.warnings:
+                    log.warning("pod %s, container %s: %s", uid, container, warning)
                 pulls = []
                 if plan.image_pulls and self.settings.image_pull_on == "submit_host":
                     pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
@@ -431,6 +436,7 @@ class Service:
                 pulls=encode(pulls) if pulls else None,
                 cluster=cluster.name,
                 placement=placement.record() if placed else None,
+                notes=plan.warnings,
             )
             try:
                 job_id = await cluster.scheduler.submit(script_path, pod_dir)
@@ -489,24 +495,44 @@ class Service:
                 self.metrics.predicted_wait.labels(name).observe(wait)
         return placement
 
-    def _check_mount_points(self, transport: Transport, plan: JobPlan) -> None:
-        """Charliecloud (0.31) cannot create a bind destination in a read-only image: say so at
-        create time, naming the mount, rather than let the container fail on the node."""
+    def _in_images(
+        self, transport: Transport, data: RetrievedPodData, chosen: Candidate, plan: JobPlan
+    ) -> JobPlan:
+        """Charliecloud (0.31) cannot create a bind destination in a read-only image, nor bind
+        through an absolute symlink of the image: each target is looked up in its image (one
+        command), followed inside the image; one the image lacks is left out, with a warning
+        in the container's status, rather than let the container fail on the node."""
         if self.settings.runtime != "charliecloud":
-            return
-        groups = (("initContainers", plan.init_containers), ("containers", plan.containers))
-        for group, containers in groups:
-            for i, c in enumerate(containers):
-                if not c.image.startswith("/"):
-                    continue
-                for b in c.binds:
-                    if transport.size(c.image.rstrip("/") + b.target) is None:
-                        raise PodRejected(
-                            f"spec.{group}[{i}].volumeMounts",
-                            f"mount path {b.target!r} does not exist in image {c.image}; "
-                            "Charliecloud cannot create mount points in a read-only image, "
-                            "so the image must contain that directory (or file)",
-                        )
+            return plan
+        pairs = list(
+            dict.fromkeys(
+                (c.image, b.target)
+                for c in (*plan.init_containers, *plan.containers)
+                if c.image.startswith("/")
+                for b in c.binds
+            )
+        )
+        if not pairs:
+            return plan
+        try:
+            result = transport.run(image_paths_argv(pairs), timeout=30)
+        except (CommandUnavailable, SchedulerUnavailable, OSError) as err:
+            log.warning("cannot look into the images for the mount points: %s", err)
+            return plan
+        if result.returncode != 0:
+            log.warning("cannot look into the images for the mount points: %s", result.stderr)
+            return plan
+        found = parse_image_paths(pairs, result.stdout)
+        if all(found.get(pair, pair[1]) == pair[1] for pair in pairs):
+            return plan
+        return build_plan(
+            data,
+            self.settings,
+            plan.pod_dir,
+            chosen.target if chosen.name else None,
+            chosen.name,
+            mount_targets=found,
+        )
 
     def _grace_seconds(self, pod: Pod) -> int:
         meta_grace = (pod.metadata.model_extra or {}).get("deletionGracePeriodSeconds")
@@ -616,6 +642,9 @@ class Service:
                 outage = self._outage.get(rec.cluster) if rec.final_state is None else None
                 if outage or files_outage:
                     _note_outage((*init, *main), "; ".join(o for o in (outage, files_outage) if o))
+                if rec.notes:
+                    _note_warnings(init, rec.notes)
+                    _note_warnings(main, rec.notes)
                 if rec.placement and job is not None and base_state(job) in WAITING:
                     _note_placement(
                         (*init, *main), describe(json.loads(rec.placement), time.time())
@@ -776,6 +805,17 @@ def _note_placement(statuses: Sequence[ContainerStatus], placement: str) -> None
     for st in statuses:
         if st.state.waiting is not None:
             st.state.waiting.message = f"{st.state.waiting.message} ({placement})".strip()
+
+
+def _note_warnings(statuses: Sequence[ContainerStatus], notes: Sequence[tuple[str, str]]) -> None:
+    """What a container runs without (a volume left out...), in its status message: a
+    running container's state has no message, so it is said while waiting and once ended."""
+    for st in statuses:
+        said = [w for c, w in notes if c in (st.name, "")]
+        inner = st.state.waiting or st.state.terminated
+        if said and inner is not None:
+            inner.message = " ".join([inner.message or "", *(f"[warning: {w}]" for w in said)])
+            inner.message = inner.message.strip()
 
 
 def _note_outage(statuses: Sequence[ContainerStatus], outage: str) -> None:

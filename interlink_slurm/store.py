@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS pods (
     pulls        TEXT,             -- JSON: images to pull on the submit host while the job is held
     cluster      TEXT NOT NULL DEFAULT 'default',  -- the Slurm cluster the job is on
     placement    TEXT,             -- JSON: the target chosen and why (several targets)
-    started      REAL              -- when the job was first seen running (placement metrics)
+    started      REAL,             -- when the job was first seen running (placement metrics)
+    notes        TEXT              -- JSON: [[container, warning]...] said in its status
 );
 CREATE INDEX IF NOT EXISTS pods_job ON pods(job_id);
 """
@@ -46,6 +47,7 @@ MIGRATIONS = {
     "cluster": "ALTER TABLE pods ADD COLUMN cluster TEXT NOT NULL DEFAULT 'default'",
     "placement": "ALTER TABLE pods ADD COLUMN placement TEXT",
     "started": "ALTER TABLE pods ADD COLUMN started REAL",
+    "notes": "ALTER TABLE pods ADD COLUMN notes TEXT",
 }
 
 
@@ -70,6 +72,8 @@ class PodRecord:
     # The placement decision as JSON (placement.Placement.record), with several targets.
     placement: str | None = None
     started: float | None = None
+    # (container, warning): what the pod asked that it runs without, said in its status.
+    notes: tuple[tuple[str, str], ...] = ()
 
     @property
     def all_containers(self) -> tuple[str, ...]:
@@ -131,6 +135,7 @@ class Store:
             cluster,
             placement,
             started,
+            notes,
         ) = row
         names = json.loads(str(containers))
         return PodRecord(
@@ -150,11 +155,13 @@ class Store:
             cluster=str(cluster),
             placement=None if placement is None else str(placement),
             started=None if started is None else float(started),  # type: ignore[arg-type]
+            notes=tuple((str(c), str(w)) for c, w in json.loads(str(notes))) if notes else (),
         )
 
     _SELECT = (
         "SELECT uid, namespace, name, pod_dir, job_id, containers, created, deleted,"
-        " final_state, final_reason, kill_at, pulls, cluster, placement, started FROM pods"
+        " final_state, final_reason, kill_at, pulls, cluster, placement, started, notes"
+        " FROM pods"
     )
 
     def get(self, uid: str) -> PodRecord | None:
@@ -186,14 +193,27 @@ class Store:
         pulls: str | None = None,
         cluster: str = "default",
         placement: str | None = None,
+        notes: Sequence[tuple[str, str]] = (),
     ) -> None:
         names = json.dumps({"init": list(init_containers), "main": list(containers)})
+        noted = json.dumps([list(n) for n in notes]) if notes else None
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO pods (uid, namespace, name, pod_dir, job_id, containers,"
-                " created, deleted, pulls, cluster, placement)"
-                " VALUES (?, ?, ?, ?, NULL, ?, ?, NULL, ?, ?, ?)",
-                (uid, namespace, name, pod_dir, names, time.time(), pulls, cluster, placement),
+                " created, deleted, pulls, cluster, placement, notes)"
+                " VALUES (?, ?, ?, ?, NULL, ?, ?, NULL, ?, ?, ?, ?)",
+                (
+                    uid,
+                    namespace,
+                    name,
+                    pod_dir,
+                    names,
+                    time.time(),
+                    pulls,
+                    cluster,
+                    placement,
+                    noted,
+                ),
             )
 
     def set_job(self, uid: str, job_id: str) -> None:

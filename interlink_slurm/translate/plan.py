@@ -124,3 +124,5 @@ class JobPlan:
     backoff_seconds: tuple[int, int] = (10, 300)
     nodes: int = 1
     grace_seconds: int = 30
+    # (container, what the pod asked that it runs without): said in the container's status.
+    warnings: tuple[tuple[str, str], ...] = ()

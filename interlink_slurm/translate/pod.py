@@ -15,6 +15,7 @@ from interlink_slurm.translate import annotations as ann
 from interlink_slurm.translate.images import cannot_pull, plan_pulls
 from interlink_slurm.translate.lifecycle import lifecycle, restart_policy
 from interlink_slurm.translate.plan import (
+    Bind,
     ContainerPlan,
     FileSpec,
     JobPlan,
@@ -137,12 +138,51 @@ def _env(c: Container, where: str, settings: Settings) -> list[tuple[str, str]]:
     return list(last.items())
 
 
+# A bind target as found in an image: (image, target in the container) → the same path with
+# the image's symlinks followed inside the image, or None when it is not in the image.
+MountTargets = Mapping[tuple[str, str], str | None]
+
+
+def _in_image(
+    c: Container,
+    runtime: str,
+    image: str,
+    binds: Sequence[Bind],
+    mount_targets: MountTargets,
+    warnings: list[tuple[str, str]],
+) -> tuple[Bind, ...]:
+    """Binds whose targets are resolved inside the image (``mount_targets``): a symlink is
+    followed as the container sees it, never on the host; a target the image lacks is left
+    out, with a warning, when the runtime cannot create it."""
+    out = []
+    for b in binds:
+        key = (image, b.target)
+        if key not in mount_targets:
+            out.append(b)
+            continue
+        found = mount_targets[key]
+        if found is None:
+            warnings.append(
+                (
+                    c.name,
+                    f"volume mounted at {b.target} is not mounted: the path does not exist in "
+                    f"image {image}, and the {runtime} runtime cannot create it in a "
+                    "read-only image",
+                )
+            )
+            continue
+        out.append(dataclasses.replace(b, target=found))
+    return tuple(out)
+
+
 def _container_plan(
     c: Container,
     where: str,
     settings: Settings,
     image_root: str | None,
-    binds: Mapping[str, tuple[object, ...]],
+    binds: Mapping[str, tuple[Bind, ...]],
+    mount_targets: MountTargets,
+    warnings: list[tuple[str, str]],
 ) -> ContainerPlan:
     if not c.image:
         raise PodRejected(f"{where}.image", "is empty")
@@ -163,7 +203,7 @@ def _container_plan(
         args=tuple(expand_refs(a, env_map) for a in c.args),
         working_dir=c.working_dir,
         env=tuple(env),
-        binds=tuple(binds.get(c.name, ())),  # type: ignore[arg-type]
+        binds=_in_image(c, settings.runtime, image, binds.get(c.name, ()), mount_targets, warnings),
         gpus=gpus,
     )
 
@@ -208,9 +248,11 @@ def build_plan(
     pod_dir: str,
     target: Target | None = None,
     target_name: str = "",
+    mount_targets: MountTargets | None = None,
 ) -> JobPlan:
     """The job of a pod; on ``target`` (placement) when given, which then wins over the
-    profile's and top-level keys."""
+    profile's and top-level keys. ``mount_targets``: the bind targets as found in the images
+    (``mount_targets_argv``), for a runtime that cannot create a missing one."""
     pod = data.pod
     meta = pod.metadata
     notes = meta.annotations
@@ -265,9 +307,19 @@ def build_plan(
     )
     image_root = meta.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
 
+    warnings = list(layout.warnings)
+
     def plans(containers: Sequence[Container], group: str) -> tuple[ContainerPlan, ...]:
         return tuple(
-            _container_plan(c, f"spec.{group}[{i}]", settings, image_root, layout.binds)
+            _container_plan(
+                c,
+                f"spec.{group}[{i}]",
+                settings,
+                image_root,
+                layout.binds,
+                mount_targets or {},
+                warnings,
+            )
             for i, c in enumerate(containers)
         )
 
@@ -370,6 +422,7 @@ def build_plan(
             else settings.default_grace_seconds
         ),
         tunnel=TUNNEL_FILE if tunnel is not None else None,
+        warnings=tuple(warnings),
     )
 
 

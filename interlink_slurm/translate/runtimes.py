@@ -135,3 +135,65 @@ def local_images_only(runtime: str, image_cache: bool) -> bool:
     an absolute path); ``image_cache``: whether image_cache_dir is set, into which the runtimes
     that can import registry images (images.RUNTIME_SCHEMES) have them pulled first."""
     return runtime in LOCAL_IMAGES_ONLY and not (image_cache and runtime in RUNTIME_SCHEMES)
+
+
+# Charliecloud (0.31) refuses a bind whose destination crosses an absolute symlink of the image
+# ("symlink not relative") and cannot create a missing one in a read-only image. So each target
+# is looked up in the image beforehand, as the container will see it: every symlink followed
+# relative to the image's root, never the host's. Run as one command on the cluster side:
+#   bash -c RESOLVE_IMAGE_PATHS ils-resolve IMAGE TARGET [IMAGE TARGET]...
+# prints for each pair "STATUS PATH" and a NUL: 1 the path exists in the image, 0 it does not,
+# ? the image is not a directory (a SquashFS file: nothing to look into).
+RESOLVE_IMAGE_PATHS = r"""
+resolve() {
+  local root=$1 rest=$2 cur="" part link hops=0
+  while [ -n "$rest" ]; do
+    part=${rest%%/*}
+    if [ "$part" = "$rest" ]; then rest=""; else rest=${rest#*/}; fi
+    case $part in
+      ''|.) continue ;;
+      ..) cur=${cur%/*}; continue ;;
+    esac
+    if [ -L "$root$cur/$part" ]; then
+      hops=$(( hops + 1 ))
+      [ "$hops" -le 40 ] || return 1
+      link=$(readlink -- "$root$cur/$part") || return 1
+      case $link in /*) cur="" ;; esac
+      rest="$link/$rest"
+    else
+      cur="$cur/$part"
+    fi
+  done
+  printf '%s' "${cur:-/}"
+}
+while [ "$#" -ge 2 ]; do
+  if [ ! -d "$1" ]; then
+    printf '? %s\0' "$2"
+  elif path=$(resolve "$1" "$2") && [ -e "$1$path" ]; then
+    printf '1 %s\0' "$path"
+  else
+    printf '0 %s\0' "${path:-$2}"
+  fi
+  shift 2
+done
+"""
+
+
+def image_paths_argv(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The command that looks up (image directory, target) pairs (RESOLVE_IMAGE_PATHS)."""
+    return ["bash", "-c", RESOLVE_IMAGE_PATHS, "ils-resolve", *(w for p in pairs for w in p)]
+
+
+def parse_image_paths(
+    pairs: Sequence[tuple[str, str]], stdout: str
+) -> dict[tuple[str, str], str | None]:
+    """(image, target) → the target's path in the image, None when it is not there; pairs the
+    command could not look into (not a directory, no answer) are left out."""
+    out: dict[tuple[str, str], str | None] = {}
+    for pair, answer in zip(pairs, stdout.split("\0"), strict=False):
+        status, _, path = answer.partition(" ")
+        if status == "1" and path.startswith("/"):
+            out[pair] = path
+        elif status == "0":
+            out[pair] = None
+    return out

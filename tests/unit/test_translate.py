@@ -528,13 +528,61 @@ def test_projected_volume_comes_from_projectedvolumemaps_named_like_the_volume()
     assert bind == Bind(f"{POD_DIR}/volumes/{PROJECTED}", PROJECTED_MOUNT["mountPath"], True)
 
 
-def test_projected_volume_without_its_map_is_rejected() -> None:
+def test_projected_volume_without_its_map_is_left_out_with_a_warning() -> None:
+    # interLink's DisableProjectedVolumes: no content is sent; the pod runs without it.
     other = pg.config_map("kube-api-access-other", {"token": "t"})
-    err = rejection(
+    plan = plan_of(
         pod_of(with_mounts(PROJECTED_MOUNT), volumes=[PROJECTED_VOLUME]), projected=[other]
     )
-    assert err.field == "spec.volumes[0]"
-    assert "projectedvolumemaps" in err.reason
+    assert container(plan).binds == ()
+    assert volume_files(plan, PROJECTED) == {}
+    [(name, warning)] = plan.warnings
+    assert name == "main"
+    assert PROJECTED in warning and "DisableProjectedVolumes" in warning
+
+
+def test_api_server_defaulted_pod_mounts_the_service_account_volume_in_every_container() -> None:
+    the_pod = pg.pod("p", [main()], init=[pg.container("init", command=["true"])], uid=UID)
+    data = RetrievedPodData.model_validate(pg.kube_retrieved(the_pod))
+    plan = build_plan(data, settings(), POD_DIR)
+    name = pg.sa_volume_name(the_pod)
+    vf = volume_files(plan, name)
+    assert vf["ca.crt"].content.decode() == pg.CA_CRT
+    assert vf["namespace"].content == b"default"
+    for c in (*plan.init_containers, *plan.containers):
+        assert Bind(f"{POD_DIR}/volumes/{name}", pg.SA_MOUNT_PATH, True) in c.binds
+    assert plan.warnings == ()
+
+
+def test_api_server_defaulted_pod_runs_without_the_token_under_disable_projected_volumes() -> None:
+    the_pod = pg.pod("p", [main()], uid=UID)
+    data = RetrievedPodData.model_validate(pg.kube_retrieved(the_pod, projected_volumes=False))
+    plan = build_plan(data, settings(), POD_DIR)
+    assert container(plan).binds == ()
+    assert [c for c, _ in plan.warnings] == ["main"]
+
+
+def test_mount_targets_found_in_the_image_replace_the_pod_s_paths() -> None:
+    s = runtime_settings("charliecloud")
+    image = LOCAL_IMAGE["charliecloud"]
+    mounts = [PROJECTED_MOUNT, {"name": "scratch", "mountPath": "/mnt/absent"}]
+    the_pod = pod_of(
+        with_mounts(*mounts), volumes=[PROJECTED_VOLUME, {"name": "scratch", "emptyDir": {}}]
+    )
+    data = RetrievedPodData.model_validate(
+        pg.retrieved(the_pod, projected=[pg.config_map(PROJECTED, {"token": "t"})])
+    )
+    found = {
+        (image, PROJECTED_MOUNT["mountPath"]): "/run/secrets/kubernetes.io/serviceaccount",
+        (image, "/mnt/absent"): None,
+    }
+    plan = build_plan(data, s, POD_DIR, mount_targets=found)
+    (bind,) = container(plan).binds
+    assert bind.target == "/run/secrets/kubernetes.io/serviceaccount"
+    assert "-b" in plan.runtime_argv["main"]
+    assert f"{bind.source}:{bind.target}" in plan.runtime_argv["main"]
+    [(name, warning)] = plan.warnings
+    assert name == "main" and "/mnt/absent" in warning and "does not exist in image" in warning
 
 
 def test_empty_dir_is_a_directory_only_and_read_write() -> None:
