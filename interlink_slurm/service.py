@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -46,12 +47,23 @@ from interlink_slurm.slurm.states import (
     base_state,
     container_statuses,
 )
-from interlink_slurm.slurm.transport import CommandUnavailable, Transport
+from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
 from interlink_slurm.store import PodRecord, Store
+from interlink_slurm.translate.images import CH_METADATA, image_command
 from interlink_slurm.translate.plan import JobPlan
-from interlink_slurm.translate.pod import JOB_COMMENT_PREFIX, build_plan
+from interlink_slurm.translate.pod import (
+    ANNOTATION_IMAGE_ROOT,
+    JOB_COMMENT_PREFIX,
+    ImageCommands,
+    build_plan,
+    resolve_image,
+)
 from interlink_slurm.translate.resources import GPU_RESOURCE
-from interlink_slurm.translate.runtimes import image_paths_argv, parse_image_paths
+from interlink_slurm.translate.runtimes import (
+    image_paths_argv,
+    parse_image_paths,
+    runs_image_command,
+)
 from interlink_slurm.translate.script import render_script
 from interlink_slurm.translate.targets import Candidate, candidates
 from interlink_slurm.wire import (
@@ -77,6 +89,8 @@ WORKER_THREADS = 64
 LOG_SOURCES = ("container", "job", "pull")
 # A job seen to end is still watched this long, while Slurm lists it: it may be requeued.
 ENDED_WATCH_SECONDS = 600.0
+# ch-image's metadata holds the image's build history: a few kB, far less than this.
+IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
 # States of a job that has started (for the placement's predicted vs. actual start).
 STARTED = frozenset({"RUNNING", "COMPLETING", "COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY"})
 
@@ -129,6 +143,13 @@ class Service:
             puller = Puller(own, t, s, store, self._request_refresh)
             self.clusters[name] = Cluster(name, t, s, puller, str(own.data_root))
         self.puller = self.clusters[DEFAULT_CLUSTER].puller
+        # Where jobs are submitted as root, which may then choose a pod's Unix user (sbatch
+        # --uid): this process itself as root with the local sbatch, or SSH as root.
+        self.root_clusters = {
+            name
+            for name in self.clusters
+            if _submits_as_root(settings.for_cluster(name), self.clusters[name].transport)
+        }
 
     def _not_waiting(self, rec: PodRecord) -> None:
         """A placed pod no longer waits to start: it started, ended, or went."""
@@ -400,13 +421,18 @@ class Service:
                 return CreateResponse(PodUID=uid, PodJID=rec.job_id)
 
             try:
-                placement = await self.place(data)
+                commands: ImageCommands = {}
+                if not runs_image_command(self.settings.runtime) and any(
+                    not c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
+                ):
+                    commands = await asyncio.to_thread(self._image_commands, data)
+                placement = await self.place(data, commands)
                 cluster = self.clusters[placement.chosen.cluster]
                 plan = placement.chosen.plan
                 assert plan is not None  # a chosen target has a plan
                 pod_dir = plan.pod_dir
                 plan = await asyncio.to_thread(
-                    self._in_images, cluster.transport, data, placement.chosen, plan
+                    self._in_images, cluster.transport, data, placement.chosen, plan, commands
                 )
                 for container, warning in plan.warnings:
                     log.warning("pod %s, container %s: %s", uid, container, warning)
@@ -420,6 +446,8 @@ class Service:
                 script_path = await asyncio.to_thread(
                     jobdir.write_pod, cluster.transport, plan, script
                 )
+                if plan.owner is not None:
+                    await asyncio.to_thread(self._hand_over, cluster.transport, plan)
             except (PodRejected, StorageError) as err:
                 self.metrics.submit_failures.labels(type(err).__name__).inc()
                 self._forget_waiting(uid)
@@ -465,7 +493,9 @@ class Service:
             )
             return CreateResponse(PodUID=uid, PodJID=job_id)
 
-    async def place(self, data: RetrievedPodData) -> Placement:
+    async def place(
+        self, data: RetrievedPodData, image_commands: ImageCommands | None = None
+    ) -> Placement:
         """Where the pod's job goes: with targets, the eligible one where Slurm expects it to
         start soonest; without, the top-level configuration. Raises PodRejected."""
         pod = data.pod
@@ -474,7 +504,7 @@ class Service:
             root = self.clusters[cluster].data_root
             return jobdir.pod_dir(root, pod.namespace, pod.name, pod.uid)
 
-        cands = candidates(data, self.settings, pod_dir)
+        cands = candidates(data, self.settings, pod_dir, image_commands, self.root_clusters)
         schedulers = {name: c.scheduler for name, c in self.clusters.items()}
         placement = await place(
             cands,
@@ -495,8 +525,63 @@ class Service:
                 self.metrics.predicted_wait.labels(name).observe(wait)
         return placement
 
+    @staticmethod
+    def _hand_over(transport: Transport, plan: JobPlan) -> None:
+        """The pod's directory to the user its job runs as (securityContext, sbatch --uid):
+        the job writes its logs and state there."""
+        assert plan.owner is not None
+        uid, gid = plan.owner
+        owner = f"{uid}:{gid}" if gid is not None else str(uid)
+        try:
+            result = transport.run(["chown", "-R", "--", owner, plan.pod_dir], timeout=60)
+        except (CommandUnavailable, SchedulerUnavailable) as err:
+            transport.remove_tree(plan.pod_dir)
+            raise StorageError(f"cannot hand the pod directory to uid {owner}: {err}") from err
+        if result.returncode != 0:
+            transport.remove_tree(plan.pod_dir)
+            raise StorageError(
+                f"cannot hand the pod directory to uid {owner}: {result.stderr.strip()}"
+            )
+
+    def _image_commands(self, data: RetrievedPodData) -> ImageCommands:
+        """The ENTRYPOINT and CMD of the images of containers that set no command, for a
+        runtime that cannot run them by itself (Charliecloud): read from each image's
+        ch-image metadata, on the cluster(s) the pod may go to."""
+        pod = data.pod
+        image_root = pod.metadata.annotations.get(ANNOTATION_IMAGE_ROOT) or self.settings.image_root
+        images = set()
+        for c in (*pod.spec.init_containers, *pod.spec.containers):
+            if c.command or not c.image:
+                continue
+            try:
+                image = resolve_image(c.image, self.settings.runtime, self.settings, image_root)
+            except PodRejected:
+                continue  # the plan says why
+            if image.startswith("/"):
+                images.add(image)
+        out: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        for image in sorted(images):
+            for name in self.settings.cluster_names:
+                try:
+                    raw = self.clusters[name].transport.read_file(
+                        f"{image.rstrip('/')}/{CH_METADATA}", IMAGE_METADATA_LIMIT
+                    )
+                except (OSError, SchedulerUnavailable) as err:
+                    log.warning("cannot read the metadata of image %s: %s", image, err)
+                    continue
+                found = image_command(raw) if raw is not None else None
+                if found is not None:
+                    out[image] = found
+                    break
+        return out
+
     def _in_images(
-        self, transport: Transport, data: RetrievedPodData, chosen: Candidate, plan: JobPlan
+        self,
+        transport: Transport,
+        data: RetrievedPodData,
+        chosen: Candidate,
+        plan: JobPlan,
+        image_commands: ImageCommands | None = None,
     ) -> JobPlan:
         """Charliecloud (0.31) cannot create a bind destination in a read-only image, nor bind
         through an absolute symlink of the image: each target is looked up in its image (one
@@ -532,6 +617,8 @@ class Service:
             chosen.target if chosen.name else None,
             chosen.name,
             mount_targets=found,
+            image_commands=image_commands,
+            submit_as_root=chosen.cluster in self.root_clusters,
         )
 
     def _grace_seconds(self, pod: Pod) -> int:
@@ -805,6 +892,16 @@ def _note_placement(statuses: Sequence[ContainerStatus], placement: str) -> None
     for st in statuses:
         if st.state.waiting is not None:
             st.state.waiting.message = f"{st.state.waiting.message} ({placement})".strip()
+
+
+def _submits_as_root(settings: Settings, transport: Transport) -> bool:
+    """Whether jobs are submitted as root: sbatch run by this process as root, or over SSH as
+    root. slurmrestd submits as its token's user, never another."""
+    if settings.scheduler == "rest":
+        return False
+    if settings.transport == "ssh":
+        return settings.ssh is not None and settings.ssh.user == "root"
+    return isinstance(transport, LocalTransport) and os.geteuid() == 0
 
 
 def _note_warnings(statuses: Sequence[ContainerStatus], notes: Sequence[tuple[str, str]]) -> None:

@@ -124,5 +124,12 @@ class JobPlan:
     backoff_seconds: tuple[int, int] = (10, 300)
     nodes: int = 1
     grace_seconds: int = 30
-    # (container, what the pod asked that it runs without): said in the container's status.
+    # Relative directories the job makes read-only by their permissions while it runs (the
+    # volumes a runtime without read-only binds mounts: Charliecloud 0.31).
+    read_only_dirs: tuple[str, ...] = ()
+    # (uid, gid or None) the pod's directory is handed to, when the job runs as another user
+    # than the plugin's (securityContext, sbatch --uid).
+    owner: tuple[int, int | None] | None = None
+    # (container, what the pod asked that it runs without): said in the container's status;
+    # "" for every container.
     warnings: tuple[tuple[str, str], ...] = ()

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from interlink_slurm import __version__, logpipe
-from interlink_slurm.config import Settings
+from interlink_slurm.config import Settings, id_ranges
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate import annotations as ann
 from interlink_slurm.translate.images import cannot_pull, plan_pulls
@@ -30,12 +30,14 @@ from interlink_slurm.translate.resources import (
 from interlink_slurm.translate.runtimes import (
     container_argv,
     env_entries,
+    has_read_only_binds,
     host_heeded,
     local_images_only,
+    runs_image_command,
 )
 from interlink_slurm.translate.site import Target, partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import lay_out_volumes
-from interlink_slurm.wire import Container, RetrievedPodData
+from interlink_slurm.wire import Container, RetrievedPodData, ValidPod
 
 # Copied into every pod directory: the job runs it on the compute node (see logpipe.py).
 LOGPIPE_SOURCE = Path(logpipe.__file__).read_bytes()
@@ -138,6 +140,11 @@ def _env(c: Container, where: str, settings: Settings) -> list[tuple[str, str]]:
     return list(last.items())
 
 
+# An image's own (ENTRYPOINT, CMD), by the image the runtime is given, for a runtime that cannot
+# run it by itself (Charliecloud: images.image_command reads ch-image's metadata).
+ImageCommands = Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]
+
+
 # A bind target as found in an image: (image, target in the container) → the same path with
 # the image's symlinks followed inside the image, or None when it is not in the image.
 MountTargets = Mapping[tuple[str, str], str | None]
@@ -183,6 +190,7 @@ def _container_plan(
     binds: Mapping[str, tuple[Bind, ...]],
     mount_targets: MountTargets,
     warnings: list[tuple[str, str]],
+    image_commands: ImageCommands,
 ) -> ContainerPlan:
     if not c.image:
         raise PodRejected(f"{where}.image", "is empty")
@@ -195,17 +203,123 @@ def _container_plan(
     if c.working_dir and (not c.working_dir.startswith("/") or "\x00" in c.working_dir):
         raise PodRejected(f"{where}.workingDir", f"{c.working_dir!r} must be an absolute path")
     gpus = container_gpus(c, where)
+    command = tuple(expand_refs(a, env_map) for a in c.command)
+    args = tuple(expand_refs(a, env_map) for a in c.args)
+    own = image_commands.get(image)
+    if not command and own is not None and not runs_image_command(settings.runtime):
+        # The image's ENTRYPOINT, then the pod's args or else the image's CMD, as Kubernetes.
+        entrypoint, cmd = own
+        command, args = (*entrypoint, *(args or cmd)), ()
     return ContainerPlan(
         name=c.name,
         image=image,
         image_ref=c.image,
-        command=tuple(expand_refs(a, env_map) for a in c.command),
-        args=tuple(expand_refs(a, env_map) for a in c.args),
+        command=command,
+        args=args,
         working_dir=c.working_dir,
         env=tuple(env),
         binds=_in_image(c, settings.runtime, image, binds.get(c.name, ()), mount_targets, warnings),
         gpus=gpus,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class JobUser:
+    """Whom the job runs as, from securityContext: sbatch options, the ids the pod directory
+    is handed to, and what the pod asked that is not applied."""
+
+    directives: tuple[str, ...] = ()
+    owner: tuple[int, int | None] | None = None
+    warnings: tuple[tuple[str, str], ...] = ()
+
+
+def _one_id(pod: ValidPod, attr: str, field: str) -> tuple[int | None, str]:
+    """The one uid (or gid) the pod's containers ask for, and where; a job has one user."""
+    found: tuple[int, str] | None = None
+    psc = pod.spec.security_context
+    for group, containers in (
+        ("initContainers", pod.spec.init_containers),
+        ("containers", pod.spec.containers),
+    ):
+        for i, c in enumerate(containers):
+            own = getattr(c.security_context, attr, None) if c.security_context else None
+            where = f"spec.{group}[{i}].securityContext.{field}"
+            if own is None and psc is not None:
+                own, where = getattr(psc, attr), f"spec.securityContext.{field}"
+            if own is None:
+                continue
+            if found is not None and found[0] != own:
+                raise PodRejected(
+                    where,
+                    f"{own} differs from {found[0]} ({found[1]}): the containers of a pod run "
+                    "as one Slurm job, under one Unix user and group",
+                )
+            found = (own, where)
+    return (found[0], found[1]) if found else (None, f"spec.securityContext.{field}")
+
+
+def _in_ranges(namespace: str, ranges: Mapping[str, str], value: int) -> bool:
+    text = ranges.get(namespace)
+    return text is not None and any(a <= value <= b for a, b in id_ranges(text))
+
+
+def job_user(pod: ValidPod, settings: Settings, submit_as_root: bool) -> JobUser:
+    """securityContext runAsUser/runAsGroup → sbatch --uid/--gid, only when the plugin submits
+    as root and the namespace may use that id (namespace_uids, namespace_gids); otherwise the
+    job runs as the plugin's user, and the status says so. runAsNonRoot with a job that would
+    run as root is refused."""
+    ns = pod.metadata.namespace
+    uid, uid_at = _one_id(pod, "run_as_user", "runAsUser")
+    gid, gid_at = _one_id(pod, "run_as_group", "runAsGroup")
+    directives: list[str] = []
+    warnings: list[tuple[str, str]] = []
+    job_uid: int | None = 0 if submit_as_root else None  # None: not root, whoever it is
+    applied_uid = False
+    if uid is not None:
+        if not submit_as_root:
+            why = "the plugin does not submit jobs as root, so it cannot choose their user"
+        elif not _in_ranges(ns, settings.namespace_uids, uid):
+            why = f"namespace {ns} may not run as uid {uid} (namespace_uids)"
+        else:
+            why = ""
+            directives.append(f"--uid={uid}")
+            job_uid, applied_uid = uid, True
+        if why:
+            warnings.append(
+                ("", f"{uid_at} {uid} is not applied: the job runs as the plugin's user ({why})")
+            )
+    applied_gid = False
+    if gid is not None:
+        if not applied_uid:
+            why = "only with a runAsUser that is applied"
+        elif not _in_ranges(ns, settings.namespace_gids, gid):
+            why = f"namespace {ns} may not run as gid {gid} (namespace_gids)"
+        else:
+            why = ""
+            directives.append(f"--gid={gid}")
+            applied_gid = True
+        if why:
+            warnings.append(("", f"{gid_at} {gid} is not applied ({why})"))
+    non_root = [
+        f"spec.{group}[{i}].securityContext.runAsNonRoot"
+        for group, containers in (
+            ("initContainers", pod.spec.init_containers),
+            ("containers", pod.spec.containers),
+        )
+        for i, c in enumerate(containers)
+        if c.security_context is not None and c.security_context.run_as_non_root
+    ]
+    if pod.spec.security_context is not None and pod.spec.security_context.run_as_non_root:
+        non_root.insert(0, "spec.securityContext.runAsNonRoot")
+    if non_root and job_uid == 0:
+        raise PodRejected(
+            non_root[0],
+            "the job would run as root"
+            + ("" if applied_uid else " (the plugin's user)")
+            + ": set runAsUser to a uid this namespace may use (namespace_uids)",
+        )
+    owner = (uid, gid if applied_gid else None) if applied_uid and uid is not None else None
+    return JobUser(tuple(directives), owner, tuple(warnings))
 
 
 def env_file(runtime: str, env: Sequence[tuple[str, str]]) -> bytes:
@@ -249,6 +363,8 @@ def build_plan(
     target: Target | None = None,
     target_name: str = "",
     mount_targets: MountTargets | None = None,
+    image_commands: ImageCommands | None = None,
+    submit_as_root: bool = False,
 ) -> JobPlan:
     """The job of a pod; on ``target`` (placement) when given, which then wins over the
     profile's and top-level keys. ``mount_targets``: the bind targets as found in the images
@@ -292,6 +408,8 @@ def build_plan(
         directives.append(f"--qos={site.qos}")
     directives = ann.merge_directives(directives, site.sbatch_extra)
     directives = ann.merge_directives(directives, _user_directives(settings, notes, site.max_time))
+    user = job_user(pod, settings, submit_as_root)
+    directives += user.directives
 
     shell = ann.user_shell(notes, settings.allow_user_shell)
     ip = ann.pod_ip(notes)
@@ -307,7 +425,7 @@ def build_plan(
     )
     image_root = meta.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
 
-    warnings = list(layout.warnings)
+    warnings = [*user.warnings, *layout.warnings]
 
     def plans(containers: Sequence[Container], group: str) -> tuple[ContainerPlan, ...]:
         return tuple(
@@ -319,6 +437,7 @@ def build_plan(
                 layout.binds,
                 mount_targets or {},
                 warnings,
+                image_commands or {},
             )
             for i, c in enumerate(containers)
         )
@@ -423,6 +542,8 @@ def build_plan(
         ),
         tunnel=TUNNEL_FILE if tunnel is not None else None,
         warnings=tuple(warnings),
+        owner=user.owner,
+        read_only_dirs=layout.read_only_dirs if not has_read_only_binds(settings.runtime) else (),
     )
 
 

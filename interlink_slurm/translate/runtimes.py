@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from interlink_slurm.errors import PodRejected
-from interlink_slurm.translate.images import RUNTIME_SCHEMES
+from interlink_slurm.translate.images import CH_METADATA, RUNTIME_SCHEMES
 from interlink_slurm.translate.plan import ContainerPlan
 
 ENV_PREFIX = {
@@ -60,8 +60,27 @@ def env_entries(runtime: str, env: Sequence[tuple[str, str]]) -> list[str]:
     return [f"{prefix}{name}={value}" for name, value in env]
 
 
+# Each container gets a /tmp of its own, as a pod does, never the node's: Apptainer's --contain
+# (--containall, the default runtime_options, implies it; either also gives an empty $HOME and
+# a minimal /dev, GPUs still come with --nv), Charliecloud's --private-tmp, a tmpfs at /tmp for
+# Enroot (in its fstab syntax: created if the image lacks it). Not added when the site's
+# options already say so.
+PRIVATE_TMP: dict[str, tuple[str, ...]] = {
+    "apptainer": ("--contain",),
+    "singularity": ("--contain",),
+    "enroot": ("--mount", "tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777"),
+    "charliecloud": ("--private-tmp",),
+}
+_SAYS_PRIVATE_TMP = frozenset({"--contain", "--containall", "--private-tmp", "-t"})
+
+
+def _private_tmp(runtime: str, options: Sequence[str]) -> tuple[str, ...]:
+    return () if _SAYS_PRIVATE_TMP.intersection(options) else PRIVATE_TMP[runtime]
+
+
 def _apptainer(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
-    argv = [binary, "exec" if c.command else "run", *options]
+    argv = [binary, "exec" if c.command else "run", *_private_tmp("apptainer", options)]
+    argv += options
     if c.gpus:
         argv.append("--nv")
     for b in c.binds:
@@ -77,7 +96,7 @@ def _fstab(path: str) -> str:
 
 
 def _enroot(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
-    argv = [binary, "start", *options]
+    argv = [binary, "start", *PRIVATE_TMP["enroot"], *options]
     for b in c.binds:
         flags = "x-create=auto,rbind,ro" if b.read_only else "x-create=auto,rbind"
         argv += ["--mount", f"{_fstab(b.source)} {_fstab(b.target)} none {flags}"]
@@ -97,19 +116,33 @@ def _enroot(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
     return [*argv, *command]
 
 
+def runs_image_command(runtime: str) -> bool:
+    """Whether the runtime itself runs an image's ENTRYPOINT and CMD when given no command
+    (Apptainer's run, Enroot's start). Charliecloud does not: the plugin reads them from the
+    image's ch-image metadata (images.image_command)."""
+    return runtime != "charliecloud"
+
+
 def _charliecloud(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
     command = [*c.command, *c.args]
     if not command:
         raise PodRejected(
             f"container {c.name!r} command",
-            "the charliecloud runtime cannot read an image's default command: set command or args",
+            f"image {c.image} has no command of its own that Charliecloud can run (no "
+            f"ENTRYPOINT or CMD in its {CH_METADATA}, as ch-image writes it): set command or args",
         )
-    argv = [binary, *options]
+    argv = [binary, *_private_tmp("charliecloud", options), *options]
     for b in c.binds:
         argv += ["-b", f"{b.source}:{b.target}"]
     if c.working_dir:
         argv += ["-c", c.working_dir]
     return [*argv, c.image, "--", *command]
+
+
+def has_read_only_binds(runtime: str) -> bool:
+    """Whether the runtime can bind a volume read-only (Charliecloud 0.31 cannot: its binds are
+    read-write, and the job falls back on the files' permissions)."""
+    return runtime != "charliecloud"
 
 
 RUNTIMES: dict[str, Callable[[str, Sequence[str], ContainerPlan], list[str]]] = {

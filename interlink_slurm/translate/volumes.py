@@ -50,6 +50,9 @@ class VolumeLayout:
     size_limits: tuple[SizeLimit, ...] = ()  # emptyDirs with a sizeLimit
     # (container, why one of its mounts was left out): said in its status, not refused.
     warnings: tuple[tuple[str, str], ...] = ()
+    # Relative directories of volumes only ever mounted read-only (configMap, secret...): the
+    # pod's own copies, which can be made read-only by their permissions.
+    read_only_dirs: tuple[str, ...] = ()
 
 
 def volume_dir(name: str) -> str:
@@ -407,4 +410,5 @@ def lay_out_volumes(
         tuple(scratch_dirs),
         tuple(size_limits),
         tuple(warnings),
+        tuple(volume_dir(v) for v, (_, kind) in sources.items() if kind in READ_ONLY_KINDS),
     )

@@ -7,8 +7,10 @@ as debootstrap and most distributions make it: seen from the host it would point
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests import podgen
-from tests.integration.conftest import Plugin, all_terminated, states
+from tests.integration.conftest import LoginNode, Plugin, all_terminated, ssh_plugin, states
 
 pytestmark = pytest.mark.slurm
 
@@ -36,6 +38,15 @@ def kimage(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     run = img / "var" / "run"
     run.unlink()
     os.symlink("/run", run)
+    # What ch-image keeps of an image pulled from a registry: the build history, which holds
+    # ENTRYPOINT and CMD (the image's own command for a container that sets none).
+    (img / "ch").mkdir()
+    history = [
+        {"created_by": '/bin/sh -c #(nop)  CMD ["bash"]'},
+        {"created_by": 'ENTRYPOINT ["python3","-c"]'},
+        {"created_by": "CMD [\"print('the image cmd')\"]"},
+    ]
+    (img / "ch" / "metadata.json").write_text(json.dumps({"arch": "amd64", "history": history}))
     return img
 
 
@@ -133,3 +144,214 @@ def test_a_mount_path_the_read_only_image_lacks_is_left_out_with_a_warning(
     assert st["exitCode"] == 0
     assert kplugin.logs(the_pod, "main").text == "False True\n"
     assert "/opt/nowhere" in st["message"] and "does not exist in image" in st["message"]
+
+
+# --- isolation like a pod ------------------------------------------------------------------------
+
+
+def job_processes(job_id: str) -> list[int]:
+    """Processes alive with the job's id in their environment (the plugin's own are not)."""
+    marker = f"SLURM_JOB_ID={job_id}".encode()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if marker in env.split(b"\0") and not stat.rsplit(")", 1)[1].split()[0].startswith("Z"):
+            out.append(int(entry))
+    return out
+
+
+def wait_until_gone(cluster: dict[str, str], job_id: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while slurm_state(cluster, job_id) not in ("", "COMPLETED", "CANCELLED", "FAILED"):
+        assert time.monotonic() < deadline, f"job {job_id} did not end"
+        time.sleep(0.3)
+
+
+def slurm_state(cluster: dict[str, str], job_id: str) -> str:
+    out = subprocess.run(
+        ["squeue", "-h", "-a", "--states=all", "-j", job_id, "-o", "%T"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]},
+        check=False,
+    )
+    return out.stdout.strip()
+
+
+# A container that leaves processes behind: a child in its own process group, and a daemon
+# that double-forks into a session of its own (out of the container's process group).
+LEAVER = """
+import os, subprocess, sys, time
+subprocess.Popen(["sleep", "1000"], start_new_session=False)
+subprocess.Popen(["sleep", "1001"], start_new_session=False, preexec_fn=os.setpgrp)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(1002)
+    os._exit(0)
+print("left children", flush=True)
+"""
+
+
+def test_a_deleted_pod_leaves_no_process_of_its_job_alive(
+    kplugin: Plugin, cluster: dict[str, str]
+) -> None:
+    the_pod = podgen.pod(
+        "leaves-behind",
+        [
+            podgen.container("main", LEAVER + "time.sleep(1000)\n"),
+            podgen.container(
+                "probed",
+                "import time; time.sleep(1000)",
+                readinessProbe={"exec": {"command": ["true"]}, "periodSeconds": 60},
+                volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}],
+            ),
+        ],
+        volumes=[{"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}],
+        terminationGracePeriodSeconds=20,
+    )
+    data = podgen.kube_retrieved(the_pod)
+    job_id = kplugin.create_ok(data)
+    kplugin.wait_for_log(the_pod, "main", "left children\n")
+    assert len(job_processes(job_id)) > 5  # the job's processes are seen as such
+    assert kplugin.delete(the_pod).status_code == 200
+    wait_until_gone(cluster, job_id)
+    deadline = time.monotonic() + 10  # slurmstepd's last cleanup may take a moment
+    while job_processes(job_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job_processes(job_id) == []
+
+
+def test_a_container_that_ends_takes_what_it_left_behind_with_it(
+    kplugin: Plugin, cluster: dict[str, str]
+) -> None:
+    leaver = LEAVER.replace("time.sleep(1002)", "time.sleep(1002)\n    os._exit(0)")
+    the_pod = podgen.pod(
+        "ends-alone",
+        [
+            podgen.container("leaver", leaver),
+            podgen.container("stayer", "import time; time.sleep(1000)"),
+        ],
+        terminationGracePeriodSeconds=1,
+    )
+    job_id = kplugin.create_ok(podgen.kube_retrieved(the_pod))
+    kplugin.wait_for(the_pod, lambda s: "terminated" in states(s)["leaver"])
+    assert "running" in states(kplugin.pod_status(the_pod))["stayer"]
+    # Its own process group and session are gone with it; the daemon that made a session of
+    # its own is not, while the job runs (it is when the job ends: see the test above).
+    sleeps = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in job_processes(job_id)}
+    assert not [p for p, cmd in sleeps.items() if cmd in (b"sleep\x001000\x00",)]
+    assert not [p for p, cmd in sleeps.items() if cmd in (b"sleep\x001001\x00",)]
+    kplugin.delete(the_pod)
+    wait_until_gone(cluster, job_id)
+
+
+def test_each_container_has_a_private_tmp(kplugin: Plugin, tmp_path: Path) -> None:
+    marker = f"ils-private-tmp-{tmp_path.name}"
+    the_pod = podgen.pod(
+        "private-tmp",
+        [
+            podgen.container(
+                "writer",
+                f"open('/tmp/{marker}', 'w').write('x'); import os; print(os.listdir('/tmp'))",
+            ),
+        ],
+        init=[podgen.container("before", f"open('/tmp/{marker}-init', 'w').write('x')")],
+    )
+    status = run_to_end(kplugin, podgen.kube_retrieved(the_pod))
+    assert states(status)["writer"]["terminated"]["exitCode"] == 0
+    assert kplugin.logs(the_pod, "writer").text == f"[{marker!r}]\n"
+    assert not Path(f"/tmp/{marker}").exists()
+    assert not Path(f"/tmp/{marker}-init").exists()
+
+
+@pytest.fixture(scope="module")
+def user_plugin(
+    cluster: dict[str, str], login_node: LoginNode, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Plugin]:
+    """Jobs as an ordinary user (over SSH): file permissions hold that user back, not root."""
+    p = ssh_plugin(tmp_path_factory.mktemp("real-pods-user"), cluster, login_node)
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+READ_ONLY_CHECK = """
+import os
+for path in ("/mnt/config/k", "/mnt/config/new", "/mnt/secret/s", "/mnt/data/new"):
+    try:
+        open(path, "a").write("x")
+        print(path, "written")
+    except OSError as err:
+        print(path, type(err).__name__)
+"""
+
+
+def test_read_only_mounts_are_not_writable_under_charliecloud(user_plugin: Plugin) -> None:
+    the_pod = podgen.pod(
+        "read-only",
+        [
+            podgen.container(
+                "main",
+                READ_ONLY_CHECK,
+                volumeMounts=[
+                    {"name": "cfg", "mountPath": "/mnt/config", "readOnly": True},
+                    {"name": "sec", "mountPath": "/mnt/secret"},  # secrets: always read-only
+                    {"name": "data", "mountPath": "/mnt/data"},
+                ],
+            )
+        ],
+        volumes=[
+            {"name": "cfg", "configMap": {"name": "cfg", "defaultMode": 420}},
+            {"name": "sec", "secret": {"secretName": "sec", "defaultMode": 420}},
+            {"name": "data", "emptyDir": {}},
+        ],
+    )
+    data = podgen.kube_retrieved(
+        the_pod,
+        config_maps=[podgen.config_map("cfg", {"k": "v"})],
+        secrets=[podgen.secret("sec", {"s": "t"})],
+    )
+    status = run_to_end(user_plugin, data)
+    assert states(status)["main"]["terminated"]["exitCode"] == 0
+    assert user_plugin.logs(the_pod, "main").text == (
+        "/mnt/config/k PermissionError\n"
+        "/mnt/config/new PermissionError\n"
+        "/mnt/secret/s PermissionError\n"
+        "/mnt/data/new written\n"
+    )
+
+
+# --- a container without command ----------------------------------------------------------------
+
+
+def test_a_container_without_command_runs_the_image_s_entrypoint_and_cmd(kplugin: Plugin) -> None:
+    the_pod = podgen.pod(
+        "image-command",
+        [
+            podgen.container("default", image=KUBE_IMAGE),
+            podgen.container("with-args", image=KUBE_IMAGE, args=["print('the pod args')"]),
+        ],
+    )
+    status = run_to_end(kplugin, podgen.kube_retrieved(the_pod))
+    assert {n: s["terminated"]["exitCode"] for n, s in states(status).items()} == {
+        "default": 0,
+        "with-args": 0,
+    }
+    assert kplugin.logs(the_pod, "default").text == "the image cmd\n"
+    assert kplugin.logs(the_pod, "with-args").text == "the pod args\n"
+
+
+def test_an_image_without_a_command_of_its_own_is_refused_naming_it(kplugin: Plugin) -> None:
+    the_pod = podgen.pod("no-image-command", [podgen.container("main")])
+    r = kplugin.create(podgen.kube_retrieved(the_pod))
+    assert r.status_code == 422, r.text
+    assert "spec.containers[0].command" in r.text and "ch/metadata.json" in r.text

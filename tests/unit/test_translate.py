@@ -1030,6 +1030,7 @@ def test_runtime_path_and_options_are_used() -> None:
     assert argv == (
         "/opt/apptainer/bin/apptainer",
         "exec",
+        "--contain",  # a private /tmp, which the site's options no longer give
         "--cleanenv",
         f"docker://{pg.IMAGE}",
         "true",
@@ -1048,6 +1049,8 @@ def test_enroot_mounts_env_names_and_working_directory() -> None:
     assert plan.runtime_argv["main"] == (
         "enroot",
         "start",
+        "--mount",
+        "tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777",
         "--mount",
         f"{POD_DIR}/volumes/scratch /scratch none x-create=auto,rbind",
         "--mount",
@@ -1105,9 +1108,10 @@ def test_enroot_create_mode_names_each_distinct_image_in_order_of_first_use() ->
         "main": "ils-1",
         "side": "ils-0",
     }
-    assert plan.runtime_argv["main"] == ("/opt/enroot", "start", "ils-1", "true")
+    tmp = ("--mount", "tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777")
+    assert plan.runtime_argv["main"] == ("/opt/enroot", "start", *tmp, "ils-1", "true")
     probe = container(plan).lifecycle.readiness
-    assert probe[-5:] == ("/opt/enroot", "start", "ils-1", "cat", "/ok")
+    assert probe[-7:] == ("/opt/enroot", "start", *tmp, "ils-1", "cat", "/ok")
     # The job's own directory, made and removed on the node; nothing about it in the pod's dirs.
     assert plan.node_dirs == () and plan.scratch_dirs == ()
     script = render_script(plan)
@@ -1135,6 +1139,7 @@ def test_charliecloud_binds_working_directory_and_separator() -> None:
     )
     assert argv_of(c, "charliecloud", volumes=vols) == (
         "ch-run",
+        "--private-tmp",
         "-b",
         f"{POD_DIR}/volumes/scratch:/mnt/0",
         "-c",
@@ -1146,6 +1151,40 @@ def test_charliecloud_binds_working_directory_and_separator() -> None:
         "-x",
         "--flag",
     )
+
+
+@pytest.mark.parametrize(
+    ("runtime", "options", "expected"),
+    [
+        ("apptainer", [], ("--contain",)),
+        ("apptainer", ["--containall"], ("--containall",)),
+        ("singularity", ["--contain"], ("--contain",)),
+        ("charliecloud", [], ("--private-tmp",)),
+        ("charliecloud", ["-t"], ("-t",)),
+    ],
+)
+def test_every_container_gets_a_private_tmp_said_once(
+    runtime: str, options: list[str], expected: tuple[str, ...]
+) -> None:
+    plan = plan_of(pod_of(main()), runtime_settings(runtime, runtime_options=options))
+    argv = plan.runtime_argv["main"]
+    said = [a for a in argv if a in ("--contain", "--containall", "--private-tmp", "-t")]
+    assert tuple(said) == expected
+
+
+def test_charliecloud_read_only_volumes_are_made_read_only_by_the_job_and_writable_after() -> None:
+    vols = [CM_VOLUME, {"name": "scratch", "emptyDir": {}}]
+    c = main(volumeMounts=[CM_MOUNT, {"name": "scratch", "mountPath": "/scratch"}])
+    plan = plan_of(
+        pod_of(c, volumes=vols), runtime_settings("charliecloud"), config_maps=[APP_CONFIG]
+    )
+    assert plan.read_only_dirs == ("volumes/cfg",)
+    script = render_script(plan)
+    assert "\nchmod -R a-w -- volumes/cfg\n" in script
+    assert "\n  chmod -R u+w -- volumes/cfg\n" in script
+    # Runtimes with read-only binds need none of it.
+    plan = plan_of(pod_of(c, volumes=vols), runtime_settings("apptainer"), config_maps=[APP_CONFIG])
+    assert plan.read_only_dirs == ()
 
 
 def test_charliecloud_runs_args_alone_as_the_command() -> None:
