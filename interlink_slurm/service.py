@@ -436,6 +436,8 @@ class Service:
                 )
                 for container, warning in plan.warnings:
                     log.warning("pod %s, container %s: %s", uid, container, warning)
+                if plan.owner is not None and plan.owner[1] is None:
+                    plan = await asyncio.to_thread(self._primary_group, cluster.transport, plan)
                 pulls = []
                 if plan.image_pulls and self.settings.image_pull_on == "submit_host":
                     pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
@@ -524,6 +526,26 @@ class Service:
                 wait = max(0.0, placement.predicted_start - placement.decided_at)
                 self.metrics.predicted_wait.labels(name).observe(wait)
         return placement
+
+    @staticmethod
+    def _primary_group(transport: Transport, plan: JobPlan) -> JobPlan:
+        """A job run as another user (sbatch --uid) with no runAsGroup runs with that user's
+        primary group, never the submitting root's group 0."""
+        assert plan.owner is not None
+        uid = plan.owner[0]
+        try:
+            result = transport.run(["id", "-g", "--", str(uid)], timeout=30)
+        except (CommandUnavailable, SchedulerUnavailable) as err:
+            raise SchedulerUnavailable(f"cannot look up the group of uid {uid}: {err}") from err
+        gid = result.stdout.strip()
+        if result.returncode != 0 or not gid.isdigit():
+            raise PodRejected(
+                "spec.securityContext.runAsUser",
+                f"uid {uid} has no account on the cluster ({result.stderr.strip() or gid})",
+            )
+        return dataclasses.replace(
+            plan, directives=(*plan.directives, f"--gid={gid}"), owner=(uid, int(gid))
+        )
 
     @staticmethod
     def _hand_over(transport: Transport, plan: JobPlan) -> None:

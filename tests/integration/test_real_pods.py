@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +19,14 @@ from typing import Any
 import pytest
 
 from tests import podgen
-from tests.integration.conftest import LoginNode, Plugin, all_terminated, ssh_plugin, states
+from tests.integration.conftest import (
+    LoginNode,
+    Plugin,
+    all_terminated,
+    ssh_plugin,
+    states,
+    user_dir,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -355,3 +363,70 @@ def test_an_image_without_a_command_of_its_own_is_refused_naming_it(kplugin: Plu
     r = kplugin.create(podgen.kube_retrieved(the_pod))
     assert r.status_code == 422, r.text
     assert "spec.containers[0].command" in r.text and "ch/metadata.json" in r.text
+
+
+# --- securityContext -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uid_plugin(
+    cluster: dict[str, str], remote: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Plugin]:
+    """The plugin as root with the local sbatch, namespace team-a allowed the job user's uid."""
+    user = remote["ILS_REMOTE_USER"]
+    uid = pwd.getpwnam(user).pw_uid
+    p = Plugin(
+        tmp_path_factory.mktemp("real-pods-uid"),
+        cluster,
+        # Reachable by the job's user: the pod's directory is handed to it.
+        data_root=str(user_dir(user, "uid") / "data"),
+        namespace_uids={"team-a": str(uid)},
+    )
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def test_run_as_user_selects_the_job_s_unix_user_where_the_namespace_may(
+    uid_plugin: Plugin, remote: dict[str, str]
+) -> None:
+    uid = pwd.getpwnam(remote["ILS_REMOTE_USER"]).pw_uid
+    show = "import os; print(os.getuid())"
+    allowed = podgen.pod(
+        "as-user",
+        [podgen.container("main", show)],
+        namespace="team-a",
+        securityContext={"runAsUser": uid, "runAsNonRoot": True},
+    )
+    elsewhere = podgen.pod(
+        "as-root",
+        [podgen.container("main", show)],
+        namespace="team-b",
+        securityContext={"runAsUser": uid},
+    )
+    for the_pod in (allowed, elsewhere):
+        uid_plugin.create_ok(podgen.kube_retrieved(the_pod))
+    done = {
+        p["metadata"]["name"]: uid_plugin.wait_for(p, all_terminated) for p in (allowed, elsewhere)
+    }
+    assert states(done["as-user"])["main"]["terminated"]["exitCode"] == 0, (
+        uid_plugin.logs(allowed, "main").text,
+        (uid_plugin.pod_dir(allowed) / "job.out").read_text(),
+    )
+    assert uid_plugin.logs(allowed, "main").text == f"{uid}\n"
+    assert "warning" not in (states(done["as-user"])["main"]["terminated"].get("message") or "")
+    # team-b may not: the job runs as the plugin's user (root here), and the status says so.
+    assert uid_plugin.logs(elsewhere, "main").text == "0\n"
+    message = states(done["as-root"])["main"]["terminated"]["message"]
+    assert "runAsUser" in message and "namespace team-b may not run as uid" in message
+
+
+def test_run_as_non_root_is_refused_when_the_job_would_run_as_root(uid_plugin: Plugin) -> None:
+    the_pod = podgen.pod(
+        "non-root", [podgen.container("main", "print(1)")], securityContext={"runAsNonRoot": True}
+    )
+    r = uid_plugin.create(podgen.kube_retrieved(the_pod))
+    assert r.status_code == 422, r.text
+    assert "spec.securityContext.runAsNonRoot" in r.text
