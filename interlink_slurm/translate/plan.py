@@ -105,6 +105,9 @@ class JobPlan:
     job_env: tuple[tuple[str, str], ...] = ()
     # The pod's own shell code (slurm-job.vk.io/pre-exec), a file sourced before the containers.
     pre_exec: str | None = None
+    # interLink's full-mesh script (from the pre-exec's EOFMESH heredoc), a file that runs its
+    # arguments inside the mesh's network namespace: the containers are started through it.
+    mesh: str | None = None
     # interLink's tunnel (interlink.eu/wstunnel-client-commands), a file run in the background
     # from before the containers start until they end.
     tunnel: str | None = None

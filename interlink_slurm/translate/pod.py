@@ -45,6 +45,7 @@ LOGPIPE_SOURCE = Path(logpipe.__file__).read_bytes()
 ANNOTATION_IMAGE_ROOT = ann.IMAGE_ROOT
 PRE_EXEC_FILE = "pre-exec.sh"
 TUNNEL_FILE = "tunnel.sh"
+MESH_FILE = "mesh.sh"
 JOB_COMMENT_PREFIX = "interlink-slurm:"
 
 # What an image reference may look like once resolved: an optional scheme, then registry /
@@ -491,6 +492,13 @@ def build_plan(
     files.append(FileSpec("logpipe.py", LOGPIPE_SOURCE, 0o600))
     pre_exec = shell.get(ann.PRE_EXEC)
     tunnel = shell.get(ann.WSTUNNEL)
+    mesh = None
+    if pre_exec is not None:
+        mesh, pre_exec = ann.split_mesh(pre_exec)
+        if not pre_exec.strip():
+            pre_exec = None
+    if mesh is not None:
+        files.append(FileSpec(MESH_FILE, mesh.encode(), 0o700))
     if pre_exec is not None:
         files.append(FileSpec(PRE_EXEC_FILE, _shell_file(ann.PRE_EXEC, pre_exec), 0o600))
     if tunnel is not None:
@@ -524,6 +532,7 @@ def build_plan(
         header_comment=header,
         job_env=(("POD_IP", ip),) if ip is not None else (),
         pre_exec=PRE_EXEC_FILE if pre_exec is not None else None,
+        mesh=MESH_FILE if mesh is not None else None,
         nodes=mpi.nodes,
         image_pulls=tuple(pulls),
         enroot_data_path=data_path,

@@ -575,6 +575,36 @@ ils_size_watch() {
 STOPPED = '[ -z "$ILS_STOPPING" ] || exit 143'
 
 
+# The variables of the script the containers' functions read, handed to the mesh's shell.
+_MESH_VARIABLES = (
+    "POD_DIR ILS_PYTHON ILS_STOPPING ILS_RUN ILS_BACKOFF ILS_BACKOFF_MAX ILS_GRACE ILS_HOOK_TIMEOUT"
+)
+
+
+def _in_mesh(plan: JobPlan, pod: list[str]) -> list[str]:
+    """The containers' part of the script, run inside interLink's full mesh: a function that
+    the mesh script (whose template runs its arguments in the mesh's network namespace) runs
+    in a shell of its own, given this script's functions and variables (mesh-pod.sh)."""
+    assert plan.mesh is not None
+    return [
+        "",
+        "# interLink's full mesh (Network.FullMesh): the containers run inside the mesh's network",
+        "# namespace. Its script (mesh.sh, from the pre-exec's EOFMESH heredoc) runs its arguments",
+        "# there: a shell given this script's functions and variables, which runs ils_pod.",
+        "ils_pod() {",
+        *(f"  {line}" if line else "" for line in pod),
+        "}",
+        "{",
+        "  echo 'set -o nounset -o pipefail; umask 077'",
+        f"  declare -p {_MESH_VARIABLES} 2>/dev/null",
+        "  declare -f",
+        """  echo 'cd "$POD_DIR" || exit 1; trap "ILS_STOPPING=1" TERM INT URG; ils_pod'""",
+        "} > mesh-pod.sh",
+        f'bash ./{shlex.quote(plan.mesh)} /bin/bash "$POD_DIR/mesh-pod.sh"',
+        "",
+    ]
+
+
 def render_script(plan: JobPlan) -> str:
     lines = ["#!/bin/bash"]
     lines += [f"#SBATCH {d}" for d in plan.directives]
@@ -587,6 +617,20 @@ def render_script(plan: JobPlan) -> str:
         ).rstrip("\n")
     )
     lines += _before_containers(plan)
+    body = _containers(plan)
+    if plan.mesh is None:
+        return "\n".join([*lines, *body])
+    # In a function, each exit a return to the mesh's shell, which ends with it.
+    inner = [
+        line.replace('exit "$', 'return "$').replace("|| exit 143", "|| return 143")
+        for line in body
+    ]
+    return "\n".join([*lines, *_in_mesh(plan, inner[:-1])])
+
+
+def _containers(plan: JobPlan) -> list[str]:
+    """Init containers in order, then the containers together; the job's exit code."""
+    lines: list[str] = []
     if plan.init_containers:
         lines += ["", "# Init containers, in order; the first that fails ends the pod."]
         for c in plan.init_containers:
@@ -608,4 +652,4 @@ def render_script(plan: JobPlan) -> str:
         'exit "$status"',
         "",
     ]
-    return "\n".join(lines)
+    return lines

@@ -430,3 +430,43 @@ def test_run_as_non_root_is_refused_when_the_job_would_run_as_root(uid_plugin: P
     r = uid_plugin.create(podgen.kube_retrieved(the_pod))
     assert r.status_code == 422, r.text
     assert "spec.securityContext.runAsNonRoot" in r.text
+
+
+# --- interLink's full mesh -----------------------------------------------------------------------
+
+# A stand-in for the script interLink's virtual kubelet prepends (Network.FullMesh): the same
+# heredoc and the same contract, its arguments run inside a network namespace of its own, here
+# without slirp4netns and WireGuard.
+STANDIN_MESH = """cat <<'EOFMESH' > $TMPDIR/mesh.sh
+#!/bin/bash
+set -e
+set -m
+echo "=== Starting network namespace ==="
+unshare --user --map-root-user --net --mount "$@" &
+fg 1
+EOFMESH
+echo "the rest of the pre-exec ran"
+"""
+
+
+def test_full_mesh_pre_exec_runs_the_containers_inside_the_mesh(kplugin: Plugin) -> None:
+    show = "import os; print(os.readlink('/proc/self/ns/net'))"
+    the_pod = podgen.pod(
+        "in-mesh",
+        [podgen.container("a", show), podgen.container("b", show + "; raise SystemExit(3)")],
+        init=[podgen.container("setup", show)],
+        annotations={"slurm-job.vk.io/pre-exec": STANDIN_MESH},
+    )
+    status = run_to_end(kplugin, podgen.kube_retrieved(the_pod))
+    codes = {n: s["terminated"]["exitCode"] for n, s in states(status).items()}
+    assert codes == {"a": 0, "b": 3}
+    assert states(status, "initContainers")["setup"]["terminated"]["exitCode"] == 0
+    host = os.readlink("/proc/self/ns/net")
+    seen = {kplugin.logs(the_pod, c).text.strip() for c in ("setup", "a", "b")}
+    assert len(seen) == 1 and host not in seen  # one network namespace, the mesh's
+    pod_dir = kplugin.pod_dir(the_pod)
+    out = (pod_dir / "job.out").read_text()
+    assert "=== Starting network namespace ===" in out
+    assert "the rest of the pre-exec ran" in out
+    assert "EOFMESH" not in (pod_dir / "pre-exec.sh").read_text()
+    assert (pod_dir / "mesh.sh").read_text().startswith("#!/bin/bash\n")
