@@ -211,6 +211,12 @@ class Settings(BaseSettings):
         description="Kubernetes namespace -> Unix gids its pods may run as with "
         "securityContext.runAsGroup (sbatch --gid)",
     )
+    job_script: Literal["run", "ignore", "refuse"] = Field(
+        "run",
+        description="a job script interLink built itself (RetrievedPodData.jobScript, from its "
+        "JobScriptTemplate or JobScriptBuilderURL): run it as the pod's work inside the "
+        "plugin's job, ignore it (the job is built from the pod), or refuse such pods (422)",
+    )
     allow_user_shell: bool = Field(
         True,
         description="run pod shell code (slurm-job.vk.io/pre-exec, "

@@ -443,18 +443,33 @@ def build_plan(
             for i, c in enumerate(containers)
         )
 
-    init = plans(pod.spec.init_containers, "initContainers")
-    regular = plans(pod.spec.containers, "containers")
-    if ip is not None:
+    script = data.job_script if data.job_script and data.job_script.strip() else None
+    if script is not None and settings.job_script == "refuse":
+        raise PodRejected(
+            "jobScript",
+            "interLink sent a job script of its own (JobScriptTemplate or JobScriptBuilderURL), "
+            "and this site does not run them (job_script: refuse)",
+        )
+    run_script = script is not None and settings.job_script == "run"
+    if run_script:
+        # interLink's own script is the pod's work: no image of the pod is resolved or pulled.
+        init, regular = (
+            tuple(_stand_in(c) for c in group)
+            for group in (pod.spec.init_containers, pod.spec.containers)
+        )
+    else:
+        init = plans(pod.spec.init_containers, "initContainers")
+        regular = plans(pod.spec.containers, "containers")
+    if ip is not None and not run_script:
         # The pod's own POD_IP (e.g. from the downward API) wins when it has a value.
         init, regular = (
             tuple(_with_env(c, "POD_IP", ip) for c in group) for group in (init, regular)
         )
-    if mpi.launcher:
+    if mpi.launcher and not run_script:
         regular = tuple(dataclasses.replace(c, launcher=mpi.launcher) for c in regular)
     pulls: list[PlannedPull] = []
     pull_files: list[FileSpec] = []
-    if settings.image_cache_dir is not None:
+    if settings.image_cache_dir is not None and not run_script:
         cached, pulls, pull_files = _pull_through_cache(settings, data, pod_dir, (*init, *regular))
         init, regular = (
             tuple(dataclasses.replace(c, image=cached.get(c.image, c.image)) for c in group)
@@ -462,7 +477,7 @@ def build_plan(
         )
     creates: tuple[PlannedCreate, ...] = ()
     data_path: str | None = None
-    if settings.enroot_create_dir is not None:
+    if settings.enroot_create_dir is not None and not run_script:
         # Unpacked on each node into a directory of the job's own; the containers start the name.
         data_path = f"{settings.enroot_create_dir}/interlink-slurm-{meta.uid}"
         creates = _enroot_creates(settings.runtime_binary, (*init, *regular))
@@ -473,13 +488,25 @@ def build_plan(
         )
 
     policy = restart_policy(pod.spec.restart_policy)
-    init = _with_lifecycle(init, pod.spec.init_containers, True, policy, settings, runtime_flags)
-    regular = _with_lifecycle(regular, pod.spec.containers, False, policy, settings, runtime_flags)
+    if not run_script:
+        init = _with_lifecycle(
+            init, pod.spec.init_containers, True, policy, settings, runtime_flags
+        )
+        regular = _with_lifecycle(
+            regular, pod.spec.containers, False, policy, settings, runtime_flags
+        )
 
     argv: dict[str, tuple[str, ...]] = {}
     files: list[FileSpec] = []
+    if run_script:
+        assert script is not None
+        argv = _job_script_argv(init, regular)
+        files.append(FileSpec(JOB_SCRIPT_FILE, script.encode(), 0o700))
     for group, cps in (("initContainers", init), ("containers", regular)):
         for i, cp in enumerate(cps):
+            if run_script:
+                files.append(FileSpec(f"containers/{cp.name}.env", b""))
+                continue
             try:
                 argv[cp.name] = tuple(
                     container_argv(settings.runtime, settings.runtime_binary, runtime_flags, cp)
@@ -554,6 +581,42 @@ def build_plan(
         owner=user.owner,
         read_only_dirs=layout.read_only_dirs if not has_read_only_binds(settings.runtime) else (),
     )
+
+
+def _stand_in(c: Container) -> ContainerPlan:
+    """A container of a pod whose work is interLink's job script: a name to report under."""
+    return ContainerPlan(
+        name=c.name,
+        image=c.image,
+        image_ref=c.image,
+        command=(),
+        args=(),
+        working_dir="",
+        env=(),
+        binds=(),
+    )
+
+
+# interLink's job script (JobScriptTemplate, JobScriptBuilderURL), run by the job as the pod's work.
+JOB_SCRIPT_FILE = "job-script.sh"
+# The pod's other containers end as the script does (its exit code, once it has one).
+_AS_THE_SCRIPT = (
+    'while [ ! -e "containers/$0.exit" ]; do sleep 1; done; exit "$(cat "containers/$0.exit")"'
+)
+
+
+def _job_script_argv(
+    init: Sequence[ContainerPlan], regular: Sequence[ContainerPlan]
+) -> dict[str, tuple[str, ...]]:
+    """interLink's job script runs under the name of the pod's first container (its log,
+    exit code and times are that container's); the other containers end as it does, and the
+    init containers, whose work the script does too, are done at once."""
+    argv: dict[str, tuple[str, ...]] = {c.name: ("true",) for c in init}
+    first, *others = regular
+    argv[first.name] = ("bash", f"./{JOB_SCRIPT_FILE}")
+    for c in others:
+        argv[c.name] = ("bash", "-c", _AS_THE_SCRIPT, first.name)
+    return argv
 
 
 def _runtime_flags(settings: Settings, notes: Mapping[str, str]) -> list[str]:

@@ -470,3 +470,28 @@ def test_full_mesh_pre_exec_runs_the_containers_inside_the_mesh(kplugin: Plugin)
     assert "the rest of the pre-exec ran" in out
     assert "EOFMESH" not in (pod_dir / "pre-exec.sh").read_text()
     assert (pod_dir / "mesh.sh").read_text().startswith("#!/bin/bash\n")
+
+
+# --- interLink's job script -----------------------------------------------------------------------
+
+
+def test_interlink_s_job_script_runs_as_the_pod_s_work_under_its_container_names(
+    kplugin: Plugin,
+) -> None:
+    the_pod = podgen.pod(
+        "job-script",
+        [podgen.container("main", "print('not run')"), podgen.container("side", "print(1)")],
+        init=[podgen.container("setup", "print('not run either')")],
+    )
+    data = podgen.kube_retrieved(the_pod)
+    data["jobScript"] = (
+        "#!/bin/bash\n#SBATCH --job-name=ignored-here\n"
+        'echo "from interLink\'s script in job ${SLURM_JOB_ID:+a Slurm job}"\nexit 4\n'
+    )
+    status = run_to_end(kplugin, data)
+    assert {n: s["terminated"]["exitCode"] for n, s in states(status).items()} == {
+        "main": 4,
+        "side": 4,
+    }
+    assert states(status, "initContainers")["setup"]["terminated"]["exitCode"] == 0
+    assert kplugin.logs(the_pod, "main").text == "from interLink's script in job a Slurm job\n"
