@@ -495,3 +495,34 @@ def test_interlink_s_job_script_runs_as_the_pod_s_work_under_its_container_names
     }
     assert states(status, "initContainers")["setup"]["terminated"]["exitCode"] == 0
     assert kplugin.logs(the_pod, "main").text == "from interLink's script in job a Slurm job\n"
+
+
+def test_a_restarted_container_s_earlier_run_leaves_nothing_behind(
+    kplugin: Plugin, cluster: dict[str, str], tmp_path: Path
+) -> None:
+    # Each run starts a child in its own process group (out of reach of a plain kill of the
+    # container's process), notes its pid, and fails: restartPolicy OnFailure restarts it.
+    runs = (
+        "import os, subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '1003'], preexec_fn=os.setpgrp)\n"
+        "open('/mnt/work/pids', 'a').write(f'{child.pid}\\n')\n"
+        "n = len(open('/mnt/work/pids').read().split())\n"
+        "print('run', n, flush=True)\n"
+        "time.sleep(1000 if n >= 2 else 0)\n"
+        "raise SystemExit(1)\n"
+    )
+    the_pod = podgen.pod(
+        "restarts",
+        [podgen.container("main", runs, volumeMounts=[{"name": "w", "mountPath": "/mnt/work"}])],
+        volumes=[{"name": "w", "emptyDir": {}}],
+        restartPolicy="OnFailure",
+        terminationGracePeriodSeconds=1,
+    )
+    job_id = kplugin.create_ok(podgen.kube_retrieved(the_pod))
+    kplugin.wait_for_log(the_pod, "main", "run 2\n", timeout=90)
+    pids = (kplugin.pod_dir(the_pod) / "volumes" / "w" / "pids").read_text().split()
+    first, second = (int(p) for p in pids)
+    assert not Path(f"/proc/{first}").exists()  # the first run's child ended with its run
+    assert Path(f"/proc/{second}").exists()  # the running one's is still there
+    kplugin.delete(the_pod)
+    wait_until_gone(cluster, job_id)
