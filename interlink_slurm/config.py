@@ -128,6 +128,20 @@ def _absolute_path(v: Path | None) -> Path | None:
     return v
 
 
+def id_ranges(text: str) -> list[tuple[int, int]]:
+    """``"20000-20999,30000"`` → [(20000, 20999), (30000, 30000)]: Unix ids, inclusive."""
+    out = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"{part.strip()!r} is not an id or a range of ids (FIRST-LAST)")
+        first, last = int(low), int(high) if dash else int(low)
+        if first > last:
+            raise ValueError(f"{part.strip()!r}: the range ends before it starts")
+        out.append((first, last))
+    return out
+
+
 def _check_connection(transport: str, ssh: object, scheduler: str, rest: object) -> None:
     """The keys each way of reaching Slurm needs (top level and each of ``clusters``)."""
     if transport == "ssh" and ssh is None:
@@ -217,6 +231,23 @@ class Settings(BaseSettings):
     )
     namespace_accounts: dict[str, str] = Field(
         {}, description="Kubernetes namespace -> Slurm account (overrides account)"
+    )
+    namespace_uids: dict[str, str] = Field(
+        {},
+        description="Kubernetes namespace -> Unix uids its pods may run as with "
+        "securityContext.runAsUser (sbatch --uid; a plugin running as root only), e.g. "
+        '"20000-20999,30000"',
+    )
+    namespace_gids: dict[str, str] = Field(
+        {},
+        description="Kubernetes namespace -> Unix gids its pods may run as with "
+        "securityContext.runAsGroup (sbatch --gid)",
+    )
+    job_script: Literal["run", "ignore", "refuse"] = Field(
+        "run",
+        description="a job script interLink built itself (RetrievedPodData.jobScript, from its "
+        "JobScriptTemplate or JobScriptBuilderURL): run it as the pod's work inside the "
+        "plugin's job, ignore it (the job is built from the pod), or refuse such pods (422)",
     )
     allow_user_shell: bool = Field(
         True,
@@ -492,6 +523,16 @@ class Settings(BaseSettings):
                         "of the tasks): only with allow_user_shell: true"
                     )
         return self
+
+    @field_validator("namespace_uids", "namespace_gids")
+    @classmethod
+    def _id_ranges(cls, v: dict[str, str]) -> dict[str, str]:
+        for namespace, ranges in v.items():
+            try:
+                id_ranges(ranges)
+            except ValueError as err:
+                raise ValueError(f"{namespace}: {err}") from err
+        return v
 
     @field_validator("namespace_accounts")
     @classmethod

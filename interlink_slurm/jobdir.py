@@ -8,6 +8,7 @@ Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
     containers/<name>.{startup-ok,hooks.log}    startup probe passed; postStart/preStop output
     volumes/<volume>/...
     pre-exec.sh, tunnel.sh, tunnel/, tunnel.log  the pod's own shell code (annotations)
+    mesh.sh, mesh-pod.sh                         interLink's full mesh, the containers run in it
     pull/<hash>.auth                            registry credentials for the image cache
 """
 

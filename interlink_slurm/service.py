@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -48,13 +49,25 @@ from interlink_slurm.slurm.states import (
     container_statuses,
     doubtful_failure,
 )
-from interlink_slurm.slurm.transport import Transport
+from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
 from interlink_slurm.store import PodRecord, Store
+from interlink_slurm.translate.images import CH_METADATA, image_command
 from interlink_slurm.translate.plan import JobPlan
-from interlink_slurm.translate.pod import JOB_COMMENT_PREFIX
+from interlink_slurm.translate.pod import (
+    ANNOTATION_IMAGE_ROOT,
+    JOB_COMMENT_PREFIX,
+    ImageCommands,
+    build_plan,
+    resolve_image,
+)
 from interlink_slurm.translate.resources import GPU_RESOURCE
+from interlink_slurm.translate.runtimes import (
+    image_paths_argv,
+    parse_image_paths,
+    runs_image_command,
+)
 from interlink_slurm.translate.script import render_script
-from interlink_slurm.translate.targets import candidates
+from interlink_slurm.translate.targets import Candidate, candidates
 from interlink_slurm.wire import (
     Accelerator,
     ContainerState,
@@ -78,6 +91,8 @@ WORKER_THREADS = 64
 LOG_SOURCES = ("container", "job", "pull")
 # A job seen to end is still watched this long, while Slurm lists it: it may be requeued.
 ENDED_WATCH_SECONDS = 600.0
+# ch-image's metadata holds the image's build history: a few kB, far less than this.
+IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
 # States of a job that has started (for the placement's predicted vs. actual start).
 STARTED = frozenset({"RUNNING", "COMPLETING", "COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY"})
 
@@ -131,6 +146,13 @@ class Service:
             puller = Puller(own, t, s, store, self._request_refresh)
             self.clusters[name] = Cluster(name, t, s, puller, str(own.data_root))
         self.puller = self.clusters[DEFAULT_CLUSTER].puller
+        # Where jobs are submitted as root, which may then choose a pod's Unix user (sbatch
+        # --uid): this process itself as root with the local sbatch, or SSH as root.
+        self.root_clusters = {
+            name
+            for name in self.clusters
+            if _submits_as_root(settings.for_cluster(name), self.clusters[name].transport)
+        }
 
     def _not_waiting(self, rec: PodRecord) -> None:
         """A placed pod no longer waits to start: it started, ended, or went."""
@@ -466,12 +488,23 @@ class Service:
                 return CreateResponse(PodUID=uid, PodJID=rec.job_id)
 
             try:
-                placement = await self.place(data)
+                commands: ImageCommands = {}
+                if not runs_image_command(self.settings.runtime) and any(
+                    not c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
+                ):
+                    commands = await asyncio.to_thread(self._image_commands, data)
+                placement = await self.place(data, commands)
                 cluster = self.clusters[placement.chosen.cluster]
                 plan = placement.chosen.plan
                 assert plan is not None  # a chosen target has a plan
                 pod_dir = plan.pod_dir
-                await asyncio.to_thread(self._check_mount_points, cluster.transport, plan)
+                plan = await asyncio.to_thread(
+                    self._in_images, cluster.transport, data, placement.chosen, plan, commands
+                )
+                for container, warning in plan.warnings:
+                    log.warning("pod %s, container %s: %s", uid, container, warning)
+                if plan.owner is not None and plan.owner[1] is None:
+                    plan = await asyncio.to_thread(self._primary_group, cluster.transport, plan)
                 pulls = []
                 if plan.image_pulls and self.settings.image_pull_on == "submit_host":
                     pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
@@ -482,6 +515,8 @@ class Service:
                 script_path = await asyncio.to_thread(
                     jobdir.write_pod, cluster.transport, plan, script
                 )
+                if plan.owner is not None:
+                    await asyncio.to_thread(self._hand_over, cluster.transport, plan)
             except (PodRejected, StorageError) as err:
                 self.metrics.submit_failures.labels(type(err).__name__).inc()
                 self._forget_waiting(uid)
@@ -498,6 +533,7 @@ class Service:
                 pulls=encode(pulls) if pulls else None,
                 cluster=cluster.name,
                 placement=placement.record() if placed else None,
+                notes=plan.warnings,
             )
             try:
                 job_id = await cluster.scheduler.submit(script_path, pod_dir)
@@ -526,7 +562,9 @@ class Service:
             )
             return CreateResponse(PodUID=uid, PodJID=job_id)
 
-    async def place(self, data: RetrievedPodData) -> Placement:
+    async def place(
+        self, data: RetrievedPodData, image_commands: ImageCommands | None = None
+    ) -> Placement:
         """Where the pod's job goes: with targets, the eligible one where Slurm expects it to
         start soonest; without, the top-level configuration. Raises PodRejected."""
         pod = data.pod
@@ -535,7 +573,7 @@ class Service:
             root = self.clusters[cluster].data_root
             return jobdir.pod_dir(root, pod.namespace, pod.name, pod.uid)
 
-        cands = candidates(data, self.settings, pod_dir)
+        cands = candidates(data, self.settings, pod_dir, image_commands, self.root_clusters)
         schedulers = {name: c.scheduler for name, c in self.clusters.items()}
         placement = await place(
             cands,
@@ -556,24 +594,121 @@ class Service:
                 self.metrics.predicted_wait.labels(name).observe(wait)
         return placement
 
-    def _check_mount_points(self, transport: Transport, plan: JobPlan) -> None:
-        """Charliecloud (0.31) cannot create a bind destination in a read-only image: say so at
-        create time, naming the mount, rather than let the container fail on the node."""
-        if self.settings.runtime != "charliecloud":
-            return
-        groups = (("initContainers", plan.init_containers), ("containers", plan.containers))
-        for group, containers in groups:
-            for i, c in enumerate(containers):
-                if not c.image.startswith("/"):
+    @staticmethod
+    def _primary_group(transport: Transport, plan: JobPlan) -> JobPlan:
+        """A job run as another user (sbatch --uid) with no runAsGroup runs with that user's
+        primary group, never the submitting root's group 0."""
+        assert plan.owner is not None
+        uid = plan.owner[0]
+        try:
+            result = transport.run(["id", "-g", "--", str(uid)], timeout=30)
+        except (CommandUnavailable, SchedulerUnavailable) as err:
+            raise SchedulerUnavailable(f"cannot look up the group of uid {uid}: {err}") from err
+        gid = result.stdout.strip()
+        if result.returncode != 0 or not gid.isdigit():
+            raise PodRejected(
+                "spec.securityContext.runAsUser",
+                f"uid {uid} has no account on the cluster ({result.stderr.strip() or gid})",
+            )
+        return dataclasses.replace(
+            plan, directives=(*plan.directives, f"--gid={gid}"), owner=(uid, int(gid))
+        )
+
+    @staticmethod
+    def _hand_over(transport: Transport, plan: JobPlan) -> None:
+        """The pod's directory to the user its job runs as (securityContext, sbatch --uid):
+        the job writes its logs and state there."""
+        assert plan.owner is not None
+        uid, gid = plan.owner
+        owner = f"{uid}:{gid}" if gid is not None else str(uid)
+        try:
+            result = transport.run(["chown", "-R", "--", owner, plan.pod_dir], timeout=60)
+        except (CommandUnavailable, SchedulerUnavailable) as err:
+            transport.remove_tree(plan.pod_dir)
+            raise StorageError(f"cannot hand the pod directory to uid {owner}: {err}") from err
+        if result.returncode != 0:
+            transport.remove_tree(plan.pod_dir)
+            raise StorageError(
+                f"cannot hand the pod directory to uid {owner}: {result.stderr.strip()}"
+            )
+
+    def _image_commands(self, data: RetrievedPodData) -> ImageCommands:
+        """The ENTRYPOINT and CMD of the images of containers that set no command, for a
+        runtime that cannot run them by itself (Charliecloud): read from each image's
+        ch-image metadata, on the cluster(s) the pod may go to."""
+        pod = data.pod
+        image_root = pod.metadata.annotations.get(ANNOTATION_IMAGE_ROOT) or self.settings.image_root
+        images = set()
+        for c in (*pod.spec.init_containers, *pod.spec.containers):
+            if c.command or not c.image:
+                continue
+            try:
+                image = resolve_image(c.image, self.settings.runtime, self.settings, image_root)
+            except PodRejected:
+                continue  # the plan says why
+            if image.startswith("/"):
+                images.add(image)
+        out: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        for image in sorted(images):
+            for name in self.settings.cluster_names:
+                try:
+                    raw = self.clusters[name].transport.read_file(
+                        f"{image.rstrip('/')}/{CH_METADATA}", IMAGE_METADATA_LIMIT
+                    )
+                except (OSError, SchedulerUnavailable) as err:
+                    log.warning("cannot read the metadata of image %s: %s", image, err)
                     continue
-                for b in c.binds:
-                    if transport.size(c.image.rstrip("/") + b.target) is None:
-                        raise PodRejected(
-                            f"spec.{group}[{i}].volumeMounts",
-                            f"mount path {b.target!r} does not exist in image {c.image}; "
-                            "Charliecloud cannot create mount points in a read-only image, "
-                            "so the image must contain that directory (or file)",
-                        )
+                found = image_command(raw) if raw is not None else None
+                if found is not None:
+                    out[image] = found
+                    break
+        return out
+
+    def _in_images(
+        self,
+        transport: Transport,
+        data: RetrievedPodData,
+        chosen: Candidate,
+        plan: JobPlan,
+        image_commands: ImageCommands | None = None,
+    ) -> JobPlan:
+        """Charliecloud (0.31) cannot create a bind destination in a read-only image, nor bind
+        through an absolute symlink of the image: each target is looked up in its image (one
+        command), followed inside the image; one the image lacks is left out, with a warning
+        in the container's status, rather than let the container fail on the node."""
+        if self.settings.runtime != "charliecloud":
+            return plan
+        pairs = list(
+            dict.fromkeys(
+                (c.image, b.target)
+                for c in (*plan.init_containers, *plan.containers)
+                if c.image.startswith("/")
+                for b in c.binds
+            )
+        )
+        if not pairs:
+            return plan
+        try:
+            result = transport.run(image_paths_argv(pairs), timeout=30)
+        except (CommandUnavailable, SchedulerUnavailable, OSError) as err:
+            log.warning("cannot look into the images for the mount points: %s", err)
+            return plan
+        if result.returncode != 0:
+            log.warning("cannot look into the images for the mount points: %s", result.stderr)
+            return plan
+        found = parse_image_paths(pairs, result.stdout)
+        if all(found.get(pair, pair[1]) == pair[1] for pair in pairs):
+            return plan
+        return build_plan(
+            data,
+            self.settings,
+            plan.pod_dir,
+            chosen.target if chosen.name else None,
+            chosen.name,
+            mount_targets=found,
+            image_commands=image_commands,
+            submit_as_root=chosen.cluster in self.root_clusters,
+        )
 
     def _grace_seconds(self, pod: Pod) -> int:
         meta_grace = (pod.metadata.model_extra or {}).get("deletionGracePeriodSeconds")
@@ -704,6 +839,9 @@ class Service:
                 outage = self._outage.get(rec.cluster) if rec.final_state is None else None
                 if outage or files_outage:
                     _note_outage((*init, *main), "; ".join(o for o in (outage, files_outage) if o))
+                if rec.notes:
+                    _note_warnings(init, rec.notes)
+                    _note_warnings(main, rec.notes)
                 if rec.placement and job is not None and base_state(job) in WAITING:
                     _note_placement(
                         (*init, *main), describe(json.loads(rec.placement), time.time())
@@ -927,6 +1065,27 @@ def _note_nodes(statuses: Sequence[ContainerStatus], nodes: str) -> None:
         if inner is None or (st.state.terminated and st.state.terminated.reason == "Evicted"):
             continue
         inner.message = f"{inner.message} (Slurm node {nodes})".strip()
+
+
+def _submits_as_root(settings: Settings, transport: Transport) -> bool:
+    """Whether jobs are submitted as root: sbatch run by this process as root, or over SSH as
+    root. slurmrestd submits as its token's user, never another."""
+    if settings.scheduler == "rest":
+        return False
+    if settings.transport == "ssh":
+        return settings.ssh is not None and settings.ssh.user == "root"
+    return isinstance(transport, LocalTransport) and os.geteuid() == 0
+
+
+def _note_warnings(statuses: Sequence[ContainerStatus], notes: Sequence[tuple[str, str]]) -> None:
+    """What a container runs without (a volume left out...), in its status message: a
+    running container's state has no message, so it is said while waiting and once ended."""
+    for st in statuses:
+        said = [w for c, w in notes if c in (st.name, "")]
+        inner = st.state.waiting or st.state.terminated
+        if said and inner is not None:
+            inner.message = " ".join([inner.message or "", *(f"[warning: {w}]" for w in said)])
+            inner.message = inner.message.strip()
 
 
 def _note_outage(statuses: Sequence[ContainerStatus], outage: str) -> None:

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS pods (
     cluster      TEXT NOT NULL DEFAULT 'default',  -- the Slurm cluster the job is on
     placement    TEXT,             -- JSON: the target chosen and why (several targets)
     started      REAL,             -- when the job was first seen running (placement metrics)
-    nodes        TEXT              -- the job's Slurm node list, once seen placed
+    nodes        TEXT,             -- the job's Slurm node list, once seen placed
+    notes        TEXT              -- JSON: [[container, warning]...] said in its status
 );
 CREATE INDEX IF NOT EXISTS pods_job ON pods(job_id);
 """
@@ -48,6 +49,7 @@ MIGRATIONS = {
     "placement": "ALTER TABLE pods ADD COLUMN placement TEXT",
     "started": "ALTER TABLE pods ADD COLUMN started REAL",
     "nodes": "ALTER TABLE pods ADD COLUMN nodes TEXT",
+    "notes": "ALTER TABLE pods ADD COLUMN notes TEXT",
 }
 
 
@@ -73,6 +75,8 @@ class PodRecord:
     placement: str | None = None
     started: float | None = None
     nodes: str | None = None  # Slurm's node list of the job, as last seen
+    # (container, warning): what the pod asked that it runs without, said in its status.
+    notes: tuple[tuple[str, str], ...] = ()
 
     @property
     def all_containers(self) -> tuple[str, ...]:
@@ -135,6 +139,7 @@ class Store:
             placement,
             started,
             nodes,
+            notes,
         ) = row
         names = json.loads(str(containers))
         return PodRecord(
@@ -155,11 +160,13 @@ class Store:
             placement=None if placement is None else str(placement),
             started=None if started is None else float(started),  # type: ignore[arg-type]
             nodes=None if nodes is None else str(nodes),
+            notes=tuple((str(c), str(w)) for c, w in json.loads(str(notes))) if notes else (),
         )
 
     _SELECT = (
         "SELECT uid, namespace, name, pod_dir, job_id, containers, created, deleted,"
-        " final_state, final_reason, kill_at, pulls, cluster, placement, started, nodes"
+        " final_state, final_reason, kill_at, pulls, cluster, placement, started, nodes,"
+        " notes"
         " FROM pods"
     )
 
@@ -192,14 +199,27 @@ class Store:
         pulls: str | None = None,
         cluster: str = "default",
         placement: str | None = None,
+        notes: Sequence[tuple[str, str]] = (),
     ) -> None:
         names = json.dumps({"init": list(init_containers), "main": list(containers)})
+        noted = json.dumps([list(n) for n in notes]) if notes else None
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO pods (uid, namespace, name, pod_dir, job_id, containers,"
-                " created, deleted, pulls, cluster, placement)"
-                " VALUES (?, ?, ?, ?, NULL, ?, ?, NULL, ?, ?, ?)",
-                (uid, namespace, name, pod_dir, names, time.time(), pulls, cluster, placement),
+                " created, deleted, pulls, cluster, placement, notes)"
+                " VALUES (?, ?, ?, ?, NULL, ?, ?, NULL, ?, ?, ?, ?)",
+                (
+                    uid,
+                    namespace,
+                    name,
+                    pod_dir,
+                    names,
+                    time.time(),
+                    pulls,
+                    cluster,
+                    placement,
+                    noted,
+                ),
             )
 
     def set_job(self, uid: str, job_id: str) -> None:

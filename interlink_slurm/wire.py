@@ -145,6 +145,15 @@ class ContainerPort(WireModel):
     protocol: str = "TCP"
 
 
+class SecurityContext(WireModel):
+    """What of a pod's or container's securityContext selects the job's Unix user; the rest
+    (capabilities, seccomp...) stays in model_extra."""
+
+    run_as_user: int | None = Field(None, ge=0)
+    run_as_group: int | None = Field(None, ge=0)
+    run_as_non_root: bool | None = None
+
+
 class Container(WireModel):
     name: str
     image: str = ""
@@ -156,6 +165,7 @@ class Container(WireModel):
     volume_mounts: Annotated[list[VolumeMount], BeforeValidator(_none_to_list)] = []
     ports: Annotated[list[ContainerPort], BeforeValidator(_none_to_list)] = []
     image_pull_policy: str = ""
+    security_context: SecurityContext | None = None
 
     @field_validator("name")
     @classmethod
@@ -320,6 +330,7 @@ class PodSpec(WireModel):
     node_selector: Annotated[dict[str, str], BeforeValidator(_none_to_dict)] = {}
     tolerations: Annotated[list[Toleration], BeforeValidator(_none_to_list)] = []
     affinity: Affinity | None = None
+    security_context: SecurityContext | None = None
 
 
 class Pod(WireModel):

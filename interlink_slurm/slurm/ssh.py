@@ -484,6 +484,11 @@ class SSHTransport:
         """Best effort, like the local transport: a failure is logged, never raised."""
         try:
             result = self.run(["rm", "-rf", "--", path], timeout=self._timeout)
+            if result.returncode != 0:
+                # A job killed before its cleanup may have left read-only directories (the
+                # volumes it made read-only): writable again, then removed.
+                self.run(["chmod", "-R", "u+w", "--", path], timeout=self._timeout)
+                result = self.run(["rm", "-rf", "--", path], timeout=self._timeout)
         except CommandUnavailable as err:
             log.warning("could not remove %s: %s", path, err)
             return

@@ -104,4 +104,19 @@ class LocalTransport:
             return None
 
     def remove_tree(self, path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
+        def writable_again(_: object, failed: str, info: tuple[type, object, object]) -> None:
+            # A job killed before its cleanup may have left read-only directories (the volumes
+            # it made read-only): the parent made writable, the entry removed again.
+            if not issubclass(info[0], PermissionError) or failed == path:
+                return
+            try:
+                os.chmod(os.path.dirname(failed), 0o700)
+                if os.path.isdir(failed) and not os.path.islink(failed):
+                    os.chmod(failed, 0o700)
+                    shutil.rmtree(failed, ignore_errors=True)
+                else:
+                    os.unlink(failed)
+            except OSError:
+                pass
+
+        shutil.rmtree(path, onerror=writable_again)

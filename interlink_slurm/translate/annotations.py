@@ -536,3 +536,28 @@ def user_shell(annotations: Mapping[str, str], allowed: bool) -> dict[str, str]:
         if "\x00" in v:
             raise PodRejected(f"metadata.annotations[{k}]", "must not contain NUL characters")
     return found
+
+
+# --- interLink's full mesh ------------------------------------------------------------------------
+
+# interLink's virtual kubelet (Network.FullMesh) prepends to slurm-job.vk.io/pre-exec a heredoc
+# writing its mesh script, a template that runs its arguments inside the mesh's network
+# namespace (slirp4netns + WireGuard over wstunnel).
+_MESH_OPENING = re.compile(r"""\s*cat\s+<<\s*'EOFMESH'\s*>\s*"?\$\{?TMPDIR\}?/mesh\.sh"?\s*""")
+MESH_END = "EOFMESH"
+
+
+def split_mesh(pre_exec: str) -> tuple[str | None, str]:
+    """(the mesh script, the rest of the pre-exec) when the pre-exec holds interLink's mesh
+    heredoc; (None, pre_exec) otherwise (also when the heredoc is never closed)."""
+    lines = pre_exec.split("\n")
+    for start, line in enumerate(lines):
+        if not _MESH_OPENING.fullmatch(line):
+            continue
+        for end in range(start + 1, len(lines)):
+            if lines[end].rstrip("\r") == MESH_END:
+                body = "\n".join(lines[start + 1 : end]) + "\n"
+                rest = "\n".join([*lines[:start], *lines[end + 1 :]])
+                return body, rest
+        break
+    return None, pre_exec

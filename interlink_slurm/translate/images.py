@@ -202,3 +202,66 @@ def plan_pulls(
             argv = (binary, "pull", "--force", part, source)
         pulls.append(PlannedPull(target, source, argv, auth))
     return mapping, pulls, files
+
+
+# --- an image's own command (Charliecloud) --------------------------------------------------------
+
+# Where ch-image keeps what it knows of an image, inside the image directory.
+CH_METADATA = "ch/metadata.json"
+_INSTRUCTION = re.compile(r"(?:^|#\(nop\)\s+)(ENTRYPOINT|CMD)\s+(.*)$", re.DOTALL)
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def _words(text: str) -> list[str] | None:
+    """The argv of a Dockerfile instruction as the image history prints it: a JSON array
+    (BuildKit: ``["a","b"]``) or Go's quoted list (classic builder: ``["a" "b"]``)."""
+    text = text.strip()
+    if not text.startswith("["):
+        return ["/bin/sh", "-c", text] if text else None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            return [json.loads(f'"{m}"') for m in _QUOTED.findall(text)]
+        except ValueError:
+            return None
+    if isinstance(value, list) and all(isinstance(w, str) for w in value):
+        return value
+    return None
+
+
+def image_command(metadata: bytes) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(ENTRYPOINT, CMD) of an image from ch-image's metadata: its own ``entrypoint``/``cmd``
+    keys when present, else the image's build history (ch-image keeps the registry's config
+    history, but not Cmd and Entrypoint themselves). None when the image says neither."""
+    try:
+        meta = json.loads(metadata)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    history = meta.get("history")
+    for entry in history if isinstance(history, list) else []:
+        created = entry.get("created_by") if isinstance(entry, dict) else None
+        if not isinstance(created, str):
+            continue
+        m = _INSTRUCTION.search(created.strip())
+        if m is None:
+            continue
+        words = _words(m.group(2))
+        if m.group(1) == "ENTRYPOINT":
+            # As in Docker: a new ENTRYPOINT resets a CMD inherited from the base image.
+            entrypoint, cmd = words, None
+        else:
+            cmd = words
+    for key, value in (("entrypoint", meta.get("entrypoint")), ("cmd", meta.get("cmd"))):
+        if isinstance(value, list) and all(isinstance(w, str) for w in value):
+            if key == "entrypoint":
+                entrypoint = value
+            else:
+                cmd = value
+    if not entrypoint and not cmd:
+        return None
+    return tuple(entrypoint or ()), tuple(cmd or ())

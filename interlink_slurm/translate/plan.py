@@ -106,6 +106,9 @@ class JobPlan:
     job_env: tuple[tuple[str, str], ...] = ()
     # The pod's own shell code (slurm-job.vk.io/pre-exec), a file sourced before the containers.
     pre_exec: str | None = None
+    # interLink's full-mesh script (from the pre-exec's EOFMESH heredoc), a file that runs its
+    # arguments inside the mesh's network namespace: the containers are started through it.
+    mesh: str | None = None
     # interLink's tunnel (interlink.eu/wstunnel-client-commands), a file run in the background
     # from before the containers start until they end.
     tunnel: str | None = None
@@ -125,3 +128,12 @@ class JobPlan:
     backoff_seconds: tuple[int, int] = (10, 300)
     nodes: int = 1
     grace_seconds: int = 30
+    # Relative directories the job makes read-only by their permissions while it runs (the
+    # volumes a runtime without read-only binds mounts: Charliecloud 0.31).
+    read_only_dirs: tuple[str, ...] = ()
+    # (uid, gid or None) the pod's directory is handed to, when the job runs as another user
+    # than the plugin's (securityContext, sbatch --uid).
+    owner: tuple[int, int | None] | None = None
+    # (container, what the pod asked that it runs without): said in the container's status;
+    # "" for every container.
+    warnings: tuple[tuple[str, str], ...] = ()

@@ -9,12 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from interlink_slurm import __version__, logpipe
-from interlink_slurm.config import Settings
+from interlink_slurm.config import Settings, id_ranges
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate import annotations as ann
 from interlink_slurm.translate.images import cannot_pull, plan_pulls
 from interlink_slurm.translate.lifecycle import lifecycle, restart_policy
 from interlink_slurm.translate.plan import (
+    Bind,
     ContainerPlan,
     FileSpec,
     JobPlan,
@@ -29,13 +30,15 @@ from interlink_slurm.translate.resources import (
 from interlink_slurm.translate.runtimes import (
     container_argv,
     env_entries,
+    has_read_only_binds,
     host_heeded,
     launcher_heeded,
     local_images_only,
+    runs_image_command,
 )
 from interlink_slurm.translate.site import Target, partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import allowed_host_path, lay_out_volumes
-from interlink_slurm.wire import Container, RetrievedPodData
+from interlink_slurm.wire import Container, RetrievedPodData, ValidPod
 
 # Copied into every pod directory: the job runs it on the compute node (see logpipe.py).
 LOGPIPE_SOURCE = Path(logpipe.__file__).read_bytes()
@@ -43,6 +46,7 @@ LOGPIPE_SOURCE = Path(logpipe.__file__).read_bytes()
 ANNOTATION_IMAGE_ROOT = ann.IMAGE_ROOT
 PRE_EXEC_FILE = "pre-exec.sh"
 TUNNEL_FILE = "tunnel.sh"
+MESH_FILE = "mesh.sh"
 JOB_COMMENT_PREFIX = "interlink-slurm:"
 
 # What an image reference may look like once resolved: an optional scheme, then registry /
@@ -168,12 +172,57 @@ def _env(c: Container, where: str, settings: Settings) -> list[tuple[str, str]]:
     return list(last.items())
 
 
+# An image's own (ENTRYPOINT, CMD), by the image the runtime is given, for a runtime that cannot
+# run it by itself (Charliecloud: images.image_command reads ch-image's metadata).
+ImageCommands = Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]
+
+
+# A bind target as found in an image: (image, target in the container) → the same path with
+# the image's symlinks followed inside the image, or None when it is not in the image.
+MountTargets = Mapping[tuple[str, str], str | None]
+
+
+def _in_image(
+    c: Container,
+    runtime: str,
+    image: str,
+    binds: Sequence[Bind],
+    mount_targets: MountTargets,
+    warnings: list[tuple[str, str]],
+) -> tuple[Bind, ...]:
+    """Binds whose targets are resolved inside the image (``mount_targets``): a symlink is
+    followed as the container sees it, never on the host; a target the image lacks is left
+    out, with a warning, when the runtime cannot create it."""
+    out = []
+    for b in binds:
+        key = (image, b.target)
+        if key not in mount_targets:
+            out.append(b)
+            continue
+        found = mount_targets[key]
+        if found is None:
+            warnings.append(
+                (
+                    c.name,
+                    f"volume mounted at {b.target} is not mounted: the path does not exist in "
+                    f"image {image}, and the {runtime} runtime cannot create it in a "
+                    "read-only image",
+                )
+            )
+            continue
+        out.append(dataclasses.replace(b, target=found))
+    return tuple(out)
+
+
 def _container_plan(
     c: Container,
     where: str,
     settings: Settings,
     image_root: str | None,
-    binds: Mapping[str, tuple[object, ...]],
+    binds: Mapping[str, tuple[Bind, ...]],
+    mount_targets: MountTargets,
+    warnings: list[tuple[str, str]],
+    image_commands: ImageCommands,
 ) -> ContainerPlan:
     if not c.image:
         raise PodRejected(f"{where}.image", "is empty")
@@ -186,15 +235,22 @@ def _container_plan(
     if c.working_dir and (not c.working_dir.startswith("/") or "\x00" in c.working_dir):
         raise PodRejected(f"{where}.workingDir", f"{c.working_dir!r} must be an absolute path")
     gpus = container_gpus(c, where, settings.accelerator_names)
+    command = tuple(expand_refs(a, env_map) for a in c.command)
+    args = tuple(expand_refs(a, env_map) for a in c.args)
+    own = image_commands.get(image)
+    if not command and own is not None and not runs_image_command(settings.runtime):
+        # The image's ENTRYPOINT, then the pod's args or else the image's CMD, as Kubernetes.
+        entrypoint, cmd = own
+        command, args = (*entrypoint, *(args or cmd)), ()
     return ContainerPlan(
         name=c.name,
         image=image,
         image_ref=c.image,
-        command=tuple(expand_refs(a, env_map) for a in c.command),
-        args=tuple(expand_refs(a, env_map) for a in c.args),
+        command=command,
+        args=args,
         working_dir=c.working_dir,
         env=tuple(env),
-        binds=tuple(binds.get(c.name, ())),  # type: ignore[arg-type]
+        binds=_in_image(c, settings.runtime, image, binds.get(c.name, ()), mount_targets, warnings),
         gpus=gpus,
         gpu_vendor="amd" if _asks_any(c, AMD_ACCELERATORS) else "nvidia",
     )
@@ -206,6 +262,105 @@ AMD_ACCELERATORS = ("amd.com/gpu",)
 
 def _asks_any(c: Container, resources: Sequence[str]) -> bool:
     return any(r in c.resources.limits or r in c.resources.requests for r in resources)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobUser:
+    """Whom the job runs as, from securityContext: sbatch options, the ids the pod directory
+    is handed to, and what the pod asked that is not applied."""
+
+    directives: tuple[str, ...] = ()
+    owner: tuple[int, int | None] | None = None
+    warnings: tuple[tuple[str, str], ...] = ()
+
+
+def _one_id(pod: ValidPod, attr: str, field: str) -> tuple[int | None, str]:
+    """The one uid (or gid) the pod's containers ask for, and where; a job has one user."""
+    found: tuple[int, str] | None = None
+    psc = pod.spec.security_context
+    for group, containers in (
+        ("initContainers", pod.spec.init_containers),
+        ("containers", pod.spec.containers),
+    ):
+        for i, c in enumerate(containers):
+            own = getattr(c.security_context, attr, None) if c.security_context else None
+            where = f"spec.{group}[{i}].securityContext.{field}"
+            if own is None and psc is not None:
+                own, where = getattr(psc, attr), f"spec.securityContext.{field}"
+            if own is None:
+                continue
+            if found is not None and found[0] != own:
+                raise PodRejected(
+                    where,
+                    f"{own} differs from {found[0]} ({found[1]}): the containers of a pod run "
+                    "as one Slurm job, under one Unix user and group",
+                )
+            found = (own, where)
+    return (found[0], found[1]) if found else (None, f"spec.securityContext.{field}")
+
+
+def _in_ranges(namespace: str, ranges: Mapping[str, str], value: int) -> bool:
+    text = ranges.get(namespace)
+    return text is not None and any(a <= value <= b for a, b in id_ranges(text))
+
+
+def job_user(pod: ValidPod, settings: Settings, submit_as_root: bool) -> JobUser:
+    """securityContext runAsUser/runAsGroup → sbatch --uid/--gid, only when the plugin submits
+    as root and the namespace may use that id (namespace_uids, namespace_gids); otherwise the
+    job runs as the plugin's user, and the status says so. runAsNonRoot with a job that would
+    run as root is refused."""
+    ns = pod.metadata.namespace
+    uid, uid_at = _one_id(pod, "run_as_user", "runAsUser")
+    gid, gid_at = _one_id(pod, "run_as_group", "runAsGroup")
+    directives: list[str] = []
+    warnings: list[tuple[str, str]] = []
+    job_uid: int | None = 0 if submit_as_root else None  # None: not root, whoever it is
+    applied_uid = False
+    if uid is not None:
+        if not submit_as_root:
+            why = "the plugin does not submit jobs as root, so it cannot choose their user"
+        elif not _in_ranges(ns, settings.namespace_uids, uid):
+            why = f"namespace {ns} may not run as uid {uid} (namespace_uids)"
+        else:
+            why = ""
+            directives.append(f"--uid={uid}")
+            job_uid, applied_uid = uid, True
+        if why:
+            warnings.append(
+                ("", f"{uid_at} {uid} is not applied: the job runs as the plugin's user ({why})")
+            )
+    applied_gid = False
+    if gid is not None:
+        if not applied_uid:
+            why = "only with a runAsUser that is applied"
+        elif not _in_ranges(ns, settings.namespace_gids, gid):
+            why = f"namespace {ns} may not run as gid {gid} (namespace_gids)"
+        else:
+            why = ""
+            directives.append(f"--gid={gid}")
+            applied_gid = True
+        if why:
+            warnings.append(("", f"{gid_at} {gid} is not applied ({why})"))
+    non_root = [
+        f"spec.{group}[{i}].securityContext.runAsNonRoot"
+        for group, containers in (
+            ("initContainers", pod.spec.init_containers),
+            ("containers", pod.spec.containers),
+        )
+        for i, c in enumerate(containers)
+        if c.security_context is not None and c.security_context.run_as_non_root
+    ]
+    if pod.spec.security_context is not None and pod.spec.security_context.run_as_non_root:
+        non_root.insert(0, "spec.securityContext.runAsNonRoot")
+    if non_root and job_uid == 0:
+        raise PodRejected(
+            non_root[0],
+            "the job would run as root"
+            + ("" if applied_uid else " (the plugin's user)")
+            + ": set runAsUser to a uid this namespace may use (namespace_uids)",
+        )
+    owner = (uid, gid if applied_gid else None) if applied_uid and uid is not None else None
+    return JobUser(tuple(directives), owner, tuple(warnings))
 
 
 def env_file(runtime: str, env: Sequence[tuple[str, str]]) -> bytes:
@@ -256,9 +411,13 @@ def build_plan(
     pod_dir: str,
     target: Target | None = None,
     target_name: str = "",
+    mount_targets: MountTargets | None = None,
+    image_commands: ImageCommands | None = None,
+    submit_as_root: bool = False,
 ) -> JobPlan:
     """The job of a pod; on ``target`` (placement) when given, which then wins over the
-    profile's and top-level keys."""
+    profile's and top-level keys. ``mount_targets``: the bind targets as found in the images
+    (``mount_targets_argv``), for a runtime that cannot create a missing one."""
     pod = data.pod
     meta = pod.metadata
     notes = meta.annotations
@@ -308,6 +467,8 @@ def build_plan(
         directives.append(f"--qos={site.qos}")
     directives = ann.merge_directives(directives, site.sbatch_extra)
     directives = ann.merge_directives(directives, _user_directives(settings, notes, site.max_time))
+    user = job_user(pod, settings, submit_as_root)
+    directives += user.directives
 
     shell = ann.user_shell(notes, settings.allow_user_shell)
     ip = ann.pod_ip(notes)
@@ -323,24 +484,50 @@ def build_plan(
     )
     image_root = meta.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
 
+    warnings = [*user.warnings, *layout.warnings]
+
     def plans(containers: Sequence[Container], group: str) -> tuple[ContainerPlan, ...]:
         return tuple(
-            _container_plan(c, f"spec.{group}[{i}]", settings, image_root, layout.binds)
+            _container_plan(
+                c,
+                f"spec.{group}[{i}]",
+                settings,
+                image_root,
+                layout.binds,
+                mount_targets or {},
+                warnings,
+                image_commands or {},
+            )
             for i, c in enumerate(containers)
         )
 
-    init = plans(pod.spec.init_containers, "initContainers")
-    regular = plans(pod.spec.containers, "containers")
-    if ip is not None:
+    script = data.job_script if data.job_script and data.job_script.strip() else None
+    if script is not None and settings.job_script == "refuse":
+        raise PodRejected(
+            "jobScript",
+            "interLink sent a job script of its own (JobScriptTemplate or JobScriptBuilderURL), "
+            "and this site does not run them (job_script: refuse)",
+        )
+    run_script = script is not None and settings.job_script == "run"
+    if run_script:
+        # interLink's own script is the pod's work: no image of the pod is resolved or pulled.
+        init, regular = (
+            tuple(_stand_in(c) for c in group)
+            for group in (pod.spec.init_containers, pod.spec.containers)
+        )
+    else:
+        init = plans(pod.spec.init_containers, "initContainers")
+        regular = plans(pod.spec.containers, "containers")
+    if ip is not None and not run_script:
         # The pod's own POD_IP (e.g. from the downward API) wins when it has a value.
         init, regular = (
             tuple(_with_env(c, "POD_IP", ip) for c in group) for group in (init, regular)
         )
-    if mpi.launcher:
+    if mpi.launcher and not run_script:
         regular = tuple(dataclasses.replace(c, launcher=mpi.launcher) for c in regular)
     pulls: list[PlannedPull] = []
     pull_files: list[FileSpec] = []
-    if settings.image_cache_dir is not None:
+    if settings.image_cache_dir is not None and not run_script:
         cached, pulls, pull_files = _pull_through_cache(settings, data, pod_dir, (*init, *regular))
         init, regular = (
             tuple(dataclasses.replace(c, image=cached.get(c.image, c.image)) for c in group)
@@ -348,7 +535,7 @@ def build_plan(
         )
     creates: tuple[PlannedCreate, ...] = ()
     data_path: str | None = None
-    if settings.enroot_create_dir is not None:
+    if settings.enroot_create_dir is not None and not run_script:
         # Unpacked on each node into a directory of the job's own; the containers start the name.
         data_path = f"{settings.enroot_create_dir}/interlink-slurm-{meta.uid}"
         creates = _enroot_creates(settings.runtime_binary, (*init, *regular))
@@ -359,13 +546,25 @@ def build_plan(
         )
 
     policy = restart_policy(pod.spec.restart_policy)
-    init = _with_lifecycle(init, pod.spec.init_containers, True, policy, settings, runtime_flags)
-    regular = _with_lifecycle(regular, pod.spec.containers, False, policy, settings, runtime_flags)
+    if not run_script:
+        init = _with_lifecycle(
+            init, pod.spec.init_containers, True, policy, settings, runtime_flags
+        )
+        regular = _with_lifecycle(
+            regular, pod.spec.containers, False, policy, settings, runtime_flags
+        )
 
     argv: dict[str, tuple[str, ...]] = {}
     files: list[FileSpec] = []
+    if run_script:
+        assert script is not None
+        argv = _job_script_argv(init, regular)
+        files.append(FileSpec(JOB_SCRIPT_FILE, script.encode(), 0o700))
     for group, cps in (("initContainers", init), ("containers", regular)):
         for i, cp in enumerate(cps):
+            if run_script:
+                files.append(FileSpec(f"containers/{cp.name}.env", b""))
+                continue
             try:
                 argv[cp.name] = tuple(
                     container_argv(settings.runtime, settings.runtime_binary, runtime_flags, cp)
@@ -378,6 +577,13 @@ def build_plan(
     files.append(FileSpec("logpipe.py", LOGPIPE_SOURCE, 0o600))
     pre_exec = shell.get(ann.PRE_EXEC)
     tunnel = shell.get(ann.WSTUNNEL)
+    mesh = None
+    if pre_exec is not None:
+        mesh, pre_exec = ann.split_mesh(pre_exec)
+        if not pre_exec.strip():
+            pre_exec = None
+    if mesh is not None:
+        files.append(FileSpec(MESH_FILE, mesh.encode(), 0o700))
     if pre_exec is not None:
         files.append(FileSpec(PRE_EXEC_FILE, _shell_file(ann.PRE_EXEC, pre_exec), 0o600))
     if tunnel is not None:
@@ -411,6 +617,7 @@ def build_plan(
         header_comment=header,
         job_env=(("POD_IP", ip),) if ip is not None else (),
         pre_exec=PRE_EXEC_FILE if pre_exec is not None else None,
+        mesh=MESH_FILE if mesh is not None else None,
         nodes=mpi.nodes,
         image_pulls=tuple(pulls),
         enroot_data_path=data_path,
@@ -428,7 +635,46 @@ def build_plan(
             else settings.default_grace_seconds
         ),
         tunnel=TUNNEL_FILE if tunnel is not None else None,
+        warnings=tuple(warnings),
+        owner=user.owner,
+        read_only_dirs=layout.read_only_dirs if not has_read_only_binds(settings.runtime) else (),
     )
+
+
+def _stand_in(c: Container) -> ContainerPlan:
+    """A container of a pod whose work is interLink's job script: a name to report under."""
+    return ContainerPlan(
+        name=c.name,
+        image=c.image,
+        image_ref=c.image,
+        command=(),
+        args=(),
+        working_dir="",
+        env=(),
+        binds=(),
+    )
+
+
+# interLink's job script (JobScriptTemplate, JobScriptBuilderURL), run by the job as the pod's work.
+JOB_SCRIPT_FILE = "job-script.sh"
+# The pod's other containers end as the script does (its exit code, once it has one).
+_AS_THE_SCRIPT = (
+    'while [ ! -e "containers/$0.exit" ]; do sleep 1; done; exit "$(cat "containers/$0.exit")"'
+)
+
+
+def _job_script_argv(
+    init: Sequence[ContainerPlan], regular: Sequence[ContainerPlan]
+) -> dict[str, tuple[str, ...]]:
+    """interLink's job script runs under the name of the pod's first container (its log,
+    exit code and times are that container's); the other containers end as it does, and the
+    init containers, whose work the script does too, are done at once."""
+    argv: dict[str, tuple[str, ...]] = {c.name: ("true",) for c in init}
+    first, *others = regular
+    argv[first.name] = ("bash", f"./{JOB_SCRIPT_FILE}")
+    for c in others:
+        argv[c.name] = ("bash", "-c", _AS_THE_SCRIPT, first.name)
+    return argv
 
 
 def _runtime_flags(settings: Settings, notes: Mapping[str, str]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from interlink_slurm.errors import PodRejected
-from interlink_slurm.translate.images import RUNTIME_SCHEMES
+from interlink_slurm.translate.images import CH_METADATA, RUNTIME_SCHEMES
 from interlink_slurm.translate.plan import ContainerPlan
 
 ENV_PREFIX = {
@@ -84,8 +84,27 @@ def env_entries(runtime: str, env: Sequence[tuple[str, str]]) -> list[str]:
     return [f"{prefix}{name}={value}" for name, value in env]
 
 
+# Each container gets a /tmp of its own, as a pod does, never the node's: Apptainer's --contain
+# (--containall, the default runtime_options, implies it; either also gives an empty $HOME and
+# a minimal /dev, GPUs still come with --nv), Charliecloud's --private-tmp, a tmpfs at /tmp for
+# Enroot (in its fstab syntax: created if the image lacks it). Not added when the site's
+# options already say so.
+PRIVATE_TMP: dict[str, tuple[str, ...]] = {
+    "apptainer": ("--contain",),
+    "singularity": ("--contain",),
+    "enroot": ("--mount", "tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777"),
+    "charliecloud": ("--private-tmp",),
+}
+_SAYS_PRIVATE_TMP = frozenset({"--contain", "--containall", "--private-tmp", "-t"})
+
+
+def _private_tmp(runtime: str, options: Sequence[str]) -> tuple[str, ...]:
+    return () if _SAYS_PRIVATE_TMP.intersection(options) else PRIVATE_TMP[runtime]
+
+
 def _apptainer(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
-    argv = [binary, "exec" if c.command else "run", *options]
+    argv = [binary, "exec" if c.command else "run", *_private_tmp("apptainer", options)]
+    argv += options
     if c.gpus:
         argv.append("--rocm" if c.gpu_vendor == "amd" else "--nv")
     for b in c.binds:
@@ -101,7 +120,7 @@ def _fstab(path: str) -> str:
 
 
 def _enroot(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
-    argv = [binary, "start", *options]
+    argv = [binary, "start", *PRIVATE_TMP["enroot"], *options]
     for b in c.binds:
         flags = "x-create=auto,rbind,ro" if b.read_only else "x-create=auto,rbind"
         argv += ["--mount", f"{_fstab(b.source)} {_fstab(b.target)} none {flags}"]
@@ -121,19 +140,33 @@ def _enroot(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
     return [*argv, *command]
 
 
+def runs_image_command(runtime: str) -> bool:
+    """Whether the runtime itself runs an image's ENTRYPOINT and CMD when given no command
+    (Apptainer's run, Enroot's start). Charliecloud does not: the plugin reads them from the
+    image's ch-image metadata (images.image_command)."""
+    return runtime != "charliecloud"
+
+
 def _charliecloud(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
     command = [*c.command, *c.args]
     if not command:
         raise PodRejected(
             f"container {c.name!r} command",
-            "the charliecloud runtime cannot read an image's default command: set command or args",
+            f"image {c.image} has no command of its own that Charliecloud can run (no "
+            f"ENTRYPOINT or CMD in its {CH_METADATA}, as ch-image writes it): set command or args",
         )
-    argv = [binary, *options]
+    argv = [binary, *_private_tmp("charliecloud", options), *options]
     for b in c.binds:
         argv += ["-b", f"{b.source}:{b.target}"]
     if c.working_dir:
         argv += ["-c", c.working_dir]
     return [*argv, c.image, "--", *command]
+
+
+def has_read_only_binds(runtime: str) -> bool:
+    """Whether the runtime can bind a volume read-only (Charliecloud 0.31 cannot: its binds are
+    read-write, and the job falls back on the files' permissions)."""
+    return runtime != "charliecloud"
 
 
 RUNTIMES: dict[str, Callable[[str, Sequence[str], ContainerPlan], list[str]]] = {
@@ -159,3 +192,65 @@ def local_images_only(runtime: str, image_cache: bool) -> bool:
     an absolute path); ``image_cache``: whether image_cache_dir is set, into which the runtimes
     that can import registry images (images.RUNTIME_SCHEMES) have them pulled first."""
     return runtime in LOCAL_IMAGES_ONLY and not (image_cache and runtime in RUNTIME_SCHEMES)
+
+
+# Charliecloud (0.31) refuses a bind whose destination crosses an absolute symlink of the image
+# ("symlink not relative") and cannot create a missing one in a read-only image. So each target
+# is looked up in the image beforehand, as the container will see it: every symlink followed
+# relative to the image's root, never the host's. Run as one command on the cluster side:
+#   bash -c RESOLVE_IMAGE_PATHS ils-resolve IMAGE TARGET [IMAGE TARGET]...
+# prints for each pair "STATUS PATH" and a NUL: 1 the path exists in the image, 0 it does not,
+# ? the image is not a directory (a SquashFS file: nothing to look into).
+RESOLVE_IMAGE_PATHS = r"""
+resolve() {
+  local root=$1 rest=$2 cur="" part link hops=0
+  while [ -n "$rest" ]; do
+    part=${rest%%/*}
+    if [ "$part" = "$rest" ]; then rest=""; else rest=${rest#*/}; fi
+    case $part in
+      ''|.) continue ;;
+      ..) cur=${cur%/*}; continue ;;
+    esac
+    if [ -L "$root$cur/$part" ]; then
+      hops=$(( hops + 1 ))
+      [ "$hops" -le 40 ] || return 1
+      link=$(readlink -- "$root$cur/$part") || return 1
+      case $link in /*) cur="" ;; esac
+      rest="$link/$rest"
+    else
+      cur="$cur/$part"
+    fi
+  done
+  printf '%s' "${cur:-/}"
+}
+while [ "$#" -ge 2 ]; do
+  if [ ! -d "$1" ]; then
+    printf '? %s\0' "$2"
+  elif path=$(resolve "$1" "$2") && [ -e "$1$path" ]; then
+    printf '1 %s\0' "$path"
+  else
+    printf '0 %s\0' "${path:-$2}"
+  fi
+  shift 2
+done
+"""
+
+
+def image_paths_argv(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The command that looks up (image directory, target) pairs (RESOLVE_IMAGE_PATHS)."""
+    return ["bash", "-c", RESOLVE_IMAGE_PATHS, "ils-resolve", *(w for p in pairs for w in p)]
+
+
+def parse_image_paths(
+    pairs: Sequence[tuple[str, str]], stdout: str
+) -> dict[tuple[str, str], str | None]:
+    """(image, target) → the target's path in the image, None when it is not there; pairs the
+    command could not look into (not a directory, no answer) are left out."""
+    out: dict[tuple[str, str], str | None] = {}
+    for pair, answer in zip(pairs, stdout.split("\0"), strict=False):
+        status, _, path = answer.partition(" ")
+        if status == "1" and path.startswith("/"):
+            out[pair] = path
+        elif status == "0":
+            out[pair] = None
+    return out

@@ -49,10 +49,26 @@ ils_wait() {{
 ILS_AFTER_LAUNCH='e=(); while IFS= read -r -d "" kv; do e+=("$kv"); done < "$1" || exit 127
 shift; exec env -- "${{e[@]}}" "$@"'
 
+# A process and all its descendants, frozen first so that none forks meanwhile: a watcher and
+# what it runs (sleep, a probe's check).
+ils_kill_tree() {{
+  local sig=$1 p
+  shift
+  for p in "$@"; do
+    kill -STOP "$p" 2>/dev/null || continue
+    # shellcheck disable=SC2046
+    ils_kill_tree "$sig" $(pgrep -P "$p" 2>/dev/null)
+    kill "-$sig" "$p" 2>/dev/null
+    kill -CONT "$p" 2>/dev/null
+  done
+}}
+
 # ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
 # its env file, its output in its log (through logpipe.py, which notes when each chunk was
-# written), its start time, end time, exit code and restarts in files. Options, each followed
-# by its number of words:
+# written), its start time, end time, exit code and restarts in files. The container runs in a
+# session (and process group) of its own, whose id is its pid: a stop signals every process
+# of it, and what it leaves behind when it ends is killed, as its PID namespace would be.
+# Options, each followed by its number of words:
 #   -L launcher (srun, mpiexec...) that runs the container on every task of the job
 #   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
 #      run's log kept as <name>.previous.log
@@ -103,9 +119,10 @@ ils_container() {{
       rm -f "$pipe" && mkfifo -m 600 "$pipe"
       "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
       logger=$!
-      env -- "${{direct[@]}}" "${{launch[@]}}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
+      setsid env -- "${{direct[@]}}" "${{launch[@]}}" "$runtime" "$@" \
+        > "$pipe" 2>&1 < /dev/null &
     else
-      env -- "${{direct[@]}}" "${{launch[@]}}" "$runtime" "$@" \
+      setsid env -- "${{direct[@]}}" "${{launch[@]}}" "$runtime" "$@" \
         >> "containers/$name.log" 2>&1 < /dev/null &
     fi
     cpid=$!
@@ -123,17 +140,19 @@ ils_container() {{
       ils_probe "$name" "$cpid" "${{liveness[@]}}" & watchers+=($!)
     fi
     ils_wait "$cpid"; rc=$?
+    kill -KILL -- "-$cpid" 2>/dev/null
+    pkill -KILL -s "$cpid" 2>/dev/null
     cpid=""
-    if [ "${{#watchers[@]}}" -gt 0 ]; then kill "${{watchers[@]}}" 2>/dev/null; fi
+    if [ "${{#watchers[@]}}" -gt 0 ]; then ils_kill_tree TERM "${{watchers[@]}}"; fi
     [ "${{#readiness[@]}}" -eq 0 ] || ils_put "containers/$name.ready" false
     if [ -n "$logger" ]; then
-      # The log ends with the container, even if a process it left behind holds the pipe open.
-      # (Stopping the watchdog stops its sleep too, so nothing outlives the container.)
-      ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
-        sleep 5 & s=$!; wait "$s"; kill -KILL "$logger" 2>/dev/null ) &
+      # The log ends with the container, even if a process it left behind (a daemon of a
+      # session of its own) holds the pipe open; the TERM that scancel sends to every process
+      # does not call the watchdog off (the logger ignores it).
+      ( trap '' TERM INT; sleep 5; kill -KILL "$logger" 2>/dev/null ) &
       local watchdog=$!
       ils_wait "$logger"
-      kill "$watchdog" 2>/dev/null
+      ils_kill_tree KILL "$watchdog"
       rm -f "$pipe"
     fi
     ils_put "containers/$name.finished" "$(ils_now)"
@@ -174,7 +193,7 @@ ils_graceful() {{
   ILS_STOPPING=1
   [ -n "$cpid" ] || return 0
   ils_prestop
-  kill -TERM "$cpid" 2>/dev/null
+  kill -TERM -- "-$cpid" 2>/dev/null
 }}
 
 # The preStop hook of the container being run, once, when the job is told to stop.
@@ -236,10 +255,11 @@ u.urlopen(r, timeout=float(sys.argv[1]), context=ssl._create_unverified_context(
   esac
 }
 
-# Stop a container: SIGTERM, then SIGKILL after the pod's grace period.
+# Stop a container (every process of its session): SIGTERM, then SIGKILL after the pod's grace
+# period.
 ils_stop() {
-  kill -TERM "$1" 2>/dev/null
-  ( sleep "$ILS_GRACE"; kill -KILL "$1" 2>/dev/null ) &
+  kill -TERM -- "-$1" 2>/dev/null
+  ( sleep "$ILS_GRACE"; kill -KILL -- "-$1" 2>/dev/null ) &
 }
 
 # ils_probe NAME PID KIND DELAY PERIOD TIMEOUT SUCCESS FAILURE CHECK...: while the container
@@ -454,19 +474,30 @@ def _before_containers(plan: JobPlan) -> list[str]:
         lines.append(f"{every_node}mkdir -p -m 700 -- {_quote_argv(local)}")
     if scratch:
         cleanup.append(f"{every_node}rm -rf -- {_quote_argv(scratch)}")
+    if plan.read_only_dirs:
+        dirs = _quote_argv(plan.read_only_dirs)
+        lines += [
+            "",
+            "# The runtime's binds are read-write: the pod's own copies of its read-only volumes",
+            "# are made read-only by their permissions (which hold back any user but root).",
+            f"chmod -R a-w -- {dirs}",
+        ]
+        cleanup.append(f"chmod -R u+w -- {dirs}")
     if plan.tunnel:
         cleanup.append('[ -z "${ILS_TUNNEL:-}" ] || kill -TERM -- "-$ILS_TUNNEL" 2>/dev/null')
     if plan.size_limits:
         cleanup.append('[ -z "${ILS_SIZE_WATCH:-}" ] || kill "$ILS_SIZE_WATCH" 2>/dev/null')
-    if cleanup:
-        lines += [
-            "",
-            "# When the job ends, however it ends: stop the tunnel, remove node directories.",
-            "ils_cleanup() {",
-            *(f"  {c}" for c in cleanup),
-            "}",
-            "trap ils_cleanup EXIT",
-        ]
+    lines += REAP.rstrip("\n").split("\n")
+    lines += [
+        "",
+        "# When the job ends, however it ends: stop the tunnel, remove node directories, and end",
+        "# whatever of the job still runs.",
+        "ils_cleanup() {",
+        *(f"  {c}" for c in cleanup),
+        "  ils_reap",
+        "}",
+        "trap ils_cleanup EXIT",
+    ]
     if plan.pre_exec:
         lines += [
             "",
@@ -504,6 +535,23 @@ def _before_containers(plan: JobPlan) -> list[str]:
     return lines
 
 
+# Every job ends its processes: linuxproc-style process tracking loses a process whose parent
+# ended (a daemon a container started, a watcher's sleep), and nothing of a pod may outlive it.
+REAP = r"""
+# ils_reap: kill what still runs of this job when it ends: every process of this user with
+# the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell.
+ils_reap() {
+  local p
+  [ -n "${SLURM_JOB_ID:-}" ] || return 0
+  for p in $(grep -lsxzF -- "SLURM_JOB_ID=$SLURM_JOB_ID" /proc/[0-9]*/environ); do
+    p=${p#/proc/}
+    p=${p%/environ}
+    [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] || kill -KILL "$p" 2>/dev/null
+  done
+}
+"""
+
+
 # emptyDir sizeLimits, written only when a pod sets one.
 SIZE_WATCH = r"""
 # ils_size_watch [VOLUME PATH KIB LIMIT]...: watch the emptyDirs' sizes, as the kubelet does:
@@ -536,6 +584,36 @@ ils_size_watch() {
 STOPPED = '[ -z "$ILS_STOPPING" ] || exit 143'
 
 
+# The variables of the script the containers' functions read, handed to the mesh's shell.
+_MESH_VARIABLES = (
+    "POD_DIR ILS_PYTHON ILS_STOPPING ILS_RUN ILS_BACKOFF ILS_BACKOFF_MAX ILS_GRACE ILS_HOOK_TIMEOUT"
+)
+
+
+def _in_mesh(plan: JobPlan, pod: list[str]) -> list[str]:
+    """The containers' part of the script, run inside interLink's full mesh: a function that
+    the mesh script (whose template runs its arguments in the mesh's network namespace) runs
+    in a shell of its own, given this script's functions and variables (mesh-pod.sh)."""
+    assert plan.mesh is not None
+    return [
+        "",
+        "# interLink's full mesh (Network.FullMesh): the containers run inside the mesh's network",
+        "# namespace. Its script (mesh.sh, from the pre-exec's EOFMESH heredoc) runs its arguments",
+        "# there: a shell given this script's functions and variables, which runs ils_pod.",
+        "ils_pod() {",
+        *(f"  {line}" if line else "" for line in pod),
+        "}",
+        "{",
+        "  echo 'set -o nounset -o pipefail; umask 077'",
+        f"  declare -p {_MESH_VARIABLES} 2>/dev/null",
+        "  declare -f",
+        """  echo 'cd "$POD_DIR" || exit 1; trap "ILS_STOPPING=1" TERM INT URG; ils_pod'""",
+        "} > mesh-pod.sh",
+        f'bash ./{shlex.quote(plan.mesh)} /bin/bash "$POD_DIR/mesh-pod.sh"',
+        "",
+    ]
+
+
 def render_script(plan: JobPlan) -> str:
     lines = ["#!/bin/bash"]
     lines += [f"#SBATCH {d}" for d in plan.directives]
@@ -548,6 +626,20 @@ def render_script(plan: JobPlan) -> str:
         ).rstrip("\n")
     )
     lines += _before_containers(plan)
+    body = _containers(plan)
+    if plan.mesh is None:
+        return "\n".join([*lines, *body])
+    # In a function, each exit a return to the mesh's shell, which ends with it.
+    inner = [
+        line.replace('exit "$', 'return "$').replace("|| exit 143", "|| return 143")
+        for line in body
+    ]
+    return "\n".join([*lines, *_in_mesh(plan, inner[:-1])])
+
+
+def _containers(plan: JobPlan) -> list[str]:
+    """Init containers in order, then the containers together; the job's exit code."""
+    lines: list[str] = []
     if plan.init_containers:
         lines += ["", "# Init containers, in order; the first that fails ends the pod."]
         for c in plan.init_containers:
@@ -569,4 +661,4 @@ def render_script(plan: JobPlan) -> str:
         'exit "$status"',
         "",
     ]
-    return "\n".join(lines)
+    return lines

@@ -10,7 +10,7 @@ the partition the pod's own flags ask for and the ``accounts`` it may charge.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from interlink_slurm.config import DEFAULT_CLUSTER, Settings
@@ -18,7 +18,7 @@ from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate import annotations as ann
 from interlink_slurm.translate.matching import label_mismatch, preference, untolerated
 from interlink_slurm.translate.plan import JobPlan
-from interlink_slurm.translate.pod import build_plan
+from interlink_slurm.translate.pod import ImageCommands, build_plan
 from interlink_slurm.translate.resources import pod_resources
 from interlink_slurm.translate.site import Target
 from interlink_slurm.wire import RetrievedPodData
@@ -45,13 +45,23 @@ def directive(plan: JobPlan, option: str) -> str | None:
 
 
 def candidates(
-    data: RetrievedPodData, settings: Settings, pod_dir: Callable[[str], str]
+    data: RetrievedPodData,
+    settings: Settings,
+    pod_dir: Callable[[str], str],
+    image_commands: ImageCommands | None = None,
+    root_clusters: Collection[str] = (),
 ) -> list[Candidate]:
     """Every target, in the configured order, with the pod's plan there or why not.
     ``pod_dir(cluster)`` is the pod's directory on that cluster. Without targets: the one
     plan of the top-level configuration (whose PodRejected is raised as it is)."""
     if not settings.targets:
-        plan = build_plan(data, settings, pod_dir(DEFAULT_CLUSTER))
+        plan = build_plan(
+            data,
+            settings,
+            pod_dir(DEFAULT_CLUSTER),
+            image_commands=image_commands,
+            submit_as_root=DEFAULT_CLUSTER in root_clusters,
+        )
         return [Candidate("", DEFAULT_CLUSTER, Target(), plan=plan)]
     spec = data.pod.spec
     wants_gpus = pod_resources(spec, 1, 1, settings.accelerator_names).gpus > 0
@@ -65,7 +75,15 @@ def candidates(
             out.append(Candidate(name, cluster, t, rejected=why))
             continue
         try:
-            plan = build_plan(data, settings, pod_dir(cluster), t, name)
+            plan = build_plan(
+                data,
+                settings,
+                pod_dir(cluster),
+                t,
+                name,
+                image_commands=image_commands,
+                submit_as_root=cluster in root_clusters,
+            )
         except PodRejected as err:
             out.append(Candidate(name, cluster, t, rejected=err))
             continue

@@ -48,6 +48,11 @@ class VolumeLayout:
     node_dirs: tuple[str, ...] = ()  # absolute: created by the job on the node
     scratch_dirs: tuple[str, ...] = ()  # absolute: removed by the job when it ends
     size_limits: tuple[SizeLimit, ...] = ()  # emptyDirs with a sizeLimit
+    # (container, why one of its mounts was left out): said in its status, not refused.
+    warnings: tuple[tuple[str, str], ...] = ()
+    # Relative directories of volumes only ever mounted read-only (configMap, secret...): the
+    # pod's own copies, which can be made read-only by their permissions.
+    read_only_dirs: tuple[str, ...] = ()
 
 
 def volume_dir(name: str) -> str:
@@ -227,6 +232,9 @@ def lay_out_volumes(
     scratch_dirs: list[str] = []
     claims_read_only: set[str] = set()
     sources: dict[str, tuple[str, str]] = {}  # volume → (host path, kind)
+    # Volumes left out, and why: the pod runs without them (as the kubelet would not, but as
+    # interLink's own plugins do when interLink was told not to send their content).
+    skipped: dict[str, str] = {}
     size_limits: list[SizeLimit] = []
     for i, vol in enumerate(spec.volumes):
         where = f"spec.volumes[{i}]"
@@ -291,11 +299,13 @@ def lay_out_volumes(
         elif kind in ("projected", "downwardAPI"):
             pm = _find(projected, vol.name)
             if pm is None:
-                raise PodRejected(
-                    where,
-                    f"{kind} volume {vol.name!r} has no content: interLink sent no "
-                    "projectedvolumemaps entry for it",
+                # interLink's DisableProjectedVolumes: the service-account token and the like
+                # are not sent. The pod runs without the volume, as with interLink's own plugins.
+                skipped[vol.name] = (
+                    f"{kind} volume {vol.name!r} is not mounted: interLink sent no content for "
+                    "it (projectedvolumemaps; interLink's DisableProjectedVolumes?)"
                 )
+                continue
             assert isinstance(pm, ConfigMap)
             pdata = _config_map_data(pm, where)
             files += [
@@ -371,6 +381,7 @@ def lay_out_volumes(
         sources[vol.name] = (host, kind)
 
     binds: dict[str, tuple[Bind, ...]] = {}
+    warnings: list[tuple[str, str]] = []
     for group, containers in (
         ("initContainers", spec.init_containers),
         ("containers", spec.containers),
@@ -378,6 +389,9 @@ def lay_out_volumes(
         for i, c in enumerate(containers):
             out = []
             for j, m in enumerate(c.volume_mounts):
+                if m.name in skipped:
+                    warnings.append((c.name, skipped[m.name]))
+                    continue
                 if m.name not in sources:
                     raise PodRejected(
                         f"spec.{group}[{i}].volumeMounts[{j}].name",
@@ -397,4 +411,6 @@ def lay_out_volumes(
         tuple(node_dirs),
         tuple(scratch_dirs),
         tuple(size_limits),
+        tuple(warnings),
+        tuple(volume_dir(v) for v, (_, kind) in sources.items() if kind in READ_ONLY_KINDS),
     )

@@ -318,6 +318,7 @@ def test_command_args_and_env_reach_the_process_byte_exact(
         for name, value in expected_env.items():
             assert got["env"].get(name.encode()) == value.encode(), name
         runtime_args = [
+            "--private-tmp",
             "-b",
             f"{plan.pod_dir}/volumes/cfg:/etc/cfg",
             "-b",

@@ -528,13 +528,61 @@ def test_projected_volume_comes_from_projectedvolumemaps_named_like_the_volume()
     assert bind == Bind(f"{POD_DIR}/volumes/{PROJECTED}", PROJECTED_MOUNT["mountPath"], True)
 
 
-def test_projected_volume_without_its_map_is_rejected() -> None:
+def test_projected_volume_without_its_map_is_left_out_with_a_warning() -> None:
+    # interLink's DisableProjectedVolumes: no content is sent; the pod runs without it.
     other = pg.config_map("kube-api-access-other", {"token": "t"})
-    err = rejection(
+    plan = plan_of(
         pod_of(with_mounts(PROJECTED_MOUNT), volumes=[PROJECTED_VOLUME]), projected=[other]
     )
-    assert err.field == "spec.volumes[0]"
-    assert "projectedvolumemaps" in err.reason
+    assert container(plan).binds == ()
+    assert volume_files(plan, PROJECTED) == {}
+    [(name, warning)] = plan.warnings
+    assert name == "main"
+    assert PROJECTED in warning and "DisableProjectedVolumes" in warning
+
+
+def test_api_server_defaulted_pod_mounts_the_service_account_volume_in_every_container() -> None:
+    the_pod = pg.pod("p", [main()], init=[pg.container("init", command=["true"])], uid=UID)
+    data = RetrievedPodData.model_validate(pg.kube_retrieved(the_pod))
+    plan = build_plan(data, settings(), POD_DIR)
+    name = pg.sa_volume_name(the_pod)
+    vf = volume_files(plan, name)
+    assert vf["ca.crt"].content.decode() == pg.CA_CRT
+    assert vf["namespace"].content == b"default"
+    for c in (*plan.init_containers, *plan.containers):
+        assert Bind(f"{POD_DIR}/volumes/{name}", pg.SA_MOUNT_PATH, True) in c.binds
+    assert plan.warnings == ()
+
+
+def test_api_server_defaulted_pod_runs_without_the_token_under_disable_projected_volumes() -> None:
+    the_pod = pg.pod("p", [main()], uid=UID)
+    data = RetrievedPodData.model_validate(pg.kube_retrieved(the_pod, projected_volumes=False))
+    plan = build_plan(data, settings(), POD_DIR)
+    assert container(plan).binds == ()
+    assert [c for c, _ in plan.warnings] == ["main"]
+
+
+def test_mount_targets_found_in_the_image_replace_the_pod_s_paths() -> None:
+    s = runtime_settings("charliecloud")
+    image = LOCAL_IMAGE["charliecloud"]
+    mounts = [PROJECTED_MOUNT, {"name": "scratch", "mountPath": "/mnt/absent"}]
+    the_pod = pod_of(
+        with_mounts(*mounts), volumes=[PROJECTED_VOLUME, {"name": "scratch", "emptyDir": {}}]
+    )
+    data = RetrievedPodData.model_validate(
+        pg.retrieved(the_pod, projected=[pg.config_map(PROJECTED, {"token": "t"})])
+    )
+    found = {
+        (image, PROJECTED_MOUNT["mountPath"]): "/run/secrets/kubernetes.io/serviceaccount",
+        (image, "/mnt/absent"): None,
+    }
+    plan = build_plan(data, s, POD_DIR, mount_targets=found)
+    (bind,) = container(plan).binds
+    assert bind.target == "/run/secrets/kubernetes.io/serviceaccount"
+    assert "-b" in plan.runtime_argv["main"]
+    assert f"{bind.source}:{bind.target}" in plan.runtime_argv["main"]
+    [(name, warning)] = plan.warnings
+    assert name == "main" and "/mnt/absent" in warning and "does not exist in image" in warning
 
 
 def test_empty_dir_is_a_directory_only_and_read_write() -> None:
@@ -1001,6 +1049,7 @@ def test_runtime_path_and_options_are_used() -> None:
     assert argv == (
         "/opt/apptainer/bin/apptainer",
         "exec",
+        "--contain",  # a private /tmp, which the site's options no longer give
         "--cleanenv",
         f"docker://{pg.IMAGE}",
         "true",
@@ -1019,6 +1068,8 @@ def test_enroot_mounts_env_names_and_working_directory() -> None:
     assert plan.runtime_argv["main"] == (
         "enroot",
         "start",
+        "--mount",
+        "tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777",
         "--mount",
         f"{POD_DIR}/volumes/scratch /scratch none x-create=auto,rbind",
         "--mount",
@@ -1076,9 +1127,10 @@ def test_enroot_create_mode_names_each_distinct_image_in_order_of_first_use() ->
         "main": "ils-1",
         "side": "ils-0",
     }
-    assert plan.runtime_argv["main"] == ("/opt/enroot", "start", "ils-1", "true")
+    tmp = ("--mount", "tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777")
+    assert plan.runtime_argv["main"] == ("/opt/enroot", "start", *tmp, "ils-1", "true")
     probe = container(plan).lifecycle.readiness
-    assert probe[-5:] == ("/opt/enroot", "start", "ils-1", "cat", "/ok")
+    assert probe[-7:] == ("/opt/enroot", "start", *tmp, "ils-1", "cat", "/ok")
     # The job's own directory, made and removed on the node; nothing about it in the pod's dirs.
     assert plan.node_dirs == () and plan.scratch_dirs == ()
     script = render_script(plan)
@@ -1106,6 +1158,7 @@ def test_charliecloud_binds_working_directory_and_separator() -> None:
     )
     assert argv_of(c, "charliecloud", volumes=vols) == (
         "ch-run",
+        "--private-tmp",
         "-b",
         f"{POD_DIR}/volumes/scratch:/mnt/0",
         "-c",
@@ -1117,6 +1170,40 @@ def test_charliecloud_binds_working_directory_and_separator() -> None:
         "-x",
         "--flag",
     )
+
+
+@pytest.mark.parametrize(
+    ("runtime", "options", "expected"),
+    [
+        ("apptainer", [], ("--contain",)),
+        ("apptainer", ["--containall"], ("--containall",)),
+        ("singularity", ["--contain"], ("--contain",)),
+        ("charliecloud", [], ("--private-tmp",)),
+        ("charliecloud", ["-t"], ("-t",)),
+    ],
+)
+def test_every_container_gets_a_private_tmp_said_once(
+    runtime: str, options: list[str], expected: tuple[str, ...]
+) -> None:
+    plan = plan_of(pod_of(main()), runtime_settings(runtime, runtime_options=options))
+    argv = plan.runtime_argv["main"]
+    said = [a for a in argv if a in ("--contain", "--containall", "--private-tmp", "-t")]
+    assert tuple(said) == expected
+
+
+def test_charliecloud_read_only_volumes_are_made_read_only_by_the_job_and_writable_after() -> None:
+    vols = [CM_VOLUME, {"name": "scratch", "emptyDir": {}}]
+    c = main(volumeMounts=[CM_MOUNT, {"name": "scratch", "mountPath": "/scratch"}])
+    plan = plan_of(
+        pod_of(c, volumes=vols), runtime_settings("charliecloud"), config_maps=[APP_CONFIG]
+    )
+    assert plan.read_only_dirs == ("volumes/cfg",)
+    script = render_script(plan)
+    assert "\nchmod -R a-w -- volumes/cfg\n" in script
+    assert "\n  chmod -R u+w -- volumes/cfg\n" in script
+    # Runtimes with read-only binds need none of it.
+    plan = plan_of(pod_of(c, volumes=vols), runtime_settings("apptainer"), config_maps=[APP_CONFIG])
+    assert plan.read_only_dirs == ()
 
 
 def test_charliecloud_runs_args_alone_as_the_command() -> None:

@@ -47,7 +47,7 @@ def test_disk_empty_dir_stays_in_the_pod_directory() -> None:
     plan = plan_of(mounted({"name": "scratch", "emptyDir": {}}))
     assert container(plan).binds[0].source == f"{POD_DIR}/volumes/scratch"
     assert plan.node_dirs == () and plan.scratch_dirs == ()
-    assert "ils_cleanup" not in render_script(plan)
+    assert "rm -rf" not in render_script(plan)
 
 
 def test_size_limits_are_watched_by_the_job_in_kib() -> None:
