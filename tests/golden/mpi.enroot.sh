@@ -46,10 +46,26 @@ ils_wait() {
 ILS_AFTER_LAUNCH='e=(); while IFS= read -r -d "" kv; do e+=("$kv"); done < "$1" || exit 127
 shift; exec env -- "${e[@]}" "$@"'
 
+# A process and all its descendants, frozen first so that none forks meanwhile: a watcher and
+# what it runs (sleep, a probe's check).
+ils_kill_tree() {
+  local sig=$1 p
+  shift
+  for p in "$@"; do
+    kill -STOP "$p" 2>/dev/null || continue
+    # shellcheck disable=SC2046
+    ils_kill_tree "$sig" $(pgrep -P "$p" 2>/dev/null)
+    kill "-$sig" "$p" 2>/dev/null
+    kill -CONT "$p" 2>/dev/null
+  done
+}
+
 # ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
 # its env file, its output in its log (through logpipe.py, which notes when each chunk was
-# written), its start time, end time, exit code and restarts in files. Options, each followed
-# by its number of words:
+# written), its start time, end time, exit code and restarts in files. The container runs in a
+# session (and process group) of its own, whose id is its pid: a stop signals every process
+# of it, and what it leaves behind when it ends is killed, as its PID namespace would be.
+# Options, each followed by its number of words:
 #   -L launcher (srun, mpiexec...) that runs the container on every task of the job
 #   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
 #      run's log kept as <name>.previous.log
@@ -100,9 +116,10 @@ ils_container() {
       rm -f "$pipe" && mkfifo -m 600 "$pipe"
       "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
       logger=$!
-      env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
+      setsid env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
+        > "$pipe" 2>&1 < /dev/null &
     else
-      env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
+      setsid env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
         >> "containers/$name.log" 2>&1 < /dev/null &
     fi
     cpid=$!
@@ -120,17 +137,19 @@ ils_container() {
       ils_probe "$name" "$cpid" "${liveness[@]}" & watchers+=($!)
     fi
     ils_wait "$cpid"; rc=$?
+    kill -KILL -- "-$cpid" 2>/dev/null
+    pkill -KILL -s "$cpid" 2>/dev/null
     cpid=""
-    if [ "${#watchers[@]}" -gt 0 ]; then kill "${watchers[@]}" 2>/dev/null; fi
+    if [ "${#watchers[@]}" -gt 0 ]; then ils_kill_tree TERM "${watchers[@]}"; fi
     [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
     if [ -n "$logger" ]; then
-      # The log ends with the container, even if a process it left behind holds the pipe open.
-      # (Stopping the watchdog stops its sleep too, so nothing outlives the container.)
-      ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
-        sleep 5 & s=$!; wait "$s"; kill -KILL "$logger" 2>/dev/null ) &
+      # The log ends with the container, even if a process it left behind (a daemon of a
+      # session of its own) holds the pipe open; the TERM that scancel sends to every process
+      # does not call the watchdog off (the logger ignores it).
+      ( trap '' TERM INT; sleep 5; kill -KILL "$logger" 2>/dev/null ) &
       local watchdog=$!
       ils_wait "$logger"
-      kill "$watchdog" 2>/dev/null
+      ils_kill_tree KILL "$watchdog"
       rm -f "$pipe"
     fi
     ils_put "containers/$name.finished" "$(ils_now)"
@@ -171,7 +190,7 @@ ils_graceful() {
   ILS_STOPPING=1
   [ -n "$cpid" ] || return 0
   ils_prestop
-  kill -TERM "$cpid" 2>/dev/null
+  kill -TERM -- "-$cpid" 2>/dev/null
 }
 
 # The preStop hook of the container being run, once, when the job is told to stop.
@@ -209,10 +228,24 @@ ILS_BACKOFF=10 ILS_BACKOFF_MAX=300 ILS_GRACE=30 ILS_HOOK_TIMEOUT=30
 mkdir -p -m 700 -- /shared/claims/default/cases
 srun --nodes=2 --ntasks=2 --ntasks-per-node=1 mkdir -p -m 700 -- /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast
 
-# When the job ends, however it ends: stop the tunnel, remove node directories.
+# ils_reap: kill what still runs of this job when it ends: every process of this user with
+# the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell.
+ils_reap() {
+  local p
+  [ -n "${SLURM_JOB_ID:-}" ] || return 0
+  for p in $(grep -lsxzF -- "SLURM_JOB_ID=$SLURM_JOB_ID" /proc/[0-9]*/environ); do
+    p=${p#/proc/}
+    p=${p%/environ}
+    [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] || kill -KILL "$p" 2>/dev/null
+  done
+}
+
+# When the job ends, however it ends: stop the tunnel, remove node directories, and end
+# whatever of the job still runs.
 ils_cleanup() {
   srun --nodes=2 --ntasks=2 --ntasks-per-node=1 rm -rf -- /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888
   [ -z "${ILS_SIZE_WATCH:-}" ] || kill "$ILS_SIZE_WATCH" 2>/dev/null
+  ils_reap
 }
 trap ils_cleanup EXIT
 
@@ -252,7 +285,7 @@ ILS_SIZE_WATCH=$!
 pids=()
 ils_container sim \
     -L 3 srun --mpi=pmix --cpu-bind=cores \
-    enroot start --mount '/shared/claims/default/cases /data none x-create=auto,rbind' --mount '/dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast /scratch none x-create=auto,rbind' /images/debian-python.sqsh /opt/sim/bin/solver --input=/data/case.nml --steps=1000 &
+    enroot start --mount 'tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777' --mount '/shared/claims/default/cases /data none x-create=auto,rbind' --mount '/dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast /scratch none x-create=auto,rbind' /images/debian-python.sqsh /opt/sim/bin/solver --input=/data/case.nml --steps=1000 &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

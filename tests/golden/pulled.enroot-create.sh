@@ -41,10 +41,26 @@ ils_wait() {
 ILS_AFTER_LAUNCH='e=(); while IFS= read -r -d "" kv; do e+=("$kv"); done < "$1" || exit 127
 shift; exec env -- "${e[@]}" "$@"'
 
+# A process and all its descendants, frozen first so that none forks meanwhile: a watcher and
+# what it runs (sleep, a probe's check).
+ils_kill_tree() {
+  local sig=$1 p
+  shift
+  for p in "$@"; do
+    kill -STOP "$p" 2>/dev/null || continue
+    # shellcheck disable=SC2046
+    ils_kill_tree "$sig" $(pgrep -P "$p" 2>/dev/null)
+    kill "-$sig" "$p" 2>/dev/null
+    kill -CONT "$p" 2>/dev/null
+  done
+}
+
 # ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
 # its env file, its output in its log (through logpipe.py, which notes when each chunk was
-# written), its start time, end time, exit code and restarts in files. Options, each followed
-# by its number of words:
+# written), its start time, end time, exit code and restarts in files. The container runs in a
+# session (and process group) of its own, whose id is its pid: a stop signals every process
+# of it, and what it leaves behind when it ends is killed, as its PID namespace would be.
+# Options, each followed by its number of words:
 #   -L launcher (srun, mpiexec...) that runs the container on every task of the job
 #   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
 #      run's log kept as <name>.previous.log
@@ -95,9 +111,10 @@ ils_container() {
       rm -f "$pipe" && mkfifo -m 600 "$pipe"
       "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
       logger=$!
-      env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
+      setsid env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
+        > "$pipe" 2>&1 < /dev/null &
     else
-      env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
+      setsid env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
         >> "containers/$name.log" 2>&1 < /dev/null &
     fi
     cpid=$!
@@ -115,17 +132,19 @@ ils_container() {
       ils_probe "$name" "$cpid" "${liveness[@]}" & watchers+=($!)
     fi
     ils_wait "$cpid"; rc=$?
+    kill -KILL -- "-$cpid" 2>/dev/null
+    pkill -KILL -s "$cpid" 2>/dev/null
     cpid=""
-    if [ "${#watchers[@]}" -gt 0 ]; then kill "${watchers[@]}" 2>/dev/null; fi
+    if [ "${#watchers[@]}" -gt 0 ]; then ils_kill_tree TERM "${watchers[@]}"; fi
     [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
     if [ -n "$logger" ]; then
-      # The log ends with the container, even if a process it left behind holds the pipe open.
-      # (Stopping the watchdog stops its sleep too, so nothing outlives the container.)
-      ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
-        sleep 5 & s=$!; wait "$s"; kill -KILL "$logger" 2>/dev/null ) &
+      # The log ends with the container, even if a process it left behind (a daemon of a
+      # session of its own) holds the pipe open; the TERM that scancel sends to every process
+      # does not call the watchdog off (the logger ignores it).
+      ( trap '' TERM INT; sleep 5; kill -KILL "$logger" 2>/dev/null ) &
       local watchdog=$!
       ils_wait "$logger"
-      kill "$watchdog" 2>/dev/null
+      ils_kill_tree KILL "$watchdog"
       rm -f "$pipe"
     fi
     ils_put "containers/$name.finished" "$(ils_now)"
@@ -166,7 +185,7 @@ ils_graceful() {
   ILS_STOPPING=1
   [ -n "$cpid" ] || return 0
   ils_prestop
-  kill -TERM "$cpid" 2>/dev/null
+  kill -TERM -- "-$cpid" 2>/dev/null
 }
 
 # The preStop hook of the container being run, once, when the job is told to stop.
@@ -204,10 +223,24 @@ chmod -Rf u+w -- /local/enroot/interlink-slurm-77777777-8888-4999-8aaa-bbbbbbbbb
 rm -rf -- /local/enroot/interlink-slurm-77777777-8888-4999-8aaa-bbbbbbbbbbbb
 mkdir -p -m 700 -- /local/enroot/interlink-slurm-77777777-8888-4999-8aaa-bbbbbbbbbbbb
 
-# When the job ends, however it ends: stop the tunnel, remove node directories.
+# ils_reap: kill what still runs of this job when it ends: every process of this user with
+# the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell.
+ils_reap() {
+  local p
+  [ -n "${SLURM_JOB_ID:-}" ] || return 0
+  for p in $(grep -lsxzF -- "SLURM_JOB_ID=$SLURM_JOB_ID" /proc/[0-9]*/environ); do
+    p=${p#/proc/}
+    p=${p%/environ}
+    [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] || kill -KILL "$p" 2>/dev/null
+  done
+}
+
+# When the job ends, however it ends: stop the tunnel, remove node directories, and end
+# whatever of the job still runs.
 ils_cleanup() {
   chmod -Rf u+w -- /local/enroot/interlink-slurm-77777777-8888-4999-8aaa-bbbbbbbbbbbb 2>/dev/null
   rm -rf -- /local/enroot/interlink-slurm-77777777-8888-4999-8aaa-bbbbbbbbbbbb
+  ils_reap
 }
 trap ils_cleanup EXIT
 
@@ -249,7 +282,7 @@ enroot create --name ils-0 /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container main enroot start ils-0 python3 -c 'print(1)' &
+ils_container main enroot start --mount 'tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777' ils-0 python3 -c 'print(1)' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -43,10 +43,26 @@ ils_wait() {
 ILS_AFTER_LAUNCH='e=(); while IFS= read -r -d "" kv; do e+=("$kv"); done < "$1" || exit 127
 shift; exec env -- "${e[@]}" "$@"'
 
+# A process and all its descendants, frozen first so that none forks meanwhile: a watcher and
+# what it runs (sleep, a probe's check).
+ils_kill_tree() {
+  local sig=$1 p
+  shift
+  for p in "$@"; do
+    kill -STOP "$p" 2>/dev/null || continue
+    # shellcheck disable=SC2046
+    ils_kill_tree "$sig" $(pgrep -P "$p" 2>/dev/null)
+    kill "-$sig" "$p" 2>/dev/null
+    kill -CONT "$p" 2>/dev/null
+  done
+}
+
 # ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
 # its env file, its output in its log (through logpipe.py, which notes when each chunk was
-# written), its start time, end time, exit code and restarts in files. Options, each followed
-# by its number of words:
+# written), its start time, end time, exit code and restarts in files. The container runs in a
+# session (and process group) of its own, whose id is its pid: a stop signals every process
+# of it, and what it leaves behind when it ends is killed, as its PID namespace would be.
+# Options, each followed by its number of words:
 #   -L launcher (srun, mpiexec...) that runs the container on every task of the job
 #   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
 #      run's log kept as <name>.previous.log
@@ -97,9 +113,10 @@ ils_container() {
       rm -f "$pipe" && mkfifo -m 600 "$pipe"
       "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
       logger=$!
-      env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" > "$pipe" 2>&1 < /dev/null &
+      setsid env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
+        > "$pipe" 2>&1 < /dev/null &
     else
-      env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
+      setsid env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
         >> "containers/$name.log" 2>&1 < /dev/null &
     fi
     cpid=$!
@@ -117,17 +134,19 @@ ils_container() {
       ils_probe "$name" "$cpid" "${liveness[@]}" & watchers+=($!)
     fi
     ils_wait "$cpid"; rc=$?
+    kill -KILL -- "-$cpid" 2>/dev/null
+    pkill -KILL -s "$cpid" 2>/dev/null
     cpid=""
-    if [ "${#watchers[@]}" -gt 0 ]; then kill "${watchers[@]}" 2>/dev/null; fi
+    if [ "${#watchers[@]}" -gt 0 ]; then ils_kill_tree TERM "${watchers[@]}"; fi
     [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
     if [ -n "$logger" ]; then
-      # The log ends with the container, even if a process it left behind holds the pipe open.
-      # (Stopping the watchdog stops its sleep too, so nothing outlives the container.)
-      ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
-        sleep 5 & s=$!; wait "$s"; kill -KILL "$logger" 2>/dev/null ) &
+      # The log ends with the container, even if a process it left behind (a daemon of a
+      # session of its own) holds the pipe open; the TERM that scancel sends to every process
+      # does not call the watchdog off (the logger ignores it).
+      ( trap '' TERM INT; sleep 5; kill -KILL "$logger" 2>/dev/null ) &
       local watchdog=$!
       ils_wait "$logger"
-      kill "$watchdog" 2>/dev/null
+      ils_kill_tree KILL "$watchdog"
       rm -f "$pipe"
     fi
     ils_put "containers/$name.finished" "$(ils_now)"
@@ -168,7 +187,7 @@ ils_graceful() {
   ILS_STOPPING=1
   [ -n "$cpid" ] || return 0
   ils_prestop
-  kill -TERM "$cpid" 2>/dev/null
+  kill -TERM -- "-$cpid" 2>/dev/null
 }
 
 # The preStop hook of the container being run, once, when the job is told to stop.
@@ -229,10 +248,11 @@ u.urlopen(r, timeout=float(sys.argv[1]), context=ssl._create_unverified_context(
   esac
 }
 
-# Stop a container: SIGTERM, then SIGKILL after the pod's grace period.
+# Stop a container (every process of its session): SIGTERM, then SIGKILL after the pod's grace
+# period.
 ils_stop() {
-  kill -TERM "$1" 2>/dev/null
-  ( sleep "$ILS_GRACE"; kill -KILL "$1" 2>/dev/null ) &
+  kill -TERM -- "-$1" 2>/dev/null
+  ( sleep "$ILS_GRACE"; kill -KILL -- "-$1" 2>/dev/null ) &
 }
 
 # ils_probe NAME PID KIND DELAY PERIOD TIMEOUT SUCCESS FAILURE CHECK...: while the container
@@ -283,9 +303,23 @@ ils_hook() {
 # The pod's address as interLink gave it (interlink.eu/pod-ip).
 export POD_IP=10.244.3.17
 
-# When the job ends, however it ends: stop the tunnel, remove node directories.
+# ils_reap: kill what still runs of this job when it ends: every process of this user with
+# the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell.
+ils_reap() {
+  local p
+  [ -n "${SLURM_JOB_ID:-}" ] || return 0
+  for p in $(grep -lsxzF -- "SLURM_JOB_ID=$SLURM_JOB_ID" /proc/[0-9]*/environ); do
+    p=${p#/proc/}
+    p=${p%/environ}
+    [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] || kill -KILL "$p" 2>/dev/null
+  done
+}
+
+# When the job ends, however it ends: stop the tunnel, remove node directories, and end
+# whatever of the job still runs.
 ils_cleanup() {
   [ -z "${ILS_TUNNEL:-}" ] || kill -TERM -- "-$ILS_TUNNEL" 2>/dev/null
+  ils_reap
 }
 trap ils_cleanup EXIT
 
@@ -302,10 +336,10 @@ ils_container web \
     -P 1 Always \
     -U 9 startup 0 2 1 1 30 tcp 127.0.0.1 8888 \
     -R 8 readiness 0 5 1 1 3 http http://127.0.0.1:8888/ \
-    -V 15 liveness 0 10 1 1 5 exec enroot start --env POD_IP /images/debian-python.sqsh test -e /tmp/alive \
-    -S 8 exec enroot start --env POD_IP /images/debian-python.sqsh touch /tmp/alive \
+    -V 17 liveness 0 10 1 1 5 exec enroot start --mount 'tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777' --env POD_IP /images/debian-python.sqsh test -e /tmp/alive \
+    -S 10 exec enroot start --mount 'tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777' --env POD_IP /images/debian-python.sqsh touch /tmp/alive \
     -T 2 http http://127.0.0.1:8888/quit \
-    enroot start --env POD_IP /images/debian-python.sqsh python3 -m http.server 8888 &
+    enroot start --mount 'tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777' --env POD_IP /images/debian-python.sqsh python3 -m http.server 8888 &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do
