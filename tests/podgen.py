@@ -6,6 +6,8 @@ import base64
 import uuid
 from typing import Any
 
+from tests.deploy.helpers import e2e_scenarios
+
 IMAGE = "debian-python"
 
 
@@ -93,7 +95,7 @@ def retrieved(
 
 # --- Pods as the API server defaults them ----------------------------------------------------
 
-SA_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+SA_MOUNT_PATH = e2e_scenarios().SERVICE_ACCOUNT_DIR
 CA_CRT = (
     "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIBADAKBggqhkjOPQQDAjAjMSEwHwYDVQQDDBhrM3Mt\n"
     "-----END CERTIFICATE-----\n"
@@ -105,96 +107,17 @@ def sa_volume_name(the_pod: dict[str, Any]) -> str:
     return "kube-api-access-" + the_pod["metadata"]["uid"][:5]
 
 
-def kube_defaults(the_pod: dict[str, Any]) -> dict[str, Any]:
-    """What the API server adds to a pod: the service account's kube-api-access projected
-    volume mounted read-only in every container, defaultMode 420, and the field defaults of
-    pods and containers (vk-test-set's pods reach interLink in this shape)."""
-    spec = the_pod["spec"]
-    name = sa_volume_name(the_pod)
-    spec["volumes"] = [
-        *(spec.get("volumes") or []),
-        {
-            "name": name,
-            "projected": {
-                "sources": [
-                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                    {
-                        "configMap": {
-                            "name": "kube-root-ca.crt",
-                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                        }
-                    },
-                    {
-                        "downwardAPI": {
-                            "items": [
-                                {
-                                    "path": "namespace",
-                                    "fieldRef": {
-                                        "apiVersion": "v1",
-                                        "fieldPath": "metadata.namespace",
-                                    },
-                                }
-                            ]
-                        }
-                    },
-                ],
-                "defaultMode": 420,
-            },
-        },
-    ]
-    for c in (spec.get("initContainers") or []) + spec["containers"]:
-        c.setdefault("resources", {})
-        c.setdefault("terminationMessagePath", "/dev/termination-log")
-        c.setdefault("terminationMessagePolicy", "File")
-        c.setdefault("imagePullPolicy", "IfNotPresent")
-        c["volumeMounts"] = [
-            *(c.get("volumeMounts") or []),
-            {"name": name, "readOnly": True, "mountPath": SA_MOUNT_PATH},
-        ]
-    spec.setdefault("dnsPolicy", "ClusterFirst")
-    spec.setdefault("serviceAccountName", "default")
-    spec.setdefault("serviceAccount", "default")
-    spec.setdefault("securityContext", {})
-    spec.setdefault("schedulerName", "default-scheduler")
-    spec.setdefault("terminationGracePeriodSeconds", 30)
-    spec.setdefault("enableServiceLinks", True)
-    spec.setdefault("priority", 0)
-    spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
-    spec.setdefault(
-        "tolerations",
-        [
-            {
-                "key": f"node.kubernetes.io/{t}",
-                "operator": "Exists",
-                "effect": "NoExecute",
-                "tolerationSeconds": 300,
-            }
-            for t in ("not-ready", "unreachable")
-        ],
-    )
-    return the_pod
-
-
-def sa_projected_map(the_pod: dict[str, Any], token: str = SA_TOKEN) -> dict[str, Any]:
-    """The projectedvolumemaps entry interLink sends for the service-account volume."""
-    return {
-        "metadata": {"name": sa_volume_name(the_pod)},
-        "data": {
-            "token": token,
-            "ca.crt": CA_CRT,
-            "namespace": the_pod["metadata"]["namespace"],
-        },
-    }
-
-
 def kube_retrieved(
     the_pod: dict[str, Any], *, projected_volumes: bool = True, **objects: Any
 ) -> dict[str, Any]:
-    """RetrievedPodData of an API-server-defaulted pod, with the service-account volume's
-    content as interLink packs it (none with ``projected_volumes=False``: interLink's
-    DisableProjectedVolumes)."""
-    kube_defaults(the_pod)
+    """RetrievedPodData of a pod as the API server admits it (its defaults, the service
+    account's kube-api-access volume in every container: deploy/e2e/scenarios.py, which the e2e
+    runs use too), with that volume's content as interLink packs it (none with
+    ``projected_volumes=False``: interLink's DisableProjectedVolumes)."""
+    admission = e2e_scenarios()
+    admission.api_server_defaults(the_pod)
+    entry = admission.kube_api_access(the_pod, sa_volume_name(the_pod), SA_TOKEN, CA_CRT)
     projected = list(objects.pop("projected", None) or [])
     if projected_volumes:
-        projected.append(sa_projected_map(the_pod))
+        projected.append(entry)
     return retrieved(the_pod, projected=projected or None, **objects)

@@ -319,24 +319,28 @@ def admitted_pod(scenario: Scenario, namespace: str, uid: str) -> tuple[dict[str
     api_server_defaults(pod)
     projected: list[Any] = []
     if spec.get("automountServiceAccountToken") is not False:
-        vol = "kube-api-access-e2e"
-        spec.setdefault("volumes", [])
-        spec["volumes"] = [*(spec["volumes"] or []), _kube_api_access_volume(vol)]
-        for c in (spec.get("initContainers") or []) + spec["containers"]:
-            mount = {"name": vol, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}
-            c["volumeMounts"] = [*(c.get("volumeMounts") or []), mount]
+        ca = "-----BEGIN CERTIFICATE-----\ne2e\n-----END CERTIFICATE-----\n"
         projected.append(
-            {
-                "metadata": {"name": vol, "namespace": namespace},
-                "data": {
-                    "token": "e2e-service-account-token",
-                    "ca.crt": "-----BEGIN CERTIFICATE-----\ne2e\n-----END CERTIFICATE-----\n",
-                    "namespace": namespace,
-                },
-            }
+            kube_api_access(pod, "kube-api-access-e2e", "e2e-service-account-token", ca)
         )
     pod["status"] = {"phase": "Pending"}
     return pod, projected
+
+
+def kube_api_access(pod: dict[str, Any], volume: str, token: str, ca: str) -> dict[str, Any]:
+    """Like the ServiceAccount admission plugin, the kube-api-access projected volume (token,
+    ca.crt, namespace) mounted read-only in every container, in place; returns the
+    projectedvolumemaps entry the virtual kubelet sends for it."""
+    spec = pod["spec"]
+    spec["volumes"] = [*(spec.get("volumes") or []), _kube_api_access_volume(volume)]
+    for c in (spec.get("initContainers") or []) + spec["containers"]:
+        mount = {"name": volume, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}
+        c["volumeMounts"] = [*(c.get("volumeMounts") or []), mount]
+    namespace = pod["metadata"]["namespace"]
+    return {
+        "metadata": {"name": volume, "namespace": namespace},
+        "data": {"token": token, "ca.crt": ca, "namespace": namespace},
+    }
 
 
 def _kube_api_access_volume(name: str) -> dict[str, Any]:
