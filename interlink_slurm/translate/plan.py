@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Stands, in a container's argv, for the directory on the node that is the container's own
+# /tmp ($ILS_TMP/<container> in the job), shared with its exec probes and hooks as one
+# container's /tmp is in Kubernetes. NUL: never pod text.
+CONTAINER_TMP = "\x00TMP"
+
 
 @dataclass(frozen=True)
 class FileSpec:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate.images import CH_METADATA, RUNTIME_SCHEMES
-from interlink_slurm.translate.plan import ContainerPlan
+from interlink_slurm.translate.plan import CONTAINER_TMP, ContainerPlan
 
 ENV_PREFIX = {
     "apptainer": "APPTAINERENV_",
@@ -84,26 +84,36 @@ def env_entries(runtime: str, env: Sequence[tuple[str, str]]) -> list[str]:
     return [f"{prefix}{name}={value}" for name, value in env]
 
 
-# Each container gets a /tmp of its own, as a pod does, never the node's: Apptainer's --contain
-# (--containall, the default runtime_options, implies it; either also gives an empty $HOME and
-# a minimal /dev, GPUs still come with --nv), Charliecloud's --private-tmp, a tmpfs at /tmp for
-# Enroot (in its fstab syntax: created if the image lacks it). Not added when the site's
-# options already say so.
-PRIVATE_TMP: dict[str, tuple[str, ...]] = {
-    "apptainer": ("--contain",),
-    "singularity": ("--contain",),
-    "enroot": ("--mount", "tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777"),
-    "charliecloud": ("--private-tmp",),
-}
-_SAYS_PRIVATE_TMP = frozenset({"--contain", "--containall", "--private-tmp", "-t"})
+# Each container gets a /tmp of its own, never the node's, and the same one for its exec
+# probes and hooks, which the runtime starts as containers of their own (a postStart hook that
+# writes /tmp/x, a liveness probe that reads /tmp/healthy): a directory of the job on the node,
+# $ILS_TMP/<container>, is bound at /tmp. Apptainer takes it as --workdir (with --contain,
+# which --containall, the default runtime_options, implies: an empty $HOME and a minimal /dev
+# too, GPUs still come with --nv); Charliecloud and Enroot as a bind. Not added when the
+# site's options already give /tmp a place of their own.
+_CONTAINS = frozenset({"--contain", "-c", "--containall", "-C"})
+_WORKDIR = frozenset({"--workdir", "-W"})
+_PRIVATE_TMP = frozenset({"--private-tmp", "-t"})
 
 
-def _private_tmp(runtime: str, options: Sequence[str]) -> tuple[str, ...]:
-    return () if _SAYS_PRIVATE_TMP.intersection(options) else PRIVATE_TMP[runtime]
+def container_tmp(name: str) -> str:
+    """The container's own /tmp directory, in its argv (plan.CONTAINER_TMP)."""
+    return f"{CONTAINER_TMP}/{name}"
+
+
+def _private_tmp(runtime: str, options: Sequence[str], name: str) -> tuple[str, ...]:
+    said = {o.split("=", 1)[0] for o in options}
+    tmp = container_tmp(name)
+    if runtime in ("apptainer", "singularity"):
+        contain = () if _CONTAINS & said else ("--contain",)
+        return (*contain, *(() if _WORKDIR & said else ("--workdir", tmp)))
+    if runtime == "enroot":
+        return ("--mount", f"{tmp} /tmp none x-create=dir,rbind")
+    return () if _PRIVATE_TMP & said else ("-b", f"{tmp}:/tmp")
 
 
 def _apptainer(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
-    argv = [binary, "exec" if c.command else "run", *_private_tmp("apptainer", options)]
+    argv = [binary, "exec" if c.command else "run", *_private_tmp("apptainer", options, c.name)]
     argv += options
     if c.gpus:
         argv.append("--rocm" if c.gpu_vendor == "amd" else "--nv")
@@ -120,7 +130,7 @@ def _fstab(path: str) -> str:
 
 
 def _enroot(binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
-    argv = [binary, "start", *PRIVATE_TMP["enroot"], *options]
+    argv = [binary, "start", *_private_tmp("enroot", options, c.name), *options]
     for b in c.binds:
         flags = "x-create=auto,rbind,ro" if b.read_only else "x-create=auto,rbind"
         argv += ["--mount", f"{_fstab(b.source)} {_fstab(b.target)} none {flags}"]
@@ -155,7 +165,7 @@ def _charliecloud(binary: str, options: Sequence[str], c: ContainerPlan) -> list
             f"image {c.image} has no command of its own that Charliecloud can run (no "
             f"ENTRYPOINT or CMD in its {CH_METADATA}, as ch-image writes it): set command or args",
         )
-    argv = [binary, *_private_tmp("charliecloud", options), *options]
+    argv = [binary, *_private_tmp("charliecloud", options, c.name), *options]
     for b in c.binds:
         argv += ["-b", f"{b.source}:{b.target}"]
     if c.working_dir:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from interlink_slurm.translate.annotations import NTASKS
 from interlink_slurm.translate.lifecycle import HOOK_TIMEOUT_SECONDS
-from interlink_slurm.translate.plan import ContainerPlan, JobPlan, PlannedPull
+from interlink_slurm.translate.plan import CONTAINER_TMP, ContainerPlan, JobPlan, PlannedPull
 from interlink_slurm.translate.volumes import SHM_ROOT
 
 # The per-container protocol, also read back by jobdir.py:
@@ -378,12 +378,17 @@ def _or_exit(command: str, say: str, keep_code: bool = False) -> str:
 
 
 def _quote_argv(argv: Sequence[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
+    return " ".join(_word(a) for a in argv)
 
 
 def _word(a: str) -> str:
-    # The launcher's task count is the job's, known on the node only.
-    return '"${SLURM_NTASKS:-1}"' if a == NTASKS else shlex.quote(a)
+    # The launcher's task count and the containers' /tmp directories are the job's, known on
+    # the node only.
+    if a == NTASKS:
+        return '"${SLURM_NTASKS:-1}"'
+    if a.startswith(CONTAINER_TMP):
+        return '"$ILS_TMP"' + shlex.quote(a.removeprefix(CONTAINER_TMP))
+    return shlex.quote(a)
 
 
 def _container_line(c: ContainerPlan, argv: Sequence[str], background: bool) -> str:
@@ -446,6 +451,18 @@ def _before_containers(plan: JobPlan) -> list[str]:
         if plan.nodes > 1
         else ""
     )
+    names = [c.name for c in (*plan.init_containers, *plan.containers)]
+    lines += [
+        "",
+        "# Each container's own /tmp (shared with its exec probes and hooks), on each node, in a",
+        "# directory of the job's own: never the node's /tmp itself.",
+        'ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-$$}"',
+        f'{every_node}rm -rf -- "$ILS_TMP"',
+        f'{every_node}mkdir -m 700 -- "$ILS_TMP" || exit 1',
+        f"{every_node}mkdir -m 1777 -- {' '.join(_word(f'{CONTAINER_TMP}/{n}') for n in names)}"
+        " || exit 1",
+    ]
+    cleanup.append(f'{every_node}rm -rf -- "$ILS_TMP"')
     shared = [d for d in plan.node_dirs if not d.startswith(SHM_ROOT)]
     local = [d for d in plan.node_dirs if d.startswith(SHM_ROOT)]
     scratch = list(plan.scratch_dirs)
@@ -587,6 +604,7 @@ STOPPED = '[ -z "$ILS_STOPPING" ] || exit 143'
 # The variables of the script the containers' functions read, handed to the mesh's shell.
 _MESH_VARIABLES = (
     "POD_DIR ILS_PYTHON ILS_STOPPING ILS_RUN ILS_BACKOFF ILS_BACKOFF_MAX ILS_GRACE ILS_HOOK_TIMEOUT"
+    " ILS_TMP ILS_AFTER_LAUNCH"
 )
 
 

@@ -224,6 +224,13 @@ echo "interlink-slurm: pod default/mpi-sim starts as job ${SLURM_JOB_ID:-?} on $
 # Restart back-off (first, longest), grace of a stopped container, hook timeout; s.
 ILS_BACKOFF=10 ILS_BACKOFF_MAX=300 ILS_GRACE=30 ILS_HOOK_TIMEOUT=30
 
+# Each container's own /tmp (shared with its exec probes and hooks), on each node, in a
+# directory of the job's own: never the node's /tmp itself.
+ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-$$}"
+srun --nodes=2 --ntasks=2 --ntasks-per-node=1 rm -rf -- "$ILS_TMP"
+srun --nodes=2 --ntasks=2 --ntasks-per-node=1 mkdir -m 700 -- "$ILS_TMP" || exit 1
+srun --nodes=2 --ntasks=2 --ntasks-per-node=1 mkdir -m 1777 -- "$ILS_TMP"/sim || exit 1
+
 # Directories on the node: memory-backed emptyDirs, volume claims.
 mkdir -p -m 700 -- /shared/claims/default/cases
 srun --nodes=2 --ntasks=2 --ntasks-per-node=1 mkdir -p -m 700 -- /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast
@@ -243,6 +250,7 @@ ils_reap() {
 # When the job ends, however it ends: stop the tunnel, remove node directories, and end
 # whatever of the job still runs.
 ils_cleanup() {
+  srun --nodes=2 --ntasks=2 --ntasks-per-node=1 rm -rf -- "$ILS_TMP"
   srun --nodes=2 --ntasks=2 --ntasks-per-node=1 rm -rf -- /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888
   [ -z "${ILS_SIZE_WATCH:-}" ] || kill "$ILS_SIZE_WATCH" 2>/dev/null
   ils_reap
@@ -285,7 +293,7 @@ ILS_SIZE_WATCH=$!
 pids=()
 ils_container sim \
     -L 3 srun --mpi=pmix --cpu-bind=cores \
-    ch-run --private-tmp -b /shared/claims/default/cases:/data -b /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast:/scratch /images/debian-python -- /opt/sim/bin/solver --input=/data/case.nml --steps=1000 &
+    ch-run -b "$ILS_TMP"/sim:/tmp -b /shared/claims/default/cases:/data -b /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast:/scratch /images/debian-python -- /opt/sim/bin/solver --input=/data/case.nml --steps=1000 &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -216,6 +216,13 @@ ILS_STOPPING=""
 trap 'ILS_STOPPING=1' TERM INT URG
 echo "interlink-slurm: pod default/pulled starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
 
+# Each container's own /tmp (shared with its exec probes and hooks), on each node, in a
+# directory of the job's own: never the node's /tmp itself.
+ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-$$}"
+rm -rf -- "$ILS_TMP"
+mkdir -m 700 -- "$ILS_TMP" || exit 1
+mkdir -m 1777 -- "$ILS_TMP"/main || exit 1
+
 # Enroot unpacks the pod's images on each node into a directory of the job's own
 # (enroot_create_dir); what a run killed before its cleanup left there is removed.
 export ENROOT_DATA_PATH=/local/enroot/interlink-slurm-77777777-8888-4999-8aaa-bbbbbbbbbbbb
@@ -238,6 +245,7 @@ ils_reap() {
 # When the job ends, however it ends: stop the tunnel, remove node directories, and end
 # whatever of the job still runs.
 ils_cleanup() {
+  rm -rf -- "$ILS_TMP"
   chmod -Rf u+w -- /local/enroot/interlink-slurm-77777777-8888-4999-8aaa-bbbbbbbbbbbb 2>/dev/null
   rm -rf -- /local/enroot/interlink-slurm-77777777-8888-4999-8aaa-bbbbbbbbbbbb
   ils_reap
@@ -282,7 +290,7 @@ enroot create --name ils-0 /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container main enroot start --mount 'tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777' ils-0 python3 -c 'print(1)' &
+ils_container main enroot start --mount "$ILS_TMP"'/main /tmp none x-create=dir,rbind' ils-0 python3 -c 'print(1)' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

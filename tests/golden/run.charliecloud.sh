@@ -217,6 +217,13 @@ ILS_STOPPING=""
 trap 'ILS_STOPPING=1' TERM INT URG
 echo "interlink-slurm: pod default/web-7d9f starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
 
+# Each container's own /tmp (shared with its exec probes and hooks), on each node, in a
+# directory of the job's own: never the node's /tmp itself.
+ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-$$}"
+rm -rf -- "$ILS_TMP"
+mkdir -m 700 -- "$ILS_TMP" || exit 1
+mkdir -m 1777 -- "$ILS_TMP"/web || exit 1
+
 # The runtime's binds are read-write: the pod's own copies of its read-only volumes
 # are made read-only by their permissions (which hold back any user but root).
 chmod -R a-w -- volumes/config
@@ -236,6 +243,7 @@ ils_reap() {
 # When the job ends, however it ends: stop the tunnel, remove node directories, and end
 # whatever of the job still runs.
 ils_cleanup() {
+  rm -rf -- "$ILS_TMP"
   chmod -R u+w -- volumes/config
   ils_reap
 }
@@ -244,7 +252,7 @@ trap ils_cleanup EXIT
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container web ch-run --private-tmp -b /data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/config:/etc/app -b /data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/cache:/cache -c /srv/app /images/debian-python -- serve --port=8080 '--motd=it'"'"'s $(HOME) & `date`' &
+ils_container web ch-run -b "$ILS_TMP"/web:/tmp -b /data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/config:/etc/app -b /data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/cache:/cache -c /srv/app /images/debian-python -- serve --port=8080 '--motd=it'"'"'s $(HOME) & `date`' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

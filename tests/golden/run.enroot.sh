@@ -217,6 +217,13 @@ ILS_STOPPING=""
 trap 'ILS_STOPPING=1' TERM INT URG
 echo "interlink-slurm: pod default/web-7d9f starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
 
+# Each container's own /tmp (shared with its exec probes and hooks), on each node, in a
+# directory of the job's own: never the node's /tmp itself.
+ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-$$}"
+rm -rf -- "$ILS_TMP"
+mkdir -m 700 -- "$ILS_TMP" || exit 1
+mkdir -m 1777 -- "$ILS_TMP"/web || exit 1
+
 # ils_reap: kill what still runs of this job when it ends: every process of this user with
 # the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell.
 ils_reap() {
@@ -232,6 +239,7 @@ ils_reap() {
 # When the job ends, however it ends: stop the tunnel, remove node directories, and end
 # whatever of the job still runs.
 ils_cleanup() {
+  rm -rf -- "$ILS_TMP"
   ils_reap
 }
 trap ils_cleanup EXIT
@@ -239,7 +247,7 @@ trap ils_cleanup EXIT
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container web enroot start --mount 'tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777' --mount '/data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/config /etc/app none x-create=auto,rbind,ro' --mount '/data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/cache /cache none x-create=auto,rbind,ro' /images/debian-python.sqsh /bin/sh -c 'cd -- "$0" && exec "$@"' /srv/app serve --port=8080 '--motd=it'"'"'s $(HOME) & `date`' &
+ils_container web enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --mount '/data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/config /etc/app none x-create=auto,rbind,ro' --mount '/data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/cache /cache none x-create=auto,rbind,ro' /images/debian-python.sqsh /bin/sh -c 'cd -- "$0" && exec "$@"' /srv/app serve --port=8080 '--motd=it'"'"'s $(HOME) & `date`' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -303,6 +303,13 @@ ils_hook() {
 # The pod's address as interLink gave it (interlink.eu/pod-ip).
 export POD_IP=10.244.3.17
 
+# Each container's own /tmp (shared with its exec probes and hooks), on each node, in a
+# directory of the job's own: never the node's /tmp itself.
+ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-$$}"
+rm -rf -- "$ILS_TMP"
+mkdir -m 700 -- "$ILS_TMP" || exit 1
+mkdir -m 1777 -- "$ILS_TMP"/web || exit 1
+
 # ils_reap: kill what still runs of this job when it ends: every process of this user with
 # the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell.
 ils_reap() {
@@ -318,6 +325,7 @@ ils_reap() {
 # When the job ends, however it ends: stop the tunnel, remove node directories, and end
 # whatever of the job still runs.
 ils_cleanup() {
+  rm -rf -- "$ILS_TMP"
   [ -z "${ILS_TUNNEL:-}" ] || kill -TERM -- "-$ILS_TUNNEL" 2>/dev/null
   ils_reap
 }
@@ -336,10 +344,10 @@ ils_container web \
     -P 1 Always \
     -U 9 startup 0 2 1 1 30 tcp 127.0.0.1 8888 \
     -R 8 readiness 0 5 1 1 3 http http://127.0.0.1:8888/ \
-    -V 17 liveness 0 10 1 1 5 exec enroot start --mount 'tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777' --env POD_IP /images/debian-python.sqsh test -e /tmp/alive \
-    -S 10 exec enroot start --mount 'tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777' --env POD_IP /images/debian-python.sqsh touch /tmp/alive \
+    -V 17 liveness 0 10 1 1 5 exec enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --env POD_IP /images/debian-python.sqsh test -e /tmp/alive \
+    -S 10 exec enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --env POD_IP /images/debian-python.sqsh touch /tmp/alive \
     -T 2 http http://127.0.0.1:8888/quit \
-    enroot start --mount 'tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777' --env POD_IP /images/debian-python.sqsh python3 -m http.server 8888 &
+    enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --env POD_IP /images/debian-python.sqsh python3 -m http.server 8888 &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -217,6 +217,13 @@ ILS_STOPPING=""
 trap 'ILS_STOPPING=1' TERM INT URG
 echo "interlink-slurm: pod team-a/hello starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
 
+# Each container's own /tmp (shared with its exec probes and hooks), on each node, in a
+# directory of the job's own: never the node's /tmp itself.
+ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-$$}"
+rm -rf -- "$ILS_TMP"
+mkdir -m 700 -- "$ILS_TMP" || exit 1
+mkdir -m 1777 -- "$ILS_TMP"/main || exit 1
+
 # ils_reap: kill what still runs of this job when it ends: every process of this user with
 # the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell.
 ils_reap() {
@@ -232,6 +239,7 @@ ils_reap() {
 # When the job ends, however it ends: stop the tunnel, remove node directories, and end
 # whatever of the job still runs.
 ils_cleanup() {
+  rm -rf -- "$ILS_TMP"
   ils_reap
 }
 trap ils_cleanup EXIT
@@ -239,7 +247,7 @@ trap ils_cleanup EXIT
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container main ch-run --private-tmp /images/debian-python -- python3 -c 'print('"'"'hello, world'"'"')' &
+ils_container main ch-run -b "$ILS_TMP"/main:/tmp /images/debian-python -- python3 -c 'print('"'"'hello, world'"'"')' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from interlink_slurm.config import ConfigError, load_settings
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate import annotations as ann
+from interlink_slurm.translate.plan import CONTAINER_TMP
 from interlink_slurm.translate.script import render_script
 from tests import podgen as pg
 from tests.unit.test_translate import (
@@ -333,9 +334,11 @@ def argv(notes: dict[str, str], runtime: str = "apptainer", **config: Any) -> tu
 
 def test_singularity_options_are_added_after_the_sites_options() -> None:
     a = argv({ann.SINGULARITY_OPTIONS: "--cleanenv --env A=1 --no-mount=tmp"})
-    assert a[:8] == (
+    assert a[:10] == (
         "apptainer",
         "exec",
+        "--workdir",
+        f"{CONTAINER_TMP}/main",
         "--containall",
         "--cleanenv",
         "--env",

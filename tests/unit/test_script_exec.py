@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import stat
@@ -317,8 +318,13 @@ def test_command_args_and_env_reach_the_process_byte_exact(
         expected_env = {MARKER: spec.name, **dict(spec.env)}
         for name, value in expected_env.items():
             assert got["env"].get(name.encode()) == value.encode(), name
+        # The container's own /tmp, a directory of the job on the node, gone when the job ends.
+        bind, tmp = got["runtime_args"][:2]
+        assert bind == b"-b" and re.fullmatch(
+            rb".+/interlink-slurm-[0-9]+/" + re.escape(spec.name.encode()) + rb":/tmp", tmp
+        )
+        assert not Path(os.fsdecode(tmp.rsplit(b":", 1)[0])).exists()
         runtime_args = [
-            "--private-tmp",
             "-b",
             f"{plan.pod_dir}/volumes/cfg:/etc/cfg",
             "-b",
@@ -326,7 +332,7 @@ def test_command_args_and_env_reach_the_process_byte_exact(
             *(["-c", spec.working_dir] if spec.working_dir else []),
             IMAGE_DIR,
         ]
-        assert got["runtime_args"] == [a.encode() for a in runtime_args]
+        assert got["runtime_args"][2:] == [a.encode() for a in runtime_args]
         assert (containers_dir / f"{spec.name}.exit").read_text() == "0\n"
         assert (containers_dir / f"{spec.name}.started").is_file()
         assert (containers_dir / f"{spec.name}.finished").is_file()

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from interlink_slurm.config import Settings, load_settings
 from interlink_slurm.errors import PodRejected
-from interlink_slurm.translate.plan import Bind, FileSpec, JobPlan
+from interlink_slurm.translate.plan import CONTAINER_TMP, Bind, FileSpec, JobPlan
 from interlink_slurm.translate.pod import build_plan
 from interlink_slurm.translate.script import render_script
 from interlink_slurm.wire import RetrievedPodData
@@ -24,6 +24,7 @@ from tests import podgen as pg
 from tests.unit.golden import check_golden
 
 UID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+TMP_MAIN = f"{CONTAINER_TMP}/main"  # the container's own /tmp, as its argv says it
 POD_DIR = f"/data/ils/pods/{UID}"
 GPU = "nvidia.com/gpu"
 RUNTIMES = ["apptainer", "singularity", "enroot", "charliecloud"]
@@ -992,6 +993,8 @@ def test_apptainer_execs_a_command_and_runs_args_alone(runtime: str) -> None:
     assert with_command == (
         runtime,
         "exec",
+        "--workdir",
+        TMP_MAIN,
         "--containall",
         f"docker://{pg.IMAGE}",
         "python3",
@@ -1001,13 +1004,22 @@ def test_apptainer_execs_a_command_and_runs_args_alone(runtime: str) -> None:
     assert args_only == (
         runtime,
         "run",
+        "--workdir",
+        TMP_MAIN,
         "--containall",
         f"docker://{pg.IMAGE}",
         "serve",
         "--port=80",
     )
     neither = argv_of(pg.container("main"), runtime)
-    assert neither == (runtime, "run", "--containall", f"docker://{pg.IMAGE}")
+    assert neither == (
+        runtime,
+        "run",
+        "--workdir",
+        TMP_MAIN,
+        "--containall",
+        f"docker://{pg.IMAGE}",
+    )
 
 
 def test_apptainer_binds_and_working_directory() -> None:
@@ -1022,6 +1034,8 @@ def test_apptainer_binds_and_working_directory() -> None:
     assert argv_of(c, volumes=vols) == (
         "apptainer",
         "exec",
+        "--workdir",
+        TMP_MAIN,
         "--containall",
         "--bind",
         f"{POD_DIR}/volumes/scratch:/scratch:rw",
@@ -1050,6 +1064,8 @@ def test_runtime_path_and_options_are_used() -> None:
         "/opt/apptainer/bin/apptainer",
         "exec",
         "--contain",  # a private /tmp, which the site's options no longer give
+        "--workdir",
+        TMP_MAIN,
         "--cleanenv",
         f"docker://{pg.IMAGE}",
         "true",
@@ -1069,7 +1085,7 @@ def test_enroot_mounts_env_names_and_working_directory() -> None:
         "enroot",
         "start",
         "--mount",
-        "tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777",
+        f"{TMP_MAIN} /tmp none x-create=dir,rbind",
         "--mount",
         f"{POD_DIR}/volumes/scratch /scratch none x-create=auto,rbind",
         "--mount",
@@ -1127,7 +1143,7 @@ def test_enroot_create_mode_names_each_distinct_image_in_order_of_first_use() ->
         "main": "ils-1",
         "side": "ils-0",
     }
-    tmp = ("--mount", "tmpfs /tmp tmpfs x-create=dir,rw,nosuid,nodev,mode=1777")
+    tmp = ("--mount", f"{TMP_MAIN} /tmp none x-create=dir,rbind")
     assert plan.runtime_argv["main"] == ("/opt/enroot", "start", *tmp, "ils-1", "true")
     probe = container(plan).lifecycle.readiness
     assert probe[-7:] == ("/opt/enroot", "start", *tmp, "ils-1", "cat", "/ok")
@@ -1158,7 +1174,8 @@ def test_charliecloud_binds_working_directory_and_separator() -> None:
     )
     assert argv_of(c, "charliecloud", volumes=vols) == (
         "ch-run",
-        "--private-tmp",
+        "-b",
+        f"{TMP_MAIN}:/tmp",
         "-b",
         f"{POD_DIR}/volumes/scratch:/mnt/0",
         "-c",
@@ -1175,20 +1192,41 @@ def test_charliecloud_binds_working_directory_and_separator() -> None:
 @pytest.mark.parametrize(
     ("runtime", "options", "expected"),
     [
-        ("apptainer", [], ("--contain",)),
-        ("apptainer", ["--containall"], ("--containall",)),
-        ("singularity", ["--contain"], ("--contain",)),
-        ("charliecloud", [], ("--private-tmp",)),
+        ("apptainer", [], ("--contain", "--workdir", TMP_MAIN)),
+        ("apptainer", ["--containall"], ("--workdir", TMP_MAIN, "--containall")),
+        ("singularity", ["--contain"], ("--workdir", TMP_MAIN, "--contain")),
+        ("apptainer", ["--workdir=/site/tmp"], ("--contain", "--workdir=/site/tmp")),
+        ("charliecloud", [], ("-b", f"{TMP_MAIN}:/tmp")),
         ("charliecloud", ["-t"], ("-t",)),
+        ("enroot", [], ("--mount", f"{TMP_MAIN} /tmp none x-create=dir,rbind")),
     ],
 )
 def test_every_container_gets_a_private_tmp_said_once(
     runtime: str, options: list[str], expected: tuple[str, ...]
 ) -> None:
+    """One /tmp of the container's own (its exec probes and hooks share it), unless the site's
+    options already give /tmp a place."""
     plan = plan_of(pod_of(main()), runtime_settings(runtime, runtime_options=options))
     argv = plan.runtime_argv["main"]
-    said = [a for a in argv if a in ("--contain", "--containall", "--private-tmp", "-t")]
-    assert tuple(said) == expected
+    start = 1 if runtime == "charliecloud" else 2
+    assert argv[start : start + len(expected)] == expected
+    assert sum("/tmp" in a or a in ("--contain", "--containall", "-t") for a in argv) == sum(
+        "/tmp" in a or a in ("--contain", "--containall", "-t") for a in expected
+    )
+
+
+def test_a_containers_tmp_is_made_on_the_node_and_shared_with_its_exec_hooks() -> None:
+    c = main(lifecycle={"postStart": {"exec": {"command": ["touch", "/tmp/started"]}}})
+    prep = pg.container("prep", "print(0)")
+    plan = plan_of(pod_of(c, init=[prep]), runtime_settings("charliecloud"))
+    hook = plan.containers[0].lifecycle.post_start
+    assert hook[hook.index("-b") + 1] == f"{TMP_MAIN}:/tmp"
+    script = render_script(plan)
+    assert 'ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-$$}"' in script
+    assert 'mkdir -m 1777 -- "$ILS_TMP"/prep "$ILS_TMP"/main || exit 1' in script
+    assert "'-b' \"$ILS_TMP\"'/main:/tmp'" not in script
+    assert '-b "$ILS_TMP"/main:/tmp' in script
+    assert '  rm -rf -- "$ILS_TMP"\n' in script  # when the job ends
 
 
 def test_charliecloud_read_only_volumes_are_made_read_only_by_the_job_and_writable_after() -> None:

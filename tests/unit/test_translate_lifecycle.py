@@ -191,7 +191,8 @@ def test_probes_and_hooks_are_options_of_the_container_line_and_valid_bash() -> 
         "    -V 9 liveness 0 10 1 1 3 tcp 127.0.0.1 8080 \\",
     ]
     assert lines[start + 4] == (
-        "    -S 6 exec apptainer exec --containall docker://debian-python true \\"
+        '    -S 8 exec apptainer exec --workdir "$ILS_TMP"/main --containall'
+        " docker://debian-python true \\"
     )
     assert lines[start + 5] == "    -T 2 sleep 1 \\"
     assert "ILS_GRACE=12" in script

@@ -47,7 +47,9 @@ def test_disk_empty_dir_stays_in_the_pod_directory() -> None:
     plan = plan_of(mounted({"name": "scratch", "emptyDir": {}}))
     assert container(plan).binds[0].source == f"{POD_DIR}/volumes/scratch"
     assert plan.node_dirs == () and plan.scratch_dirs == ()
-    assert "rm -rf" not in render_script(plan)
+    # Only the containers' own /tmp directories are removed at the end, never the volume.
+    removed = [line for line in render_script(plan).splitlines() if "rm -rf" in line]
+    assert removed == ['rm -rf -- "$ILS_TMP"', '  rm -rf -- "$ILS_TMP"']
 
 
 def test_size_limits_are_watched_by_the_job_in_kib() -> None:
