@@ -247,8 +247,10 @@ def test_logs_timestamps_are_when_each_line_was_written(
         b"line 5",
         b"no newline at the end",
     ]
+    # Stamped as each line came (in order, spread over the ~2.4 s the container took), not when
+    # the log was read. How evenly depends on the node's load, which a test cannot promise.
     gaps = [(b[0] - a[0]).total_seconds() for a, b in itertools.pairwise(lines[:5])]
-    assert all(0.4 < g < 2.0 for g in gaps), gaps
+    assert all(g >= 0 for g in gaps) and 0.5 < sum(gaps) < 10, gaps
     term = states(local.pod_status(chatty))["main"]["terminated"]
     started = datetime.fromisoformat(term["startedAt"].replace("Z", "+00:00"))
     assert abs((lines[0][0] - started).total_seconds()) < 2
