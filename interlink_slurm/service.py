@@ -241,6 +241,10 @@ class Service:
             return None
         await asyncio.to_thread(self.store.set_job, rec.uid, job.job_id)
         log.info("pod %s: found its job %s in Slurm", rec.uid, job.job_id)
+        if rec.placement is not None and rec.started is None and rec.deleted is None:
+            # Its create failed after sbatch had reached Slurm: it waits on its target after all.
+            target = str(json.loads(rec.placement).get("target"))
+            self._waiting.setdefault(target, set()).add(rec.uid)
         if rec.pulls is not None and rec.deleted is None:
             cluster.puller.start(rec.uid, job.job_id, rec.pod_dir, decode(rec.pulls))
         return job.job_id
@@ -486,81 +490,89 @@ class Service:
             if rec is not None and rec.job_id is not None:
                 log.info("pod %s already has job %s", uid, rec.job_id)
                 return CreateResponse(PodUID=uid, PodJID=rec.job_id)
+            try:
+                return await self._submit_new(data)
+            except BaseException:
+                # Whatever cut the create short (a rejection, an SSH outage, a cancelled
+                # request), the pod waits on no target: counted there, it would skew every
+                # later tie towards the other targets for good. A job that landed anyway is
+                # counted again when its pod is settled.
+                self._forget_waiting(uid)
+                raise
 
-            try:
-                commands: ImageCommands = {}
-                if not runs_image_command(self.settings.runtime) and any(
-                    not c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
-                ):
-                    commands = await asyncio.to_thread(self._image_commands, data)
-                placement = await self.place(data, commands)
-                cluster = self.clusters[placement.chosen.cluster]
-                plan = placement.chosen.plan
-                assert plan is not None  # a chosen target has a plan
-                pod_dir = plan.pod_dir
-                plan = await asyncio.to_thread(
-                    self._in_images, cluster.transport, data, placement.chosen, plan, commands
-                )
-                for container, warning in plan.warnings:
-                    log.warning("pod %s, container %s: %s", uid, container, warning)
-                if plan.owner is not None and plan.owner[1] is None:
-                    plan = await asyncio.to_thread(self._primary_group, cluster.transport, plan)
-                pulls = []
-                if plan.image_pulls and self.settings.image_pull_on == "submit_host":
-                    pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
-                if pulls:
-                    # Held until the submit host has put its images in the cache.
-                    plan = dataclasses.replace(plan, directives=(*plan.directives, "--hold"))
-                script = render_script(plan)
-                script_path = await asyncio.to_thread(
-                    jobdir.write_pod, cluster.transport, plan, script
-                )
-                if plan.owner is not None:
-                    await asyncio.to_thread(self._hand_over, cluster.transport, plan)
-            except (PodRejected, StorageError) as err:
-                self.metrics.submit_failures.labels(type(err).__name__).inc()
-                self._forget_waiting(uid)
-                raise
-            placed = placement.chosen.name if self.settings.targets else ""
-            await asyncio.to_thread(
-                self.store.begin_submit,
-                uid,
-                pod.namespace,
-                pod.name,
-                pod_dir,
-                [c.name for c in pod.spec.init_containers],
-                [c.name for c in pod.spec.containers],
-                pulls=encode(pulls) if pulls else None,
-                cluster=cluster.name,
-                placement=placement.record() if placed else None,
-                notes=plan.warnings,
+    async def _submit_new(self, data: RetrievedPodData) -> CreateResponse:
+        pod = data.pod
+        uid = pod.uid
+        try:
+            commands: ImageCommands = {}
+            if not runs_image_command(self.settings.runtime) and any(
+                not c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
+            ):
+                commands = await asyncio.to_thread(self._image_commands, data)
+            placement = await self.place(data, commands)
+            cluster = self.clusters[placement.chosen.cluster]
+            plan = placement.chosen.plan
+            assert plan is not None  # a chosen target has a plan
+            pod_dir = plan.pod_dir
+            plan = await asyncio.to_thread(
+                self._in_images, cluster.transport, data, placement.chosen, plan, commands
             )
-            try:
-                job_id = await cluster.scheduler.submit(script_path, pod_dir)
-            except SchedulerUnavailable:
-                # sbatch may have reached Slurm before failing: the row stays in flight and the
-                # next create (or a restart) asks Slurm for the job by its comment.
-                self.metrics.submit_failures.labels("SchedulerUnavailable").inc()
-                raise
-            except SchedulerError as err:
-                self.metrics.submit_failures.labels(type(err).__name__).inc()
-                self._forget_waiting(uid)
-                await asyncio.to_thread(self.store.forget, uid)
-                await asyncio.to_thread(cluster.transport.remove_tree, pod_dir)
-                raise
-            logsetup.bind(job=job_id)
-            await asyncio.to_thread(self.store.set_job, uid, job_id)
-            await asyncio.to_thread(
-                cluster.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
-            )
+            for container, warning in plan.warnings:
+                log.warning("pod %s, container %s: %s", uid, container, warning)
+            if plan.owner is not None and plan.owner[1] is None:
+                plan = await asyncio.to_thread(self._primary_group, cluster.transport, plan)
+            pulls = []
+            if plan.image_pulls and self.settings.image_pull_on == "submit_host":
+                pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
             if pulls:
-                cluster.puller.start(uid, job_id, pod_dir, pulls)
-            self._request_refresh()
-            where = f" on target {placed} ({placement.basis})" if placed else ""
-            log.info(
-                "pod %s/%s (%s) submitted as job %s%s", pod.namespace, pod.name, uid, job_id, where
-            )
-            return CreateResponse(PodUID=uid, PodJID=job_id)
+                # Held until the submit host has put its images in the cache.
+                plan = dataclasses.replace(plan, directives=(*plan.directives, "--hold"))
+            script = render_script(plan)
+            script_path = await asyncio.to_thread(jobdir.write_pod, cluster.transport, plan, script)
+            if plan.owner is not None:
+                await asyncio.to_thread(self._hand_over, cluster.transport, plan)
+        except (PodRejected, StorageError) as err:
+            self.metrics.submit_failures.labels(type(err).__name__).inc()
+            raise
+        placed = placement.chosen.name if self.settings.targets else ""
+        await asyncio.to_thread(
+            self.store.begin_submit,
+            uid,
+            pod.namespace,
+            pod.name,
+            pod_dir,
+            [c.name for c in pod.spec.init_containers],
+            [c.name for c in pod.spec.containers],
+            pulls=encode(pulls) if pulls else None,
+            cluster=cluster.name,
+            placement=placement.record() if placed else None,
+            notes=plan.warnings,
+        )
+        try:
+            job_id = await cluster.scheduler.submit(script_path, pod_dir)
+        except SchedulerUnavailable:
+            # sbatch may have reached Slurm before failing: the row stays in flight and the
+            # next create (or a restart) asks Slurm for the job by its comment.
+            self.metrics.submit_failures.labels("SchedulerUnavailable").inc()
+            raise
+        except SchedulerError as err:
+            self.metrics.submit_failures.labels(type(err).__name__).inc()
+            await asyncio.to_thread(self.store.forget, uid)
+            await asyncio.to_thread(cluster.transport.remove_tree, pod_dir)
+            raise
+        logsetup.bind(job=job_id)
+        await asyncio.to_thread(self.store.set_job, uid, job_id)
+        await asyncio.to_thread(
+            cluster.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
+        )
+        if pulls:
+            cluster.puller.start(uid, job_id, pod_dir, pulls)
+        self._request_refresh()
+        where = f" on target {placed} ({placement.basis})" if placed else ""
+        log.info(
+            "pod %s/%s (%s) submitted as job %s%s", pod.namespace, pod.name, uid, job_id, where
+        )
+        return CreateResponse(PodUID=uid, PodJID=job_id)
 
     async def place(
         self, data: RetrievedPodData, image_commands: ImageCommands | None = None
