@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from interlink_slurm import jobdir, logsetup
+from interlink_slurm.book import PlacementBook
 from interlink_slurm.config import DEFAULT_CLUSTER, Settings
 from interlink_slurm.errors import (
     BadRequest,
@@ -32,6 +33,7 @@ from interlink_slurm.errors import (
     SchedulerUnavailable,
     StorageError,
 )
+from interlink_slurm.janitor import Janitor
 from interlink_slurm.logs import LogSource, stream_log
 from interlink_slurm.metrics import Metrics
 from interlink_slurm.placement import Placement, describe, place
@@ -42,15 +44,14 @@ from interlink_slurm.slurm.states import (
     ACTIVE,
     CREATING_REASON,
     TERMINAL,
-    UNCONFIRMED_REASON,
     UNREACHABLE_REASON,
     WAITING,
     base_state,
     container_statuses,
-    doubtful_failure,
 )
 from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
 from interlink_slurm.store import PodRecord, Store
+from interlink_slurm.tracker import GONE, Clock, StatusTracker, SystemClock
 from interlink_slurm.translate.images import CH_METADATA, image_command
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import (
@@ -84,7 +85,6 @@ from interlink_slurm.wire import (
 
 log = logging.getLogger(__name__)
 
-GONE = "GONE"  # final_state of a job that left the queue with no accounting record
 MIN_REFRESH_GAP_SECONDS = 0.5
 WORKER_THREADS = 64
 # What /getLogs?source= can read besides a container: the batch job's output, the pulls'.
@@ -93,8 +93,6 @@ LOG_SOURCES = ("container", "job", "pull")
 ENDED_WATCH_SECONDS = 600.0
 # ch-image's metadata holds the image's build history: a few kB, far less than this.
 IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
-# States of a job that has started (for the placement's predicted vs. actual start).
-STARTED = frozenset({"RUNNING", "COMPLETING", "COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY"})
 
 
 @dataclass
@@ -117,34 +115,41 @@ class Service:
         store: Store,
         metrics: Metrics | None = None,
         clusters: Mapping[str, tuple[Transport, Scheduler]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """``scheduler`` and ``transport`` reach the default cluster (the top-level keys);
-        ``clusters`` the others that targets use, by name."""
+        ``clusters`` the others that targets use, by name; ``clock`` the time (a test's)."""
         self.settings = settings
         self.scheduler = scheduler
         self.transport = transport
         self.store = store
         self.metrics = metrics or Metrics()
+        self.clock = clock or SystemClock()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        # Per cluster: the jobs seen at the last refresh, and why Slurm did not answer.
-        self._snapshot: dict[str, dict[str, JobInfo]] = {}
         self._snapshot_at: float | None = None
-        self._outage: dict[str, str] = {}
         self._wake: asyncio.Event | None = None
         self._refresh_lock: asyncio.Lock | None = None
-        self._last_gc = 0.0
         self._ping: tuple[float, PingResponse] | None = None
         self._last_capacity: PingResources | None = None  # of the last healthy ping
         self._tasks: list[asyncio.Task[None]] = []
-        # What each pod's files said when last read, for when they cannot be read.
-        self._files_seen: dict[str, jobdir.PodFiles] = {}
-        # Per target: the placed pods whose job has not been seen to start (placement's ties).
-        self._waiting: dict[str, set[str]] = {}
+        self.book = PlacementBook(self.metrics)
         self.clusters: dict[str, Cluster] = {}
+        # Per cluster: its jobs and its pods' states as of the last refresh.
+        self.trackers: dict[str, StatusTracker] = {}
         for name, (t, s) in {DEFAULT_CLUSTER: (transport, scheduler), **(clusters or {})}.items():
             own = settings.for_cluster(name)
             puller = Puller(own, t, s, store, self._request_refresh)
             self.clusters[name] = Cluster(name, t, s, puller, str(own.data_root))
+            self.trackers[name] = StatusTracker(name, t, s, str(own.data_root), store, self.clock)
+        self.janitor = Janitor(
+            store,
+            {n: (c.transport, c.scheduler) for n, c in self.clusters.items()},
+            self._settle,
+            self._forget,
+            self.clock,
+            settings.retention_seconds,
+            settings.gc_interval_seconds,
+        )
         self.puller = self.clusters[DEFAULT_CLUSTER].puller
         # Where jobs are submitted as root, which may then choose a pod's Unix user (sbatch
         # --uid): this process itself as root with the local sbatch, or SSH as root.
@@ -154,16 +159,11 @@ class Service:
             if _submits_as_root(settings.for_cluster(name), self.clusters[name].transport)
         }
 
-    def _not_waiting(self, rec: PodRecord) -> None:
-        """A placed pod no longer waits to start: it started, ended, or went."""
-        if rec.placement is not None:
-            target = str(json.loads(rec.placement).get("target"))
-            self._waiting.get(target, set()).discard(rec.uid)
-
-    def _forget_waiting(self, uid: str) -> None:
-        """A pod placed but not submitted after all."""
-        for uids in self._waiting.values():
-            uids.discard(uid)
+    def _forget(self, uid: str) -> None:
+        """What memory holds of a pod whose row is gone."""
+        self.book.forget(uid)
+        for tracker in self.trackers.values():
+            tracker.forget(uid)
 
     def _cluster(self, rec: PodRecord) -> Cluster:
         cluster = self.clusters.get(rec.cluster)
@@ -193,8 +193,7 @@ class Service:
         )
         await self.reconcile()
         for rec in await asyncio.to_thread(self.store.waiting_placed):
-            target = str(json.loads(rec.placement or "{}").get("target"))
-            self._waiting.setdefault(target, set()).add(rec.uid)
+            self.book.enter(rec)
         for rec in await asyncio.to_thread(self.store.pulling):
             if rec.cluster in self.clusters:
                 self.clusters[rec.cluster].puller.resume([rec])
@@ -241,10 +240,9 @@ class Service:
             return None
         await asyncio.to_thread(self.store.set_job, rec.uid, job.job_id)
         log.info("pod %s: found its job %s in Slurm", rec.uid, job.job_id)
-        if rec.placement is not None and rec.started is None and rec.deleted is None:
+        if rec.started is None and rec.deleted is None:
             # Its create failed after sbatch had reached Slurm: it waits on its target after all.
-            target = str(json.loads(rec.placement).get("target"))
-            self._waiting.setdefault(target, set()).add(rec.uid)
+            self.book.enter(rec)
         if rec.pulls is not None and rec.deleted is None:
             cluster.puller.start(rec.uid, job.job_id, rec.pod_dir, decode(rec.pulls))
         return job.job_id
@@ -258,10 +256,7 @@ class Service:
             started = time.monotonic()
             try:
                 await self.refresh()
-                await self._kill_due()
-                if started - self._last_gc >= self.settings.gc_interval_seconds:
-                    self._last_gc = started
-                    await self.collect_garbage()
+                await self.janitor.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -284,150 +279,30 @@ class Service:
             self._wake.set()
 
     async def refresh(self) -> None:
-        """One scheduler query per cluster for its active jobs; record the ones that ended."""
+        """One scheduler query and one state read per cluster, for its active pods."""
         lock = self._refresh_lock or asyncio.Lock()
         async with lock:
-            recs = await asyncio.to_thread(self.store.active, time.time() - ENDED_WATCH_SECONDS)
+            since = self.clock.time() - ENDED_WATCH_SECONDS
+            recs = await asyncio.to_thread(self.store.active, since)
             self.metrics.tracked_jobs.set(len(recs))
             by_cluster: dict[str, list[PodRecord]] = {name: [] for name in self.clusters}
             for rec in recs:
                 if rec.cluster in by_cluster:
                     by_cluster[rec.cluster].append(rec)
             answered = await asyncio.gather(
-                *(self._refresh_cluster(self.clusters[n], rs) for n, rs in by_cluster.items())
+                *(self.trackers[n].refresh(rs) for n, rs in by_cluster.items())
             )
+            for name, ok in zip(by_cluster, answered, strict=True):
+                if ok:
+                    await self._note_starts(by_cluster[name], self.trackers[name].jobs)
             if any(answered):
-                self._snapshot_at = time.monotonic()
+                self._snapshot_at = self.clock.monotonic()
                 self.metrics.refresh_age.set(0)
             await self._count_pods()
 
-    async def _refresh_cluster(self, cluster: Cluster, recs: Sequence[PodRecord]) -> bool:
-        """The refresh of one cluster's jobs; False when its Slurm did not answer."""
-        name = cluster.name
-        job_ids = [r.job_id for r in recs if r.job_id]
-        ended = {r.job_id for r in recs if r.final_state is not None}
-        try:
-            jobs = await cluster.scheduler.query(job_ids) if job_ids else {}
-        except (SchedulerUnavailable, SchedulerError) as err:
-            if name not in self._outage:
-                log.warning(
-                    "Slurm (cluster %s) does not answer; serving the last known states: %s",
-                    name,
-                    err,
-                )
-            self._outage[name] = str(err)
-            return False
-        if self._outage.pop(name, None) is not None:
-            log.info("Slurm (cluster %s) answers again", name)
-        jobs = await self._confirm_failures(cluster, recs, jobs, ended)
-
-        finished: list[tuple[str, str, str]] = []
-        revived: list[str] = []
-        gone = [j for j in job_ids if j not in jobs and j not in ended]
-        for job_id, job in jobs.items():
-            if base_state(job) in TERMINAL:
-                finished.append((job_id, base_state(job), job.reason))
-            elif job_id in ended:
-                revived.append(job_id)
-        if revived:
-            log.info("jobs %s run again (requeued)", ", ".join(revived))
-            await asyncio.to_thread(self.store.reopen, name, revived)
-        placed = {j: job.nodes for j, job in jobs.items() if job.nodes}
-        if gone:
-            try:
-                accounted = await cluster.scheduler.final_states(gone)
-            except (SchedulerUnavailable, SchedulerError):
-                accounted = {}
-            for job_id in gone:
-                acct = accounted.get(job_id)
-                finished.append(
-                    (job_id, base_state(acct), acct.reason) if acct else (job_id, GONE, "")
-                )
-                if acct and acct.nodes:
-                    placed[job_id] = acct.nodes
-        if finished:
-            await asyncio.to_thread(self.store.finish, name, finished)
-        known = {r.job_id: r.nodes for r in recs}
-        moved = [(j, n) for j, n in placed.items() if known.get(j) != n]
-        if moved:
-            # Kept, so a pod whose job has left the queue still says where it ran.
-            await asyncio.to_thread(self.store.set_nodes, name, moved)
-        self._snapshot[name] = jobs
-        await self._note_starts(recs, jobs)
-        return True
-
-    async def _confirm_failures(
-        self,
-        cluster: Cluster,
-        recs: Sequence[PodRecord],
-        jobs: dict[str, JobInfo],
-        ended: set[str | None],
-    ) -> dict[str, JobInfo]:
-        """The queue's answer, with each doubtful failure (states.doubtful_failure) replaced by
-        what Slurm's accounting record says, or held as pending while it says nothing."""
-        now = time.time()
-        by_job = {r.job_id: r for r in recs if r.job_id and r.job_id not in ended}
-        young = [
-            (j, rec)
-            for j, job in jobs.items()
-            if (rec := by_job.get(j)) is not None and doubtful_failure(job, rec.created, now, False)
-        ]
-        if not young:
-            return jobs
-        doubtful = []
-        for job_id, rec in young:
-            try:
-                ran = await asyncio.to_thread(
-                    jobdir.read_started_job, cluster.transport, rec.pod_dir
-                )
-            except (OSError, SchedulerUnavailable):
-                ran = None
-            if ran != job_id:
-                doubtful.append(job_id)
-        if not doubtful:
-            return jobs
-        try:
-            records = await cluster.scheduler.final_states(doubtful)
-        except (SchedulerUnavailable, SchedulerError):
-            records = {}
-        out = dict(jobs)
-        for job_id in doubtful:
-            record = records.get(job_id)
-            if record is not None and base_state(record) == "FAILED":
-                continue  # confirmed: the queue's answer (with its reason) stands
-            if record is not None and base_state(record) in TERMINAL:
-                out[job_id] = dataclasses.replace(record, comment=jobs[job_id].comment)
-                continue
-            if record is not None:
-                log.info("job %s: the queue shows FAILED, its record %s", job_id, record.state)
-                out[job_id] = dataclasses.replace(record, comment=jobs[job_id].comment)
-                continue
-            log.info(
-                "job %s: Slurm shows it FAILED before it started; held until confirmed", job_id
-            )
-            out[job_id] = JobInfo(job_id, "PENDING", UNCONFIRMED_REASON, jobs[job_id].comment)
-        return out
-
     async def _note_starts(self, recs: Sequence[PodRecord], jobs: Mapping[str, JobInfo]) -> None:
-        """Placed pods whose job is seen started for the first time: predicted vs. actual."""
-        now = time.time()
-        started = []
-        for rec in recs:
-            job = jobs.get(rec.job_id or "")
-            if rec.placement is None or rec.started is not None:
-                continue
-            if job is None or base_state(job) not in WAITING or rec.deleted is not None:
-                self._not_waiting(rec)
-            if job is None or base_state(job) not in STARTED:
-                continue
-            started.append(rec.uid)
-            record = json.loads(rec.placement)
-            target = str(record.get("target"))
-            decided = record.get("decided_at") or rec.created
-            self.metrics.actual_wait.labels(target).observe(max(0.0, now - decided))
-            predicted = record.get("predicted_start")
-            if isinstance(predicted, int | float):
-                self.metrics.wait_error.labels(target).observe(now - predicted)
+        now = self.clock.time()
+        started = self.book.note_starts(recs, jobs, now)
         if started:
             await asyncio.to_thread(self.store.mark_started, started, now)
 
@@ -435,7 +310,7 @@ class Service:
         counts = await asyncio.to_thread(self.store.count_by_state)
         active = counts.pop("ACTIVE", 0)
         by_state: dict[str, int] = {}
-        for job in (j for jobs in self._snapshot.values() for j in jobs.values()):
+        for job in (j for t in self.trackers.values() for j in t.jobs.values()):
             state = base_state(job)
             if state not in TERMINAL:
                 by_state[state] = by_state.get(state, 0) + 1
@@ -445,36 +320,6 @@ class Service:
         self.metrics.pods.clear()
         for state, n in by_state.items():
             self.metrics.pods.labels(state).set(n)
-
-    async def _kill_due(self) -> None:
-        """Jobs whose grace period ran out after a delete, or whose delete could not reach
-        Slurm: cancel them for good, retried at every refresh until Slurm takes it."""
-        for rec in await asyncio.to_thread(self.store.due_kills, time.time()):
-            try:
-                job_id = rec.job_id or await self._settle(rec)
-                if job_id is not None:
-                    await self._cluster(rec).scheduler.cancel(job_id)
-            except (SchedulerUnavailable, SchedulerError) as err:
-                log.warning("pod %s: cannot end job %s yet: %s", rec.uid, rec.job_id, err)
-                continue
-            if job_id is not None:
-                await asyncio.to_thread(self.store.set_kill_at, rec.uid, None)
-                log.info("pod %s: deleted, job %s cancelled", rec.uid, job_id)
-
-    async def collect_garbage(self) -> None:
-        """Directories and rows of pods deleted longer ago than the retention."""
-        cutoff = time.time() - self.settings.retention_seconds
-        for rec in await asyncio.to_thread(self.store.expired, cutoff):
-            if rec.job_id is not None and rec.final_state is None:
-                continue  # its job has not been seen to end: its files are still in use
-            if rec.cluster not in self.clusters:
-                continue  # on a cluster no longer configured: nothing to reach it with
-            await asyncio.to_thread(self.clusters[rec.cluster].transport.remove_tree, rec.pod_dir)
-            await asyncio.to_thread(self.store.forget, rec.uid)
-            self._files_seen.pop(rec.uid, None)
-            log.info(
-                "pod %s/%s (%s): files removed after retention", rec.namespace, rec.name, rec.uid
-            )
 
     # --- create / delete ------------------------------------------------------------------------
 
@@ -497,7 +342,7 @@ class Service:
                 # request), the pod waits on no target: counted there, it would skew every
                 # later tie towards the other targets for good. A job that landed anyway is
                 # counted again when its pod is settled.
-                self._forget_waiting(uid)
+                self.book.forget(uid)
                 raise
 
     async def _submit_new(self, data: RetrievedPodData) -> CreateResponse:
@@ -591,12 +436,11 @@ class Service:
             cands,
             schedulers,
             self.settings.placement_estimate_seconds,
-            waiting=lambda: {t: len(uids) for t, uids in self._waiting.items()},
+            waiting=self.book.counts,
         )
         if self.settings.targets:
             name = placement.chosen.name
-            # Counted at once (no await since the decision): the next pod's tie sees it.
-            self._waiting.setdefault(name, set()).add(pod.uid)
+            self.book.add(name, pod.uid)
             self.metrics.placements.labels(name, placement.basis).inc()
             for target, est in placement.estimates.items():
                 if isinstance(est, str):
@@ -745,7 +589,7 @@ class Service:
                 # interLink may forget the pod after this answer (interLink #540): the delete
                 # is kept instead, and the refresher cancels the job once Slurm answers.
                 await asyncio.to_thread(self.store.mark_deleted, uid)
-                await asyncio.to_thread(self.store.set_kill_at, uid, time.time())
+                await asyncio.to_thread(self.store.set_kill_at, uid, self.clock.time())
                 self._request_refresh()
                 message = (
                     f"pod {uid}: Slurm does not answer ({err}); its job will be cancelled as "
@@ -783,7 +627,7 @@ class Service:
                 await cluster.scheduler.cancel(job_id)
                 message = f"pod {uid}: job {job_id} cancelled"
             else:
-                await asyncio.to_thread(self.store.set_kill_at, uid, time.time() + grace)
+                await asyncio.to_thread(self.store.set_kill_at, uid, self.clock.time() + grace)
                 message = f"pod {uid}: job {job_id} signalled, {grace} s to end"
         else:
             await cluster.scheduler.cancel(job_id)
@@ -798,7 +642,8 @@ class Service:
     def _job_for(self, rec: PodRecord) -> JobInfo | None:
         """What is known of the pod's job without asking Slurm."""
         assert rec.job_id is not None
-        job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
+        tracker = self.trackers.get(rec.cluster)
+        job = tracker.jobs.get(rec.job_id) if tracker else None
         if job is not None:
             return job
         if rec.final_state is not None:
@@ -807,7 +652,7 @@ class Service:
             return JobInfo(rec.job_id, rec.final_state, rec.final_reason or "")
         # Submitted after the last refresh (or Slurm has not answered since): ask for one now.
         self._request_refresh()
-        if rec.cluster in self._outage:
+        if tracker is not None and tracker.outage is not None:
             return JobInfo(rec.job_id, "PENDING", UNREACHABLE_REASON)
         return JobInfo(rec.job_id, "PENDING", CREATING_REASON)
 
@@ -827,15 +672,7 @@ class Service:
                 pull = self._cluster(rec).puller.state(rec.uid)
                 init, main = _all_waiting(rec, images, pull.reason, pull.message)
             else:
-                try:
-                    seen = await asyncio.to_thread(self._read_files, rec)
-                    self._files_seen[rec.uid] = seen
-                    files_outage = None
-                except (SchedulerUnavailable, OSError) as err:
-                    # The pod's files cannot be read now (SSH to the login node down, a
-                    # filesystem hiccup): what they said last time is still the best answer.
-                    seen = self._files_seen.get(rec.uid, jobdir.PodFiles({}))
-                    files_outage = f"cannot read the pod's files: {err}"
+                seen, files_outage = await self._files_of(rec)
                 job = self._job_for(rec)
                 init, main = container_statuses(
                     job,
@@ -846,9 +683,10 @@ class Service:
                     images,
                     deleted=rec.deleted is not None,
                     restarts=max(0, seen.runs - 1),
-                    evicted=seen.evicted,
+                    evicted=_evicted(seen, rec.final_state is not None),
                 )
-                outage = self._outage.get(rec.cluster) if rec.final_state is None else None
+                tracker = self.trackers.get(rec.cluster)
+                outage = tracker.outage if tracker and rec.final_state is None else None
                 if outage or files_outage:
                     _note_outage((*init, *main), "; ".join(o for o in (outage, files_outage) if o))
                 if rec.notes:
@@ -856,7 +694,7 @@ class Service:
                     _note_warnings(main, rec.notes)
                 if rec.placement and job is not None and base_state(job) in WAITING:
                     _note_placement(
-                        (*init, *main), describe(json.loads(rec.placement), time.time())
+                        (*init, *main), describe(json.loads(rec.placement), self.clock.time())
                     )
                 nodes = self._nodes_of(rec)
                 if nodes:
@@ -874,11 +712,30 @@ class Service:
             )
         return out
 
+    async def _files_of(self, rec: PodRecord) -> tuple[jobdir.PodFiles, str | None]:
+        """The pod's state files as the last refresh read them, and why they could not be read
+        (then they are what was read before). No file is read here, but for a pod no refresh
+        has read yet (just submitted, or the plugin restarted): once, at its first /status."""
+        tracker = self.trackers.get(rec.cluster)
+        seen = tracker.files.get(rec.uid) if tracker is not None else None
+        if tracker is not None and seen is not None:
+            return seen, tracker.files_outage if rec.final_state is None else None
+        try:
+            if tracker is None:
+                self._cluster(rec)  # raises: the cluster is no longer configured
+                raise AssertionError("a configured cluster has a tracker")
+            return await asyncio.to_thread(tracker.read_one, rec), None
+        except (SchedulerUnavailable, OSError) as err:
+            # The pod's files cannot be read now (SSH to the login node down, a filesystem
+            # hiccup): nothing known of its containers but what Slurm says.
+            return jobdir.PodFiles({}), f"cannot read the pod's files: {err}"
+
     def _nodes_of(self, rec: PodRecord) -> str:
         """Where the pod's job runs or ran: Slurm's node list ("" while it waits)."""
         if rec.job_id is None:
             return ""
-        job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
+        tracker = self.trackers.get(rec.cluster)
+        job = tracker.jobs.get(rec.job_id) if tracker is not None else None
         if job is not None:
             # A requeued job waiting again runs nowhere, whatever its last run said.
             return job.nodes if base_state(job) not in WAITING else ""
@@ -892,16 +749,8 @@ class Service:
         if rec.cluster not in self.clusters:
             return False  # no puller to ask: its files say what they can
         assert rec.job_id is not None
-        job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
+        job = self.trackers[rec.cluster].jobs.get(rec.job_id)
         return job is None or base_state(job) == "PENDING"
-
-    def _read_files(self, rec: PodRecord) -> jobdir.PodFiles:
-        return jobdir.read_pod(
-            self._cluster(rec).transport,
-            rec.pod_dir,
-            rec.all_containers,
-            rec.final_state is not None,
-        )
 
     # --- logs -----------------------------------------------------------------------------------
 
@@ -996,7 +845,7 @@ class Service:
         answer is left out of the sum; all silent is an error). No usable node is an error too,
         never a zero capacity: the virtual kubelet would take a zero as the node's new size and
         drain it (interLink #558), where an error leaves the last size and marks the node."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._ping and now - self._ping[0] < self.settings.ping_cache_seconds:
             return self._ping[1]
         names = self.settings.cluster_names
@@ -1044,7 +893,7 @@ class Service:
             raise errors[0]
 
     def snapshot_age(self) -> float | None:
-        return None if self._snapshot_at is None else time.monotonic() - self._snapshot_at
+        return None if self._snapshot_at is None else self.clock.monotonic() - self._snapshot_at
 
 
 def _same_pod(rec: PodRecord, namespace: str, name: str) -> bool:
@@ -1098,6 +947,13 @@ def _note_warnings(statuses: Sequence[ContainerStatus], notes: Sequence[tuple[st
         if said and inner is not None:
             inner.message = " ".join([inner.message or "", *(f"[warning: {w}]" for w in said)])
             inner.message = inner.message.strip()
+
+
+def _evicted(files: jobdir.PodFiles, job_ended: bool) -> str | None:
+    """Only a pod whose containers have started ending can have been evicted."""
+    if job_ended or any(f.exit_code is not None for f in files.containers.values()):
+        return files.evicted
+    return None
 
 
 def _note_outage(statuses: Sequence[ContainerStatus], outage: str) -> None:

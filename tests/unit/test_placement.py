@@ -407,7 +407,9 @@ def test_an_outage_of_one_cluster_leaves_the_other_fresh(
         here.jobs["1001"] = JobInfo("1001", "RUNNING", "", here.jobs["1001"].comment)
         far.down = SchedulerUnavailable("ssh down")
         await service.refresh()
-        assert service._outage == {}  # far has no pods: it is not asked
+        assert {
+            n: t.outage for n, t in service.trackers.items() if t.outage
+        } == {}  # far: not asked
         [status] = await service.status([cpu_pod.pod])
         assert "Slurm does not answer" not in str(status.model_dump())
 
@@ -566,7 +568,7 @@ def test_a_create_cut_short_by_an_outage_leaves_no_pod_waiting(tmp_path: Path) -
 
     try:
         asyncio.run(scenario())
-        assert {t: uids for t, uids in service._waiting.items() if uids} == {}
+        assert {t: uids for t, uids in service.book.waiting.items() if uids} == {}
     finally:
         store.close()
 
@@ -593,6 +595,6 @@ def test_a_job_found_after_a_failed_submit_counts_as_waiting_again(tmp_path: Pat
     try:
         job_id = asyncio.run(scenario())
         assert job_id == "1001"  # found by its comment, not submitted twice
-        assert [uids for uids in service._waiting.values() if uids] == [{data.pod.uid}]
+        assert [uids for uids in service.book.waiting.values() if uids] == [{data.pod.uid}]
     finally:
         store.close()
