@@ -20,10 +20,11 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from interlink_slurm import jobdir, logsetup
 from interlink_slurm.book import PlacementBook
+from interlink_slurm.capacity import NodeCapacity
+from interlink_slurm.clusters import Cluster
 from interlink_slurm.config import DEFAULT_CLUSTER, Settings
 from interlink_slurm.errors import (
     BadRequest,
@@ -38,8 +39,9 @@ from interlink_slurm.logs import LogSource, stream_log
 from interlink_slurm.metrics import Metrics
 from interlink_slurm.placement import Placement, describe, place
 from interlink_slurm.pulls import LOG as PULL_LOG
-from interlink_slurm.pulls import Puller, decode, encode
-from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo, Scheduler
+from interlink_slurm.pulls import Puller, encode
+from interlink_slurm.reconciler import Reconciler
+from interlink_slurm.slurm.scheduler import JobInfo, Scheduler
 from interlink_slurm.slurm.states import (
     ACTIVE,
     CREATING_REASON,
@@ -56,12 +58,10 @@ from interlink_slurm.translate.images import CH_METADATA, image_command
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import (
     ANNOTATION_IMAGE_ROOT,
-    JOB_COMMENT_PREFIX,
     ImageCommands,
     build_plan,
     resolve_image,
 )
-from interlink_slurm.translate.resources import GPU_RESOURCE
 from interlink_slurm.translate.runtimes import (
     image_paths_argv,
     parse_image_paths,
@@ -70,13 +70,11 @@ from interlink_slurm.translate.runtimes import (
 from interlink_slurm.translate.script import render_script
 from interlink_slurm.translate.targets import Candidate, candidates
 from interlink_slurm.wire import (
-    Accelerator,
     ContainerState,
     ContainerStateWaiting,
     ContainerStatus,
     CreateResponse,
     LogRequest,
-    PingResources,
     PingResponse,
     Pod,
     PodStatus,
@@ -93,17 +91,6 @@ LOG_SOURCES = ("container", "job", "pull")
 ENDED_WATCH_SECONDS = 600.0
 # ch-image's metadata holds the image's build history: a few kB, far less than this.
 IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
-
-
-@dataclass
-class Cluster:
-    """One Slurm cluster pods go to: how it is reached, and its image pulls."""
-
-    name: str
-    transport: Transport
-    scheduler: Scheduler
-    puller: Puller
-    data_root: str
 
 
 class Service:
@@ -129,8 +116,6 @@ class Service:
         self._snapshot_at: float | None = None
         self._wake: asyncio.Event | None = None
         self._refresh_lock: asyncio.Lock | None = None
-        self._ping: tuple[float, PingResponse] | None = None
-        self._last_capacity: PingResources | None = None  # of the last healthy ping
         self._tasks: list[asyncio.Task[None]] = []
         self.book = PlacementBook(self.metrics)
         self.clusters: dict[str, Cluster] = {}
@@ -149,6 +134,10 @@ class Service:
             self.clock,
             settings.retention_seconds,
             settings.gc_interval_seconds,
+        )
+        self.reconciler = Reconciler(store, self._cluster, self.book, self._forget)
+        self.capacity = NodeCapacity(
+            settings, {n: c.scheduler for n, c in self.clusters.items()}, self.clock
         )
         self.puller = self.clusters[DEFAULT_CLUSTER].puller
         # Where jobs are submitted as root, which may then choose a pod's Unix user (sbatch
@@ -210,42 +199,10 @@ class Service:
         self._tasks.clear()
 
     async def reconcile(self) -> None:
-        """Submissions a crash cut short: Slurm (the job's comment) says whether they landed."""
-        down: set[str] = set()  # clusters that did not answer: their other pods wait too
-        for rec in await asyncio.to_thread(self.store.in_flight):
-            if rec.cluster in down:
-                continue
-            try:
-                await self._settle(rec)
-            except SchedulerUnavailable as err:
-                log.warning("cannot reconcile pod %s now: %s", rec.uid, err)
-                down.add(rec.cluster)
+        await self.reconciler.reconcile()
 
     async def _settle(self, rec: PodRecord) -> str | None:
-        cluster = self._cluster(rec)
-        job = await cluster.scheduler.find_by_comment(f"{JOB_COMMENT_PREFIX}{rec.uid}")
-        if job is None:
-            # Not in the queue (any more): if it ran, its script said which job it was.
-            try:
-                ran = await asyncio.to_thread(
-                    jobdir.read_started_job, cluster.transport, rec.pod_dir
-                )
-            except OSError:
-                ran = None
-            if ran is not None:
-                await asyncio.to_thread(self.store.set_job, rec.uid, ran)
-                log.info("pod %s: its job %s ran and left the queue", rec.uid, ran)
-                return ran
-            await asyncio.to_thread(self.store.forget, rec.uid)
-            return None
-        await asyncio.to_thread(self.store.set_job, rec.uid, job.job_id)
-        log.info("pod %s: found its job %s in Slurm", rec.uid, job.job_id)
-        if rec.started is None and rec.deleted is None:
-            # Its create failed after sbatch had reached Slurm: it waits on its target after all.
-            self.book.enter(rec)
-        if rec.pulls is not None and rec.deleted is None:
-            cluster.puller.start(rec.uid, job.job_id, rec.pod_dir, decode(rec.pulls))
-        return job.job_id
+        return await self.reconciler.settle(rec)
 
     # --- the refresher ---------------------------------------------------------------------------
 
@@ -804,93 +761,11 @@ class Service:
 
     # --- node -----------------------------------------------------------------------------------
 
-    def _partitions(self, cluster: str) -> list[str]:
-        """Where the plugin sends jobs on a cluster: its targets' partitions; without targets
-        (or for a target that names none) the top-level partitions and the profiles'."""
-        s = self.settings
-        base = {s.partition, s.gpu_partition, *(p.partition for p in s.profiles.values())}
-        if not s.targets:
-            parts = base
-        else:
-            parts = set()
-            for t in s.targets.values():
-                if (t.cluster or DEFAULT_CLUSTER) == cluster:
-                    parts |= {t.partition} if t.partition else base
-        return sorted({p for p in parts if p})
-
-    def _gpu_types(self) -> set[str]:
-        s = self.settings
-        types = [s.gpu_type, *(p.gpu_type for p in (*s.profiles.values(), *s.targets.values()))]
-        return {t for t in types if t}
-
-    def _accelerators(self, found: Sequence[ClusterResources]) -> list[Accelerator]:
-        """The GPUs of the clusters, under the extended resource names pods ask them as."""
-        mapped = self.settings.accelerators
-        if not mapped:
-            types = self._gpu_types()
-            gpus = sum(n for res in found for t, n in res.gpus.items() if not types or t in types)
-            return [Accelerator(resourceType=GPU_RESOURCE, available=str(gpus))] if gpus else []
-        out = []
-        for resource, gres in mapped.items():
-            name, _, kind = gres.partition(":")
-            if name != "gpu":
-                continue  # Slurm's node listings are read for gpu gres only
-            n = sum(c for res in found for t, c in res.gpus.items() if not kind or t == kind)
-            if n:
-                out.append(Accelerator(resourceType=resource, available=str(n)))
-        return out
-
     async def ping(self) -> PingResponse:
-        """The node's capacity: the sum over the clusters the targets use (one that does not
-        answer is left out of the sum; all silent is an error). No usable node is an error too,
-        never a zero capacity: the virtual kubelet would take a zero as the node's new size and
-        drain it (interLink #558), where an error leaves the last size and marks the node."""
-        now = self.clock.monotonic()
-        if self._ping and now - self._ping[0] < self.settings.ping_cache_seconds:
-            return self._ping[1]
-        names = self.settings.cluster_names
-        answers = await asyncio.gather(
-            *(self.clusters[n].scheduler.resources(self._partitions(n)) for n in names),
-            return_exceptions=True,
-        )
-        found = [a for a in answers if isinstance(a, ClusterResources)]
-        failed = [(n, a) for n, a in zip(names, answers, strict=True) if isinstance(a, Exception)]
-        if not found:
-            raise failed[0][1]
-        for name, err in failed:
-            log.warning("cluster %s left out of the node's capacity: %s", name, err)
-        cpus = sum(r.cpus for r in found)
-        memory_mb = sum(r.memory_mb for r in found)
-        if cpus <= 0 or memory_mb <= 0:
-            last = self._last_capacity
-            kept = f"cpu {last.cpu}, memory {last.memory}" if last else "none known yet"
-            partitions = sorted({p for n in names for p in self._partitions(n)})
-            raise SchedulerUnavailable(
-                "no Slurm node is usable"
-                + (f" in partitions {', '.join(partitions)}" if partitions else "")
-                + " (all down, drained or not responding): the virtual node keeps its last "
-                f"known capacity ({kept})"
-            )
-        resources = PingResources(
-            cpu=str(cpus),
-            memory=f"{memory_mb}Mi",
-            pods=str(self.settings.max_pods),
-            accelerators=self._accelerators(found),
-        )
-        answer = PingResponse(status="ok", resources=resources, taints=self.settings.taints)
-        self._ping = (now, answer)
-        self._last_capacity = resources
-        return answer
+        return await self.capacity.ping()
 
     async def ready(self) -> None:
-        """Ready when Slurm answers: one cluster of those the targets use is enough."""
-        names = self.settings.cluster_names
-        answers = await asyncio.gather(
-            *(self.clusters[n].scheduler.ping() for n in names), return_exceptions=True
-        )
-        errors = [a for a in answers if isinstance(a, BaseException)]
-        if len(errors) == len(answers):
-            raise errors[0]
+        return await self.capacity.ready()
 
     def snapshot_age(self) -> float | None:
         return None if self._snapshot_at is None else self.clock.monotonic() - self._snapshot_at
