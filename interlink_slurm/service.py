@@ -84,6 +84,9 @@ from interlink_slurm.wire import (
 log = logging.getLogger(__name__)
 
 MIN_REFRESH_GAP_SECONDS = 0.5
+# While a pod created this recently has containers not yet started, refreshes come this often.
+STARTING_SECONDS = 30.0
+STARTING_REFRESH_SECONDS = 0.5
 WORKER_THREADS = 64
 # What /getLogs?source= can read besides a container: the batch job's output, the pulls'.
 LOG_SOURCES = ("container", "job", "pull")
@@ -114,6 +117,7 @@ class Service:
         self.clock = clock or SystemClock()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._snapshot_at: float | None = None
+        self._starting = False  # a new pod's containers have not all started yet
         self._wake: asyncio.Event | None = None
         self._refresh_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -208,7 +212,6 @@ class Service:
 
     async def _refresher(self) -> None:
         assert self._wake is not None
-        interval = self.settings.status_refresh_seconds
         while True:
             started = time.monotonic()
             try:
@@ -221,7 +224,7 @@ class Service:
             # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
             # arrives as the wake-up does, and stop() then waits for this loop forever.
             try:
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(self.refresh_interval()):
                     await self._wake.wait()
                 # Woken early (a new pod): still leave Slurm a breath between two queries.
                 await asyncio.sleep(
@@ -230,6 +233,13 @@ class Service:
             except TimeoutError:
                 pass
             self._wake.clear()
+
+    def refresh_interval(self) -> float:
+        """The time until the next refresh: shorter while a new pod's containers have not all
+        started (running is seen within STARTING_REFRESH_SECONDS of it, not a whole interval
+        later), for STARTING_SECONDS after its create at most."""
+        interval = self.settings.status_refresh_seconds
+        return min(interval, STARTING_REFRESH_SECONDS) if self._starting else interval
 
     def _request_refresh(self) -> None:
         if self._wake is not None:
@@ -248,6 +258,12 @@ class Service:
                     by_cluster[rec.cluster].append(rec)
             answered = await asyncio.gather(
                 *(self.trackers[n].refresh(rs) for n, rs in by_cluster.items())
+            )
+            now = self.clock.time()
+            self._starting = any(
+                self.trackers[n].starting(rec, now, STARTING_SECONDS)
+                for n, rs in by_cluster.items()
+                for rec in rs
             )
             for name, ok in zip(by_cluster, answered, strict=True):
                 if ok:

@@ -210,8 +210,18 @@ class StatusTracker:
         for pod_dir in read.missing:
             self._keys.pop(uids[pod_dir], None)
 
-    def files_of(self, rec: PodRecord) -> jobdir.PodFiles | None:
-        return self.files.get(rec.uid)
+    def starting(self, rec: PodRecord, now: float, window: float = 30.0) -> bool:
+        """Whether a pod created less than ``window`` ago waits for its containers to start:
+        its job not seen ended, some main container with no start time yet."""
+        if rec.final_state is not None or rec.deleted is not None or now - rec.created > window:
+            return False
+        files = self.files.get(rec.uid)
+        if files is None:
+            return True
+        return any(
+            files.containers.get(c) is None or files.containers[c].started is None
+            for c in rec.containers
+        )
 
     def read_one(self, rec: PodRecord) -> jobdir.PodFiles:
         """A pod's files read at once (blocking): for a pod no refresh has read yet."""

@@ -289,3 +289,31 @@ def test_the_janitor_collects_garbage_after_retention_every_interval(tmp_path: P
         asyncio.run(between())
     finally:
         service.store.close()
+
+
+def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path) -> None:
+    service, fake, _, clock = make(tmp_path, status_refresh_seconds=2)
+    first, late = new_pod("s"), new_pod("late")
+
+    async def scenario() -> None:
+        answer = await service.create(first)
+        await service.refresh()
+        assert service.refresh_interval() == 0.5  # its job waits: look again soon
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        await service.refresh()
+        assert service.refresh_interval() == 2  # all its containers started
+        # A pod that does not start within the window no longer shortens the interval.
+        await service.create(late)
+        await service.refresh()
+        assert service.refresh_interval() == 0.5
+        clock.advance(31)
+        await service.refresh()
+        assert service.refresh_interval() == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
