@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from interlink_slurm import jobdir
@@ -75,12 +75,19 @@ class StatusTracker:
     # --- the queue ------------------------------------------------------------------------------
 
     async def refresh(self, recs: Sequence[PodRecord]) -> bool:
-        """The refresh of this cluster's jobs and states; False when its Slurm did not answer."""
-        answered = await self._refresh_jobs(recs)
-        await self.read_states(recs)
-        return answered
+        """The refresh of this cluster's jobs and states; False when its Slurm did not answer.
 
-    async def _refresh_jobs(self, recs: Sequence[PodRecord]) -> bool:
+        The files are read after the queue, and both are published together (no await in
+        between): a /status never pairs a job seen ended with its containers' files from
+        before they ended (which would say the job killed them)."""
+        jobs = await self._refresh_jobs(recs)
+        publish = await self._read_states(recs)
+        if jobs is not None:
+            self.jobs = jobs
+        publish()
+        return jobs is not None
+
+    async def _refresh_jobs(self, recs: Sequence[PodRecord]) -> dict[str, JobInfo] | None:
         name = self.name
         job_ids = [r.job_id for r in recs if r.job_id]
         ended = {r.job_id for r in recs if r.final_state is not None}
@@ -94,7 +101,7 @@ class StatusTracker:
                     err,
                 )
             self.outage = str(err)
-            return False
+            return None
         if self.outage is not None:
             self.outage = None
             log.info("Slurm (cluster %s) answers again", name)
@@ -131,8 +138,7 @@ class StatusTracker:
         if moved:
             # Kept, so a pod whose job has left the queue still says where it ran.
             await asyncio.to_thread(self.store.set_nodes, name, moved)
-        self.jobs = jobs
-        return True
+        return jobs
 
     async def _confirm_failures(
         self,
@@ -186,11 +192,15 @@ class StatusTracker:
     # --- the pods' state files ------------------------------------------------------------------
 
     async def read_states(self, recs: Sequence[PodRecord]) -> None:
+        (await self._read_states(recs))()
+
+    async def _read_states(self, recs: Sequence[PodRecord]) -> Callable[[], None]:
         """The state files of every pod with a job that changed since the last read: one
-        command through the transport (per jobdir.STATE_ARGS_LIMIT of arguments)."""
+        command through the transport (per jobdir.STATE_ARGS_LIMIT of arguments). Returns
+        what publishes them."""
         pods = {r.pod_dir: (self._keys.get(r.uid, ""), r.all_containers) for r in recs if r.job_id}
         if not pods:
-            return
+            return lambda: None
         uids = {r.pod_dir: r.uid for r in recs if r.job_id}
         try:
             read = await asyncio.to_thread(jobdir.read_states, self.transport, self.data_root, pods)
@@ -199,16 +209,24 @@ class StatusTracker:
             # said last time is still the best answer, said to be so.
             if self.files_outage is None:
                 log.warning("cannot read the pods' state files (cluster %s): %s", self.name, err)
-            self.files_outage = f"cannot read the pod's files: {err}"
-            return
-        self.state_reads += read.calls
-        self.files_outage = None
-        for pod_dir, (key, files) in read.changed.items():
-            uid = uids[pod_dir]
-            self.files[uid] = files
-            self._keys[uid] = "" if _changed_lately(key, read.now) else key
-        for pod_dir in read.missing:
-            self._keys.pop(uids[pod_dir], None)
+            outage = f"cannot read the pod's files: {err}"
+
+            def failed() -> None:
+                self.files_outage = outage
+
+            return failed
+
+        def publish() -> None:
+            self.state_reads += read.calls
+            self.files_outage = None
+            for pod_dir, (key, files) in read.changed.items():
+                uid = uids[pod_dir]
+                self.files[uid] = files
+                self._keys[uid] = "" if _changed_lately(key, read.now) else key
+            for pod_dir in read.missing:
+                self._keys.pop(uids[pod_dir], None)
+
+        return publish
 
     def starting(self, rec: PodRecord, now: float, window: float = 30.0) -> bool:
         """Whether a pod created less than ``window`` ago waits for its containers to start:

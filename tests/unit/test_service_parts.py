@@ -317,3 +317,48 @@ def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path)
         asyncio.run(scenario())
     finally:
         service.store.close()
+
+
+def test_a_status_during_a_refresh_never_pairs_an_ended_job_with_older_files(
+    tmp_path: Path,
+) -> None:
+    """The queue says the job ended while the state files are being read: a /status at that
+    moment still sees the last published pair (running), never 'ended' with the files from
+    before the container's end, which would say the job killed it (137)."""
+    service, fake, transport, _ = make(tmp_path)
+    data = new_pod("pair")
+    seen: list[Any] = []
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        await service.refresh()
+        loop = asyncio.get_running_loop()
+        real_run = transport.run
+
+        def run_then_ask(argv: Sequence[str], *, timeout: float) -> CommandResult:
+            result = real_run(argv, timeout=timeout)
+            ask = asyncio.run_coroutine_threadsafe(service.status([data.pod]), loop)
+            seen.append(ask.result(timeout=30)[0].containers[0].state)
+            return result
+
+        put(rec.pod_dir, "containers/main.exit", "0")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        old = fake.jobs[answer.PodJID]
+        fake.jobs[answer.PodJID] = JobInfo(answer.PodJID, "COMPLETED", "", old.comment)
+        transport.run = run_then_ask  # type: ignore[method-assign]
+        await service.refresh()
+        transport.run = real_run  # type: ignore[method-assign]
+        [after] = await service.status([data.pod])
+        assert after.containers[0].state.terminated is not None
+        assert after.containers[0].state.terminated.exit_code == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
+    [during] = seen
+    assert during.running is not None, during
