@@ -84,6 +84,8 @@ from interlink_slurm.wire import (
 log = logging.getLogger(__name__)
 
 MIN_REFRESH_GAP_SECONDS = 0.5
+# The refresh done at startup, before serving, is given this long at most.
+FIRST_REFRESH_SECONDS = 10.0
 # While a pod created this recently has containers not yet started, refreshes come this often.
 STARTING_SECONDS = 30.0
 STARTING_REFRESH_SECONDS = 0.5
@@ -190,6 +192,17 @@ class Service:
         for rec in await asyncio.to_thread(self.store.pulling):
             if rec.cluster in self.clusters:
                 self.clusters[rec.cluster].puller.resume([rec])
+        # One refresh before serving: a /status right after a restart then answers from the
+        # jobs and files as they are, not "being created" for pods that ran meanwhile.
+        try:
+            async with asyncio.timeout(FIRST_REFRESH_SECONDS):
+                await self.refresh()
+        except TimeoutError:
+            log.warning(
+                "the first status refresh took over %g s: serving meanwhile", FIRST_REFRESH_SECONDS
+            )
+        except Exception:
+            log.exception("the first status refresh failed")
         self._tasks.append(asyncio.create_task(self._refresher(), name="refresher"))
 
     async def stop(self) -> None:

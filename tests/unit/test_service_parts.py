@@ -362,3 +362,24 @@ def test_a_status_during_a_refresh_never_pairs_an_ended_job_with_older_files(
         service.store.close()
     [during] = seen
     assert during.running is not None, during
+
+
+def test_a_restarted_service_refreshes_once_before_serving(tmp_path: Path) -> None:
+    service, fake, _, _ = make(tmp_path)
+    data = new_pod("before")
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        again = Service(service.settings, fake, CountingTransport(), service.store)
+        await again.start()
+        try:
+            assert again.trackers["default"].jobs[answer.PodJID].state == "RUNNING"
+            assert again.snapshot_age() is not None
+        finally:
+            await again.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
