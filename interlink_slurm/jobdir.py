@@ -14,15 +14,16 @@ Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from interlink_slurm.errors import PodRejected, StorageError
-from interlink_slurm.slurm.transport import Transport
+from interlink_slurm.slurm.transport import CommandUnavailable, Transport
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.wire import dns_label, dns_subdomain, pod_uid
 
@@ -129,18 +130,25 @@ def _int(raw: bytes | None) -> int | None:
 
 
 def read_container(transport: Transport, pod_dir: str, container: str) -> ContainerFiles:
-    started = _time(transport.read_file(container_file(pod_dir, container, "started"), 64))
+    return _container(
+        lambda suffix, limit: transport.read_file(container_file(pod_dir, container, suffix), limit)
+    )
+
+
+def _container(read: Callable[[str, int], bytes | None]) -> ContainerFiles:
+    """One container's state from its files, each read by ``read(suffix, limit)``."""
+    started = _time(read("started", 64))
     if started is None:
         return ContainerFiles()
-    exit_code = _int(transport.read_file(container_file(pod_dir, container, "exit"), 16))
-    finished = _time(transport.read_file(container_file(pod_dir, container, "finished"), 64))
-    restarts = _int(transport.read_file(container_file(pod_dir, container, "restarts"), 16))
+    exit_code = _int(read("exit", 16))
+    finished = _time(read("finished", 64))
+    restarts = _int(read("restarts", 16))
     ready = None
     backoff = None
     if exit_code is None:  # readiness and back-off matter while it has not ended for good
-        raw_ready = transport.read_file(container_file(pod_dir, container, "ready"), 16)
+        raw_ready = read("ready", 16)
         ready = None if raw_ready is None else raw_ready.strip() == b"true"
-        raw_backoff = transport.read_file(container_file(pod_dir, container, "backoff"), 32)
+        raw_backoff = read("backoff", 32)
         words = raw_backoff.split() if raw_backoff is not None else []
         if len(words) == 2 and all(w.isdigit() for w in words):
             backoff = (int(words[0]), int(words[1]))
@@ -192,3 +200,149 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
     raw = transport.read_file(f"{pod_dir}/job.out", 4096)
     match = _STARTED.search(raw or b"")
     return match.group(1).decode() if match else None
+
+
+# --- every pod's state in one command --------------------------------------------------------
+
+# The small files the job script writes (ils_put: a temporary file renamed into place), which is
+# all /status needs of a pod.
+STATE_SUFFIXES = ("started", "finished", "exit", "restarts", "ready", "backoff")
+STATE_FILES = ("job.runs", "job.evicted")
+# A rename into a directory updates its mtime, on a parallel filesystem too (the metadata
+# server keeps it), where inotify sees nothing written from other nodes: the mtimes of a pod's
+# directory and of its containers/ say whether any of its state files changed. One shell
+# process reads them all; a pod's files are read only when those mtimes differ from what the
+# plugin saw last (given as the argument after each directory). A pod's files are its job's
+# (its user's) to write: symlinks are not followed, each file is read up to 1 kB, every byte
+# outside printable ASCII becomes "?", and each of a pod's lines is prefixed with "|", so
+# nothing it writes can pass for another pod's.
+STATE_READER = r"""
+export LC_ALL=C
+cd -- "$1" || exit 3
+shift
+echo "N $(date +%s)"
+i=0
+while [ "$#" -ge 2 ]; do
+  d=$1 k=$2
+  shift 2
+  i=$((i + 1))
+  if [[ ! -d $d || -L $d || -L $d/containers ]]; then echo "P $i -"; continue; fi
+  now=$(stat -c '%Y:%y' -- "$d" "$d/containers" 2>/dev/null | tr -c '!-~' '_')
+  [ "$now" != "$k" ] || continue
+  echo "P $i $now"
+  files=()
+  for f in "$d"/job.runs "$d"/job.evicted \
+    "$d"/containers/*.{started,finished,exit,restarts,ready,backoff}; do
+    if [[ -f $f && ! -L $f ]]; then files+=("${f#"$d"/}"); fi
+  done
+  if [ "${#files[@]}" -gt 0 ]; then
+    (cd -- "$d" && head -v -c 1024 -- "${files[@]}" 2>/dev/null) \
+      | awk '{ gsub(/[^ -~]/, "?"); print "|" $0 }'
+  fi
+done
+"""
+# The reader's command line stays under Linux's limit for one argument (128 kB): the remote
+# shell of an SSH transport gets the whole command as one. More pods take more commands.
+STATE_ARGS_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class StateRead:
+    """What one pass of the reader found."""
+
+    now: float  # the cluster side's clock (seconds) when it started
+    changed: dict[str, tuple[str, PodFiles]]  # pod dir → (its key, its files), changed ones
+    missing: set[str]  # pod dirs that are not there (any more)
+    calls: int = 1  # commands run through the transport
+
+
+def read_states(
+    transport: Transport,
+    data_root: str,
+    pods: Mapping[str, tuple[str, Sequence[str]]],
+    timeout: float = 60,
+) -> StateRead:
+    """The state files of every pod whose directory changed since it was last read, in one
+    command per STATE_ARGS_LIMIT of arguments. ``pods``: pod dir → (the key it had when last
+    read, "" for never; its containers). Raises OSError or SchedulerUnavailable."""
+    root = data_root.rstrip("/") or "/"
+    batches: list[list[tuple[str, str, str]]] = [[]]
+    size = 0
+    for pod_dir, (key, _) in pods.items():
+        rel = posixpath.relpath(pod_dir, root) if pod_dir.startswith(root + "/") else pod_dir
+        if size > STATE_ARGS_LIMIT:
+            batches.append([])
+            size = 0
+        batches[-1].append((pod_dir, rel, key))
+        size += len(rel) + len(key) + 8
+    now = 0.0
+    changed: dict[str, tuple[str, PodFiles]] = {}
+    missing: set[str] = set()
+    for batch in batches:
+        if not batch:
+            continue
+        argv = ["bash", "-c", STATE_READER, "ils-state", root]
+        for _, rel, key in batch:
+            argv += [rel, key or "-"]
+        try:
+            result = transport.run(argv, timeout=timeout)
+        except CommandUnavailable as err:
+            raise OSError(f"cannot read the pods' state files: {err}") from err
+        if result.returncode != 0:
+            raise OSError(f"cannot read the pods' state files: {result.stderr.strip()[:500]}")
+        dirs = [pod_dir for pod_dir, _, _ in batch]
+        seen, raw, gone = _parse_states(result.stdout, dirs)
+        now = max(now, seen)
+        missing |= gone
+        for pod_dir, (key, files) in raw.items():
+            changed[pod_dir] = (key, pod_files(files, pods[pod_dir][1]))
+    return StateRead(now, changed, missing, sum(1 for b in batches if b))
+
+
+def pod_files(files: Mapping[str, bytes], containers: Sequence[str]) -> PodFiles:
+    """A pod's state from its files' first lines (name relative to the pod dir → bytes). The
+    eviction is kept whenever written: the caller says when it counts (see read_pod)."""
+
+    def container(name: str) -> ContainerFiles:
+        return _container(lambda suffix, limit: files.get(f"containers/{name}.{suffix}"))
+
+    raw_runs = files.get("job.runs")
+    runs = _int(raw_runs) if raw_runs is not None else 0
+    raw_evicted = files.get("job.evicted")
+    evicted = raw_evicted.decode(errors="replace").strip() or None if raw_evicted else None
+    return PodFiles({c: container(c) for c in containers}, runs or 0, evicted)
+
+
+def _parse_states(
+    stdout: str, dirs: Sequence[str]
+) -> tuple[float, dict[str, tuple[str, dict[str, bytes]]], set[str]]:
+    """The reader's output: "N <now>", then per pod read "P <index> <key>" (or "-": no such
+    directory) and its files as head -v prints them, each line behind "|"."""
+    now = 0.0
+    changed: dict[str, tuple[str, dict[str, bytes]]] = {}
+    missing: set[str] = set()
+    files: dict[str, bytes] | None = None
+    name: str | None = None
+    for line in stdout.splitlines():
+        if line.startswith("N "):
+            with contextlib.suppress(ValueError):
+                now = float(line[2:])
+        elif line.startswith("P "):
+            words = line.split(" ")
+            files, name = None, None
+            if len(words) != 3 or not words[1].isdigit() or not 0 < int(words[1]) <= len(dirs):
+                continue
+            pod_dir = dirs[int(words[1]) - 1]
+            if words[2] == "-":
+                missing.add(pod_dir)
+                continue
+            files = {}
+            changed[pod_dir] = (words[2], files)
+        elif line.startswith("|") and files is not None:
+            text = line[1:]
+            if text.startswith("==> ") and text.endswith(" <=="):
+                name = text[4:-4]
+            elif name is not None:
+                files.setdefault(name, text.encode())
+                name = None
+    return now, changed, missing

@@ -20,9 +20,11 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from interlink_slurm import jobdir, logsetup
+from interlink_slurm.book import PlacementBook
+from interlink_slurm.capacity import NodeCapacity
+from interlink_slurm.clusters import Cluster
 from interlink_slurm.config import DEFAULT_CLUSTER, Settings
 from interlink_slurm.errors import (
     BadRequest,
@@ -32,35 +34,34 @@ from interlink_slurm.errors import (
     SchedulerUnavailable,
     StorageError,
 )
+from interlink_slurm.janitor import Janitor
 from interlink_slurm.logs import LogSource, stream_log
 from interlink_slurm.metrics import Metrics
 from interlink_slurm.placement import Placement, describe, place
 from interlink_slurm.pulls import LOG as PULL_LOG
-from interlink_slurm.pulls import Puller, decode, encode
-from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo, Scheduler
+from interlink_slurm.pulls import Puller, encode
+from interlink_slurm.reconciler import Reconciler
+from interlink_slurm.slurm.scheduler import JobInfo, Scheduler
 from interlink_slurm.slurm.states import (
     ACTIVE,
     CREATING_REASON,
     TERMINAL,
-    UNCONFIRMED_REASON,
     UNREACHABLE_REASON,
     WAITING,
     base_state,
     container_statuses,
-    doubtful_failure,
 )
 from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
 from interlink_slurm.store import PodRecord, Store
+from interlink_slurm.tracker import GONE, Clock, StatusTracker, SystemClock
 from interlink_slurm.translate.images import CH_METADATA, image_command
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import (
     ANNOTATION_IMAGE_ROOT,
-    JOB_COMMENT_PREFIX,
     ImageCommands,
     build_plan,
     resolve_image,
 )
-from interlink_slurm.translate.resources import GPU_RESOURCE
 from interlink_slurm.translate.runtimes import (
     image_paths_argv,
     parse_image_paths,
@@ -69,13 +70,11 @@ from interlink_slurm.translate.runtimes import (
 from interlink_slurm.translate.script import render_script
 from interlink_slurm.translate.targets import Candidate, candidates
 from interlink_slurm.wire import (
-    Accelerator,
     ContainerState,
     ContainerStateWaiting,
     ContainerStatus,
     CreateResponse,
     LogRequest,
-    PingResources,
     PingResponse,
     Pod,
     PodStatus,
@@ -84,8 +83,12 @@ from interlink_slurm.wire import (
 
 log = logging.getLogger(__name__)
 
-GONE = "GONE"  # final_state of a job that left the queue with no accounting record
 MIN_REFRESH_GAP_SECONDS = 0.5
+# The refresh done at startup, before serving, is given this long at most.
+FIRST_REFRESH_SECONDS = 10.0
+# While a pod created this recently has containers not yet started, refreshes come this often.
+STARTING_SECONDS = 30.0
+STARTING_REFRESH_SECONDS = 0.5
 WORKER_THREADS = 64
 # What /getLogs?source= can read besides a container: the batch job's output, the pulls'.
 LOG_SOURCES = ("container", "job", "pull")
@@ -93,19 +96,6 @@ LOG_SOURCES = ("container", "job", "pull")
 ENDED_WATCH_SECONDS = 600.0
 # ch-image's metadata holds the image's build history: a few kB, far less than this.
 IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
-# States of a job that has started (for the placement's predicted vs. actual start).
-STARTED = frozenset({"RUNNING", "COMPLETING", "COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY"})
-
-
-@dataclass
-class Cluster:
-    """One Slurm cluster pods go to: how it is reached, and its image pulls."""
-
-    name: str
-    transport: Transport
-    scheduler: Scheduler
-    puller: Puller
-    data_root: str
 
 
 class Service:
@@ -117,34 +107,44 @@ class Service:
         store: Store,
         metrics: Metrics | None = None,
         clusters: Mapping[str, tuple[Transport, Scheduler]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """``scheduler`` and ``transport`` reach the default cluster (the top-level keys);
-        ``clusters`` the others that targets use, by name."""
+        ``clusters`` the others that targets use, by name; ``clock`` the time (a test's)."""
         self.settings = settings
         self.scheduler = scheduler
         self.transport = transport
         self.store = store
         self.metrics = metrics or Metrics()
+        self.clock = clock or SystemClock()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        # Per cluster: the jobs seen at the last refresh, and why Slurm did not answer.
-        self._snapshot: dict[str, dict[str, JobInfo]] = {}
         self._snapshot_at: float | None = None
-        self._outage: dict[str, str] = {}
+        self._starting = False  # a new pod's containers have not all started yet
         self._wake: asyncio.Event | None = None
         self._refresh_lock: asyncio.Lock | None = None
-        self._last_gc = 0.0
-        self._ping: tuple[float, PingResponse] | None = None
-        self._last_capacity: PingResources | None = None  # of the last healthy ping
         self._tasks: list[asyncio.Task[None]] = []
-        # What each pod's files said when last read, for when they cannot be read.
-        self._files_seen: dict[str, jobdir.PodFiles] = {}
-        # Per target: the placed pods whose job has not been seen to start (placement's ties).
-        self._waiting: dict[str, set[str]] = {}
+        self.book = PlacementBook(self.metrics)
         self.clusters: dict[str, Cluster] = {}
+        # Per cluster: its jobs and its pods' states as of the last refresh.
+        self.trackers: dict[str, StatusTracker] = {}
         for name, (t, s) in {DEFAULT_CLUSTER: (transport, scheduler), **(clusters or {})}.items():
             own = settings.for_cluster(name)
             puller = Puller(own, t, s, store, self._request_refresh)
             self.clusters[name] = Cluster(name, t, s, puller, str(own.data_root))
+            self.trackers[name] = StatusTracker(name, t, s, str(own.data_root), store, self.clock)
+        self.janitor = Janitor(
+            store,
+            {n: (c.transport, c.scheduler) for n, c in self.clusters.items()},
+            self._settle,
+            self._forget,
+            self.clock,
+            settings.retention_seconds,
+            settings.gc_interval_seconds,
+        )
+        self.reconciler = Reconciler(store, self._cluster, self.book, self._forget)
+        self.capacity = NodeCapacity(
+            settings, {n: c.scheduler for n, c in self.clusters.items()}, self.clock
+        )
         self.puller = self.clusters[DEFAULT_CLUSTER].puller
         # Where jobs are submitted as root, which may then choose a pod's Unix user (sbatch
         # --uid): this process itself as root with the local sbatch, or SSH as root.
@@ -154,16 +154,11 @@ class Service:
             if _submits_as_root(settings.for_cluster(name), self.clusters[name].transport)
         }
 
-    def _not_waiting(self, rec: PodRecord) -> None:
-        """A placed pod no longer waits to start: it started, ended, or went."""
-        if rec.placement is not None:
-            target = str(json.loads(rec.placement).get("target"))
-            self._waiting.get(target, set()).discard(rec.uid)
-
-    def _forget_waiting(self, uid: str) -> None:
-        """A pod placed but not submitted after all."""
-        for uids in self._waiting.values():
-            uids.discard(uid)
+    def _forget(self, uid: str) -> None:
+        """What memory holds of a pod whose row is gone."""
+        self.book.forget(uid)
+        for tracker in self.trackers.values():
+            tracker.forget(uid)
 
     def _cluster(self, rec: PodRecord) -> Cluster:
         cluster = self.clusters.get(rec.cluster)
@@ -193,11 +188,21 @@ class Service:
         )
         await self.reconcile()
         for rec in await asyncio.to_thread(self.store.waiting_placed):
-            target = str(json.loads(rec.placement or "{}").get("target"))
-            self._waiting.setdefault(target, set()).add(rec.uid)
+            self.book.enter(rec)
         for rec in await asyncio.to_thread(self.store.pulling):
             if rec.cluster in self.clusters:
                 self.clusters[rec.cluster].puller.resume([rec])
+        # One refresh before serving: a /status right after a restart then answers from the
+        # jobs and files as they are, not "being created" for pods that ran meanwhile.
+        try:
+            async with asyncio.timeout(FIRST_REFRESH_SECONDS):
+                await self.refresh()
+        except TimeoutError:
+            log.warning(
+                "the first status refresh took over %g s: serving meanwhile", FIRST_REFRESH_SECONDS
+            )
+        except Exception:
+            log.exception("the first status refresh failed")
         self._tasks.append(asyncio.create_task(self._refresher(), name="refresher"))
 
     async def stop(self) -> None:
@@ -211,53 +216,20 @@ class Service:
         self._tasks.clear()
 
     async def reconcile(self) -> None:
-        """Submissions a crash cut short: Slurm (the job's comment) says whether they landed."""
-        down: set[str] = set()  # clusters that did not answer: their other pods wait too
-        for rec in await asyncio.to_thread(self.store.in_flight):
-            if rec.cluster in down:
-                continue
-            try:
-                await self._settle(rec)
-            except SchedulerUnavailable as err:
-                log.warning("cannot reconcile pod %s now: %s", rec.uid, err)
-                down.add(rec.cluster)
+        await self.reconciler.reconcile()
 
     async def _settle(self, rec: PodRecord) -> str | None:
-        cluster = self._cluster(rec)
-        job = await cluster.scheduler.find_by_comment(f"{JOB_COMMENT_PREFIX}{rec.uid}")
-        if job is None:
-            # Not in the queue (any more): if it ran, its script said which job it was.
-            try:
-                ran = await asyncio.to_thread(
-                    jobdir.read_started_job, cluster.transport, rec.pod_dir
-                )
-            except OSError:
-                ran = None
-            if ran is not None:
-                await asyncio.to_thread(self.store.set_job, rec.uid, ran)
-                log.info("pod %s: its job %s ran and left the queue", rec.uid, ran)
-                return ran
-            await asyncio.to_thread(self.store.forget, rec.uid)
-            return None
-        await asyncio.to_thread(self.store.set_job, rec.uid, job.job_id)
-        log.info("pod %s: found its job %s in Slurm", rec.uid, job.job_id)
-        if rec.pulls is not None and rec.deleted is None:
-            cluster.puller.start(rec.uid, job.job_id, rec.pod_dir, decode(rec.pulls))
-        return job.job_id
+        return await self.reconciler.settle(rec)
 
     # --- the refresher ---------------------------------------------------------------------------
 
     async def _refresher(self) -> None:
         assert self._wake is not None
-        interval = self.settings.status_refresh_seconds
         while True:
             started = time.monotonic()
             try:
                 await self.refresh()
-                await self._kill_due()
-                if started - self._last_gc >= self.settings.gc_interval_seconds:
-                    self._last_gc = started
-                    await self.collect_garbage()
+                await self.janitor.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -265,7 +237,7 @@ class Service:
             # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
             # arrives as the wake-up does, and stop() then waits for this loop forever.
             try:
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(self.refresh_interval()):
                     await self._wake.wait()
                 # Woken early (a new pod): still leave Slurm a breath between two queries.
                 await asyncio.sleep(
@@ -275,155 +247,48 @@ class Service:
                 pass
             self._wake.clear()
 
+    def refresh_interval(self) -> float:
+        """The time until the next refresh: shorter while a new pod's containers have not all
+        started (running is seen within STARTING_REFRESH_SECONDS of it, not a whole interval
+        later), for STARTING_SECONDS after its create at most."""
+        interval = self.settings.status_refresh_seconds
+        return min(interval, STARTING_REFRESH_SECONDS) if self._starting else interval
+
     def _request_refresh(self) -> None:
         if self._wake is not None:
             self._wake.set()
 
     async def refresh(self) -> None:
-        """One scheduler query per cluster for its active jobs; record the ones that ended."""
+        """One scheduler query and one state read per cluster, for its active pods."""
         lock = self._refresh_lock or asyncio.Lock()
         async with lock:
-            recs = await asyncio.to_thread(self.store.active, time.time() - ENDED_WATCH_SECONDS)
+            since = self.clock.time() - ENDED_WATCH_SECONDS
+            recs = await asyncio.to_thread(self.store.active, since)
             self.metrics.tracked_jobs.set(len(recs))
             by_cluster: dict[str, list[PodRecord]] = {name: [] for name in self.clusters}
             for rec in recs:
                 if rec.cluster in by_cluster:
                     by_cluster[rec.cluster].append(rec)
             answered = await asyncio.gather(
-                *(self._refresh_cluster(self.clusters[n], rs) for n, rs in by_cluster.items())
+                *(self.trackers[n].refresh(rs) for n, rs in by_cluster.items())
             )
+            now = self.clock.time()
+            self._starting = any(
+                self.trackers[n].starting(rec, now, STARTING_SECONDS)
+                for n, rs in by_cluster.items()
+                for rec in rs
+            )
+            for name, ok in zip(by_cluster, answered, strict=True):
+                if ok:
+                    await self._note_starts(by_cluster[name], self.trackers[name].jobs)
             if any(answered):
-                self._snapshot_at = time.monotonic()
+                self._snapshot_at = self.clock.monotonic()
                 self.metrics.refresh_age.set(0)
             await self._count_pods()
 
-    async def _refresh_cluster(self, cluster: Cluster, recs: Sequence[PodRecord]) -> bool:
-        """The refresh of one cluster's jobs; False when its Slurm did not answer."""
-        name = cluster.name
-        job_ids = [r.job_id for r in recs if r.job_id]
-        ended = {r.job_id for r in recs if r.final_state is not None}
-        try:
-            jobs = await cluster.scheduler.query(job_ids) if job_ids else {}
-        except (SchedulerUnavailable, SchedulerError) as err:
-            if name not in self._outage:
-                log.warning(
-                    "Slurm (cluster %s) does not answer; serving the last known states: %s",
-                    name,
-                    err,
-                )
-            self._outage[name] = str(err)
-            return False
-        if self._outage.pop(name, None) is not None:
-            log.info("Slurm (cluster %s) answers again", name)
-        jobs = await self._confirm_failures(cluster, recs, jobs, ended)
-
-        finished: list[tuple[str, str, str]] = []
-        revived: list[str] = []
-        gone = [j for j in job_ids if j not in jobs and j not in ended]
-        for job_id, job in jobs.items():
-            if base_state(job) in TERMINAL:
-                finished.append((job_id, base_state(job), job.reason))
-            elif job_id in ended:
-                revived.append(job_id)
-        if revived:
-            log.info("jobs %s run again (requeued)", ", ".join(revived))
-            await asyncio.to_thread(self.store.reopen, name, revived)
-        placed = {j: job.nodes for j, job in jobs.items() if job.nodes}
-        if gone:
-            try:
-                accounted = await cluster.scheduler.final_states(gone)
-            except (SchedulerUnavailable, SchedulerError):
-                accounted = {}
-            for job_id in gone:
-                acct = accounted.get(job_id)
-                finished.append(
-                    (job_id, base_state(acct), acct.reason) if acct else (job_id, GONE, "")
-                )
-                if acct and acct.nodes:
-                    placed[job_id] = acct.nodes
-        if finished:
-            await asyncio.to_thread(self.store.finish, name, finished)
-        known = {r.job_id: r.nodes for r in recs}
-        moved = [(j, n) for j, n in placed.items() if known.get(j) != n]
-        if moved:
-            # Kept, so a pod whose job has left the queue still says where it ran.
-            await asyncio.to_thread(self.store.set_nodes, name, moved)
-        self._snapshot[name] = jobs
-        await self._note_starts(recs, jobs)
-        return True
-
-    async def _confirm_failures(
-        self,
-        cluster: Cluster,
-        recs: Sequence[PodRecord],
-        jobs: dict[str, JobInfo],
-        ended: set[str | None],
-    ) -> dict[str, JobInfo]:
-        """The queue's answer, with each doubtful failure (states.doubtful_failure) replaced by
-        what Slurm's accounting record says, or held as pending while it says nothing."""
-        now = time.time()
-        by_job = {r.job_id: r for r in recs if r.job_id and r.job_id not in ended}
-        young = [
-            (j, rec)
-            for j, job in jobs.items()
-            if (rec := by_job.get(j)) is not None and doubtful_failure(job, rec.created, now, False)
-        ]
-        if not young:
-            return jobs
-        doubtful = []
-        for job_id, rec in young:
-            try:
-                ran = await asyncio.to_thread(
-                    jobdir.read_started_job, cluster.transport, rec.pod_dir
-                )
-            except (OSError, SchedulerUnavailable):
-                ran = None
-            if ran != job_id:
-                doubtful.append(job_id)
-        if not doubtful:
-            return jobs
-        try:
-            records = await cluster.scheduler.final_states(doubtful)
-        except (SchedulerUnavailable, SchedulerError):
-            records = {}
-        out = dict(jobs)
-        for job_id in doubtful:
-            record = records.get(job_id)
-            if record is not None and base_state(record) == "FAILED":
-                continue  # confirmed: the queue's answer (with its reason) stands
-            if record is not None and base_state(record) in TERMINAL:
-                out[job_id] = dataclasses.replace(record, comment=jobs[job_id].comment)
-                continue
-            if record is not None:
-                log.info("job %s: the queue shows FAILED, its record %s", job_id, record.state)
-                out[job_id] = dataclasses.replace(record, comment=jobs[job_id].comment)
-                continue
-            log.info(
-                "job %s: Slurm shows it FAILED before it started; held until confirmed", job_id
-            )
-            out[job_id] = JobInfo(job_id, "PENDING", UNCONFIRMED_REASON, jobs[job_id].comment)
-        return out
-
     async def _note_starts(self, recs: Sequence[PodRecord], jobs: Mapping[str, JobInfo]) -> None:
-        """Placed pods whose job is seen started for the first time: predicted vs. actual."""
-        now = time.time()
-        started = []
-        for rec in recs:
-            job = jobs.get(rec.job_id or "")
-            if rec.placement is None or rec.started is not None:
-                continue
-            if job is None or base_state(job) not in WAITING or rec.deleted is not None:
-                self._not_waiting(rec)
-            if job is None or base_state(job) not in STARTED:
-                continue
-            started.append(rec.uid)
-            record = json.loads(rec.placement)
-            target = str(record.get("target"))
-            decided = record.get("decided_at") or rec.created
-            self.metrics.actual_wait.labels(target).observe(max(0.0, now - decided))
-            predicted = record.get("predicted_start")
-            if isinstance(predicted, int | float):
-                self.metrics.wait_error.labels(target).observe(now - predicted)
+        now = self.clock.time()
+        started = self.book.note_starts(recs, jobs, now)
         if started:
             await asyncio.to_thread(self.store.mark_started, started, now)
 
@@ -431,7 +296,7 @@ class Service:
         counts = await asyncio.to_thread(self.store.count_by_state)
         active = counts.pop("ACTIVE", 0)
         by_state: dict[str, int] = {}
-        for job in (j for jobs in self._snapshot.values() for j in jobs.values()):
+        for job in (j for t in self.trackers.values() for j in t.jobs.values()):
             state = base_state(job)
             if state not in TERMINAL:
                 by_state[state] = by_state.get(state, 0) + 1
@@ -441,36 +306,6 @@ class Service:
         self.metrics.pods.clear()
         for state, n in by_state.items():
             self.metrics.pods.labels(state).set(n)
-
-    async def _kill_due(self) -> None:
-        """Jobs whose grace period ran out after a delete, or whose delete could not reach
-        Slurm: cancel them for good, retried at every refresh until Slurm takes it."""
-        for rec in await asyncio.to_thread(self.store.due_kills, time.time()):
-            try:
-                job_id = rec.job_id or await self._settle(rec)
-                if job_id is not None:
-                    await self._cluster(rec).scheduler.cancel(job_id)
-            except (SchedulerUnavailable, SchedulerError) as err:
-                log.warning("pod %s: cannot end job %s yet: %s", rec.uid, rec.job_id, err)
-                continue
-            if job_id is not None:
-                await asyncio.to_thread(self.store.set_kill_at, rec.uid, None)
-                log.info("pod %s: deleted, job %s cancelled", rec.uid, job_id)
-
-    async def collect_garbage(self) -> None:
-        """Directories and rows of pods deleted longer ago than the retention."""
-        cutoff = time.time() - self.settings.retention_seconds
-        for rec in await asyncio.to_thread(self.store.expired, cutoff):
-            if rec.job_id is not None and rec.final_state is None:
-                continue  # its job has not been seen to end: its files are still in use
-            if rec.cluster not in self.clusters:
-                continue  # on a cluster no longer configured: nothing to reach it with
-            await asyncio.to_thread(self.clusters[rec.cluster].transport.remove_tree, rec.pod_dir)
-            await asyncio.to_thread(self.store.forget, rec.uid)
-            self._files_seen.pop(rec.uid, None)
-            log.info(
-                "pod %s/%s (%s): files removed after retention", rec.namespace, rec.name, rec.uid
-            )
 
     # --- create / delete ------------------------------------------------------------------------
 
@@ -486,81 +321,89 @@ class Service:
             if rec is not None and rec.job_id is not None:
                 log.info("pod %s already has job %s", uid, rec.job_id)
                 return CreateResponse(PodUID=uid, PodJID=rec.job_id)
+            try:
+                return await self._submit_new(data)
+            except BaseException:
+                # Whatever cut the create short (a rejection, an SSH outage, a cancelled
+                # request), the pod waits on no target: counted there, it would skew every
+                # later tie towards the other targets for good. A job that landed anyway is
+                # counted again when its pod is settled.
+                self.book.forget(uid)
+                raise
 
-            try:
-                commands: ImageCommands = {}
-                if not runs_image_command(self.settings.runtime) and any(
-                    not c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
-                ):
-                    commands = await asyncio.to_thread(self._image_commands, data)
-                placement = await self.place(data, commands)
-                cluster = self.clusters[placement.chosen.cluster]
-                plan = placement.chosen.plan
-                assert plan is not None  # a chosen target has a plan
-                pod_dir = plan.pod_dir
-                plan = await asyncio.to_thread(
-                    self._in_images, cluster.transport, data, placement.chosen, plan, commands
-                )
-                for container, warning in plan.warnings:
-                    log.warning("pod %s, container %s: %s", uid, container, warning)
-                if plan.owner is not None and plan.owner[1] is None:
-                    plan = await asyncio.to_thread(self._primary_group, cluster.transport, plan)
-                pulls = []
-                if plan.image_pulls and self.settings.image_pull_on == "submit_host":
-                    pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
-                if pulls:
-                    # Held until the submit host has put its images in the cache.
-                    plan = dataclasses.replace(plan, directives=(*plan.directives, "--hold"))
-                script = render_script(plan)
-                script_path = await asyncio.to_thread(
-                    jobdir.write_pod, cluster.transport, plan, script
-                )
-                if plan.owner is not None:
-                    await asyncio.to_thread(self._hand_over, cluster.transport, plan)
-            except (PodRejected, StorageError) as err:
-                self.metrics.submit_failures.labels(type(err).__name__).inc()
-                self._forget_waiting(uid)
-                raise
-            placed = placement.chosen.name if self.settings.targets else ""
-            await asyncio.to_thread(
-                self.store.begin_submit,
-                uid,
-                pod.namespace,
-                pod.name,
-                pod_dir,
-                [c.name for c in pod.spec.init_containers],
-                [c.name for c in pod.spec.containers],
-                pulls=encode(pulls) if pulls else None,
-                cluster=cluster.name,
-                placement=placement.record() if placed else None,
-                notes=plan.warnings,
+    async def _submit_new(self, data: RetrievedPodData) -> CreateResponse:
+        pod = data.pod
+        uid = pod.uid
+        try:
+            commands: ImageCommands = {}
+            if not runs_image_command(self.settings.runtime) and any(
+                not c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
+            ):
+                commands = await asyncio.to_thread(self._image_commands, data)
+            placement = await self.place(data, commands)
+            cluster = self.clusters[placement.chosen.cluster]
+            plan = placement.chosen.plan
+            assert plan is not None  # a chosen target has a plan
+            pod_dir = plan.pod_dir
+            plan = await asyncio.to_thread(
+                self._in_images, cluster.transport, data, placement.chosen, plan, commands
             )
-            try:
-                job_id = await cluster.scheduler.submit(script_path, pod_dir)
-            except SchedulerUnavailable:
-                # sbatch may have reached Slurm before failing: the row stays in flight and the
-                # next create (or a restart) asks Slurm for the job by its comment.
-                self.metrics.submit_failures.labels("SchedulerUnavailable").inc()
-                raise
-            except SchedulerError as err:
-                self.metrics.submit_failures.labels(type(err).__name__).inc()
-                self._forget_waiting(uid)
-                await asyncio.to_thread(self.store.forget, uid)
-                await asyncio.to_thread(cluster.transport.remove_tree, pod_dir)
-                raise
-            logsetup.bind(job=job_id)
-            await asyncio.to_thread(self.store.set_job, uid, job_id)
-            await asyncio.to_thread(
-                cluster.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
-            )
+            for container, warning in plan.warnings:
+                log.warning("pod %s, container %s: %s", uid, container, warning)
+            if plan.owner is not None and plan.owner[1] is None:
+                plan = await asyncio.to_thread(self._primary_group, cluster.transport, plan)
+            pulls = []
+            if plan.image_pulls and self.settings.image_pull_on == "submit_host":
+                pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
             if pulls:
-                cluster.puller.start(uid, job_id, pod_dir, pulls)
-            self._request_refresh()
-            where = f" on target {placed} ({placement.basis})" if placed else ""
-            log.info(
-                "pod %s/%s (%s) submitted as job %s%s", pod.namespace, pod.name, uid, job_id, where
-            )
-            return CreateResponse(PodUID=uid, PodJID=job_id)
+                # Held until the submit host has put its images in the cache.
+                plan = dataclasses.replace(plan, directives=(*plan.directives, "--hold"))
+            script = render_script(plan)
+            script_path = await asyncio.to_thread(jobdir.write_pod, cluster.transport, plan, script)
+            if plan.owner is not None:
+                await asyncio.to_thread(self._hand_over, cluster.transport, plan)
+        except (PodRejected, StorageError) as err:
+            self.metrics.submit_failures.labels(type(err).__name__).inc()
+            raise
+        placed = placement.chosen.name if self.settings.targets else ""
+        await asyncio.to_thread(
+            self.store.begin_submit,
+            uid,
+            pod.namespace,
+            pod.name,
+            pod_dir,
+            [c.name for c in pod.spec.init_containers],
+            [c.name for c in pod.spec.containers],
+            pulls=encode(pulls) if pulls else None,
+            cluster=cluster.name,
+            placement=placement.record() if placed else None,
+            notes=plan.warnings,
+        )
+        try:
+            job_id = await cluster.scheduler.submit(script_path, pod_dir)
+        except SchedulerUnavailable:
+            # sbatch may have reached Slurm before failing: the row stays in flight and the
+            # next create (or a restart) asks Slurm for the job by its comment.
+            self.metrics.submit_failures.labels("SchedulerUnavailable").inc()
+            raise
+        except SchedulerError as err:
+            self.metrics.submit_failures.labels(type(err).__name__).inc()
+            await asyncio.to_thread(self.store.forget, uid)
+            await asyncio.to_thread(cluster.transport.remove_tree, pod_dir)
+            raise
+        logsetup.bind(job=job_id)
+        await asyncio.to_thread(self.store.set_job, uid, job_id)
+        await asyncio.to_thread(
+            cluster.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
+        )
+        if pulls:
+            cluster.puller.start(uid, job_id, pod_dir, pulls)
+        self._request_refresh()
+        where = f" on target {placed} ({placement.basis})" if placed else ""
+        log.info(
+            "pod %s/%s (%s) submitted as job %s%s", pod.namespace, pod.name, uid, job_id, where
+        )
+        return CreateResponse(PodUID=uid, PodJID=job_id)
 
     async def place(
         self, data: RetrievedPodData, image_commands: ImageCommands | None = None
@@ -579,12 +422,11 @@ class Service:
             cands,
             schedulers,
             self.settings.placement_estimate_seconds,
-            waiting=lambda: {t: len(uids) for t, uids in self._waiting.items()},
+            waiting=self.book.counts,
         )
         if self.settings.targets:
             name = placement.chosen.name
-            # Counted at once (no await since the decision): the next pod's tie sees it.
-            self._waiting.setdefault(name, set()).add(pod.uid)
+            self.book.add(name, pod.uid)
             self.metrics.placements.labels(name, placement.basis).inc()
             for target, est in placement.estimates.items():
                 if isinstance(est, str):
@@ -733,7 +575,7 @@ class Service:
                 # interLink may forget the pod after this answer (interLink #540): the delete
                 # is kept instead, and the refresher cancels the job once Slurm answers.
                 await asyncio.to_thread(self.store.mark_deleted, uid)
-                await asyncio.to_thread(self.store.set_kill_at, uid, time.time())
+                await asyncio.to_thread(self.store.set_kill_at, uid, self.clock.time())
                 self._request_refresh()
                 message = (
                     f"pod {uid}: Slurm does not answer ({err}); its job will be cancelled as "
@@ -771,7 +613,7 @@ class Service:
                 await cluster.scheduler.cancel(job_id)
                 message = f"pod {uid}: job {job_id} cancelled"
             else:
-                await asyncio.to_thread(self.store.set_kill_at, uid, time.time() + grace)
+                await asyncio.to_thread(self.store.set_kill_at, uid, self.clock.time() + grace)
                 message = f"pod {uid}: job {job_id} signalled, {grace} s to end"
         else:
             await cluster.scheduler.cancel(job_id)
@@ -786,7 +628,8 @@ class Service:
     def _job_for(self, rec: PodRecord) -> JobInfo | None:
         """What is known of the pod's job without asking Slurm."""
         assert rec.job_id is not None
-        job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
+        tracker = self.trackers.get(rec.cluster)
+        job = tracker.jobs.get(rec.job_id) if tracker else None
         if job is not None:
             return job
         if rec.final_state is not None:
@@ -795,7 +638,7 @@ class Service:
             return JobInfo(rec.job_id, rec.final_state, rec.final_reason or "")
         # Submitted after the last refresh (or Slurm has not answered since): ask for one now.
         self._request_refresh()
-        if rec.cluster in self._outage:
+        if tracker is not None and tracker.outage is not None:
             return JobInfo(rec.job_id, "PENDING", UNREACHABLE_REASON)
         return JobInfo(rec.job_id, "PENDING", CREATING_REASON)
 
@@ -815,15 +658,7 @@ class Service:
                 pull = self._cluster(rec).puller.state(rec.uid)
                 init, main = _all_waiting(rec, images, pull.reason, pull.message)
             else:
-                try:
-                    seen = await asyncio.to_thread(self._read_files, rec)
-                    self._files_seen[rec.uid] = seen
-                    files_outage = None
-                except (SchedulerUnavailable, OSError) as err:
-                    # The pod's files cannot be read now (SSH to the login node down, a
-                    # filesystem hiccup): what they said last time is still the best answer.
-                    seen = self._files_seen.get(rec.uid, jobdir.PodFiles({}))
-                    files_outage = f"cannot read the pod's files: {err}"
+                seen, files_outage = await self._files_of(rec)
                 job = self._job_for(rec)
                 init, main = container_statuses(
                     job,
@@ -834,9 +669,10 @@ class Service:
                     images,
                     deleted=rec.deleted is not None,
                     restarts=max(0, seen.runs - 1),
-                    evicted=seen.evicted,
+                    evicted=_evicted(seen, rec.final_state is not None),
                 )
-                outage = self._outage.get(rec.cluster) if rec.final_state is None else None
+                tracker = self.trackers.get(rec.cluster)
+                outage = tracker.outage if tracker and rec.final_state is None else None
                 if outage or files_outage:
                     _note_outage((*init, *main), "; ".join(o for o in (outage, files_outage) if o))
                 if rec.notes:
@@ -844,7 +680,7 @@ class Service:
                     _note_warnings(main, rec.notes)
                 if rec.placement and job is not None and base_state(job) in WAITING:
                     _note_placement(
-                        (*init, *main), describe(json.loads(rec.placement), time.time())
+                        (*init, *main), describe(json.loads(rec.placement), self.clock.time())
                     )
                 nodes = self._nodes_of(rec)
                 if nodes:
@@ -862,11 +698,30 @@ class Service:
             )
         return out
 
+    async def _files_of(self, rec: PodRecord) -> tuple[jobdir.PodFiles, str | None]:
+        """The pod's state files as the last refresh read them, and why they could not be read
+        (then they are what was read before). No file is read here, but for a pod no refresh
+        has read yet (just submitted, or the plugin restarted): once, at its first /status."""
+        tracker = self.trackers.get(rec.cluster)
+        seen = tracker.files.get(rec.uid) if tracker is not None else None
+        if tracker is not None and seen is not None:
+            return seen, tracker.files_outage if rec.final_state is None else None
+        try:
+            if tracker is None:
+                self._cluster(rec)  # raises: the cluster is no longer configured
+                raise AssertionError("a configured cluster has a tracker")
+            return await asyncio.to_thread(tracker.read_one, rec), None
+        except (SchedulerUnavailable, OSError) as err:
+            # The pod's files cannot be read now (SSH to the login node down, a filesystem
+            # hiccup): nothing known of its containers but what Slurm says.
+            return jobdir.PodFiles({}), f"cannot read the pod's files: {err}"
+
     def _nodes_of(self, rec: PodRecord) -> str:
         """Where the pod's job runs or ran: Slurm's node list ("" while it waits)."""
         if rec.job_id is None:
             return ""
-        job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
+        tracker = self.trackers.get(rec.cluster)
+        job = tracker.jobs.get(rec.job_id) if tracker is not None else None
         if job is not None:
             # A requeued job waiting again runs nowhere, whatever its last run said.
             return job.nodes if base_state(job) not in WAITING else ""
@@ -880,16 +735,8 @@ class Service:
         if rec.cluster not in self.clusters:
             return False  # no puller to ask: its files say what they can
         assert rec.job_id is not None
-        job = self._snapshot.get(rec.cluster, {}).get(rec.job_id)
+        job = self.trackers[rec.cluster].jobs.get(rec.job_id)
         return job is None or base_state(job) == "PENDING"
-
-    def _read_files(self, rec: PodRecord) -> jobdir.PodFiles:
-        return jobdir.read_pod(
-            self._cluster(rec).transport,
-            rec.pod_dir,
-            rec.all_containers,
-            rec.final_state is not None,
-        )
 
     # --- logs -----------------------------------------------------------------------------------
 
@@ -943,96 +790,14 @@ class Service:
 
     # --- node -----------------------------------------------------------------------------------
 
-    def _partitions(self, cluster: str) -> list[str]:
-        """Where the plugin sends jobs on a cluster: its targets' partitions; without targets
-        (or for a target that names none) the top-level partitions and the profiles'."""
-        s = self.settings
-        base = {s.partition, s.gpu_partition, *(p.partition for p in s.profiles.values())}
-        if not s.targets:
-            parts = base
-        else:
-            parts = set()
-            for t in s.targets.values():
-                if (t.cluster or DEFAULT_CLUSTER) == cluster:
-                    parts |= {t.partition} if t.partition else base
-        return sorted({p for p in parts if p})
-
-    def _gpu_types(self) -> set[str]:
-        s = self.settings
-        types = [s.gpu_type, *(p.gpu_type for p in (*s.profiles.values(), *s.targets.values()))]
-        return {t for t in types if t}
-
-    def _accelerators(self, found: Sequence[ClusterResources]) -> list[Accelerator]:
-        """The GPUs of the clusters, under the extended resource names pods ask them as."""
-        mapped = self.settings.accelerators
-        if not mapped:
-            types = self._gpu_types()
-            gpus = sum(n for res in found for t, n in res.gpus.items() if not types or t in types)
-            return [Accelerator(resourceType=GPU_RESOURCE, available=str(gpus))] if gpus else []
-        out = []
-        for resource, gres in mapped.items():
-            name, _, kind = gres.partition(":")
-            if name != "gpu":
-                continue  # Slurm's node listings are read for gpu gres only
-            n = sum(c for res in found for t, c in res.gpus.items() if not kind or t == kind)
-            if n:
-                out.append(Accelerator(resourceType=resource, available=str(n)))
-        return out
-
     async def ping(self) -> PingResponse:
-        """The node's capacity: the sum over the clusters the targets use (one that does not
-        answer is left out of the sum; all silent is an error). No usable node is an error too,
-        never a zero capacity: the virtual kubelet would take a zero as the node's new size and
-        drain it (interLink #558), where an error leaves the last size and marks the node."""
-        now = time.monotonic()
-        if self._ping and now - self._ping[0] < self.settings.ping_cache_seconds:
-            return self._ping[1]
-        names = self.settings.cluster_names
-        answers = await asyncio.gather(
-            *(self.clusters[n].scheduler.resources(self._partitions(n)) for n in names),
-            return_exceptions=True,
-        )
-        found = [a for a in answers if isinstance(a, ClusterResources)]
-        failed = [(n, a) for n, a in zip(names, answers, strict=True) if isinstance(a, Exception)]
-        if not found:
-            raise failed[0][1]
-        for name, err in failed:
-            log.warning("cluster %s left out of the node's capacity: %s", name, err)
-        cpus = sum(r.cpus for r in found)
-        memory_mb = sum(r.memory_mb for r in found)
-        if cpus <= 0 or memory_mb <= 0:
-            last = self._last_capacity
-            kept = f"cpu {last.cpu}, memory {last.memory}" if last else "none known yet"
-            partitions = sorted({p for n in names for p in self._partitions(n)})
-            raise SchedulerUnavailable(
-                "no Slurm node is usable"
-                + (f" in partitions {', '.join(partitions)}" if partitions else "")
-                + " (all down, drained or not responding): the virtual node keeps its last "
-                f"known capacity ({kept})"
-            )
-        resources = PingResources(
-            cpu=str(cpus),
-            memory=f"{memory_mb}Mi",
-            pods=str(self.settings.max_pods),
-            accelerators=self._accelerators(found),
-        )
-        answer = PingResponse(status="ok", resources=resources, taints=self.settings.taints)
-        self._ping = (now, answer)
-        self._last_capacity = resources
-        return answer
+        return await self.capacity.ping()
 
     async def ready(self) -> None:
-        """Ready when Slurm answers: one cluster of those the targets use is enough."""
-        names = self.settings.cluster_names
-        answers = await asyncio.gather(
-            *(self.clusters[n].scheduler.ping() for n in names), return_exceptions=True
-        )
-        errors = [a for a in answers if isinstance(a, BaseException)]
-        if len(errors) == len(answers):
-            raise errors[0]
+        return await self.capacity.ready()
 
     def snapshot_age(self) -> float | None:
-        return None if self._snapshot_at is None else time.monotonic() - self._snapshot_at
+        return None if self._snapshot_at is None else self.clock.monotonic() - self._snapshot_at
 
 
 def _same_pod(rec: PodRecord, namespace: str, name: str) -> bool:
@@ -1086,6 +851,13 @@ def _note_warnings(statuses: Sequence[ContainerStatus], notes: Sequence[tuple[st
         if said and inner is not None:
             inner.message = " ".join([inner.message or "", *(f"[warning: {w}]" for w in said)])
             inner.message = inner.message.strip()
+
+
+def _evicted(files: jobdir.PodFiles, job_ended: bool) -> str | None:
+    """Only a pod whose containers have started ending can have been evicted."""
+    if job_ended or any(f.exit_code is not None for f in files.containers.values()):
+        return files.evicted
+    return None
 
 
 def _note_outage(statuses: Sequence[ContainerStatus], outage: str) -> None:

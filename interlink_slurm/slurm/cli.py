@@ -31,6 +31,8 @@ UNREACHABLE = (
     "munge",
 )
 INVALID_JOB = "invalid job id"
+# From this many jobs on, a refresh asks squeue for the user's jobs rather than by id.
+BY_USER_FROM = 32
 # What scancel says of a job that has already ended.
 GONE = (INVALID_JOB, "already completing or completed", "job/step already")
 SEP = "|"
@@ -220,6 +222,7 @@ class CliScheduler:
         self._cmd = command or {}
         self._limit = asyncio.Semaphore(max_concurrent)
         self._accounting = True
+        self._by_user = True  # many jobs are queried with squeue --me (see query)
 
     def _bin(self, name: str) -> str:
         return self._cmd.get(name, name)
@@ -305,7 +308,28 @@ class CliScheduler:
         ids = sorted({j for j in job_ids if j.isdigit()}, key=int)
         if not ids:
             return {}
-        return await self._squeue(f"--jobs={','.join(ids)}")
+        if len(ids) < BY_USER_FROM or not self._by_user:
+            return await self._squeue(f"--jobs={','.join(ids)}")
+        # Many jobs: this user's jobs in one squeue, filtered here, cost the client and
+        # slurmctld far less than --jobs with thousands of ids (a command line that grows with
+        # them, over SSH too). Jobs outside that view (submitted as another user with --uid,
+        # or gone from the queue) are then asked by id.
+        try:
+            mine = await self._squeue("--me")
+        except SchedulerError as err:
+            log.info("squeue --me failed (%s): jobs are asked by id from now on", err)
+            self._by_user = False
+            return await self._squeue(f"--jobs={','.join(ids)}")
+        wanted = set(ids)
+        out = {j: job for j, job in mine.items() if j in wanted}
+        rest = [j for j in ids if j not in out]
+        if len(rest) * 2 > len(ids):
+            # Most jobs are another user's (root submitting with --uid): --me does not pay.
+            log.info("most jobs are not this user's: they are asked by id from now on")
+            self._by_user = False
+        if rest:
+            out.update(await self._squeue(f"--jobs={','.join(rest)}"))
+        return out
 
     async def find_by_comment(self, comment: str) -> JobInfo | None:
         for job in (await self._squeue()).values():

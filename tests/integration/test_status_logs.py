@@ -304,7 +304,8 @@ def test_follow_streams_lines_as_they_come_and_ends_with_the_container(local: Pl
     assert [t for _, t in stamped(text)] == [b"tick 0", b"tick 1", b"tick 2", b"tick 3"]
     # Streamed, not collected: the last tick came well after the first chunk was sent.
     assert arrivals[-1][0] - arrivals[0][0] > 1.5
-    assert all_terminated(local.pod_status(pod))
+    # The stream ends on the container's exit file; /status says so at the next refresh.
+    local.wait_for(pod, all_terminated, timeout=30)
 
 
 def test_follow_ends_when_the_client_goes_away(local: Plugin) -> None:

@@ -508,10 +508,12 @@ def test_status_when_pod_files_cannot_be_read_serves_what_they_said_last(
     api.refresh()
     first = api.get("/status", [data["pod"]]).json()[0]
 
-    def down(*_: object) -> None:
+    def down(*_: object, **__: object) -> None:
         raise SchedulerUnavailable("Slurm is not reachable: cannot reach the login node")
 
-    monkeypatch.setattr(api.service, "_read_files", down)
+    # The refresher reads every pod's state files with one command: it cannot run.
+    monkeypatch.setattr(api.service.trackers["default"].transport, "run", down)
+    api.refresh()
     r = api.get("/status", [data["pod"]])
 
     assert r.status_code == 200

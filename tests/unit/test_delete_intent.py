@@ -16,7 +16,7 @@ DOWN = SchedulerUnavailable("Slurm is not reachable: Unable to contact slurm con
 def kill_due(h: Harness) -> None:
     """The refresher's pass over due cancels, now."""
     assert h.client.portal is not None
-    h.client.portal.call(h.service._kill_due)
+    h.client.portal.call(h.service.janitor.kill_due)
 
 
 def test_delete_while_slurm_is_down_is_kept_and_done_when_it_answers(tmp_path: Path) -> None:

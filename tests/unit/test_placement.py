@@ -407,7 +407,9 @@ def test_an_outage_of_one_cluster_leaves_the_other_fresh(
         here.jobs["1001"] = JobInfo("1001", "RUNNING", "", here.jobs["1001"].comment)
         far.down = SchedulerUnavailable("ssh down")
         await service.refresh()
-        assert service._outage == {}  # far has no pods: it is not asked
+        assert {
+            n: t.outage for n, t in service.trackers.items() if t.outage
+        } == {}  # far: not asked
         [status] = await service.status([cpu_pod.pod])
         assert "Slurm does not answer" not in str(status.model_dump())
 
@@ -538,3 +540,61 @@ def test_a_cluster_is_seen_with_its_own_keys(tmp_path: Path) -> None:
     )
     assert s.for_cluster("default") is s
     assert s.cluster_names == ["b"]
+
+
+class _DownAfterPlacing(LocalTransport):
+    """The SSH link to the login node drops once the pod is placed: writing its files fails."""
+
+    def write_file(self, path: str, data: bytes, mode: int) -> None:
+        raise SchedulerUnavailable("ssh: connection to login node lost")
+
+
+def test_a_create_cut_short_by_an_outage_leaves_no_pod_waiting(tmp_path: Path) -> None:
+    s = settings(tmp_path, {"booster": BOOSTER, "dcgp": DCGP})
+    fake = FakeScheduler()
+    store = Store(tmp_path / "state.db")
+    store.open()
+    service = Service(s, fake, _DownAfterPlacing(), store)
+    data = pod()
+
+    async def scenario() -> None:
+        with pytest.raises(SchedulerUnavailable, match="connection to login node lost"):
+            await service.create(data)
+        # sbatch itself fails the same way: the row stays in flight, the pod waits nowhere.
+        service.transport = service.clusters["default"].transport = LocalTransport()
+        fake.fail_next["submit"] = SchedulerUnavailable("ssh: connection reset")
+        with pytest.raises(SchedulerUnavailable, match="connection reset"):
+            await service.create(data)
+
+    try:
+        asyncio.run(scenario())
+        assert {t: uids for t, uids in service.book.waiting.items() if uids} == {}
+    finally:
+        store.close()
+
+
+def test_a_job_found_after_a_failed_submit_counts_as_waiting_again(tmp_path: Path) -> None:
+    s = settings(tmp_path, {"booster": BOOSTER, "dcgp": DCGP})
+    fake = FakeScheduler()
+    store = Store(tmp_path / "state.db")
+    store.open()
+    service = Service(s, fake, LocalTransport(), store)
+    data = pod()
+
+    async def landed_then_lost(script_path: str, workdir: str) -> str:
+        await FakeScheduler.submit(fake, script_path, workdir)
+        raise SchedulerUnavailable("ssh: connection reset after sbatch ran")
+
+    async def scenario() -> str:
+        fake.submit = landed_then_lost  # type: ignore[method-assign]
+        with pytest.raises(SchedulerUnavailable):
+            await service.create(data)
+        del fake.submit
+        return (await service.create(data)).PodJID
+
+    try:
+        job_id = asyncio.run(scenario())
+        assert job_id == "1001"  # found by its comment, not submitted twice
+        assert [uids for uids in service.book.waiting.values() if uids] == [{data.pod.uid}]
+    finally:
+        store.close()

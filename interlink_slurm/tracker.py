@@ -1,0 +1,264 @@
+"""What is known of one cluster's pods, refreshed in the background: the jobs (one scheduler
+query per refresh) and the containers' states (one command per refresh reads the state files of
+every pod that changed). /status is served from it, with no call to Slurm and no file read.
+
+A refresh Slurm does not answer leaves the last known jobs (an outage, said in the statuses
+until it answers again); a state read that fails leaves the last known files the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from interlink_slurm import jobdir
+from interlink_slurm.errors import SchedulerError, SchedulerUnavailable
+from interlink_slurm.slurm.scheduler import JobInfo, Scheduler
+from interlink_slurm.slurm.states import TERMINAL, UNCONFIRMED_REASON, base_state, doubtful_failure
+from interlink_slurm.slurm.transport import Transport
+from interlink_slurm.store import PodRecord, Store
+
+log = logging.getLogger(__name__)
+
+GONE = "GONE"  # final_state of a job that left the queue with no accounting record
+# A directory changed this close to the reader's clock may change again within the same mtime
+# tick (a second on some filesystems): read again next time, whatever its key says.
+RACY_SECONDS = 2.0
+
+
+class Clock(Protocol):
+    """Where the parts read the time: the system's, or a test's."""
+
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class StatusTracker:
+    """One cluster's jobs and pod states, as of the last refresh."""
+
+    def __init__(
+        self,
+        name: str,
+        transport: Transport,
+        scheduler: Scheduler,
+        data_root: str,
+        store: Store,
+        clock: Clock | None = None,
+    ) -> None:
+        self.name = name
+        self.transport = transport
+        self.scheduler = scheduler
+        self.data_root = data_root
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.jobs: dict[str, JobInfo] = {}  # the jobs seen at the last refresh Slurm answered
+        self.outage: str | None = None  # why Slurm did not answer the last refresh
+        self.files: dict[str, jobdir.PodFiles] = {}  # pod uid → its state files, last read
+        self.files_outage: str | None = None  # why the last state read failed
+        self.state_reads = 0  # transport calls made to read state files (for benchmarks)
+        self._keys: dict[str, str] = {}  # pod uid → its directories' mtimes when last read
+
+    # --- the queue ------------------------------------------------------------------------------
+
+    async def refresh(self, recs: Sequence[PodRecord]) -> bool:
+        """The refresh of this cluster's jobs and states; False when its Slurm did not answer.
+
+        The files are read after the queue, and both are published together (no await in
+        between): a /status never pairs a job seen ended with its containers' files from
+        before they ended (which would say the job killed them)."""
+        jobs = await self._refresh_jobs(recs)
+        publish = await self._read_states(recs)
+        if jobs is not None:
+            self.jobs = jobs
+        publish()
+        return jobs is not None
+
+    async def _refresh_jobs(self, recs: Sequence[PodRecord]) -> dict[str, JobInfo] | None:
+        name = self.name
+        job_ids = [r.job_id for r in recs if r.job_id]
+        ended = {r.job_id for r in recs if r.final_state is not None}
+        try:
+            jobs = await self.scheduler.query(job_ids) if job_ids else {}
+        except (SchedulerUnavailable, SchedulerError) as err:
+            if self.outage is None:
+                log.warning(
+                    "Slurm (cluster %s) does not answer; serving the last known states: %s",
+                    name,
+                    err,
+                )
+            self.outage = str(err)
+            return None
+        if self.outage is not None:
+            self.outage = None
+            log.info("Slurm (cluster %s) answers again", name)
+        jobs = await self._confirm_failures(recs, jobs, ended)
+
+        finished: list[tuple[str, str, str]] = []
+        revived: list[str] = []
+        gone = [j for j in job_ids if j not in jobs and j not in ended]
+        for job_id, job in jobs.items():
+            if base_state(job) in TERMINAL:
+                finished.append((job_id, base_state(job), job.reason))
+            elif job_id in ended:
+                revived.append(job_id)
+        if revived:
+            log.info("jobs %s run again (requeued)", ", ".join(revived))
+            await asyncio.to_thread(self.store.reopen, name, revived)
+        placed = {j: job.nodes for j, job in jobs.items() if job.nodes}
+        if gone:
+            try:
+                accounted = await self.scheduler.final_states(gone)
+            except (SchedulerUnavailable, SchedulerError):
+                accounted = {}
+            for job_id in gone:
+                acct = accounted.get(job_id)
+                finished.append(
+                    (job_id, base_state(acct), acct.reason) if acct else (job_id, GONE, "")
+                )
+                if acct and acct.nodes:
+                    placed[job_id] = acct.nodes
+        if finished:
+            await asyncio.to_thread(self.store.finish, name, finished)
+        known = {r.job_id: r.nodes for r in recs}
+        moved = [(j, n) for j, n in placed.items() if known.get(j) != n]
+        if moved:
+            # Kept, so a pod whose job has left the queue still says where it ran.
+            await asyncio.to_thread(self.store.set_nodes, name, moved)
+        return jobs
+
+    async def _confirm_failures(
+        self,
+        recs: Sequence[PodRecord],
+        jobs: dict[str, JobInfo],
+        ended: set[str | None],
+    ) -> dict[str, JobInfo]:
+        """The queue's answer, with each doubtful failure (states.doubtful_failure) replaced by
+        what Slurm's accounting record says, or held as pending while it says nothing."""
+        now = self.clock.time()
+        by_job = {r.job_id: r for r in recs if r.job_id and r.job_id not in ended}
+        young = [
+            (j, rec)
+            for j, job in jobs.items()
+            if (rec := by_job.get(j)) is not None and doubtful_failure(job, rec.created, now, False)
+        ]
+        if not young:
+            return jobs
+        doubtful = []
+        for job_id, rec in young:
+            try:
+                ran = await asyncio.to_thread(jobdir.read_started_job, self.transport, rec.pod_dir)
+            except (OSError, SchedulerUnavailable):
+                ran = None
+            if ran != job_id:
+                doubtful.append(job_id)
+        if not doubtful:
+            return jobs
+        try:
+            records = await self.scheduler.final_states(doubtful)
+        except (SchedulerUnavailable, SchedulerError):
+            records = {}
+        out = dict(jobs)
+        for job_id in doubtful:
+            record = records.get(job_id)
+            if record is not None and base_state(record) == "FAILED":
+                continue  # confirmed: the queue's answer (with its reason) stands
+            if record is not None and base_state(record) in TERMINAL:
+                out[job_id] = dataclasses.replace(record, comment=jobs[job_id].comment)
+                continue
+            if record is not None:
+                log.info("job %s: the queue shows FAILED, its record %s", job_id, record.state)
+                out[job_id] = dataclasses.replace(record, comment=jobs[job_id].comment)
+                continue
+            log.info(
+                "job %s: Slurm shows it FAILED before it started; held until confirmed", job_id
+            )
+            out[job_id] = JobInfo(job_id, "PENDING", UNCONFIRMED_REASON, jobs[job_id].comment)
+        return out
+
+    # --- the pods' state files ------------------------------------------------------------------
+
+    async def read_states(self, recs: Sequence[PodRecord]) -> None:
+        (await self._read_states(recs))()
+
+    async def _read_states(self, recs: Sequence[PodRecord]) -> Callable[[], None]:
+        """The state files of every pod with a job that changed since the last read: one
+        command through the transport (per jobdir.STATE_ARGS_LIMIT of arguments). Returns
+        what publishes them."""
+        pods = {r.pod_dir: (self._keys.get(r.uid, ""), r.all_containers) for r in recs if r.job_id}
+        if not pods:
+            return lambda: None
+        uids = {r.pod_dir: r.uid for r in recs if r.job_id}
+        try:
+            read = await asyncio.to_thread(jobdir.read_states, self.transport, self.data_root, pods)
+        except (OSError, SchedulerUnavailable) as err:
+            # The login node cannot be reached (SSH down, a filesystem hiccup): what the files
+            # said last time is still the best answer, said to be so.
+            if self.files_outage is None:
+                log.warning("cannot read the pods' state files (cluster %s): %s", self.name, err)
+            outage = f"cannot read the pod's files: {err}"
+
+            def failed() -> None:
+                self.files_outage = outage
+
+            return failed
+
+        def publish() -> None:
+            self.state_reads += read.calls
+            self.files_outage = None
+            for pod_dir, (key, files) in read.changed.items():
+                uid = uids[pod_dir]
+                self.files[uid] = files
+                self._keys[uid] = "" if _changed_lately(key, read.now) else key
+            for pod_dir in read.missing:
+                self._keys.pop(uids[pod_dir], None)
+
+        return publish
+
+    def starting(self, rec: PodRecord, now: float, window: float = 30.0) -> bool:
+        """Whether a pod created less than ``window`` ago waits for its containers to start:
+        its job not seen ended, some main container with no start time yet."""
+        if rec.final_state is not None or rec.deleted is not None or now - rec.created > window:
+            return False
+        files = self.files.get(rec.uid)
+        if files is None:
+            return True
+        return any(
+            files.containers.get(c) is None or files.containers[c].started is None
+            for c in rec.containers
+        )
+
+    def read_one(self, rec: PodRecord) -> jobdir.PodFiles:
+        """A pod's files read at once (blocking): for a pod no refresh has read yet."""
+        files = jobdir.read_pod(
+            self.transport, rec.pod_dir, rec.all_containers, rec.final_state is not None
+        )
+        self.files[rec.uid] = files
+        return files
+
+    def forget(self, uid: str) -> None:
+        self.files.pop(uid, None)
+        self._keys.pop(uid, None)
+
+
+_MTIME = re.compile(r"(?:^|_)(\d+):")
+
+
+def _changed_lately(key: str, now: float) -> bool:
+    """Whether a pod's directories changed within RACY_SECONDS of the reader's clock (the key
+    holds each one's mtime in whole seconds before a colon)."""
+    stamps = [int(s) for s in _MTIME.findall(key)]
+    return not stamps or now - max(stamps) < RACY_SECONDS

@@ -1,0 +1,385 @@
+"""The service's parts on their own, time-driven ones with a fake clock: the status tracker
+(refresh, state reads, outage → recovery), the janitor (grace-period kills, GC) and /status
+served from memory (a counting transport: no file read per call). Slurm is the scripted fake;
+the same behaviour on real Slurm is in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from interlink_slurm.config import Settings, load_settings
+from interlink_slurm.errors import SchedulerUnavailable
+from interlink_slurm.service import Service
+from interlink_slurm.slurm.fake import FakeScheduler
+from interlink_slurm.slurm.scheduler import JobInfo
+from interlink_slurm.slurm.transport import CommandResult, LocalTransport
+from interlink_slurm.store import Store
+from interlink_slurm.wire import Pod, RetrievedPodData
+from tests import podgen
+
+STARTED = "2026-12-02T11:00:00.123456789Z"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.mono = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+
+class CountingTransport(LocalTransport):
+    """The local transport, counting every call by method (what SFTP requests or SSH execs
+    the SSH transport would make)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def _count(self, method: str) -> None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        self._count("run")
+        return super().run(argv, timeout=timeout)
+
+    def read_file(self, path: str, limit: int) -> bytes | None:
+        self._count("read_file")
+        return super().read_file(path, limit)
+
+    def size(self, path: str) -> int | None:
+        self._count("size")
+        return super().size(path)
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        self._count("read_range")
+        return super().read_range(path, offset, length)
+
+
+def settings(tmp_path: Path, **more: Any) -> Settings:
+    return load_settings(
+        None, data_root=str(tmp_path / "pods"), runtime="apptainer", partition="cpu", **more
+    )
+
+
+def new_pod(name: str, **spec: Any) -> RetrievedPodData:
+    c = podgen.container("main", "print(1)")
+    return RetrievedPodData.model_validate(podgen.retrieved(podgen.pod(name, [c], **spec)))
+
+
+def put(pod_dir: str, name: str, value: str) -> None:
+    """As the job script's ils_put writes a state file: a temporary file renamed into place."""
+    path = Path(pod_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(value + "\n")
+    os.replace(tmp, path)
+
+
+def make(
+    tmp_path: Path, **more: Any
+) -> tuple[Service, FakeScheduler, CountingTransport, FakeClock]:
+    fake = FakeScheduler()
+    transport = CountingTransport()
+    clock = FakeClock()
+    store = Store(tmp_path / "state.db")
+    store.open()
+    service = Service(settings(tmp_path, **more), fake, transport, store, clock=clock)
+    return service, fake, transport, clock
+
+
+def run(job_id: str, fake: FakeScheduler) -> None:
+    old = fake.jobs[job_id]
+    fake.jobs[job_id] = JobInfo(job_id, "RUNNING", "", old.comment, nodes="node1")
+
+
+def test_status_is_served_from_memory_and_a_refresh_reads_all_pods_in_one_call(
+    tmp_path: Path,
+) -> None:
+    service, fake, transport, _ = make(tmp_path)
+    pods = [new_pod(f"p{i}") for i in range(6)]
+
+    async def scenario() -> None:
+        answers = [await service.create(p) for p in pods]
+        for a in answers:
+            run(a.PodJID, fake)
+            rec = service.store.get(a.PodUID)
+            assert rec is not None
+            put(rec.pod_dir, "job.runs", "1")
+            put(rec.pod_dir, "containers/main.started", STARTED)
+        transport.calls.clear()
+        fake.calls.clear()
+        await service.refresh()
+        assert transport.calls == {"run": 1}  # every pod's state files: one command
+        assert fake.calls == ["query"]  # every pod's job: one query
+        transport.calls.clear()
+        for _ in range(3):
+            statuses = await service.status([p.pod for p in pods])
+            assert len(statuses) == len(pods)
+            for st in statuses:
+                assert st.containers[0].state.running is not None, st
+        assert transport.calls == {}  # zero file operations per /status call
+        # One container ends: the next refresh reads it (still one command), /status says so.
+        rec = service.store.get(pods[0].pod.uid)
+        assert rec is not None
+        os.utime(Path(rec.pod_dir) / "containers", (0, 0))
+        put(rec.pod_dir, "containers/main.exit", "3")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        await service.refresh()
+        assert transport.calls == {"run": 1}
+        transport.calls.clear()
+        [st] = await service.status([pods[0].pod])
+        assert st.containers[0].state.terminated is not None
+        assert st.containers[0].state.terminated.exit_code == 3
+        assert transport.calls == {}
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
+
+
+def test_a_pod_no_refresh_has_read_yet_is_read_once_at_its_first_status(tmp_path: Path) -> None:
+    service, fake, transport, _ = make(tmp_path)
+    data = new_pod("fresh")
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        transport.calls.clear()
+        await service.status([data.pod])
+        first = sum(transport.calls.values())
+        assert first > 0
+        await service.status([data.pod])
+        assert sum(transport.calls.values()) == first  # the second call reads nothing
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
+
+
+def test_an_outage_serves_the_last_states_and_recovers(tmp_path: Path) -> None:
+    service, fake, _, clock = make(tmp_path)
+    data = new_pod("o")
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        await service.refresh()
+        tracker = service.trackers["default"]
+        assert tracker.outage is None
+        age = service.snapshot_age()
+        fake.down = SchedulerUnavailable("slurmctld: connection refused")
+        clock.advance(30)
+        await service.refresh()
+        assert tracker.outage == "slurmctld: connection refused"
+        assert tracker.jobs[answer.PodJID].state == "RUNNING"  # the last known state
+        assert service.snapshot_age() == (age or 0) + 30  # not refreshed since
+        [st] = await service.status([data.pod])
+        waiting = st.containers[0].state.waiting
+        assert waiting is not None
+        assert f"Slurm job {answer.PodJID} is running" in waiting.message
+        assert "[Slurm does not answer, last known state: slurmctld" in waiting.message
+        fake.down = None
+        await service.refresh()
+        assert tracker.outage is None
+        assert service.snapshot_age() == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
+
+
+def test_an_ended_job_is_watched_for_a_while_then_no_longer_asked(tmp_path: Path) -> None:
+    service, fake, _, clock = make(tmp_path)
+    data = new_pod("e")
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        old = fake.jobs[answer.PodJID]
+        fake.jobs[answer.PodJID] = JobInfo(answer.PodJID, "COMPLETED", "", old.comment)
+        await service.refresh()  # seen to end: recorded
+        fake.calls.clear()
+        await service.refresh()
+        assert fake.calls == ["query"]  # still watched (Slurm may requeue it)
+        clock.advance(601)
+        fake.calls.clear()
+        await service.refresh()
+        assert fake.calls == []  # no longer asked about
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
+
+
+def test_the_janitor_kills_when_the_grace_period_runs_out(tmp_path: Path) -> None:
+    service, fake, _, clock = make(tmp_path)
+    data = new_pod("k", terminationGracePeriodSeconds=30)
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        await service.delete(Pod.model_validate(data.pod.model_dump(by_alias=True)))
+        assert fake.signals == [(answer.PodJID, "URG")]
+        clock.advance(29)
+        fake.calls.clear()
+        await service.janitor.kill_due()
+        assert "cancel" not in fake.calls
+        clock.advance(2)
+        fake.down = SchedulerUnavailable("slurmctld down")
+        await service.janitor.kill_due()  # cannot: retried at the next refresh
+        fake.down = None
+        await service.janitor.kill_due()
+        assert fake.jobs[answer.PodJID].state == "CANCELLED"
+        fake.calls.clear()
+        await service.janitor.kill_due()
+        assert fake.calls == []  # done once
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
+
+
+def test_the_janitor_collects_garbage_after_retention_every_interval(tmp_path: Path) -> None:
+    service, _, _, clock = make(tmp_path, retention_seconds=3600, gc_interval_seconds=300)
+    data = new_pod("g")
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        await service.delete(Pod.model_validate(data.pod.model_dump(by_alias=True)))
+        await service.refresh()  # the cancelled job is seen to end
+        await service.janitor.tick()  # the first GC: nothing expired yet
+        assert Path(rec.pod_dir).exists()
+        clock.advance(3601)
+        await service.janitor.tick()  # expired, and the GC interval has passed
+        assert not Path(rec.pod_dir).exists()
+        assert service.store.get(answer.PodUID) is None
+
+    async def between() -> None:
+        answer = await service.create(new_pod("h"))
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        await service.delete(Pod.model_validate(new_pod("h").pod.model_dump(by_alias=True)))
+        clock.advance(3601)
+        # The interval since the last GC has not passed: nothing collected, whatever expired.
+        await service.janitor.tick()
+        assert Path(rec.pod_dir).exists()
+
+    try:
+        asyncio.run(scenario())
+        asyncio.run(between())
+    finally:
+        service.store.close()
+
+
+def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path) -> None:
+    service, fake, _, clock = make(tmp_path, status_refresh_seconds=2)
+    first, late = new_pod("s"), new_pod("late")
+
+    async def scenario() -> None:
+        answer = await service.create(first)
+        await service.refresh()
+        assert service.refresh_interval() == 0.5  # its job waits: look again soon
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        await service.refresh()
+        assert service.refresh_interval() == 2  # all its containers started
+        # A pod that does not start within the window no longer shortens the interval.
+        await service.create(late)
+        await service.refresh()
+        assert service.refresh_interval() == 0.5
+        clock.advance(31)
+        await service.refresh()
+        assert service.refresh_interval() == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
+
+
+def test_a_status_during_a_refresh_never_pairs_an_ended_job_with_older_files(
+    tmp_path: Path,
+) -> None:
+    """The queue says the job ended while the state files are being read: a /status at that
+    moment still sees the last published pair (running), never 'ended' with the files from
+    before the container's end, which would say the job killed it (137)."""
+    service, fake, transport, _ = make(tmp_path)
+    data = new_pod("pair")
+    seen: list[Any] = []
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        await service.refresh()
+        loop = asyncio.get_running_loop()
+        real_run = transport.run
+
+        def run_then_ask(argv: Sequence[str], *, timeout: float) -> CommandResult:
+            result = real_run(argv, timeout=timeout)
+            ask = asyncio.run_coroutine_threadsafe(service.status([data.pod]), loop)
+            seen.append(ask.result(timeout=30)[0].containers[0].state)
+            return result
+
+        put(rec.pod_dir, "containers/main.exit", "0")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        old = fake.jobs[answer.PodJID]
+        fake.jobs[answer.PodJID] = JobInfo(answer.PodJID, "COMPLETED", "", old.comment)
+        transport.run = run_then_ask  # type: ignore[method-assign]
+        await service.refresh()
+        transport.run = real_run  # type: ignore[method-assign]
+        [after] = await service.status([data.pod])
+        assert after.containers[0].state.terminated is not None
+        assert after.containers[0].state.terminated.exit_code == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
+    [during] = seen
+    assert during.running is not None, during
+
+
+def test_a_restarted_service_refreshes_once_before_serving(tmp_path: Path) -> None:
+    service, fake, _, _ = make(tmp_path)
+    data = new_pod("before")
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        again = Service(service.settings, fake, CountingTransport(), service.store)
+        await again.start()
+        try:
+            assert again.trackers["default"].jobs[answer.PodJID].state == "RUNNING"
+            assert again.snapshot_age() is not None
+        finally:
+            await again.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
