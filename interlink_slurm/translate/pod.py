@@ -36,6 +36,7 @@ from interlink_slurm.translate.runtimes import (
     local_images_only,
     runs_image_command,
 )
+from interlink_slurm.translate.script import LIBRARY, LIBRARY_FILE
 from interlink_slurm.translate.site import Target, partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import allowed_host_path, lay_out_volumes
 from interlink_slurm.wire import Container, RetrievedPodData, ValidPod
@@ -575,6 +576,7 @@ def build_plan(
     files += layout.files
     files += pull_files
     files.append(FileSpec("logpipe.py", LOGPIPE_SOURCE, 0o600))
+    files.append(FileSpec(LIBRARY_FILE, LIBRARY.encode(), 0o600))
     pre_exec = shell.get(ann.PRE_EXEC)
     tunnel = shell.get(ann.WSTUNNEL)
     mesh = None
