@@ -35,6 +35,7 @@ run: $(STAMP) dev-config
 test: $(STAMP) cluster-up shellcheck
 	$(BIN)/ruff check interlink_slurm tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q
 	$(MAKE) e2e-local
 
@@ -60,6 +61,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check interlink_slurm tests
 	$(BIN)/ruff format --check interlink_slurm tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

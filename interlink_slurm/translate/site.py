@@ -11,18 +11,15 @@ and with none the top-level keys alone apply.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate.quantity import mebibytes
 from interlink_slurm.wire import Taint
-
-if TYPE_CHECKING:
-    from interlink_slurm.config import Settings
 
 SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -173,8 +170,46 @@ def _matching(profiles: Mapping[str, Profile], wants_gpus: bool) -> str | None:
     return None
 
 
+class SiteSettings(Protocol):
+    """The keys of the configuration a site is made of (config.Settings has them): what this
+    module reads, so that it does not depend on the configuration's module."""
+
+    @property
+    def partition(self) -> str | None: ...
+    @property
+    def gpu_partition(self) -> str | None: ...
+    @property
+    def gpu_type(self) -> str | None: ...
+    @property
+    def gpus_per_node(self) -> int | None: ...
+    @property
+    def default_cpus(self) -> int: ...
+    @property
+    def max_cpus(self) -> int | None: ...
+    @property
+    def default_memory(self) -> str: ...
+    @property
+    def max_memory(self) -> str | None: ...
+    @property
+    def default_time(self) -> str | int | None: ...
+    @property
+    def max_time(self) -> str | int | None: ...
+    @property
+    def account(self) -> str | None: ...
+    @property
+    def namespace_accounts(self) -> Mapping[str, str]: ...
+    @property
+    def qos(self) -> str | None: ...
+    @property
+    def sbatch_extra(self) -> Sequence[str]: ...
+    @property
+    def profiles(self) -> Mapping[str, Profile]: ...
+    @property
+    def targets(self) -> Mapping[str, Target]: ...
+
+
 def site_for(
-    settings: Settings,
+    settings: SiteSettings,
     annotations: Mapping[str, str],
     namespace: str,
     wants_gpus: bool,
@@ -226,7 +261,7 @@ def site_for(
     )
 
 
-def partitions_of(settings: Settings) -> set[str]:
+def partitions_of(settings: SiteSettings) -> set[str]:
     """Every partition the configuration names (what pods may ask by default)."""
     parts = {settings.partition, settings.gpu_partition}
     parts |= {p.partition for p in settings.profiles.values()}
