@@ -18,11 +18,11 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from interlink_slurm.errors import PodRejected
+from interlink_slurm.slurm_units import time_seconds
 from interlink_slurm.translate.quantity import mebibytes
 from interlink_slurm.wire import Taint
 
 SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
 def slurm_seconds(value: str | int) -> int:
@@ -31,21 +31,9 @@ def slurm_seconds(value: str | int) -> int:
         if value <= 0:
             raise ValueError(f"{value} must be a positive number of seconds")
         return value
-    m = _TIME.fullmatch(value.strip())
-    if not m:
+    seconds = time_seconds(value)
+    if seconds is None:  # a pod's or the site's limit is a time, never "unlimited"
         raise ValueError(f"{value!r} is not a Slurm time (MM, HH:MM:SS, D-HH:MM:SS...)")
-    days, a, b, c = (int(g) if g else None for g in m.groups())
-    if days is None:
-        # MM, MM:SS, HH:MM:SS
-        if b is None:
-            seconds = (a or 0) * 60
-        elif c is None:
-            seconds = (a or 0) * 60 + b
-        else:
-            seconds = (a or 0) * 3600 + b * 60 + c
-    else:
-        # D-HH, D-HH:MM, D-HH:MM:SS
-        seconds = days * 86400 + (a or 0) * 3600 + (b or 0) * 60 + (c or 0)
     if seconds <= 0:
         raise ValueError(f"{value!r} must be longer than zero")
     return seconds
