@@ -9,7 +9,7 @@ CLUSTER := deploy/local/cluster.sh
 DEV_CONFIG := .cluster/config.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit lint cluster-up cluster-down dev-config clean e2e-local
+.PHONY: run test unit lint shellcheck cluster-up cluster-down dev-config clean e2e-local
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { apt-get update && apt-get install -y python3 python3-venv; }
@@ -32,9 +32,10 @@ dev-config: cluster-up
 run: $(STAMP) dev-config
 	USER=$${USER:-root} $(BIN)/interlink-slurm serve --config $(DEV_CONFIG)
 
-test: $(STAMP) cluster-up
+test: $(STAMP) cluster-up shellcheck
 	$(BIN)/ruff check interlink_slurm tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q
 	$(MAKE) e2e-local
 
@@ -43,6 +44,16 @@ test: $(STAMP) cluster-up
 e2e-local: $(STAMP) cluster-up
 	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/python deploy/e2e/run_local.py
 
+# The job script's library, strictly; then every golden job script, which sources the golden of
+# the library. Left out there: what shellcheck cannot see from a golden alone (a pod's own
+# pre-exec file, SC1091; functions run by a trap, SC2317), a pod's words single-quoted on
+# purpose (SC2016), and mkdir -m for parents that umask 077 makes private anyway (SC2174).
+shellcheck:
+	@command -v shellcheck >/dev/null || bash -c 'PACKAGES=(shellcheck); log() { echo "$$*"; }; \
+		. deploy/local/packages.sh && ensure_packages'
+	shellcheck interlink_slurm/jobscript/ils.sh
+	cd tests/golden && shellcheck -x --exclude=SC1091,SC2016,SC2174,SC2317 *.sh
+
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
@@ -50,6 +61,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check interlink_slurm tests
 	$(BIN)/ruff format --check interlink_slurm tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -35,9 +35,9 @@ from interlink_slurm.translate.annotations import (
     RUNTIME_OPTION_VALUES,
     SBATCH_OPTIONS,
 )
-from interlink_slurm.translate.images import RUNTIME_SCHEMES
 from interlink_slurm.translate.quantity import mebibytes
 from interlink_slurm.translate.resources import DEFAULT_ACCELERATORS
+from interlink_slurm.translate.runtimes import RUNTIMES, runtime_of
 from interlink_slurm.translate.site import (
     SLURM_NAME,
     Profile,
@@ -48,7 +48,6 @@ from interlink_slurm.translate.site import (
 )
 from interlink_slurm.wire import Taint
 
-Runtime = Literal["apptainer", "singularity", "enroot", "charliecloud"]
 Launcher = Literal["srun", "mpirun", "mpiexec"]
 _DEFAULT_MPI_FLAGS: dict[Launcher, list[str]] = {
     "srun": list(DEFAULT_MPI_FLAGS_ALLOWED["srun"]),
@@ -65,19 +64,6 @@ DependencyType = Literal[
     "singleton",
 ]
 
-DEFAULT_RUNTIME_PATH: dict[str, str] = {
-    "apptainer": "apptainer",
-    "singularity": "singularity",
-    "enroot": "enroot",
-    "charliecloud": "ch-run",
-}
-# Isolation close to a Kubernetes container: no host home, /tmp, environment or PID namespace.
-DEFAULT_RUNTIME_OPTIONS: dict[str, list[str]] = {
-    "apptainer": ["--containall"],
-    "singularity": ["--containall"],
-    "enroot": [],
-    "charliecloud": [],
-}
 
 # Options every job gets from the plugin: the pod's identity, files and directory hang on them.
 OWNED_SBATCH_OPTIONS = frozenset(
@@ -196,7 +182,8 @@ class Settings(BaseSettings):
     data_root: Path = Field(description="shared directory holding one directory per pod")
     state_db: Path | None = Field(None, description="SQLite file; default DATA_ROOT/state.db")
 
-    runtime: Runtime = "apptainer"
+    # One of translate/runtimes' (RUNTIMES).
+    runtime: str = "apptainer"
     runtime_path: str | None = None
     runtime_options: list[str] | None = None
     images: dict[str, str] = {}
@@ -541,14 +528,21 @@ class Settings(BaseSettings):
             cls._slurm_name(account)
         return v
 
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str) -> str:
+        if v not in RUNTIMES:
+            raise ValueError(f"{v!r} is not a runtime of this plugin ({', '.join(RUNTIMES)})")
+        return v
+
     @model_validator(mode="after")
     def _image_cache(self) -> Settings:
-        if self.image_cache_dir is not None and self.runtime not in RUNTIME_SCHEMES:
-            runtimes = ", ".join(RUNTIME_SCHEMES)
+        if self.image_cache_dir is not None and not runtime_of(self.runtime).pull_schemes:
+            runtimes = ", ".join(name for name, rt in RUNTIMES.items() if rt.pull_schemes)
             raise ValueError(
                 f"image_cache_dir: only for the {runtimes} runtimes, not {self.runtime}"
             )
-        if self.enroot_create_dir is not None and self.runtime != "enroot":
+        if self.enroot_create_dir is not None and not runtime_of(self.runtime).unpacks_images:
             raise ValueError(f"enroot_create_dir: only for the enroot runtime, not {self.runtime}")
         return self
 
@@ -658,13 +652,14 @@ class Settings(BaseSettings):
 
     @property
     def runtime_binary(self) -> str:
-        return self.runtime_path or DEFAULT_RUNTIME_PATH[self.runtime]
+        return self.runtime_path or runtime_of(self.runtime).binary
 
     @property
     def runtime_flags(self) -> list[str]:
         if self.runtime_options is not None:
             return self.runtime_options
-        return DEFAULT_RUNTIME_OPTIONS[self.runtime]
+        # Isolation close to a Kubernetes container: no host home, /tmp, environment or PIDs.
+        return list(runtime_of(self.runtime).default_flags)
 
     @property
     def default_memory_mb(self) -> int:

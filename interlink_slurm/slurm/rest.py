@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from interlink_slurm.slurm.cli import (
 from interlink_slurm.slurm.remote_settings import RestSettings
 from interlink_slurm.slurm.scheduler import ClusterResources, Estimate, FromJobListing, JobInfo
 from interlink_slurm.slurm.transport import Transport
+from interlink_slurm.slurm_units import size_mebibytes, time_seconds
 
 log = logging.getLogger(__name__)
 
@@ -116,73 +117,6 @@ class Option:
     value: str | None  # None for a flag given without a value
 
 
-# Options whose value is copied as it is, to the same property in every version.
-_STRINGS = {
-    "--job-name": "name",
-    "--comment": "comment",
-    "--output": "standard_output",
-    "--error": "standard_error",
-    "--chdir": "current_working_directory",
-    "--partition": "partition",
-    "--account": "account",
-    "--qos": "qos",
-    "--constraint": "constraints",
-    "--prefer": "prefer",
-    "--reservation": "reservation",
-    "--licenses": "licenses",
-    "--wckey": "wckey",
-    "--mail-user": "mail_user",
-    "--dependency": "dependency",
-    "--distribution": "distribution",
-}
-# Whole numbers, same property in every version.
-_COUNTS = {
-    "--ntasks": "tasks",
-    "--cpus-per-task": "cpus_per_task",
-    "--ntasks-per-node": "tasks_per_node",
-    "--ntasks-per-core": "tasks_per_core",
-    "--ntasks-per-socket": "tasks_per_socket",
-    "--threads-per-core": "threads_per_core",
-}
-# GPU options: v0.0.38 has a property each; v0.0.40+ writes them as TRES of gres/gpu.
-_GPU = {
-    "--gpus": ("gpus", "tres_per_job"),
-    "--gpus-per-node": ("gpus_per_node", "tres_per_node"),
-    "--gpus-per-task": ("gpus_per_task", "tres_per_task"),
-    "--cpus-per-gpu": ("cpus_per_gpu", "cpus_per_tres"),
-    "--gpu-bind": ("gpu_binding", "tres_bind"),
-}
-# What only v0.0.38 takes (sbatch's own option parser reads them there).
-_LEGACY_ONLY = {"--hint": "cpu_binding_hint", "--gres-flags": "gres_flags"}
-# The sbatch options _apply translates into job properties (whether a version can take one is
-# decided there); any other option in a job script stops the submission, naming it.
-TRANSLATED = frozenset(
-    {
-        *_STRINGS,
-        *_COUNTS,
-        *_GPU,
-        *_LEGACY_ONLY,
-        "--open-mode",
-        "--nodes",
-        "--mem",
-        "--mem-per-cpu",
-        "--mem-per-gpu",
-        "--tmp",
-        "--ntasks-per-gpu",
-        "--time",
-        "--time-min",
-        "--gres",
-        "--exclusive",
-        "--nice",
-        "--signal",
-        "--hold",
-        "--requeue",
-        "--no-requeue",
-        "--mail-type",
-    }
-)
-_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
-_UNLIMITED = frozenset({"UNLIMITED", "INFINITE", "-1"})
 _SIGNAL = re.compile(r"(?:([BR]{1,2}):)?([A-Za-z0-9]+)(?:@(\d+))?")
 
 
@@ -233,11 +167,12 @@ def _int(option: Option) -> int:
 
 def _mebibytes(option: Option) -> int:
     """``--mem`` values: a number with an optional K, M (default), G or T suffix → MiB."""
-    m = re.fullmatch(r"(\d+)([KMGT]?)B?", (option.value or "").upper())
-    if not m:
-        raise SchedulerError(f"{option.name}={option.value}: expected a size like 512M or 4G")
-    amount = int(m.group(1)) * _UNITS[m.group(2) or "M"]
-    return max(1, -int(-amount // 1))
+    try:
+        return size_mebibytes(option.value or "")
+    except ValueError:
+        raise SchedulerError(
+            f"{option.name}={option.value}: expected a size like 512M or 4G"
+        ) from None
 
 
 def _minutes(option: Option) -> int | None:
@@ -246,22 +181,11 @@ def _minutes(option: Option) -> int | None:
     minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
     days-hours:minutes:seconds."""
     value = (option.value or "").strip()
-    if value.upper() in _UNLIMITED:
-        return None
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value)
-    if not m:
-        raise SchedulerError(f"{option.name}={value}: not a Slurm time (D-HH:MM:SS)")
-    days, first, second, third = m.groups()
-    if days is not None:
-        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
-    elif third is not None:
-        hours, minutes, seconds = int(first), int(second), int(third)
-    elif second is not None:
-        hours, minutes, seconds = 0, int(first), int(second)
-    else:
-        hours, minutes, seconds = 0, int(first), 0
-    total = (int(days or 0) * 24 + hours) * 60 * 60 + minutes * 60 + seconds
-    return -(-total // 60)
+    try:
+        total = time_seconds(value)
+    except ValueError:
+        raise SchedulerError(f"{option.name}={value}: not a Slurm time (D-HH:MM:SS)") from None
+    return None if total is None else -(-total // 60)
 
 
 def _nodes(option: Option) -> tuple[int, int]:
@@ -305,95 +229,11 @@ def _add_tres(job: dict[str, Any], key: str, value: str) -> None:
 
 
 def _apply(job: dict[str, Any], option: Option, legacy: bool) -> None:
-    name, value = option.name, option.value or ""
-    version = "v0.0.38" if legacy else "v0.0.40+"
-    if name in _STRINGS:
-        job[_STRINGS[name]] = value
-    elif name in _COUNTS:
-        job[_COUNTS[name]] = _int(option)
-    elif name in _GPU:
-        old, new = _GPU[name]
-        if legacy:
-            job[old] = value
-        else:
-            _add_tres(job, new, _gres_tres(f"gpu:{value}"))
-    elif name in _LEGACY_ONLY:
-        if not legacy:
-            raise _untranslatable(name, version)
-        job[_LEGACY_ONLY[name]] = value
-    elif name == "--open-mode":
-        mode = value.lower()
-        if mode not in ("append", "truncate"):
-            raise SchedulerError(f"--open-mode={value}: expected append or truncate")
-        job["open_mode"] = mode if legacy else [mode.upper()]
-    elif name == "--nodes":
-        low, high = _nodes(option)
-        if legacy:
-            job["nodes"] = [low, high]
-        else:
-            job["minimum_nodes"], job["maximum_nodes"] = low, high
-    elif name in ("--mem", "--mem-per-cpu"):
-        key = "memory_per_node" if name == "--mem" else "memory_per_cpu"
-        mib = _mebibytes(option)
-        job[key] = mib if legacy else _number(mib)
-    elif name == "--mem-per-gpu":
-        mib = _mebibytes(option)
-        if legacy:
-            job["memory_per_gpu"] = mib
-        else:
-            _add_tres(job, "memory_per_tres", f"gres/gpu:{mib}")
-    elif name == "--tmp":
-        if legacy:
-            raise _untranslatable(name, version)
-        job["temporary_disk_per_node"] = _mebibytes(option)
-    elif name == "--ntasks-per-gpu":
-        if legacy:
-            raise _untranslatable(name, version)
-        job["ntasks_per_tres"] = _int(option)
-    elif name in ("--time", "--time-min"):
-        key = "time_limit" if name == "--time" else "time_minimum"
-        minutes = _minutes(option)
-        if legacy:
-            if minutes is None:
-                raise SchedulerError(
-                    f"{name}={value} cannot be sent to slurmrestd v0.0.38: leave it out "
-                    "(the partition's limit applies)"
-                )
-            job[key] = minutes
-        else:
-            job[key] = _number(minutes)
-    elif name == "--gres":
-        if legacy:
-            job["gres"] = value
-        else:
-            _add_tres(job, "tres_per_node", _gres_tres(value))
-    elif name == "--exclusive":
-        kind = value.lower()
-        if kind not in ("", "user", "mcs", "topo"):
-            raise SchedulerError(f"--exclusive={value}: expected user, mcs or no value")
-        if legacy:
-            if kind == "topo":
-                raise SchedulerError("--exclusive=topo is not known to slurmrestd v0.0.38")
-            # v0.0.38 hands this to sbatch's own option parser: "exclusive", "user" or "mcs"
-            # (not the "true" its OpenAPI description lists, which it refuses).
-            job["exclusive"] = kind or "exclusive"
-        else:
-            job["shared"] = [kind or "none"]
-    elif name == "--nice":
-        if value and not re.fullmatch(r"[+-]?\d+", value):
-            raise SchedulerError(f"--nice={value}: a whole number is expected")
-        job["nice"] = int(value or 100)  # sbatch's default adjustment
-    elif name == "--signal":
-        _signal(job, option, legacy)
-    elif name == "--hold":
-        job["hold"] = True
-    elif name in ("--requeue", "--no-requeue"):
-        job["requeue"] = name == "--requeue"
-    elif name == "--mail-type":
-        kinds = [k.strip().upper() for k in value.split(",") if k.strip()]
-        job["mail_type"] = ",".join(kinds) if legacy else kinds
-    else:  # in TRANSLATED but not handled above: a bug here, say which
-        raise _untranslatable(name, version)
+    table = LEGACY if legacy else CURRENT
+    put = table.get(option.name)
+    if put is None:
+        raise _untranslatable(option.name, "v0.0.38" if legacy else "v0.0.40+")
+    put(job, option)
 
 
 def _signal(job: dict[str, Any], option: Option, legacy: bool) -> None:
@@ -418,6 +258,196 @@ def _signal(job: dict[str, Any], option: Option, legacy: bool) -> None:
     job["kill_warning_delay"] = _number(int(seconds or 60))
     if where:
         job["kill_warning_flags"] = [flags[c] for c in where]
+
+
+# --- the tables: one per API family, #SBATCH option → how it sets the job's properties ---------
+
+Put = Callable[[dict[str, Any], Option], None]
+
+
+def _copy(key: str) -> Put:
+    """The value as it is."""
+    return lambda job, o: job.__setitem__(key, o.value or "")
+
+
+def _whole(key: str) -> Put:
+    """A whole number."""
+    return lambda job, o: job.__setitem__(key, _int(o))
+
+
+def _tres(key: str, prefix: str = "") -> Put:
+    """GRES added to a v0.0.40+ TRES list (``gpu:2`` → ``gres/gpu:2``)."""
+    return lambda job, o: _add_tres(job, key, _gres_tres(prefix + (o.value or "")))
+
+
+def _open_mode(legacy: bool) -> Put:
+    def put(job: dict[str, Any], o: Option) -> None:
+        mode = (o.value or "").lower()
+        if mode not in ("append", "truncate"):
+            raise SchedulerError(f"--open-mode={o.value or ''}: expected append or truncate")
+        job["open_mode"] = mode if legacy else [mode.upper()]
+
+    return put
+
+
+def _nodes_legacy(job: dict[str, Any], o: Option) -> None:
+    job["nodes"] = list(_nodes(o))
+
+
+def _nodes_current(job: dict[str, Any], o: Option) -> None:
+    job["minimum_nodes"], job["maximum_nodes"] = _nodes(o)
+
+
+def _memory(key: str, legacy: bool) -> Put:
+    def put(job: dict[str, Any], o: Option) -> None:
+        mib = _mebibytes(o)
+        job[key] = mib if legacy else _number(mib)
+
+    return put
+
+
+def _memory_per_gpu(job: dict[str, Any], o: Option) -> None:
+    _add_tres(job, "memory_per_tres", f"gres/gpu:{_mebibytes(o)}")
+
+
+def _time(key: str, legacy: bool) -> Put:
+    def put(job: dict[str, Any], o: Option) -> None:
+        minutes = _minutes(o)
+        if not legacy:
+            job[key] = _number(minutes)
+        elif minutes is None:
+            raise SchedulerError(
+                f"{o.name}={o.value or ''} cannot be sent to slurmrestd v0.0.38: leave it out "
+                "(the partition's limit applies)"
+            )
+        else:
+            job[key] = minutes
+
+    return put
+
+
+def _exclusive(legacy: bool) -> Put:
+    def put(job: dict[str, Any], o: Option) -> None:
+        value = o.value or ""
+        kind = value.lower()
+        if kind not in ("", "user", "mcs", "topo"):
+            raise SchedulerError(f"--exclusive={value}: expected user, mcs or no value")
+        if not legacy:
+            job["shared"] = [kind or "none"]
+        elif kind == "topo":
+            raise SchedulerError("--exclusive=topo is not known to slurmrestd v0.0.38")
+        else:
+            # v0.0.38 hands this to sbatch's own option parser: "exclusive", "user" or "mcs"
+            # (not the "true" its OpenAPI description lists, which it refuses).
+            job["exclusive"] = kind or "exclusive"
+
+    return put
+
+
+def _nice(job: dict[str, Any], o: Option) -> None:
+    value = o.value or ""
+    if value and not re.fullmatch(r"[+-]?\d+", value):
+        raise SchedulerError(f"--nice={value}: a whole number is expected")
+    job["nice"] = int(value or 100)  # sbatch's default adjustment
+
+
+def _mail_type(legacy: bool) -> Put:
+    def put(job: dict[str, Any], o: Option) -> None:
+        kinds = [k.strip().upper() for k in (o.value or "").split(",") if k.strip()]
+        job["mail_type"] = ",".join(kinds) if legacy else kinds
+
+    return put
+
+
+# The same property in every version.
+_COMMON: dict[str, Put] = {
+    **{
+        name: _copy(key)
+        for name, key in {
+            "--job-name": "name",
+            "--comment": "comment",
+            "--output": "standard_output",
+            "--error": "standard_error",
+            "--chdir": "current_working_directory",
+            "--partition": "partition",
+            "--account": "account",
+            "--qos": "qos",
+            "--constraint": "constraints",
+            "--prefer": "prefer",
+            "--reservation": "reservation",
+            "--licenses": "licenses",
+            "--wckey": "wckey",
+            "--mail-user": "mail_user",
+            "--dependency": "dependency",
+            "--distribution": "distribution",
+        }.items()
+    },
+    **{
+        name: _whole(key)
+        for name, key in {
+            "--ntasks": "tasks",
+            "--cpus-per-task": "cpus_per_task",
+            "--ntasks-per-node": "tasks_per_node",
+            "--ntasks-per-core": "tasks_per_core",
+            "--ntasks-per-socket": "tasks_per_socket",
+            "--threads-per-core": "threads_per_core",
+        }.items()
+    },
+    "--nice": _nice,
+    "--hold": lambda job, o: job.__setitem__("hold", True),
+    "--requeue": lambda job, o: job.__setitem__("requeue", True),
+    "--no-requeue": lambda job, o: job.__setitem__("requeue", False),
+}
+
+# slurmrestd v0.0.38 (Slurm 22.05): sbatch's own option parser reads most properties.
+LEGACY: dict[str, Put] = {
+    **_COMMON,
+    "--gpus": _copy("gpus"),
+    "--gpus-per-node": _copy("gpus_per_node"),
+    "--gpus-per-task": _copy("gpus_per_task"),
+    "--cpus-per-gpu": _copy("cpus_per_gpu"),
+    "--gpu-bind": _copy("gpu_binding"),
+    "--hint": _copy("cpu_binding_hint"),
+    "--gres-flags": _copy("gres_flags"),
+    "--gres": _copy("gres"),
+    "--open-mode": _open_mode(legacy=True),
+    "--nodes": _nodes_legacy,
+    "--mem": _memory("memory_per_node", legacy=True),
+    "--mem-per-cpu": _memory("memory_per_cpu", legacy=True),
+    "--mem-per-gpu": _memory("memory_per_gpu", legacy=True),
+    "--time": _time("time_limit", legacy=True),
+    "--time-min": _time("time_minimum", legacy=True),
+    "--exclusive": _exclusive(legacy=True),
+    "--signal": lambda job, o: _signal(job, o, legacy=True),
+    "--mail-type": _mail_type(legacy=True),
+}
+
+# slurmrestd v0.0.40 and later: GPUs as TRES of gres/gpu, numbers as {set, infinite, number}.
+CURRENT: dict[str, Put] = {
+    **_COMMON,
+    "--gpus": _tres("tres_per_job", "gpu:"),
+    "--gpus-per-node": _tres("tres_per_node", "gpu:"),
+    "--gpus-per-task": _tres("tres_per_task", "gpu:"),
+    "--cpus-per-gpu": _tres("cpus_per_tres", "gpu:"),
+    "--gpu-bind": _tres("tres_bind", "gpu:"),
+    "--gres": _tres("tres_per_node"),
+    "--open-mode": _open_mode(legacy=False),
+    "--nodes": _nodes_current,
+    "--mem": _memory("memory_per_node", legacy=False),
+    "--mem-per-cpu": _memory("memory_per_cpu", legacy=False),
+    "--mem-per-gpu": _memory_per_gpu,
+    "--tmp": lambda job, o: job.__setitem__("temporary_disk_per_node", _mebibytes(o)),
+    "--ntasks-per-gpu": _whole("ntasks_per_tres"),
+    "--time": _time("time_limit", legacy=False),
+    "--time-min": _time("time_minimum", legacy=False),
+    "--exclusive": _exclusive(legacy=False),
+    "--signal": lambda job, o: _signal(job, o, legacy=False),
+    "--mail-type": _mail_type(legacy=False),
+}
+
+# The sbatch options some version translates into job properties (whether this version can
+# take one is its table's say); any other option in a job script stops the submission, naming it.
+TRANSLATED = frozenset({*LEGACY, *CURRENT})
 
 
 # --- answers → JobInfo, ClusterResources ---------------------------------------------------------

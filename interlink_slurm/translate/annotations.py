@@ -28,6 +28,7 @@ from interlink_slurm.launcher_options import (
 )
 from interlink_slurm.sbatch_options import SBATCH_OPTIONS as SBATCH_OPTIONS
 from interlink_slurm.sbatch_options import OptionError, parse_options
+from interlink_slurm.translate.runtimes import RUNTIMES, runtime_of
 from interlink_slurm.translate.volumes import allowed_host_path
 
 # Annotations of the reference plugin and of interLink (see the wire-format reference).
@@ -47,7 +48,6 @@ MPI_LAUNCHER = "interlink-slurm/mpi-launcher"
 TARGETS = "interlink-slurm/targets"  # placement: the targets a pod may go to, comma-separated
 
 USER_SHELL_ANNOTATIONS = (PRE_EXEC, WSTUNNEL)
-APPTAINER_LIKE = frozenset({"apptainer", "singularity"})
 
 
 # Never from a pod, whatever the configuration says: the plugin owns the job's identity, files
@@ -328,11 +328,15 @@ DEFAULT_RUNTIME_OPTIONS_ALLOWED = (
 _RUNTIME_VALUE = re.compile(r"[^\x00\n]*")
 
 
+def _apptainer_like() -> str:
+    return " and ".join(n for n, rt in RUNTIMES.items() if rt.takes_apptainer_options)
+
+
 def runtime_options(text: str, runtime: str, allowed: Collection[str]) -> list[str]:
     """slurm-job.vk.io/singularity-options → checked Apptainer/Singularity options."""
     where = f"metadata.annotations[{SINGULARITY_OPTIONS}]"
-    if runtime not in APPTAINER_LIKE:
-        raise PodRejected(where, f"only for the apptainer and singularity runtimes, not {runtime}")
+    if not runtime_of(runtime).takes_apptainer_options:
+        raise PodRejected(where, f"only for the {_apptainer_like()} runtimes, not {runtime}")
     tokens = _tokens(text, SINGULARITY_OPTIONS)
     out: list[str] = []
     i = 0
@@ -366,8 +370,8 @@ def runtime_mounts(text: str, runtime: str, host_path_prefixes: Sequence[str]) -
     """slurm-job.vk.io/singularity-mounts (``--bind SRC[:DST[:ro|rw]],...``) → ``--bind`` options
     whose host paths lie under the host paths pods may mount (as for hostPath volumes)."""
     where = f"metadata.annotations[{SINGULARITY_MOUNTS}]"
-    if runtime not in APPTAINER_LIKE:
-        raise PodRejected(where, f"only for the apptainer and singularity runtimes, not {runtime}")
+    if not runtime_of(runtime).takes_apptainer_options:
+        raise PodRejected(where, f"only for the {_apptainer_like()} runtimes, not {runtime}")
     tokens = _tokens(text, SINGULARITY_MOUNTS)
     specs: list[str] = []
     i = 0

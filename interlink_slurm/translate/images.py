@@ -18,26 +18,23 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate.plan import FileSpec, PlannedPull
 from interlink_slurm.wire import Secret
 
+if TYPE_CHECKING:  # the runtimes' modules use this one's helpers
+    from interlink_slurm.translate.runtimes.base import Runtime
+
+# Every registry scheme some runtime pulls (what each can: Runtime.pull_schemes).
 PULL_SCHEMES = ("docker://", "oras://", "library://")
-# What each runtime can pull into the cache, and the file it makes.
-RUNTIME_SCHEMES: dict[str, tuple[str, ...]] = {
-    "apptainer": PULL_SCHEMES,
-    "singularity": PULL_SCHEMES,
-    "enroot": ("docker://",),
-}
-IMAGE_EXTENSION = {"apptainer": "sif", "singularity": "sif", "enroot": "sqsh"}
 DOCKER_HUB = "docker.io"
 # Docker Hub's registry API, as enroot must be told it, and its token service.
 HUB_REGISTRY = "registry-1.docker.io"
 HUB_AUTH = "auth.docker.io"
 _HUB_ALIASES = frozenset({DOCKER_HUB, "index.docker.io", HUB_REGISTRY})
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
-_CRED_PREFIX = {"apptainer": "APPTAINER_DOCKER_", "singularity": "SINGULARITY_DOCKER_"}
 
 
 def _digest(source: str) -> str:
@@ -74,12 +71,12 @@ def enroot_ref(source: str, *, hub_registry: bool = False) -> str:
     return f"docker://{HUB_REGISTRY}#{path}" if hub_registry else f"docker://{path}"
 
 
-def cannot_pull(runtime: str, source: str) -> str | None:
+def cannot_pull(runtime: Runtime, source: str) -> str | None:
     """Why a registry reference cannot be pulled into the cache by the runtime, or None."""
-    schemes = RUNTIME_SCHEMES.get(runtime, ())
+    schemes = runtime.pull_schemes
     if source.startswith(PULL_SCHEMES) and not source.startswith(schemes):
         return (
-            f"{source!r} cannot be pulled into image_cache_dir by the {runtime} runtime, "
+            f"{source!r} cannot be pulled into image_cache_dir by the {runtime.name} runtime, "
             f"which imports only {', '.join(s + '...' for s in schemes)} images"
         )
     return None
@@ -162,7 +159,7 @@ def enroot_credentials(registry: str, user: str, password: str) -> bytes:
 
 
 def plan_pulls(
-    runtime: str,
+    runtime: Runtime,
     binary: str,
     cache_dir: str,
     pod_dir: str,
@@ -175,9 +172,9 @@ def plan_pulls(
     pulls: list[PlannedPull] = []
     files: list[FileSpec] = []
     for source in dict.fromkeys(sources):
-        if not source.startswith(RUNTIME_SCHEMES[runtime]):
+        if not source.startswith(runtime.pull_schemes):
             continue
-        target = cached_image(cache_dir, source, IMAGE_EXTENSION[runtime])
+        target = cached_image(cache_dir, source, runtime.image_extension)
         mapping[source] = target
         digest = _digest(source)
         auth = None
@@ -185,21 +182,11 @@ def plan_pulls(
         creds = credentials(pull_secrets, registry) if pull_secrets else None
         if creds is not None and source.startswith("docker://"):
             auth = f"pull/{digest}.auth"
-            if runtime == "enroot":
-                config = f"pull/{digest}"
-                netrc = enroot_credentials(registry, *creds)
-                files.append(FileSpec(f"{config}/.credentials", netrc, 0o600))
-                entries = [f"ENROOT_CONFIG_PATH={pod_dir.rstrip('/')}/{config}"]
-            else:
-                prefix = _CRED_PREFIX[runtime]
-                entries = [f"{prefix}USERNAME={creds[0]}", f"{prefix}PASSWORD={creds[1]}"]
+            entries, more = runtime.pull_credentials(pod_dir, f"pull/{digest}", registry, *creds)
+            files += more
             files.append(FileSpec(auth, b"".join(e.encode() + b"\0" for e in entries), 0o600))
         part = target + ".part"
-        if runtime == "enroot":
-            ref = enroot_ref(source, hub_registry=auth is not None)
-            argv = (binary, "import", "--output", part, ref)
-        else:
-            argv = (binary, "pull", "--force", part, source)
+        argv = runtime.pull_argv(binary, part, source, auth=auth is not None)
         pulls.append(PlannedPull(target, source, argv, auth))
     return mapping, pulls, files
 

@@ -35,7 +35,9 @@ from interlink_slurm.translate.runtimes import (
     launcher_heeded,
     local_images_only,
     runs_image_command,
+    runtime_of,
 )
+from interlink_slurm.translate.script import LIBRARY, LIBRARY_FILE
 from interlink_slurm.translate.site import Target, partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import allowed_host_path, lay_out_volumes
 from interlink_slurm.wire import Container, RetrievedPodData, ValidPod
@@ -109,7 +111,9 @@ def resolve_image(ref: str, runtime: str, settings: Settings, image_root: str | 
     """The image the runtime is given for a reference the pod names (with image_cache_dir, a
     registry reference the job pulls into the cache first)."""
     image = _resolved_image(ref, runtime, settings, image_root)
-    reason = cannot_pull(runtime, image) if settings.image_cache_dir is not None else None
+    reason = (
+        cannot_pull(runtime_of(runtime), image) if settings.image_cache_dir is not None else None
+    )
     if reason is not None:
         raise PodRejected("image", reason)
     return image
@@ -538,7 +542,7 @@ def build_plan(
     if settings.enroot_create_dir is not None and not run_script:
         # Unpacked on each node into a directory of the job's own; the containers start the name.
         data_path = f"{settings.enroot_create_dir}/interlink-slurm-{meta.uid}"
-        creates = _enroot_creates(settings.runtime_binary, (*init, *regular))
+        creates = _unpacked_images(settings, (*init, *regular))
         names = {c.image: c.name for c in creates}
         init, regular = (
             tuple(dataclasses.replace(c, image=names[c.image]) for c in group)
@@ -575,6 +579,7 @@ def build_plan(
     files += layout.files
     files += pull_files
     files.append(FileSpec("logpipe.py", LOGPIPE_SOURCE, 0o600))
+    files.append(FileSpec(LIBRARY_FILE, LIBRARY.encode(), 0o600))
     pre_exec = shell.get(ann.PRE_EXEC)
     tunnel = shell.get(ann.WSTUNNEL)
     mesh = None
@@ -705,7 +710,7 @@ def _pull_through_cache(
     wanted = {s.get("name") for s in extra.get("imagePullSecrets") or [] if isinstance(s, dict)}
     secrets = [s for rc in data.container for s in rc.secrets if s.metadata.name in wanted]
     return plan_pulls(
-        settings.runtime,
+        runtime_of(settings.runtime),
         settings.runtime_binary,
         str(settings.image_cache_dir),
         pod_dir,
@@ -714,11 +719,15 @@ def _pull_through_cache(
     )
 
 
-def _enroot_creates(binary: str, containers: Sequence[ContainerPlan]) -> tuple[PlannedCreate, ...]:
-    """``enroot create`` of each distinct image, named ils-0, ils-1... in order of first use."""
+def _unpacked_images(
+    settings: Settings, containers: Sequence[ContainerPlan]
+) -> tuple[PlannedCreate, ...]:
+    """Each distinct image unpacked on the nodes (``enroot create``), named ils-0, ils-1... in
+    order of first use."""
+    rt = runtime_of(settings.runtime)
     images = list(dict.fromkeys(c.image for c in containers))
     return tuple(
-        PlannedCreate(f"ils-{n}", image, (binary, "create", "--name", f"ils-{n}", image))
+        PlannedCreate(f"ils-{n}", image, rt.create_argv(settings.runtime_binary, f"ils-{n}", image))
         for n, image in enumerate(images)
     )
 

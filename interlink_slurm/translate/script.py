@@ -1,348 +1,27 @@
 """JobPlan → the batch script: plain bash an operator can read and ``sbatch`` by hand.
 
-Only one fixed skeleton is written here; what differs between pods is data (directives, argv
-lists) placed into it with ``shlex.quote``. Environment values never appear in the script: each
-container reads its own NUL-separated env file (``containers/<name>.env``).
+What every job does is shell code of its own, ``interlink_slurm/jobscript/ils.sh`` (LIBRARY):
+copied into the pod directory and sourced by job.sh. Written here is only what differs between
+pods, as data (directives, argv lists) placed with ``shlex.quote``. Environment values never
+appear in the script: each container reads its own NUL-separated env file
+(``containers/<name>.env``).
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from pathlib import Path
 
 from interlink_slurm.translate.annotations import NTASKS
 from interlink_slurm.translate.lifecycle import HOOK_TIMEOUT_SECONDS
 from interlink_slurm.translate.plan import CONTAINER_TMP, ContainerPlan, JobPlan, PlannedPull
 from interlink_slurm.translate.volumes import SHM_ROOT
 
-# The per-container protocol, also read back by jobdir.py:
-#   containers/<name>.started   RFC 3339 time the container was started
-#   containers/<name>.finished  RFC 3339 time it ended
-#   containers/<name>.exit      its exit code
-#   containers/<name>.log       its stdout and stderr
-SKELETON = r"""
-set -o nounset -o pipefail
-umask 077
-# Some runtimes (ch-run) refuse to start without $USER, which batch jobs may lack.
-export USER="${{USER:-$(id -un)}}"
-POD_DIR={pod_dir}
-cd "$POD_DIR" || exit 1
-
-# Time stamps in RFC 3339 with nanoseconds, as Kubernetes prints them.
-ils_now() {{ date -u +%Y-%m-%dT%H:%M:%S.%NZ; }}
-
-# Write a small file atomically, so a reader never sees half of it.
-ils_put() {{ printf '%s\n' "$2" > "$1.tmp" && mv -f "$1.tmp" "$1"; }}
-
-# Wait for one child, riding out the TERM that scancel sends to every process of the job:
-# wait returns early (>128) when a trapped signal arrives while the child still runs.
-ils_wait() {{
-  local pid=$1 rc
-  while :; do
-    wait "$pid"; rc=$?
-    if [ "$rc" -gt 128 ] && kill -0 "$pid" 2>/dev/null; then continue; fi
-    return "$rc"
-  done
-}}
-
-# Run by a launcher's task: the variables of the env file ($1), then the rest of the words.
-ILS_AFTER_LAUNCH='e=(); while IFS= read -r -d "" kv; do e+=("$kv"); done < "$1" || exit 127
-shift; exec env -- "${{e[@]}}" "$@"'
-
-# A process and all its descendants, frozen first so that none forks meanwhile: a watcher and
-# what it runs (sleep, a probe's check).
-ils_kill_tree() {{
-  local sig=$1 p
-  shift
-  for p in "$@"; do
-    kill -STOP "$p" 2>/dev/null || continue
-    # shellcheck disable=SC2046
-    ils_kill_tree "$sig" $(pgrep -P "$p" 2>/dev/null)
-    kill "-$sig" "$p" 2>/dev/null
-    kill -CONT "$p" 2>/dev/null
-  done
-}}
-
-# ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
-# its env file, its output in its log (through logpipe.py, which notes when each chunk was
-# written), its start time, end time, exit code and restarts in files. The container runs in a
-# session (and process group) of its own, whose id is its pid: a stop signals every process
-# of it, and what it leaves behind when it ends is killed, as its PID namespace would be.
-# Options, each followed by its number of words:
-#   -L launcher (srun, mpiexec...) that runs the container on every task of the job
-#   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
-#      run's log kept as <name>.previous.log
-#   -U / -R / -V startup / readiness / liveness probe (containers/<name>.ready; a failed
-#      startup or liveness probe stops it; readiness and liveness wait for startup)
-#   -S / -T postStart / preStop hook
-ils_container() {{
-  local name=$1; shift
-  local -a envs=() launch=() startup=() readiness=() liveness=() poststart=() prestop=()
-  local kv rc=0 logger="" pipe="containers/$name.pipe" runtime found cpid="" policy=Never
-  local restarts backoff=${{ILS_BACKOFF:-10}}
-  local -a watchers
-  trap 'ILS_STOPPING=1; ils_prestop' TERM INT
-  trap ils_graceful URG
-  while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
-  while :; do
-    case $1 in
-      -L) launch=("${{@:3:$2}}") ;;
-      -P) policy=$3 ;;
-      -U) startup=("${{@:3:$2}}") ;;
-      -R) readiness=("${{@:3:$2}}") ;;
-      -V) liveness=("${{@:3:$2}}") ;;
-      -S) poststart=("${{@:3:$2}}") ;;
-      -T) prestop=("${{@:3:$2}}") ;;
-      *) break ;;
-    esac
-    shift $(( $2 + 2 ))
-  done
-  local -a direct=("${{envs[@]}}")
-  if [ "${{#launch[@]}}" -gt 0 ]; then
-    found=$(command -v -- "${{launch[0]}}") && launch[0]=$found
-    # The launcher never sees the pod's variables (it acts on SLURM_*, OMPI_*...): they are
-    # read from the env file after it, on each task's node, for the runtime only.
-    launch+=("$BASH" -c "$ILS_AFTER_LAUNCH" ils-env "$POD_DIR/containers/$name.env")
-    direct=()
-  fi
-  # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
-  runtime=$(command -v -- "$1") || runtime=$1
-  shift
-  restarts=$(cat "containers/$name.restarts" 2>/dev/null || echo 0)
-  while :; do
-    logger=""
-    watchers=()
-    [ "${{#readiness[@]}}" -eq 0 ] || ils_put "containers/$name.ready" false
-    ils_put "containers/$name.started" "$(ils_now)"
-    rm -f "containers/$name.backoff"
-    if [ -n "$ILS_PYTHON" ]; then
-      rm -f "$pipe" && mkfifo -m 600 "$pipe"
-      "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
-      logger=$!
-      setsid env -- "${{direct[@]}}" "${{launch[@]}}" "$runtime" "$@" \
-        > "$pipe" 2>&1 < /dev/null &
-    else
-      setsid env -- "${{direct[@]}}" "${{launch[@]}}" "$runtime" "$@" \
-        >> "containers/$name.log" 2>&1 < /dev/null &
-    fi
-    cpid=$!
-    if [ "${{#poststart[@]}}" -gt 0 ]; then
-      ils_hook "$name" postStart "$cpid" "${{poststart[@]}}" & watchers+=($!)
-    fi
-    rm -f "containers/$name.startup-ok"
-    if [ "${{#startup[@]}}" -gt 0 ]; then
-      ils_probe "$name" "$cpid" "${{startup[@]}}" & watchers+=($!)
-    fi
-    if [ "${{#readiness[@]}}" -gt 0 ]; then
-      ils_probe "$name" "$cpid" "${{readiness[@]}}" & watchers+=($!)
-    fi
-    if [ "${{#liveness[@]}}" -gt 0 ]; then
-      ils_probe "$name" "$cpid" "${{liveness[@]}}" & watchers+=($!)
-    fi
-    ils_wait "$cpid"; rc=$?
-    kill -KILL -- "-$cpid" 2>/dev/null
-    pkill -KILL -s "$cpid" 2>/dev/null
-    cpid=""
-    if [ "${{#watchers[@]}}" -gt 0 ]; then ils_kill_tree TERM "${{watchers[@]}}"; fi
-    [ "${{#readiness[@]}}" -eq 0 ] || ils_put "containers/$name.ready" false
-    if [ -n "$logger" ]; then
-      # The log ends with the container, even if a process it left behind (a daemon of a
-      # session of its own) holds the pipe open; the TERM that scancel sends to every process
-      # does not call the watchdog off (the logger ignores it).
-      ( trap '' TERM INT; sleep 5; kill -KILL "$logger" 2>/dev/null ) &
-      local watchdog=$!
-      ils_wait "$logger"
-      ils_kill_tree KILL "$watchdog"
-      rm -f "$pipe"
-    fi
-    ils_put "containers/$name.finished" "$(ils_now)"
-    case $policy in
-      Always) ;;
-      OnFailure) [ "$rc" -ne 0 ] || break ;;
-      *) break ;;
-    esac
-    [ -z "${{ILS_STOPPING:-}}" ] || break
-    # Restart after a back-off, as the kubelet does (CrashLoopBackOff meanwhile).
-    restarts=$(( restarts + 1 ))
-    ils_put "containers/$name.restarts" "$restarts"
-    mv -f "containers/$name.log" "containers/$name.previous.log" 2>/dev/null
-    rm -f "containers/$name.previous.log.idx"
-    if [ -e "containers/$name.log.idx" ]; then
-      mv -f "containers/$name.log.idx" "containers/$name.previous.log.idx"
-    fi
-    ils_put "containers/$name.backoff" "$rc $backoff"
-    echo "interlink-slurm: container $name exited with code $rc;" \
-      "restart $restarts in ${{backoff}} s"
-    sleep "$backoff" & local nap=$!
-    wait "$nap"; kill "$nap" 2>/dev/null
-    backoff=$(( backoff * 2 > ${{ILS_BACKOFF_MAX:-300}} ? ${{ILS_BACKOFF_MAX:-300}} : backoff * 2 ))
-    [ -z "${{ILS_STOPPING:-}}" ] || break
-  done
-  rm -f "containers/$name.backoff"
-  trap 'ILS_STOPPING=1' TERM INT URG
-  ils_put "containers/$name.exit" "$rc"
-  return "$rc"
-}}
-
-# The pod is deleted: the plugin sends SIGURG to every process of the job (ignored by all but
-# this script). As the kubelet does, the container's preStop hook runs first, then the container
-# gets SIGTERM; the plugin cancels the job when the grace period is over. (A time limit or an
-# administrator's scancel sends SIGTERM to every process at once: the hook runs alongside.)
-ils_graceful() {{
-  [ -z "${{ILS_STOPPING:-}}" ] || return 0
-  ILS_STOPPING=1
-  [ -n "$cpid" ] || return 0
-  ils_prestop
-  kill -TERM -- "-$cpid" 2>/dev/null
-}}
-
-# The preStop hook of the container being run, once, when the job is told to stop.
-ils_prestop() {{
-  if [ "${{#prestop[@]}}" -gt 0 ]; then
-    local -a hook=("${{prestop[@]}}")
-    prestop=()
-    ils_hook "$name" preStop "$cpid" "${{hook[@]}}"
-  fi
-}}
-
-# A requeued job runs again from the start: what the last run wrote becomes the "previous"
-# logs, and the containers start over.
-ILS_RUN=$(( $(cat job.runs 2>/dev/null || echo 0) + 1 ))
-ils_put job.runs "$ILS_RUN"
-if [ "$ILS_RUN" -gt 1 ]; then
-  for f in containers/*.log; do
-    case $f in *.previous.log|'containers/*.log') continue ;; esac
-    mv -f "$f" "${{f%.log}}.previous.log"
-    if [ -e "$f.idx" ]; then mv -f "$f.idx" "${{f%.log}}.previous.log.idx"; fi
-  done
-  rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
-    containers/*.startup-ok containers/*.backoff
-fi
-ILS_PYTHON=$(command -v python3 || true)
-
-ILS_STOPPING=""
-trap 'ILS_STOPPING=1' TERM INT URG
-echo "interlink-slurm: pod {pod_ref} starts as job ${{SLURM_JOB_ID:-?}} on $(hostname)"
-"""
-
-
-# Probes and hooks, written into the script only when a container has one.
-LIFECYCLE = r"""
-# ils_check TIMEOUT CHECK...: one probe or hook action (see translate/lifecycle.py), run from
-# inside ils_container (it sees the container's envs).
-ils_check() {
-  local t=$1 rt; shift
-  case $1 in
-    exec)
-      rt=$(command -v -- "$2") || rt=$2
-      shift 2
-      timeout "$t" env -- "${envs[@]}" "$rt" "$@" ;;
-    http)
-      shift
-      if [ -n "$ILS_PYTHON" ]; then
-        timeout "$t" "$ILS_PYTHON" -c 'import ssl, sys, urllib.request as u
-r = u.Request(sys.argv[2], headers=dict(h.split(": ", 1) for h in sys.argv[3:]))
-u.urlopen(r, timeout=float(sys.argv[1]), context=ssl._create_unverified_context())' "$t" "$@"
-      else
-        local -a hs=()
-        local h
-        for h in "${@:2}"; do hs+=(-H "$h"); done
-        timeout "$t" curl -fsSk -o /dev/null -m "$t" "${hs[@]}" -- "$1"
-      fi ;;
-    tcp) timeout "$t" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$2" "$3" ;;
-    sleep) sleep "$2" ;;
-    *) return 2 ;;
-  esac
-}
-
-# Stop a container (every process of its session): SIGTERM, then SIGKILL after the pod's grace
-# period.
-ils_stop() {
-  kill -TERM -- "-$1" 2>/dev/null
-  ( sleep "$ILS_GRACE"; kill -KILL -- "-$1" 2>/dev/null ) &
-}
-
-# ils_probe NAME PID KIND DELAY PERIOD TIMEOUT SUCCESS FAILURE CHECK...: while the container
-# runs, readiness writes containers/NAME.ready; a failed startup or liveness probe stops the
-# container (restarted or not by its policy). Readiness and liveness wait for a startup probe
-# to succeed (containers/NAME.startup-ok), as in Kubernetes.
-ils_probe() {
-  local name=$1 pid=$2 kind=$3 delay=$4 period=$5 t=$6 success=$7 failure=$8 ok=0 bad=0
-  shift 8
-  trap - TERM INT
-  if [ "$kind" != startup ] && [ "${#startup[@]}" -gt 0 ]; then
-    while [ ! -e "containers/$name.startup-ok" ]; do
-      kill -0 "$pid" 2>/dev/null || return
-      sleep 1
-    done
-  fi
-  sleep "$delay"
-  while kill -0 "$pid" 2>/dev/null; do
-    if ils_check "$t" "$@" > /dev/null 2>&1; then ok=$(( ok + 1 )); bad=0
-    else bad=$(( bad + 1 )); ok=0; fi
-    if [ "$kind" = readiness ]; then
-      if [ "$ok" -ge "$success" ]; then ils_put "containers/$name.ready" true
-      elif [ "$bad" -ge "$failure" ]; then ils_put "containers/$name.ready" false; fi
-    elif [ "$kind" = startup ] && [ "$ok" -ge "$success" ]; then
-      ils_put "containers/$name.startup-ok" "$(ils_now)"
-      return
-    elif [ "$bad" -ge "$failure" ]; then
-      echo "interlink-slurm: container $name failed its $kind probe $bad times: stopping it"
-      ils_stop "$pid"
-      return
-    fi
-    sleep "$period"
-  done
-}
-
-# ils_hook NAME EVENT PID CHECK...: a postStart or preStop hook; a failed postStart stops the
-# container, as in Kubernetes.
-ils_hook() {
-  local name=$1 event=$2 pid=$3 t=$ILS_HOOK_TIMEOUT
-  shift 3
-  [ "$event" != preStop ] || t=$ILS_GRACE
-  if ! ils_check "$t" "$@" >> "containers/$name.hooks.log" 2>&1; then
-    echo "interlink-slurm: the $event hook of container $name failed"
-    [ "$event" != postStart ] || ils_stop "$pid"
-  fi
-}
-"""
-
-
-# Images converted into the shared cache, written into the script only when a pod needs one;
-# render_pull_script runs the same function on the submit host.
-PULL = r"""
-# ils_pull TARGET AUTH SOURCE ARGV...: convert an image into the shared cache once: ARGV writes
-# TARGET.part from SOURCE, with the NAME=VALUE entries of the file AUTH ('' for none) in its
-# environment. Pods pulling the same image wait for one another (flock), a half-written image
-# is never seen, and a failed pull leaves nothing behind.
-ils_pull() {
-  local target=$1 auth=$2 source=$3 kv
-  local -a creds=()
-  shift 3
-  [ -s "$target" ] && return 0
-  if [ -n "$auth" ]; then
-    while IFS= read -r -d '' kv; do creds+=("$kv"); done < "$auth" || return 1
-  fi
-  mkdir -p -- "${target%/*}" || return 1
-  (
-    if ! flock -w 3600 9; then
-      echo "interlink-slurm: waited an hour for another pull of $source ($target.lock)"
-      exit 1
-    fi
-    [ -s "$target" ] && exit 0
-    echo "interlink-slurm: pulling $source into $target"
-    rm -f -- "$target.part"
-    if env -- "${creds[@]}" "$@" < /dev/null; then
-      mv -f -- "$target.part" "$target"
-    else
-      rc=$?
-      rm -f -- "$target.part"
-      exit "$rc"
-    fi
-  ) 9> "$target.lock"
-}
-"""
+# The job script's functions, copied into every pod directory as LIBRARY_FILE (see its header).
+LIBRARY_FILE = "ils.sh"
+LIBRARY = (Path(__file__).resolve().parent.parent / "jobscript" / LIBRARY_FILE).read_text()
+_SOURCE = f". ./{LIBRARY_FILE} || exit 1"
 
 
 def render_pull_script(pulls: Sequence[PlannedPull]) -> str:
@@ -350,8 +29,9 @@ def render_pull_script(pulls: Sequence[PlannedPull]) -> str:
     ils_pull; run by bash in the pod's directory (the credentials files are there). Exit code 0
     once every image is there; else the first failure ends it with the pull's own exit code,
     the reason in its output."""
+    # The library itself, not sourced: a pod directory written by an earlier version has none.
     lines = ["#!/bin/bash", "set -o nounset -o pipefail", "umask 077"]
-    lines += PULL.rstrip("\n").split("\n")
+    lines += LIBRARY.rstrip("\n").split("\n")
     lines += ["", *_pull_lines(pulls, keep_code=True), ""]
     return "\n".join(lines)
 
@@ -438,8 +118,6 @@ def _before_containers(plan: JobPlan) -> list[str]:
             f"ILS_BACKOFF={first} ILS_BACKOFF_MAX={most} ILS_GRACE={plan.grace_seconds}"
             f" ILS_HOOK_TIMEOUT={HOOK_TIMEOUT_SECONDS}",
         ]
-    if _uses_lifecycle(plan):
-        lines += LIFECYCLE.rstrip("\n").split("\n")
     if plan.job_env:
         lines += ["", "# The pod's address as interLink gave it (interlink.eu/pod-ip)."]
         lines += [f"export {name}={shlex.quote(value)}" for name, value in plan.job_env]
@@ -504,7 +182,6 @@ def _before_containers(plan: JobPlan) -> list[str]:
         cleanup.append('[ -z "${ILS_TUNNEL:-}" ] || kill -TERM -- "-$ILS_TUNNEL" 2>/dev/null')
     if plan.size_limits:
         cleanup.append('[ -z "${ILS_SIZE_WATCH:-}" ] || kill "$ILS_SIZE_WATCH" 2>/dev/null')
-    lines += REAP.rstrip("\n").split("\n")
     lines += [
         "",
         "# When the job ends, however it ends: stop the tunnel, remove node directories, and end",
@@ -525,7 +202,7 @@ def _before_containers(plan: JobPlan) -> list[str]:
             'cd "$POD_DIR" || exit 1',
         ]
     if plan.image_pulls:
-        lines += PULL.rstrip("\n").split("\n")
+        lines += ["", "# Images converted into the shared cache, once for every pod (ils_pull)."]
         lines += _pull_lines(plan.image_pulls)
     if plan.enroot_creates:
         lines += ["", "# Each image unpacked once on each node; the containers start it by name."]
@@ -536,7 +213,7 @@ def _before_containers(plan: JobPlan) -> list[str]:
             for c in plan.enroot_creates
         ]
     if plan.size_limits:
-        lines += SIZE_WATCH.rstrip("\n").split("\n")
+        lines += ["", "# emptyDir sizeLimits, watched as the kubelet does (ils_size_watch)."]
         words = [w for s in plan.size_limits for w in (s.volume, s.path, str(s.kib), s.quantity)]
         lines += [f"ils_size_watch {_quote_argv(words)} &", "ILS_SIZE_WATCH=$!"]
     if plan.tunnel:
@@ -552,54 +229,9 @@ def _before_containers(plan: JobPlan) -> list[str]:
     return lines
 
 
-# Every job ends its processes: linuxproc-style process tracking loses a process whose parent
-# ended (a daemon a container started, a watcher's sleep), and nothing of a pod may outlive it.
-REAP = r"""
-# ils_reap: kill what still runs of this job when it ends: every process of this user with
-# the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell.
-ils_reap() {
-  local p
-  [ -n "${SLURM_JOB_ID:-}" ] || return 0
-  for p in $(grep -lsxzF -- "SLURM_JOB_ID=$SLURM_JOB_ID" /proc/[0-9]*/environ); do
-    p=${p#/proc/}
-    p=${p%/environ}
-    [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] || kill -KILL "$p" 2>/dev/null
-  done
-}
-"""
-
-
-# emptyDir sizeLimits, written only when a pod sets one.
-SIZE_WATCH = r"""
-# ils_size_watch [VOLUME PATH KIB LIMIT]...: watch the emptyDirs' sizes, as the kubelet does:
-# one over its sizeLimit evicts the pod. Every container is stopped as on a delete (preStop,
-# SIGTERM), and whatever still runs after the grace period is killed.
-ils_size_watch() {
-  local -a w=("$@")
-  local i used
-  trap - TERM INT URG
-  while sleep 10; do
-    for (( i = 0; i < ${#w[@]}; i += 4 )); do
-      used=$(du -sk -- "${w[i+1]}" 2>/dev/null | cut -f1)
-      if [ -n "$used" ] && [ "$used" -gt "${w[i+2]}" ]; then
-        ils_put job.evicted \
-          "Usage of EmptyDir volume \"${w[i]}\" exceeds the limit \"${w[i+3]}\"."
-        echo "interlink-slurm: emptyDir volume ${w[i]} uses ${used}Ki, more than its" \
-          "sizeLimit of ${w[i+3]}: the pod is evicted"
-        kill -URG 0
-        sleep "$ILS_GRACE"
-        kill -KILL 0
-      fi
-    done
-  done
-}
-"""
-
-
 # Deleted before a container started (during the pre-exec, a pull, an unpack, an earlier init
 # container): start nothing more.
 STOPPED = '[ -z "$ILS_STOPPING" ] || exit 143'
-
 
 # The variables of the script the containers' functions read, handed to the mesh's shell.
 _MESH_VARIABLES = (
@@ -611,21 +243,22 @@ _MESH_VARIABLES = (
 def _in_mesh(plan: JobPlan, pod: list[str]) -> list[str]:
     """The containers' part of the script, run inside interLink's full mesh: a function that
     the mesh script (whose template runs its arguments in the mesh's network namespace) runs
-    in a shell of its own, given this script's functions and variables (mesh-pod.sh)."""
+    in a shell of its own, given this script's variables and the library (mesh-pod.sh)."""
     assert plan.mesh is not None
     return [
         "",
         "# interLink's full mesh (Network.FullMesh): the containers run inside the mesh's network",
         "# namespace. Its script (mesh.sh, from the pre-exec's EOFMESH heredoc) runs its arguments",
-        "# there: a shell given this script's functions and variables, which runs ils_pod.",
+        "# there: a shell given this script's variables and the library, which runs ils_pod.",
         "ils_pod() {",
         *(f"  {line}" if line else "" for line in pod),
         "}",
         "{",
         "  echo 'set -o nounset -o pipefail; umask 077'",
         f"  declare -p {_MESH_VARIABLES} 2>/dev/null",
-        "  declare -f",
-        """  echo 'cd "$POD_DIR" || exit 1; trap "ILS_STOPPING=1" TERM INT URG; ils_pod'""",
+        "  declare -f ils_pod",
+        f"  echo 'cd \"$POD_DIR\" || exit 1; {_SOURCE}'",
+        """  echo 'trap "ILS_STOPPING=1" TERM INT URG; ils_pod'""",
         "} > mesh-pod.sh",
         f'bash ./{shlex.quote(plan.mesh)} /bin/bash "$POD_DIR/mesh-pod.sh"',
         "",
@@ -637,12 +270,18 @@ def render_script(plan: JobPlan) -> str:
     lines += [f"#SBATCH {d}" for d in plan.directives]
     lines.append("#")
     lines += [f"# {line}" if line else "#" for line in plan.header_comment.splitlines()]
-    lines.append(
-        SKELETON.format(
-            pod_dir=shlex.quote(plan.pod_dir),
-            pod_ref=shlex.quote(f"{plan.namespace}/{plan.name}"),
-        ).rstrip("\n")
-    )
+    lines += [
+        "",
+        "set -o nounset -o pipefail",
+        "umask 077",
+        "# Some runtimes (ch-run) refuse to start without $USER, which batch jobs may lack.",
+        'export USER="${USER:-$(id -un)}"',
+        f"POD_DIR={shlex.quote(plan.pod_dir)}",
+        'cd "$POD_DIR" || exit 1',
+        f"# The job's functions (ils_container, ils_wait...): interlink-slurm's {LIBRARY_FILE}.",
+        _SOURCE,
+        f"ils_start {shlex.quote(f'{plan.namespace}/{plan.name}')}",
+    ]
     lines += _before_containers(plan)
     body = _containers(plan)
     if plan.mesh is None:

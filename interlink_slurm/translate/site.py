@@ -11,21 +11,18 @@ and with none the top-level keys alone apply.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from interlink_slurm.errors import PodRejected
+from interlink_slurm.slurm_units import time_seconds
 from interlink_slurm.translate.quantity import mebibytes
 from interlink_slurm.wire import Taint
 
-if TYPE_CHECKING:
-    from interlink_slurm.config import Settings
-
 SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
 def slurm_seconds(value: str | int) -> int:
@@ -34,21 +31,9 @@ def slurm_seconds(value: str | int) -> int:
         if value <= 0:
             raise ValueError(f"{value} must be a positive number of seconds")
         return value
-    m = _TIME.fullmatch(value.strip())
-    if not m:
+    seconds = time_seconds(value)
+    if seconds is None:  # a pod's or the site's limit is a time, never "unlimited"
         raise ValueError(f"{value!r} is not a Slurm time (MM, HH:MM:SS, D-HH:MM:SS...)")
-    days, a, b, c = (int(g) if g else None for g in m.groups())
-    if days is None:
-        # MM, MM:SS, HH:MM:SS
-        if b is None:
-            seconds = (a or 0) * 60
-        elif c is None:
-            seconds = (a or 0) * 60 + b
-        else:
-            seconds = (a or 0) * 3600 + b * 60 + c
-    else:
-        # D-HH, D-HH:MM, D-HH:MM:SS
-        seconds = days * 86400 + (a or 0) * 3600 + (b or 0) * 60 + (c or 0)
     if seconds <= 0:
         raise ValueError(f"{value!r} must be longer than zero")
     return seconds
@@ -173,8 +158,46 @@ def _matching(profiles: Mapping[str, Profile], wants_gpus: bool) -> str | None:
     return None
 
 
+class SiteSettings(Protocol):
+    """The keys of the configuration a site is made of (config.Settings has them): what this
+    module reads, so that it does not depend on the configuration's module."""
+
+    @property
+    def partition(self) -> str | None: ...
+    @property
+    def gpu_partition(self) -> str | None: ...
+    @property
+    def gpu_type(self) -> str | None: ...
+    @property
+    def gpus_per_node(self) -> int | None: ...
+    @property
+    def default_cpus(self) -> int: ...
+    @property
+    def max_cpus(self) -> int | None: ...
+    @property
+    def default_memory(self) -> str: ...
+    @property
+    def max_memory(self) -> str | None: ...
+    @property
+    def default_time(self) -> str | int | None: ...
+    @property
+    def max_time(self) -> str | int | None: ...
+    @property
+    def account(self) -> str | None: ...
+    @property
+    def namespace_accounts(self) -> Mapping[str, str]: ...
+    @property
+    def qos(self) -> str | None: ...
+    @property
+    def sbatch_extra(self) -> Sequence[str]: ...
+    @property
+    def profiles(self) -> Mapping[str, Profile]: ...
+    @property
+    def targets(self) -> Mapping[str, Target]: ...
+
+
 def site_for(
-    settings: Settings,
+    settings: SiteSettings,
     annotations: Mapping[str, str],
     namespace: str,
     wants_gpus: bool,
@@ -226,7 +249,7 @@ def site_for(
     )
 
 
-def partitions_of(settings: Settings) -> set[str]:
+def partitions_of(settings: SiteSettings) -> set[str]:
     """Every partition the configuration names (what pods may ask by default)."""
     parts = {settings.partition, settings.gpu_partition}
     parts |= {p.partition for p in settings.profiles.values()}

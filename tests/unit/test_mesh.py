@@ -55,6 +55,10 @@ def test_a_mesh_pod_gets_mesh_sh_and_its_containers_start_through_it() -> None:
     assert "module load x" in pre_exec and "EOFMESH" not in pre_exec
     script = render_script(plan)
     assert 'bash ./mesh.sh /bin/bash "$POD_DIR/mesh-pod.sh"\n' in script
+    # The mesh's shell gets the job's library as job.sh does (its functions and variables, such
+    # as ILS_AFTER_LAUNCH for a launcher), and of this script only its variables and ils_pod.
+    assert """  echo 'cd "$POD_DIR" || exit 1; . ./ils.sh || exit 1'\n""" in script
+    assert "  declare -f ils_pod\n" in script
     body = script.split("ils_pod() {", 1)[1].split("\n}\n", 1)[0]
     assert "ils_container init" in body and "ils_container main" in body
     # Inside a function every exit of the containers' part is a return.

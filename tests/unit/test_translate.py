@@ -1336,6 +1336,15 @@ def test_rendered_script_matches_golden(pod_name: str, runtime: str) -> None:
     check_golden(f"{pod_name}.{runtime}.sh", render_script(golden_plan(pod_name, runtime)))
 
 
+def test_every_pod_directory_gets_the_job_script_library_which_matches_its_golden() -> None:
+    """The goldens hold what is specific to each pod; what they all source is this one."""
+    files = {f.path: f for f in golden_plan("simple", "apptainer").files}
+    library = files["ils.sh"]
+    assert library.mode == 0o600
+    assert ". ./ils.sh || exit 1" in render_script(golden_plan("simple", "apptainer"))
+    check_golden("ils.sh", library.content.decode())
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("pod_name", list(GOLDEN_PODS))
 def test_rendered_script_is_valid_bash(pod_name: str, runtime: str) -> None:

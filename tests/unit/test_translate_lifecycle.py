@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from interlink_slurm.translate.script import render_script
+from interlink_slurm.translate.script import LIBRARY, render_script
 from tests import podgen as pg
 from tests.unit.test_translate import container, main, plan_of, pod_of, rejection
 from tests.unit.test_translate import settings as make_settings
@@ -48,7 +48,7 @@ def test_restart_policy_is_an_ils_container_option_with_backoff_settings() -> No
     script = render_script(plan)
     assert "ils_container main \\\n    -P 1 OnFailure \\\n    apptainer exec" in script
     assert "ILS_BACKOFF=5 ILS_BACKOFF_MAX=60 ILS_GRACE=30 ILS_HOOK_TIMEOUT=30" in script
-    assert "ils_probe()" not in script  # no probes: their functions are not written
+    assert "ils_probe" not in script  # no probes
 
 
 def test_never_adds_nothing_to_the_container_line() -> None:
@@ -196,8 +196,10 @@ def test_probes_and_hooks_are_options_of_the_container_line_and_valid_bash() -> 
     )
     assert lines[start + 5] == "    -T 2 sleep 1 \\"
     assert "ILS_GRACE=12" in script
-    assert "ils_probe()" in script and "ils_hook()" in script
+    # Their functions are the library's, sourced by every job script.
+    assert "ils_probe()" in LIBRARY and "ils_hook()" in LIBRARY
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert subprocess.run(["bash", "-n"], input=LIBRARY, text=True).returncode == 0
 
 
 def test_startup_probe_is_an_option_before_the_others() -> None:

@@ -1,0 +1,104 @@
+"""Charliecloud (0.31): ``ch-run`` an image directory. It pulls nothing, runs no image command of
+its own (the plugin reads ENTRYPOINT and CMD from ch-image's metadata), binds read-write only,
+and cannot create a missing bind target: those are looked up in the image before the job is
+submitted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from interlink_slurm.errors import PodRejected
+from interlink_slurm.translate.images import CH_METADATA
+from interlink_slurm.translate.plan import ContainerPlan
+from interlink_slurm.translate.runtimes.base import LOADER_HEEDED, Runtime
+
+
+class Charliecloud(Runtime):
+    name = "charliecloud"
+    binary = "ch-run"
+    host_heeded = (*LOADER_HEEDED, "CH_")
+    tmp_placed_by = frozenset({"--private-tmp", "-t"})
+    runs_image_command = False
+    read_only_binds = False
+    looks_up_bind_targets = True
+
+    def private_tmp(self, tmp: str) -> tuple[str, ...]:
+        return ("-b", f"{tmp}:/tmp")
+
+    def argv(self, binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
+        command = [*c.command, *c.args]
+        if not command:
+            raise PodRejected(
+                f"container {c.name!r} command",
+                f"image {c.image} has no command of its own that Charliecloud can run (no "
+                f"ENTRYPOINT or CMD in its {CH_METADATA}, as ch-image writes it): set command "
+                "or args",
+            )
+        argv = [binary, *self.private_tmp_flags(options, c.name), *options]
+        for b in c.binds:
+            argv += ["-b", f"{b.source}:{b.target}"]
+        if c.working_dir:
+            argv += ["-c", c.working_dir]
+        return [*argv, c.image, "--", *command]
+
+
+# Charliecloud (0.31) refuses a bind whose destination crosses an absolute symlink of the image
+# ("symlink not relative") and cannot create a missing one in a read-only image. So each target
+# is looked up in the image beforehand, as the container will see it: every symlink followed
+# relative to the image's root, never the host's. Run as one command on the cluster side:
+#   bash -c RESOLVE_IMAGE_PATHS ils-resolve IMAGE TARGET [IMAGE TARGET]...
+# prints for each pair "STATUS PATH" and a NUL: 1 the path exists in the image, 0 it does not,
+# ? the image is not a directory (a SquashFS file: nothing to look into).
+RESOLVE_IMAGE_PATHS = r"""
+resolve() {
+  local root=$1 rest=$2 cur="" part link hops=0
+  while [ -n "$rest" ]; do
+    part=${rest%%/*}
+    if [ "$part" = "$rest" ]; then rest=""; else rest=${rest#*/}; fi
+    case $part in
+      ''|.) continue ;;
+      ..) cur=${cur%/*}; continue ;;
+    esac
+    if [ -L "$root$cur/$part" ]; then
+      hops=$(( hops + 1 ))
+      [ "$hops" -le 40 ] || return 1
+      link=$(readlink -- "$root$cur/$part") || return 1
+      case $link in /*) cur="" ;; esac
+      rest="$link/$rest"
+    else
+      cur="$cur/$part"
+    fi
+  done
+  printf '%s' "${cur:-/}"
+}
+while [ "$#" -ge 2 ]; do
+  if [ ! -d "$1" ]; then
+    printf '? %s\0' "$2"
+  elif path=$(resolve "$1" "$2") && [ -e "$1$path" ]; then
+    printf '1 %s\0' "$path"
+  else
+    printf '0 %s\0' "${path:-$2}"
+  fi
+  shift 2
+done
+"""
+
+
+def image_paths_argv(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The command that looks up (image directory, target) pairs (RESOLVE_IMAGE_PATHS)."""
+    return ["bash", "-c", RESOLVE_IMAGE_PATHS, "ils-resolve", *(w for p in pairs for w in p)]
+
+
+def parse_image_paths(
+    pairs: Sequence[tuple[str, str]], stdout: str
+) -> dict[tuple[str, str], str | None]:
+    """(image, target) → the target's path in the image, None when it is not there; pairs the
+    command could not look into (not a directory, no answer) are left out."""
+    out: dict[tuple[str, str], str | None] = {}
+    for pair, answer in zip(pairs, stdout.split("\0"), strict=False):
+        status, _, path = answer.partition(" ")
+        if status == "1" and path.startswith("/"):
+            out[pair] = path
+        elif status == "0":
+            out[pair] = None
+    return out

@@ -1,0 +1,360 @@
+# shellcheck shell=bash
+# The job script's functions. Copied into every pod directory beside job.sh, which sources it
+# (translate/script.py writes job.sh); so does mesh-pod.sh, and the pull script run on the
+# submit host holds a copy. Definitions only: sourcing it starts nothing.
+#
+# The per-container protocol, also read back by jobdir.py:
+#   containers/<name>.started   RFC 3339 time the container was started
+#   containers/<name>.finished  RFC 3339 time it ended
+#   containers/<name>.exit      its exit code
+#   containers/<name>.log       its stdout and stderr
+#
+# Read from job.sh: POD_DIR, and when the pod has restarts, probes, hooks or sizeLimits,
+# ILS_BACKOFF, ILS_BACKOFF_MAX, ILS_GRACE and ILS_HOOK_TIMEOUT.
+
+# Time stamps in RFC 3339 with nanoseconds, as Kubernetes prints them.
+ils_now() { date -u +%Y-%m-%dT%H:%M:%S.%NZ; }
+
+# Write a small file atomically, so a reader never sees half of it.
+ils_put() { printf '%s\n' "$2" > "$1.tmp" && mv -f "$1.tmp" "$1"; }
+
+# Wait for one child, riding out the TERM that scancel sends to every process of the job:
+# wait returns early (>128) when a trapped signal arrives while the child still runs.
+ils_wait() {
+  local pid=$1 rc
+  while :; do
+    wait "$pid"; rc=$?
+    if [ "$rc" -gt 128 ] && kill -0 "$pid" 2>/dev/null; then continue; fi
+    return "$rc"
+  done
+}
+
+# Run by a launcher's task: the variables of the env file ($1), then the rest of the words.
+# shellcheck disable=SC2016  # expanded by that task's bash
+ILS_AFTER_LAUNCH='e=(); while IFS= read -r -d "" kv; do e+=("$kv"); done < "$1" || exit 127
+shift; exec env -- "${e[@]}" "$@"'
+
+# A process and all its descendants, frozen first so that none forks meanwhile: a watcher and
+# what it runs (sleep, a probe's check).
+ils_kill_tree() {
+  local sig=$1 p
+  shift
+  for p in "$@"; do
+    kill -STOP "$p" 2>/dev/null || continue
+    # shellcheck disable=SC2046
+    ils_kill_tree "$sig" $(pgrep -P "$p" 2>/dev/null)
+    kill "-$sig" "$p" 2>/dev/null
+    kill -CONT "$p" 2>/dev/null
+  done
+}
+
+# ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
+# its env file, its output in its log (through logpipe.py, which notes when each chunk was
+# written), its start time, end time, exit code and restarts in files. The container runs in a
+# session (and process group) of its own, whose id is its pid: a stop signals every process
+# of it, and what it leaves behind when it ends is killed, as its PID namespace would be.
+# Options, each followed by its number of words:
+#   -L launcher (srun, mpiexec...) that runs the container on every task of the job
+#   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
+#      run's log kept as <name>.previous.log
+#   -U / -R / -V startup / readiness / liveness probe (containers/<name>.ready; a failed
+#      startup or liveness probe stops it; readiness and liveness wait for startup)
+#   -S / -T postStart / preStop hook
+ils_container() {
+  local name=$1; shift
+  local -a envs=() launch=() startup=() readiness=() liveness=() poststart=() prestop=()
+  local kv rc=0 logger="" pipe="containers/$name.pipe" runtime found cpid="" policy=Never
+  local restarts backoff=${ILS_BACKOFF:-10}
+  local -a watchers
+  trap 'ILS_STOPPING=1; ils_prestop' TERM INT
+  trap ils_graceful URG
+  while IFS= read -r -d '' kv; do envs+=("$kv"); done < "containers/$name.env"
+  while :; do
+    case $1 in
+      -L) launch=("${@:3:$2}") ;;
+      -P) policy=$3 ;;
+      -U) startup=("${@:3:$2}") ;;
+      -R) readiness=("${@:3:$2}") ;;
+      -V) liveness=("${@:3:$2}") ;;
+      -S) poststart=("${@:3:$2}") ;;
+      -T) prestop=("${@:3:$2}") ;;
+      *) break ;;
+    esac
+    shift $(( $2 + 2 ))
+  done
+  local -a direct=("${envs[@]}")
+  if [ "${#launch[@]}" -gt 0 ]; then
+    found=$(command -v -- "${launch[0]}") && launch[0]=$found
+    # The launcher never sees the pod's variables (it acts on SLURM_*, OMPI_*...): they are
+    # read from the env file after it, on each task's node, for the runtime only.
+    launch+=("$BASH" -c "$ILS_AFTER_LAUNCH" ils-env "$POD_DIR/containers/$name.env")
+    direct=()
+  fi
+  # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
+  runtime=$(command -v -- "$1") || runtime=$1
+  shift
+  restarts=$(cat "containers/$name.restarts" 2>/dev/null || echo 0)
+  while :; do
+    logger=""
+    watchers=()
+    [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
+    ils_put "containers/$name.started" "$(ils_now)"
+    rm -f "containers/$name.backoff"
+    if [ -n "$ILS_PYTHON" ]; then
+      rm -f "$pipe" && mkfifo -m 600 "$pipe"
+      "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
+      logger=$!
+      setsid env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
+        > "$pipe" 2>&1 < /dev/null &
+    else
+      setsid env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
+        >> "containers/$name.log" 2>&1 < /dev/null &
+    fi
+    cpid=$!
+    if [ "${#poststart[@]}" -gt 0 ]; then
+      ils_hook "$name" postStart "$cpid" "${poststart[@]}" & watchers+=($!)
+    fi
+    rm -f "containers/$name.startup-ok"
+    if [ "${#startup[@]}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${startup[@]}" & watchers+=($!)
+    fi
+    if [ "${#readiness[@]}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${readiness[@]}" & watchers+=($!)
+    fi
+    if [ "${#liveness[@]}" -gt 0 ]; then
+      ils_probe "$name" "$cpid" "${liveness[@]}" & watchers+=($!)
+    fi
+    ils_wait "$cpid"; rc=$?
+    kill -KILL -- "-$cpid" 2>/dev/null
+    pkill -KILL -s "$cpid" 2>/dev/null
+    cpid=""
+    if [ "${#watchers[@]}" -gt 0 ]; then ils_kill_tree TERM "${watchers[@]}"; fi
+    [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
+    if [ -n "$logger" ]; then
+      # The log ends with the container, even if a process it left behind (a daemon of a
+      # session of its own) holds the pipe open; the TERM that scancel sends to every process
+      # does not call the watchdog off (the logger ignores it).
+      ( trap '' TERM INT; sleep 5; kill -KILL "$logger" 2>/dev/null ) &
+      local watchdog=$!
+      ils_wait "$logger"
+      ils_kill_tree KILL "$watchdog"
+      rm -f "$pipe"
+    fi
+    ils_put "containers/$name.finished" "$(ils_now)"
+    case $policy in
+      Always) ;;
+      OnFailure) [ "$rc" -ne 0 ] || break ;;
+      *) break ;;
+    esac
+    [ -z "${ILS_STOPPING:-}" ] || break
+    # Restart after a back-off, as the kubelet does (CrashLoopBackOff meanwhile).
+    restarts=$(( restarts + 1 ))
+    ils_put "containers/$name.restarts" "$restarts"
+    mv -f "containers/$name.log" "containers/$name.previous.log" 2>/dev/null
+    rm -f "containers/$name.previous.log.idx"
+    if [ -e "containers/$name.log.idx" ]; then
+      mv -f "containers/$name.log.idx" "containers/$name.previous.log.idx"
+    fi
+    ils_put "containers/$name.backoff" "$rc $backoff"
+    echo "interlink-slurm: container $name exited with code $rc;" \
+      "restart $restarts in ${backoff} s"
+    sleep "$backoff" & local nap=$!
+    wait "$nap"; kill "$nap" 2>/dev/null
+    backoff=$(( backoff * 2 > ${ILS_BACKOFF_MAX:-300} ? ${ILS_BACKOFF_MAX:-300} : backoff * 2 ))
+    [ -z "${ILS_STOPPING:-}" ] || break
+  done
+  rm -f "containers/$name.backoff"
+  trap 'ILS_STOPPING=1' TERM INT URG
+  ils_put "containers/$name.exit" "$rc"
+  return "$rc"
+}
+
+# The pod is deleted: the plugin sends SIGURG to every process of the job (ignored by all but
+# this script). As the kubelet does, the container's preStop hook runs first, then the container
+# gets SIGTERM; the plugin cancels the job when the grace period is over. (A time limit or an
+# administrator's scancel sends SIGTERM to every process at once: the hook runs alongside.)
+ils_graceful() {
+  [ -z "${ILS_STOPPING:-}" ] || return 0
+  ILS_STOPPING=1
+  [ -n "$cpid" ] || return 0
+  ils_prestop
+  kill -TERM -- "-$cpid" 2>/dev/null
+}
+
+# The preStop hook of the container being run, once, when the job is told to stop.
+ils_prestop() {
+  if [ "${#prestop[@]}" -gt 0 ]; then
+    local -a hook=("${prestop[@]}")
+    prestop=()
+    ils_hook "$name" preStop "$cpid" "${hook[@]}"
+  fi
+}
+
+# ils_check TIMEOUT CHECK...: one probe or hook action (see translate/lifecycle.py), run from
+# inside ils_container (it sees the container's envs).
+# shellcheck disable=SC2016  # the python and the tcp check's words are expanded by their own
+ils_check() {
+  local t=$1 rt; shift
+  case $1 in
+    exec)
+      rt=$(command -v -- "$2") || rt=$2
+      shift 2
+      timeout "$t" env -- "${envs[@]}" "$rt" "$@" ;;
+    http)
+      shift
+      if [ -n "$ILS_PYTHON" ]; then
+        timeout "$t" "$ILS_PYTHON" -c 'import ssl, sys, urllib.request as u
+r = u.Request(sys.argv[2], headers=dict(h.split(": ", 1) for h in sys.argv[3:]))
+u.urlopen(r, timeout=float(sys.argv[1]), context=ssl._create_unverified_context())' "$t" "$@"
+      else
+        local -a hs=()
+        local h
+        for h in "${@:2}"; do hs+=(-H "$h"); done
+        timeout "$t" curl -fsSk -o /dev/null -m "$t" "${hs[@]}" -- "$1"
+      fi ;;
+    tcp) timeout "$t" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$2" "$3" ;;
+    sleep) sleep "$2" ;;
+    *) return 2 ;;
+  esac
+}
+
+# Stop a container (every process of its session): SIGTERM, then SIGKILL after the pod's grace
+# period.
+ils_stop() {
+  kill -TERM -- "-$1" 2>/dev/null
+  ( sleep "$ILS_GRACE"; kill -KILL -- "-$1" 2>/dev/null ) &
+}
+
+# ils_probe NAME PID KIND DELAY PERIOD TIMEOUT SUCCESS FAILURE CHECK...: while the container
+# runs, readiness writes containers/NAME.ready; a failed startup or liveness probe stops the
+# container (restarted or not by its policy). Readiness and liveness wait for a startup probe
+# to succeed (containers/NAME.startup-ok), as in Kubernetes.
+ils_probe() {
+  local name=$1 pid=$2 kind=$3 delay=$4 period=$5 t=$6 success=$7 failure=$8 ok=0 bad=0
+  shift 8
+  trap - TERM INT
+  if [ "$kind" != startup ] && [ "${#startup[@]}" -gt 0 ]; then
+    while [ ! -e "containers/$name.startup-ok" ]; do
+      kill -0 "$pid" 2>/dev/null || return
+      sleep 1
+    done
+  fi
+  sleep "$delay"
+  while kill -0 "$pid" 2>/dev/null; do
+    if ils_check "$t" "$@" > /dev/null 2>&1; then ok=$(( ok + 1 )); bad=0
+    else bad=$(( bad + 1 )); ok=0; fi
+    if [ "$kind" = readiness ]; then
+      if [ "$ok" -ge "$success" ]; then ils_put "containers/$name.ready" true
+      elif [ "$bad" -ge "$failure" ]; then ils_put "containers/$name.ready" false; fi
+    elif [ "$kind" = startup ] && [ "$ok" -ge "$success" ]; then
+      ils_put "containers/$name.startup-ok" "$(ils_now)"
+      return
+    elif [ "$bad" -ge "$failure" ]; then
+      echo "interlink-slurm: container $name failed its $kind probe $bad times: stopping it"
+      ils_stop "$pid"
+      return
+    fi
+    sleep "$period"
+  done
+}
+
+# ils_hook NAME EVENT PID CHECK...: a postStart or preStop hook; a failed postStart stops the
+# container, as in Kubernetes.
+ils_hook() {
+  local name=$1 event=$2 pid=$3 t=$ILS_HOOK_TIMEOUT
+  shift 3
+  [ "$event" != preStop ] || t=$ILS_GRACE
+  if ! ils_check "$t" "$@" >> "containers/$name.hooks.log" 2>&1; then
+    echo "interlink-slurm: the $event hook of container $name failed"
+    [ "$event" != postStart ] || ils_stop "$pid"
+  fi
+}
+
+# ils_pull TARGET AUTH SOURCE ARGV...: convert an image into the shared cache once: ARGV writes
+# TARGET.part from SOURCE, with the NAME=VALUE entries of the file AUTH ('' for none) in its
+# environment. Pods pulling the same image wait for one another (flock), a half-written image
+# is never seen, and a failed pull leaves nothing behind.
+ils_pull() {
+  local target=$1 auth=$2 source=$3 kv
+  local -a creds=()
+  shift 3
+  [ -s "$target" ] && return 0
+  if [ -n "$auth" ]; then
+    while IFS= read -r -d '' kv; do creds+=("$kv"); done < "$auth" || return 1
+  fi
+  mkdir -p -- "${target%/*}" || return 1
+  (
+    if ! flock -w 3600 9; then
+      echo "interlink-slurm: waited an hour for another pull of $source ($target.lock)"
+      exit 1
+    fi
+    [ -s "$target" ] && exit 0
+    echo "interlink-slurm: pulling $source into $target"
+    rm -f -- "$target.part"
+    if env -- "${creds[@]}" "$@" < /dev/null; then
+      mv -f -- "$target.part" "$target"
+    else
+      rc=$?
+      rm -f -- "$target.part"
+      exit "$rc"
+    fi
+  ) 9> "$target.lock"
+}
+
+# ils_reap: kill what still runs of this job when it ends: every process of this user with
+# the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell.
+ils_reap() {
+  local p
+  [ -n "${SLURM_JOB_ID:-}" ] || return 0
+  # shellcheck disable=SC2013  # file names of /proc, without spaces
+  for p in $(grep -lsxzF -- "SLURM_JOB_ID=$SLURM_JOB_ID" /proc/[0-9]*/environ); do
+    p=${p#/proc/}
+    p=${p%/environ}
+    [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] || kill -KILL "$p" 2>/dev/null
+  done
+}
+
+# ils_size_watch [VOLUME PATH KIB LIMIT]...: watch the emptyDirs' sizes, as the kubelet does:
+# one over its sizeLimit evicts the pod. Every container is stopped as on a delete (preStop,
+# SIGTERM), and whatever still runs after the grace period is killed.
+ils_size_watch() {
+  local -a w=("$@")
+  local i used
+  trap - TERM INT URG
+  while sleep 10; do
+    for (( i = 0; i < ${#w[@]}; i += 4 )); do
+      used=$(du -sk -- "${w[i+1]}" 2>/dev/null | cut -f1)
+      if [ -n "$used" ] && [ "$used" -gt "${w[i+2]}" ]; then
+        ils_put job.evicted \
+          "Usage of EmptyDir volume \"${w[i]}\" exceeds the limit \"${w[i+3]}\"."
+        echo "interlink-slurm: emptyDir volume ${w[i]} uses ${used}Ki, more than its" \
+          "sizeLimit of ${w[i+3]}: the pod is evicted"
+        kill -URG 0
+        sleep "$ILS_GRACE"
+        kill -KILL 0
+      fi
+    done
+  done
+}
+
+# ils_start POD: the start of the job, before anything of the pod's. A requeued job runs again
+# from the start: what the last run wrote becomes the "previous" logs, and the containers
+# start over.
+ils_start() {
+  local f
+  ILS_RUN=$(( $(cat job.runs 2>/dev/null || echo 0) + 1 ))
+  ils_put job.runs "$ILS_RUN"
+  if [ "$ILS_RUN" -gt 1 ]; then
+    for f in containers/*.log; do
+      case $f in *.previous.log|'containers/*.log') continue ;; esac
+      mv -f "$f" "${f%.log}.previous.log"
+      if [ -e "$f.idx" ]; then mv -f "$f.idx" "${f%.log}.previous.log.idx"; fi
+    done
+    rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
+      containers/*.startup-ok containers/*.backoff
+  fi
+  ILS_PYTHON=$(command -v python3 || true)
+  ILS_STOPPING=""
+  trap 'ILS_STOPPING=1' TERM INT URG
+  echo "interlink-slurm: pod $1 starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
+}
