@@ -22,11 +22,12 @@ from interlink_slurm.sbatch_options import OptionError
 from interlink_slurm.translate import annotations as ann
 from interlink_slurm.translate.runtimes import launcher_heeded
 from tests import podgen as pg
+from tests.unit.test_annotations import flag_rejection
+from tests.unit.test_annotations import flags as flags_of
 from tests.unit.test_translate import main, plan_of, pod_of, rejection, runtime_settings
 from tests.unit.test_translate import settings as make_settings
 
 MPI_FIELD = f"metadata.annotations[{ann.MPI_FLAGS}]"
-FLAGS_FIELD = f"metadata.annotations[{ann.FLAGS}]"
 
 
 def launcher_of(launcher: str, flags: str, **config: Any) -> tuple[str, ...]:
@@ -242,19 +243,6 @@ def test_containers_beyond_the_limit_are_refused_naming_the_limit() -> None:
 
 
 # --- sbatch options that need the site's list -----------------------------------------------------
-
-
-def flags_of(text: str, **config: Any) -> list[str]:
-    config.setdefault("partition", "cpu")
-    plan = plan_of(pod_of(main(), annotations={ann.FLAGS: text}), make_settings(**config))
-    return list(plan.directives)
-
-
-def flag_rejection(text: str, **config: Any) -> PodRejected:
-    config.setdefault("partition", "cpu")
-    err = rejection(pod_of(main(), annotations={ann.FLAGS: text}), make_settings(**config))
-    assert err.field == FLAGS_FIELD
-    return err
 
 
 @pytest.mark.parametrize(
