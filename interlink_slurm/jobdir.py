@@ -221,15 +221,25 @@ export LC_ALL=C
 cd -- "$1" || exit 3
 shift
 echo "N $(date +%s)"
-i=0
-while [ "$#" -ge 2 ]; do
-  d=$1 k=$2
-  shift 2
-  i=$((i + 1))
-  if [[ ! -d $d || -L $d || -L $d/containers ]]; then echo "P $i -"; continue; fi
-  now=$(stat -c '%Y:%y' -- "$d" "$d/containers" 2>/dev/null | tr -c '!-~' '_')
-  [ "$now" != "$k" ] || continue
-  echo "P $i $now"
+dirs=() keys=()
+while [ "$#" -ge 2 ]; do dirs+=("$1"); keys+=("$2"); shift 2; done
+# One stat for every directory (no process per pod): type, mtime (seconds, in full), name;
+# each directory's key is its mtime as <seconds>.<nanoseconds>.
+declare -A seen=()
+while IFS='|' read -r type secs full name; do
+  frac=${full##*.}
+  [ "$type" = directory ] && seen[$name]=$secs.${frac%% *}
+done < <(printf '%s\0' "${dirs[@]}" "${dirs[@]/%//containers}" \
+  | xargs -0 stat -c '%F|%Y|%y|%n' -- 2>/dev/null)
+for i in "${!dirs[@]}"; do
+  d=${dirs[$i]}
+  if [ -z "${seen[$d]:-}" ] || [ -z "${seen[$d/containers]:-}" ]; then
+    echo "P $((i + 1)) -"
+    continue
+  fi
+  now="${seen[$d]}_${seen[$d/containers]}"
+  [ "$now" != "${keys[$i]}" ] || continue
+  echo "P $((i + 1)) $now"
   files=()
   for f in "$d"/job.runs "$d"/job.evicted \
     "$d"/containers/*.{started,finished,exit,restarts,ready,backoff}; do

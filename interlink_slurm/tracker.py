@@ -254,11 +254,11 @@ class StatusTracker:
         self._keys.pop(uid, None)
 
 
-_MTIME = re.compile(r"(?:^|_)(\d+):")
+_MTIME = re.compile(r"(?:^|_)(\d+)\.")
 
 
 def _changed_lately(key: str, now: float) -> bool:
     """Whether a pod's directories changed within RACY_SECONDS of the reader's clock (the key
-    holds each one's mtime in whole seconds before a colon)."""
+    holds each one's mtime as <seconds>.<nanoseconds>, joined by "_")."""
     stamps = [int(s) for s in _MTIME.findall(key)]
     return not stamps or now - max(stamps) < RACY_SECONDS

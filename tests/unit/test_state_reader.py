@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from interlink_slurm import jobdir
 from interlink_slurm.slurm.transport import LocalTransport
+from interlink_slurm.tracker import _changed_lately
 
 STARTED = "2026-12-02T11:00:00.123456789Z"
 
@@ -77,3 +79,15 @@ def test_a_pod_whose_directory_is_gone_is_said_missing(tmp_path: Path) -> None:
     read = jobdir.read_states(LocalTransport(), str(tmp_path), {f"{tmp_path}/ns/p-1": ("", [])})
     assert read.missing == {f"{tmp_path}/ns/p-1"}
     assert read.now > 0
+
+
+def test_a_directory_changed_within_the_mtime_tick_is_read_again(tmp_path: Path) -> None:
+    pod = tmp_path / "ns" / "p-1"
+    put(pod, "containers/c.started", STARTED)
+    read = jobdir.read_states(LocalTransport(), str(tmp_path), {str(pod): ("", ["c"])})
+    key = read.changed[str(pod)][0]
+    assert re.fullmatch(r"\d+\.\d+_\d+\.\d+", key), key
+    # Changed within 2 s of the reader's clock: the same mtime may hide a second write.
+    assert _changed_lately(key, read.now)
+    assert not _changed_lately(key, read.now + 10)
+    assert _changed_lately("", read.now)  # no mtime known: read again
