@@ -204,10 +204,9 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
 
 # --- every pod's state in one command --------------------------------------------------------
 
-# The small files the job script writes (ils_put: a temporary file renamed into place), which is
-# all /status needs of a pod.
-STATE_SUFFIXES = ("started", "finished", "exit", "restarts", "ready", "backoff")
-STATE_FILES = ("job.runs", "job.evicted")
+# /status needs of a pod only the small files its job script writes (ils_put: a temporary file
+# renamed into place): containers/<name>.{started,finished,exit,restarts,ready,backoff},
+# job.runs and job.evicted.
 # A rename into a directory updates its mtime, on a parallel filesystem too (the metadata
 # server keeps it), where inotify sees nothing written from other nodes: a pod whose directory
 # or containers/ changed since the last read is one whose state files changed. One command
