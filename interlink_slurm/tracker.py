@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from interlink_slurm import jobdir
@@ -78,16 +78,24 @@ class StatusTracker:
         """The refresh of this cluster's jobs and states; False when its Slurm did not answer.
 
         The files are read after the queue, and both are published together (no await in
-        between): a /status never pairs a job seen ended with its containers' files from
-        before they ended (which would say the job killed them)."""
-        jobs = await self._refresh_jobs(recs)
+        between), before the ends are written to the store: a /status never pairs a job seen
+        ended with its containers' files from before they ended (which would say the job
+        killed them)."""
+        answer = await self._refresh_jobs(recs)
         publish = await self._read_states(recs)
-        if jobs is not None:
-            self.jobs = jobs
+        if answer is not None:
+            self.jobs = answer[0]
         publish()
-        return jobs is not None
+        if answer is None:
+            return False
+        await answer[1]()
+        return True
 
-    async def _refresh_jobs(self, recs: Sequence[PodRecord]) -> dict[str, JobInfo] | None:
+    async def _refresh_jobs(
+        self, recs: Sequence[PodRecord]
+    ) -> tuple[dict[str, JobInfo], Callable[[], Awaitable[None]]] | None:
+        """The jobs, and what writes to the store the ones that ended, were requeued or moved;
+        None when Slurm did not answer."""
         name = self.name
         job_ids = [r.job_id for r in recs if r.job_id]
         ended = {r.job_id for r in recs if r.final_state is not None}
@@ -115,9 +123,6 @@ class StatusTracker:
                 finished.append((job_id, base_state(job), job.reason))
             elif job_id in ended:
                 revived.append(job_id)
-        if revived:
-            log.info("jobs %s run again (requeued)", ", ".join(revived))
-            await asyncio.to_thread(self.store.reopen, name, revived)
         placed = {j: job.nodes for j, job in jobs.items() if job.nodes}
         if gone:
             try:
@@ -131,14 +136,20 @@ class StatusTracker:
                 )
                 if acct and acct.nodes:
                     placed[job_id] = acct.nodes
-        if finished:
-            await asyncio.to_thread(self.store.finish, name, finished)
         known = {r.job_id: r.nodes for r in recs}
         moved = [(j, n) for j, n in placed.items() if known.get(j) != n]
-        if moved:
-            # Kept, so a pod whose job has left the queue still says where it ran.
-            await asyncio.to_thread(self.store.set_nodes, name, moved)
-        return jobs
+
+        async def record() -> None:
+            if revived:
+                log.info("jobs %s run again (requeued)", ", ".join(revived))
+                await asyncio.to_thread(self.store.reopen, name, revived)
+            if finished:
+                await asyncio.to_thread(self.store.finish, name, finished)
+            if moved:
+                # Kept, so a pod whose job has left the queue still says where it ran.
+                await asyncio.to_thread(self.store.set_nodes, name, moved)
+
+        return jobs, record
 
     async def _confirm_failures(
         self,
