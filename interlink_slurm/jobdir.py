@@ -204,46 +204,40 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
 
 # --- every pod's state in one command --------------------------------------------------------
 
-# The small files the job script writes (ils_put: a temporary file renamed into place), which is
-# all /status needs of a pod.
-STATE_SUFFIXES = ("started", "finished", "exit", "restarts", "ready", "backoff")
-STATE_FILES = ("job.runs", "job.evicted")
+# /status needs of a pod only the small files its job script writes (ils_put: a temporary file
+# renamed into place): containers/<name>.{started,finished,exit,restarts,ready,backoff},
+# job.runs and job.evicted.
 # A rename into a directory updates its mtime, on a parallel filesystem too (the metadata
-# server keeps it), where inotify sees nothing written from other nodes: the mtimes of a pod's
-# directory and of its containers/ say whether any of its state files changed. One shell
-# process reads them all; a pod's files are read only when those mtimes differ from what the
-# plugin saw last (given as the argument after each directory). A pod's files are its job's
-# (its user's) to write: symlinks are not followed, each file is read up to 1 kB, every byte
-# outside printable ASCII becomes "?", and each of a pod's lines is prefixed with "|", so
-# nothing it writes can pass for another pod's.
+# server keeps it), where inotify sees nothing written from other nodes: a pod whose directory
+# or containers/ changed since the last read is one whose state files changed. One command
+# finds those (one find over the data root, whatever the number of pods: no argument per pod)
+# and prints their files. A pod's files are its job's (its user's) to write: symlinks are not
+# followed, each file is read up to 1 kB, every byte outside printable ASCII becomes "?", and
+# each of a pod's lines is prefixed with "|", so nothing it writes can pass for another pod's.
 STATE_READER = r"""
 export LC_ALL=C
 cd -- "$1" || exit 3
-shift
 echo "N $(date +%s)"
-i=0
-while [ "$#" -ge 2 ]; do
-  d=$1 k=$2
-  shift 2
-  i=$((i + 1))
-  if [[ ! -d $d || -L $d || -L $d/containers ]]; then echo "P $i -"; continue; fi
-  now=$(stat -c '%Y:%y' -- "$d" "$d/containers" 2>/dev/null | tr -c '!-~' '_')
-  [ "$now" != "$k" ] || continue
-  echo "P $i $now"
-  files=()
-  for f in "$d"/job.runs "$d"/job.evicted \
-    "$d"/containers/*.{started,finished,exit,restarts,ready,backoff}; do
-    if [[ -f $f && ! -L $f ]]; then files+=("${f#"$d"/}"); fi
-  done
-  if [ "${#files[@]}" -gt 0 ]; then
-    (cd -- "$d" && head -v -c 1024 -- "${files[@]}" 2>/dev/null) \
-      | awk '{ gsub(/[^ -~]/, "?"); print "|" $0 }'
-  fi
-done
+dirs=()
+while IFS= read -r d; do
+  # Pod directories only: <namespace>/<name>-<uid>, with their containers/.
+  [[ $d == */* && $d != */*/* ]] || continue
+  [[ -d $d && ! -L $d && -d $d/containers && ! -L $d/containers ]] || continue
+  echo "P $d"
+  dirs+=("$d")
+done < <(find . -mindepth 2 -maxdepth 3 -type d -newermt "@$2" -print 2>/dev/null \
+  | sed -e 's|^\./||' -e 's|/containers$||' | sort -u)
+[ "${#dirs[@]}" -gt 0 ] || exit 0
+# Their state files (regular files, links not followed, under 2 kB), the first line of each,
+# in a few processes whatever their number.
+printf '%s\0' "${dirs[@]}" \
+  | xargs -0 sh -c 'find "$@" -maxdepth 2 -type f -size -2k \( -path "*/containers/*" \
+      \( -name "*.started" -o -name "*.finished" -o -name "*.exit" -o -name "*.restarts" \
+      -o -name "*.ready" -o -name "*.backoff" \) -o -name job.runs -o -name job.evicted \) \
+      -print0' ils-find \
+  | xargs -0 -r awk 'FNR == 1 { n = FILENAME; gsub(/[^!-~]/, "?", n); print "F " n
+      gsub(/[^ -~]/, "?"); print "|" $0; nextfile }'
 """
-# The reader's command line stays under Linux's limit for one argument (128 kB): the remote
-# shell of an SSH transport gets the whole command as one. More pods take more commands.
-STATE_ARGS_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -251,52 +245,34 @@ class StateRead:
     """What one pass of the reader found."""
 
     now: float  # the cluster side's clock (seconds) when it started
-    changed: dict[str, tuple[str, PodFiles]]  # pod dir → (its key, its files), changed ones
-    missing: set[str]  # pod dirs that are not there (any more)
-    calls: int = 1  # commands run through the transport
+    changed: dict[str, PodFiles]  # pod dir → its files, for the pods that changed
 
 
 def read_states(
     transport: Transport,
     data_root: str,
-    pods: Mapping[str, tuple[str, Sequence[str]]],
+    since: float,
+    pods: Mapping[str, Sequence[str]],
     timeout: float = 60,
 ) -> StateRead:
-    """The state files of every pod whose directory changed since it was last read, in one
-    command per STATE_ARGS_LIMIT of arguments. ``pods``: pod dir → (the key it had when last
-    read, "" for never; its containers). Raises OSError or SchedulerUnavailable."""
+    """The state files of the pods (pod dir → its containers) whose directory changed at or
+    after ``since`` (the cluster side's clock), in one command. Raises OSError or
+    SchedulerUnavailable."""
     root = data_root.rstrip("/") or "/"
-    batches: list[list[tuple[str, str, str]]] = [[]]
-    size = 0
-    for pod_dir, (key, _) in pods.items():
-        rel = posixpath.relpath(pod_dir, root) if pod_dir.startswith(root + "/") else pod_dir
-        if size > STATE_ARGS_LIMIT:
-            batches.append([])
-            size = 0
-        batches[-1].append((pod_dir, rel, key))
-        size += len(rel) + len(key) + 8
-    now = 0.0
-    changed: dict[str, tuple[str, PodFiles]] = {}
-    missing: set[str] = set()
-    for batch in batches:
-        if not batch:
-            continue
-        argv = ["bash", "-c", STATE_READER, "ils-state", root]
-        for _, rel, key in batch:
-            argv += [rel, key or "-"]
-        try:
-            result = transport.run(argv, timeout=timeout)
-        except CommandUnavailable as err:
-            raise OSError(f"cannot read the pods' state files: {err}") from err
-        if result.returncode != 0:
-            raise OSError(f"cannot read the pods' state files: {result.stderr.strip()[:500]}")
-        dirs = [pod_dir for pod_dir, _, _ in batch]
-        seen, raw, gone = _parse_states(result.stdout, dirs)
-        now = max(now, seen)
-        missing |= gone
-        for pod_dir, (key, files) in raw.items():
-            changed[pod_dir] = (key, pod_files(files, pods[pod_dir][1]))
-    return StateRead(now, changed, missing, sum(1 for b in batches if b))
+    argv = ["bash", "-c", STATE_READER, "ils-state", root, str(max(0, int(since)))]
+    try:
+        result = transport.run(argv, timeout=timeout)
+    except CommandUnavailable as err:
+        raise OSError(f"cannot read the pods' state files: {err}") from err
+    if result.returncode != 0:
+        raise OSError(f"cannot read the pods' state files: {result.stderr.strip()[:500]}")
+    now, raw = _parse_states(result.stdout)
+    changed = {}
+    for pod_dir, containers in pods.items():
+        rel = posixpath.relpath(pod_dir, root) if pod_dir.startswith(root + "/") else None
+        if rel is not None and rel in raw:
+            changed[pod_dir] = pod_files(raw[rel], containers)
+    return StateRead(now, changed)
 
 
 def pod_files(files: Mapping[str, bytes], containers: Sequence[str]) -> PodFiles:
@@ -313,36 +289,24 @@ def pod_files(files: Mapping[str, bytes], containers: Sequence[str]) -> PodFiles
     return PodFiles({c: container(c) for c in containers}, runs or 0, evicted)
 
 
-def _parse_states(
-    stdout: str, dirs: Sequence[str]
-) -> tuple[float, dict[str, tuple[str, dict[str, bytes]]], set[str]]:
-    """The reader's output: "N <now>", then per pod read "P <index> <key>" (or "-": no such
-    directory) and its files as head -v prints them, each line behind "|"."""
+def _parse_states(stdout: str) -> tuple[float, dict[str, dict[str, bytes]]]:
+    """The reader's output: "N <now>", "P <pod dir>" for each changed pod (relative to the
+    root), then "F <pod dir>/<file>" and "|<its first line>" for each of their files."""
     now = 0.0
-    changed: dict[str, tuple[str, dict[str, bytes]]] = {}
-    missing: set[str] = set()
-    files: dict[str, bytes] | None = None
-    name: str | None = None
+    changed: dict[str, dict[str, bytes]] = {}
+    name: tuple[str, str] | None = None
     for line in stdout.splitlines():
         if line.startswith("N "):
             with contextlib.suppress(ValueError):
                 now = float(line[2:])
         elif line.startswith("P "):
-            words = line.split(" ")
-            files, name = None, None
-            if len(words) != 3 or not words[1].isdigit() or not 0 < int(words[1]) <= len(dirs):
-                continue
-            pod_dir = dirs[int(words[1]) - 1]
-            if words[2] == "-":
-                missing.add(pod_dir)
-                continue
-            files = {}
-            changed[pod_dir] = (words[2], files)
-        elif line.startswith("|") and files is not None:
-            text = line[1:]
-            if text.startswith("==> ") and text.endswith(" <=="):
-                name = text[4:-4]
-            elif name is not None:
-                files.setdefault(name, text.encode())
-                name = None
-    return now, changed, missing
+            changed.setdefault(line[2:], {})
+        elif line.startswith("F "):
+            parts = line[2:].split("/", 2)
+            name = ("/".join(parts[:2]), parts[2]) if len(parts) == 3 else None
+        elif line.startswith("|") and name is not None:
+            pod, file = name
+            if pod in changed:
+                changed[pod].setdefault(file, line[1:].encode())
+            name = None
+    return now, changed

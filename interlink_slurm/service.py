@@ -1,8 +1,11 @@
 """The use cases: create, delete, status, logs, ping. No HTTP here, no Slurm syntax either.
 
-Status is served from a snapshot: one background refresher asks Slurm about every active job in
-one query per interval and cluster, whatever the number of pods and of /status calls. A job seen
-to end has its final state written to the store, and is never asked about again.
+Service orchestrates the parts, each with one job: per cluster a status tracker (tracker.py:
+one scheduler query and one state-file read per refresh, whatever the number of pods and of
+/status calls; /status is served from it, with no Slurm call and no file read), the janitor
+(janitor.py: grace-period kills, GC), the reconciler (reconciler.py), the placement book
+(book.py) and the node's capacity (capacity.py). A job seen to end has its final state written
+to the store, and is never asked about again once its watch is over.
 
 With several targets (placement), a pod's job may be on any of several clusters; the store says
 which, and every later call about the pod goes to that cluster's transport and scheduler.

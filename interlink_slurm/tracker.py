@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from interlink_slurm import jobdir
@@ -26,9 +25,10 @@ from interlink_slurm.store import PodRecord, Store
 log = logging.getLogger(__name__)
 
 GONE = "GONE"  # final_state of a job that left the queue with no accounting record
-# A directory changed this close to the reader's clock may change again within the same mtime
-# tick (a second on some filesystems): read again next time, whatever its key says.
-RACY_SECONDS = 2.0
+# Each state read reads the pods changed since this long before the last read started: a write
+# in the same mtime tick as that read (a second on some filesystems), or stamped by a node whose
+# clock is a little behind the login node's, is not missed.
+SINCE_MARGIN_SECONDS = 10.0
 
 
 class Clock(Protocol):
@@ -70,7 +70,7 @@ class StatusTracker:
         self.files: dict[str, jobdir.PodFiles] = {}  # pod uid → its state files, last read
         self.files_outage: str | None = None  # why the last state read failed
         self.state_reads = 0  # transport calls made to read state files (for benchmarks)
-        self._keys: dict[str, str] = {}  # pod uid → its directories' mtimes when last read
+        self._since: float | None = None  # the cluster side's clock at the last state read
 
     # --- the queue ------------------------------------------------------------------------------
 
@@ -78,16 +78,24 @@ class StatusTracker:
         """The refresh of this cluster's jobs and states; False when its Slurm did not answer.
 
         The files are read after the queue, and both are published together (no await in
-        between): a /status never pairs a job seen ended with its containers' files from
-        before they ended (which would say the job killed them)."""
-        jobs = await self._refresh_jobs(recs)
+        between), before the ends are written to the store: a /status never pairs a job seen
+        ended with its containers' files from before they ended (which would say the job
+        killed them)."""
+        answer = await self._refresh_jobs(recs)
         publish = await self._read_states(recs)
-        if jobs is not None:
-            self.jobs = jobs
+        if answer is not None:
+            self.jobs = answer[0]
         publish()
-        return jobs is not None
+        if answer is None:
+            return False
+        await answer[1]()
+        return True
 
-    async def _refresh_jobs(self, recs: Sequence[PodRecord]) -> dict[str, JobInfo] | None:
+    async def _refresh_jobs(
+        self, recs: Sequence[PodRecord]
+    ) -> tuple[dict[str, JobInfo], Callable[[], Awaitable[None]]] | None:
+        """The jobs, and what writes to the store the ones that ended, were requeued or moved;
+        None when Slurm did not answer."""
         name = self.name
         job_ids = [r.job_id for r in recs if r.job_id]
         ended = {r.job_id for r in recs if r.final_state is not None}
@@ -115,9 +123,6 @@ class StatusTracker:
                 finished.append((job_id, base_state(job), job.reason))
             elif job_id in ended:
                 revived.append(job_id)
-        if revived:
-            log.info("jobs %s run again (requeued)", ", ".join(revived))
-            await asyncio.to_thread(self.store.reopen, name, revived)
         placed = {j: job.nodes for j, job in jobs.items() if job.nodes}
         if gone:
             try:
@@ -131,14 +136,20 @@ class StatusTracker:
                 )
                 if acct and acct.nodes:
                     placed[job_id] = acct.nodes
-        if finished:
-            await asyncio.to_thread(self.store.finish, name, finished)
         known = {r.job_id: r.nodes for r in recs}
         moved = [(j, n) for j, n in placed.items() if known.get(j) != n]
-        if moved:
-            # Kept, so a pod whose job has left the queue still says where it ran.
-            await asyncio.to_thread(self.store.set_nodes, name, moved)
-        return jobs
+
+        async def record() -> None:
+            if revived:
+                log.info("jobs %s run again (requeued)", ", ".join(revived))
+                await asyncio.to_thread(self.store.reopen, name, revived)
+            if finished:
+                await asyncio.to_thread(self.store.finish, name, finished)
+            if moved:
+                # Kept, so a pod whose job has left the queue still says where it ran.
+                await asyncio.to_thread(self.store.set_nodes, name, moved)
+
+        return jobs, record
 
     async def _confirm_failures(
         self,
@@ -195,15 +206,19 @@ class StatusTracker:
         (await self._read_states(recs))()
 
     async def _read_states(self, recs: Sequence[PodRecord]) -> Callable[[], None]:
-        """The state files of every pod with a job that changed since the last read: one
-        command through the transport (per jobdir.STATE_ARGS_LIMIT of arguments). Returns
-        what publishes them."""
-        pods = {r.pod_dir: (self._keys.get(r.uid, ""), r.all_containers) for r in recs if r.job_id}
+        """The state files of every pod with a job whose directory changed since the last
+        read: one command through the transport. Returns what publishes them."""
+        pods = {r.pod_dir: r.all_containers for r in recs if r.job_id}
         if not pods:
             return lambda: None
         uids = {r.pod_dir: r.uid for r in recs if r.job_id}
+        # Changes from SINCE_MARGIN_SECONDS before the last read on: a write within the same
+        # mtime tick as that read, or stamped by a node whose clock is a little behind.
+        since = self._since - SINCE_MARGIN_SECONDS if self._since is not None else 0.0
         try:
-            read = await asyncio.to_thread(jobdir.read_states, self.transport, self.data_root, pods)
+            read = await asyncio.to_thread(
+                jobdir.read_states, self.transport, self.data_root, since, pods
+            )
         except (OSError, SchedulerUnavailable) as err:
             # The login node cannot be reached (SSH down, a filesystem hiccup): what the files
             # said last time is still the best answer, said to be so.
@@ -217,14 +232,13 @@ class StatusTracker:
             return failed
 
         def publish() -> None:
-            self.state_reads += read.calls
+            self.state_reads += 1
             self.files_outage = None
-            for pod_dir, (key, files) in read.changed.items():
-                uid = uids[pod_dir]
-                self.files[uid] = files
-                self._keys[uid] = "" if _changed_lately(key, read.now) else key
-            for pod_dir in read.missing:
-                self._keys.pop(uids[pod_dir], None)
+            for pod_dir, files in read.changed.items():
+                self.files[uids[pod_dir]] = files
+            # A pod never read (created since, or a read that failed) is in the next read too:
+            # its directory is newer than the last read's start.
+            self._since = read.now
 
         return publish
 
@@ -251,14 +265,3 @@ class StatusTracker:
 
     def forget(self, uid: str) -> None:
         self.files.pop(uid, None)
-        self._keys.pop(uid, None)
-
-
-_MTIME = re.compile(r"(?:^|_)(\d+):")
-
-
-def _changed_lately(key: str, now: float) -> bool:
-    """Whether a pod's directories changed within RACY_SECONDS of the reader's clock (the key
-    holds each one's mtime in whole seconds before a colon)."""
-    stamps = [int(s) for s in _MTIME.findall(key)]
-    return not stamps or now - max(stamps) < RACY_SECONDS

@@ -383,3 +383,44 @@ def test_a_restarted_service_refreshes_once_before_serving(tmp_path: Path) -> No
         asyncio.run(scenario())
     finally:
         service.store.close()
+
+
+def test_a_job_gone_between_two_refreshes_is_never_shown_killed(tmp_path: Path) -> None:
+    """A short job starts, ends and leaves the queue between two refreshes: its end is written
+    to the store only after the files read with it are published."""
+    service, fake, transport, _ = make(tmp_path)
+    data = new_pod("short")
+    seen: list[Any] = []
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        await service.status([data.pod])  # its files read once: started, not ended
+        put(rec.pod_dir, "containers/main.exit", "0")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        old = fake.jobs.pop(answer.PodJID)
+        fake.accounting[answer.PodJID] = JobInfo(answer.PodJID, "COMPLETED", "", old.comment)
+        loop = asyncio.get_running_loop()
+        real_run = transport.run
+
+        def run_then_ask(argv: Sequence[str], *, timeout: float) -> CommandResult:
+            result = real_run(argv, timeout=timeout)
+            ask = asyncio.run_coroutine_threadsafe(service.status([data.pod]), loop)
+            seen.append(ask.result(timeout=30)[0].containers[0].state)
+            return result
+
+        transport.run = run_then_ask  # type: ignore[method-assign]
+        await service.refresh()
+        transport.run = real_run  # type: ignore[method-assign]
+        [after] = await service.status([data.pod])
+        assert after.containers[0].state.terminated is not None
+        assert after.containers[0].state.terminated.exit_code == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
+    [during] = seen
+    assert during.terminated is None, during

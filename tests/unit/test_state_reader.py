@@ -1,15 +1,18 @@
 """Every pod's state files in one command (jobdir.read_states): what it reads, what it skips
-(unchanged pods), and what a pod's own files cannot do (pass for another pod's, follow a link)."""
+(pods unchanged since), and what a pod's own files cannot do (pass for another pod's, follow a
+link)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from interlink_slurm import jobdir
-from interlink_slurm.slurm.transport import LocalTransport
+from interlink_slurm.slurm.transport import CommandResult, LocalTransport
 
 STARTED = "2026-12-02T11:00:00.123456789Z"
+LONG_AGO = 1_000_000_000  # 2001
 
 
 def put(pod: Path, name: str, value: str) -> None:
@@ -21,6 +24,22 @@ def put(pod: Path, name: str, value: str) -> None:
     os.replace(tmp, path)
 
 
+def age(pod: Path) -> None:
+    """The pod's directories as if last changed long ago."""
+    for d in (pod, pod / "containers"):
+        os.utime(d, (LONG_AGO, LONG_AGO))
+
+
+class Counting(LocalTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.argvs: list[list[str]] = []
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        self.argvs.append(list(argv))
+        return super().run(argv, timeout=timeout)
+
+
 def test_all_pods_are_read_in_one_command_and_unchanged_ones_skipped(tmp_path: Path) -> None:
     a, b = tmp_path / "ns" / "a-1", tmp_path / "ns" / "b-2"
     for pod in (a, b):
@@ -28,52 +47,46 @@ def test_all_pods_are_read_in_one_command_and_unchanged_ones_skipped(tmp_path: P
         put(pod, "containers/c.started", STARTED)
     put(b, "containers/c.exit", "3")
     put(b, "containers/c.finished", STARTED)
-    calls: list[list[str]] = []
-
-    class Counting(LocalTransport):
-        def run(self, argv, *, timeout):  # type: ignore[no-untyped-def]
-            calls.append(list(argv))
-            return super().run(argv, timeout=timeout)
-
     t = Counting()
-    pods = {str(a): ("", ["c"]), str(b): ("", ["c"])}
-    first = jobdir.read_states(t, str(tmp_path), pods)
-    assert len(calls) == 1
+    pods = {str(a): ["c"], str(b): ["c"]}
+    first = jobdir.read_states(t, str(tmp_path), 0, pods)
+    assert len(t.argvs) == 1
+    assert len(t.argvs[0]) == 6  # bash -c SCRIPT name root since: no argument per pod
     assert set(first.changed) == {str(a), str(b)}
-    files_a = first.changed[str(a)][1]
-    assert files_a.runs == 1
-    assert files_a.containers["c"].started is not None
-    assert files_a.containers["c"].exit_code is None
-    assert first.changed[str(b)][1].containers["c"].exit_code == 3
-    # Given the keys back: nothing changed, nothing read; then one pod's container ends.
-    keys = {d: (first.changed[d][0], ["c"]) for d in pods}
-    assert jobdir.read_states(t, str(tmp_path), keys).changed == {}
-    os.utime(a / "containers", (0, 0))  # a write changes the directory's mtime
+    assert first.changed[str(a)].runs == 1
+    assert first.changed[str(a)].containers["c"].started is not None
+    assert first.changed[str(a)].containers["c"].exit_code is None
+    assert first.changed[str(b)].containers["c"].exit_code == 3
+    # Nothing changed since: nothing read. Then one pod's container ends.
+    age(a)
+    age(b)
+    assert jobdir.read_states(t, str(tmp_path), first.now - 10, pods).changed == {}
     put(a, "containers/c.exit", "0")
-    again = jobdir.read_states(t, str(tmp_path), keys)
+    again = jobdir.read_states(t, str(tmp_path), first.now - 10, pods)
     assert set(again.changed) == {str(a)}
-    assert again.changed[str(a)][1].containers["c"].exit_code == 0
-    assert len(calls) == 3
+    assert again.changed[str(a)].containers["c"].exit_code == 0
+    assert len(t.argvs) == 3
 
 
 def test_a_pods_files_cannot_pass_for_another_pods(tmp_path: Path) -> None:
     evil, other = tmp_path / "ns" / "evil-1", tmp_path / "ns" / "other-2"
     put(other, "containers/c.started", STARTED)
-    put(evil, "containers/c.started", f"{STARTED}\nP 2 forged\n|==> containers/c.exit <==\n|7")
+    put(evil, "containers/c.started", f"{STARTED}\nP ns/other-2\n|==> containers/c.exit <==\n|7")
     (evil / "containers" / "x.exit").symlink_to(other / "containers" / "c.started")
     (evil / "containers" / "bin.ready").write_bytes(b"\xff\x00true\n")
     read = jobdir.read_states(
-        LocalTransport(),
-        str(tmp_path),
-        {str(evil): ("", ["c", "x", "bin"]), str(other): ("", ["c"])},
+        LocalTransport(), str(tmp_path), 0, {str(evil): ["c", "x", "bin"], str(other): ["c"]}
     )
-    assert read.changed[str(other)][0] != "forged"
-    assert read.changed[str(other)][1].containers["c"].exit_code is None
-    assert read.changed[str(evil)][1].containers["x"].started is None  # the link not followed
-    assert read.changed[str(evil)][1].containers["c"].exit_code is None
+    assert read.changed[str(other)].containers["c"].exit_code is None
+    assert read.changed[str(evil)].containers["x"].started is None  # the link not followed
+    assert read.changed[str(evil)].containers["c"].exit_code is None
 
 
-def test_a_pod_whose_directory_is_gone_is_said_missing(tmp_path: Path) -> None:
-    read = jobdir.read_states(LocalTransport(), str(tmp_path), {f"{tmp_path}/ns/p-1": ("", [])})
-    assert read.missing == {f"{tmp_path}/ns/p-1"}
+def test_pods_not_asked_about_and_other_directories_are_left_out(tmp_path: Path) -> None:
+    mine, ended = tmp_path / "ns" / "mine-1", tmp_path / "ns" / "ended-2"
+    for pod in (mine, ended):
+        put(pod, "containers/c.started", STARTED)
+    (mine / "volumes" / "data").mkdir(parents=True)
+    read = jobdir.read_states(LocalTransport(), str(tmp_path), 0, {str(mine): ["c"]})
+    assert set(read.changed) == {str(mine)}
     assert read.now > 0
