@@ -314,6 +314,19 @@ ils_reap() {
   done
 }
 
+# ils_tmp_sweep DIR: remove the containers' /tmp directories (DIR/interlink-slurm-<job id>)
+# that this user's jobs left on this node when they were killed before their own cleanup: those
+# of jobs with no process left here. A site whose TMPDIR is private to each job never has any.
+ils_tmp_sweep() {
+  local d id
+  for d in "$1"/interlink-slurm-*; do
+    id=${d##*/interlink-slurm-}
+    case $id in '' | *[!0-9]*) continue ;; esac
+    if [ ! -d "$d" ] || [ ! -O "$d" ] || [ "$id" = "${SLURM_JOB_ID:-}" ]; then continue; fi
+    grep -qsxzF -- "SLURM_JOB_ID=$id" /proc/[0-9]*/environ || rm -rf -- "$d"
+  done
+}
+
 # ils_size_watch [VOLUME PATH KIB LIMIT]...: watch the emptyDirs' sizes, as the kubelet does:
 # one over its sizeLimit evicts the pod. Every container is stopped as on a delete (preStop,
 # SIGTERM), and whatever still runs after the grace period is killed.

@@ -58,6 +58,6 @@ def test_nothing_was_written_outside_the_data_root() -> None:
         n
         for n in _snapshot() - BEFORE
         if ("interlink" in n or n.startswith(("pod", "..")))
-        and not re.fullmatch(r"interlink-slurm-[0-9]+", n)
+        and not re.fullmatch(r"interlink-slurm-(pid)?[0-9]+", n)
     }
     assert not new

@@ -31,6 +31,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import interlink_slurm
 from interlink_slurm.config import Settings, load_settings
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import build_plan
@@ -321,7 +322,7 @@ def test_command_args_and_env_reach_the_process_byte_exact(
         # The container's own /tmp, a directory of the job on the node, gone when the job ends.
         bind, tmp = got["runtime_args"][:2]
         assert bind == b"-b" and re.fullmatch(
-            rb".+/interlink-slurm-[0-9]+/" + re.escape(spec.name.encode()) + rb":/tmp", tmp
+            rb".+/interlink-slurm-pid[0-9]+/" + re.escape(spec.name.encode()) + rb":/tmp", tmp
         )
         assert not Path(os.fsdecode(tmp.rsplit(b":", 1)[0])).exists()
         runtime_args = [
@@ -792,3 +793,32 @@ def test_enroot_create_failure_ends_the_job_before_any_container(
     assert not (out / "ran").exists() and not (out / "starts").exists()
     assert not (Path(plan.pod_dir) / "containers" / "setup.started").exists()
     assert not Path(str(plan.enroot_data_path)).exists()
+
+
+def test_tmp_directories_of_jobs_killed_before_their_cleanup_are_swept(tmp_path: Path) -> None:
+    """A job killed (SIGKILL) before its EXIT trap leaves its containers' /tmp on the node: the
+    next job there removes those of jobs with no process left, and only those."""
+    library = Path(interlink_slurm.__file__).parent / "jobscript" / "ils.sh"
+    for name in ("interlink-slurm-41", "interlink-slurm-42", "interlink-slurm-pid7", "other"):
+        (tmp_path / name / "main").mkdir(parents=True)
+    # Job 42 still has a process on this node.
+    alive = subprocess.Popen(
+        ["sleep", "60"], env={**os.environ, "SLURM_JOB_ID": "42"}, stdin=subprocess.DEVNULL
+    )
+    try:
+        run = subprocess.run(
+            ["bash", "-c", f'. "$0" && ils_tmp_sweep {shlex.quote(str(tmp_path))}', library],
+            env={**os.environ, "SLURM_JOB_ID": "43"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        alive.kill()
+        alive.wait()
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "interlink-slurm-42",
+        "interlink-slurm-pid7",
+        "other",
+    ]
