@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -499,7 +500,9 @@ def test_a_burst_of_equal_pods_is_spread_until_their_jobs_start(tmp_path: Path) 
         where = asyncio.run(scenario())
     finally:
         store.close()
-    assert where[:5] == ["boost_usr_prod", "dcgp_usr_prod"] * 2 + ["boost_usr_prod"]
+    # Spread as they were decided (which of the concurrent creates decides first is the event
+    # loop's affair): three to the first target, two to the other.
+    assert Counter(where[:5]) == {"boost_usr_prod": 3, "dcgp_usr_prod": 2}
     assert where[5] == "boost_usr_prod"  # 0 waiting on booster, 2 on dcgp
 
 
