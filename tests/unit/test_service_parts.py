@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,14 @@ def run(job_id: str, fake: FakeScheduler) -> None:
     fake.jobs[job_id] = JobInfo(job_id, "RUNNING", "", old.comment, nodes="node1")
 
 
+def drive(service: Service, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a test's scenario on the service, then close its store whatever happened."""
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.store.close()
+
+
 def test_status_is_served_from_memory_and_a_refresh_reads_all_pods_in_one_call(
     tmp_path: Path,
 ) -> None:
@@ -146,10 +154,7 @@ def test_status_is_served_from_memory_and_a_refresh_reads_all_pods_in_one_call(
         assert st.containers[0].state.terminated.exit_code == 3
         assert transport.calls == {}
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        service.store.close()
+    drive(service, scenario)
 
 
 def test_a_pod_no_refresh_has_read_yet_is_read_once_at_its_first_status(tmp_path: Path) -> None:
@@ -166,10 +171,7 @@ def test_a_pod_no_refresh_has_read_yet_is_read_once_at_its_first_status(tmp_path
         await service.status([data.pod])
         assert sum(transport.calls.values()) == first  # the second call reads nothing
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        service.store.close()
+    drive(service, scenario)
 
 
 def test_an_outage_serves_the_last_states_and_recovers(tmp_path: Path) -> None:
@@ -199,10 +201,7 @@ def test_an_outage_serves_the_last_states_and_recovers(tmp_path: Path) -> None:
         assert tracker.outage is None
         assert service.snapshot_age() == 0
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        service.store.close()
+    drive(service, scenario)
 
 
 def test_an_ended_job_is_watched_for_a_while_then_no_longer_asked(tmp_path: Path) -> None:
@@ -222,10 +221,7 @@ def test_an_ended_job_is_watched_for_a_while_then_no_longer_asked(tmp_path: Path
         await service.refresh()
         assert fake.calls == []  # no longer asked about
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        service.store.close()
+    drive(service, scenario)
 
 
 def test_the_janitor_kills_when_the_grace_period_runs_out(tmp_path: Path) -> None:
@@ -251,10 +247,7 @@ def test_the_janitor_kills_when_the_grace_period_runs_out(tmp_path: Path) -> Non
         await service.janitor.kill_due()
         assert fake.calls == []  # done once
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        service.store.close()
+    drive(service, scenario)
 
 
 def test_the_janitor_collects_garbage_after_retention_every_interval(tmp_path: Path) -> None:
@@ -313,10 +306,7 @@ def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path)
         await service.refresh()
         assert service.refresh_interval() == 2
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        service.store.close()
+    drive(service, scenario)
 
 
 def test_a_status_during_a_refresh_never_pairs_an_ended_job_with_older_files(
@@ -356,10 +346,7 @@ def test_a_status_during_a_refresh_never_pairs_an_ended_job_with_older_files(
         assert after.containers[0].state.terminated is not None
         assert after.containers[0].state.terminated.exit_code == 0
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        service.store.close()
+    drive(service, scenario)
     [during] = seen
     assert during.running is not None, during
 
@@ -379,10 +366,7 @@ def test_a_restarted_service_refreshes_once_before_serving(tmp_path: Path) -> No
         finally:
             await again.stop()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        service.store.close()
+    drive(service, scenario)
 
 
 def test_a_job_gone_between_two_refreshes_is_never_shown_killed(tmp_path: Path) -> None:
@@ -418,9 +402,6 @@ def test_a_job_gone_between_two_refreshes_is_never_shown_killed(tmp_path: Path) 
         assert after.containers[0].state.terminated is not None
         assert after.containers[0].state.terminated.exit_code == 0
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        service.store.close()
+    drive(service, scenario)
     [during] = seen
     assert during.terminated is None, during
