@@ -205,7 +205,8 @@ async def stream_log(
     if opts.Tail and size:
         start = max(start, await run(tail_start, transport, path, size, opts.Tail, start))
 
-    stamper = await run(_Stamper, index, start) if opts.Timestamps and index else None
+    # An empty index is still an index: a followed container may not have written yet.
+    stamper = await run(_Stamper, index, start) if opts.Timestamps and index is not None else None
     limit = _Limit(opts.Bytes)
     pos = start
 

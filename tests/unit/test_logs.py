@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from interlink_slurm import logs
+from interlink_slurm.logpipe import RECORD
 from interlink_slurm.slurm.transport import LocalTransport
 from interlink_slurm.wire import LogOpts
 
@@ -107,3 +108,36 @@ def test_follow_goes_on_into_the_next_run_when_the_log_is_rotated(tmp_path: Path
 
     out = asyncio.run(asyncio.wait_for(follow(), timeout=10))
     assert out == b"first run line 1\nfirst run line 2\nsecond\n"
+
+
+def test_follow_with_timestamps_stamps_lines_written_after_it_began(tmp_path: Path) -> None:
+    # The virtual kubelet may follow a container that has not written its first line yet: its
+    # log and its time index are still empty then, and each line that comes is stamped.
+    path = tmp_path / "c.log"
+    path.write_bytes(b"")
+    idx = Path(str(path) + ".idx")
+    idx.write_bytes(b"")
+    done = {"ended": False}
+
+    async def follow() -> bytes:
+        source = logs.LogSource(str(path), lambda: done["ended"])
+        opts = LogOpts(Follow=True, Timestamps=True)
+        chunks = []
+        async for chunk in logs.stream_log(LocalTransport(), source, opts):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def write_later() -> None:
+        await asyncio.sleep(0.2)
+        with path.open("ab") as f:
+            f.write(b"tick 0\ntick 1\n")
+        idx.write_bytes(RECORD.pack(0, 1_700_000_000_000_000_000))
+        await asyncio.sleep(0.5)
+        done["ended"] = True
+
+    async def both() -> bytes:
+        out, _ = await asyncio.gather(follow(), write_later())
+        return out
+
+    out = asyncio.run(asyncio.wait_for(both(), timeout=10))
+    assert out == b"2023-11-14T22:13:20Z tick 0\n2023-11-14T22:13:20Z tick 1\n"
