@@ -424,7 +424,7 @@ def build_plan(
     (``mount_targets_argv``), for a runtime that cannot create a missing one."""
     pod = data.pod
     meta = pod.metadata
-    notes = meta.annotations
+    annotations = meta.annotations
     count = len(pod.spec.init_containers) + len(pod.spec.containers)
     if count > settings.max_containers_per_pod:
         # Each container is a process tree of the one job: thousands would start at once.
@@ -435,8 +435,8 @@ def build_plan(
         )
     accelerators = settings.accelerator_names
     wants_gpus = pod_resources(pod.spec, 1, 1, accelerators).gpus > 0
-    site = site_for(settings, notes, meta.namespace, wants_gpus, target)
-    mpi = ann.mpi(notes, settings.mpi_flags_allowed, settings.allow_user_shell)
+    site = site_for(settings, annotations, meta.namespace, wants_gpus, target)
+    mpi = ann.mpi(annotations, settings.mpi_flags_allowed, settings.allow_user_shell)
     res = pod_resources(pod.spec, site.default_cpus, site.default_memory_mb, accelerators)
     # Named in the messages of what this target or flavor does not allow.
     where = ", ".join(
@@ -470,13 +470,15 @@ def build_plan(
     if site.qos:
         directives.append(f"--qos={site.qos}")
     directives = ann.merge_directives(directives, site.sbatch_extra)
-    directives = ann.merge_directives(directives, _user_directives(settings, notes, site.max_time))
+    directives = ann.merge_directives(
+        directives, _user_directives(settings, annotations, site.max_time)
+    )
     user = job_user(pod, settings, submit_as_root)
     directives += user.directives
 
-    shell = ann.user_shell(notes, settings.allow_user_shell)
-    ip = ann.pod_ip(notes)
-    runtime_flags = _runtime_flags(settings, notes)
+    shell = ann.user_shell(annotations, settings.allow_user_shell)
+    ip = ann.pod_ip(annotations)
+    runtime_flags = _runtime_flags(settings, annotations)
 
     layout = lay_out_volumes(
         pod,
@@ -682,16 +684,16 @@ def _job_script_argv(
     return argv
 
 
-def _runtime_flags(settings: Settings, notes: Mapping[str, str]) -> list[str]:
+def _runtime_flags(settings: Settings, annotations: Mapping[str, str]) -> list[str]:
     """The site's runtime options, then the pod's own (singularity-options, -mounts)."""
     flags = list(settings.runtime_flags)
-    if notes.get(ann.SINGULARITY_OPTIONS, "").strip():
+    if annotations.get(ann.SINGULARITY_OPTIONS, "").strip():
         flags += ann.runtime_options(
-            notes[ann.SINGULARITY_OPTIONS], settings.runtime, settings.runtime_options_allowed
+            annotations[ann.SINGULARITY_OPTIONS], settings.runtime, settings.runtime_options_allowed
         )
-    if notes.get(ann.SINGULARITY_MOUNTS, "").strip():
+    if annotations.get(ann.SINGULARITY_MOUNTS, "").strip():
         flags += ann.runtime_mounts(
-            notes[ann.SINGULARITY_MOUNTS],
+            annotations[ann.SINGULARITY_MOUNTS],
             settings.runtime,
             [str(p) for p in settings.host_path_prefixes],
         )
