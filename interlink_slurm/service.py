@@ -380,7 +380,7 @@ class Service:
             pulls=encode(pulls) if pulls else None,
             cluster=cluster.name,
             placement=placement.record() if placed else None,
-            notes=plan.warnings,
+            warnings=plan.warnings,
         )
         try:
             job_id = await cluster.scheduler.submit(script_path, pod_dir)
@@ -678,9 +678,9 @@ class Service:
                 outage = tracker.outage if tracker and rec.final_state is None else None
                 if outage or files_outage:
                     _note_outage((*init, *main), "; ".join(o for o in (outage, files_outage) if o))
-                if rec.notes:
-                    _note_warnings(init, rec.notes)
-                    _note_warnings(main, rec.notes)
+                if rec.warnings:
+                    _note_warnings(init, rec.warnings)
+                    _note_warnings(main, rec.warnings)
                 if rec.placement and job is not None and base_state(job) in WAITING:
                     _note_placement(
                         (*init, *main), describe(json.loads(rec.placement), self.clock.time())
@@ -845,11 +845,13 @@ def _submits_as_root(settings: Settings, transport: Transport) -> bool:
     return isinstance(transport, LocalTransport) and os.geteuid() == 0
 
 
-def _note_warnings(statuses: Sequence[ContainerStatus], notes: Sequence[tuple[str, str]]) -> None:
+def _note_warnings(
+    statuses: Sequence[ContainerStatus], warnings: Sequence[tuple[str, str]]
+) -> None:
     """What a container runs without (a volume left out...), in its status message: a
     running container's state has no message, so it is said while waiting and once ended."""
     for st in statuses:
-        said = [w for c, w in notes if c in (st.name, "")]
+        said = [w for c, w in warnings if c in (st.name, "")]
         inner = st.state.waiting or st.state.terminated
         if said and inner is not None:
             inner.message = " ".join([inner.message or "", *(f"[warning: {w}]" for w in said)])
