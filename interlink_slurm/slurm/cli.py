@@ -33,8 +33,8 @@ UNREACHABLE = (
 INVALID_JOB = "invalid job id"
 # From this many jobs on, a refresh asks squeue for the user's jobs rather than by id.
 BY_USER_FROM = 32
-# What scancel says of a job that has already ended.
-GONE = (INVALID_JOB, "already completing or completed", "job/step already")
+# What scancel and scontrol say of a job that has already ended (not the tracker's GONE state).
+ALREADY_ENDED = (INVALID_JOB, "already completing or completed", "job/step already")
 SEP = "|"
 # Node states that give nothing to new jobs.
 UNUSABLE_NODE_STATES = ("down", "drain", "fail", "inval", "maint", "future", "unknown")
@@ -252,7 +252,7 @@ class CliScheduler:
         if result.returncode != 0 and INVALID_JOB not in _message(result).lower():
             raise SchedulerError(f"scancel {job_id} failed: {_message(result)}")
 
-    async def _on_job(self, *argv: str, gone: Sequence[str] = GONE) -> None:
+    async def _on_job(self, *argv: str, gone: Sequence[str] = ALREADY_ENDED) -> None:
         """A command on one job; Slurm saying that the job is gone (``gone``) is fine."""
         result = await self._run(*argv)
         message = _message(result).lower()
@@ -260,7 +260,7 @@ class CliScheduler:
             raise SchedulerError(f"{' '.join(argv)} failed: {_message(result)}")
 
     async def release(self, job_id: str) -> None:
-        await self._on_job("scontrol", "release", job_id, gone=(*GONE, "already finished"))
+        await self._on_job("scontrol", "release", job_id, gone=(*ALREADY_ENDED, "already finished"))
 
     async def signal(self, job_id: str, signal: str) -> None:
         await self._on_job("scancel", f"--signal={signal}", "--full", job_id)

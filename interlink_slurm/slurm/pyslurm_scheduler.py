@@ -29,7 +29,7 @@ from interlink_slurm.slurm.scheduler import ClusterResources, Estimate, FromJobL
 from interlink_slurm.slurm.transport import Transport
 
 T = TypeVar("T")
-GONE_MESSAGES = (INVALID_JOB, "already completing or completed")
+ALREADY_ENDED = (INVALID_JOB, "already completing or completed")
 
 
 def load_pyslurm() -> Any:
@@ -80,7 +80,7 @@ class PyslurmScheduler(FromJobListing):
         return str(await self._call("submitting a job", submit, submitting=True))
 
     async def _on_job(
-        self, what: str, fn: Callable[[], object], gone: Sequence[str] = GONE_MESSAGES
+        self, what: str, fn: Callable[[], object], gone: Sequence[str] = ALREADY_ENDED
     ) -> None:
         """A call on one job; pyslurm saying that the job is gone (``gone``) is fine."""
         try:
@@ -96,7 +96,7 @@ class PyslurmScheduler(FromJobListing):
         await self._on_job(
             f"releasing job {job_id}",
             lambda: self._py.Job(int(job_id)).release(),
-            (*GONE_MESSAGES, "already finished"),
+            (*ALREADY_ENDED, "already finished"),
         )
 
     async def signal(self, job_id: str, signal: str) -> None:

@@ -57,12 +57,12 @@ ESLURM_INVALID_JOB_ID = 2017
 ESLURM_ALREADY_DONE = 2021
 ESLURM_JOB_FINISHED = 2084
 # What Slurm answers about a job that is no longer there to cancel or signal.
-GONE_ERRNO = frozenset({ESLURM_INVALID_JOB_ID, ESLURM_ALREADY_DONE})
+ALREADY_ENDED_ERRNO = frozenset({ESLURM_INVALID_JOB_ID, ESLURM_ALREADY_DONE})
 # Not an error: a job submitted with "hold" is queued, and Slurm says it is held.
 ESLURM_JOB_HELD = 2042
 # A job update that lifts a user hold, as scontrol release does (every version).
 RELEASE = {"hold": False}
-GONE_MESSAGES = (INVALID_JOB, "already completing or completed")
+ALREADY_ENDED = (INVALID_JOB, "already completing or completed")
 # Slurm's name for a job state when flags are set (job_state_string(), slurm_protocol_defs.c):
 # the first flag present wins over the base state.
 STATE_FLAGS = (
@@ -762,7 +762,7 @@ class RestScheduler(FromJobListing):
         *,
         params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
-        gone: frozenset[int] = GONE_ERRNO,
+        gone: frozenset[int] = ALREADY_ENDED_ERRNO,
     ) -> None:
         """A call on one job; Slurm answering that the job is gone (``gone``) is fine."""
         if not job_id.isdigit():
@@ -770,7 +770,7 @@ class RestScheduler(FromJobListing):
         try:
             await self._call(method, f"job/{job_id}", action, params=params, body=body)
         except _Refused as err:
-            if gone & set(err.numbers) or any(m in str(err).lower() for m in GONE_MESSAGES):
+            if gone & set(err.numbers) or any(m in str(err).lower() for m in ALREADY_ENDED):
                 return
             raise
 
@@ -784,7 +784,7 @@ class RestScheduler(FromJobListing):
             job_id,
             f"releasing job {job_id}",
             body=RELEASE,
-            gone=GONE_ERRNO | {ESLURM_JOB_FINISHED},
+            gone=ALREADY_ENDED_ERRNO | {ESLURM_JOB_FINISHED},
         )
 
     async def signal(self, job_id: str, signal: str) -> None:
