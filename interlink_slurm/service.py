@@ -69,6 +69,7 @@ from interlink_slurm.translate.runtimes import (
     image_paths_argv,
     parse_image_paths,
     runs_image_command,
+    runtime_of,
 )
 from interlink_slurm.translate.script import render_script
 from interlink_slurm.translate.targets import Candidate, candidates
@@ -521,7 +522,7 @@ class Service:
         through an absolute symlink of the image: each target is looked up in its image (one
         command), followed inside the image; one the image lacks is left out, with a warning
         in the container's status, rather than let the container fail on the node."""
-        if self.settings.runtime != "charliecloud":
+        if not runtime_of(self.settings.runtime).looks_up_bind_targets:
             return plan
         pairs = list(
             dict.fromkeys(
