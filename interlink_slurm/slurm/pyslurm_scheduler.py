@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
-from interlink_slurm.slurm.cli import (
+from interlink_slurm.slurm.common import (
     INVALID_JOB,
     UNREACHABLE,
     UNUSABLE_NODE_STATES,

@@ -33,7 +33,7 @@ import httpx
 
 from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
 from interlink_slurm.sbatch_options import OptionError, scan_options
-from interlink_slurm.slurm.cli import (
+from interlink_slurm.slurm.common import (
     INVALID_JOB,
     UNREACHABLE,
     UNUSABLE_NODE_STATES,
