@@ -134,8 +134,8 @@ class MeteredScheduler:
             self._m.scheduler_calls.labels(operation, outcome).inc()
             self._m.scheduler_seconds.labels(operation).observe(time.perf_counter() - started)
 
-    async def submit(self, script_path: str, workdir: str) -> str:
-        return await self._call("submit", self._inner.submit(script_path, workdir))
+    async def submit(self, script_path: str, workdir: str, directives: Sequence[str]) -> str:
+        return await self._call("submit", self._inner.submit(script_path, workdir, directives))
 
     async def cancel(self, job_id: str) -> None:
         await self._call("cancel", self._inner.cancel(job_id))

@@ -384,7 +384,7 @@ class Service:
             warnings=plan.warnings,
         )
         try:
-            job_id = await cluster.scheduler.submit(script_path, pod_dir)
+            job_id = await cluster.scheduler.submit(script_path, pod_dir, plan.directives)
         except SchedulerUnavailable:
             # sbatch may have reached Slurm before failing: the row stays in flight and the
             # next create (or a restart) asks Slurm for the job by its comment.

@@ -92,7 +92,8 @@ class CliScheduler:
             raise SchedulerUnavailable(f"Slurm is not reachable: {tool_message(result)}")
         return result
 
-    async def submit(self, script_path: str, workdir: str) -> str:
+    async def submit(self, script_path: str, workdir: str, directives: Sequence[str]) -> str:
+        # sbatch reads the directives from the script's #SBATCH lines.
         result = await self._run("sbatch", "--parsable", f"--chdir={workdir}", script_path)
         if result.returncode != 0:
             raise SubmitRejected(f"Slurm refused the job: {tool_message(result)}")

@@ -37,7 +37,7 @@ class FakeScheduler:
         if method in self.fail_next:
             raise self.fail_next.pop(method)
 
-    async def submit(self, script_path: str, workdir: str) -> str:
+    async def submit(self, script_path: str, workdir: str, directives: Sequence[str]) -> str:
         self._enter("submit")
         self.next_id += 1
         job_id = str(self.next_id)

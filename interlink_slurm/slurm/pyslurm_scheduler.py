@@ -66,7 +66,7 @@ class PyslurmScheduler(FromJobListing):
                 raise SubmitRejected(f"Slurm refused the job: {text}") from err
             raise SchedulerError(f"pyslurm: {what} failed: {text}") from err
 
-    async def submit(self, script_path: str, workdir: str) -> str:
+    async def submit(self, script_path: str, workdir: str, directives: Sequence[str]) -> str:
         # pyslurm reads the script (and its #SBATCH lines) itself: it must be on this machine,
         # hence the local transport (see factory.py).
         if await asyncio.to_thread(self._transport.size, script_path) is None:

@@ -31,8 +31,10 @@ class Estimate:
 
 
 class Scheduler(Protocol):
-    async def submit(self, script_path: str, workdir: str) -> str:
-        """Submit a batch script; returns the job id."""
+    async def submit(self, script_path: str, workdir: str, directives: Sequence[str]) -> str:
+        """Submit a batch script to run in ``workdir``; returns the job id. ``directives``: the
+        script's ``#SBATCH`` options (the plan's), for slurmrestd, which takes them beside the
+        script; sbatch and pyslurm read them from the script itself."""
         ...
 
     async def cancel(self, job_id: str) -> None:

@@ -40,28 +40,30 @@ JOB_IDS = {
     "v0.0.40": {"running": "4101", "pending": "4102", "failed": "4103"},
     "v0.0.41": {"running": "4101", "pending": "4102", "failed": "4103"},
 }
-SCRIPT = """#!/bin/bash
-#SBATCH --job-name=train
-#SBATCH --comment=interlink-slurm:3f6c2b1e-8d4a-4c1e-9b7a-2a5d0e6f1c01
-#SBATCH --output=/scratch/pods/default/train-3f6c/job.out
-#SBATCH --open-mode=append
-#SBATCH --chdir=/scratch/pods/default/train-3f6c
-#SBATCH --partition=boost_usr_prod
-#SBATCH --nodes=1
-#SBATCH --ntasks=1
-#SBATCH --cpus-per-task=8
-#SBATCH --mem=32768M
-#SBATCH --gres=gpu:a100:2
-#SBATCH --time=0-01:30:00
-#SBATCH --account=proj_ai
-#SBATCH --qos=boost_qos_dbg
-#SBATCH --exclusive
-#SBATCH --constraint=ib
-#
-# pod default/train
-set -o nounset
-echo hello
-"""
+# The plan's directives, which the job script carries as its #SBATCH lines.
+DIRECTIVES = (
+    "--job-name=train",
+    "--comment=interlink-slurm:3f6c2b1e-8d4a-4c1e-9b7a-2a5d0e6f1c01",
+    "--output=/scratch/pods/default/train-3f6c/job.out",
+    "--open-mode=append",
+    "--chdir=/scratch/pods/default/train-3f6c",
+    "--partition=boost_usr_prod",
+    "--nodes=1",
+    "--ntasks=1",
+    "--cpus-per-task=8",
+    "--mem=32768M",
+    "--gres=gpu:a100:2",
+    "--time=0-01:30:00",
+    "--account=proj_ai",
+    "--qos=boost_qos_dbg",
+    "--exclusive",
+    "--constraint=ib",
+)
+SCRIPT = (
+    "#!/bin/bash\n"
+    + "".join(f"#SBATCH {d}\n" for d in DIRECTIVES)
+    + "#\n# pod default/train\nset -o nounset\necho hello\n"
+)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -185,10 +187,13 @@ def test_resources_of_the_recorded_22_05_node(token: Path, api: respx.MockRouter
 # --- submitting ----------------------------------------------------------------------------------
 
 
-def submit(version: str, token: Path, tmp_path: Path, script: str = SCRIPT) -> str:
+def submit(
+    version: str, token: Path, tmp_path: Path, directives: tuple[str, ...] = DIRECTIVES
+) -> str:
     job = tmp_path / "job.sh"
-    job.write_text(script)
-    return run(make(version, token).submit(str(job), "/scratch/pods/default/train-3f6c"))
+    job.write_text(SCRIPT)
+    scheduler = make(version, token)
+    return run(scheduler.submit(str(job), "/scratch/pods/default/train-3f6c", directives))
 
 
 def sent(route: respx.Route) -> Any:
@@ -322,10 +327,10 @@ def test_an_option_without_a_rest_translation_stops_the_submission_naming_it(
     token: Path, tmp_path: Path, api: respx.MockRouter
 ) -> None:
     route = api.post(path("v0.0.41", "job/submit")).respond(200, json={})
-    script = SCRIPT.replace("#SBATCH --constraint=ib", "#SBATCH --array=1-4")
+    directives = (*DIRECTIVES[:-1], "--array=1-4")
 
     with pytest.raises(SchedulerError, match="--array") as err:
-        submit("v0.0.41", token, tmp_path, script)
+        submit("v0.0.41", token, tmp_path, directives)
 
     assert not isinstance(err.value, SubmitRejected)
     assert not route.called
@@ -333,7 +338,7 @@ def test_an_option_without_a_rest_translation_stops_the_submission_naming_it(
 
 def test_a_missing_script_is_a_scheduler_error(token: Path, tmp_path: Path) -> None:
     with pytest.raises(SchedulerError, match="does not exist"):
-        run(make("v0.0.41", token).submit(str(tmp_path / "nope.sh"), str(tmp_path)))
+        run(make("v0.0.41", token).submit(str(tmp_path / "nope.sh"), str(tmp_path), DIRECTIVES))
 
 
 # --- cancel and signal ---------------------------------------------------------------------------
@@ -548,7 +553,7 @@ def test_a_held_submission_is_a_job_not_an_error(
     held = answer("v0.0.38", "submit_held.json")
     route = api.post(path("v0.0.38", "job/submit")).respond(200, json=held)
 
-    job_id = submit("v0.0.38", token, tmp_path, SCRIPT.replace("#\n", "#SBATCH --hold\n#\n", 1))
+    job_id = submit("v0.0.38", token, tmp_path, (*DIRECTIVES, "--hold"))
 
     assert job_id == str(held["job_id"])
     assert sent(route)["job"]["hold"] is True
