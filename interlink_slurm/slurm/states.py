@@ -36,7 +36,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from interlink_slurm.jobdir import ContainerFiles
+from interlink_slurm.slurm.container_files import ContainerFiles
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.wire import (
     ContainerState,
