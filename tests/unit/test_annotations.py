@@ -480,9 +480,9 @@ def test_script_with_every_annotation_is_valid_bash() -> None:
 
 
 def test_every_flag_allowed_by_default_can_also_go_through_slurmrestd() -> None:
-    from interlink_slurm.slurm import rest
+    from interlink_slurm.slurm import rest_job
 
-    assert set(ann.DEFAULT_USER_FLAGS_ALLOWED) <= rest.TRANSLATED
+    assert set(ann.DEFAULT_USER_FLAGS_ALLOWED) <= rest_job.TRANSLATED
 
 
 @pytest.mark.parametrize(
