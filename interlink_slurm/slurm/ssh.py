@@ -126,25 +126,10 @@ class SSHTransport:
             return transport
 
     def _connect(self) -> paramiko.SSHClient:
+        """A new connection to the login node, its host key checked, logged in."""
         s = self._s
         client = paramiko.SSHClient()
-        known_hosts = s.known_hosts.expanduser()
-        if s.insecure_skip_host_key_check:
-            client.set_missing_host_key_policy(_AcceptAnyHostKey())
-        else:
-            if not known_hosts.is_file():
-                raise self._unavailable(
-                    "",
-                    f"the known_hosts file {known_hosts} does not exist: add the login node's "
-                    f"host key to it (ssh-keyscan -p {s.port} {s.host} >> {known_hosts}, then "
-                    "check the fingerprint), set ssh.known_hosts, or, insecurely, "
-                    "ssh.insecure_skip_host_key_check: true",
-                )
-            try:
-                client.load_host_keys(str(known_hosts))
-            except (OSError, paramiko.SSHException) as err:
-                raise self._unavailable(f"cannot read known_hosts {known_hosts}: ", err) from err
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self._trust_host_keys(client)
         pkey = self._private_key()
         started = time.monotonic()
         try:
@@ -160,45 +145,9 @@ class SSHTransport:
                 auth_timeout=s.connect_timeout,
                 channel_timeout=self._timeout,
             )
-        except paramiko.BadHostKeyException as err:
+        except (paramiko.SSHException, OSError, EOFError) as err:
             client.close()
-            raise self._unavailable(
-                "",
-                f"its host key ({err.key.get_name()} {err.key.fingerprint}) does not match the "
-                f"one in known_hosts {known_hosts} ({err.expected_key.fingerprint}); if the "
-                "login node's key really changed, replace its line in that file, otherwise the "
-                "connection may be intercepted",
-            ) from err
-        except paramiko.AuthenticationException as err:
-            client.close()
-            key = f"the key {s.key_file}" if s.key_file else "the SSH agent's keys and ~/.ssh/id_*"
-            raise self._unavailable(
-                "",
-                f"login as {s.user} refused ({err}): check ssh.user and that {key} is in "
-                f"~{s.user}/.ssh/authorized_keys on {s.host}",
-            ) from err
-        except paramiko.SSHException as err:
-            client.close()
-            text = str(err)
-            if time.monotonic() - started >= s.connect_timeout or "banner" in text.lower():
-                # paramiko ends a negotiation that timed out with "No existing session".
-                raise self._unavailable(
-                    "", f"no answer within {s.connect_timeout:g} s (ssh.connect_timeout)"
-                ) from err
-            if "not found in known_hosts" in text:
-                raise self._unavailable(
-                    "",
-                    f"its host key is not in known_hosts {known_hosts}: add it (ssh-keyscan -p "
-                    f"{s.port} {s.host} >> {known_hosts}, then check the fingerprint)",
-                ) from err
-            raise self._unavailable("SSH failed: ", err) from err
-        except (OSError, EOFError) as err:
-            client.close()
-            if isinstance(err, TimeoutError):
-                raise self._unavailable(
-                    "", f"no answer within {s.connect_timeout:g} s (ssh.connect_timeout)"
-                ) from err
-            raise self._unavailable("", err) from err
+            raise self._login_failed(err, time.monotonic() - started) from err
         transport = client.get_transport()
         if transport is None or not transport.is_active():
             client.close()
@@ -207,6 +156,63 @@ class SSHTransport:
             transport.set_keepalive(max(1, round(s.keepalive_seconds)))
         log.info("connected to %s in %.2f s", s.target, time.monotonic() - started)
         return client
+
+    def _trust_host_keys(self, client: paramiko.SSHClient) -> None:
+        """Only the login node's key in known_hosts, unless told to skip the check."""
+        s = self._s
+        known_hosts = s.known_hosts.expanduser()
+        if s.insecure_skip_host_key_check:
+            client.set_missing_host_key_policy(_AcceptAnyHostKey())
+            return
+        if not known_hosts.is_file():
+            raise self._unavailable(
+                "",
+                f"the known_hosts file {known_hosts} does not exist: add the login node's "
+                f"host key to it (ssh-keyscan -p {s.port} {s.host} >> {known_hosts}, then "
+                "check the fingerprint), set ssh.known_hosts, or, insecurely, "
+                "ssh.insecure_skip_host_key_check: true",
+            )
+        try:
+            client.load_host_keys(str(known_hosts))
+        except (OSError, paramiko.SSHException) as err:
+            raise self._unavailable(f"cannot read known_hosts {known_hosts}: ", err) from err
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+    def _login_failed(self, err: BaseException, elapsed: float) -> SSHUnavailable:
+        """Why a connection attempt failed, with what to check, after ``elapsed`` seconds."""
+        s = self._s
+        known_hosts = s.known_hosts.expanduser()
+        timed_out = f"no answer within {s.connect_timeout:g} s (ssh.connect_timeout)"
+        if isinstance(err, paramiko.BadHostKeyException):
+            return self._unavailable(
+                "",
+                f"its host key ({err.key.get_name()} {err.key.fingerprint}) does not match the "
+                f"one in known_hosts {known_hosts} ({err.expected_key.fingerprint}); if the "
+                "login node's key really changed, replace its line in that file, otherwise the "
+                "connection may be intercepted",
+            )
+        if isinstance(err, paramiko.AuthenticationException):
+            key = f"the key {s.key_file}" if s.key_file else "the SSH agent's keys and ~/.ssh/id_*"
+            return self._unavailable(
+                "",
+                f"login as {s.user} refused ({err}): check ssh.user and that {key} is in "
+                f"~{s.user}/.ssh/authorized_keys on {s.host}",
+            )
+        if isinstance(err, paramiko.SSHException):
+            text = str(err)
+            if elapsed >= s.connect_timeout or "banner" in text.lower():
+                # paramiko ends a negotiation that timed out with "No existing session".
+                return self._unavailable("", timed_out)
+            if "not found in known_hosts" in text:
+                return self._unavailable(
+                    "",
+                    f"its host key is not in known_hosts {known_hosts}: add it (ssh-keyscan -p "
+                    f"{s.port} {s.host} >> {known_hosts}, then check the fingerprint)",
+                )
+            return self._unavailable("SSH failed: ", err)
+        if isinstance(err, TimeoutError):
+            return self._unavailable("", timed_out)
+        return self._unavailable("", err)
 
     def _private_key(self) -> paramiko.PKey | None:
         s = self._s
