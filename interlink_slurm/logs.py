@@ -189,22 +189,7 @@ async def stream_log(
         else None
     )
 
-    start = 0
-    since_ns = None
-    if opts.SinceSeconds:
-        since_ns = (now_ns or time.time_ns()) - opts.SinceSeconds * 1_000_000_000
-    elif opts.since_time is not None:
-        since_ns = _ns(opts.since_time)
-    if since_ns is not None and index:
-        first = await run(index.first_at_or_after, since_ns)
-        start = (
-            size
-            if first is None
-            else await run(_line_start_at_or_after, transport, path, size, first)
-        )
-    if opts.Tail and size:
-        start = max(start, await run(tail_start, transport, path, size, opts.Tail, start))
-
+    start = await _start(transport, path, size, index, opts, now_ns)
     stamper = await run(_Stamper, index, start) if opts.Timestamps and index else None
     limit = _Limit(opts.Bytes)
     pos = start
@@ -244,6 +229,35 @@ async def stream_log(
             return
         else:
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+
+async def _start(
+    transport: Transport,
+    path: str,
+    size: int,
+    index: Index | None,
+    opts: LogOpts,
+    now_ns: int | None,
+) -> int:
+    """Where the answer starts in the log: the first line since SinceSeconds or SinceTime (by
+    the index of line times), or the last Tail lines, whichever starts later."""
+    run = asyncio.to_thread
+    start = 0
+    since_ns = None
+    if opts.SinceSeconds:
+        since_ns = (now_ns or time.time_ns()) - opts.SinceSeconds * 1_000_000_000
+    elif opts.since_time is not None:
+        since_ns = _ns(opts.since_time)
+    if since_ns is not None and index:
+        first = await run(index.first_at_or_after, since_ns)
+        start = (
+            size
+            if first is None
+            else await run(_line_start_at_or_after, transport, path, size, first)
+        )
+    if opts.Tail and size:
+        start = max(start, await run(tail_start, transport, path, size, opts.Tail, start))
+    return start
 
 
 async def read_log(
