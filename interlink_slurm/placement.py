@@ -145,7 +145,19 @@ async def place(
         if name not in refused
     }
 
-    backlog = waiting()
+    chosen = _soonest(eligible, answers, now, waiting())
+    basis = ESTIMATE if any(isinstance(e, Estimate) for e in answers.values()) else ORDER
+    return Placement(chosen, basis, answers, tuple(cands), now)
+
+
+def _soonest(
+    eligible: Sequence[Candidate],
+    answers: Mapping[str, Estimate | str],
+    now: float,
+    backlog: Mapping[str, int],
+) -> Candidate:
+    """The candidate expected to start the pod soonest (its penalty and weight applied); the
+    ones without an estimate come after, in the configured order."""
     scores = {
         c.name: c.target.penalty_seconds + c.target.weight * max(0.0, est.start - now)
         for c in eligible
@@ -168,9 +180,7 @@ async def place(
             index,
         )
 
-    chosen = min(enumerate(eligible), key=key)[1]
-    basis = ESTIMATE if any(isinstance(e, Estimate) for e in answers.values()) else ORDER
-    return Placement(chosen, basis, answers, tuple(cands), now)
+    return min(enumerate(eligible), key=key)[1]
 
 
 def _slurm_refused(err: SubmitRejected) -> PodRejected:
