@@ -59,7 +59,7 @@ STATUS_FOR: list[tuple[type[PluginError], int]] = [
 
 
 class TooLarge(BadRequest):
-    pass
+    """A request body over max_body_bytes (413)."""
 
 
 def _status_for(err: PluginError) -> int:

@@ -103,6 +103,9 @@ IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
 
 
 class Service:
+    """The plugin's work behind interLink's calls: pods become Slurm jobs (create), are ended
+    (delete) and report their containers' states (status); one instance per process."""
+
     def __init__(
         self,
         settings: Settings,
@@ -210,6 +213,7 @@ class Service:
         self._tasks.append(asyncio.create_task(self._refresher(), name="refresher"))
 
     async def stop(self) -> None:
+        """Stop the background tasks (refresher, janitor, pulls) at shutdown."""
         for cluster in self.clusters.values():
             await cluster.puller.stop()
         for task in self._tasks:
@@ -220,6 +224,7 @@ class Service:
         self._tasks.clear()
 
     async def reconcile(self) -> None:
+        """Settle the pods the store and Slurm disagree about (after a crash or an outage)."""
         await self.reconciler.reconcile()
 
     async def _settle(self, rec: PodRecord) -> str | None:
@@ -314,6 +319,8 @@ class Service:
     # --- create / delete ------------------------------------------------------------------------
 
     async def create(self, data: RetrievedPodData) -> CreateResponse:
+        """Submit the pod's job, once: a pod that already has a job answers with it (interLink
+        retries creates); a pod whose submission was in flight is settled first."""
         pod = data.pod
         uid = pod.uid
         logsetup.bind(uid)
@@ -564,6 +571,8 @@ class Service:
         return self.settings.default_grace_seconds
 
     async def delete(self, pod: Pod) -> str:
+        """End the pod's job (its preStop hooks and grace period first when it runs); when Slurm
+        does not answer, the delete is kept and carried out once it does."""
         uid = pod.uid.lower()
         if not uid:
             return "pod has no uid: nothing to delete"
@@ -647,6 +656,8 @@ class Service:
         return JobInfo(rec.job_id, "PENDING", CREATING_REASON)
 
     async def status(self, pods: Sequence[Pod]) -> list[PodStatus]:
+        """Every known pod's container statuses, from the last refresh's snapshot and the pod
+        directories: no Slurm call per request."""
         uids = [p.uid.lower() for p in pods if p.uid]
         recs = await asyncio.to_thread(self.store.get_many, uids)
         out = []
@@ -795,12 +806,15 @@ class Service:
     # --- node -----------------------------------------------------------------------------------
 
     async def ping(self) -> PingResponse:
+        """What the clusters can give, for interLink's ping (the status call without pods)."""
         return await self.capacity.ping()
 
     async def ready(self) -> None:
+        """Return when the service can serve (readiness probe); raise otherwise."""
         return await self.capacity.ready()
 
     def snapshot_age(self) -> float | None:
+        """Seconds since the job states were last read from Slurm; None before the first read."""
         return None if self._snapshot_at is None else self.clock.monotonic() - self._snapshot_at
 
 
