@@ -63,6 +63,10 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
 
 
 class CliScheduler:
+    """Implements the Scheduler protocol (scheduler.py) with sbatch, scancel, scontrol,
+    squeue, sacct and sinfo, run through a Transport (locally or over SSH); at most
+    ``max_concurrent`` commands at once."""
+
     def __init__(
         self,
         transport: Transport,

@@ -33,6 +33,7 @@ ALREADY_ENDED = (INVALID_JOB, "already completing or completed")
 
 
 def load_pyslurm() -> Any:
+    """The pyslurm module, or a SchedulerError saying how to install it."""
     try:
         return importlib.import_module("pyslurm")
     except ImportError as err:

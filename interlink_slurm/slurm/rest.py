@@ -207,6 +207,7 @@ class RestScheduler(FromJobListing):
 
     @property
     def where(self) -> str:
+        """How errors name slurmrestd: its URL."""
         return f"slurmrestd at {self._s.url}"
 
     def _http(self) -> httpx.AsyncClient:
@@ -222,6 +223,7 @@ class RestScheduler(FromJobListing):
         return self._client
 
     async def aclose(self) -> None:
+        """Close the HTTP client (at shutdown)."""
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -27,6 +27,8 @@ LEGACY_VERSIONS = frozenset({"v0.0.38"})
 
 @dataclass(frozen=True)
 class Option:
+    """One sbatch option of a directive, by its long name."""
+
     name: str  # the long option, as the error messages name it
     value: str | None  # None for a flag given without a value
 

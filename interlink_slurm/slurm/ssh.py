@@ -247,6 +247,7 @@ class SSHTransport:
             self._client = None
 
     def close(self) -> None:
+        """Close the connection (at shutdown)."""
         with self._conn_lock:
             self._drop_locked()
 
@@ -335,6 +336,7 @@ class SSHTransport:
     # --- commands -------------------------------------------------------------------------------
 
     def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        """Run ``argv`` on the login node, every word quoted for its shell, within ``timeout``."""
         command = remote_command(argv, self._env)
         deadline = time.monotonic() + timeout
         self._take_slot(deadline)
@@ -439,6 +441,8 @@ class SSHTransport:
             self._give_back(sftp, reusable)
 
     def make_dirs(self, path: str, mode: int) -> None:
+        """Create ``path`` and its parents with ``mode`` (SFTP)."""
+
         def op(sftp: paramiko.SFTPClient) -> None:
             _mkdirs(sftp, path, mode)
             sftp.chmod(path, mode)
@@ -446,6 +450,7 @@ class SSHTransport:
         self._sftp("creating directory", path, op)
 
     def write_file(self, path: str, data: bytes, mode: int) -> None:
+        """Write ``data`` to ``path`` with ``mode``, atomically (a temporary file renamed)."""
         tmp = f"{path}.tmp"
 
         def op(sftp: paramiko.SFTPClient) -> None:
@@ -460,6 +465,8 @@ class SSHTransport:
         self._sftp("writing", path, op)
 
     def read_file(self, path: str, limit: int) -> bytes | None:
+        """At most ``limit`` bytes from the start; None when the file does not exist."""
+
         def op(sftp: paramiko.SFTPClient) -> bytes | None:
             try:
                 with sftp.open(path, "rb") as f:
@@ -470,6 +477,8 @@ class SSHTransport:
         return self._sftp("reading", path, op)
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer at the end of the file)."""
+
         def op(sftp: paramiko.SFTPClient) -> bytes:
             with sftp.open(path, "rb") as f:
                 f.seek(offset)
@@ -478,6 +487,8 @@ class SSHTransport:
         return self._sftp("reading", path, op)
 
     def size(self, path: str) -> int | None:
+        """The file's size; None when it does not exist."""
+
         def op(sftp: paramiko.SFTPClient) -> int | None:
             try:
                 return sftp.stat(path).st_size

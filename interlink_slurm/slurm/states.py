@@ -91,6 +91,9 @@ DOUBTFUL_FAILURE_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Ending:
+    """How a pod's containers end when its job ends: the reason and message of their status,
+    and the exit codes of a container never started and of one killed."""
+
     reason: str
     message: str
     code_not_started: int
@@ -146,6 +149,7 @@ PENDING_MESSAGES: dict[str, str] = {
 
 
 def pending_message(job: JobInfo) -> str:
+    """A sentence for why a pending job waits (Slurm's reason, in words)."""
     reason = job.reason
     if reason in PENDING_MESSAGES:
         text = PENDING_MESSAGES[reason]
@@ -175,6 +179,7 @@ def base_state(job: JobInfo | None) -> str:
 
 
 def ending_for(job: JobInfo | None, deleted: bool) -> Ending:
+    """How the containers of an ended (or deleted, or lost) job end."""
     if job is None or (deleted and base_state(job) in ACTIVE | WAITING):
         return DELETED if deleted else LOST
     if deleted and base_state(job) == "CANCELLED":
