@@ -54,6 +54,7 @@ class Index:
         return self.count > 0
 
     def record(self, i: int) -> tuple[int, int]:
+        """Record ``i``: (offset in the log, time in ns) of a chunk; (0, 0) past the end."""
         if i not in self._cache:
             raw = self._transport.read_range(self._path, i * RECORD.size, RECORD.size)
             self._cache[i] = RECORD.unpack(raw) if len(raw) == RECORD.size else (0, 0)

@@ -36,6 +36,9 @@ TIE_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class Placement:
+    """Where a pod goes among several targets, on what basis, and what each target's
+    estimate was (kept in the store for status messages and metrics)."""
+
     chosen: Candidate
     basis: str  # ONLY, ESTIMATE or ORDER
     estimates: Mapping[str, Estimate | str]  # target → Slurm's estimate, or why there is none
@@ -44,6 +47,7 @@ class Placement:
 
     @property
     def predicted_start(self) -> float | None:
+        """When Slurm expected the chosen target to start the job; None without an estimate."""
         est = self.estimates.get(self.chosen.name)
         return est.start if isinstance(est, Estimate) else None
 

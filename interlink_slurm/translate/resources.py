@@ -26,6 +26,8 @@ KNOWN_RESOURCES = frozenset({"cpu", "memory", GPU_RESOURCE}) | IGNORED_RESOURCES
 
 @dataclass(frozen=True)
 class Resources:
+    """What the whole pod asks for: CPUs, memory, accelerators and its deadline."""
+
     cpus: int
     memory_mb: int
     gpus: int  # of the accelerator below (GPUs, whatever their vendor)

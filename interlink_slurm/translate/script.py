@@ -288,6 +288,8 @@ def _in_mesh(plan: JobPlan, pod: list[str]) -> list[str]:
 
 
 def render_script(plan: JobPlan) -> str:
+    """The job script of a plan: #SBATCH lines, then bash that sources the library (ils.sh)
+    and runs the containers. Pure: the same plan gives the same text (the goldens)."""
     lines = ["#!/bin/bash"]
     lines += [f"#SBATCH {d}" for d in plan.directives]
     lines.append("#")

@@ -43,6 +43,8 @@ SHM_ROOT = "/dev/shm"
 
 @dataclass(frozen=True)
 class VolumeLayout:
+    """Where the pod's volumes live, and each container's binds of them."""
+
     files: tuple[FileSpec, ...]
     dirs: tuple[str, ...]
     binds: dict[str, tuple[Bind, ...]]  # container name → binds
@@ -57,6 +59,7 @@ class VolumeLayout:
 
 
 def volume_dir(name: str) -> str:
+    """A volume's directory, relative to the pod directory."""
     return f"volumes/{name}"
 
 
@@ -150,6 +153,7 @@ def allowed_host_path(path: str, prefixes: Sequence[str]) -> bool:
 
 
 def shm_dir(uid: str) -> str:
+    """The pod's directory in the node's shared memory (memory-backed emptyDirs)."""
     return f"{SHM_ROOT}/interlink-slurm-{uid}"
 
 
