@@ -298,15 +298,17 @@ def _check_supported(vol: Volume, where: str) -> None:
         )
 
 
+def _check_sent(found: ConfigMap | Secret | None, optional: bool, field: str, what: str) -> None:
+    """A volume's configMap or secret must have come with the pod, unless it is optional."""
+    if found is None and not optional:
+        raise PodRejected(field, f"{what} was not sent by interLink with the pod")
+
+
 def _config_map_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
     assert vol.config_map is not None
     src = vol.config_map
     cm = _find(b.config_maps, src.name)
-    if cm is None and not src.optional:
-        raise PodRejected(
-            f"{where}.configMap.name",
-            f"configMap {src.name!r} was not sent by interLink with the pod",
-        )
+    _check_sent(cm, src.optional, f"{where}.configMap.name", f"configMap {src.name!r}")
     data = _config_map_data(cm, where) if isinstance(cm, ConfigMap) else {}
     b.files += _project(
         vol,
@@ -325,11 +327,7 @@ def _secret_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
     assert vol.secret is not None
     src = vol.secret
     secret = _find(b.secrets, src.secret_name)
-    if secret is None and not src.optional:
-        raise PodRejected(
-            f"{where}.secret.secretName",
-            f"secret {src.secret_name!r} was not sent by interLink with the pod",
-        )
+    _check_sent(secret, src.optional, f"{where}.secret.secretName", f"secret {src.secret_name!r}")
     data = _secret_data(secret, where) if isinstance(secret, Secret) else {}
     # Secret files stay owner-only whatever defaultMode says.
     b.files += [

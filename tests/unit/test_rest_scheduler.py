@@ -40,29 +40,31 @@ JOB_IDS = {
     "v0.0.40": {"running": "4101", "pending": "4102", "failed": "4103"},
     "v0.0.41": {"running": "4101", "pending": "4102", "failed": "4103"},
 }
-# The plan's directives, which the job script carries as its #SBATCH lines.
-DIRECTIVES = (
-    "--job-name=train",
-    "--comment=interlink-slurm:3f6c2b1e-8d4a-4c1e-9b7a-2a5d0e6f1c01",
-    "--output=/scratch/pods/default/train-3f6c/job.out",
-    "--open-mode=append",
-    "--chdir=/scratch/pods/default/train-3f6c",
-    "--partition=boost_usr_prod",
-    "--nodes=1",
-    "--ntasks=1",
-    "--cpus-per-task=8",
-    "--mem=32768M",
-    "--gres=gpu:a100:2",
-    "--time=0-01:30:00",
-    "--account=proj_ai",
-    "--qos=boost_qos_dbg",
-    "--exclusive",
-    "--constraint=ib",
-)
-SCRIPT = (
-    "#!/bin/bash\n"
-    + "".join(f"#SBATCH {d}\n" for d in DIRECTIVES)
-    + "#\n# pod default/train\nset -o nounset\necho hello\n"
+SCRIPT = """#!/bin/bash
+#SBATCH --job-name=train
+#SBATCH --comment=interlink-slurm:3f6c2b1e-8d4a-4c1e-9b7a-2a5d0e6f1c01
+#SBATCH --output=/scratch/pods/default/train-3f6c/job.out
+#SBATCH --open-mode=append
+#SBATCH --chdir=/scratch/pods/default/train-3f6c
+#SBATCH --partition=boost_usr_prod
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=32768M
+#SBATCH --gres=gpu:a100:2
+#SBATCH --time=0-01:30:00
+#SBATCH --account=proj_ai
+#SBATCH --qos=boost_qos_dbg
+#SBATCH --exclusive
+#SBATCH --constraint=ib
+#
+# pod default/train
+set -o nounset
+echo hello
+"""
+# The plan's directives: what the script carries as its #SBATCH lines.
+DIRECTIVES = tuple(
+    line.removeprefix("#SBATCH ") for line in SCRIPT.splitlines() if line.startswith("#SBATCH ")
 )
 
 
