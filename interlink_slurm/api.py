@@ -34,6 +34,7 @@ from interlink_slurm.errors import (
     SubmitRejected,
     describe_validation_error,
 )
+from interlink_slurm.metrics import Metrics
 from interlink_slurm.service import LOG_SOURCES, Service
 from interlink_slurm.wire import LogRequest, Pod, RetrievedPodData
 
@@ -58,7 +59,7 @@ STATUS_FOR: list[tuple[type[PluginError], int]] = [
 
 
 class TooLarge(BadRequest):
-    pass
+    """A request body over max_body_bytes (413)."""
 
 
 def _status_for(err: PluginError) -> int:
@@ -156,9 +157,8 @@ def _dump(model: BaseModel | list[Any]) -> Any:
 
 
 def create_app(service: Service, token: str | None) -> FastAPI:
-    settings = service.settings
-    limit = settings.max_body_bytes
-    metrics = service.metrics
+    """The plugin's HTTP API over ``service``: interLink's routes (create, delete, status,
+    getLogs), metrics and probes; every request but the open ones needs ``token`` when set."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -174,6 +174,16 @@ def create_app(service: Service, token: str | None) -> FastAPI:
         description="interLink plugin: Kubernetes pods as Slurm jobs",
         lifespan=lifespan,
     )
+    _add_guard(app, token, service.metrics)
+    _add_pod_routes(app, service, service.settings.max_body_bytes)
+    _add_service_routes(app, service)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _add_guard(app: FastAPI, token: str | None, metrics: Metrics) -> None:
+    """The middleware every request goes through: its id, the bearer token, the one place
+    where errors become answers (errors.py's table), metrics and the access log."""
 
     @app.middleware("http")
     async def guard(
@@ -219,30 +229,36 @@ def create_app(service: Service, token: str | None) -> FastAPI:
         )
         return response
 
-    def _error(err: PluginError, request: Request) -> Response:
-        code = _status_for(err)
-        headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else {}
-        log.log(
-            logging.WARNING if code >= 500 else logging.INFO,
-            "%s %s → %d: %s",
-            request.method,
-            request.url.path,
-            code,
-            err,
-        )
-        return PlainTextResponse(str(err), status_code=code, headers=headers)
-
     @app.exception_handler(PluginError)
     async def plugin_error(request: Request, err: PluginError) -> Response:
         return _error(err, request)
 
-    def _one(data: Any, what: str) -> Any:
-        # interLink <= 0.4 sent a one-element array where 0.6 sends an object.
-        if isinstance(data, list):
-            if len(data) != 1:
-                raise BadRequest(f"expected one {what}, got an array of {len(data)}")
-            return data[0]
-        return data
+
+def _error(err: PluginError, request: Request) -> Response:
+    code = _status_for(err)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else {}
+    log.log(
+        logging.WARNING if code >= 500 else logging.INFO,
+        "%s %s → %d: %s",
+        request.method,
+        request.url.path,
+        code,
+        err,
+    )
+    return PlainTextResponse(str(err), status_code=code, headers=headers)
+
+
+def _one(data: Any, what: str) -> Any:
+    # interLink <= 0.4 sent a one-element array where 0.6 sends an object.
+    if isinstance(data, list):
+        if len(data) != 1:
+            raise BadRequest(f"expected one {what}, got an array of {len(data)}")
+        return data[0]
+    return data
+
+
+def _add_pod_routes(app: FastAPI, service: Service, limit: int) -> None:
+    """interLink's routes; each reads at most ``limit`` bytes of body and parses it itself."""
 
     @app.post("/create")
     async def create(request: Request) -> Response:
@@ -285,14 +301,17 @@ def create_app(service: Service, token: str | None) -> FastAPI:
             return StreamingResponse(chunks, media_type=media)
         return Response(b"".join([c async for c in chunks]), media_type=media)
 
+
+def _add_service_routes(app: FastAPI, service: Service) -> None:
+    """Prometheus metrics and the liveness and readiness probes."""
+    metrics = service.metrics
+
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         age = service.snapshot_age()
         if age is not None:
             metrics.refresh_age.set(age)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -302,8 +321,6 @@ def create_app(service: Service, token: str | None) -> FastAPI:
     async def readyz() -> Response:
         await service.ready()
         return PlainTextResponse("ready")
-
-    return app
 
 
 # What each route reads from its body. The routes parse raw bodies themselves (to answer with

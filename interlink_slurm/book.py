@@ -30,6 +30,7 @@ class Placed:
 
 
 def parse(record: str) -> Placed:
+    """A placement record as the store keeps it (Placement.record) → Placed."""
     raw = json.loads(record)
     decided = raw.get("decided_at")
     predicted = raw.get("predicted_start")
@@ -41,6 +42,9 @@ def parse(record: str) -> Placed:
 
 
 class PlacementBook:
+    """The placed pods still waiting to start, per target (placement's tie-breaker), and
+    the predicted against the actual start once they run (metrics)."""
+
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.waiting: dict[str, set[str]] = {}  # target → uids of its placed, unstarted pods
@@ -55,6 +59,7 @@ class PlacementBook:
         return placed
 
     def counts(self) -> dict[str, int]:
+        """Per target, how many placed pods wait to start."""
         return {t: len(uids) for t, uids in self.waiting.items()}
 
     def add(self, target: str, uid: str) -> None:

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class NodeCapacity:
+    """The virtual node's capacity (interLink's ping: what the partitions give, cached) and
+    the service's readiness."""
+
     def __init__(
         self, settings: Settings, schedulers: Mapping[str, Scheduler], clock: Clock
     ) -> None:

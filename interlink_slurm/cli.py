@@ -398,4 +398,5 @@ def _options(
 
 
 def main() -> None:
+    """The interlink-slurm command."""
     app(prog_name=PROG)

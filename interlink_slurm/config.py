@@ -165,6 +165,9 @@ class ClusterSettings(BaseModel):
 
 
 class Settings(BaseSettings):
+    """The whole configuration: YAML file, then INTERLINK_SLURM_* variables over it; checked at
+    start, every error naming its key."""
+
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     listen: str = Field(
@@ -376,6 +379,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables win over the file's values (init settings)."""
         # Environment first, then what load_settings read from the YAML file (passed as init).
         return (env_settings, init_settings)
 
@@ -648,14 +652,17 @@ class Settings(BaseSettings):
 
     @property
     def state_db_path(self) -> Path:
+        """The store's SQLite file (state_db, else state.db in data_root)."""
         return self.state_db or self.data_root / "state.db"
 
     @property
     def runtime_binary(self) -> str:
+        """The runtime's command: runtime_path, else the runtime's own binary name."""
         return self.runtime_path or runtime_of(self.runtime).binary
 
     @property
     def runtime_flags(self) -> list[str]:
+        """The runtime's options for every container: runtime_options, else its defaults."""
         if self.runtime_options is not None:
             return self.runtime_options
         # Isolation close to a Kubernetes container: no host home, /tmp, environment or PIDs.
@@ -663,14 +670,17 @@ class Settings(BaseSettings):
 
     @property
     def default_memory_mb(self) -> int:
+        """default_memory in MiB."""
         return mebibytes(self.default_memory)
 
     @property
     def listen_unix_path(self) -> str | None:
+        """The socket's path when listen is unix://; None for TCP."""
         return self.listen.removeprefix("unix://") if self.listen.startswith("unix://") else None
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
+        """(host, port) of a TCP listen address."""
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
 
@@ -683,9 +693,11 @@ class Settings(BaseSettings):
         return None
 
     def command_env(self) -> dict[str, str]:
+        """The environment every Slurm command gets (SLURM_CONF when set)."""
         return {"SLURM_CONF": str(self.slurm_conf)} if self.slurm_conf else {}
 
     def slurm_command(self, name: str) -> str:
+        """A Slurm command's path: in slurm_bin_dir when set, else looked up in PATH."""
         return str(self.slurm_bin_dir / name) if self.slurm_bin_dir else name
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from interlink_slurm.errors import PodRejected, StorageError
+from interlink_slurm.slurm.container_files import ContainerFiles as ContainerFiles
 from interlink_slurm.slurm.transport import CommandUnavailable, Transport
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.wire import dns_label, dns_subdomain, pod_uid
@@ -91,17 +92,6 @@ def write_pod(transport: Transport, plan: JobPlan, script: str) -> str:
         reason = err.strerror or str(err)
         raise StorageError(f"cannot write the pod directory {root}: {reason}") from err
     return script_path
-
-
-@dataclass(frozen=True)
-class ContainerFiles:
-    started: datetime | None = None
-    finished: datetime | None = None
-    exit_code: int | None = None
-    restarts: int = 0  # times the job restarted it (restartPolicy)
-    ready: bool | None = None  # its readiness probe's last verdict; None: it has no probe
-    # Waiting to be restarted: (exit code of the run that ended, back-off in seconds).
-    backoff: tuple[int, int] | None = None
 
 
 def _time(raw: bytes | None) -> datetime | None:

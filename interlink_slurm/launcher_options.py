@@ -21,6 +21,8 @@ _R, _N, _O = Arity.REQUIRED, Arity.NONE, Arity.OPTIONAL
 
 @dataclass(frozen=True)
 class LauncherOptions:
+    """One MPI launcher's options: which exist, which act on the host, which the plugin sets."""
+
     name: str
     options: dict[str, OptionSpec]
     host: frozenset[str]  # run a program, name a file, change directory, environment or user

@@ -54,6 +54,7 @@ class Index:
         return self.count > 0
 
     def record(self, i: int) -> tuple[int, int]:
+        """Record ``i``: (offset in the log, time in ns) of a chunk; (0, 0) past the end."""
         if i not in self._cache:
             raw = self._transport.read_range(self._path, i * RECORD.size, RECORD.size)
             self._cache[i] = RECORD.unpack(raw) if len(raw) == RECORD.size else (0, 0)
@@ -189,22 +190,7 @@ async def stream_log(
         else None
     )
 
-    start = 0
-    since_ns = None
-    if opts.SinceSeconds:
-        since_ns = (now_ns or time.time_ns()) - opts.SinceSeconds * 1_000_000_000
-    elif opts.since_time is not None:
-        since_ns = _ns(opts.since_time)
-    if since_ns is not None and index:
-        first = await run(index.first_at_or_after, since_ns)
-        start = (
-            size
-            if first is None
-            else await run(_line_start_at_or_after, transport, path, size, first)
-        )
-    if opts.Tail and size:
-        start = max(start, await run(tail_start, transport, path, size, opts.Tail, start))
-
+    start = await _start(transport, path, size, index, opts, now_ns)
     # An empty index is still an index: a followed container may not have written yet.
     stamper = await run(_Stamper, index, start) if opts.Timestamps and index is not None else None
     limit = _Limit(opts.Bytes)
@@ -245,6 +231,35 @@ async def stream_log(
             return
         else:
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+
+async def _start(
+    transport: Transport,
+    path: str,
+    size: int,
+    index: Index | None,
+    opts: LogOpts,
+    now_ns: int | None,
+) -> int:
+    """Where the answer starts in the log: the first line since SinceSeconds or SinceTime (by
+    the index of line times), or the last Tail lines, whichever starts later."""
+    run = asyncio.to_thread
+    start = 0
+    since_ns = None
+    if opts.SinceSeconds:
+        since_ns = (now_ns or time.time_ns()) - opts.SinceSeconds * 1_000_000_000
+    elif opts.since_time is not None:
+        since_ns = _ns(opts.since_time)
+    if since_ns is not None and index:
+        first = await run(index.first_at_or_after, since_ns)
+        start = (
+            size
+            if first is None
+            else await run(_line_start_at_or_after, transport, path, size, first)
+        )
+    if opts.Tail and size:
+        start = max(start, await run(tail_start, transport, path, size, opts.Tail, start))
+    return start
 
 
 async def read_log(

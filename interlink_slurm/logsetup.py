@@ -27,7 +27,10 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per log line, with the request, pod and job ids of the context."""
+
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC)
             .isoformat(timespec="milliseconds")
@@ -52,12 +55,14 @@ class ContextTextFormatter(logging.Formatter):
     """Readable lines for a terminal, with the same context at the end."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as text, the context's ids in brackets at the end."""
         line = super().format(record)
         context = " ".join(f"{k}={v.get()}" for k, v in CONTEXT.items() if v.get())
         return f"{line} [{context}]" if context else line
 
 
 def configure(level: str, fmt: str) -> None:
+    """Log to stderr at ``level``, as JSON or text (``fmt``)."""
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -22,10 +22,18 @@ ERROR_BUCKETS = tuple(sorted({-b for b in WAIT_BUCKETS} | {0} | set(WAIT_BUCKETS
 
 @dataclass
 class Metrics:
+    """The plugin's Prometheus metrics, in a registry of their own (one per service, so that
+    tests and several services in one process do not share counters)."""
+
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
-        r = self.registry
+        self._add_http(self.registry)
+        self._add_slurm(self.registry)
+        self._add_placement(self.registry)
+
+    def _add_http(self, r: CollectorRegistry) -> None:
+        """HTTP requests by endpoint and code, and their latency."""
         self.requests = Counter(
             "interlink_slurm_http_requests_total",
             "HTTP requests by endpoint and status code",
@@ -39,6 +47,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _add_slurm(self, r: CollectorRegistry) -> None:
+        """Calls to Slurm, submissions, the pods tracked and how fresh their states are."""
         self.scheduler_calls = Counter(
             "interlink_slurm_scheduler_calls_total",
             "Calls to Slurm (one per command or REST request) by operation and outcome",
@@ -70,7 +81,14 @@ class Metrics:
             "Seconds since the job states were last read from Slurm",
             registry=r,
         )
-        # Placement over several targets: how pods were placed, and how good the estimates were.
+        self.tracked_jobs = Gauge(
+            "interlink_slurm_active_jobs",
+            "Jobs asked about at each refresh",
+            registry=r,
+        )
+
+    def _add_placement(self, r: CollectorRegistry) -> None:
+        """Placement over several targets: how pods were placed, how good the estimates were."""
         self.placements = Counter(
             "interlink_slurm_placements_total",
             "Pods placed, by target and by what decided (only: the one target that could take "
@@ -105,11 +123,6 @@ class Metrics:
             buckets=ERROR_BUCKETS,
             registry=r,
         )
-        self.tracked_jobs = Gauge(
-            "interlink_slurm_active_jobs",
-            "Jobs asked about at each refresh",
-            registry=r,
-        )
 
 
 class MeteredScheduler:
@@ -134,8 +147,8 @@ class MeteredScheduler:
             self._m.scheduler_calls.labels(operation, outcome).inc()
             self._m.scheduler_seconds.labels(operation).observe(time.perf_counter() - started)
 
-    async def submit(self, script_path: str, workdir: str) -> str:
-        return await self._call("submit", self._inner.submit(script_path, workdir))
+    async def submit(self, script_path: str, workdir: str, directives: Sequence[str]) -> str:
+        return await self._call("submit", self._inner.submit(script_path, workdir, directives))
 
     async def cancel(self, job_id: str) -> None:
         await self._call("cancel", self._inner.cancel(job_id))

@@ -36,6 +36,9 @@ TIE_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class Placement:
+    """Where a pod goes among several targets, on what basis, and what each target's
+    estimate was (kept in the store for status messages and metrics)."""
+
     chosen: Candidate
     basis: str  # ONLY, ESTIMATE or ORDER
     estimates: Mapping[str, Estimate | str]  # target → Slurm's estimate, or why there is none
@@ -44,6 +47,7 @@ class Placement:
 
     @property
     def predicted_start(self) -> float | None:
+        """When Slurm expected the chosen target to start the job; None without an estimate."""
         est = self.estimates.get(self.chosen.name)
         return est.start if isinstance(est, Estimate) else None
 
@@ -145,7 +149,19 @@ async def place(
         if name not in refused
     }
 
-    backlog = waiting()
+    chosen = _soonest(eligible, answers, now, waiting())
+    basis = ESTIMATE if any(isinstance(e, Estimate) for e in answers.values()) else ORDER
+    return Placement(chosen, basis, answers, tuple(cands), now)
+
+
+def _soonest(
+    eligible: Sequence[Candidate],
+    answers: Mapping[str, Estimate | str],
+    now: float,
+    backlog: Mapping[str, int],
+) -> Candidate:
+    """The candidate expected to start the pod soonest (its penalty and weight applied); the
+    ones without an estimate come after, in the configured order."""
     scores = {
         c.name: c.target.penalty_seconds + c.target.weight * max(0.0, est.start - now)
         for c in eligible
@@ -168,9 +184,7 @@ async def place(
             index,
         )
 
-    chosen = min(enumerate(eligible), key=key)[1]
-    basis = ESTIMATE if any(isinstance(e, Estimate) for e in answers.values()) else ORDER
-    return Placement(chosen, basis, answers, tuple(cands), now)
+    return min(enumerate(eligible), key=key)[1]
 
 
 def _slurm_refused(err: SubmitRejected) -> PodRejected:

@@ -57,15 +57,19 @@ CREATING = "ContainerCreating"
 
 @dataclass(frozen=True)
 class PullState:
+    """How a pod's image pulls stand, as its containers' waiting reason and message."""
+
     reason: str  # ContainerCreating, ErrImagePull, ImagePullBackOff
     message: str
 
 
 def encode(pulls: Sequence[PlannedPull]) -> str:
+    """Planned pulls as the JSON the store keeps while the job is held."""
     return json.dumps([dataclasses.asdict(p) for p in pulls])
 
 
 def decode(text: str) -> list[PlannedPull]:
+    """Planned pulls back from the store's JSON."""
     return [PlannedPull(**{**p, "argv": tuple(p["argv"])}) for p in json.loads(text)]
 
 
@@ -74,6 +78,9 @@ def _sources(pulls: Sequence[PlannedPull]) -> str:
 
 
 class Puller:
+    """Runs the pulls of held jobs on the submit host, one task per pod, and releases each
+    job once its images are in the cache."""
+
     def __init__(
         self,
         settings: Settings,
@@ -96,11 +103,13 @@ class Puller:
         return [p for p in pulls if not self._transport.size(p.target)]
 
     def state(self, uid: str) -> PullState:
+        """How the pod's pulls stand."""
         return self._states.get(
             uid, PullState(CREATING, "waiting to pull the pod's images on the submit host")
         )
 
     def start(self, uid: str, job_id: str, pod_dir: str, pulls: Sequence[PlannedPull]) -> None:
+        """Pull the pod's images, then release its job (once per pod)."""
         if uid in self._tasks:
             return
         self._states[uid] = PullState(CREATING, f"waiting to pull {_sources(pulls)}")
@@ -128,6 +137,8 @@ class Puller:
         self._states.pop(uid, None)
 
     async def stop(self) -> None:
+        """Cancel the pulls under way (at shutdown); their jobs stay held, and resume starts
+        them again after a restart."""
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class Reconciler:
+    """Settles the pods whose submission a crash or an outage cut short: whether their job
+    landed, by its comment (or its script's first line once it left the queue)."""
+
     def __init__(
         self,
         store: Store,

@@ -13,6 +13,8 @@ from enum import Enum
 
 
 class Arity(Enum):
+    """Whether an sbatch option takes a value: never, always, or only after '='."""
+
     NONE = "none"  # a switch: --hold
     REQUIRED = "required"  # --time=1:00:00, --time 1:00:00, -t 1:00:00, -t1:00:00
     OPTIONAL = "optional"  # only with '=': --exclusive=user
@@ -20,6 +22,8 @@ class Arity(Enum):
 
 @dataclass(frozen=True)
 class OptionSpec:
+    """One sbatch option: its short form, if any, and its arity."""
+
     short: str | None
     arity: Arity
 

@@ -69,6 +69,7 @@ from interlink_slurm.translate.runtimes import (
     image_paths_argv,
     parse_image_paths,
     runs_image_command,
+    runtime_of,
 )
 from interlink_slurm.translate.script import render_script
 from interlink_slurm.translate.targets import Candidate, candidates
@@ -102,6 +103,9 @@ IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
 
 
 class Service:
+    """The plugin's work behind interLink's calls: pods become Slurm jobs (create), are ended
+    (delete) and report their containers' states (status); one instance per process."""
+
     def __init__(
         self,
         settings: Settings,
@@ -209,6 +213,7 @@ class Service:
         self._tasks.append(asyncio.create_task(self._refresher(), name="refresher"))
 
     async def stop(self) -> None:
+        """Stop the background tasks (refresher, janitor, pulls) at shutdown."""
         for cluster in self.clusters.values():
             await cluster.puller.stop()
         for task in self._tasks:
@@ -219,6 +224,7 @@ class Service:
         self._tasks.clear()
 
     async def reconcile(self) -> None:
+        """Settle the pods the store and Slurm disagree about (after a crash or an outage)."""
         await self.reconciler.reconcile()
 
     async def _settle(self, rec: PodRecord) -> str | None:
@@ -313,6 +319,8 @@ class Service:
     # --- create / delete ------------------------------------------------------------------------
 
     async def create(self, data: RetrievedPodData) -> CreateResponse:
+        """Submit the pod's job, once: a pod that already has a job answers with it (interLink
+        retries creates); a pod whose submission was in flight is settled first."""
         pod = data.pod
         uid = pod.uid
         logsetup.bind(uid)
@@ -380,10 +388,10 @@ class Service:
             pulls=encode(pulls) if pulls else None,
             cluster=cluster.name,
             placement=placement.record() if placed else None,
-            notes=plan.warnings,
+            warnings=plan.warnings,
         )
         try:
-            job_id = await cluster.scheduler.submit(script_path, pod_dir)
+            job_id = await cluster.scheduler.submit(script_path, pod_dir, plan.directives)
         except SchedulerUnavailable:
             # sbatch may have reached Slurm before failing: the row stays in flight and the
             # next create (or a restart) asks Slurm for the job by its comment.
@@ -521,7 +529,7 @@ class Service:
         through an absolute symlink of the image: each target is looked up in its image (one
         command), followed inside the image; one the image lacks is left out, with a warning
         in the container's status, rather than let the container fail on the node."""
-        if self.settings.runtime != "charliecloud":
+        if not runtime_of(self.settings.runtime).looks_up_bind_targets:
             return plan
         pairs = list(
             dict.fromkeys(
@@ -563,6 +571,8 @@ class Service:
         return self.settings.default_grace_seconds
 
     async def delete(self, pod: Pod) -> str:
+        """End the pod's job (its preStop hooks and grace period first when it runs); when Slurm
+        does not answer, the delete is kept and carried out once it does."""
         uid = pod.uid.lower()
         if not uid:
             return "pod has no uid: nothing to delete"
@@ -646,6 +656,8 @@ class Service:
         return JobInfo(rec.job_id, "PENDING", CREATING_REASON)
 
     async def status(self, pods: Sequence[Pod]) -> list[PodStatus]:
+        """Every known pod's container statuses, from the last refresh's snapshot and the pod
+        directories: no Slurm call per request."""
         uids = [p.uid.lower() for p in pods if p.uid]
         recs = await asyncio.to_thread(self.store.get_many, uids)
         out = []
@@ -678,9 +690,9 @@ class Service:
                 outage = tracker.outage if tracker and rec.final_state is None else None
                 if outage or files_outage:
                     _note_outage((*init, *main), "; ".join(o for o in (outage, files_outage) if o))
-                if rec.notes:
-                    _note_warnings(init, rec.notes)
-                    _note_warnings(main, rec.notes)
+                if rec.warnings:
+                    _note_warnings(init, rec.warnings)
+                    _note_warnings(main, rec.warnings)
                 if rec.placement and job is not None and base_state(job) in WAITING:
                     _note_placement(
                         (*init, *main), describe(json.loads(rec.placement), self.clock.time())
@@ -794,12 +806,15 @@ class Service:
     # --- node -----------------------------------------------------------------------------------
 
     async def ping(self) -> PingResponse:
+        """What the clusters can give, for interLink's ping (the status call without pods)."""
         return await self.capacity.ping()
 
     async def ready(self) -> None:
+        """Return when the service can serve (readiness probe); raise otherwise."""
         return await self.capacity.ready()
 
     def snapshot_age(self) -> float | None:
+        """Seconds since the job states were last read from Slurm; None before the first read."""
         return None if self._snapshot_at is None else self.clock.monotonic() - self._snapshot_at
 
 
@@ -845,11 +860,13 @@ def _submits_as_root(settings: Settings, transport: Transport) -> bool:
     return isinstance(transport, LocalTransport) and os.geteuid() == 0
 
 
-def _note_warnings(statuses: Sequence[ContainerStatus], notes: Sequence[tuple[str, str]]) -> None:
+def _note_warnings(
+    statuses: Sequence[ContainerStatus], warnings: Sequence[tuple[str, str]]
+) -> None:
     """What a container runs without (a volume left out...), in its status message: a
     running container's state has no message, so it is said while waiting and once ended."""
     for st in statuses:
-        said = [w for c, w in notes if c in (st.name, "")]
+        said = [w for c, w in warnings if c in (st.name, "")]
         inner = st.state.waiting or st.state.terminated
         if said and inner is not None:
             inner.message = " ".join([inner.message or "", *(f"[warning: {w}]" for w in said)])

@@ -75,8 +75,9 @@ class PodRecord:
     placement: str | None = None
     started: float | None = None
     nodes: str | None = None  # Slurm's node list of the job, as last seen
-    # (container, warning): what the pod asked that it runs without, said in its status.
-    notes: tuple[tuple[str, str], ...] = ()
+    # (container, warning): what the pod asked that it runs without, said in its status. Stored
+    # in the column "notes" (its name before it was called warnings), so old databases open as is.
+    warnings: tuple[tuple[str, str], ...] = ()
 
     @property
     def all_containers(self) -> tuple[str, ...]:
@@ -160,7 +161,7 @@ class Store:
             placement=None if placement is None else str(placement),
             started=None if started is None else float(started),  # type: ignore[arg-type]
             nodes=None if nodes is None else str(nodes),
-            notes=tuple((str(c), str(w)) for c, w in json.loads(str(notes))) if notes else (),
+            warnings=tuple((str(c), str(w)) for c, w in json.loads(str(notes))) if notes else (),
         )
 
     _SELECT = (
@@ -199,10 +200,10 @@ class Store:
         pulls: str | None = None,
         cluster: str = "default",
         placement: str | None = None,
-        notes: Sequence[tuple[str, str]] = (),
+        warnings: Sequence[tuple[str, str]] = (),
     ) -> None:
         names = json.dumps({"init": list(init_containers), "main": list(containers)})
-        noted = json.dumps([list(n) for n in notes]) if notes else None
+        noted = json.dumps([list(w) for w in warnings]) if warnings else None
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO pods (uid, namespace, name, pod_dir, job_id, containers,"

@@ -39,6 +39,7 @@ def _none_to_dict(value: Any) -> Any:
 
 
 def dns_label(value: str) -> str:
+    """``value`` if it is a DNS label (RFC 1123, as Kubernetes names); else ValueError."""
     if not (1 <= len(value) <= 63 and _DNS_LABEL.fullmatch(value)):
         raise ValueError(
             f"{value!r} is not a DNS label (1-63 lowercase letters, digits or '-', "
@@ -48,6 +49,7 @@ def dns_label(value: str) -> str:
 
 
 def dns_subdomain(value: str) -> str:
+    """``value`` if it is a DNS subdomain (RFC 1123); else ValueError."""
     if not (1 <= len(value) <= 253 and _DNS_SUBDOMAIN.fullmatch(value)):
         raise ValueError(
             f"{value!r} is not a DNS subdomain (lowercase letters, digits, '-' and '.', "
@@ -57,6 +59,8 @@ def dns_subdomain(value: str) -> str:
 
 
 def pod_uid(value: str) -> str:
+    """``value`` in lower case if it is a UUID (a pod's uid names its directory); else
+    ValueError."""
     if not _UUID.fullmatch(value):
         raise ValueError(f"{value!r} is not a UUID")
     return value.lower()
@@ -81,6 +85,8 @@ List = Annotated[list[Any], BeforeValidator(_none_to_list)]
 
 
 class WireModel(BaseModel):
+    """Kubernetes objects: camelCase on the wire, unknown fields kept."""
+
     model_config = ConfigDict(
         extra="allow", populate_by_name=True, alias_generator=to_camel, frozen=False
     )
@@ -90,6 +96,8 @@ class WireModel(BaseModel):
 
 
 class ObjectMeta(WireModel):
+    """A pod's metadata: the names and annotations the plugin reads."""
+
     name: str = ""
     namespace: str = "default"
     uid: str = ""
@@ -98,6 +106,8 @@ class ObjectMeta(WireModel):
 
 
 class EnvVar(WireModel):
+    """One variable of a container's env (value, or valueFrom resolved by interLink)."""
+
     name: str
     value: str | None = None
     value_from: dict[str, Any] | None = None
@@ -111,11 +121,15 @@ class EnvVar(WireModel):
 
 
 class ResourceRequirements(WireModel):
+    """A container's requests and limits (Kubernetes quantities)."""
+
     requests: Annotated[dict[str, str | int | float], BeforeValidator(_none_to_dict)] = {}
     limits: Annotated[dict[str, str | int | float], BeforeValidator(_none_to_dict)] = {}
 
 
 class VolumeMount(WireModel):
+    """Where a volume appears in a container (mountPath, subPath, readOnly)."""
+
     name: str
     mount_path: str
     read_only: bool = False
@@ -140,6 +154,8 @@ class VolumeMount(WireModel):
 
 
 class ContainerPort(WireModel):
+    """A port a container declares (informational: the job shares the node's network)."""
+
     container_port: int
     name: str = ""
     protocol: str = "TCP"
@@ -155,6 +171,8 @@ class SecurityContext(WireModel):
 
 
 class Container(WireModel):
+    """One container of the pod, as the job runs it."""
+
     name: str
     image: str = ""
     command: List = []
@@ -190,6 +208,8 @@ class Container(WireModel):
 
 
 class KeyToPath(WireModel):
+    """One key of a configMap or secret written to a path of its volume."""
+
     key: str
     path: str
     mode: int | None = None
@@ -201,6 +221,8 @@ class KeyToPath(WireModel):
 
 
 class ConfigMapVolumeSource(WireModel):
+    """A configMap volume: its files come from the configMap interLink sent."""
+
     name: str = ""
     items: Annotated[list[KeyToPath], BeforeValidator(_none_to_list)] = []
     default_mode: int | None = None
@@ -208,6 +230,8 @@ class ConfigMapVolumeSource(WireModel):
 
 
 class SecretVolumeSource(WireModel):
+    """A secret volume: its files come from the secret interLink sent."""
+
     secret_name: str = ""
     items: Annotated[list[KeyToPath], BeforeValidator(_none_to_list)] = []
     default_mode: int | None = None
@@ -215,21 +239,30 @@ class SecretVolumeSource(WireModel):
 
 
 class EmptyDirVolumeSource(WireModel):
+    """An emptyDir volume (on disk in the pod directory, or in the node's memory)."""
+
     medium: str = ""
     size_limit: str | None = None
 
 
 class HostPathVolumeSource(WireModel):
+    """A hostPath volume: a path of the cluster's nodes, within host_path_prefixes."""
+
     path: str
     type: str | None = None
 
 
 class PVCVolumeSource(WireModel):
+    """A persistentVolumeClaim volume: a directory of the claim under pvc_root."""
+
     claim_name: str
     read_only: bool = False
 
 
 class ProjectedVolumeSource(WireModel):
+    """A projected volume (the service account's token and the like), as interLink
+    sends its content."""
+
     sources: List = []
     default_mode: int | None = None
 
@@ -246,6 +279,8 @@ SUPPORTED_VOLUME_TYPES = (
 
 
 class Volume(WireModel):
+    """One volume of the pod; ``kind`` says which source it has."""
+
     name: str
     config_map: ConfigMapVolumeSource | None = None
     secret: SecretVolumeSource | None = None
@@ -287,27 +322,37 @@ class Toleration(WireModel):
 
 
 class NodeSelectorRequirement(WireModel):
+    """One node-affinity expression (key, operator, values)."""
+
     key: str
     operator: str
     values: Annotated[list[str], BeforeValidator(_none_to_list)] = []
 
 
 class NodeSelectorTerm(WireModel):
+    """Node-affinity expressions that must all hold."""
+
     match_expressions: Annotated[list[NodeSelectorRequirement], BeforeValidator(_none_to_list)] = []
     # On node fields (metadata.name): they concern the virtual node, not a target behind it.
     match_fields: Annotated[list[NodeSelectorRequirement], BeforeValidator(_none_to_list)] = []
 
 
 class NodeSelector(WireModel):
+    """Terms of which one must hold (required node affinity)."""
+
     node_selector_terms: Annotated[list[NodeSelectorTerm], BeforeValidator(_none_to_list)] = []
 
 
 class PreferredSchedulingTerm(WireModel):
+    """A preferred node-affinity term and its weight (placement's preference)."""
+
     weight: int
     preference: NodeSelectorTerm
 
 
 class NodeAffinity(WireModel):
+    """The pod's node affinity, matched against the targets' labels."""
+
     required_during_scheduling_ignored_during_execution: NodeSelector | None = None
     preferred_during_scheduling_ignored_during_execution: Annotated[
         list[PreferredSchedulingTerm], BeforeValidator(_none_to_list)
@@ -321,6 +366,8 @@ class Affinity(WireModel):
 
 
 class PodSpec(WireModel):
+    """The pod's spec: containers, volumes, and what decides where and how long it runs."""
+
     containers: Annotated[list[Container], BeforeValidator(_none_to_list)] = []
     init_containers: Annotated[list[Container], BeforeValidator(_none_to_list)] = []
     volumes: Annotated[list[Volume], BeforeValidator(_none_to_list)] = []
@@ -334,6 +381,8 @@ class PodSpec(WireModel):
 
 
 class Pod(WireModel):
+    """A pod as interLink sends it in delete and status calls (only its names are needed)."""
+
     api_version: str = "v1"
     kind: str = "Pod"
     metadata: ObjectMeta = ObjectMeta()
@@ -342,14 +391,17 @@ class Pod(WireModel):
 
     @property
     def uid(self) -> str:
+        """The pod's uid (its directory and its job's comment carry it)."""
         return self.metadata.uid
 
     @property
     def name(self) -> str:
+        """The pod's name."""
         return self.metadata.name
 
     @property
     def namespace(self) -> str:
+        """The pod's namespace."""
         return self.metadata.namespace
 
 
@@ -387,12 +439,16 @@ class ValidPod(Pod):
 
 
 class ConfigMap(WireModel):
+    """A configMap interLink sent with the pod (for its volumes and env)."""
+
     metadata: ObjectMeta = ObjectMeta()
     data: Annotated[dict[str, str], BeforeValidator(_none_to_dict)] = {}
     binary_data: Annotated[dict[str, str], BeforeValidator(_none_to_dict)] = {}
 
 
 class Secret(WireModel):
+    """A secret interLink sent with the pod (data base64-encoded, or stringData)."""
+
     metadata: ObjectMeta = ObjectMeta()
     # Base64 on the wire, as Go marshals []byte.
     data: Annotated[dict[str, str], BeforeValidator(_none_to_dict)] = {}
@@ -404,6 +460,9 @@ class Secret(WireModel):
 
 
 class RetrievedContainer(WireModel):
+    """What interLink retrieved for one container: its configMaps, secrets and
+    projected volumes' content."""
+
     name: str = ""
     config_maps: Annotated[list[ConfigMap], BeforeValidator(_none_to_list)] = []
     projectedvolumemaps: Annotated[list[ConfigMap], BeforeValidator(_none_to_list)] = Field(
@@ -414,6 +473,9 @@ class RetrievedContainer(WireModel):
 
 
 class RetrievedPodData(WireModel):
+    """The create call's body: the pod, what interLink retrieved for it, and an optional
+    job script of interLink's own."""
+
     pod: ValidPod
     container: Annotated[list[RetrievedContainer], BeforeValidator(_none_to_list)] = []
     job_config: dict[str, Any] | None = None
@@ -421,21 +483,29 @@ class RetrievedPodData(WireModel):
 
 
 class CreateResponse(BaseModel):
+    """The create call's answer: the pod's uid and its Slurm job id."""
+
     PodUID: str
     PodJID: str
 
 
 class ContainerStateWaiting(WireModel):
+    """A container not running yet (or waiting to restart), with why."""
+
     reason: str = ""
     message: str = ""
 
 
 class ContainerStateRunning(WireModel):
+    """A running container, since when."""
+
     # Aware: Go's metav1.Time reads RFC 3339 only, which needs a zone.
     started_at: AwareDatetime | None = None
 
 
 class ContainerStateTerminated(WireModel):
+    """A container that ended: its exit code, why, and when."""
+
     exit_code: int
     signal: int | None = None
     reason: str = ""
@@ -445,12 +515,16 @@ class ContainerStateTerminated(WireModel):
 
 
 class ContainerState(WireModel):
+    """One of waiting, running or terminated."""
+
     waiting: ContainerStateWaiting | None = None
     running: ContainerStateRunning | None = None
     terminated: ContainerStateTerminated | None = None
 
 
 class ContainerStatus(WireModel):
+    """One container's status as Kubernetes shows it."""
+
     name: str
     state: ContainerState
     ready: bool = False
@@ -479,6 +553,8 @@ class PodStatus(BaseModel):
 
 
 class LogOpts(BaseModel):
+    """kubectl logs' options as interLink passes them."""
+
     model_config = ConfigDict(extra="allow")
 
     Tail: int = Field(default=0, ge=0)
@@ -506,6 +582,8 @@ class LogOpts(BaseModel):
 
 
 class LogRequest(BaseModel):
+    """The getLogs call's body: which container's log, and how."""
+
     model_config = ConfigDict(extra="allow")
 
     Namespace: str
@@ -537,11 +615,15 @@ class LogRequest(BaseModel):
 
 
 class Accelerator(BaseModel):
+    """One kind of accelerator the clusters have, for interLink's ping answer."""
+
     resourceType: str
     available: str
 
 
 class PingResources(BaseModel):
+    """What the clusters can give (CPU, memory, pods, accelerators), for the virtual node."""
+
     cpu: str
     memory: str
     pods: str
@@ -549,12 +631,16 @@ class PingResources(BaseModel):
 
 
 class Taint(BaseModel):
+    """A taint interLink may put on the virtual node."""
+
     key: str
     value: str = ""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
 
 
 class PingResponse(BaseModel):
+    """The answer to interLink's ping: the clusters' resources."""
+
     status: str = "ok"
     resources: PingResources
     # interLink replaces the node's taints with these whenever the key is there, even as []:

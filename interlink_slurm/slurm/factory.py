@@ -19,6 +19,8 @@ SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "sinfo", "sacct", "scontrol")
 
 
 def build_transport(settings: Settings) -> Transport:
+    """The transport the configuration names: local processes and files, or SSH to a
+    login node."""
     if settings.transport == "ssh":
         from interlink_slurm.slurm.ssh import SSHTransport
 
@@ -30,6 +32,7 @@ def build_transport(settings: Settings) -> Transport:
 
 
 def build_scheduler(settings: Settings, transport: Transport) -> Scheduler:
+    """The scheduler the configuration names (cli, rest or pyslurm), over ``transport``."""
     if settings.scheduler == "rest":
         from interlink_slurm.slurm.rest import RestScheduler
 

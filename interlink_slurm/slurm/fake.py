@@ -15,6 +15,9 @@ from interlink_slurm.slurm.scheduler import ClusterResources, Estimate, JobInfo
 
 @dataclass
 class FakeScheduler:
+    """An in-memory Scheduler for tests: jobs are created PENDING and changed by the test;
+    ``fail_next`` makes one call of a method raise."""
+
     jobs: dict[str, JobInfo] = field(default_factory=dict)
     scripts: dict[str, str] = field(default_factory=dict)  # job id → script path
     calls: list[str] = field(default_factory=list)
@@ -37,7 +40,7 @@ class FakeScheduler:
         if method in self.fail_next:
             raise self.fail_next.pop(method)
 
-    async def submit(self, script_path: str, workdir: str) -> str:
+    async def submit(self, script_path: str, workdir: str, directives: Sequence[str]) -> str:
         self._enter("submit")
         self.next_id += 1
         job_id = str(self.next_id)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
-from interlink_slurm.slurm.cli import (
+from interlink_slurm.slurm.common import (
     INVALID_JOB,
     UNREACHABLE,
     UNUSABLE_NODE_STATES,
@@ -29,10 +29,11 @@ from interlink_slurm.slurm.scheduler import ClusterResources, Estimate, FromJobL
 from interlink_slurm.slurm.transport import Transport
 
 T = TypeVar("T")
-GONE_MESSAGES = (INVALID_JOB, "already completing or completed")
+ALREADY_ENDED = (INVALID_JOB, "already completing or completed")
 
 
 def load_pyslurm() -> Any:
+    """The pyslurm module, or a SchedulerError saying how to install it."""
     try:
         return importlib.import_module("pyslurm")
     except ImportError as err:
@@ -66,7 +67,7 @@ class PyslurmScheduler(FromJobListing):
                 raise SubmitRejected(f"Slurm refused the job: {text}") from err
             raise SchedulerError(f"pyslurm: {what} failed: {text}") from err
 
-    async def submit(self, script_path: str, workdir: str) -> str:
+    async def submit(self, script_path: str, workdir: str, directives: Sequence[str]) -> str:
         # pyslurm reads the script (and its #SBATCH lines) itself: it must be on this machine,
         # hence the local transport (see factory.py).
         if await asyncio.to_thread(self._transport.size, script_path) is None:
@@ -80,7 +81,7 @@ class PyslurmScheduler(FromJobListing):
         return str(await self._call("submitting a job", submit, submitting=True))
 
     async def _on_job(
-        self, what: str, fn: Callable[[], object], gone: Sequence[str] = GONE_MESSAGES
+        self, what: str, fn: Callable[[], object], gone: Sequence[str] = ALREADY_ENDED
     ) -> None:
         """A call on one job; pyslurm saying that the job is gone (``gone``) is fine."""
         try:
@@ -96,7 +97,7 @@ class PyslurmScheduler(FromJobListing):
         await self._on_job(
             f"releasing job {job_id}",
             lambda: self._py.Job(int(job_id)).release(),
-            (*GONE_MESSAGES, "already finished"),
+            (*ALREADY_ENDED, "already finished"),
         )
 
     async def signal(self, job_id: str, signal: str) -> None:

@@ -55,6 +55,7 @@ class SSHSettings(BaseModel):
 
     @property
     def target(self) -> str:
+        """user@host:port, as messages name the login node."""
         return f"{self.user}@{self.host}:{self.port}"
 
 
@@ -115,6 +116,7 @@ class RestSettings(BaseModel):
 
     @property
     def unix_socket(self) -> str | None:
+        """The socket's path for a unix:// url; None for TCP."""
         return self.url.removeprefix("unix://") if self.url.startswith("unix://") else None
 
     @property

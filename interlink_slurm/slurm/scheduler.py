@@ -9,6 +9,8 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class JobInfo:
+    """One Slurm job as the plugin sees it: state, reason, comment (the pod's uid), nodes."""
+
     job_id: str
     state: str  # Slurm's long state name: PENDING, RUNNING, COMPLETED, ...
     reason: str = ""  # Slurm's reason (Priority, Resources, NonZeroExitCode, ...), "" for None
@@ -18,6 +20,8 @@ class JobInfo:
 
 @dataclass(frozen=True)
 class ClusterResources:
+    """What the usable nodes of some partitions give, for interLink's ping and placement."""
+
     cpus: int
     memory_mb: int
     gpus: dict[str, int] = field(default_factory=dict)  # gres type ("a100", "" untyped) → count
@@ -26,13 +30,20 @@ class ClusterResources:
 
 @dataclass(frozen=True)
 class Estimate:
+    """When Slurm expects a job to start (sbatch --test-only), for placement."""
+
     start: float  # epoch seconds (UTC) when Slurm expects the job to start
     detail: str  # Slurm's own words after the time, e.g. "using 2 processors on nodes vm in ..."
 
 
 class Scheduler(Protocol):
-    async def submit(self, script_path: str, workdir: str) -> str:
-        """Submit a batch script; returns the job id."""
+    """The one seam to Slurm, implemented over its commands (cli.py), slurmrestd (rest.py)
+    and pyslurm (pyslurm_scheduler.py), and faked in tests (fake.py)."""
+
+    async def submit(self, script_path: str, workdir: str, directives: Sequence[str]) -> str:
+        """Submit a batch script to run in ``workdir``; returns the job id. ``directives``: the
+        script's ``#SBATCH`` options (the plan's), for slurmrestd, which takes them beside the
+        script; sbatch and pyslurm read them from the script itself."""
         ...
 
     async def cancel(self, job_id: str) -> None:
@@ -85,10 +96,12 @@ class FromJobListing:
         raise NotImplementedError
 
     async def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """The jobs of ``job_ids`` found in one listing of every job."""
         wanted = {j for j in job_ids if j.isdigit()}
         if not wanted:
             return {}
         return {j: info for j, info in (await self._jobs()).items() if j in wanted}
 
     async def find_by_comment(self, comment: str) -> JobInfo | None:
+        """The job whose comment is ``comment``, from one listing of every job."""
         return next((j for j in (await self._jobs()).values() if j.comment == comment), None)

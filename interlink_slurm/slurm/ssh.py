@@ -126,25 +126,10 @@ class SSHTransport:
             return transport
 
     def _connect(self) -> paramiko.SSHClient:
+        """A new connection to the login node, its host key checked, logged in."""
         s = self._s
         client = paramiko.SSHClient()
-        known_hosts = s.known_hosts.expanduser()
-        if s.insecure_skip_host_key_check:
-            client.set_missing_host_key_policy(_AcceptAnyHostKey())
-        else:
-            if not known_hosts.is_file():
-                raise self._unavailable(
-                    "",
-                    f"the known_hosts file {known_hosts} does not exist: add the login node's "
-                    f"host key to it (ssh-keyscan -p {s.port} {s.host} >> {known_hosts}, then "
-                    "check the fingerprint), set ssh.known_hosts, or, insecurely, "
-                    "ssh.insecure_skip_host_key_check: true",
-                )
-            try:
-                client.load_host_keys(str(known_hosts))
-            except (OSError, paramiko.SSHException) as err:
-                raise self._unavailable(f"cannot read known_hosts {known_hosts}: ", err) from err
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self._trust_host_keys(client)
         pkey = self._private_key()
         started = time.monotonic()
         try:
@@ -160,45 +145,9 @@ class SSHTransport:
                 auth_timeout=s.connect_timeout,
                 channel_timeout=self._timeout,
             )
-        except paramiko.BadHostKeyException as err:
+        except (paramiko.SSHException, OSError, EOFError) as err:
             client.close()
-            raise self._unavailable(
-                "",
-                f"its host key ({err.key.get_name()} {err.key.fingerprint}) does not match the "
-                f"one in known_hosts {known_hosts} ({err.expected_key.fingerprint}); if the "
-                "login node's key really changed, replace its line in that file, otherwise the "
-                "connection may be intercepted",
-            ) from err
-        except paramiko.AuthenticationException as err:
-            client.close()
-            key = f"the key {s.key_file}" if s.key_file else "the SSH agent's keys and ~/.ssh/id_*"
-            raise self._unavailable(
-                "",
-                f"login as {s.user} refused ({err}): check ssh.user and that {key} is in "
-                f"~{s.user}/.ssh/authorized_keys on {s.host}",
-            ) from err
-        except paramiko.SSHException as err:
-            client.close()
-            text = str(err)
-            if time.monotonic() - started >= s.connect_timeout or "banner" in text.lower():
-                # paramiko ends a negotiation that timed out with "No existing session".
-                raise self._unavailable(
-                    "", f"no answer within {s.connect_timeout:g} s (ssh.connect_timeout)"
-                ) from err
-            if "not found in known_hosts" in text:
-                raise self._unavailable(
-                    "",
-                    f"its host key is not in known_hosts {known_hosts}: add it (ssh-keyscan -p "
-                    f"{s.port} {s.host} >> {known_hosts}, then check the fingerprint)",
-                ) from err
-            raise self._unavailable("SSH failed: ", err) from err
-        except (OSError, EOFError) as err:
-            client.close()
-            if isinstance(err, TimeoutError):
-                raise self._unavailable(
-                    "", f"no answer within {s.connect_timeout:g} s (ssh.connect_timeout)"
-                ) from err
-            raise self._unavailable("", err) from err
+            raise self._login_failed(err, time.monotonic() - started) from err
         transport = client.get_transport()
         if transport is None or not transport.is_active():
             client.close()
@@ -207,6 +156,63 @@ class SSHTransport:
             transport.set_keepalive(max(1, round(s.keepalive_seconds)))
         log.info("connected to %s in %.2f s", s.target, time.monotonic() - started)
         return client
+
+    def _trust_host_keys(self, client: paramiko.SSHClient) -> None:
+        """Only the login node's key in known_hosts, unless told to skip the check."""
+        s = self._s
+        known_hosts = s.known_hosts.expanduser()
+        if s.insecure_skip_host_key_check:
+            client.set_missing_host_key_policy(_AcceptAnyHostKey())
+            return
+        if not known_hosts.is_file():
+            raise self._unavailable(
+                "",
+                f"the known_hosts file {known_hosts} does not exist: add the login node's "
+                f"host key to it (ssh-keyscan -p {s.port} {s.host} >> {known_hosts}, then "
+                "check the fingerprint), set ssh.known_hosts, or, insecurely, "
+                "ssh.insecure_skip_host_key_check: true",
+            )
+        try:
+            client.load_host_keys(str(known_hosts))
+        except (OSError, paramiko.SSHException) as err:
+            raise self._unavailable(f"cannot read known_hosts {known_hosts}: ", err) from err
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+    def _login_failed(self, err: BaseException, elapsed: float) -> SSHUnavailable:
+        """Why a connection attempt failed, with what to check, after ``elapsed`` seconds."""
+        s = self._s
+        known_hosts = s.known_hosts.expanduser()
+        timed_out = f"no answer within {s.connect_timeout:g} s (ssh.connect_timeout)"
+        if isinstance(err, paramiko.BadHostKeyException):
+            return self._unavailable(
+                "",
+                f"its host key ({err.key.get_name()} {err.key.fingerprint}) does not match the "
+                f"one in known_hosts {known_hosts} ({err.expected_key.fingerprint}); if the "
+                "login node's key really changed, replace its line in that file, otherwise the "
+                "connection may be intercepted",
+            )
+        if isinstance(err, paramiko.AuthenticationException):
+            key = f"the key {s.key_file}" if s.key_file else "the SSH agent's keys and ~/.ssh/id_*"
+            return self._unavailable(
+                "",
+                f"login as {s.user} refused ({err}): check ssh.user and that {key} is in "
+                f"~{s.user}/.ssh/authorized_keys on {s.host}",
+            )
+        if isinstance(err, paramiko.SSHException):
+            text = str(err)
+            if elapsed >= s.connect_timeout or "banner" in text.lower():
+                # paramiko ends a negotiation that timed out with "No existing session".
+                return self._unavailable("", timed_out)
+            if "not found in known_hosts" in text:
+                return self._unavailable(
+                    "",
+                    f"its host key is not in known_hosts {known_hosts}: add it (ssh-keyscan -p "
+                    f"{s.port} {s.host} >> {known_hosts}, then check the fingerprint)",
+                )
+            return self._unavailable("SSH failed: ", err)
+        if isinstance(err, TimeoutError):
+            return self._unavailable("", timed_out)
+        return self._unavailable("", err)
 
     def _private_key(self) -> paramiko.PKey | None:
         s = self._s
@@ -241,6 +247,7 @@ class SSHTransport:
             self._client = None
 
     def close(self) -> None:
+        """Close the connection (at shutdown)."""
         with self._conn_lock:
             self._drop_locked()
 
@@ -329,6 +336,7 @@ class SSHTransport:
     # --- commands -------------------------------------------------------------------------------
 
     def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        """Run ``argv`` on the login node, every word quoted for its shell, within ``timeout``."""
         command = remote_command(argv, self._env)
         deadline = time.monotonic() + timeout
         self._take_slot(deadline)
@@ -433,6 +441,8 @@ class SSHTransport:
             self._give_back(sftp, reusable)
 
     def make_dirs(self, path: str, mode: int) -> None:
+        """Create ``path`` and its parents with ``mode`` (SFTP)."""
+
         def op(sftp: paramiko.SFTPClient) -> None:
             _mkdirs(sftp, path, mode)
             sftp.chmod(path, mode)
@@ -440,6 +450,7 @@ class SSHTransport:
         self._sftp("creating directory", path, op)
 
     def write_file(self, path: str, data: bytes, mode: int) -> None:
+        """Write ``data`` to ``path`` with ``mode``, atomically (a temporary file renamed)."""
         tmp = f"{path}.tmp"
 
         def op(sftp: paramiko.SFTPClient) -> None:
@@ -454,6 +465,8 @@ class SSHTransport:
         self._sftp("writing", path, op)
 
     def read_file(self, path: str, limit: int) -> bytes | None:
+        """At most ``limit`` bytes from the start; None when the file does not exist."""
+
         def op(sftp: paramiko.SFTPClient) -> bytes | None:
             try:
                 with sftp.open(path, "rb") as f:
@@ -464,6 +477,8 @@ class SSHTransport:
         return self._sftp("reading", path, op)
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer at the end of the file)."""
+
         def op(sftp: paramiko.SFTPClient) -> bytes:
             with sftp.open(path, "rb") as f:
                 f.seek(offset)
@@ -472,6 +487,8 @@ class SSHTransport:
         return self._sftp("reading", path, op)
 
     def size(self, path: str) -> int | None:
+        """The file's size; None when it does not exist."""
+
         def op(sftp: paramiko.SFTPClient) -> int | None:
             try:
                 return sftp.stat(path).st_size

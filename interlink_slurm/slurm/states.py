@@ -36,7 +36,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from interlink_slurm.jobdir import ContainerFiles
+from interlink_slurm.slurm.container_files import ContainerFiles
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.wire import (
     ContainerState,
@@ -91,6 +91,9 @@ DOUBTFUL_FAILURE_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Ending:
+    """How a pod's containers end when its job ends: the reason and message of their status,
+    and the exit codes of a container never started and of one killed."""
+
     reason: str
     message: str
     code_not_started: int
@@ -146,6 +149,7 @@ PENDING_MESSAGES: dict[str, str] = {
 
 
 def pending_message(job: JobInfo) -> str:
+    """A sentence for why a pending job waits (Slurm's reason, in words)."""
     reason = job.reason
     if reason in PENDING_MESSAGES:
         text = PENDING_MESSAGES[reason]
@@ -175,6 +179,7 @@ def base_state(job: JobInfo | None) -> str:
 
 
 def ending_for(job: JobInfo | None, deleted: bool) -> Ending:
+    """How the containers of an ended (or deleted, or lost) job end."""
     if job is None or (deleted and base_state(job) in ACTIVE | WAITING):
         return DELETED if deleted else LOST
     if deleted and base_state(job) == "CANCELLED":
@@ -225,84 +230,14 @@ def container_statuses(
 ) -> tuple[list[ContainerStatus], list[ContainerStatus]]:
     """(init container statuses, container statuses). ``evicted``: why the job evicted the
     pod, which then names the end of every container that ended."""
-    state = base_state(job)
-    pending = job is not None and state in WAITING
-    # A deleted pod's job may still run its grace period: its containers run until they end.
-    active = job is not None and state in ACTIVE
-    ending = None if (pending or active) else ending_for(job, deleted)
-
-    failed_init: tuple[str, int] | None = None
-    for name in () if pending else init_containers:
-        f = files.get(name, ContainerFiles())
-        if f.exit_code not in (None, 0):
-            failed_init = (name, f.exit_code or 0)
-            break
-
-    # Every container that will run has ended: the job itself is about to end.
-    settling = (
-        all(files.get(n, ContainerFiles()).exit_code is not None for n in containers)
-        or failed_init is not None
-    )
+    view = _job_view(job, job_id, init_containers, containers, files, deleted)
 
     def one(name: str, is_init: bool) -> ContainerStatus:
         # A pending job runs nothing: files left by an earlier run (before a requeue) are
         # that run's, not this one's.
-        f = ContainerFiles() if pending else files.get(name, ContainerFiles())
-        image = images.get(name, "")
-        if f.exit_code is not None and f.exit_code > 128 and active and settling:
-            # Killed by a signal while the job is ending: why (cancel, time limit, memory) is
-            # known once Slurm says how the job ended, a refresh later. A terminal status given
-            # now would stick without its reason.
-            st = ContainerState(running=ContainerStateRunning(started_at=f.started))
-        elif f.exit_code is not None:
-            st = _exited(f)
-            killed = f.exit_code > 128 and ending is not None
-            if killed and ending is not None and ending.reason not in ("JobEnded", "JobFailed"):
-                # Killed by the signal that ended the job: say why, keep its own exit code.
-                st.terminated.reason = ending.reason  # type: ignore[union-attr]
-                st.terminated.message = f"{ending.message} (job {job_id})"  # type: ignore[union-attr]
-        elif f.backoff is not None and active:
-            code, seconds = f.backoff
-            st = _waiting(
-                BACKOFF_REASON,
-                f"back-off {seconds}s restarting container {name} (last exit code {code})",
-            )
-        elif f.started is not None:
-            if active or pending:
-                st = ContainerState(running=ContainerStateRunning(started_at=f.started))
-            else:
-                assert ending is not None
-                st = _terminated(
-                    ending.code_killed, ending.reason, f"{ending.message} (job {job_id})", f
-                )
-        elif failed_init is not None:
-            st = _terminated(
-                0,
-                "InitContainerFailed",
-                f"not started: init container {failed_init[0]!r} exited with code {failed_init[1]}",
-                f,
-            )
-        elif pending:
-            assert job is not None
-            reason = (
-                job.reason
-                if job.reason in (CREATING_REASON, UNREACHABLE_REASON)
-                else (job.reason or "Pending")
-            )
-            st = _waiting(reason, pending_message(job))
-        elif active:
-            st = _waiting(
-                "PodInitializing" if not is_init else "ContainerCreating",
-                f"Slurm job {job_id} is {state.lower()}",
-            )
-        else:
-            assert ending is not None
-            st = _terminated(
-                ending.code_not_started,
-                ending.reason,
-                f"not started: {ending.message} (job {job_id})",
-                f,
-            )
+        f = ContainerFiles() if view.pending else files.get(name, ContainerFiles())
+        started = _from_files(view, name, f)
+        st = started if started is not None else _not_started(view, is_init, f)
         if evicted and st.terminated is not None:
             st.terminated.reason = "Evicted"
             st.terminated.message = evicted
@@ -313,8 +248,114 @@ def container_statuses(
             # A container with a readiness probe is ready when the probe last said so.
             ready=running and (f.ready if f.ready is not None else True),
             restart_count=restarts + f.restarts,
-            image=image,
+            image=images.get(name, ""),
             started=running if not is_init else None,
         )
 
     return ([one(n, True) for n in init_containers], [one(n, False) for n in containers])
+
+
+@dataclass(frozen=True)
+class _JobView:
+    """What every container's status depends on: the job's state, and how the pod ends."""
+
+    job: JobInfo | None
+    job_id: str
+    state: str
+    pending: bool
+    active: bool
+    ending: Ending | None  # None while the job is pending or active
+    failed_init: tuple[str, int] | None  # (init container, exit code) that failed first
+    settling: bool  # every container that will run has ended: the job is about to end
+
+
+def _job_view(
+    job: JobInfo | None,
+    job_id: str,
+    init_containers: Sequence[str],
+    containers: Sequence[str],
+    files: Mapping[str, ContainerFiles],
+    deleted: bool,
+) -> _JobView:
+    state = base_state(job)
+    pending = job is not None and state in WAITING
+    # A deleted pod's job may still run its grace period: its containers run until they end.
+    active = job is not None and state in ACTIVE
+    failed_init: tuple[str, int] | None = None
+    for name in () if pending else init_containers:
+        f = files.get(name, ContainerFiles())
+        if f.exit_code not in (None, 0):
+            failed_init = (name, f.exit_code or 0)
+            break
+    settling = (
+        all(files.get(n, ContainerFiles()).exit_code is not None for n in containers)
+        or failed_init is not None
+    )
+    ending = None if (pending or active) else ending_for(job, deleted)
+    return _JobView(job, job_id, state, pending, active, ending, failed_init, settling)
+
+
+def _from_files(view: _JobView, name: str, f: ContainerFiles) -> ContainerState | None:
+    """The state of a container that has started (its files say so), or None."""
+    ending = view.ending
+    if f.exit_code is not None and f.exit_code > 128 and view.active and view.settling:
+        # Killed by a signal while the job is ending: why (cancel, time limit, memory) is
+        # known once Slurm says how the job ended, a refresh later. A terminal status given
+        # now would stick without its reason.
+        return ContainerState(running=ContainerStateRunning(started_at=f.started))
+    if f.exit_code is not None:
+        st = _exited(f)
+        killed = f.exit_code > 128 and ending is not None
+        if killed and ending is not None and ending.reason not in ("JobEnded", "JobFailed"):
+            # Killed by the signal that ended the job: say why, keep its own exit code.
+            st.terminated.reason = ending.reason  # type: ignore[union-attr]
+            st.terminated.message = f"{ending.message} (job {view.job_id})"  # type: ignore[union-attr]
+        return st
+    if f.backoff is not None and view.active:
+        code, seconds = f.backoff
+        return _waiting(
+            BACKOFF_REASON,
+            f"back-off {seconds}s restarting container {name} (last exit code {code})",
+        )
+    if f.started is not None:
+        if view.active or view.pending:
+            return ContainerState(running=ContainerStateRunning(started_at=f.started))
+        assert ending is not None
+        return _terminated(
+            ending.code_killed, ending.reason, f"{ending.message} (job {view.job_id})", f
+        )
+    return None
+
+
+def _not_started(view: _JobView, is_init: bool, f: ContainerFiles) -> ContainerState:
+    """The state of a container that has not started: after a failed init container, while
+    the job waits or starts, or never, the job having ended."""
+    if view.failed_init is not None:
+        name, code = view.failed_init
+        return _terminated(
+            0,
+            "InitContainerFailed",
+            f"not started: init container {name!r} exited with code {code}",
+            f,
+        )
+    if view.pending:
+        job = view.job
+        assert job is not None
+        reason = (
+            job.reason
+            if job.reason in (CREATING_REASON, UNREACHABLE_REASON)
+            else (job.reason or "Pending")
+        )
+        return _waiting(reason, pending_message(job))
+    if view.active:
+        return _waiting(
+            "PodInitializing" if not is_init else "ContainerCreating",
+            f"Slurm job {view.job_id} is {view.state.lower()}",
+        )
+    assert view.ending is not None
+    return _terminated(
+        view.ending.code_not_started,
+        view.ending.reason,
+        f"not started: {view.ending.message} (job {view.job_id})",
+        f,
+    )

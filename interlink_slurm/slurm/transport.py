@@ -16,6 +16,8 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class CommandResult:
+    """How a command ended: its exit status and output."""
+
     argv: tuple[str, ...]
     returncode: int
     stdout: str
@@ -27,21 +29,37 @@ class CommandUnavailable(Exception):
 
 
 class Transport(Protocol):
-    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult: ...
+    """Where commands run and files are reached: this machine (LocalTransport) or a login
+    node over SSH (ssh.SSHTransport)."""
 
-    def make_dirs(self, path: str, mode: int) -> None: ...
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        """Run ``argv`` (no shell), within ``timeout`` seconds; CommandUnavailable when it cannot
+        be run at all."""
+        ...
 
-    def write_file(self, path: str, data: bytes, mode: int) -> None: ...
+    def make_dirs(self, path: str, mode: int) -> None:
+        """Create ``path`` and its parents, ``path`` with ``mode``."""
+        ...
+
+    def write_file(self, path: str, data: bytes, mode: int) -> None:
+        """Write ``data`` to ``path`` with ``mode``, the whole file appearing at once."""
+        ...
 
     def read_file(self, path: str, limit: int) -> bytes | None:
         """At most ``limit`` bytes from the start; None when the file does not exist."""
         ...
 
-    def read_range(self, path: str, offset: int, length: int) -> bytes: ...
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer at the end of the file)."""
+        ...
 
-    def size(self, path: str) -> int | None: ...
+    def size(self, path: str) -> int | None:
+        """The file's size; None when it does not exist."""
+        ...
 
-    def remove_tree(self, path: str) -> None: ...
+    def remove_tree(self, path: str) -> None:
+        """Remove ``path`` and everything under it; nothing when it does not exist."""
+        ...
 
 
 class LocalTransport:

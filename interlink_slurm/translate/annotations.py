@@ -254,6 +254,7 @@ def user_flags(text: str, policy: FlagPolicy) -> list[str]:
 
 
 def option_name(directive: str) -> str:
+    """The option of a directive (``--time=1:00:00`` is ``--time``)."""
     return directive.split("=", 1)[0]
 
 
@@ -421,6 +422,9 @@ LAUNCHERS = ("srun", "mpirun", "mpiexec")
 
 @dataclass(frozen=True)
 class Mpi:
+    """How the pod's main containers run over several nodes (interlink-slurm/nodes,
+    tasks-per-node, mpi-launcher)."""
+
     nodes: int
     tasks_per_node: int
     launcher: tuple[str, ...]  # empty: containers run once, on the first node
@@ -515,6 +519,8 @@ def mpi(
 
 
 def pod_ip(annotations: Mapping[str, str]) -> str | None:
+    """The pod's address from interlink.eu/pod-ip, checked to be an IP address; None when
+    unset."""
     raw = annotations.get(POD_IP)
     if raw is None or raw == "":
         return None

@@ -36,6 +36,7 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token
 
 
 def restart_policy(value: str) -> str:
+    """The pod's restartPolicy, if it is one Kubernetes knows; else PodRejected."""
     if value not in RESTART_POLICIES:
         raise PodRejected(
             "spec.restartPolicy", f"{value!r} must be one of {', '.join(RESTART_POLICIES)}"
@@ -134,6 +135,8 @@ def _probe(
 def lifecycle(
     c: Container, where: str, policy: str, is_init: bool, exec_argv: ExecCheck
 ) -> Lifecycle:
+    """The container's probes and hooks as the job script runs them (exec ones through
+    ``exec_argv``, in the container's image), and its restart policy."""
     extra = c.model_extra or {}
     out: dict[str, tuple[str, ...]] = {}
     probes = (

@@ -16,6 +16,8 @@ CONTAINER_TMP = "\x00TMP"
 
 @dataclass(frozen=True)
 class FileSpec:
+    """A file the plugin writes into the pod directory before submitting."""
+
     path: str  # relative to the pod directory
     content: bytes
     mode: int = 0o600
@@ -57,6 +59,8 @@ class PlannedCreate:
 
 @dataclass(frozen=True)
 class Bind:
+    """A host path bound into a container."""
+
     source: str  # absolute host path
     target: str  # absolute path in the container
     read_only: bool = False
@@ -76,6 +80,8 @@ class Lifecycle:
 
 @dataclass(frozen=True)
 class ContainerPlan:
+    """One container as the job runs it: image, command, env, binds, launcher, lifecycle."""
+
     name: str
     # What the runtime is given: a path, a docker:// reference, or the name of an image Enroot
     # unpacked (JobPlan.enroot_creates).
@@ -95,6 +101,9 @@ class ContainerPlan:
 
 @dataclass(frozen=True)
 class JobPlan:
+    """Everything the job script and the pod directory are made of: the pure result of the
+    translation, rendered by script.py and written by jobdir.py."""
+
     uid: str
     namespace: str
     name: str

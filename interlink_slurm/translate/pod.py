@@ -23,6 +23,7 @@ from interlink_slurm.translate.plan import (
     PlannedPull,
 )
 from interlink_slurm.translate.resources import (
+    Resources,
     container_gpus,
     pod_resources,
     resource_directives,
@@ -38,7 +39,7 @@ from interlink_slurm.translate.runtimes import (
     runtime_of,
 )
 from interlink_slurm.translate.script import LIBRARY, LIBRARY_FILE
-from interlink_slurm.translate.site import Target, partitions_of, site_for, slurm_seconds
+from interlink_slurm.translate.site import Site, Target, partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import allowed_host_path, lay_out_volumes
 from interlink_slurm.wire import Container, RetrievedPodData, ValidPod
 
@@ -424,20 +425,117 @@ def build_plan(
     (``mount_targets_argv``), for a runtime that cannot create a missing one."""
     pod = data.pod
     meta = pod.metadata
-    notes = meta.annotations
+    annotations = meta.annotations
+    _check_container_count(pod, settings.max_containers_per_pod)
+    accelerators = settings.accelerator_names
+    wants_gpus = pod_resources(pod.spec, 1, 1, accelerators).gpus > 0
+    site = site_for(settings, annotations, meta.namespace, wants_gpus, target)
+    mpi = ann.mpi(annotations, settings.mpi_flags_allowed, settings.allow_user_shell)
+    res = pod_resources(pod.spec, site.default_cpus, site.default_memory_mb, accelerators)
+    directives = _job_directives(pod, pod_dir, settings, site, mpi, res, target_name)
+    user = job_user(pod, settings, submit_as_root)
+    directives += user.directives
+
+    shell = ann.user_shell(annotations, settings.allow_user_shell)
+    ip = ann.pod_ip(annotations)
+    runtime_flags = _runtime_flags(settings, annotations)
+
+    layout = lay_out_volumes(
+        pod,
+        data.container,
+        pod_dir,
+        [str(p) for p in settings.host_path_prefixes],
+        pvc_root=str(settings.pvc_root) if settings.pvc_root else None,
+        memory_mb=res.memory_mb,
+    )
+    warnings = [*user.warnings, *layout.warnings]
+    script = _job_script_to_run(data, settings.job_script)
+    if script is not None:
+        # interLink's own script is the pod's work: no image of the pod is resolved or pulled.
+        containers = _Containers(
+            tuple(_stand_in(c) for c in pod.spec.init_containers),
+            tuple(_stand_in(c) for c in pod.spec.containers),
+        )
+    else:
+        containers = _pod_containers(
+            data,
+            settings,
+            pod_dir,
+            layout.binds,
+            _ContainerInputs(ip, mpi.launcher, runtime_flags, mount_targets, image_commands),
+            warnings,
+        )
+    init, regular = containers.init, containers.regular
+    argv, files = _runs_and_env_files(settings, runtime_flags, init, regular, script)
+    files += layout.files
+    files += containers.pull_files
+    files.append(FileSpec("logpipe.py", LOGPIPE_SOURCE, 0o600))
+    files.append(FileSpec(LIBRARY_FILE, LIBRARY.encode(), 0o600))
+    shell_files = _shell_files(shell)
+    files += shell_files.files
+    files.append(FileSpec("pod.json", _pod_json(pod)))
+    return JobPlan(
+        uid=meta.uid,
+        namespace=meta.namespace,
+        name=meta.name,
+        pod_dir=pod_dir,
+        directives=tuple(directives),
+        init_containers=init,
+        containers=regular,
+        files=tuple(files),
+        dirs=("containers", *layout.dirs),
+        runtime=settings.runtime,
+        runtime_argv=argv,
+        header_comment=_header(pod),
+        job_env=(("POD_IP", ip),) if ip is not None else (),
+        pre_exec=shell_files.pre_exec,
+        mesh=shell_files.mesh,
+        nodes=mpi.nodes,
+        image_pulls=containers.pulls,
+        enroot_data_path=containers.data_path,
+        enroot_creates=containers.creates,
+        node_dirs=layout.node_dirs,
+        scratch_dirs=layout.scratch_dirs,
+        size_limits=layout.size_limits,
+        backoff_seconds=(
+            max(1, round(settings.restart_backoff_seconds)),
+            max(1, round(settings.restart_backoff_max_seconds)),
+        ),
+        grace_seconds=(
+            pod.spec.termination_grace_period_seconds
+            if pod.spec.termination_grace_period_seconds is not None
+            else settings.default_grace_seconds
+        ),
+        tunnel=shell_files.tunnel,
+        warnings=tuple(warnings),
+        owner=user.owner,
+        read_only_dirs=layout.read_only_dirs if not has_read_only_binds(settings.runtime) else (),
+    )
+
+
+def _check_container_count(pod: ValidPod, most: int) -> None:
     count = len(pod.spec.init_containers) + len(pod.spec.containers)
-    if count > settings.max_containers_per_pod:
+    if count > most:
         # Each container is a process tree of the one job: thousands would start at once.
         raise PodRejected(
             "spec.containers",
             f"the pod has {count} containers (init containers included), more than the "
-            f"{settings.max_containers_per_pod} a pod may have here (max_containers_per_pod)",
+            f"{most} a pod may have here (max_containers_per_pod)",
         )
-    accelerators = settings.accelerator_names
-    wants_gpus = pod_resources(pod.spec, 1, 1, accelerators).gpus > 0
-    site = site_for(settings, notes, meta.namespace, wants_gpus, target)
-    mpi = ann.mpi(notes, settings.mpi_flags_allowed, settings.allow_user_shell)
-    res = pod_resources(pod.spec, site.default_cpus, site.default_memory_mb, accelerators)
+
+
+def _job_directives(
+    pod: ValidPod,
+    pod_dir: str,
+    settings: Settings,
+    site: Site,
+    mpi: ann.Mpi,
+    res: Resources,
+    target_name: str,
+) -> list[str]:
+    """The job's sbatch options: its name, comment and output, its resources, the site's
+    account, QOS and sbatch_extra, then the pod's own flags (the later wins)."""
+    meta = pod.metadata
     # Named in the messages of what this target or flavor does not allow.
     where = ", ".join(
         f"{kind} {name}"
@@ -470,25 +568,59 @@ def build_plan(
     if site.qos:
         directives.append(f"--qos={site.qos}")
     directives = ann.merge_directives(directives, site.sbatch_extra)
-    directives = ann.merge_directives(directives, _user_directives(settings, notes, site.max_time))
-    user = job_user(pod, settings, submit_as_root)
-    directives += user.directives
-
-    shell = ann.user_shell(notes, settings.allow_user_shell)
-    ip = ann.pod_ip(notes)
-    runtime_flags = _runtime_flags(settings, notes)
-
-    layout = lay_out_volumes(
-        pod,
-        data.container,
-        pod_dir,
-        [str(p) for p in settings.host_path_prefixes],
-        pvc_root=str(settings.pvc_root) if settings.pvc_root else None,
-        memory_mb=res.memory_mb,
+    return ann.merge_directives(
+        directives, _user_directives(settings, meta.annotations, site.max_time)
     )
-    image_root = meta.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
 
-    warnings = [*user.warnings, *layout.warnings]
+
+def _job_script_to_run(data: RetrievedPodData, mode: str) -> str | None:
+    """interLink's own job script, when it sent one and the site runs them (job_script: run);
+    refused with job_script: refuse, left aside with ignore."""
+    script = data.job_script if data.job_script and data.job_script.strip() else None
+    if script is not None and mode == "refuse":
+        raise PodRejected(
+            "jobScript",
+            "interLink sent a job script of its own (JobScriptTemplate or JobScriptBuilderURL), "
+            "and this site does not run them (job_script: refuse)",
+        )
+    return script if mode == "run" else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _ContainerInputs:
+    """What the pod's annotations and the images say of every container."""
+
+    ip: str | None  # the pod's POD_IP, given to the containers that set none
+    launcher: tuple[str, ...]  # the MPI launcher of the main containers (empty: none)
+    runtime_flags: Sequence[str]
+    mount_targets: MountTargets | None
+    image_commands: ImageCommands | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Containers:
+    """The pod's containers as the job runs them, and how their images reach the nodes."""
+
+    init: tuple[ContainerPlan, ...]
+    regular: tuple[ContainerPlan, ...]
+    pulls: tuple[PlannedPull, ...] = ()
+    pull_files: tuple[FileSpec, ...] = ()
+    creates: tuple[PlannedCreate, ...] = ()
+    data_path: str | None = None
+
+
+def _pod_containers(
+    data: RetrievedPodData,
+    settings: Settings,
+    pod_dir: str,
+    binds: Mapping[str, tuple[Bind, ...]],
+    given: _ContainerInputs,
+    warnings: list[tuple[str, str]],
+) -> _Containers:
+    """Each container's plan (image, command, env, binds; what it runs without is added to
+    ``warnings``), its POD_IP and launcher, its image staged, then its probes and hooks."""
+    pod = data.pod
+    image_root = pod.metadata.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
 
     def plans(containers: Sequence[Container], group: str) -> tuple[ContainerPlan, ...]:
         return tuple(
@@ -497,41 +629,40 @@ def build_plan(
                 f"spec.{group}[{i}]",
                 settings,
                 image_root,
-                layout.binds,
-                mount_targets or {},
+                binds,
+                given.mount_targets or {},
                 warnings,
-                image_commands or {},
+                given.image_commands or {},
             )
             for i, c in enumerate(containers)
         )
 
-    script = data.job_script if data.job_script and data.job_script.strip() else None
-    if script is not None and settings.job_script == "refuse":
-        raise PodRejected(
-            "jobScript",
-            "interLink sent a job script of its own (JobScriptTemplate or JobScriptBuilderURL), "
-            "and this site does not run them (job_script: refuse)",
-        )
-    run_script = script is not None and settings.job_script == "run"
-    if run_script:
-        # interLink's own script is the pod's work: no image of the pod is resolved or pulled.
-        init, regular = (
-            tuple(_stand_in(c) for c in group)
-            for group in (pod.spec.init_containers, pod.spec.containers)
-        )
-    else:
-        init = plans(pod.spec.init_containers, "initContainers")
-        regular = plans(pod.spec.containers, "containers")
-    if ip is not None and not run_script:
+    init = plans(pod.spec.init_containers, "initContainers")
+    regular = plans(pod.spec.containers, "containers")
+    if given.ip is not None:
         # The pod's own POD_IP (e.g. from the downward API) wins when it has a value.
-        init, regular = (
-            tuple(_with_env(c, "POD_IP", ip) for c in group) for group in (init, regular)
-        )
-    if mpi.launcher and not run_script:
-        regular = tuple(dataclasses.replace(c, launcher=mpi.launcher) for c in regular)
+        ip = given.ip
+        init, regular = (tuple(_with_env(c, "POD_IP", ip) for c in g) for g in (init, regular))
+    if given.launcher:
+        regular = tuple(dataclasses.replace(c, launcher=given.launcher) for c in regular)
+    staged = _staged_images(data, settings, pod_dir, _Containers(init, regular))
+    policy = restart_policy(pod.spec.restart_policy)
+    flags = given.runtime_flags
+    init = _with_lifecycle(staged.init, pod.spec.init_containers, True, policy, settings, flags)
+    regular = _with_lifecycle(staged.regular, pod.spec.containers, False, policy, settings, flags)
+    return dataclasses.replace(staged, init=init, regular=regular)
+
+
+def _staged_images(
+    data: RetrievedPodData, settings: Settings, pod_dir: str, containers: _Containers
+) -> _Containers:
+    """Registry images pulled into the image cache (image_cache_dir), and images unpacked on
+    each node into a directory of the job's own (enroot_create_dir): the containers start
+    the cached file or the unpacked name."""
+    init, regular = containers.init, containers.regular
     pulls: list[PlannedPull] = []
     pull_files: list[FileSpec] = []
-    if settings.image_cache_dir is not None and not run_script:
+    if settings.image_cache_dir is not None:
         cached, pulls, pull_files = _pull_through_cache(settings, data, pod_dir, (*init, *regular))
         init, regular = (
             tuple(dataclasses.replace(c, image=cached.get(c.image, c.image)) for c in group)
@@ -539,34 +670,34 @@ def build_plan(
         )
     creates: tuple[PlannedCreate, ...] = ()
     data_path: str | None = None
-    if settings.enroot_create_dir is not None and not run_script:
-        # Unpacked on each node into a directory of the job's own; the containers start the name.
-        data_path = f"{settings.enroot_create_dir}/interlink-slurm-{meta.uid}"
+    if settings.enroot_create_dir is not None:
+        data_path = f"{settings.enroot_create_dir}/interlink-slurm-{data.pod.metadata.uid}"
         creates = _unpacked_images(settings, (*init, *regular))
         names = {c.image: c.name for c in creates}
         init, regular = (
             tuple(dataclasses.replace(c, image=names[c.image]) for c in group)
             for group in (init, regular)
         )
+    return _Containers(init, regular, tuple(pulls), tuple(pull_files), creates, data_path)
 
-    policy = restart_policy(pod.spec.restart_policy)
-    if not run_script:
-        init = _with_lifecycle(
-            init, pod.spec.init_containers, True, policy, settings, runtime_flags
-        )
-        regular = _with_lifecycle(
-            regular, pod.spec.containers, False, policy, settings, runtime_flags
-        )
 
+def _runs_and_env_files(
+    settings: Settings,
+    runtime_flags: Sequence[str],
+    init: Sequence[ContainerPlan],
+    regular: Sequence[ContainerPlan],
+    script: str | None,
+) -> tuple[dict[str, tuple[str, ...]], list[FileSpec]]:
+    """The command that runs each container, and its env file; with interLink's ``script``,
+    the script runs as the first container and the env files are empty."""
     argv: dict[str, tuple[str, ...]] = {}
     files: list[FileSpec] = []
-    if run_script:
-        assert script is not None
-        argv = _job_script_argv(init, regular)
+    if script is not None:
+        argv = _job_script_argv(tuple(init), tuple(regular))
         files.append(FileSpec(JOB_SCRIPT_FILE, script.encode(), 0o700))
     for group, cps in (("initContainers", init), ("containers", regular)):
         for i, cp in enumerate(cps):
-            if run_script:
+            if script is not None:
                 files.append(FileSpec(f"containers/{cp.name}.env", b""))
                 continue
             try:
@@ -576,10 +707,21 @@ def build_plan(
             except PodRejected as err:
                 raise PodRejected(f"spec.{group}[{i}].command", err.reason) from err
             files.append(FileSpec(f"containers/{cp.name}.env", env_file(settings.runtime, cp.env)))
-    files += layout.files
-    files += pull_files
-    files.append(FileSpec("logpipe.py", LOGPIPE_SOURCE, 0o600))
-    files.append(FileSpec(LIBRARY_FILE, LIBRARY.encode(), 0o600))
+    return argv, files
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShellFiles:
+    """The pod's own shell code (allow_user_shell), as files of the pod directory."""
+
+    files: tuple[FileSpec, ...]
+    pre_exec: str | None
+    mesh: str | None
+    tunnel: str | None
+
+
+def _shell_files(shell: Mapping[str, str]) -> _ShellFiles:
+    """The pre-exec code (less its mesh part, which runs apart) and the tunnel's."""
     pre_exec = shell.get(ann.PRE_EXEC)
     tunnel = shell.get(ann.WSTUNNEL)
     mesh = None
@@ -587,62 +729,35 @@ def build_plan(
         mesh, pre_exec = ann.split_mesh(pre_exec)
         if not pre_exec.strip():
             pre_exec = None
+    files: list[FileSpec] = []
     if mesh is not None:
         files.append(FileSpec(MESH_FILE, mesh.encode(), 0o700))
     if pre_exec is not None:
         files.append(FileSpec(PRE_EXEC_FILE, _shell_file(ann.PRE_EXEC, pre_exec), 0o600))
     if tunnel is not None:
         files.append(FileSpec(TUNNEL_FILE, _shell_file(ann.WSTUNNEL, tunnel), 0o600))
-    files.append(
-        FileSpec(
-            "pod.json",
-            json.dumps(
-                pod.model_dump(mode="json", by_alias=True, exclude_none=True), indent=1
-            ).encode(),
-        )
+    return _ShellFiles(
+        tuple(files),
+        PRE_EXEC_FILE if pre_exec is not None else None,
+        MESH_FILE if mesh is not None else None,
+        TUNNEL_FILE if tunnel is not None else None,
     )
-    header = (
+
+
+def _pod_json(pod: ValidPod) -> bytes:
+    """The pod as interLink sent it, kept in its directory for whoever looks into it."""
+    return json.dumps(
+        pod.model_dump(mode="json", by_alias=True, exclude_none=True), indent=1
+    ).encode()
+
+
+def _header(pod: ValidPod) -> str:
+    meta = pod.metadata
+    return (
         f"Pod {meta.namespace}/{meta.name} (uid {meta.uid}), "
         f"written by interlink-slurm {__version__}.\n"
         "Each container's output, exit code and times are in containers/.\n"
         "To run it again by hand: sbatch job.sh"
-    )
-    return JobPlan(
-        uid=meta.uid,
-        namespace=meta.namespace,
-        name=meta.name,
-        pod_dir=pod_dir,
-        directives=tuple(directives),
-        init_containers=init,
-        containers=regular,
-        files=tuple(files),
-        dirs=("containers", *layout.dirs),
-        runtime=settings.runtime,
-        runtime_argv=argv,
-        header_comment=header,
-        job_env=(("POD_IP", ip),) if ip is not None else (),
-        pre_exec=PRE_EXEC_FILE if pre_exec is not None else None,
-        mesh=MESH_FILE if mesh is not None else None,
-        nodes=mpi.nodes,
-        image_pulls=tuple(pulls),
-        enroot_data_path=data_path,
-        enroot_creates=creates,
-        node_dirs=layout.node_dirs,
-        scratch_dirs=layout.scratch_dirs,
-        size_limits=layout.size_limits,
-        backoff_seconds=(
-            max(1, round(settings.restart_backoff_seconds)),
-            max(1, round(settings.restart_backoff_max_seconds)),
-        ),
-        grace_seconds=(
-            pod.spec.termination_grace_period_seconds
-            if pod.spec.termination_grace_period_seconds is not None
-            else settings.default_grace_seconds
-        ),
-        tunnel=TUNNEL_FILE if tunnel is not None else None,
-        warnings=tuple(warnings),
-        owner=user.owner,
-        read_only_dirs=layout.read_only_dirs if not has_read_only_binds(settings.runtime) else (),
     )
 
 
@@ -682,16 +797,16 @@ def _job_script_argv(
     return argv
 
 
-def _runtime_flags(settings: Settings, notes: Mapping[str, str]) -> list[str]:
+def _runtime_flags(settings: Settings, annotations: Mapping[str, str]) -> list[str]:
     """The site's runtime options, then the pod's own (singularity-options, -mounts)."""
     flags = list(settings.runtime_flags)
-    if notes.get(ann.SINGULARITY_OPTIONS, "").strip():
+    if annotations.get(ann.SINGULARITY_OPTIONS, "").strip():
         flags += ann.runtime_options(
-            notes[ann.SINGULARITY_OPTIONS], settings.runtime, settings.runtime_options_allowed
+            annotations[ann.SINGULARITY_OPTIONS], settings.runtime, settings.runtime_options_allowed
         )
-    if notes.get(ann.SINGULARITY_MOUNTS, "").strip():
+    if annotations.get(ann.SINGULARITY_MOUNTS, "").strip():
         flags += ann.runtime_mounts(
-            notes[ann.SINGULARITY_MOUNTS],
+            annotations[ann.SINGULARITY_MOUNTS],
             settings.runtime,
             [str(p) for p in settings.host_path_prefixes],
         )

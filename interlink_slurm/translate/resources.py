@@ -26,6 +26,8 @@ KNOWN_RESOURCES = frozenset({"cpu", "memory", GPU_RESOURCE}) | IGNORED_RESOURCES
 
 @dataclass(frozen=True)
 class Resources:
+    """What the whole pod asks for: CPUs, memory, accelerators and its deadline."""
+
     cpus: int
     memory_mb: int
     gpus: int  # of the accelerator below (GPUs, whatever their vendor)
@@ -171,27 +173,7 @@ def resource_directives(
     ``gres``: the site's gres for the pod's accelerator (``gpu:mi250x``); else
     ``gpu[:gpu_type]``."""
     where = f" ({where})" if where else ""
-    if res.gpus and res.gpus % nodes:
-        raise PodRejected(
-            f"spec.containers.resources.limits.{res.accelerator}",
-            f"{res.gpus} GPUs cannot be split evenly over {nodes} nodes",
-        )
-    gpus_node = res.gpus // nodes
-    if gpus_per_node == 0 and gpus_node:
-        raise PodRejected(
-            f"spec.containers.resources.limits.{res.accelerator}",
-            f"{res.gpus} GPUs asked, but the nodes here have none{where}",
-        )
-    if gpus_per_node is not None and gpus_node > gpus_per_node:
-        hint = (
-            f"ask for at most {gpus_per_node}, or spread the pod over "
-            f"{math.ceil(res.gpus / gpus_per_node)} nodes with the annotation "
-            "interlink-slurm/nodes"
-        )
-        raise PodRejected(
-            f"spec.containers.resources.limits.{res.accelerator}",
-            f"{gpus_node} GPUs on one node, but a node here has {gpus_per_node}{where}: {hint}",
-        )
+    gpus_node = _gpus_per_node(res, nodes, gpus_per_node, where)
     cpus_node = math.ceil(res.cpus / nodes)
     memory_node = math.ceil(res.memory_mb / nodes)
     if max_cpus is not None and cpus_node > max_cpus:
@@ -230,3 +212,29 @@ def resource_directives(
     if seconds is not None:
         out.append(f"--time={slurm_time(seconds)}")
     return out
+
+
+def _gpus_per_node(res: Resources, nodes: int, gpus_per_node: int | None, where: str) -> int:
+    """The pod's GPUs on each of its ``nodes``: an even split that a node here can give."""
+    if res.gpus and res.gpus % nodes:
+        raise PodRejected(
+            f"spec.containers.resources.limits.{res.accelerator}",
+            f"{res.gpus} GPUs cannot be split evenly over {nodes} nodes",
+        )
+    gpus_node = res.gpus // nodes
+    if gpus_per_node == 0 and gpus_node:
+        raise PodRejected(
+            f"spec.containers.resources.limits.{res.accelerator}",
+            f"{res.gpus} GPUs asked, but the nodes here have none{where}",
+        )
+    if gpus_per_node is not None and gpus_node > gpus_per_node:
+        hint = (
+            f"ask for at most {gpus_per_node}, or spread the pod over "
+            f"{math.ceil(res.gpus / gpus_per_node)} nodes with the annotation "
+            "interlink-slurm/nodes"
+        )
+        raise PodRejected(
+            f"spec.containers.resources.limits.{res.accelerator}",
+            f"{gpus_node} GPUs on one node, but a node here has {gpus_per_node}{where}: {hint}",
+        )
+    return gpus_node

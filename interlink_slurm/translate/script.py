@@ -109,6 +109,36 @@ def _uses_restarts(plan: JobPlan) -> bool:
 def _before_containers(plan: JobPlan) -> list[str]:
     """What the job does before its first container: environment, node directories, the pod's
     own pre-exec code, interLink's tunnel; and what it undoes when it ends."""
+    # On several nodes, directories in a node's own memory are made on each (srun, one task
+    # per node); the others are on the shared filesystem.
+    every_node = (
+        f"srun --nodes={plan.nodes} --ntasks={plan.nodes} --ntasks-per-node=1 "
+        if plan.nodes > 1
+        else ""
+    )
+    lines = _job_variables(plan)
+    made, cleanup = _job_directories(plan, every_node)
+    lines += made
+    if plan.tunnel:
+        cleanup.append('[ -z "${ILS_TUNNEL:-}" ] || kill -TERM -- "-$ILS_TUNNEL" 2>/dev/null')
+    if plan.size_limits:
+        cleanup.append('[ -z "${ILS_SIZE_WATCH:-}" ] || kill "$ILS_SIZE_WATCH" 2>/dev/null')
+    lines += [
+        "",
+        "# When the job ends, however it ends: stop the tunnel, remove node directories, and end",
+        "# whatever of the job still runs.",
+        "ils_cleanup() {",
+        *(f"  {c}" for c in cleanup),
+        "  ils_reap",
+        "}",
+        "trap ils_cleanup EXIT",
+    ]
+    return lines + _pod_setup(plan, every_node)
+
+
+def _job_variables(plan: JobPlan) -> list[str]:
+    """The library's timing variables (when restarts, hooks or size watches use them) and the
+    pod's address."""
     lines: list[str] = []
     if _uses_restarts(plan) or _uses_lifecycle(plan) or plan.size_limits:
         first, most = plan.backoff_seconds
@@ -121,16 +151,14 @@ def _before_containers(plan: JobPlan) -> list[str]:
     if plan.job_env:
         lines += ["", "# The pod's address as interLink gave it (interlink.eu/pod-ip)."]
         lines += [f"export {name}={shlex.quote(value)}" for name, value in plan.job_env]
-    cleanup: list[str] = []
-    # On several nodes, directories in a node's own memory are made on each (srun, one task
-    # per node); the others are on the shared filesystem.
-    every_node = (
-        f"srun --nodes={plan.nodes} --ntasks={plan.nodes} --ntasks-per-node=1 "
-        if plan.nodes > 1
-        else ""
-    )
+    return lines
+
+
+def _job_directories(plan: JobPlan, every_node: str) -> tuple[list[str], list[str]]:
+    """The directories the job makes (the containers' /tmp, Enroot's data, memory-backed
+    emptyDirs, claims; read-only volumes' copies made read-only), and the cleanup of each."""
     names = [c.name for c in (*plan.init_containers, *plan.containers)]
-    lines += [
+    lines = [
         "",
         "# Each container's own /tmp (shared with its exec probes and hooks), on each node, in a",
         "# directory of the job's own: never the node's /tmp itself.",
@@ -141,7 +169,7 @@ def _before_containers(plan: JobPlan) -> list[str]:
         f"{every_node}mkdir -m 1777 -- {' '.join(_word(f'{CONTAINER_TMP}/{n}') for n in names)}"
         " || exit 1",
     ]
-    cleanup.append(f'{every_node}rm -rf -- "$ILS_TMP"')
+    cleanup = [f'{every_node}rm -rf -- "$ILS_TMP"']
     shared = [d for d in plan.node_dirs if not d.startswith(SHM_ROOT)]
     local = [d for d in plan.node_dirs if d.startswith(SHM_ROOT)]
     scratch = list(plan.scratch_dirs)
@@ -179,20 +207,13 @@ def _before_containers(plan: JobPlan) -> list[str]:
             f"chmod -R a-w -- {dirs}",
         ]
         cleanup.append(f"chmod -R u+w -- {dirs}")
-    if plan.tunnel:
-        cleanup.append('[ -z "${ILS_TUNNEL:-}" ] || kill -TERM -- "-$ILS_TUNNEL" 2>/dev/null')
-    if plan.size_limits:
-        cleanup.append('[ -z "${ILS_SIZE_WATCH:-}" ] || kill "$ILS_SIZE_WATCH" 2>/dev/null')
-    lines += [
-        "",
-        "# When the job ends, however it ends: stop the tunnel, remove node directories, and end",
-        "# whatever of the job still runs.",
-        "ils_cleanup() {",
-        *(f"  {c}" for c in cleanup),
-        "  ils_reap",
-        "}",
-        "trap ils_cleanup EXIT",
-    ]
+    return lines, cleanup
+
+
+def _pod_setup(plan: JobPlan, every_node: str) -> list[str]:
+    """The pod's pre-exec code, image pulls and unpacks, the emptyDir size watch and
+    interLink's tunnel, in that order."""
+    lines: list[str] = []
     if plan.pre_exec:
         lines += [
             "",
@@ -267,6 +288,8 @@ def _in_mesh(plan: JobPlan, pod: list[str]) -> list[str]:
 
 
 def render_script(plan: JobPlan) -> str:
+    """The job script of a plan: #SBATCH lines, then bash that sources the library (ils.sh)
+    and runs the containers. Pure: the same plan gives the same text (the goldens)."""
     lines = ["#!/bin/bash"]
     lines += [f"#SBATCH {d}" for d in plan.directives]
     lines.append("#")

@@ -26,6 +26,8 @@ from interlink_slurm.wire import RetrievedPodData
 
 @dataclass(frozen=True)
 class Candidate:
+    """One target the pod could be placed on, with its plan there or why it cannot."""
+
     name: str  # the target's name; "" without targets (the top-level configuration)
     cluster: str
     target: Target
@@ -35,6 +37,7 @@ class Candidate:
 
     @property
     def partition(self) -> str | None:
+        """The partition the job would go to there."""
         return directive(self.plan, "--partition") if self.plan else self.target.partition
 
 

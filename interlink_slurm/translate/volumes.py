@@ -12,7 +12,7 @@ import binascii
 import json
 import posixpath
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from interlink_slurm.errors import PodRejected
@@ -23,6 +23,7 @@ from interlink_slurm.wire import (
     ConfigMap,
     Container,
     KeyToPath,
+    PodSpec,
     RetrievedContainer,
     Secret,
     ValidPod,
@@ -42,6 +43,8 @@ SHM_ROOT = "/dev/shm"
 
 @dataclass(frozen=True)
 class VolumeLayout:
+    """Where the pod's volumes live, and each container's binds of them."""
+
     files: tuple[FileSpec, ...]
     dirs: tuple[str, ...]
     binds: dict[str, tuple[Bind, ...]]  # container name → binds
@@ -56,6 +59,7 @@ class VolumeLayout:
 
 
 def volume_dir(name: str) -> str:
+    """A volume's directory, relative to the pod directory."""
     return f"volumes/{name}"
 
 
@@ -149,6 +153,7 @@ def allowed_host_path(path: str, prefixes: Sequence[str]) -> bool:
 
 
 def shm_dir(uid: str) -> str:
+    """The pod's directory in the node's shared memory (memory-backed emptyDirs)."""
     return f"{SHM_ROOT}/interlink-slurm-{uid}"
 
 
@@ -219,167 +224,239 @@ def lay_out_volumes(
     pvc_root: str | None = None,
     memory_mb: int | None = None,
 ) -> VolumeLayout:
+    """Where each mounted volume of the pod lives on the cluster (its files written into the
+    pod directory, or a host path, claim or node directory), and each container's binds."""
     spec = pod.spec
-    all_containers = (*spec.init_containers, *spec.containers)
-    mounted = _mounted_volumes(all_containers)
-    config_maps = [cm for rc in retrieved for cm in rc.config_maps]
-    secrets = [s for rc in retrieved for s in rc.secrets]
-    projected = [cm for rc in retrieved for cm in rc.projectedvolumemaps]
-
-    files: list[FileSpec] = []
+    mounted = _mounted_volumes((*spec.init_containers, *spec.containers))
+    b = _Building(pod, retrieved, host_path_prefixes, pvc_root, memory_mb)
     dirs: list[str] = []
-    node_dirs: list[str] = []
-    scratch_dirs: list[str] = []
-    claims_read_only: set[str] = set()
     sources: dict[str, tuple[str, str]] = {}  # volume → (host path, kind)
-    # Volumes left out, and why: the pod runs without them (as the kubelet would not, but as
-    # interLink's own plugins do when interLink was told not to send their content).
-    skipped: dict[str, str] = {}
-    size_limits: list[SizeLimit] = []
     for i, vol in enumerate(spec.volumes):
-        where = f"spec.volumes[{i}]"
-        kind = vol.kind
         if vol.name not in mounted:
             continue
-        if kind in NOT_YET:
-            raise PodRejected(f"{where}.{kind}", NOT_YET[kind])
-        if kind not in SUPPORTED_VOLUME_TYPES:
-            raise PodRejected(
-                where,
-                f"volume {vol.name!r} has type {kind!r}, which this plugin does not support "
-                f"(supported: {', '.join(t for t in SUPPORTED_VOLUME_TYPES if t not in NOT_YET)})",
-            )
-        host = f"{pod_dir}/{volume_dir(vol.name)}"
-        if kind == "configMap":
-            assert vol.config_map is not None
-            src = vol.config_map
-            cm = _find(config_maps, src.name)
-            if cm is None and not src.optional:
-                raise PodRejected(
-                    f"{where}.configMap.name",
-                    f"configMap {src.name!r} was not sent by interLink with the pod",
-                )
-            data = _config_map_data(cm, where) if isinstance(cm, ConfigMap) else {}
-            files += _project(
-                vol,
-                f"{where}.configMap",
-                data,
-                src.items,
-                src.default_mode,
-                CONFIG_FILE_MODE,
-                src.optional,
-                f"configMap {src.name!r}",
-            )
-        elif kind == "secret":
-            assert vol.secret is not None
-            ssrc = vol.secret
-            secret = _find(secrets, ssrc.secret_name)
-            if secret is None and not ssrc.optional:
-                raise PodRejected(
-                    f"{where}.secret.secretName",
-                    f"secret {ssrc.secret_name!r} was not sent by interLink with the pod",
-                )
-            sdata = _secret_data(secret, where) if isinstance(secret, Secret) else {}
-            # Secret files stay owner-only whatever defaultMode says.
-            files += [
-                FileSpec(f.path, f.content, SECRET_FILE_MODE)
-                for f in _project(
-                    vol,
-                    f"{where}.secret",
-                    sdata,
-                    ssrc.items,
-                    None,
-                    SECRET_FILE_MODE,
-                    ssrc.optional,
-                    f"secret {ssrc.secret_name!r}",
-                )
-            ]
-        elif kind == "downwardAPI" and _find(projected, vol.name) is None:
-            files += _downward_files(pod, vol, where)
-        elif kind in ("projected", "downwardAPI"):
-            pm = _find(projected, vol.name)
-            if pm is None:
-                # interLink's DisableProjectedVolumes: the service-account token and the like
-                # are not sent. The pod runs without the volume, as with interLink's own plugins.
-                skipped[vol.name] = (
-                    f"{kind} volume {vol.name!r} is not mounted: interLink sent no content for "
-                    "it (projectedvolumemaps; interLink's DisableProjectedVolumes?)"
-                )
-                continue
-            assert isinstance(pm, ConfigMap)
-            pdata = _config_map_data(pm, where)
-            files += [
-                FileSpec(f.path, f.content, SECRET_FILE_MODE)
-                for f in _project(
-                    vol,
-                    where,
-                    pdata,
-                    (),
-                    None,
-                    SECRET_FILE_MODE,
-                    False,
-                    f"{kind} volume {vol.name!r}",
-                )
-            ]
-        elif kind == "hostPath":
-            assert vol.host_path is not None
-            path = vol.host_path.path
-            if not path.startswith("/") or any(c in path for c in ":,\n\x00"):
-                raise PodRejected(
-                    f"{where}.hostPath.path", f"{path!r} is not a usable absolute path"
-                )
-            if not allowed_host_path(path, host_path_prefixes):
-                allowed = ", ".join(host_path_prefixes) or "none configured"
-                raise PodRejected(
-                    f"{where}.hostPath.path",
-                    f"{path!r} is outside the host paths pods may mount ({allowed})",
-                )
-            host = posixpath.normpath(path)
-        elif kind == "persistentVolumeClaim":
-            assert vol.persistent_volume_claim is not None
-            claim = vol.persistent_volume_claim.claim_name
-            if pvc_root is None:
-                raise PodRejected(
-                    f"{where}.persistentVolumeClaim",
-                    f"volume {vol.name!r}: persistentVolumeClaim volumes need a directory on the "
-                    "cluster's shared filesystem, and this site configures none (pvc_root)",
-                )
-            try:
-                dns_subdomain(claim)
-            except ValueError as err:
-                raise PodRejected(f"{where}.persistentVolumeClaim.claimName", str(err)) from err
-            host = f"{pvc_root.rstrip('/')}/{pod.metadata.namespace}/{claim}"
-            node_dirs.append(host)
-            if vol.persistent_volume_claim.read_only:
-                claims_read_only.add(vol.name)
-        elif kind == "emptyDir" and vol.empty_dir is not None:
-            limit = vol.empty_dir.size_limit
-            limit_mb = None
-            if limit is not None:
-                try:
-                    limit_mb = mebibytes(str(limit))
-                except ValueError as err:
-                    raise PodRejected(f"{where}.emptyDir.sizeLimit", str(err)) from err
-            if vol.empty_dir.medium == "Memory":
-                if limit_mb is not None and memory_mb is not None and limit_mb > memory_mb:
-                    raise PodRejected(
-                        f"{where}.emptyDir.sizeLimit",
-                        f"a memory-backed emptyDir of {limit} does not fit in the pod's "
-                        f"memory ({memory_mb}Mi): it counts against it",
-                    )
-                host = f"{shm_dir(pod.metadata.uid)}/{vol.name}"
-                node_dirs.append(host)
-            elif vol.empty_dir.medium not in ("", None):
-                raise PodRejected(
-                    f"{where}.emptyDir.medium",
-                    f'medium {vol.empty_dir.medium!r} is not supported ("" or Memory)',
-                )
-            if limit_mb is not None:
-                size_limits.append(SizeLimit(vol.name, host, kibibytes(str(limit)), str(limit)))
+        where = f"spec.volumes[{i}]"
+        kind = vol.kind
+        _check_supported(vol, where)
+        in_pod_dir = f"{pod_dir}/{volume_dir(vol.name)}"
+        place = _PLACES.get(kind)
+        host = place(b, vol, where, in_pod_dir) if place is not None else in_pod_dir
+        if host is None:
+            continue  # left out (b.skipped says why)
         if kind not in ("hostPath", "persistentVolumeClaim") and not host.startswith(SHM_ROOT):
             dirs.append(volume_dir(vol.name))
         sources[vol.name] = (host, kind)
+    binds, warnings = _container_binds(spec, sources, b.skipped, b.claims_read_only)
+    uses_shm = any(d.startswith(SHM_ROOT) for d in b.node_dirs)
+    return VolumeLayout(
+        tuple(b.files),
+        tuple(dirs),
+        binds,
+        tuple(b.node_dirs),
+        (shm_dir(pod.metadata.uid),) if uses_shm else (),
+        tuple(b.size_limits),
+        tuple(warnings),
+        tuple(volume_dir(v) for v, (_, kind) in sources.items() if kind in READ_ONLY_KINDS),
+    )
 
+
+class _Building:
+    """What the volumes of one pod add up to, gathered volume by volume."""
+
+    def __init__(
+        self,
+        pod: ValidPod,
+        retrieved: Sequence[RetrievedContainer],
+        host_path_prefixes: Sequence[str],
+        pvc_root: str | None,
+        memory_mb: int | None,
+    ) -> None:
+        self.pod = pod
+        self.config_maps = [cm for rc in retrieved for cm in rc.config_maps]
+        self.secrets = [s for rc in retrieved for s in rc.secrets]
+        self.projected = [cm for rc in retrieved for cm in rc.projectedvolumemaps]
+        self.host_path_prefixes = host_path_prefixes
+        self.pvc_root = pvc_root
+        self.memory_mb = memory_mb
+        self.files: list[FileSpec] = []
+        self.node_dirs: list[str] = []
+        self.size_limits: list[SizeLimit] = []
+        self.claims_read_only: set[str] = set()
+        # Volumes left out, and why: the pod runs without them (as the kubelet would not, but
+        # as interLink's own plugins do when interLink was told not to send their content).
+        self.skipped: dict[str, str] = {}
+
+
+def _check_supported(vol: Volume, where: str) -> None:
+    kind = vol.kind
+    if kind in NOT_YET:
+        raise PodRejected(f"{where}.{kind}", NOT_YET[kind])
+    if kind not in SUPPORTED_VOLUME_TYPES:
+        raise PodRejected(
+            where,
+            f"volume {vol.name!r} has type {kind!r}, which this plugin does not support "
+            f"(supported: {', '.join(t for t in SUPPORTED_VOLUME_TYPES if t not in NOT_YET)})",
+        )
+
+
+def _check_sent(found: ConfigMap | Secret | None, optional: bool, field: str, what: str) -> None:
+    """A volume's configMap or secret must have come with the pod, unless it is optional."""
+    if found is None and not optional:
+        raise PodRejected(field, f"{what} was not sent by interLink with the pod")
+
+
+def _config_map_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
+    assert vol.config_map is not None
+    src = vol.config_map
+    cm = _find(b.config_maps, src.name)
+    _check_sent(cm, src.optional, f"{where}.configMap.name", f"configMap {src.name!r}")
+    data = _config_map_data(cm, where) if isinstance(cm, ConfigMap) else {}
+    b.files += _project(
+        vol,
+        f"{where}.configMap",
+        data,
+        src.items,
+        src.default_mode,
+        CONFIG_FILE_MODE,
+        src.optional,
+        f"configMap {src.name!r}",
+    )
+    return host
+
+
+def _secret_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
+    assert vol.secret is not None
+    src = vol.secret
+    secret = _find(b.secrets, src.secret_name)
+    _check_sent(secret, src.optional, f"{where}.secret.secretName", f"secret {src.secret_name!r}")
+    data = _secret_data(secret, where) if isinstance(secret, Secret) else {}
+    # Secret files stay owner-only whatever defaultMode says.
+    b.files += [
+        FileSpec(f.path, f.content, SECRET_FILE_MODE)
+        for f in _project(
+            vol,
+            f"{where}.secret",
+            data,
+            src.items,
+            None,
+            SECRET_FILE_MODE,
+            src.optional,
+            f"secret {src.secret_name!r}",
+        )
+    ]
+    return host
+
+
+def _projected_volume(b: _Building, vol: Volume, where: str, host: str) -> str | None:
+    """A projected or downwardAPI volume: the content interLink sent for it; a downwardAPI
+    volume it sent none for is filled here, from the pod."""
+    kind = vol.kind
+    pm = _find(b.projected, vol.name)
+    if pm is None and kind == "downwardAPI":
+        b.files += _downward_files(b.pod, vol, where)
+        return host
+    if pm is None:
+        # interLink's DisableProjectedVolumes: the service-account token and the like are not
+        # sent. The pod runs without the volume, as with interLink's own plugins.
+        b.skipped[vol.name] = (
+            f"{kind} volume {vol.name!r} is not mounted: interLink sent no content for "
+            "it (projectedvolumemaps; interLink's DisableProjectedVolumes?)"
+        )
+        return None
+    assert isinstance(pm, ConfigMap)
+    data = _config_map_data(pm, where)
+    b.files += [
+        FileSpec(f.path, f.content, SECRET_FILE_MODE)
+        for f in _project(
+            vol, where, data, (), None, SECRET_FILE_MODE, False, f"{kind} volume {vol.name!r}"
+        )
+    ]
+    return host
+
+
+def _host_path_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
+    assert vol.host_path is not None
+    path = vol.host_path.path
+    if not path.startswith("/") or any(c in path for c in ":,\n\x00"):
+        raise PodRejected(f"{where}.hostPath.path", f"{path!r} is not a usable absolute path")
+    if not allowed_host_path(path, b.host_path_prefixes):
+        allowed = ", ".join(b.host_path_prefixes) or "none configured"
+        raise PodRejected(
+            f"{where}.hostPath.path",
+            f"{path!r} is outside the host paths pods may mount ({allowed})",
+        )
+    return posixpath.normpath(path)
+
+
+def _claim_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
+    assert vol.persistent_volume_claim is not None
+    claim = vol.persistent_volume_claim.claim_name
+    if b.pvc_root is None:
+        raise PodRejected(
+            f"{where}.persistentVolumeClaim",
+            f"volume {vol.name!r}: persistentVolumeClaim volumes need a directory on the "
+            "cluster's shared filesystem, and this site configures none (pvc_root)",
+        )
+    try:
+        dns_subdomain(claim)
+    except ValueError as err:
+        raise PodRejected(f"{where}.persistentVolumeClaim.claimName", str(err)) from err
+    host = f"{b.pvc_root.rstrip('/')}/{b.pod.metadata.namespace}/{claim}"
+    b.node_dirs.append(host)
+    if vol.persistent_volume_claim.read_only:
+        b.claims_read_only.add(vol.name)
+    return host
+
+
+def _empty_dir_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
+    if vol.empty_dir is None:
+        return host
+    limit = vol.empty_dir.size_limit
+    limit_mb = None
+    if limit is not None:
+        try:
+            limit_mb = mebibytes(str(limit))
+        except ValueError as err:
+            raise PodRejected(f"{where}.emptyDir.sizeLimit", str(err)) from err
+    if vol.empty_dir.medium == "Memory":
+        if limit_mb is not None and b.memory_mb is not None and limit_mb > b.memory_mb:
+            raise PodRejected(
+                f"{where}.emptyDir.sizeLimit",
+                f"a memory-backed emptyDir of {limit} does not fit in the pod's "
+                f"memory ({b.memory_mb}Mi): it counts against it",
+            )
+        host = f"{shm_dir(b.pod.metadata.uid)}/{vol.name}"
+        b.node_dirs.append(host)
+    elif vol.empty_dir.medium not in ("", None):
+        raise PodRejected(
+            f"{where}.emptyDir.medium",
+            f'medium {vol.empty_dir.medium!r} is not supported ("" or Memory)',
+        )
+    if limit_mb is not None:
+        b.size_limits.append(SizeLimit(vol.name, host, kibibytes(str(limit)), str(limit)))
+    return host
+
+
+# Where a volume of each kind lives (a kind without an entry: volumes/<name> of the pod
+# directory, as it is); None: left out.
+_PLACES: dict[str, Callable[[_Building, Volume, str, str], str | None]] = {
+    "configMap": _config_map_volume,
+    "secret": _secret_volume,
+    "projected": _projected_volume,
+    "downwardAPI": _projected_volume,
+    "hostPath": _host_path_volume,
+    "persistentVolumeClaim": _claim_volume,
+    "emptyDir": _empty_dir_volume,
+}
+
+
+def _container_binds(
+    spec: PodSpec,
+    sources: Mapping[str, tuple[str, str]],
+    skipped: Mapping[str, str],
+    claims_read_only: set[str],
+) -> tuple[dict[str, tuple[Bind, ...]], list[tuple[str, str]]]:
+    """Each container's volumeMounts as binds of the volumes' places; a mount of a volume left
+    out is a warning of that container."""
     binds: dict[str, tuple[Bind, ...]] = {}
     warnings: list[tuple[str, str]] = []
     for group, containers in (
@@ -402,15 +479,4 @@ def lay_out_volumes(
                 read_only = m.read_only or kind in READ_ONLY_KINDS or m.name in claims_read_only
                 out.append(Bind(source, m.mount_path, read_only))
             binds[c.name] = tuple(out)
-    if any(d.startswith(SHM_ROOT) for d in node_dirs):
-        scratch_dirs.append(shm_dir(pod.metadata.uid))
-    return VolumeLayout(
-        tuple(files),
-        tuple(dirs),
-        binds,
-        tuple(node_dirs),
-        tuple(scratch_dirs),
-        tuple(size_limits),
-        tuple(warnings),
-        tuple(volume_dir(v) for v, (_, kind) in sources.items() if kind in READ_ONLY_KINDS),
-    )
+    return binds, warnings

@@ -270,7 +270,7 @@ def test_annotations_flags_pre_exec_pod_ip_tunnel_and_tasks(
 
 
 @pytest.mark.parametrize(
-    ("notes", "words"),
+    ("annotations", "words"),
     [
         ({"slurm-job.vk.io/flags": "--uid=0"}, ["slurm-job.vk.io/flags", "--uid"]),
         ({"slurm-job.vk.io/flags": "-o /etc/passwd"}, ["--output"]),
@@ -279,9 +279,9 @@ def test_annotations_flags_pre_exec_pod_ip_tunnel_and_tasks(
     ],
 )
 def test_refused_annotations_answer_422_naming_them(
-    fplugin: Plugin, notes: dict[str, str], words: list[str]
+    fplugin: Plugin, annotations: dict[str, str], words: list[str]
 ) -> None:
-    pod = podgen.pod("refused", [podgen.container("main", "pass")], annotations=notes)
+    pod = podgen.pod("refused", [podgen.container("main", "pass")], annotations=annotations)
     r = fplugin.create(podgen.retrieved(pod))
     assert r.status_code == 422, r.text
     for w in words:

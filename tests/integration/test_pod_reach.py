@@ -72,11 +72,11 @@ def refused(plugin: Plugin, cluster: dict[str, str], pod: dict[str, Any], *words
 
 
 def srun_pod(name: str, flags: str | None = None, **kw: Any) -> dict[str, Any]:
-    notes = {"interlink-slurm/mpi-launcher": kw.pop("launcher", "srun")}
+    annotations = {"interlink-slurm/mpi-launcher": kw.pop("launcher", "srun")}
     if flags is not None:
-        notes["slurm-job.vk.io/mpi-flags"] = flags
+        annotations["slurm-job.vk.io/mpi-flags"] = flags
     return podgen.pod(
-        name, [podgen.container("main", kw.pop("script", "pass"), **kw)], annotations=notes
+        name, [podgen.container("main", kw.pop("script", "pass"), **kw)], annotations=annotations
     )
 
 

@@ -32,8 +32,10 @@ from tests.unit.test_translate import (
 FLAGS_FIELD = f"metadata.annotations[{ann.FLAGS}]"
 
 
-def annotated(notes: dict[str, str], *containers: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    return pod_of(*(containers or (main(),)), annotations=notes, **kw)
+def annotated(
+    annotations: dict[str, str], *containers: dict[str, Any], **kw: Any
+) -> dict[str, Any]:
+    return pod_of(*(containers or (main(),)), annotations=annotations, **kw)
 
 
 def flags(text: str, **config: Any) -> list[str]:
@@ -327,8 +329,10 @@ def test_pod_ip_that_is_no_address_is_refused(value: str) -> None:
 # --- singularity-options / singularity-mounts --------------------------------------------------
 
 
-def argv(notes: dict[str, str], runtime: str = "apptainer", **config: Any) -> tuple[str, ...]:
-    plan = plan_of(annotated(notes, main(command=["true"])), runtime_settings(runtime, **config))
+def argv(annotations: dict[str, str], runtime: str = "apptainer", **config: Any) -> tuple[str, ...]:
+    plan = plan_of(
+        annotated(annotations, main(command=["true"])), runtime_settings(runtime, **config)
+    )
     return plan.runtime_argv["main"]
 
 
@@ -422,8 +426,8 @@ def test_mpi_flags_launch_the_containers_with_mpiexec_on_every_task() -> None:
 
 def test_nodes_and_tasks_per_node_annotations_shape_the_job() -> None:
     c = main(resources={"limits": {"cpu": "64", "memory": "64Gi", "nvidia.com/gpu": "8"}})
-    notes = {ann.NODES: "2", ann.TASKS_PER_NODE: "4"}
-    plan = plan_of(annotated(notes, c), make_settings(gpu_type="a100", gpus_per_node=4))
+    annotations = {ann.NODES: "2", ann.TASKS_PER_NODE: "4"}
+    plan = plan_of(annotated(annotations, c), make_settings(gpu_type="a100", gpus_per_node=4))
     assert option(plan, "--nodes") == "2"
     assert option(plan, "--ntasks-per-node") == "4"
     assert option(plan, "--ntasks") is None
@@ -435,9 +439,9 @@ def test_nodes_and_tasks_per_node_annotations_shape_the_job() -> None:
 
 @pytest.mark.parametrize("launcher", ["srun", "mpirun"])
 def test_mpi_launcher_annotation_chooses_the_launcher(launcher: str) -> None:
-    notes = {ann.MPI_LAUNCHER: launcher}
-    notes[ann.MPI_FLAGS] = "--mpi=pmix" if launcher == "srun" else "--map-by=ppr:1:node"
-    plan = plan_of(annotated(notes, init=[pg.container("setup", "pass")]))
+    annotations = {ann.MPI_LAUNCHER: launcher}
+    annotations[ann.MPI_FLAGS] = "--mpi=pmix" if launcher == "srun" else "--map-by=ppr:1:node"
+    plan = plan_of(annotated(annotations, init=[pg.container("setup", "pass")]))
     expected = (
         ("srun", "--mpi=pmix")
         if launcher == "srun"
@@ -462,7 +466,7 @@ def test_single_node_pod_has_no_launcher() -> None:
 
 
 def test_script_with_every_annotation_is_valid_bash() -> None:
-    notes = {
+    annotations = {
         ann.FLAGS: "-C a100 --exclusive",
         ann.PRE_EXEC: "echo 'pre' && export X=1",
         ann.WSTUNNEL: TUNNEL,
@@ -470,15 +474,15 @@ def test_script_with_every_annotation_is_valid_bash() -> None:
         ann.MPI_FLAGS: "--bind-to core",
         ann.NODES: "2",
     }
-    script = render_script(plan_of(annotated(notes)))
+    script = render_script(plan_of(annotated(annotations)))
     run = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
 
 
 def test_every_flag_allowed_by_default_can_also_go_through_slurmrestd() -> None:
-    from interlink_slurm.slurm import rest
+    from interlink_slurm.slurm import rest_job
 
-    assert set(ann.DEFAULT_USER_FLAGS_ALLOWED) <= rest.TRANSLATED
+    assert set(ann.DEFAULT_USER_FLAGS_ALLOWED) <= rest_job.TRANSLATED
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -400,8 +400,8 @@ def test_submission_that_did_reach_slurm_is_not_submitted_again(api: Harness) ->
     uid = data["pod"]["metadata"]["uid"]
 
     # sbatch timed out after Slurm had accepted the job: the answer was lost, the job was not.
-    async def submit_then_fail(script_path: str, workdir: str) -> str:
-        await FakeScheduler.submit(api.scheduler, script_path, workdir)
+    async def submit_then_fail(script_path: str, workdir: str, directives: Sequence[str]) -> str:
+        await FakeScheduler.submit(api.scheduler, script_path, workdir, directives)
         raise SchedulerUnavailable("sbatch did not answer within 30 s")
 
     api.scheduler.submit = submit_then_fail  # type: ignore[method-assign]
@@ -543,7 +543,7 @@ def test_a_submission_cut_short_is_settled_from_slurm_or_from_the_jobs_own_outpu
                 )
         script = tmp_path / "queued.sh"
         script.write_text(f"#SBATCH --comment=interlink-slurm:{queued['metadata']['uid']}\n")
-        queued_job = asyncio.run(h.scheduler.submit(str(script), str(tmp_path)))
+        queued_job = asyncio.run(h.scheduler.submit(str(script), str(tmp_path), ()))
 
         asyncio.run(h.service.reconcile())
 

@@ -15,7 +15,8 @@ from interlink_slurm.config import load_settings
 from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
 from interlink_slurm.metrics import MeteredScheduler, Metrics
 from interlink_slurm.slurm import factory
-from interlink_slurm.slurm.cli import CliScheduler, estimate_options, parse_estimate
+from interlink_slurm.slurm.cli import CliScheduler
+from interlink_slurm.slurm.common import estimate_options, parse_estimate
 from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.slurm.pyslurm_scheduler import PyslurmScheduler
 from interlink_slurm.slurm.remote_settings import RestSettings

@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -584,8 +584,8 @@ def test_a_job_found_after_a_failed_submit_counts_as_waiting_again(tmp_path: Pat
     service = Service(s, fake, LocalTransport(), store)
     data = pod()
 
-    async def landed_then_lost(script_path: str, workdir: str) -> str:
-        await FakeScheduler.submit(fake, script_path, workdir)
+    async def landed_then_lost(script_path: str, workdir: str, directives: Sequence[str]) -> str:
+        await FakeScheduler.submit(fake, script_path, workdir, directives)
         raise SchedulerUnavailable("ssh: connection reset after sbatch ran")
 
     async def scenario() -> str:

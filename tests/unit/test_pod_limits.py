@@ -31,14 +31,14 @@ MPI_FIELD = f"metadata.annotations[{ann.MPI_FLAGS}]"
 
 
 def launcher_of(launcher: str, flags: str, **config: Any) -> tuple[str, ...]:
-    notes = {ann.MPI_LAUNCHER: launcher, ann.MPI_FLAGS: flags}
-    plan = plan_of(pod_of(main(), annotations=notes), make_settings(**config))
+    annotations = {ann.MPI_LAUNCHER: launcher, ann.MPI_FLAGS: flags}
+    plan = plan_of(pod_of(main(), annotations=annotations), make_settings(**config))
     return plan.containers[0].launcher
 
 
 def mpi_rejection(launcher: str, flags: str, **config: Any) -> PodRejected:
-    notes = {ann.MPI_LAUNCHER: launcher, ann.MPI_FLAGS: flags}
-    err = rejection(pod_of(main(), annotations=notes), make_settings(**config))
+    annotations = {ann.MPI_LAUNCHER: launcher, ann.MPI_FLAGS: flags}
+    err = rejection(pod_of(main(), annotations=annotations), make_settings(**config))
     assert err.field == MPI_FIELD
     return err
 

@@ -62,6 +62,10 @@ SCRIPT = """#!/bin/bash
 set -o nounset
 echo hello
 """
+# The plan's directives: what the script carries as its #SBATCH lines.
+DIRECTIVES = tuple(
+    line.removeprefix("#SBATCH ") for line in SCRIPT.splitlines() if line.startswith("#SBATCH ")
+)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -185,10 +189,13 @@ def test_resources_of_the_recorded_22_05_node(token: Path, api: respx.MockRouter
 # --- submitting ----------------------------------------------------------------------------------
 
 
-def submit(version: str, token: Path, tmp_path: Path, script: str = SCRIPT) -> str:
+def submit(
+    version: str, token: Path, tmp_path: Path, directives: tuple[str, ...] = DIRECTIVES
+) -> str:
     job = tmp_path / "job.sh"
-    job.write_text(script)
-    return run(make(version, token).submit(str(job), "/scratch/pods/default/train-3f6c"))
+    job.write_text(SCRIPT)
+    scheduler = make(version, token)
+    return run(scheduler.submit(str(job), "/scratch/pods/default/train-3f6c", directives))
 
 
 def sent(route: respx.Route) -> Any:
@@ -322,10 +329,10 @@ def test_an_option_without_a_rest_translation_stops_the_submission_naming_it(
     token: Path, tmp_path: Path, api: respx.MockRouter
 ) -> None:
     route = api.post(path("v0.0.41", "job/submit")).respond(200, json={})
-    script = SCRIPT.replace("#SBATCH --constraint=ib", "#SBATCH --array=1-4")
+    directives = (*DIRECTIVES[:-1], "--array=1-4")
 
     with pytest.raises(SchedulerError, match="--array") as err:
-        submit("v0.0.41", token, tmp_path, script)
+        submit("v0.0.41", token, tmp_path, directives)
 
     assert not isinstance(err.value, SubmitRejected)
     assert not route.called
@@ -333,7 +340,7 @@ def test_an_option_without_a_rest_translation_stops_the_submission_naming_it(
 
 def test_a_missing_script_is_a_scheduler_error(token: Path, tmp_path: Path) -> None:
     with pytest.raises(SchedulerError, match="does not exist"):
-        run(make("v0.0.41", token).submit(str(tmp_path / "nope.sh"), str(tmp_path)))
+        run(make("v0.0.41", token).submit(str(tmp_path / "nope.sh"), str(tmp_path), DIRECTIVES))
 
 
 # --- cancel and signal ---------------------------------------------------------------------------
@@ -548,7 +555,7 @@ def test_a_held_submission_is_a_job_not_an_error(
     held = answer("v0.0.38", "submit_held.json")
     route = api.post(path("v0.0.38", "job/submit")).respond(200, json=held)
 
-    job_id = submit("v0.0.38", token, tmp_path, SCRIPT.replace("#\n", "#SBATCH --hold\n#\n", 1))
+    job_id = submit("v0.0.38", token, tmp_path, (*DIRECTIVES, "--hold"))
 
     assert job_id == str(held["job_id"])
     assert sent(route)["job"]["hold"] is True

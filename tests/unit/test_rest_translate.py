@@ -1,5 +1,6 @@
-"""#SBATCH lines → slurmrestd job properties: slurmrestd does not read them, so the REST scheduler
-translates each one, or refuses the job naming the option it cannot translate."""
+"""The plan's sbatch directives → slurmrestd job properties (rest_job, one table per API family):
+slurmrestd does not read #SBATCH lines, so each directive is translated, or the job is refused
+naming the option that has no translation."""
 
 from __future__ import annotations
 
@@ -8,35 +9,40 @@ from typing import Any
 import pytest
 
 from interlink_slurm.errors import SchedulerError
-from interlink_slurm.slurm.rest import Option, job_description, sbatch_options
+from interlink_slurm.slurm.rest_job import Option, directive_options, rest_job
+from interlink_slurm.translate.script import render_script
+from tests.unit.test_translate import GOLDEN_PODS, golden_plan
 
 ENV = {"PATH": "/usr/bin:/bin"}
 
 
 def props(*directives: str, legacy: bool = False) -> dict[str, Any]:
-    script = "#!/bin/bash\n" + "".join(f"#SBATCH {d}\n" for d in directives) + "echo hi\n"
-    job = job_description(script, "/work", legacy=legacy, environment=ENV)
+    version = "v0.0.38" if legacy else "v0.0.41"
+    job = rest_job(directives, version, workdir="/work", environment=ENV)
     job.pop("environment")
     return job
 
 
-def test_options_are_read_from_the_top_until_the_first_command() -> None:
-    script = (
-        "#!/bin/bash\n"
-        "#SBATCH --job-name=a\n"
-        "\n"
-        "# a comment does not end them\n"
-        "#SBATCH -p boost_usr_prod --ntasks 2\n"
-        "#SBATCHnot-an-option\n"
-        "echo start\n"
-        "#SBATCH --partition=too-late\n"
-    )
-
-    assert sbatch_options(script) == [
+def test_each_directive_is_read_as_sbatch_reads_its_line() -> None:
+    # One directive may hold several options, short ones included, as an #SBATCH line may.
+    assert directive_options(["--job-name=a", "-p boost_usr_prod --ntasks 2"]) == [
         Option("--job-name", "a"),
         Option("--partition", "boost_usr_prod"),
         Option("--ntasks", "2"),
     ]
+
+
+@pytest.mark.parametrize("version", ["v0.0.40", "v0.0.41", "v0.0.42"])
+def test_every_data_parser_version_takes_the_current_table(version: str) -> None:
+    job = rest_job(["--mem=1G", "--gpus=2"], version, workdir="/w", environment=ENV)
+    assert job["memory_per_node"] == {"set": True, "infinite": False, "number": 1024}
+    assert job["tres_per_job"] == "gres/gpu:2"
+    assert job["environment"] == ["PATH=/usr/bin:/bin"]
+
+
+def test_v0_0_38_takes_the_legacy_table() -> None:
+    job = rest_job(["--mem=1G", "--gpus=2"], "v0.0.38", workdir="/w", environment=ENV)
+    assert (job["memory_per_node"], job["gpus"], job["environment"]) == (1024, "2", ENV)
 
 
 def test_quoted_values_keep_their_spaces() -> None:
@@ -220,11 +226,21 @@ def test_a_bad_value_is_named(directive: str, words: str) -> None:
 
 
 def test_the_environment_takes_each_versions_shape() -> None:
-    script = "#!/bin/bash\ntrue\n"
     env = {"PATH": "/bin", "LANG": "C.UTF-8"}
 
-    assert job_description(script, "/w", legacy=True, environment=env)["environment"] == env
-    assert job_description(script, "/w", legacy=False, environment=env)["environment"] == [
+    assert rest_job((), "v0.0.38", workdir="/w", environment=env)["environment"] == env
+    assert rest_job((), "v0.0.40", workdir="/w", environment=env)["environment"] == [
         "PATH=/bin",
         "LANG=C.UTF-8",
     ]
+
+
+@pytest.mark.parametrize("pod_name", list(GOLDEN_PODS))
+def test_the_directives_sent_are_the_scripts_sbatch_lines(pod_name: str) -> None:
+    # slurmrestd gets the plan's directives, sbatch the script's #SBATCH lines: the same ones.
+    plan = golden_plan(pod_name, "apptainer")
+    script = render_script(plan).splitlines()
+    assert script[1 : 1 + len(plan.directives)] == [f"#SBATCH {d}" for d in plan.directives]
+    assert not script[1 + len(plan.directives)].startswith("#SBATCH")
+    job = rest_job(plan.directives, "v0.0.41", workdir=plan.pod_dir, environment=ENV)
+    assert job["comment"] == f"interlink-slurm:{plan.uid}"

@@ -75,3 +75,10 @@ def test_the_added_runtime_is_asked_about_host_heeded_variables(podlet: Runtime)
 def test_an_unknown_runtime_is_refused_by_the_configuration() -> None:
     with pytest.raises(ConfigError, match="runtime"):
         load_settings(None, data_root="/data/ils", runtime="podlet")
+
+
+def test_only_charliecloud_has_its_bind_targets_looked_up_in_the_image() -> None:
+    # The service asks Runtime.looks_up_bind_targets (not the runtime's name) before submitting.
+    looked_up = [name for name, rt in runtimes.RUNTIMES.items() if rt.looks_up_bind_targets]
+    assert looked_up == ["charliecloud"]
+    assert not Podlet().looks_up_bind_targets

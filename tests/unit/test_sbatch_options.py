@@ -1,5 +1,5 @@
 """The one sbatch option parser, and the two readers that share it: the pods' sbatch flags
-(translate/annotations.py) and the #SBATCH lines sent to slurmrestd (slurm/rest.py)."""
+(translate/annotations.py) and the directives sent to slurmrestd (slurm/rest_job.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from interlink_slurm.sbatch_options import (
     parse_options,
     scan_options,
 )
-from interlink_slurm.slurm import rest
+from interlink_slurm.slurm import rest_job
 from interlink_slurm.translate import annotations as ann
 
 ENV = {"PATH": "/usr/bin:/bin"}
@@ -100,22 +100,19 @@ POLICY = ann.FlagPolicy(
 )
 
 
-def _script(*lines: str) -> str:
-    return "#!/bin/bash\n" + "".join(f"#SBATCH {line}\n" for line in lines) + "echo hi\n"
-
-
 @pytest.mark.parametrize("legacy", [True, False])
 def test_the_rest_path_and_the_annotation_path_read_an_option_line_alike(legacy: bool) -> None:
     directives = ann.user_flags(LINE, POLICY)
-    from_rest = rest.sbatch_options(_script(LINE))
+    from_rest = rest_job.directive_options([LINE])
 
     assert directives == ["--nodes=2", "--ntasks-per-node=4", "--exclusive=user", "--time=1:00:00"]
     assert [(o.name, o.value) for o in from_rest] == parse_options(shlex.split(LINE))
     assert [f"{o.name}={o.value}" for o in from_rest] == directives
     # the canonical directives the annotation path writes give slurmrestd the same job
-    assert rest.job_description(
-        _script(*directives), "/w", legacy=legacy, environment=ENV
-    ) == rest.job_description(_script(LINE), "/w", legacy=legacy, environment=ENV)
+    version = "v0.0.38" if legacy else "v0.0.41"
+    assert rest_job.rest_job(
+        directives, version, workdir="/w", environment=ENV
+    ) == rest_job.rest_job([LINE], version, workdir="/w", environment=ENV)
 
 
 @pytest.mark.parametrize(
@@ -132,7 +129,7 @@ def test_both_paths_refuse_a_malformed_option_with_the_parsers_reason(
     with pytest.raises(PodRejected) as pod:
         ann.user_flags(line, POLICY)
     with pytest.raises(SchedulerError) as job:
-        rest.sbatch_options(_script(line))
+        rest_job.directive_options([line])
 
     assert reason in str(pod.value)
     assert reason in str(job.value)
@@ -140,7 +137,7 @@ def test_both_paths_refuse_a_malformed_option_with_the_parsers_reason(
 
 def test_hold_goes_to_slurmrestd_in_either_form() -> None:
     for line in ("--hold", "-H", "-HN2"):
-        job = rest.job_description(_script(line), "/w", legacy=False, environment=ENV)
+        job = rest_job.rest_job([line], "v0.0.41", workdir="/w", environment=ENV)
         assert job["hold"] is True
 
 
@@ -148,24 +145,24 @@ def test_an_option_sbatch_knows_but_rest_cannot_translate_is_named_as_written() 
     with pytest.raises(
         SchedulerError, match=r"sbatch option -w in the job script .*scheduler: cli"
     ):
-        rest.sbatch_options(_script("-Hw node01"))
+        rest_job.directive_options(["-Hw node01"])
     with pytest.raises(SchedulerError, match="sbatch option --nodelist in the job script"):
-        rest.sbatch_options(_script("--nodelist=node01"))
+        rest_job.directive_options(["--nodelist=node01"])
 
 
-@pytest.mark.parametrize("name", sorted(rest.TRANSLATED))
+@pytest.mark.parametrize("name", sorted(rest_job.TRANSLATED))
 def test_every_translated_option_has_a_translation_in_some_version(name: str) -> None:
     if SBATCH_OPTIONS[name].arity is not Arity.REQUIRED:
         directive = name
     else:
         directive = f"{name}={'append' if name == '--open-mode' else '1'}"
     translated = []
-    for legacy in (True, False):
+    for version in ("v0.0.38", "v0.0.41"):
         try:
-            job = rest.job_description(_script(directive), "/w", legacy=legacy, environment=ENV)
+            job = rest_job.rest_job([directive], version, workdir="/w", environment=ENV)
         except SchedulerError as err:
             assert "cannot be sent to slurmrestd" in str(err)
             continue
-        translated.append(legacy)
-        assert job != rest.job_description(_script(), "/w", legacy=legacy, environment=ENV)
+        translated.append(version)
+        assert job != rest_job.rest_job([], version, workdir="/w", environment=ENV)
     assert translated, f"{name} is in TRANSLATED but no version translates it"

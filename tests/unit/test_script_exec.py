@@ -400,8 +400,8 @@ exec "$@"
 """
 
 
-def annotated_probe(notes: dict[str, str], s: Settings) -> JobPlan:
-    the_pod = pg.pod("probe", [probe("main")], init=[probe("setup")], annotations=notes)
+def annotated_probe(annotations: dict[str, str], s: Settings) -> JobPlan:
+    the_pod = pg.pod("probe", [probe("main")], init=[probe("setup")], annotations=annotations)
     return plan_for(the_pod, s)
 
 
@@ -469,8 +469,8 @@ def test_mpi_launcher_runs_the_container_with_the_pods_flags(
     expected: list[bytes],
 ) -> None:
     stand_in(tmp_path / "launchers", launcher)
-    notes = {"interlink-slurm/mpi-launcher": launcher, "slurm-job.vk.io/mpi-flags": flags}
-    plan = annotated_probe(notes, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
+    annotations = {"interlink-slurm/mpi-launcher": launcher, "slurm-job.vk.io/mpi-flags": flags}
+    plan = annotated_probe(annotations, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
     path = f"{tmp_path / 'launchers'}{os.pathsep}{os.environ['PATH']}"
     run, out = run_job(plan, PATH=path, SLURM_NTASKS="8")
     assert run.returncode == 0, run.output
@@ -521,8 +521,8 @@ def test_mpi_flags_reach_the_launcher_byte_exact(
     values = [w for w in words if w and "\n" not in w]
     assume(values)
     text = shlex.join(f"--cpu-bind={w}" for w in values)
-    notes = {"interlink-slurm/mpi-launcher": "srun", "slurm-job.vk.io/mpi-flags": text}
-    plan = annotated_probe(notes, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
+    annotations = {"interlink-slurm/mpi-launcher": "srun", "slurm-job.vk.io/mpi-flags": text}
+    plan = annotated_probe(annotations, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
     run, out = run_job(plan, PATH=f"{launch_dir}{os.pathsep}{os.environ['PATH']}")
     assert run.returncode == 0, run.output
     args = (out / "launcher.args").read_bytes().split(b"\0")[:-1]

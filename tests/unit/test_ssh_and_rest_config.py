@@ -180,7 +180,7 @@ def test_pyslurm_scheduler_maps_pyslurms_objects(tmp_path: Path) -> None:
     script.write_text("#!/bin/bash\n#SBATCH --partition=gpu\ntrue\n")
 
     async def scenario() -> None:
-        assert await scheduler.submit(str(script), str(tmp_path)) == "77"
+        assert await scheduler.submit(str(script), str(tmp_path), ["--partition=gpu"]) == "77"
         jobs = await scheduler.query(["77", "78"])
         assert list(jobs) == ["77"] and jobs["77"].reason == "Priority"
         found = await scheduler.find_by_comment("interlink-slurm:u1")
@@ -190,7 +190,7 @@ def test_pyslurm_scheduler_maps_pyslurms_objects(tmp_path: Path) -> None:
         bad = tmp_path / "nope.sh"
         bad.write_text("#!/bin/bash\n")
         with pytest.raises(SubmitRejected, match="Invalid partition"):
-            await scheduler.submit(str(bad), str(tmp_path))
+            await scheduler.submit(str(bad), str(tmp_path), ())
         await scheduler.release("77")
         await scheduler.release("79")  # ended meanwhile: nothing to release, not an error
         with pytest.raises(SchedulerError, match="permission denied"):

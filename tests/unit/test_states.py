@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from interlink_slurm.jobdir import ContainerFiles
-from interlink_slurm.slurm.cli import parse_gres, parse_sinfo, parse_squeue
+from interlink_slurm.slurm.cli import parse_sinfo, parse_squeue
+from interlink_slurm.slurm.common import parse_gres
+from interlink_slurm.slurm.container_files import ContainerFiles
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.slurm.states import container_statuses
 

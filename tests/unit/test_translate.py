@@ -798,7 +798,7 @@ def test_absolute_path_is_kept_for_local_image_runtimes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ref", "notes", "config"),
+    ("ref", "annotations", "config"),
     [
         ("/etc", None, {}),  # no image_roots: no host path at all
         ("/images2/app", None, {"image_roots": ["/images"]}),
@@ -808,9 +808,9 @@ def test_absolute_path_is_kept_for_local_image_runtimes() -> None:
     ],
 )
 def test_an_image_path_outside_the_image_roots_is_refused(
-    ref: str, notes: dict[str, str] | None, config: dict[str, Any]
+    ref: str, annotations: dict[str, str] | None, config: dict[str, Any]
 ) -> None:
-    err = rejection(pod_of(main(image=ref), annotations=notes), settings(**config))
+    err = rejection(pod_of(main(image=ref), annotations=annotations), settings(**config))
     assert err.field == "spec.containers[0].image"
     assert "outside the directories images may come from" in err.reason
 

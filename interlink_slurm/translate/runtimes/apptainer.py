@@ -13,6 +13,9 @@ _WORKDIR = frozenset({"--workdir", "-W"})
 
 
 class Apptainer(Runtime):
+    """Apptainer: runs registry images itself, pulls them into the image cache as SIF files,
+    and takes slurm-job.vk.io/singularity-options and -mounts."""
+
     name = "apptainer"
     binary = "apptainer"
     default_flags = ("--containall",)
@@ -25,6 +28,7 @@ class Apptainer(Runtime):
     credentials_prefix = "APPTAINER_DOCKER_"
 
     def argv(self, binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
+        """``apptainer exec`` with the command, or ``run`` for the image's own."""
         argv = [binary, "exec" if c.command else "run", *self.private_tmp_flags(options, c.name)]
         argv += options
         if c.gpus:
@@ -44,16 +48,21 @@ class Apptainer(Runtime):
         return (*contain, *workdir)
 
     def pull_argv(self, binary: str, part: str, source: str, auth: bool) -> tuple[str, ...]:
+        """``apptainer pull`` of ``source`` into ``part``."""
         return (binary, "pull", "--force", part, source)
 
     def pull_credentials(
         self, pod_dir: str, name: str, registry: str, user: str, password: str
     ) -> tuple[list[str], list[FileSpec]]:
+        """The registry's user and password as <credentials_prefix>USERNAME and PASSWORD
+        variables of the pull."""
         p = self.credentials_prefix
         return [f"{p}USERNAME={user}", f"{p}PASSWORD={password}"], []
 
 
 class Singularity(Apptainer):
+    """SingularityCE: Apptainer's command line under its older names."""
+
     name = "singularity"
     binary = "singularity"
     env_prefix = "SINGULARITYENV_"

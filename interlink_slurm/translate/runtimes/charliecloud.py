@@ -14,6 +14,9 @@ from interlink_slurm.translate.runtimes.base import LOADER_HEEDED, Runtime
 
 
 class Charliecloud(Runtime):
+    """Charliecloud (ch-run): only staged image directories; it neither runs an image's
+    command nor binds read-only, and its bind targets must exist in the image."""
+
     name = "charliecloud"
     binary = "ch-run"
     host_heeded = (*LOADER_HEEDED, "CH_")
@@ -23,9 +26,12 @@ class Charliecloud(Runtime):
     looks_up_bind_targets = True
 
     def private_tmp(self, tmp: str) -> tuple[str, ...]:
+        """A bind of the job's directory over /tmp."""
         return ("-b", f"{tmp}:/tmp")
 
     def argv(self, binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
+        """``ch-run`` with the binds and the command; PodRejected when the container has none
+        (ch-run cannot run an image's own)."""
         command = [*c.command, *c.args]
         if not command:
             raise PodRejected(

@@ -18,6 +18,9 @@ def _fstab(path: str) -> str:
 
 
 class Enroot(Runtime):
+    """Enroot: imports registry images into the cache as squashfs files, or unpacks them once
+    on each node (enroot_create_dir)."""
+
     name = "enroot"
     binary = "enroot"
     # Through these the host side would run code of the pod's choosing: the dynamic loader's,
@@ -41,10 +44,13 @@ class Enroot(Runtime):
     unpacks_images = True
 
     def private_tmp(self, tmp: str) -> tuple[str, ...]:
+        """A bind of the job's directory over /tmp."""
         # A bind in its fstab syntax, /tmp created if the image lacks it.
         return ("--mount", f"{tmp} /tmp none x-create=dir,rbind")
 
     def argv(self, binary: str, options: Sequence[str], c: ContainerPlan) -> list[str]:
+        """``enroot start`` with the binds, the names of the variables to pass, and the command
+        (or the image's own)."""
         argv = [binary, "start", *self.private_tmp_flags(options, c.name), *options]
         for b in c.binds:
             flags = "x-create=auto,rbind,ro" if b.read_only else "x-create=auto,rbind"
@@ -65,14 +71,18 @@ class Enroot(Runtime):
         return [*argv, *command]
 
     def create_argv(self, binary: str, name: str, image: str) -> tuple[str, ...]:
+        """``enroot create`` of ``image`` as ``name`` on a node."""
         return (binary, "create", "--name", name, image)
 
     def pull_argv(self, binary: str, part: str, source: str, auth: bool) -> tuple[str, ...]:
+        """``enroot import`` of ``source`` into ``part``."""
         return (binary, "import", "--output", part, enroot_ref(source, hub_registry=auth))
 
     def pull_credentials(
         self, pod_dir: str, name: str, registry: str, user: str, password: str
     ) -> tuple[list[str], list[FileSpec]]:
+        """The registry's user and password as an enroot credentials file of the pod
+        directory (ENROOT_CONFIG_PATH)."""
         # enroot reads credentials from $ENROOT_CONFIG_PATH/.credentials (netrc) only.
         netrc = enroot_credentials(registry, user, password)
         return (
