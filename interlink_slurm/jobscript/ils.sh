@@ -369,5 +369,6 @@ ils_start() {
   ILS_PYTHON=$(command -v python3 || true)
   ILS_STOPPING=""
   trap 'ILS_STOPPING=1' TERM INT URG
-  echo "interlink-slurm: pod $1 starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
+  # Slurm's name of the node, which is what squeue shows (nodes may share a hostname).
+  echo "interlink-slurm: pod $1 starts as job ${SLURM_JOB_ID:-?} on ${SLURMD_NODENAME:-$(hostname)}"
 }
