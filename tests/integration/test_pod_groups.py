@@ -1,0 +1,166 @@
+"""Pod groups on the real Slurm: members kept until the last arrives, then ONE job on several
+nodes, each pod with its own statuses and logs, through the HTTP API as interLink calls it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import podgen
+from tests.integration.conftest import Plugin, all_terminated, any_running, slurm, states
+
+pytestmark = pytest.mark.slurm
+
+KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"
+KUEUE_TOTAL = "kueue.x-k8s.io/pod-group-total-count"
+TIMEOUT = 6  # group_timeout_seconds of these tests' plugin
+
+
+@pytest.fixture(scope="module")
+def gang(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
+    """A plugin of its own (local mode): a short group_timeout, and restarts of its own."""
+    p = Plugin(
+        tmp_path_factory.mktemp("gang"), cluster, group_timeout_seconds=TIMEOUT, max_group_size=4
+    )
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def member(group: str, name: str, size: int, script: str, **kw: Any) -> dict[str, Any]:
+    pod = podgen.pod(name, [podgen.container("main", script)], **kw)
+    pod["metadata"]["labels"] = {KUEUE_GROUP: group}
+    pod["metadata"]["annotations"][KUEUE_TOTAL] = str(size)
+    return pod
+
+
+def waiting(status: dict[str, Any]) -> dict[str, Any]:
+    return dict(states(status)["main"].get("waiting") or {})
+
+
+def job_of(plugin: Plugin, pod: dict[str, Any]) -> str:
+    status = plugin.wait_for(pod, lambda s: bool(s.get("JID")), timeout=30)
+    return str(status["JID"])
+
+
+# What a member prints: its node and the address its sibling's name resolves to, in the
+# container (the group's /etc/hosts), and its rank variables.
+REPORT = (
+    "import os, socket, sys\n"
+    "other = sys.argv[1] if len(sys.argv) > 1 else ''\n"
+    "print('node', os.environ.get('SLURMD_NODENAME'))\n"
+    "print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'],"
+    " 'master', os.environ['MASTER_ADDR'])\n"
+    "print('resolves', socket.gethostbyname(os.environ['ILS_GROUP_PODS'].split(',')[-1]))\n"
+)
+
+
+def test_a_two_pod_group_is_one_job_on_both_nodes_each_pod_with_its_own_log_and_exit_code(
+    gang: Plugin, cluster: dict[str, str]
+) -> None:
+    a = member("duo", "duo-0", 2, REPORT)
+    b = member("duo", "duo-1", 2, REPORT + "import sys; sys.exit(0 if False else 3)\n")
+    # ignore, so that the failing one does not end the other: each exit code its own
+    assert gang.create_ok(podgen.retrieved(a)) == ""
+    first = gang.pod_status(a)
+    assert waiting(first)["reason"] == "GroupPending"
+    assert waiting(first)["message"] == "1 of 2 pods of group duo arrived"
+    job = gang.create_ok(podgen.retrieved(b))
+    assert job.isdigit()
+    assert job_of(gang, a) == job  # one job for both
+
+    sa = gang.wait_for(a, all_terminated)
+    sb = gang.wait_for(b, all_terminated)
+    log_a, log_b = gang.logs(a, "main").text, gang.logs(b, "main").text
+    assert "rank 0 of 2 master duo-0" in log_a, log_a
+    assert "rank 1 of 2 master duo-0" in log_b, log_b
+    nodes = {line for text in (log_a, log_b) for line in text.splitlines() if line[:5] == "node "}
+    assert len(nodes) == 2, (log_a, log_b)  # each pod on its own node
+    assert "resolves 127.0.0.1" in log_a  # the sibling's name, from inside the container
+    assert states(sb)["main"]["terminated"]["exitCode"] == 3
+    # The failing member ended the group; the other had already ended, or says so.
+    assert states(sa)["main"]["terminated"]["exitCode"] in (0, 143)
+    accounting = slurm(cluster, "sacct", "-X", "-n", "-P", "-j", job, "-o", "JobID,NNodes")
+    assert f"{job}|2" in accounting
+
+
+def test_a_group_whose_last_member_never_arrives_fails_naming_it(gang: Plugin) -> None:
+    a = member("late", "late-0", 2, "print(1)")
+    gang.create_ok(podgen.retrieved(a))
+
+    status = gang.wait_for(a, lambda s: "terminated" in states(s)["main"], timeout=TIMEOUT + 30)
+
+    term = states(status)["main"]["terminated"]
+    assert term["reason"] == "GroupIncomplete"
+    assert "missing: late-1" in term["message"]
+    late = member("late", "late-1", 2, "print(1)")
+    refused = gang.create(podgen.retrieved(late))
+    assert refused.status_code == 422, refused.text
+    assert "has failed" in refused.text
+
+
+def test_deleting_one_member_ends_the_group_and_the_other_names_it(gang: Plugin) -> None:
+    sleep = "import time; print('up', flush=True); time.sleep(600)"
+    a = member("del", "del-0", 2, sleep)
+    b = member("del", "del-1", 2, sleep)
+    gang.create_ok(podgen.retrieved(a))
+    gang.create_ok(podgen.retrieved(b))
+    gang.wait_for(a, any_running)
+    gang.wait_for(b, any_running)
+
+    assert gang.delete(b).status_code == 200
+
+    status = gang.wait_for(a, all_terminated)
+    term = states(status)["main"]["terminated"]
+    assert "pod del-1 was deleted" in term["message"], term
+
+
+def test_a_restart_while_a_group_is_half_arrived_loses_no_member(gang: Plugin) -> None:
+    a = member("rst", "rst-0", 2, "print('zero')")
+    b = member("rst", "rst-1", 2, "print('one')")
+    gang.create_ok(podgen.retrieved(a))
+    gang.restart()
+    assert waiting(gang.pod_status(a))["message"] == "1 of 2 pods of group rst arrived"
+    job = gang.create_ok(podgen.retrieved(b))
+    assert job.isdigit()
+
+    gang.wait_for(a, all_terminated)
+    gang.wait_for(b, all_terminated)
+    assert gang.logs(a, "main").text == "zero\n"
+    assert gang.logs(b, "main").text == "one\n"
+
+
+def test_a_members_reap_does_not_kill_its_sibling_on_the_same_machine(gang: Plugin) -> None:
+    """Both nodes of the local cluster are this machine: the short member ends (and reaps
+    what is left of its own) while the long one still runs, which must go on to its end."""
+    a = member("reap", "reap-0", 2, "print('short')")
+    b = member(
+        "reap", "reap-1", 2, "import time; time.sleep(8); print('long done')"
+    )
+    gang.create_ok(podgen.retrieved(a))
+    gang.create_ok(podgen.retrieved(b))
+
+    sb = gang.wait_for(b, all_terminated)
+
+    assert states(sb)["main"]["terminated"]["exitCode"] == 0
+    assert gang.logs(b, "main").text == "long done\n"
+    assert gang.logs(a, "main").text == "short\n"
+
+
+def group_dirs(plugin: Plugin) -> list[Path]:
+    return sorted((plugin.data_root / "default").glob(".group-*"))
+
+
+def wait_until(check: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    raise AssertionError("condition not reached")
