@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Private single-node Slurm cluster (+ Charliecloud image) for interlink-slurm tests.
+# Private Slurm cluster of $ILS_NODES nodes (default 2) on this one machine (+ Charliecloud
+# image) for interlink-slurm tests.
 #
-#   cluster.sh up       install packages if missing, start munged/slurmctld/slurmd, build image
+#   cluster.sh up       install packages if missing, start munged/slurmctld/one slurmd per node,
+#                       build image
 #   cluster.sh down     cancel running jobs, stop the daemons this cluster started (pid files)
 #   cluster.sh status   show daemons and sinfo; non-zero exit when the cluster is not up
 #   cluster.sh env      print export lines: eval "$(deploy/local/cluster.sh env)"
@@ -26,11 +28,25 @@ D=$(realpath -m -- "${ILS_CLUSTER_DIR:-$REPO/.cluster}")
 IMAGE_DIR=$(realpath -m -- "${ILS_IMAGE_DIR:-/var/cache/interlink-slurm/images}")
 IMG=$IMAGE_DIR/debian-python
 CTLD_PORT=${ILS_SLURMCTLD_PORT:-17817}
-SLURMD_PORT=${ILS_SLURMD_PORT:-17818}
+SLURMD_PORT=${ILS_SLURMD_PORT:-17818} # node i (1..N) listens on SLURMD_PORT+i-1
+NODES=${ILS_NODES:-2}
+CLUSTER_NAME=${ILS_CLUSTER_NAME:-ilsdev}
+FIRST_JOB_ID=${ILS_FIRST_JOB_ID:-1}
 MSG_TIMEOUT=${ILS_MESSAGE_TIMEOUT:-5}
 HN=$(hostname -s)
 # slurm.conf has no quoting: a path with blanks would silently break it.
 [[ $D$IMAGE_DIR != *[[:space:]]* ]] || { echo "cluster.sh: paths must not contain blanks" >&2; exit 1; }
+[[ $NODES =~ ^[1-9]$ ]] || { echo "cluster.sh: ILS_NODES must be 1..9, not '$NODES'" >&2; exit 1; }
+[[ $CLUSTER_NAME =~ ^[a-z][a-z0-9]{0,39}$ ]] ||
+    { echo "cluster.sh: ILS_CLUSTER_NAME must be lowercase letters and digits" >&2; exit 1; }
+[[ $FIRST_JOB_ID =~ ^[1-9][0-9]{0,6}$ ]] ||
+    { echo "cluster.sh: ILS_FIRST_JOB_ID must be a number from 1 to 9999999" >&2; exit 1; }
+# Node names n1..nN: all nodes share this machine's hostname and address, so slurmd runs once
+# per node name (-N) with a port of its own; jobs tell nodes apart by $SLURMD_NODENAME.
+NODE_NAMES=()
+for ((i = 1; i <= NODES; i++)); do NODE_NAMES+=("n$i"); done
+NODE_LIST=n[1-$NODES]
+((NODES > 1)) || NODE_LIST=n1
 
 CONF=$D/slurm.conf
 MUNGE_DIR=$D/munge
@@ -39,15 +55,19 @@ MUNGE_DIR=$D/munge
 # directory of their own, named after $D so that several clusters on a machine never share one.
 RUN_DIR=${ILS_RUN_DIR:-/run/interlink-slurm/$(printf '%s' "$D" | sha256sum | cut -c1-12)}
 MUNGE_SOCKET=$RUN_DIR/munge.socket
-SPOOL=$RUN_DIR/spool
+SPOOL=$RUN_DIR/spool # + -<node>: each slurmd has its own spool
+# Jobs' TMPDIR. A compute node's /tmp is its own: a job makes the same directory in it on every
+# node (srun mkdir). Here all nodes are one machine, so each slurmd runs in a mount namespace of
+# its own where $NODE_TMP-<node> is mounted on $NODE_TMP, and TASK_PROLOG points TMPDIR there.
+NODE_TMP=$RUN_DIR/tmp
+TASK_PROLOG=$D/task-prolog.sh
 MUNGED_PID=$MUNGE_DIR/munged.pid
 CTLD_PID=$D/slurmctld.pid
-SLURMD_PID=$D/slurmd.pid
 # Written inside the image as its last build step, before the temp dir is renamed into place.
 IMAGE_STAMP=.interlink-slurm-image-complete
 
 PACKAGES=(slurmctld slurmd slurm-client munge charliecloud debootstrap)
-UP_TIMEOUT=30     # seconds to wait for the node to become usable
+UP_TIMEOUT=30     # seconds to wait for the nodes to become usable
 STOP_TIMEOUT=30   # seconds to wait for a daemon to exit after SIGTERM before SIGKILL
 
 # Every Slurm command run by this script talks to this cluster only.
@@ -88,14 +108,33 @@ munged_pid()    { daemon_pid munged    "$MUNGED_PID" "$MUNGE_SOCKET"; }
 # A munged started by an older cluster.sh, whose socket was inside $D.
 old_munged_pid() { daemon_pid munged   "$MUNGED_PID" "--socket=$MUNGE_DIR/munge.socket"; }
 slurmctld_pid() { daemon_pid slurmctld "$CTLD_PID"   "$CONF"; }
-slurmd_pid()    { daemon_pid slurmd    "$SLURMD_PID" "$CONF"; }
+# slurmd_pid NODE
+slurmd_pid()    { daemon_pid slurmd    "$D/slurmd.$1.pid" "$CONF"; }
+# The one slurmd of an older, single-node cluster.sh.
+old_slurmd_pid() { daemon_pid slurmd   "$D/slurmd.pid" "$CONF"; }
+any_slurmd_pid() {
+    local n
+    old_slurmd_pid && return 0
+    for n in "${NODE_NAMES[@]}"; do slurmd_pid "$n" && return 0; done
+    return 1
+}
+# stop_slurmds : every slurmd of this cluster, including nodes an earlier config had more of.
+stop_slurmds() {
+    local f n
+    for f in "$D"/slurmd.*.pid; do
+        [[ -e $f ]] || continue
+        n=${f#"$D"/slurmd.}
+        stop_daemon "slurmd ${n%.pid}" slurmd_pid "${n%.pid}"
+    done
+    stop_daemon slurmd old_slurmd_pid >/dev/null 2>&1
+}
 
 # slurmstepd processes (one per running job step) of this cluster. They are not children of
 # slurmd and outlive it; what ties them to this cluster is the unix socket each one listens on
-# in our SlurmdSpoolDir ($SPOOL/<host>_<job>.<step>).
+# in our SlurmdSpoolDirs ($SPOOL-<node>/<host>_<job>.<step>).
 stepd_pids() {
     local inodes pid fd link
-    inodes=" $(awk -v dir="$SPOOL/" 'index($8, dir) == 1 { printf "%s ", $7 }' /proc/net/unix) "
+    inodes=" $(awk -v dir="$SPOOL" 'index($8, dir) == 1 { printf "%s ", $7 }' /proc/net/unix) "
     [[ $inodes != "  " ]] || return 0
     for pid in $(pgrep -x slurmstepd); do
         for fd in /proc/"$pid"/fd/*; do
@@ -115,25 +154,26 @@ spawn() {
     "$@" </dev/null >>"$logfile" 2>&1 9>&- 8>&-
 }
 
-# stop_daemon NAME PIDFN : SIGTERM, wait (bounded), then SIGKILL as a last resort.
-# Waits on the process itself: slurmd removes its pid file at the start of a shutdown that
-# can take seconds, and the next daemon must not be stopped before this one is gone.
+# stop_daemon LABEL PIDFN [ARG] : SIGTERM, wait (bounded), then SIGKILL as a last resort.
+# LABEL's first word is the process name. Waits on the process itself: slurmd removes its pid
+# file at the start of a shutdown that can take seconds, and the next daemon must not be
+# stopped before this one is gone.
 stop_daemon() {
-    local name=$1 pidfn=$2 pid i
-    pid=$($pidfn) || { log "$name: not running"; return 0; }
-    log "$name: stopping pid $pid"
+    local label=$1 pidfn=$2 pid i name=${1%% *}
+    pid=$($pidfn "${@:3}") || { log "$label: not running"; return 0; }
+    log "$label: stopping pid $pid"
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
         proc_alive "$pid" "$name" || return 0
         sleep 0.1
     done
-    log "$name: still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
+    log "$label: still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
         proc_alive "$pid" "$name" || return 0
         sleep 0.1
     done
-    die "$name (pid $pid) did not exit"
+    die "$label (pid $pid) did not exit"
 }
 
 # check_port PORT NAME : fail clearly when something (another cluster, or an orphan daemon of a
@@ -167,10 +207,11 @@ wait_for() {
 render_slurm_conf() {
     cat <<EOF
 # Generated by deploy/local/cluster.sh -- edits are overwritten by the next 'up'.
-ClusterName=ilsdev
+ClusterName=$CLUSTER_NAME
+# Another cluster on the machine can start elsewhere, so that job ids of the two never meet.
+FirstJobId=$FIRST_JOB_ID
 SlurmctldHost=$HN(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
-SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -178,11 +219,12 @@ CredType=cred/munge
 # Private munged: never the system socket in /run/munge.
 AuthInfo=socket=$MUNGE_SOCKET
 StateSaveLocation=$D/state
-SlurmdSpoolDir=$SPOOL
+# %n: the node name; each slurmd of this machine has its own.
+SlurmdSpoolDir=$SPOOL-%n
 SlurmctldPidFile=$CTLD_PID
-SlurmdPidFile=$SLURMD_PID
+SlurmdPidFile=$D/slurmd.%n.pid
 SlurmctldLogFile=$D/log/slurmctld.log
-SlurmdLogFile=$D/log/slurmd.log
+SlurmdLogFile=$D/log/slurmd.%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -191,13 +233,15 @@ GresTypes=gpu
 SchedulerType=sched/backfill
 # Start jobs as soon as they are submitted (tests submit many small jobs).
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
-# Lets the node claim CPUs=32 on a small machine, so many test jobs run at once.
+# Lets the nodes claim CPUs=16 each on a small machine, so many test jobs run at once.
 SlurmdParameters=config_overrides
 JobCompType=jobcomp/filetxt
 JobCompLoc=$D/log/jobcomp.txt
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
+# TMPDIR: node-local, as on real nodes (see NODE_TMP in cluster.sh).
+TaskProlog=$TASK_PROLOG
 ReturnToService=2
 # Finished jobs leave squeue after ~10 s instead of 300 s (the purge itself runs periodically).
 MinJobAge=10
@@ -208,19 +252,28 @@ KillWait=5
 # 4 s here instead of 9 s with the default 10.
 MessageTimeout=$MSG_TIMEOUT
 
-NodeName=$HN NodeAddr=127.0.0.1 CPUs=32 RealMemory=20000 Gres=gpu:a100:4 State=UNKNOWN
-# Leonardo-style partitions on the one node. DefMemPerCPU keeps a job from taking all memory.
-PartitionName=dcgp_usr_prod Nodes=$HN Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=500
-PartitionName=boost_usr_prod Nodes=$HN MaxTime=INFINITE State=UP DefMemPerCPU=500
+# Like Leonardo Booster nodes: 4 A100s each (fake), all on this one machine.
+EOF
+    local i
+    for ((i = 1; i <= NODES; i++)); do
+        echo "NodeName=n$i NodeHostname=$HN NodeAddr=127.0.0.1 Port=$((SLURMD_PORT + i - 1))" \
+            "CPUs=16 RealMemory=10000 Gres=gpu:a100:4 State=UNKNOWN"
+    done
+    cat <<EOF
+# Leonardo-style partitions over all nodes. DefMemPerCPU keeps a job from taking all memory.
+PartitionName=dcgp_usr_prod Nodes=$NODE_LIST Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=500
+PartitionName=boost_usr_prod Nodes=$NODE_LIST MaxTime=INFINITE State=UP DefMemPerCPU=500
 EOF
 }
 
 render_gres_conf() {
-    cat <<EOF
-# Generated by deploy/local/cluster.sh. Four fake A100s (character devices, clones of /dev/null).
-AutoDetect=off
-NodeName=$HN Name=gpu Type=a100 File=$D/dev/nvidia[0-3]
-EOF
+    local n
+    echo "# Generated by deploy/local/cluster.sh. Four fake A100s per node (character devices,"
+    echo "# clones of /dev/null), each node its own."
+    echo "AutoDetect=off"
+    for n in "${NODE_NAMES[@]}"; do
+        echo "NodeName=$n Name=gpu Type=a100 File=$D/dev/$n/nvidia[0-3]"
+    done
 }
 
 # write_if_changed FILE : stdin -> FILE, replaced only when the content differs (so an
@@ -242,8 +295,11 @@ write_if_changed() {
 
 # prepare_dir : create the cluster dir, munge key, fake GPUs and config files.
 prepare_dir() {
-    local i dev
-    mkdir -p "$D"/{state,log,dev} "$SPOOL"
+    local i dev n
+    mkdir -p "$D"/{state,log,dev}
+    for n in "${NODE_NAMES[@]}"; do mkdir -p "$SPOOL-$n" "$D/dev/$n" "$NODE_TMP-$n"; done
+    mkdir -p "$NODE_TMP"
+    chmod 1777 "$NODE_TMP" "${NODE_NAMES[@]/#/$NODE_TMP-}"
     # Keep git from ever picking up the cluster dir when it is inside the repo.
     [[ -f $D/.gitignore ]] || echo '*' >"$D/.gitignore"
 
@@ -256,16 +312,21 @@ prepare_dir() {
     chmod 400 "$MUNGE_DIR/munge.key"
 
     # GRES device files must be character devices; regular files are rejected by slurmd.
-    for i in 0 1 2 3; do
-        dev=$D/dev/nvidia$i
-        if [[ ! -c $dev ]]; then
-            rm -f "$dev"
-            mknod -m 666 "$dev" c 1 3
-        fi
+    for n in "${NODE_NAMES[@]}"; do
+        for i in 0 1 2 3; do
+            dev=$D/dev/$n/nvidia$i
+            if [[ ! -c $dev ]]; then
+                rm -f "$dev"
+                mknod -m 666 "$dev" c 1 3
+            fi
+        done
     done
 
     render_slurm_conf >"$D/.slurm.conf.new"
     write_if_changed "$CONF" <"$D/.slurm.conf.new"
+    printf '#!/bin/sh\n# Generated by deploy/local/cluster.sh: each node has its own %s.\necho "export TMPDIR=%s"\n' \
+        "$NODE_TMP" "$NODE_TMP" >"$TASK_PROLOG"
+    chmod 755 "$TASK_PROLOG"
     render_gres_conf >"$D/.gres.conf.new"
     write_if_changed "$D/gres.conf" <"$D/.gres.conf.new"
     rm -f "$D/.slurm.conf.new" "$D/.gres.conf.new"
@@ -313,40 +374,59 @@ start_slurmctld() {
     die "slurmctld did not come up (see $D/log/slurmctld.log)"
 }
 
+# start_slurmd NODE : the slurmd of one node (-N), on the node's own port.
 start_slurmd() {
-    slurmd_pid >/dev/null && return 0
-    check_port "$SLURMD_PORT" slurmd
-    log "slurmd: starting"
-    rm -f "$SLURMD_PID"
-    spawn "$D/log/slurmd.stderr" /usr/sbin/slurmd -f "$CONF" ||
-        { tail -n 20 "$D/log/slurmd.stderr" "$D/log/slurmd.log" >&2 || true; die "slurmd failed to start"; }
+    local n=$1
+    slurmd_pid "$n" >/dev/null && return 0
+    check_port "$((SLURMD_PORT + ${n#n} - 1))" slurmd
+    log "slurmd $n: starting"
+    rm -f "$D/slurmd.$n.pid"
+    # slurmd's job steps inherit its mount namespace: there, $NODE_TMP is this node's own.
+    # shellcheck disable=SC2016 # sh expands them
+    spawn "$D/log/slurmd.$n.stderr" unshare --mount --propagation private -- \
+        sh -c 'mount --bind "$1" "$2" && exec /usr/sbin/slurmd -f "$3" -N "$4"' \
+        sh "$NODE_TMP-$n" "$NODE_TMP" "$CONF" "$n" || {
+        tail -n 20 "$D/log/slurmd.$n.stderr" "$D/log/slurmd.$n.log" >&2 || true
+        die "slurmd $n failed to start"
+    }
 }
 
-node_state() { sinfo -h -N -n "$HN" -o '%T' 2>/dev/null | head -n 1; }
+node_state() { sinfo -h -N -n "$1" -o '%T' 2>/dev/null | head -n 1; }
 
 # A node is usable when it is responding (no '*' suffix) and neither down nor drained.
 node_usable() {
     local s
-    s=$(node_state)
+    s=$(node_state "$1")
     [[ $s =~ ^(idle|mixed|allocated|completing)$ ]]
 }
 
-wait_node_usable() {
-    local i resumed=0 s
+nodes_usable() {
+    local n
+    for n in "${NODE_NAMES[@]}"; do node_usable "$n" || return 1; done
+}
+
+wait_nodes_usable() {
+    local i n s
+    local -A resumed=()
     for ((i = 0; i < UP_TIMEOUT * 5; i++)); do
-        node_usable && return 0
-        s=$(node_state)
-        # ReturnToService=2 clears most DOWN states by itself; a DRAIN set earlier by hand
-        # or by Slurm (e.g. "Kill task failed") does not, so resume once.
-        if ((!resumed)) && [[ $s == drain* || $s == drained || $s == down ]]; then
-            scontrol update nodename="$HN" state=resume >/dev/null 2>&1 || true
-            resumed=1
-        fi
+        nodes_usable && return 0
+        for n in "${NODE_NAMES[@]}"; do
+            s=$(node_state "$n")
+            # ReturnToService=2 clears most DOWN states by itself; a DRAIN set earlier by hand
+            # or by Slurm (e.g. "Kill task failed") does not, so resume once.
+            if [[ -z ${resumed[$n]:-} && ($s == drain* || $s == drained || $s == down) ]]; then
+                scontrol update nodename="$n" state=resume >/dev/null 2>&1 || true
+                resumed[$n]=1
+            fi
+        done
         sleep 0.2
     done
     sinfo -N -l >&2 || true
-    tail -n 20 "$D/log/slurmd.log" >&2 || true
-    die "node $HN not usable after ${UP_TIMEOUT}s (state: ${s:-unknown})"
+    for n in "${NODE_NAMES[@]}"; do
+        node_usable "$n" && continue
+        tail -n 20 "$D/log/slurmd.$n.log" >&2 || true
+        die "node $n not usable after ${UP_TIMEOUT}s (state: $(node_state "$n"))"
+    done
 }
 
 # slurmctld runs its first scheduling pass ~3 s after it starts, even when jobs are waiting;
@@ -471,20 +551,21 @@ cmd_up() {
     flock 9
 
     prepare_dir
-    if ((CONFIG_CHANGED)) && { slurmctld_pid || slurmd_pid; } >/dev/null; then
+    if ((CONFIG_CHANGED)) && { slurmctld_pid || any_slurmd_pid; } >/dev/null; then
         log "configuration changed: restarting Slurm daemons"
-        stop_daemon slurmd slurmd_pid
+        stop_slurmds
         stop_daemon slurmctld slurmctld_pid
     fi
     stop_daemon munged old_munged_pid >/dev/null 2>&1
     start_munged
     start_slurmctld
-    start_slurmd
-    wait_node_usable
+    local n
+    for n in "${NODE_NAMES[@]}"; do start_slurmd "$n"; done
+    wait_nodes_usable
     wait_scheduler_ready
     build_image
     ensure_mount_points
-    log "up: $HN $(node_state), SLURM_CONF=$CONF"
+    log "up: $(sinfo -h -N -o '%N %T' | sort -u | tr '\n' ' ')SLURM_CONF=$CONF"
 }
 
 cmd_down() {
@@ -497,7 +578,7 @@ cmd_down() {
     # cancel this cluster's running jobs first and give them KillWait to end. Pending jobs stay
     # in the saved state and start after the next 'up'.
     local ids i
-    if slurmctld_pid >/dev/null && slurmd_pid >/dev/null; then
+    if slurmctld_pid >/dev/null && any_slurmd_pid >/dev/null; then
         ids=$(squeue -h -t running,suspended,configuring -o '%A' 2>/dev/null | tr '\n' ' ') || ids=
         if [[ -n ${ids// /} ]]; then
             log "cancelling running jobs: $ids"
@@ -510,8 +591,8 @@ cmd_down() {
         sleep 0.1
     done
 
-    # slurmd first so it does not log the controller going away; munged last, both use it.
-    stop_daemon slurmd slurmd_pid
+    # slurmds first so they do not log the controller going away; munged last, all use it.
+    stop_slurmds
     stop_daemon slurmctld slurmctld_pid
     stop_daemon munged munged_pid
     stop_daemon munged old_munged_pid >/dev/null 2>&1
@@ -525,8 +606,8 @@ cmd_down() {
 }
 
 cmd_status() {
-    local up=0 name pid
-    for name in munged slurmctld slurmd; do
+    local up=0 name pid n
+    for name in munged slurmctld; do
         if pid=$(${name}_pid); then
             printf '%-10s running (pid %s)\n' "$name:" "$pid"
         else
@@ -534,10 +615,20 @@ cmd_status() {
             up=1
         fi
     done
+    for n in "${NODE_NAMES[@]}"; do
+        if pid=$(slurmd_pid "$n"); then
+            printf '%-10s running (pid %s)\n' "slurmd $n:" "$pid"
+        else
+            printf '%-10s not running\n' "slurmd $n:"
+            up=1
+        fi
+    done
     echo "SLURM_CONF=$CONF"
     if ((up == 0)); then
         sinfo || up=1
-        node_usable || { echo "node $HN is not usable"; up=1; }
+        for n in "${NODE_NAMES[@]}"; do
+            node_usable "$n" || { echo "node $n is not usable"; up=1; }
+        done
     fi
     if image_ok; then echo "image: $IMG"; else echo "image: $IMG (missing)"; fi
     exit "$up"
@@ -547,6 +638,10 @@ cmd_env() {
     printf 'export SLURM_CONF=%q\n' "$CONF"
     printf 'export ILS_CLUSTER_DIR=%q\n' "$D"
     printf 'export ILS_IMAGE=%q\n' "$IMG"
+    # What this cluster runs with, from which tests derive further ports.
+    printf 'export ILS_NODES=%q\n' "$NODES"
+    printf 'export ILS_SLURMCTLD_PORT=%q\n' "$CTLD_PORT"
+    printf 'export ILS_SLURMD_PORT=%q\n' "$SLURMD_PORT"
 }
 
 usage() {

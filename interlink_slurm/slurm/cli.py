@@ -81,7 +81,7 @@ def parse_gres(gres: str) -> dict[str, int]:
 
 
 def parse_sinfo(text: str) -> ClusterResources:
-    """Lines of ``%n|%c|%m|%G|%T``; a node in several partitions counts once."""
+    """Lines of ``%N|%c|%m|%G|%T``; a node in several partitions counts once."""
     seen: set[str] = set()
     cpus = memory = 0
     gpus: dict[str, int] = {}
@@ -355,7 +355,7 @@ class CliScheduler:
     async def resources(self, partitions: Sequence[str]) -> ClusterResources:
         selection = [f"--partition={','.join(partitions)}"] if partitions else []
         result = await self._run(
-            "sinfo", "--noheader", "--Node", *selection, "--format=%n|%c|%m|%G|%T"
+            "sinfo", "--noheader", "--Node", *selection, "--format=%N|%c|%m|%G|%T"
         )
         if result.returncode != 0:
             raise SchedulerError(f"sinfo failed: {_message(result)}")

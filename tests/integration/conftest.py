@@ -275,6 +275,21 @@ def slurm(cluster: dict[str, str], *argv: str) -> str:
     return out.stdout
 
 
+# What each node of deploy/local/cluster.sh declares (the cluster has ILS_NODES of them).
+CPUS_PER_NODE = 16
+GPUS_PER_NODE = 4
+
+
+def nodes(cluster: dict[str, str]) -> list[str]:
+    """The cluster's node names, n1, n2... (the partitions span them all)."""
+    return sorted(set(slurm(cluster, "sinfo", "-h", "-N", "-o", "%N").split()))
+
+
+def on_every_node(cluster: dict[str, str]) -> list[str]:
+    """sbatch options for one task on each node: a job that fills the cluster, not one node."""
+    return [f"--nodes={len(nodes(cluster))}", "--ntasks-per-node=1"]
+
+
 @pytest.fixture(scope="session")
 def cluster() -> dict[str, str]:
     return cluster_env()

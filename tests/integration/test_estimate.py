@@ -1,4 +1,4 @@
-"""Start estimates on the real local Slurm (one node, vm: 32 CPUs, 4 a100 in both partitions):
+"""Start estimates on the real local Slurm (nodes n1, n2...: 16 CPUs, 4 a100s each):
 an idle partition starts now, a partition whose GPUs are taken starts when they come free, a job
 Slurm could never run is refused in its words, and a dead controller is unavailable."""
 
@@ -19,7 +19,15 @@ from interlink_slurm.slurm.rest import RestScheduler
 from interlink_slurm.slurm.scheduler import Estimate, Scheduler
 from interlink_slurm.slurm.ssh import SSHTransport
 from interlink_slurm.slurm.transport import LocalTransport
-from tests.integration.conftest import REST_VERSION, LoginNode, RestServer, free_port, slurm, squeue
+from tests.integration.conftest import (
+    REST_VERSION,
+    LoginNode,
+    RestServer,
+    free_port,
+    on_every_node,
+    slurm,
+    squeue,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -49,13 +57,14 @@ def scheduler(cluster: dict[str, str]) -> CliScheduler:
 
 @pytest.fixture
 def gpus_taken(cluster: dict[str, str]) -> Iterator[str]:
-    """A running job holding all four GPUs for 10 minutes."""
+    """A running job holding all four GPUs of every node for 10 minutes."""
     job_id = slurm(
         cluster,
         "sbatch",
         "--parsable",
         "--partition=boost_usr_prod",
         "--gres=gpu:a100:4",
+        *on_every_node(cluster),
         "--time=10",
         "--output=/dev/null",
         "--job-name=estimate-filler",
@@ -75,7 +84,7 @@ def test_an_idle_partition_starts_now_whatever_the_pod_directory(scheduler: CliS
     answer = estimate(scheduler, [*POD_OPTIONS, *GPU_JOB])
     assert abs(answer.start - time.time()) < 10
     assert re.fullmatch(
-        r"using \d+ processors on nodes vm in partition boost_usr_prod", answer.detail
+        r"using \d+ processors on nodes n\d+ in partition boost_usr_prod", answer.detail
     )
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from tests import podgen
-from tests.integration.conftest import Plugin, all_terminated, slurm, squeue
+from tests.integration.conftest import (
+    GPUS_PER_NODE,
+    Plugin,
+    all_terminated,
+    nodes,
+    slurm,
+    squeue,
+)
 from tests.integration.test_crash_outage import (  # noqa: F401 (a fixture)
     cancel,
     jobs_by_comment,
@@ -75,8 +82,8 @@ def test_status_names_the_node_and_logs_need_no_container_name(plugin: Plugin) -
     pod = podgen.pod("where", [podgen.container("main", "print('here')")])
     plugin.create_ok(podgen.retrieved(pod))
     status = plugin.wait_for(pod, all_terminated)
-    node = slurm(plugin.cluster, "sinfo", "-h", "-N", "-o", "%N").split()[0]
-    assert status["NodeName"] == node
+    node = status["NodeName"]
+    assert node in nodes(plugin.cluster)
     assert f"Slurm node {node}" in status["containers"][0]["state"]["terminated"]["message"]
     # interLink passes an empty ContainerName on; a one-container pod means its container.
     r = plugin.logs(pod, "")
@@ -89,7 +96,8 @@ def test_ping_leaves_taints_alone_and_never_reports_an_empty_node(
 ) -> None:
     plugin = Plugin(tmp_path, cluster)
     plugin.start()
-    node = slurm(cluster, "sinfo", "-h", "-N", "-o", "%N").split()[0]
+    # Every node: with one left, the plugin still has somewhere to run pods.
+    node = ",".join(nodes(cluster))
     try:
         answer = plugin.status([]).json()
         assert "taints" not in answer
@@ -138,13 +146,13 @@ def test_a_delete_slurm_cannot_hear_is_carried_out_when_it_can(
 def test_a_mapped_accelerator_gets_its_gres_on_slurm_and_in_the_ping(
     cluster: dict[str, str], tmp_path: Path
 ) -> None:
-    # The local node's four GPUs stand for AMD ones: what matters is the name → gres map.
+    # The local nodes' GPUs stand for AMD ones: what matters is the name → gres map.
     plugin = Plugin(tmp_path, cluster, accelerators={"amd.com/gpu": "gpu:a100"})
     plugin.start()
     try:
         ping = plugin.status([]).json()
         assert ping["resources"]["accelerators"] == [
-            {"resourceType": "amd.com/gpu", "available": "4"}
+            {"resourceType": "amd.com/gpu", "available": str(GPUS_PER_NODE * len(nodes(cluster)))}
         ]
         pod = podgen.pod(
             "amd",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,12 +24,16 @@ import yaml
 from tests import podgen
 from tests.integration.conftest import (
     CLUSTER,
+    CPUS_PER_NODE,
     EXE,
+    GPUS_PER_NODE,
     LoginNode,
     Plugin,
     all_terminated,
     cluster_env,
     free_port,
+    nodes,
+    on_every_node,
     slurm,
     user_dir,
 )
@@ -56,12 +61,13 @@ def gpu_pod(name: str, gpus: int = 1, **more: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def filled(cluster: dict[str, str], *sbatch: str) -> Iterator[str]:
-    """A running job holding what ``sbatch`` asks for, for FILL_MINUTES (its time limit, which
-    is what Slurm's estimates count on), cancelled on the way out."""
+    """A running job holding what ``sbatch`` asks for on every node, for FILL_MINUTES (its time
+    limit, which is what Slurm's estimates count on), cancelled on the way out."""
     job_id = slurm(
         cluster,
         "sbatch",
         "--parsable",
+        *on_every_node(cluster),
         f"--time={FILL_MINUTES}",
         "--output=/dev/null",
         *sbatch,
@@ -79,8 +85,8 @@ def filled(cluster: dict[str, str], *sbatch: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def boost_limited_to(cluster: dict[str, str], cpus: int) -> Iterator[None]:
-    """The GPU partition may use only ``cpus`` CPUs of the (shared) node, so that it can be
-    full while the CPU partition is not."""
+    """The GPU partition may use only ``cpus`` CPUs of each (shared) node, so that it can be
+    full while the CPU partition is not (see ``boost_full``)."""
     slurm(cluster, "scontrol", "update", "PartitionName=boost_usr_prod", f"MaxCPUsPerNode={cpus}")
     try:
         yield
@@ -147,7 +153,7 @@ def test_a_pod_goes_where_slurm_expects_it_to_start_soonest(
             ).stdout
             lines = rendered.split("# Placement:\n", 1)[1]
             assert "* target dcgp (partition dcgp_usr_prod): expected start" in lines
-            assert "using 1 processors on nodes vm in partition dcgp_usr_prod" in lines
+            assert re.search(r"using 1 processors on nodes n\d+ in partition dcgp_usr_prod", lines)
             booster = next(line for line in lines.splitlines() if "- target booster " in line)
             assert f"(after {FILL_MINUTES - 1} min)" in booster or (
                 f"(after {FILL_MINUTES} min)" in booster
@@ -265,14 +271,20 @@ def test_a_pod_no_target_can_run_is_refused_with_each_reason(
 
 @pytest.fixture(scope="module")
 def second_cluster() -> Iterator[dict[str, str]]:
-    """Another single-node Slurm on this machine: own directory, ports and munged."""
-    cluster_env()  # the first one (and the shared image) exists
+    """Another Slurm on this machine, of one node: own directory, munged, name, job ids and
+    ports (the ones after the first cluster's nodes': a test machine's clusters each keep to a
+    range of ports)."""
+    first = cluster_env()  # the first one (and the shared image) exists
+    port = int(first["ILS_SLURMD_PORT"]) + int(first["ILS_NODES"])
     env = {
         **os.environ,
         # munged wants every directory above its socket searchable by all.
-        "ILS_CLUSTER_DIR": str(user_dir("root", "cluster-b")),
-        "ILS_SLURMCTLD_PORT": str(free_port()),
-        "ILS_SLURMD_PORT": str(free_port()),
+        "ILS_CLUSTER_DIR": str(user_dir("root", "cluster-far")),
+        "ILS_SLURMCTLD_PORT": str(port),
+        "ILS_SLURMD_PORT": str(port + 1),
+        "ILS_NODES": "1",
+        "ILS_CLUSTER_NAME": "ilsfar",
+        "ILS_FIRST_JOB_ID": "5000000",
     }
     subprocess.run([str(CLUSTER), "up"], check=True, stdout=sys.stderr, env=env)
     try:
@@ -317,16 +329,23 @@ def test_a_pod_goes_to_the_other_cluster_when_this_ones_gpus_are_busy(
         assert doctor.returncode == 0, doctor.stdout
         assert f"doctor: cluster far: transport {far_transport}" in doctor.stdout
         assert "targets.there.partition boost_usr_prod: 1 node(s)" in doctor.stdout
-        assert "targets.here.gpu_type gpu:a100 x4" in doctor.stdout
+        assert f"targets.here.partition boost_usr_prod: {len(nodes(cluster))} node(s)" in (
+            doctor.stdout
+        )
+        assert f"targets.here.gpu_type gpu:a100 x{GPUS_PER_NODE * len(nodes(cluster))}" in (
+            doctor.stdout
+        )
         # The node's capacity is both clusters'.
         ping = p.status([]).json()
-        assert ping["resources"]["cpu"] == "64"
+        all_nodes = len(nodes(cluster)) + 1
+        assert ping["resources"]["cpu"] == str(CPUS_PER_NODE * all_nodes)
         assert ping["resources"]["accelerators"] == [
-            {"resourceType": "nvidia.com/gpu", "available": "8"}
+            {"resourceType": "nvidia.com/gpu", "available": str(GPUS_PER_NODE * all_nodes)}
         ]
         with filled(cluster, "--partition=boost_usr_prod", "--gres=gpu:a100:4"):
             pod = gpu_pod("far-away", gpus=2)
             job = p.create_ok(pod)
+            assert int(job) >= 5000000  # the far cluster's ids: never one of this cluster's
             assert job_partition(second_cluster, job) == "boost_usr_prod"
             owner = slurm(second_cluster, "squeue", "-h", "-a", "-j", job, "-o", "%u").strip()
             assert owner in (user, "")  # "" once it has left the queue

@@ -9,10 +9,12 @@ import pytest
 
 from tests import podgen
 from tests.integration.conftest import (
+    GPUS_PER_NODE,
     REPO,
     Plugin,
     all_terminated,
     any_running,
+    nodes,
     squeue,
     states,
 )
@@ -230,7 +232,10 @@ def test_ping_reports_the_cluster_resources(plugin: Plugin) -> None:
     assert int(ping["resources"]["cpu"]) > 0
     assert ping["resources"]["memory"].endswith("Mi")
     assert ping["resources"]["accelerators"] == [
-        {"resourceType": "nvidia.com/gpu", "available": "4"}
+        {
+            "resourceType": "nvidia.com/gpu",
+            "available": str(GPUS_PER_NODE * len(nodes(plugin.cluster))),
+        }
     ]
     assert plugin.client.get("/readyz").status_code == 200
 

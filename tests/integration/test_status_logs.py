@@ -17,9 +17,11 @@ import pytest
 
 from tests import podgen
 from tests.integration.conftest import (
+    GPUS_PER_NODE,
     Plugin,
     all_terminated,
     any_running,
+    nodes,
     slurm,
     squeue,
     states,
@@ -85,15 +87,18 @@ def test_status_storm_does_not_multiply_scheduler_queries(local: Plugin) -> None
 
 
 def test_pending_job_waits_with_slurm_reason_resources(local: Plugin) -> None:
+    # The hog holds every GPU of every node.
+    n = len(nodes(local.cluster))
     hog = podgen.pod(
         "gpu-hog",
         [
             podgen.container(
                 "main",
                 "import time; time.sleep(120)",
-                resources={"limits": {"nvidia.com/gpu": "4"}},
+                resources={"limits": {"nvidia.com/gpu": str(GPUS_PER_NODE * n)}},
             )
         ],
+        annotations={"interlink-slurm/nodes": str(n)},
     )
     waiter = podgen.pod(
         "gpu-waiter",

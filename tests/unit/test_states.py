@@ -112,7 +112,7 @@ def test_squeue_lines_parse_with_comment_last() -> None:
 
 def test_sinfo_counts_each_node_once_and_skips_unusable_nodes() -> None:
     text = (
-        # %n|%c|%m|%G|%T, one line per node and partition
+        # %N|%c|%m|%G|%T, one line per node and partition
         "n1|32|20000|gpu:a100:4|idle\n"
         "n1|32|20000|gpu:a100:4|idle\n"
         "n2|32|20000|gpu:a100:4(S:0-1)|mixed\n"
