@@ -140,9 +140,7 @@ def test_a_members_reap_does_not_kill_its_sibling_on_the_same_machine(gang: Plug
     """Both nodes of the local cluster are this machine: the short member ends (and reaps
     what is left of its own) while the long one still runs, which must go on to its end."""
     a = member("reap", "reap-0", 2, "print('short')")
-    b = member(
-        "reap", "reap-1", 2, "import time; time.sleep(8); print('long done')"
-    )
+    b = member("reap", "reap-1", 2, "import time; time.sleep(8); print('long done')")
     gang.create_ok(podgen.retrieved(a))
     gang.create_ok(podgen.retrieved(b))
 
