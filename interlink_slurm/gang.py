@@ -38,9 +38,9 @@ from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import Store
 from interlink_slurm.tracker import Clock
 from interlink_slurm.translate.group import (
-    GROUP_COMMENT_PREFIX,
     GroupMember,
     GroupPlan,
+    group_comment,
     identical,
     member_names,
     render_group_script,
@@ -196,7 +196,7 @@ class Gang:
         )
         script = render_group_script(gplan)
         await asyncio.to_thread(_write_group, cluster, group_dir, script, plans[0].owner)
-        comment = f"{GROUP_COMMENT_PREFIX}{group.namespace}/{group.name}"
+        comment = group_comment(gplan)
         landed = await cluster.scheduler.find_by_comment(comment)
         if landed is not None:
             job_id = landed.job_id  # submitted before a crash or an outage cut the create short

@@ -99,6 +99,12 @@ def identical(group: GroupPlan) -> bool:
     return all(_shared(m.plan) == first for m in group.members[1:])
 
 
+def group_comment(group: GroupPlan) -> str:
+    """The job's comment: the group, and its leader's uid (a later group of the same name
+    is another job)."""
+    return f"{GROUP_COMMENT_PREFIX}{group.namespace}/{group.name}/{group.members[0].plan.uid}"
+
+
 def unit_directives(plan: JobPlan, count: int) -> tuple[str, ...]:
     """One member's directives sized for ``count`` of it (nodes and tasks): how the group is
     estimated and placed, as a unit."""
@@ -115,7 +121,7 @@ def group_directives(group: GroupPlan) -> list[str]:
     """The #SBATCH lines of the group's job, "hetjob" between components."""
     own = [
         f"--job-name={group.name}",
-        f"--comment={GROUP_COMMENT_PREFIX}{group.namespace}/{group.name}",
+        f"--comment={group_comment(group)}",
         f"--output={group.group_dir}/job.out",
         "--open-mode=append",
         f"--chdir={group.group_dir}",

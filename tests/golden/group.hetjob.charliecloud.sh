@@ -1,6 +1,6 @@
 #!/bin/bash
 #SBATCH --job-name=train
-#SBATCH --comment=interlink-slurm-group:default/train
+#SBATCH --comment=interlink-slurm-group:default/train/0a1b2c3d-0000-4000-8000-000000000001
 #SBATCH --output=/data/ils/default/.group-train-0a1b2c3d-0000-4000-8000-000000000001/job.out
 #SBATCH --open-mode=append
 #SBATCH --chdir=/data/ils/default/.group-train-0a1b2c3d-0000-4000-8000-000000000001
