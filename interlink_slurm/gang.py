@@ -29,7 +29,6 @@ from interlink_slurm.groups import (
     arrival_message,
     membership,
     note_ended,
-    rank_key,
     timeout_reason,
     waiting_status,
 )
@@ -41,8 +40,10 @@ from interlink_slurm.translate.group import (
     GroupMember,
     GroupPlan,
     group_comment,
+    group_dir,
     identical,
     member_names,
+    ranked,
     render_group_script,
     unit_directives,
     with_rendezvous,
@@ -176,9 +177,8 @@ class Gang:
         ]
         if len(datas) != len(members):
             raise StorageError(f"group {group.name}: a member's create was not kept")
-        datas.sort(key=lambda d: rank_key(d.pod))
-        ranked = [d.pod.name for d in datas]
-        datas = [with_rendezvous(d, group.name, i, ranked) for i, d in enumerate(datas)]
+        datas = ranked(datas, group.name)
+        names = [d.pod.name for d in datas]
         leader = datas[0]
         commands = await asyncio.to_thread(host._image_commands, leader)
         chosen = await self._place(datas, commands)
@@ -186,38 +186,39 @@ class Gang:
         plans: list[JobPlan] = []
         for data in datas:
             plans.append(await self._member_job(cluster, chosen, data, commands))
-        group_dir = _group_dir(cluster.data_root, group.namespace, group.name, leader.pod.uid)
+        # The namespace and uid were checked where the members' directories were made.
+        where = group_dir(cluster.data_root, group.namespace, group.name, leader.pod.uid)
         gplan = GroupPlan(
             group.namespace,
             group.name,
-            group_dir,
+            where,
             tuple(GroupMember(p, member_names(d.pod)) for p, d in zip(plans, datas, strict=True)),
             settings.group_failure_policy,
         )
         script = render_group_script(gplan)
-        await asyncio.to_thread(_write_group, cluster, group_dir, script, plans[0].owner)
+        await asyncio.to_thread(_write_group, cluster, where, script, plans[0].owner)
         comment = group_comment(gplan)
         landed = await cluster.scheduler.find_by_comment(comment)
         if landed is not None:
             job_id = landed.job_id  # submitted before a crash or an outage cut the create short
         else:
             try:
-                job_id = await cluster.scheduler.submit(f"{group_dir}/{GROUP_SCRIPT}", group_dir)
+                job_id = await cluster.scheduler.submit(f"{where}/{GROUP_SCRIPT}", where)
             except SchedulerError:
                 for p in plans:
                     await asyncio.to_thread(cluster.transport.remove_tree, p.pod_dir)
-                await asyncio.to_thread(cluster.transport.remove_tree, group_dir)
+                await asyncio.to_thread(cluster.transport.remove_tree, where)
                 raise
         for p in plans:
             await asyncio.to_thread(self._record, cluster, p, job_id)
-        await asyncio.to_thread(self.book.submitted, group.namespace, group.name, job_id, group_dir)
+        await asyncio.to_thread(self.book.submitted, group.namespace, group.name, job_id, where)
         host._request_refresh()
         form = "one allocation" if identical(gplan) else "a heterogeneous job"
         log.info(
             "pod group %s/%s (%s) submitted as job %s, %s",
             group.namespace,
             group.name,
-            ", ".join(ranked),
+            ", ".join(names),
             job_id,
             form,
         )
@@ -395,12 +396,6 @@ class Gang:
         await asyncio.to_thread(self.book.ended_by, group.namespace, group.name, why)
         if why:
             self._ended.setdefault((group.namespace, group.name), why)
-
-
-def _group_dir(data_root: str, namespace: str, name: str, leader_uid: str) -> str:
-    """Next to its pods' directories; a pod name never starts with '.', so never one of them."""
-    jobdir.pod_dir(data_root, namespace, "x", leader_uid)  # validates namespace and uid
-    return f"{data_root}/{namespace}/.group-{name}-{leader_uid}"
 
 
 def _write_group(

@@ -37,14 +37,6 @@ KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"  # a label
 KUEUE_TOTAL = "kueue.x-k8s.io/pod-group-total-count"  # an annotation
 GROUP = "slurm-job.vk.io/pod-group"  # our own pair, both annotations
 GROUP_SIZE = "slurm-job.vk.io/pod-group-size"
-# A member's rank, when its controller says it (PyTorchJob, JobSet / indexed Job).
-_RANK_LABELS = (
-    "training.kubeflow.org/replica-index",
-    "batch.kubernetes.io/job-completion-index",
-    "jobset.sigs.k8s.io/job-index",
-)
-_LEADER_TYPES = ("master", "launcher", "leader")
-_REPLICA_TYPE = "training.kubeflow.org/replica-type"
 # A Kubernetes label value: what a group name may be (it becomes part of a directory name).
 _GROUP_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
@@ -134,20 +126,6 @@ def membership(meta: ObjectMeta, max_size: int) -> Membership | None:
             raise PodRejected(field, f"{value} differs from the group size {size} also given")
         size = value
     return Membership(name, size)
-
-
-def rank_key(pod: Pod) -> tuple[int, int, str]:
-    """Members are ranked by this: the controller's master/launcher first, then its index,
-    then the name. Rank 0 leads (MASTER_ADDR)."""
-    labels = {**pod.metadata.annotations, **pod.metadata.labels}
-    leader = 0 if labels.get(_REPLICA_TYPE, "").lower() in _LEADER_TYPES else 1
-    index = 0
-    for key in _RANK_LABELS:
-        raw = labels.get(key, "")
-        if raw.isdigit():
-            index = int(raw)
-            break
-    return (leader, index, pod.metadata.name)
 
 
 def missing_names(arrived: Sequence[str], size: int) -> str:

@@ -58,6 +58,14 @@ GROUP_COMMENT_PREFIX = "interlink-slurm-group:"
 GROUP_VOLUME = "interlink-slurm-group"
 HOSTS_FILE = "hosts"
 ENV_FILE = "group.env"
+# A member's rank, when its controller says it (PyTorchJob, JobSet / indexed Job).
+_RANK_LABELS = (
+    "training.kubeflow.org/replica-index",
+    "batch.kubernetes.io/job-completion-index",
+    "jobset.sigs.k8s.io/job-index",
+)
+_LEADER_TYPES = ("master", "launcher", "leader")
+_REPLICA_TYPE = "training.kubeflow.org/replica-type"
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 FAILURE_POLICIES = ("fail-group", "ignore")
 # Runtimes that hand a container every variable of its env file (Enroot only those its command
@@ -97,6 +105,12 @@ def identical(group: GroupPlan) -> bool:
     """Whether every member asks for the same job (then one ``--nodes`` allocation)."""
     first = _shared(group.members[0].plan)
     return all(_shared(m.plan) == first for m in group.members[1:])
+
+
+def group_dir(data_root: str, namespace: str, name: str, leader_uid: str) -> str:
+    """Next to its pods' directories (DATA_ROOT/<namespace>/.group-<name>-<leader uid>): a pod
+    name never starts with '.', so never one of them."""
+    return f"{data_root.rstrip('/')}/{namespace}/.group-{name}-{leader_uid}"
 
 
 def group_comment(group: GroupPlan) -> str:
@@ -322,3 +336,24 @@ def with_rendezvous(
                 VolumeMount(name=GROUP_VOLUME, mountPath="/etc/hosts", subPath=HOSTS_FILE)
             )
     return data.model_copy(update={"pod": pod})
+
+
+def rank_key(pod: Pod) -> tuple[int, int, str]:
+    """Members are ranked by this: the controller's master/launcher first, then its index,
+    then the name. Rank 0 leads (MASTER_ADDR)."""
+    labels = {**pod.metadata.annotations, **pod.metadata.labels}
+    leader = 0 if labels.get(_REPLICA_TYPE, "").lower() in _LEADER_TYPES else 1
+    index = 0
+    for key in _RANK_LABELS:
+        raw = labels.get(key, "")
+        if raw.isdigit():
+            index = int(raw)
+            break
+    return (leader, index, pod.metadata.name)
+
+
+def ranked(datas: Sequence[RetrievedPodData], group: str) -> list[RetrievedPodData]:
+    """The members in rank order, each as its group's job runs it (with_rendezvous)."""
+    order = sorted(datas, key=lambda d: rank_key(d.pod))
+    names = [d.pod.name for d in order]
+    return [with_rendezvous(d, group, i, names) for i, d in enumerate(order)]

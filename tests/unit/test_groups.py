@@ -22,7 +22,6 @@ from interlink_slurm.groups import (
     Membership,
     membership,
     missing_names,
-    rank_key,
     timeout_reason,
     waiting_status,
 )
@@ -33,6 +32,7 @@ from interlink_slurm.translate.group import (
     group_directives,
     identical,
     member_names,
+    rank_key,
     render_group_script,
     with_rendezvous,
 )
