@@ -4,11 +4,13 @@ nodes, each pod with its own statuses and logs, through the HTTP API as interLin
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests import podgen
 from tests.integration.conftest import Plugin, all_terminated, any_running, states
@@ -18,13 +20,20 @@ pytestmark = pytest.mark.slurm
 KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"
 KUEUE_TOTAL = "kueue.x-k8s.io/pod-group-total-count"
 TIMEOUT = 6  # group_timeout_seconds of these tests' plugin
+PYTORCH = "nvcr.io/nvidia/pytorch:24.05-py3"  # the examples' image: here, the test image
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
 def gang(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
     """A plugin of its own (local mode): a short group_timeout, and restarts of its own."""
+    images = {"debian-python": cluster["ILS_IMAGE"], PYTORCH: cluster["ILS_IMAGE"]}
     p = Plugin(
-        tmp_path_factory.mktemp("gang"), cluster, group_timeout_seconds=TIMEOUT, max_group_size=4
+        tmp_path_factory.mktemp("gang"),
+        cluster,
+        group_timeout_seconds=TIMEOUT,
+        max_group_size=4,
+        images=images,
     )
     p.start()
     try:
@@ -162,3 +171,37 @@ def wait_until(check: Any, timeout: float = 30) -> None:
             return
         time.sleep(0.3)
     raise AssertionError("condition not reached")
+
+
+def example_pods(name: str) -> list[dict[str, Any]]:
+    """The pods of an example file, as the API server would pass them on (a uid each)."""
+    pods = [p for p in yaml.safe_load_all((EXAMPLES / name).read_text()) if p]
+    for pod in pods:
+        pod["metadata"]["uid"] = str(uuid.uuid4())
+        pod["metadata"]["creationTimestamp"] = "2026-11-25T07:00:00Z"
+    return pods
+
+
+def test_the_pytorchjob_shaped_gan_group_trains_on_two_nodes_with_four_gpus_each(
+    gang: Plugin,
+) -> None:
+    master, worker = example_pods("gan-training-2x4xa100-group.yaml")
+    assert gang.create_ok(podgen.retrieved(worker)) == ""  # the worker first: it waits
+    job = gang.create_ok(podgen.retrieved(master))
+
+    sm = gang.wait_for(master, all_terminated)
+    sw = gang.wait_for(worker, all_terminated)
+
+    assert sm["JID"] == sw["JID"] == job
+    log_m, log_w = gang.logs(master, "pytorch").text, gang.logs(worker, "pytorch").text
+    assert "rendezvous: ranks [0, 1] joined" in log_m, log_m
+    assert "rendezvous: joined the master" in log_w, log_w
+    # The controller's MASTER_ADDR, the master pod's name, resolves in both containers.
+    assert "master gan-master-0 is 127.0.0.1" in log_m and "is 127.0.0.1" in log_w
+    assert "rank 0 of 2 on node n1" in log_m or "rank 0 of 2 on node n2" in log_m
+    nodes = {line.split(" on node ")[1].split()[0] for line in (log_m, log_w)}
+    assert len(nodes) == 2, (log_m, log_w)
+    for log in (log_m, log_w):
+        assert "with GPUs 0,1,2,3" in log, log  # each node's own 4 GPUs
+    for status in (sm, sw):
+        assert states(status)["pytorch"]["terminated"]["exitCode"] == 0
