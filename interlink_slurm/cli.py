@@ -308,6 +308,7 @@ def _render_group(settings: Settings, docs: list[dict[str, Any]], path: Path) ->
     from interlink_slurm.translate.group import (
         GroupMember,
         GroupPlan,
+        check_member,
         group_dir,
         member_names,
         ranked,
@@ -337,6 +338,7 @@ def _render_group(settings: Settings, docs: list[dict[str, Any]], path: Path) ->
             plan = build_plan(
                 data, settings, jobdir.pod_dir(root, pod.namespace, pod.name, pod.uid)
             )
+            check_member(plan)
             members.append(GroupMember(plan, member_names(pod)))
     except ValidationError as err:
         raise CliError(f"{path}: invalid pod: {describe_validation_error(err)}") from err

@@ -39,6 +39,7 @@ from interlink_slurm.tracker import Clock
 from interlink_slurm.translate.group import (
     GroupMember,
     GroupPlan,
+    check_member,
     group_comment,
     group_dir,
     identical,
@@ -133,6 +134,9 @@ class Gang:
             for c in cands:
                 if c.rejected is not None:
                     raise c.rejected
+        for c in cands:
+            if c.plan is not None:
+                check_member(c.plan)
         now = self.host.clock.time()
         body = data.model_dump_json(by_alias=True, exclude_none=True)
         group, members = await asyncio.to_thread(
@@ -276,6 +280,7 @@ class Gang:
         plan = await asyncio.to_thread(
             host._in_images, cluster.transport, data, chosen, plan, {**commands, **more}
         )
+        check_member(plan)
         if plan.owner is not None and plan.owner[1] is None:
             plan = await asyncio.to_thread(host._primary_group, cluster.transport, plan)
         script = render_script(plan)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from interlink_slurm import __version__
 from interlink_slurm.errors import PodRejected
+from interlink_slurm.translate.annotations import NODES
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.runtimes import RUNTIMES
 from interlink_slurm.translate.script import LIBRARY_FILE
@@ -39,19 +40,8 @@ from interlink_slurm.wire import (
 # Options of a member's job that only name the member's own job (its pod): the group's job has
 # its own.
 _OWN = ("--job-name", "--comment", "--output", "--open-mode", "--chdir", "--hold")
-# Options that size one member (its nodes and what each task gets): given again to its step.
-_STEP = (
-    "--nodes",
-    "--ntasks",
-    "--ntasks-per-node",
-    "--cpus-per-task",
-    "--mem",
-    "--mem-per-cpu",
-    "--gres",
-    "--gpus",
-    "--gpus-per-node",
-    "--gpus-per-task",
-)
+# A member's accelerators: given again to its step (CUDA_VISIBLE_DEVICES...).
+_GPUS = ("--gres", "--gpus", "--gpus-per-node", "--gpus-per-task")
 GROUP_COMMENT_PREFIX = "interlink-slurm-group:"
 # The emptyDir volume of each member that the group's script fills (hosts, group.env); its
 # containers see the hosts file at /etc/hosts.
@@ -119,6 +109,17 @@ def group_comment(group: GroupPlan) -> str:
     return f"{GROUP_COMMENT_PREFIX}{group.namespace}/{group.name}/{group.members[0].plan.uid}"
 
 
+def check_member(plan: JobPlan) -> None:
+    """A pod of a group runs on one node (the group's pods are its nodes). Raises
+    PodRejected."""
+    if plan.nodes > 1:
+        raise PodRejected(
+            f"metadata.annotations[{NODES}]",
+            f"{plan.nodes} nodes: a pod of a pod group runs on one node (the group has one pod "
+            "per node; make the group larger instead)",
+        )
+
+
 def unit_directives(plan: JobPlan, count: int) -> tuple[str, ...]:
     """One member's directives sized for ``count`` of it (nodes and tasks): how the group is
     estimated and placed, as a unit."""
@@ -156,15 +157,25 @@ def group_directives(group: GroupPlan) -> list[str]:
     return out
 
 
+def member_tasks(plan: JobPlan) -> tuple[int, int]:
+    """(tasks, CPUs) of a member on its node: what its launcher starts, what its step holds."""
+    d = plan.directives
+    per_node = _value(d, "--ntasks-per-node") or _value(d, "--ntasks") or "1"
+    tasks = int(per_node) if per_node.isdigit() else 1
+    per_task = _value(d, "--cpus-per-task", "1")
+    return tasks, tasks * (int(per_task) if per_task.isdigit() else 1)
+
+
 def _step_argv(group: GroupPlan, rank: int, same: bool) -> list[str]:
+    """The step of one member: ONE task (its job.sh) holding all of its node's CPUs and memory
+    in the group's allocation; its own sruns (an MPI launcher) start its tasks on its node only,
+    through the job's resources (SLURM_OVERLAP), as many as the pod asks (SLURM_NTASKS), where
+    its host file says (SLURM_DISTRIBUTION=arbitrary: the member's node, once per task)."""
     m = group.members[rank].plan
-    argv = ["srun"]
-    if same:
-        nodes = int(_value(m.directives, "--nodes", "1") or 1)
-        argv += [d for d in m.directives if _option(d) in _STEP]
-        argv.append(f"--relative={rank * nodes}")
-    else:
-        argv.append(f"--het-group={rank}")
+    tasks, cpus = member_tasks(m)
+    argv = ["srun", f"--het-group={rank}"] if not same else ["srun", f"--relative={rank}"]
+    argv += ["--nodes=1", "--ntasks=1", f"--cpus-per-task={cpus}", "--mem=0"]
+    argv += [d for d in m.directives if _option(d) in _GPUS]
     argv += [
         f"--job-name={m.name}",
         f"--chdir={m.pod_dir}",
@@ -172,9 +183,18 @@ def _step_argv(group: GroupPlan, rank: int, same: bool) -> list[str]:
         "--open-mode=append",
         "--kill-on-bad-exit=0",
         # ILS_MEMBER keys the member's reaping and /tmp apart from its siblings' on a shared
-        # node; SLURM_OVERLAP lets the member's own sruns (launchers, every-node setup) start
-        # steps inside its step's resources.
-        f"--export=ALL,ILS_MEMBER={m.uid},SLURM_OVERLAP=1",
+        # node (both nodes of the local cluster are one machine).
+        f"--export=ALL,ILS_MEMBER={m.uid}",
+        "env",
+        "-u",
+        "SLURM_MEM_PER_CPU",
+        "-u",
+        "SLURM_MEM_PER_GPU",
+        "SLURM_MEM_PER_NODE=0",
+        "SLURM_OVERLAP=1",
+        f"SLURM_NTASKS={tasks}",
+        "SLURM_DISTRIBUTION=arbitrary",
+        f"SLURM_HOSTFILE={group.group_dir}/{rank}.hosts",
         "bash",
         "./job.sh",
     ]
@@ -182,19 +202,26 @@ def _step_argv(group: GroupPlan, rank: int, same: bool) -> list[str]:
 
 
 def _first_nodes(group: GroupPlan, same: bool) -> list[str]:
-    """Bash lines setting ``nodes`` to each member's first node, by rank."""
+    """Bash lines setting ``nodes`` to each member's node, by rank, and writing each member's
+    host file (its node once per task, for its launcher)."""
+    count = len(group.members)
     if same:
-        nodes = int(_value(group.members[0].plan.directives, "--nodes", "1") or 1)
-        firsts = " ".join(f'"${{all[{i * nodes}]}}"' for i in range(len(group.members)))
-        return [
+        lines = [
             'mapfile -t all < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
-            f"nodes=({firsts})",
+            f"nodes=({' '.join(f'{chr(34)}${{all[{i}]}}{chr(34)}' for i in range(count))})",
         ]
-    lines = ["nodes=()"]
-    lines += [
-        f'nodes+=("$(scontrol show hostnames "$SLURM_JOB_NODELIST_HET_GROUP_{i}" | head -n 1)")'
-        for i in range(len(group.members))
-    ]
+    else:
+        lines = ["nodes=()"]
+        lines += [
+            f'nodes+=("$(scontrol show hostnames "$SLURM_JOB_NODELIST_HET_GROUP_{i}" | head -n 1)")'
+            for i in range(count)
+        ]
+    for i, m in enumerate(group.members):
+        tasks, _ = member_tasks(m.plan)
+        lines.append(
+            f'for ((t = 0; t < {tasks}; t++)); do echo "${{nodes[{i}]}}"; done > {i}.hosts'
+            " || exit 1"
+        )
     return lines
 
 
@@ -269,7 +296,8 @@ def render_group_script(group: GroupPlan) -> str:
     for i, m in enumerate(group.members):
         argv = [shlex.quote(a) for a in _step_argv(group, i, same)]
         # The options one a line, the command last: each can be read.
-        lines.append(" \\\n  ".join([*argv[:-2], " ".join(argv[-2:])]) + " &")
+        at = argv.index("env")
+        lines.append(" \\\n  ".join([*argv[:at], " ".join(argv[at:])]) + " &")
         lines.append(f"pids+=({shlex.quote(m.plan.name)} $!)")
     lines += [
         f'ils_group_wait {shlex.quote(policy)} "${{pids[@]}}"',

@@ -27,6 +27,8 @@ echo 'interlink-slurm: pod group default/train' "starts as job ${SLURM_JOB_ID:-?
 # file (the containers' /etc/hosts) and an env file, in each pod's group volume.
 mapfile -t all < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 nodes=("${all[0]}" "${all[1]}")
+for ((t = 0; t < 1; t++)); do echo "${nodes[0]}"; done > 0.hosts || exit 1
+for ((t = 0; t < 1; t++)); do echo "${nodes[1]}"; done > 1.hosts || exit 1
 {
   cat /etc/hosts
   echo '# pod group train'
@@ -46,33 +48,33 @@ ils_group_env '' /data/ils/default/train-worker-0-0a1b2c3d-0000-4000-8000-000000
 # (group_failure_policy: fail-group).
 pids=()
 srun \
+  --relative=0 \
   --nodes=1 \
   --ntasks=1 \
   --cpus-per-task=4 \
-  --mem=8192M \
+  --mem=0 \
   --gres=gpu:a100:4 \
-  --relative=0 \
   --job-name=train-master-0 \
   --chdir=/data/ils/default/train-master-0-0a1b2c3d-0000-4000-8000-000000000001 \
   --output=/data/ils/default/train-master-0-0a1b2c3d-0000-4000-8000-000000000001/job.out \
   --open-mode=append \
   --kill-on-bad-exit=0 \
-  --export=ALL,ILS_MEMBER=0a1b2c3d-0000-4000-8000-000000000001,SLURM_OVERLAP=1 \
-  bash ./job.sh &
+  --export=ALL,ILS_MEMBER=0a1b2c3d-0000-4000-8000-000000000001 \
+  env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_GPU SLURM_MEM_PER_NODE=0 SLURM_OVERLAP=1 SLURM_NTASKS=1 SLURM_DISTRIBUTION=arbitrary SLURM_HOSTFILE=/data/ils/default/.group-train-0a1b2c3d-0000-4000-8000-000000000001/0.hosts bash ./job.sh &
 pids+=(train-master-0 $!)
 srun \
+  --relative=1 \
   --nodes=1 \
   --ntasks=1 \
   --cpus-per-task=4 \
-  --mem=8192M \
+  --mem=0 \
   --gres=gpu:a100:4 \
-  --relative=1 \
   --job-name=train-worker-0 \
   --chdir=/data/ils/default/train-worker-0-0a1b2c3d-0000-4000-8000-000000000002 \
   --output=/data/ils/default/train-worker-0-0a1b2c3d-0000-4000-8000-000000000002/job.out \
   --open-mode=append \
   --kill-on-bad-exit=0 \
-  --export=ALL,ILS_MEMBER=0a1b2c3d-0000-4000-8000-000000000002,SLURM_OVERLAP=1 \
-  bash ./job.sh &
+  --export=ALL,ILS_MEMBER=0a1b2c3d-0000-4000-8000-000000000002 \
+  env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_GPU SLURM_MEM_PER_NODE=0 SLURM_OVERLAP=1 SLURM_NTASKS=1 SLURM_DISTRIBUTION=arbitrary SLURM_HOSTFILE=/data/ils/default/.group-train-0a1b2c3d-0000-4000-8000-000000000001/1.hosts bash ./job.sh &
 pids+=(train-worker-0 $!)
 ils_group_wait fail-group "${pids[@]}"

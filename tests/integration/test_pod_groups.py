@@ -205,3 +205,43 @@ def test_the_pytorchjob_shaped_gan_group_trains_on_two_nodes_with_four_gpus_each
         assert "with GPUs 0,1,2,3" in log, log  # each node's own 4 GPUs
     for status in (sm, sw):
         assert states(status)["pytorch"]["terminated"]["exitCode"] == 0
+
+
+MPI = {
+    "interlink-slurm/mpi-launcher": "srun",
+    "interlink-slurm/tasks-per-node": "2",
+}
+RANKS = "import os; print('task', os.environ['SLURM_PROCID'], 'on', os.environ['SLURMD_NODENAME'])"
+
+
+def test_an_mpi_pod_over_two_nodes_runs_its_tasks_on_both(gang: Plugin) -> None:
+    pod = podgen.pod(
+        "mpi-2n",
+        [podgen.container("solver", RANKS)],
+        annotations={**MPI, "interlink-slurm/nodes": "2"},
+    )
+    gang.create_ok(podgen.retrieved(pod))
+
+    status = gang.wait_for(pod, all_terminated)
+
+    assert states(status)["solver"]["terminated"]["exitCode"] == 0
+    lines = sorted(gang.logs(pod, "solver").text.splitlines())
+    assert [line.split()[1] for line in lines] == ["0", "1", "2", "3"], lines
+    assert {line.split()[-1] for line in lines} == {"n1", "n2"}
+
+
+def test_members_launching_their_own_tasks_run_them_inside_their_own_step(gang: Plugin) -> None:
+    """An MPI launcher (srun) inside a member's step: its tasks start on the member's node."""
+    a = member("mpi", "mpi-0", 2, RANKS, annotations=dict(MPI))
+    b = member("mpi", "mpi-1", 2, RANKS, annotations=dict(MPI))
+    gang.create_ok(podgen.retrieved(a))
+    gang.create_ok(podgen.retrieved(b))
+
+    for pod in (a, b):
+        status = gang.wait_for(pod, all_terminated)
+        assert states(status)["main"]["terminated"]["exitCode"] == 0
+    la = sorted(gang.logs(a, "main").text.splitlines())
+    lb = sorted(gang.logs(b, "main").text.splitlines())
+    assert [line.split()[1] for line in la] == ["0", "1"], la
+    assert len({line.split()[-1] for line in la}) == 1  # both tasks on the member's node
+    assert {line.split()[-1] for line in la} != {line.split()[-1] for line in lb}
