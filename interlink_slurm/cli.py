@@ -287,15 +287,19 @@ def render(
     plan = placement.chosen.plan
     assert plan is not None  # the chosen target's
     sys.stdout.write(render_script(plan))
+    _echo_files(plan)
+    if settings.targets:
+        typer.echo("\n# Placement:")
+        for line in placement.lines():
+            typer.echo(f"#   {line}")
+
+
+def _echo_files(plan: Any) -> None:
     typer.echo(f"\n# Files written in {plan.pod_dir}:")
     for d in plan.dirs:
         typer.echo(f"#   {d}/")
     for f in plan.files:
         typer.echo(f"#   {f.path}  ({len(f.content)} bytes, mode {f.mode:04o})")
-    if settings.targets:
-        typer.echo("\n# Placement:")
-        for line in placement.lines():
-            typer.echo(f"#   {line}")
 
 
 def _render_group(settings: Settings, docs: list[dict[str, Any]], path: Path) -> None:
@@ -318,6 +322,15 @@ def _render_group(settings: Settings, docs: list[dict[str, Any]], path: Path) ->
     from interlink_slurm.translate.script import render_script
     from interlink_slurm.wire import RetrievedPodData
 
+    keys = ("kueue.x-k8s.io/pod-group-name", "slurm-job.vk.io/pod-group")
+    for doc in docs:
+        meta = doc["pod"].get("metadata") if isinstance(doc.get("pod"), dict) else None
+        marks = {**(meta.get("labels") or {}), **(meta.get("annotations") or {})} if meta else {}
+        if not any(k in marks for k in keys):
+            raise CliError(
+                f"{path}: holds {len(docs)} YAML documents: give it one pod (or workload), or "
+                "the members of one pod group"
+            )
     try:
         datas = [RetrievedPodData.model_validate(d) for d in docs]
         groups = {membership(d.pod.metadata, settings.max_group_size) for d in datas}
@@ -348,9 +361,11 @@ def _render_group(settings: Settings, docs: list[dict[str, Any]], path: Path) ->
     gdir = group_dir(root, namespace, joined.group, members[0].plan.uid)
     group = GroupPlan(namespace, joined.group, gdir, tuple(members), settings.group_failure_policy)
     sys.stdout.write(render_group_script(group))
+    typer.echo(f"\n# Files written in {gdir}: group.sh, ils.sh")
     for m in members:
         typer.echo(f"\n# ---- {m.plan.pod_dir}/job.sh ----")
         sys.stdout.write(render_script(m.plan))
+        _echo_files(m.plan)
 
 
 def _placement(settings: Settings, data: Any, estimate: bool) -> Any:

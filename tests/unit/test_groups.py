@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from interlink_slurm.cli import app
 from interlink_slurm.config import Settings, load_settings
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.groups import (
@@ -29,6 +31,7 @@ from interlink_slurm.translate.group import (
     GROUP_VOLUME,
     GroupMember,
     GroupPlan,
+    check_member,
     group_directives,
     identical,
     member_names,
@@ -308,3 +311,23 @@ def test_names_a_pod_answers_to_include_the_service_form_of_a_pytorchjob() -> No
     names = member_names(RetrievedPodData.model_validate(pg.retrieved(the_pod)).pod)
     assert names[0] == "job-master-0"
     assert "job-master-0.ml.svc.cluster.local" in names
+
+
+def test_a_pod_of_a_group_asking_several_nodes_is_refused() -> None:
+    the_pod = pg.pod("w-0", [pg.container("c", "1")], annotations={"interlink-slurm/nodes": "2"})
+    plan = build_plan(RetrievedPodData.model_validate(pg.retrieved(the_pod)), _settings(), "/d/p")
+    with pytest.raises(PodRejected) as err:
+        check_member(plan)
+    assert err.value.field == "metadata.annotations[interlink-slurm/nodes]"
+
+
+def test_render_of_a_file_of_a_groups_pods_shows_the_groups_job_then_each_pods() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "gan-training-2x4xa100-group.yaml"
+    leonardo = Path(__file__).resolve().parents[2] / "deploy" / "config" / "leonardo.yaml"
+    result = CliRunner().invoke(app, ["render", str(example), "--config", str(leonardo)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert out.startswith("#!/bin/bash\n#SBATCH --job-name=gan\n")
+    assert "#SBATCH --nodes=2\n" in out and "#SBATCH --gres=gpu:4\n" in out
+    assert out.count("#SBATCH --job-name=gan-master-0") == 1  # its own job.sh, shown after
+    assert out.index("/gan-master-0-") < out.index("/gan-worker-0-")  # the master leads
