@@ -375,7 +375,8 @@ ils_start() {
   ILS_PYTHON=$(command -v python3 || true)
   ILS_STOPPING=""
   trap 'ILS_STOPPING=1' TERM INT URG
-  echo "interlink-slurm: pod $1 starts as job ${SLURM_JOB_ID:-?} on $(hostname)"
+  # Slurm's name of the node, which is what squeue shows (nodes may share a hostname).
+  echo "interlink-slurm: pod $1 starts as job ${SLURM_JOB_ID:-?} on ${SLURMD_NODENAME:-$(hostname)}"
 }
 
 # ils_node_ip NODE: the address of a Slurm node: its NodeAddr, resolved when it is a name.

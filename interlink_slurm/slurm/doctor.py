@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from interlink_slurm.config import DEFAULT_CLUSTER, Settings
-from interlink_slurm.errors import PluginError
+from interlink_slurm.errors import PluginError, SubmitRejected
 from interlink_slurm.slurm.factory import SLURM_COMMANDS
 from interlink_slurm.slurm.scheduler import ClusterResources, Scheduler
 from interlink_slurm.slurm.transport import CommandUnavailable, Transport
@@ -31,10 +31,13 @@ class Check:
     detail: str
     fix: str = ""
     skipped: bool = False  # not asked: what it needs is already reported as failing
+    warning: bool = False  # ok, but something pods may ask cannot run
 
     @property
     def label(self) -> str:
-        return "skip" if self.skipped else "ok" if self.ok else "FAIL"
+        if self.skipped:
+            return "skip"
+        return ("warn" if self.warning else "ok") if self.ok else "FAIL"
 
 
 class Doctor:
@@ -51,10 +54,15 @@ class Doctor:
         self.scheduler = scheduler
         self.cluster = cluster
         self.checks: list[Check] = []
+        # What check_partitions found, by partition (None: Slurm's default); text: an error.
+        self.partitions: dict[str | None, ClusterResources | str] = {}
 
     def _add(self, name: str, ok: bool, detail: str, fix: str = "") -> bool:
         self.checks.append(Check(name, ok, detail, "" if ok else fix))
         return ok
+
+    def _warn(self, name: str, detail: str) -> None:
+        self.checks.append(Check(name, True, detail, warning=True))
 
     def _skip(self, names: str, because: str) -> None:
         self.checks.append(Check(names, False, f"not checked: {because}", skipped=True))
@@ -76,6 +84,7 @@ class Doctor:
             self._skip("data root etc.", "the transport is not reachable")
         if controller:
             await self.check_partitions()
+            await self.check_multinode()
         else:
             self._skip("partitions", "the Slurm controller is not reachable")
         return self.checks
@@ -246,7 +255,7 @@ class Doctor:
         """Every partition and GPU type the configuration names for this cluster: on the
         default one the top-level keys' and the site profiles', and each target's on its own."""
         s = self.settings
-        seen: dict[str | None, ClusterResources | str] = {}
+        seen = self.partitions
 
         async def resources(partition: str | None) -> ClusterResources | str:
             if partition not in seen:
@@ -314,6 +323,50 @@ class Doctor:
                     f"(GPU types there: {types})",
                     f"set {key} to one of those types, or the partition to where the GPUs are",
                 )
+
+    async def _refusal(self, partition: str | None, nodes: int) -> str | None:
+        """Slurm's words if it would refuse a job of ``nodes`` nodes (one task each) in
+        ``partition``, None if it would take it (sbatch --test-only)."""
+        where = [f"--partition={partition}"] if partition else []
+        try:
+            await self.scheduler.estimate(
+                [*where, f"--nodes={nodes}", "--ntasks-per-node=1"], self.settings.command_timeout
+            )
+        except SubmitRejected as err:
+            return f"sbatch --test-only --nodes={nodes}: {err}"
+        return None
+
+    async def check_multinode(self) -> None:
+        """The largest multi-node job each partition of check_partitions takes: all its usable
+        nodes if Slurm would take such a job (limits like MaxNodes may not), else two."""
+        for partition, res in self.partitions.items():
+            if isinstance(res, str) or res.nodes == 0:
+                continue  # said under the partition
+            name = partition or "(Slurm's default)"
+            if res.nodes == 1:
+                self._warn(
+                    "multi-node",
+                    f"{name}: 1 usable node: pods over several nodes (interlink-slurm/nodes, "
+                    "--nodes) cannot run here",
+                )
+                continue
+            try:
+                refused = await self._refusal(partition, res.nodes)
+                two = await self._refusal(partition, 2) if refused and res.nodes > 2 else refused
+            except PluginError as err:
+                self._add("multi-node", False, f"{name}: no answer from Slurm: {err}")
+                continue
+            if refused is None:
+                self._add(
+                    "multi-node",
+                    True,
+                    f"{name}: jobs of up to {res.nodes} nodes "
+                    f"(sbatch --test-only --nodes={res.nodes} accepted)",
+                )
+            elif two is None:
+                self._warn("multi-node", f"{name}: jobs of 2 nodes, not of {res.nodes} ({refused})")
+            else:
+                self._warn("multi-node", f"{name}: no multi-node job is accepted ({two})")
 
 
 async def diagnose(

@@ -291,7 +291,8 @@ def _open_mode(legacy: bool) -> Put:
 
 
 def _nodes_legacy(job: dict[str, Any], o: Option) -> None:
-    job["nodes"] = list(_nodes(o))
+    # A string, as sbatch reads it: Slurm 22.05 takes [min, max] and gives the job one node.
+    job["nodes"] = "{}-{}".format(*_nodes(o))
 
 
 def _nodes_current(job: dict[str, Any], o: Option) -> None:

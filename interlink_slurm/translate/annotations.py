@@ -486,10 +486,15 @@ def mpi(
     ``mpiexec -np $SLURM_NTASKS <flags>``; ``interlink-slurm/mpi-launcher`` picks srun, mpirun
     or mpiexec instead. More than one node or task with no launcher is launched with srun.
     ``allowed``: the options a pod may give, by launcher (default DEFAULT_MPI_FLAGS_ALLOWED)."""
-    nodes = _positive(annotations, NODES, 10000) or 1
+    nodes = _positive(annotations, NODES, 10000)
     tasks = _positive(annotations, TASKS_PER_NODE, 100000) or 1
     flags_text = annotations.get(MPI_FLAGS)
     launcher_name = annotations.get(MPI_LAUNCHER)
+    if nodes is None and (flags_text is not None or launcher_name is not None):
+        # A launcher runs on every node of the job, also of one whose nodes the sbatch flags
+        # ask (as pods written for the reference plugin do): each node needs its directories.
+        nodes = _flag_nodes(annotations.get(FLAGS))
+    nodes = nodes or 1
     if launcher_name is not None and launcher_name not in LAUNCHERS:
         raise PodRejected(
             f"metadata.annotations[{MPI_LAUNCHER}]",
@@ -512,6 +517,25 @@ def mpi(
     if launcher_name == "srun":
         return Mpi(nodes, tasks, ("srun", *flags))
     return Mpi(nodes, tasks, (launcher_name, "-np", NTASKS, *flags))
+
+
+def _flag_nodes(text: str | None) -> int | None:
+    """The node count of ``--nodes``/``-N`` in slurm-job.vk.io/flags, if any (unreadable flags
+    are refused by user_flags)."""
+    try:
+        options = parse_options(_tokens(text or "", FLAGS))
+    except (OptionError, PodRejected):
+        return None
+    values = [value for name, value in options if name == "--nodes"]
+    if not values or values[-1] is None:
+        return None
+    if not values[-1].isdigit() or not 1 <= int(values[-1]) <= 10000:
+        raise PodRejected(
+            f"metadata.annotations[{FLAGS}]",
+            f"--nodes={values[-1]}: with an MPI launcher, the node count must be one whole "
+            f"number from 1 to 10000 (or give it in {NODES})",
+        )
+    return int(values[-1])
 
 
 def pod_ip(annotations: Mapping[str, str]) -> str | None:

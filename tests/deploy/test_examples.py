@@ -28,7 +28,8 @@ RENDER_ONLY = {
     # Issue 3's use cases (their renders are pinned in tests/unit/test_translate_examples.py):
     "jupyterlab-gpu.yaml": "needs a JupyterLab CUDA image and interLink's wstunnel",
     "gan-training-4xa100.yaml": "needs an NVIDIA PyTorch image and four real A100",
-    "mpi-simulation-2-nodes.yaml": "needs two nodes and an MPI solver image",
+    # Its launch, sized down, runs on the local nodes in tests/integration/test_multinode.py.
+    "mpi-simulation-2-nodes.yaml": "needs an MPI solver image and an ib feature",
     # Run on the local 2-node cluster by tests/integration/test_pod_groups.py, which maps it.
     "gan-training-2x4xa100-group.yaml": "names the NVIDIA PyTorch image local.yaml does not map",
 }

@@ -9,7 +9,7 @@ import pwd
 import pytest
 
 from tests import podgen
-from tests.integration.conftest import Plugin, all_terminated, slurm
+from tests.integration.conftest import Plugin, all_terminated, nodes, slurm
 
 pytestmark = pytest.mark.slurm
 JOB_USER = "ilsuser"
@@ -42,4 +42,14 @@ def test_doctor_finds_everything_in_place(plugin: Plugin) -> None:
     assert f"transport {transport}" in r.stdout and f"scheduler {scheduler}" in r.stdout
     for check in ("transport", "scheduler", "data root", "runtime", "partition", "gpu_type"):
         assert f"ok    {check}" in r.stdout, r.stdout
+    # Multi-node jobs are asked of Slurm the way each mode submits (sbatch --test-only).
+    n = len(nodes(plugin.cluster))
+    for partition in ("dcgp_usr_prod", "boost_usr_prod"):
+        line = (
+            f"ok    multi-node      {partition}: jobs of up to {n} nodes "
+            f"(sbatch --test-only --nodes={n} accepted)"
+            if n > 1
+            else f"warn  multi-node      {partition}: 1 usable node"
+        )
+        assert line in r.stdout, r.stdout
     assert "all checks passed" in r.stdout

@@ -447,6 +447,33 @@ def test_mpi_launcher_annotation_chooses_the_launcher(launcher: str) -> None:
     assert plan.init_containers[0].launcher == ()  # init containers run once
 
 
+@pytest.mark.parametrize("nodes_flag", ["--nodes=2", "-N 2", "-N2 --exclusive"])
+def test_nodes_in_the_sbatch_flags_spread_a_launched_pods_node_directories(
+    nodes_flag: str,
+) -> None:
+    # The launcher runs on both nodes: each needs the containers' /tmp, as with ann.NODES.
+    notes = {ann.FLAGS: nodes_flag, ann.MPI_LAUNCHER: "srun"}
+    plan = plan_of(annotated(notes))
+    assert option(plan, "--nodes") == "2"
+    script = render_script(plan)
+    assert 'srun --nodes=2 --ntasks=2 --ntasks-per-node=1 mkdir -m 700 -- "$ILS_TMP"' in script
+    assert script.count("#SBATCH --nodes=") == 1
+
+
+def test_nodes_in_the_sbatch_flags_without_a_launcher_run_the_containers_once() -> None:
+    # As the reference plugin: the job holds the nodes, the containers run on the first.
+    plan = plan_of(annotated({ann.FLAGS: "--nodes=2"}))
+    assert option(plan, "--nodes") == "2"
+    assert plan.containers[0].launcher == ()
+    assert "srun" not in render_script(plan)
+
+
+def test_a_node_range_in_the_sbatch_flags_of_a_launched_pod_is_refused() -> None:
+    err = rejection(annotated({ann.FLAGS: "--nodes=2-4", ann.MPI_FLAGS: "true"}))
+    assert err.field == f"metadata.annotations[{ann.FLAGS}]"
+    assert "--nodes=2-4" in str(err) and ann.NODES in str(err)
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [(ann.NODES, "0"), (ann.NODES, "two"), (ann.TASKS_PER_NODE, "-1"), (ann.MPI_LAUNCHER, "pdsh")],

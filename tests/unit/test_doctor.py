@@ -1,13 +1,17 @@
-"""doctor's checks of the image cache and of what pulls on the submit host need (locally)."""
+"""doctor's checks of the image cache and of what pulls on the submit host need (locally), and
+of the largest multi-node job of each partition."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 from interlink_slurm.config import load_settings
-from interlink_slurm.slurm.doctor import Doctor
+from interlink_slurm.errors import SchedulerUnavailable, SubmitRejected
+from interlink_slurm.slurm.doctor import Check, Doctor
 from interlink_slurm.slurm.fake import FakeScheduler
+from interlink_slurm.slurm.scheduler import ClusterResources, Estimate
 from interlink_slurm.slurm.transport import LocalTransport
 
 
@@ -39,3 +43,69 @@ def test_no_cache_no_checks_and_compute_node_pulls_need_no_tools_here(tmp_path: 
     assert checks(tmp_path) == {}
     found = checks(tmp_path, image_cache_dir=str(tmp_path / "c"), image_pull_on="compute_node")
     assert set(found) == {"image cache"}
+
+
+# --- multi-node jobs ----------------------------------------------------------------------------
+
+
+class Partitions(FakeScheduler):
+    """Nodes per partition, and the most nodes Slurm takes in one job there (MaxNodes)."""
+
+    def __init__(self, nodes: dict[str, int], max_nodes: int = 10000, silent: bool = False):
+        super().__init__()
+        self.nodes, self.max_nodes, self.silent = nodes, max_nodes, silent
+        self.asked: list[list[str]] = []
+
+    async def resources(self, partitions: Sequence[str]) -> ClusterResources:
+        n = sum(self.nodes.get(p, 0) for p in partitions)
+        return ClusterResources(cpus=16 * n, memory_mb=10000 * n, nodes=n)
+
+    async def estimate(self, directives: Sequence[str], timeout: float) -> Estimate:
+        self.asked.append(list(directives))
+        if self.silent:
+            raise SchedulerUnavailable("Unable to contact slurm controller")
+        nodes = int(next(d for d in directives if d.startswith("--nodes=")).split("=")[1])
+        if nodes > self.max_nodes:
+            raise SubmitRejected("Node count specification invalid")
+        return Estimate(start=0.0, detail="")
+
+
+def multinode(tmp_path: Path, scheduler: Partitions) -> list[Check]:
+    settings = load_settings(None, data_root=str(tmp_path), partition="cpu", gpu_partition="gpu")
+    doctor = Doctor(settings, LocalTransport(), scheduler)
+    asyncio.run(doctor.check_partitions())
+    asyncio.run(doctor.check_multinode())
+    return [c for c in doctor.checks if c.name == "multi-node"]
+
+
+def test_doctor_says_the_largest_multi_node_job_of_each_partition(tmp_path: Path) -> None:
+    scheduler = Partitions({"cpu": 2, "gpu": 1})
+    cpu, gpu = multinode(tmp_path, scheduler)
+    assert (cpu.label, cpu.detail) == (
+        "ok",
+        "cpu: jobs of up to 2 nodes (sbatch --test-only --nodes=2 accepted)",
+    )
+    assert scheduler.asked == [["--partition=cpu", "--nodes=2", "--ntasks-per-node=1"]]
+    # One node: a warning, which fails nothing.
+    assert (gpu.label, gpu.ok) == ("warn", True)
+    assert gpu.detail.startswith("gpu: 1 usable node: pods over several nodes")
+
+
+def test_a_partition_limit_below_its_nodes_is_a_warning_with_slurms_words(
+    tmp_path: Path,
+) -> None:
+    [cpu, _] = multinode(tmp_path, Partitions({"cpu": 4, "gpu": 1}, max_nodes=2))
+    assert (cpu.label, cpu.detail) == (
+        "warn",
+        "cpu: jobs of 2 nodes, not of 4 (sbatch --test-only --nodes=4: "
+        "Node count specification invalid)",
+    )
+    [cpu, _] = multinode(tmp_path, Partitions({"cpu": 4, "gpu": 1}, max_nodes=1))
+    assert cpu.label == "warn"
+    assert "no multi-node job is accepted (sbatch --test-only --nodes=2: " in cpu.detail
+
+
+def test_no_answer_about_multi_node_jobs_is_a_failure(tmp_path: Path) -> None:
+    [cpu, _] = multinode(tmp_path, Partitions({"cpu": 2, "gpu": 1}, silent=True))
+    assert (cpu.label, cpu.ok) == ("FAIL", False)
+    assert "cpu: no answer from Slurm: Unable to contact slurm controller" in cpu.detail

@@ -215,7 +215,7 @@ def test_v0_0_38_submission_carries_the_script_and_plain_properties(
         "standard_output": "/scratch/pods/default/train-3f6c/job.out",
         "open_mode": "append",
         "partition": "boost_usr_prod",
-        "nodes": [1, 1],
+        "nodes": "1-1",
         "tasks": 1,
         "cpus_per_task": 8,
         "memory_per_node": 32768,

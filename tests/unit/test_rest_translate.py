@@ -85,7 +85,8 @@ def test_memory_sizes_become_mebibytes(value: str, mib: int) -> None:
 
 
 def test_node_ranges() -> None:
-    assert props("--nodes=2-4", legacy=True)["nodes"] == [2, 4]
+    assert props("--nodes=2-4", legacy=True)["nodes"] == "2-4"
+    assert props("--nodes=2", legacy=True)["nodes"] == "2-2"
     job = props("-N 3")
     assert (job["minimum_nodes"], job["maximum_nodes"]) == (3, 3)
 
