@@ -245,3 +245,29 @@ def test_members_launching_their_own_tasks_run_them_inside_their_own_step(gang: 
     assert [line.split()[1] for line in la] == ["0", "1"], la
     assert len({line.split()[-1] for line in la}) == 1  # both tasks on the member's node
     assert {line.split()[-1] for line in la} != {line.split()[-1] for line in lb}
+
+
+def test_a_failing_member_ends_the_group_and_the_others_name_it(gang: Plugin) -> None:
+    a = member("fail", "fail-0", 2, "import time; print('up', flush=True); time.sleep(600)")
+    b = member("fail", "fail-1", 2, "import sys, time; time.sleep(2); sys.exit(3)")
+    gang.create_ok(podgen.retrieved(a))
+    gang.create_ok(podgen.retrieved(b))
+
+    sa = gang.wait_for(a, all_terminated)
+    sb = gang.wait_for(b, all_terminated)
+
+    assert states(sb)["main"]["terminated"]["exitCode"] == 3
+    term = states(sa)["main"]["terminated"]
+    assert term["exitCode"] != 0
+    assert "pod fail-1 failed (exit code 3)" in term["message"], term
+    assert gang.logs(a, "main").text == "up\n"
+
+
+def test_a_member_deleted_while_its_group_waits_leaves_it(gang: Plugin) -> None:
+    a = member("gone", "gone-0", 2, "print(1)")
+    gang.create_ok(podgen.retrieved(a))
+
+    r = gang.delete(a)
+
+    assert r.status_code == 200 and "left group gone" in r.text
+    assert gang.status([a]).json() == []  # no longer known: not a member any more

@@ -37,6 +37,7 @@ from interlink_slurm.translate.group import (
     member_names,
     rank_key,
     render_group_script,
+    unit_directives,
     with_rendezvous,
 )
 from interlink_slurm.translate.pod import build_plan
@@ -331,3 +332,53 @@ def test_render_of_a_file_of_a_groups_pods_shows_the_groups_job_then_each_pods()
     assert "#SBATCH --nodes=2\n" in out and "#SBATCH --gres=gpu:4\n" in out
     assert out.count("#SBATCH --job-name=gan-master-0") == 1  # its own job.sh, shown after
     assert out.index("/gan-master-0-") < out.index("/gan-worker-0-")  # the master leads
+
+
+# --- the group's wait, executed -----------------------------------------------------------------
+
+LIBRARY = Path(__file__).resolve().parents[2] / "interlink_slurm" / "jobscript" / "ils.sh"
+
+
+def _group_wait(tmp_path: Path, policy: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """ils_group_wait over three stand-in steps: one fails (3) while another still runs; a
+    stand-in scancel says what it was asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scancel = bin_dir / "scancel"
+    scancel.write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scancel\n')
+    scancel.chmod(0o755)
+    script = (
+        '. "$0" && cd "$1" && pids=()\n'
+        "(exit 0) & pids+=(ok $!)\n"
+        "(sleep 0.5; exit 3) & pids+=(bad $!)\n"
+        "(sleep 2; exit 0) & pids+=(slow $!)\n"
+        f'ils_group_wait {policy} "${{pids[@]}}"\n'
+    )
+    run = subprocess.run(
+        ["bash", "-c", script, str(LIBRARY), str(tmp_path)],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "77"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return run, tmp_path
+
+
+def test_with_fail_group_the_first_failing_pod_ends_the_others(tmp_path: Path) -> None:
+    run, d = _group_wait(tmp_path, "fail-group")
+    assert run.returncode == 3, run.stderr
+    assert (d / "scancel").read_text() == "--signal=URG -- 77\n"  # every step, as a delete
+    assert (d / "group.ended").read_text() == "pod bad failed (exit code 3)\n"
+
+
+def test_with_ignore_a_failing_pod_leaves_the_others_running(tmp_path: Path) -> None:
+    run, d = _group_wait(tmp_path, "ignore")
+    assert run.returncode == 3, run.stderr  # the group's job still says it failed
+    assert not (d / "scancel").exists() and not (d / "group.ended").exists()
+
+
+def test_a_group_is_estimated_and_placed_as_one_job_of_all_its_nodes() -> None:
+    plan = _group((4, 4)).members[0].plan
+    sized = unit_directives(plan, 3)
+    assert "--nodes=3" in sized and "--ntasks=3" in sized
+    assert [d for d in sized if d.startswith("--gres")] == ["--gres=gpu:a100:4"]  # per node
