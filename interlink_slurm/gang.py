@@ -145,6 +145,9 @@ class Gang:
         await asyncio.to_thread(self._known)
         assert self._members is not None
         self._members[pod.uid] = (pod.namespace, joining.group)
+        if group.job_id is None and len(members) == 1:
+            # A new group of an old one's name: what ended the old one says nothing of it.
+            self._ended.pop((pod.namespace, joining.group), None)
         if group.job_id is not None:
             return CreateResponse(PodUID=pod.uid, PodJID=group.job_id)
         log.info("pod %s/%s: %s", pod.namespace, pod.name, arrival_message(group, len(members)))
@@ -199,6 +202,15 @@ class Gang:
             tuple(GroupMember(p, member_names(d.pod)) for p, d in zip(plans, datas, strict=True)),
             settings.group_failure_policy,
         )
+        if not identical(gplan) and settings.for_cluster(cluster.name).scheduler == "rest":
+            # slurmrestd takes a heterogeneous job as a list of job descriptions, not as one
+            # script's "#SBATCH hetjob" parts: not submitted that way (yet).
+            raise PodRejected(
+                "spec.containers[*].resources",
+                f"the pods of group {group.name} ask for different resources, which makes a "
+                "heterogeneous job, and this site submits through slurmrestd, which this "
+                "plugin cannot give one yet: give every pod of the group the same resources",
+            )
         script = render_group_script(gplan)
         await asyncio.to_thread(_write_group, cluster, where, script, plans[0].owner)
         comment = group_comment(gplan)
@@ -326,8 +338,9 @@ class Gang:
         return out
 
     def note(self, uid: str, statuses: Sequence[ContainerStatus]) -> None:
-        """Say in a member's ended containers what ended its group's job."""
-        key = self._known().get(uid)
+        """Say in a member's ended containers what ended its group's job (as known in memory:
+        the book is loaded by the first tick, never here, in the event loop)."""
+        key = (self._members or {}).get(uid)
         why = self._ended.get(key) if key is not None else None
         if why:
             note_ended(statuses, why)

@@ -271,3 +271,18 @@ def test_a_member_deleted_while_its_group_waits_leaves_it(gang: Plugin) -> None:
 
     assert r.status_code == 200 and "left group gone" in r.text
     assert gang.status([a]).json() == []  # no longer known: not a member any more
+
+
+def test_a_group_runs_as_one_job_in_every_mode(plugin: Plugin) -> None:
+    """local, ssh (login node) and rest (slurmrestd): the group's script and its steps."""
+    a = member("modes", f"modes-{plugin.mode}-0", 2, REPORT)
+    b = member("modes", f"modes-{plugin.mode}-1", 2, REPORT)
+    a["metadata"]["labels"][KUEUE_GROUP] = b["metadata"]["labels"][KUEUE_GROUP] = plugin.mode
+    assert plugin.create_ok(podgen.retrieved(a)) == ""
+    job = plugin.create_ok(podgen.retrieved(b))
+
+    for pod, rank in ((a, 0), (b, 1)):
+        status = plugin.wait_for(pod, all_terminated)
+        assert status["JID"] == job
+        assert states(status)["main"]["terminated"]["exitCode"] == 0
+        assert f"rank {rank} of 2" in plugin.logs(pod, "main").text
