@@ -27,6 +27,7 @@ from interlink_slurm.groups import (
     timeout_reason,
     waiting_status,
 )
+from interlink_slurm.slurm.cli import parse_squeue
 from interlink_slurm.translate.group import (
     GROUP_VOLUME,
     GroupMember,
@@ -382,3 +383,15 @@ def test_a_group_is_estimated_and_placed_as_one_job_of_all_its_nodes() -> None:
     sized = unit_directives(plan, 3)
     assert "--nodes=3" in sized and "--ntasks=3" in sized
     assert [d for d in sized if d.startswith("--gres")] == ["--gres=gpu:a100:4"]  # per node
+
+
+def test_squeue_lists_a_heterogeneous_job_by_parts_and_part_zero_speaks_for_it() -> None:
+    text = (
+        "4+0|RUNNING|None|n1|interlink-slurm-group:ml/gan/u\n"
+        "4+1|RUNNING|None|n2|interlink-slurm-group:ml/gan/u\n"
+        "5|PENDING|Resources||interlink-slurm:v\n"
+    )
+    jobs = parse_squeue(text)
+    assert sorted(jobs) == ["4", "5"]
+    assert (jobs["4"].state, jobs["4"].nodes) == ("RUNNING", "n1,n2")
+    assert jobs["4"].comment == "interlink-slurm-group:ml/gan/u"
