@@ -358,7 +358,7 @@ def _render_group(settings: Settings, docs: list[dict[str, Any]], path: Path) ->
     except PluginError as err:
         raise CliError(f"{path}: {err}") from err
     (namespace,) = namespaces
-    gdir = group_dir(root, namespace, joined.group, members[0].plan.uid)
+    gdir = group_dir(members[0].plan.pod_dir)
     group = GroupPlan(namespace, joined.group, gdir, tuple(members), settings.group_failure_policy)
     sys.stdout.write(render_group_script(group))
     typer.echo(f"\n# Files written in {gdir}: group.sh, ils.sh")

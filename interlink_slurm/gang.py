@@ -193,8 +193,7 @@ class Gang:
         plans: list[JobPlan] = []
         for data in datas:
             plans.append(await self._member_job(cluster, chosen, data, commands))
-        # The namespace and uid were checked where the members' directories were made.
-        where = group_dir(cluster.data_root, group.namespace, group.name, leader.pod.uid)
+        where = group_dir(plans[0].pod_dir)
         gplan = GroupPlan(
             group.namespace,
             group.name,

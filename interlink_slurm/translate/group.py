@@ -43,6 +43,7 @@ _OWN = ("--job-name", "--comment", "--output", "--open-mode", "--chdir", "--hold
 # A member's accelerators: given again to its step (CUDA_VISIBLE_DEVICES...).
 _GPUS = ("--gres", "--gpus", "--gpus-per-node", "--gpus-per-task")
 GROUP_COMMENT_PREFIX = "interlink-slurm-group:"
+GROUP_SUBDIR = "group"
 # The emptyDir volume of each member that the group's script fills (hosts, group.env); its
 # containers see the hosts file at /etc/hosts.
 GROUP_VOLUME = "interlink-slurm-group"
@@ -97,10 +98,11 @@ def identical(group: GroupPlan) -> bool:
     return all(_shared(m.plan) == first for m in group.members[1:])
 
 
-def group_dir(data_root: str, namespace: str, name: str, leader_uid: str) -> str:
-    """Next to its pods' directories (DATA_ROOT/<namespace>/.group-<name>-<leader uid>): a pod
-    name never starts with '.', so never one of them."""
-    return f"{data_root.rstrip('/')}/{namespace}/.group-{name}-{leader_uid}"
+def group_dir(leader_pod_dir: str) -> str:
+    """The group's own directory (group.sh, its job.out, hosts...): ``group/`` in its leader's
+    pod directory, which no file of a pod is named, and which goes with the leader's directory
+    when that is collected."""
+    return f"{leader_pod_dir}/{GROUP_SUBDIR}"
 
 
 def group_comment(group: GroupPlan) -> str:

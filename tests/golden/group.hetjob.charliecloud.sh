@@ -1,9 +1,9 @@
 #!/bin/bash
 #SBATCH --job-name=train
 #SBATCH --comment=interlink-slurm-group:default/train/0a1b2c3d-0000-4000-8000-000000000001
-#SBATCH --output=/data/ils/default/.group-train-0a1b2c3d-0000-4000-8000-000000000001/job.out
+#SBATCH --output=/data/ils/default/train-master-0-0a1b2c3d-0000-4000-8000-000000000001/group/job.out
 #SBATCH --open-mode=append
-#SBATCH --chdir=/data/ils/default/.group-train-0a1b2c3d-0000-4000-8000-000000000001
+#SBATCH --chdir=/data/ils/default/train-master-0-0a1b2c3d-0000-4000-8000-000000000001/group
 #SBATCH --partition=gpu
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
@@ -25,7 +25,7 @@
 
 set -o nounset -o pipefail
 umask 077
-GROUP_DIR=/data/ils/default/.group-train-0a1b2c3d-0000-4000-8000-000000000001
+GROUP_DIR=/data/ils/default/train-master-0-0a1b2c3d-0000-4000-8000-000000000001/group
 cd "$GROUP_DIR" || exit 1
 . ./ils.sh || exit 1
 echo 'interlink-slurm: pod group default/train' "starts as job ${SLURM_JOB_ID:-?} on $SLURM_JOB_NODELIST"
@@ -68,7 +68,7 @@ srun \
   --open-mode=append \
   --kill-on-bad-exit=0 \
   --export=ALL,ILS_MEMBER=0a1b2c3d-0000-4000-8000-000000000001 \
-  env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_GPU SLURM_MEM_PER_NODE=0 SLURM_OVERLAP=1 SLURM_NTASKS=1 SLURM_DISTRIBUTION=arbitrary SLURM_HOSTFILE=/data/ils/default/.group-train-0a1b2c3d-0000-4000-8000-000000000001/0.hosts bash ./job.sh &
+  env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_GPU SLURM_MEM_PER_NODE=0 SLURM_OVERLAP=1 SLURM_NTASKS=1 SLURM_DISTRIBUTION=arbitrary SLURM_HOSTFILE=/data/ils/default/train-master-0-0a1b2c3d-0000-4000-8000-000000000001/group/0.hosts bash ./job.sh &
 pids+=(train-master-0 $!)
 srun \
   --het-group=1 \
@@ -83,6 +83,6 @@ srun \
   --open-mode=append \
   --kill-on-bad-exit=0 \
   --export=ALL,ILS_MEMBER=0a1b2c3d-0000-4000-8000-000000000002 \
-  env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_GPU SLURM_MEM_PER_NODE=0 SLURM_OVERLAP=1 SLURM_NTASKS=1 SLURM_DISTRIBUTION=arbitrary SLURM_HOSTFILE=/data/ils/default/.group-train-0a1b2c3d-0000-4000-8000-000000000001/1.hosts bash ./job.sh &
+  env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_GPU SLURM_MEM_PER_NODE=0 SLURM_OVERLAP=1 SLURM_NTASKS=1 SLURM_DISTRIBUTION=arbitrary SLURM_HOSTFILE=/data/ils/default/train-master-0-0a1b2c3d-0000-4000-8000-000000000001/group/1.hosts bash ./job.sh &
 pids+=(train-worker-0 $!)
 ils_group_wait fail-group "${pids[@]}"

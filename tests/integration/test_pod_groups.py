@@ -3,7 +3,6 @@ nodes, each pod with its own statuses and logs, through the HTTP API as interLin
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,19 +157,6 @@ def test_a_members_reap_does_not_kill_its_sibling_on_the_same_machine(gang: Plug
     assert states(sb)["main"]["terminated"]["exitCode"] == 0
     assert gang.logs(b, "main").text == "long done\n"
     assert gang.logs(a, "main").text == "short\n"
-
-
-def group_dirs(plugin: Plugin) -> list[Path]:
-    return sorted((plugin.data_root / "default").glob(".group-*"))
-
-
-def wait_until(check: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError("condition not reached")
 
 
 def example_pods(name: str) -> list[dict[str, Any]]:

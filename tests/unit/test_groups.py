@@ -33,6 +33,7 @@ from interlink_slurm.translate.group import (
     GroupMember,
     GroupPlan,
     check_member,
+    group_dir,
     group_directives,
     identical,
     member_names,
@@ -249,7 +250,7 @@ def _group(gpus: tuple[int, int]) -> GroupPlan:
         _member(n, u, i, ranked, g)
         for i, (n, u, g) in enumerate(zip(ranked, UIDS, gpus, strict=True))
     )
-    return GroupPlan(NS, "train", f"/data/ils/{NS}/.group-train-{UIDS[0]}", members)
+    return GroupPlan(NS, "train", group_dir(members[0].plan.pod_dir), members)
 
 
 def test_identical_members_become_one_allocation_of_their_nodes_together() -> None:
