@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -99,16 +100,20 @@ class Gang:
         # pod that is no member touches no table of the book.
         self._members: dict[str, tuple[str, str]] | None = None
         self._ended: dict[tuple[str, str], str] = {}
+        self._loading = threading.Lock()
 
     def _known(self) -> dict[str, tuple[str, str]]:
-        if self._members is None:
-            self._members = {}
-            for group, members in self.book.all():
-                for m in members:
-                    self._members[m.uid] = (m.namespace, m.group)
-                if group.ended_by:
-                    self._ended[(group.namespace, group.name)] = group.ended_by
-        return self._members
+        """The members, loaded once (in a worker thread: the tick's and a status' may race)."""
+        with self._loading:
+            if self._members is None:
+                known: dict[str, tuple[str, str]] = {}
+                for group, members in self.book.all():
+                    for m in members:
+                        known[m.uid] = (m.namespace, m.group)
+                    if group.ended_by:
+                        self._ended[(group.namespace, group.name)] = group.ended_by
+                self._members = known
+            return self._members
 
     # --- create ---------------------------------------------------------------------------------
 

@@ -134,7 +134,8 @@ def test_a_restart_while_a_group_is_half_arrived_loses_no_member(gang: Plugin) -
     b = member("rst", "rst-1", 2, "print('one')")
     gang.create_ok(podgen.retrieved(a))
     gang.restart()
-    assert waiting(gang.pod_status(a))["message"] == "1 of 2 pods of group rst arrived"
+    first = gang.pod_status(a)
+    assert waiting(first).get("message") == "1 of 2 pods of group rst arrived", first
     job = gang.create_ok(podgen.retrieved(b))
     assert job.isdigit()
 
