@@ -273,3 +273,24 @@ def test_a_group_runs_as_one_job_in_every_mode(plugin: Plugin) -> None:
         assert status["JID"] == job
         assert states(status)["main"]["terminated"]["exitCode"] == 0
         assert f"rank {rank} of 2" in plugin.logs(pod, "main").text
+
+
+def test_members_asking_different_resources_become_one_heterogeneous_job(gang: Plugin) -> None:
+    a = member("het", "het-0", 2, REPORT)
+    b = member("het", "het-1", 2, REPORT)
+    b["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "2", "memory": "2Gi"}}
+    gang.create_ok(podgen.retrieved(a))
+    job = gang.create_ok(podgen.retrieved(b))
+
+    sa = gang.wait_for(a, all_terminated)
+    sb = gang.wait_for(b, all_terminated)
+
+    assert sa["JID"] == sb["JID"] == job
+    script = (gang.pod_dir(a) / "group" / "group.sh").read_text()
+    assert "#SBATCH hetjob" in script
+    log_a, log_b = gang.logs(a, "main").text, gang.logs(b, "main").text
+    assert "rank 0 of 2 master het-0" in log_a and "rank 1 of 2 master het-0" in log_b
+    nodes = {line for text in (log_a, log_b) for line in text.splitlines() if line[:5] == "node "}
+    assert len(nodes) == 2, (log_a, log_b)
+    for status in (sa, sb):
+        assert states(status)["main"]["terminated"]["exitCode"] == 0
