@@ -396,3 +396,22 @@ def test_squeue_lists_a_heterogeneous_job_by_parts_and_part_zero_speaks_for_it()
     assert sorted(jobs) == ["4", "5"]
     assert (jobs["4"].state, jobs["4"].nodes) == ("RUNNING", "n1,n2")
     assert jobs["4"].comment == "interlink-slurm-group:ml/gan/u"
+
+
+def test_a_members_tmp_sweep_removes_dead_jobs_dirs_but_never_its_siblings(tmp_path: Path) -> None:
+    """Pods of a group name their /tmp directory <job>-<uid>: one of a job with no process left
+    goes; a sibling's (same job, this one) stays, whatever processes it has."""
+    for name in ("interlink-slurm-41-aaaa", "interlink-slurm-43-bbbb", "interlink-slurm-43"):
+        (tmp_path / name).mkdir()
+    run = subprocess.run(
+        ["bash", "-c", f'. "$0" && ils_tmp_sweep {tmp_path}', str(LIBRARY)],
+        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "43", "ILS_MEMBER": "cccc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "interlink-slurm-43",
+        "interlink-slurm-43-bbbb",
+    ]
