@@ -128,11 +128,7 @@ class Gang:
         pod = data.pod
         settings = self.host.settings
         # A member that can never run is refused now, not when its group completes.
-        commands: ImageCommands = {}
-        if not runs_image_command(settings.runtime) and any(
-            not c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
-        ):
-            commands = await asyncio.to_thread(self.host._image_commands, data)
+        commands = await self._commands(data)
         alone = with_rendezvous(data, joining.group, 0, [pod.name])
         cands = candidates(alone, settings, lambda _: "/nonexistent", commands, ())
         if not any(c.plan is not None for c in cands):
@@ -160,6 +156,16 @@ class Gang:
             return CreateResponse(PodUID=pod.uid, PodJID="")
         job_id = await self._submit(group.namespace, group.name)
         return CreateResponse(PodUID=pod.uid, PodJID=job_id or "")
+
+    async def _commands(self, data: RetrievedPodData) -> ImageCommands:
+        """The images' own commands, for a runtime that cannot run them itself, when a
+        container of the pod names none (as the service's create looks them up)."""
+        pod = data.pod
+        if runs_image_command(self.host.settings.runtime) or all(
+            c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
+        ):
+            return {}
+        return await asyncio.to_thread(self.host._image_commands, data)
 
     async def _submit(self, namespace: str, name: str) -> str | None:
         """Submit a complete group (once, whoever asks); its job id."""
@@ -192,7 +198,7 @@ class Gang:
         datas = ranked(datas, group.name)
         names = [d.pod.name for d in datas]
         leader = datas[0]
-        commands = await asyncio.to_thread(host._image_commands, leader)
+        commands = await self._commands(leader)
         chosen = await self._place(datas, commands)
         cluster = host.clusters[chosen.cluster]
         plans: list[JobPlan] = []
@@ -283,7 +289,7 @@ class Gang:
         host = self.host
         pod = data.pod
         pod_dir = jobdir.pod_dir(cluster.data_root, pod.namespace, pod.name, pod.uid)
-        more = await asyncio.to_thread(host._image_commands, data)
+        more = await self._commands(data)
         plan = build_plan(
             data,
             host.settings,
