@@ -101,6 +101,7 @@ class Gang:
         self._members: dict[str, tuple[str, str]] | None = None
         self._ended: dict[tuple[str, str], str] = {}
         self._loading = threading.Lock()
+        self._nodes: dict[str, str] = {}  # member uid → its node, as its group's job said
 
     def _known(self) -> dict[str, tuple[str, str]]:
         """The members, loaded once (in a worker thread: the tick's and a status' may race)."""
@@ -406,14 +407,18 @@ class Gang:
         return bool(self._known()) or self.book.any()
 
     async def _learn_end(self, group: Group) -> None:
+        """Once started: each member's node (group.env); once ended: what ended it."""
         members = await asyncio.to_thread(self.book.members, group.namespace, group.name)
         recs = await asyncio.to_thread(self.host.store.get_many, [m.uid for m in members])
-        if not recs or all(r.final_state is None for r in recs.values()):
-            return  # still running
-        rec = next(iter(recs.values()))
-        cluster = self.host.clusters.get(rec.cluster)
+        rec = next(iter(recs.values()), None)
+        cluster = self.host.clusters.get(rec.cluster) if rec is not None else None
         if cluster is None or group.group_dir is None:
             return
+        begun = any(r.started is not None or r.final_state is not None for r in recs.values())
+        if begun and any(m.uid not in self._nodes for m in members):
+            await self._learn_nodes(cluster, group.group_dir, members)
+        if all(r.final_state is None for r in recs.values()):
+            return  # still running
         try:
             raw = await asyncio.to_thread(
                 cluster.transport.read_file, f"{group.group_dir}/{ENDED_FILE}", 4096
@@ -424,6 +429,30 @@ class Gang:
         await asyncio.to_thread(self.book.ended_by, group.namespace, group.name, why)
         if why:
             self._ended.setdefault((group.namespace, group.name), why)
+
+    async def _learn_nodes(self, cluster: Cluster, where: str, members: Sequence[Member]) -> None:
+        try:
+            raw = await asyncio.to_thread(cluster.transport.read_file, f"{where}/group.env", 65536)
+        except (OSError, SchedulerUnavailable):
+            return
+        nodes = member_nodes(raw.decode(errors="replace")) if raw else {}
+        for m in members:
+            if m.name in nodes:
+                self._nodes[m.uid] = nodes[m.name]
+
+    def node_of(self, uid: str, nodes: str) -> str:
+        """Where a member runs: its own node once its group's job said so (while the job is
+        placed: ``nodes``, the job's node list, is not empty), else ``nodes``."""
+        return self._nodes.get(uid, nodes) if nodes else nodes
+
+
+def member_nodes(env: str) -> dict[str, str]:
+    """Pod name → its node, from group.env's ILS_GROUP_NODES=pod=node,..."""
+    for line in env.splitlines():
+        if line.startswith("ILS_GROUP_NODES="):
+            pairs = (p.partition("=") for p in line.removeprefix("ILS_GROUP_NODES=").split(","))
+            return {pod: node for pod, _, node in pairs if pod and node}
+    return {}
 
 
 def _write_group(

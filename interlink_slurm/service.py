@@ -698,7 +698,7 @@ class Service:
                     _note_placement(
                         (*init, *main), describe(json.loads(rec.placement), self.clock.time())
                     )
-                nodes = self._nodes_of(rec)
+                nodes = self.gang.node_of(rec.uid, self._nodes_of(rec))  # a member's own
                 if nodes:
                     _note_nodes((*init, *main), nodes)
                 self.gang.note(rec.uid, (*init, *main))  # which member ended its group's job

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from interlink_slurm.errors import PodRejected, SchedulerUnavailable
+from interlink_slurm.gang import member_nodes
 from interlink_slurm.groups import KUEUE_GROUP, KUEUE_TOTAL
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.translate.group import GROUP_COMMENT_PREFIX
@@ -130,3 +131,9 @@ def test_deleting_a_member_of_a_running_group_names_it_in_the_others(tmp_path: P
         assert inner is not None and "[GroupEnded: pod del-1 was deleted]" in inner.message
 
     drive(service, scenario)
+
+
+def test_a_members_node_is_read_from_its_groups_env_file() -> None:
+    env = "ILS_GROUP_NODES=gan-master-0=n1,gan-worker-0=n2\nILS_GROUP_LEADER_ADDR=10.0.0.1\n"
+    assert member_nodes(env) == {"gan-master-0": "n1", "gan-worker-0": "n2"}
+    assert member_nodes("") == {}
