@@ -208,6 +208,14 @@ def _pod_of_workload(data: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def _read_pod_file(path: Path) -> dict[str, Any]:
+    docs = _read_pod_docs(path)
+    if len(docs) != 1:
+        raise CliError(f"{path}: holds {len(docs)} YAML documents: give it one pod (or workload)")
+    return docs[0]
+
+
+def _read_pod_docs(path: Path) -> list[dict[str, Any]]:
+    """The pods of a file: one, or the members of a pod group, one YAML document each."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
@@ -220,9 +228,12 @@ def _read_pod_file(path: Path) -> dict[str, Any]:
             docs = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as err:
             raise CliError(f"{path}: neither JSON nor YAML: {yaml_problem(err)}") from err
-    if len(docs) != 1:
-        raise CliError(f"{path}: holds {len(docs)} YAML documents: give it one pod (or workload)")
-    data: Any = docs[0]
+    if not docs:
+        raise CliError(f"{path}: holds 0 YAML documents: give it one pod (or workload)")
+    return [_pod_data(doc, path, i if len(docs) > 1 else None) for i, doc in enumerate(docs)]
+
+
+def _pod_data(data: Any, path: Path, index: int | None) -> dict[str, Any]:
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
     if not isinstance(data, dict):
@@ -230,9 +241,10 @@ def _read_pod_file(path: Path) -> dict[str, Any]:
     if data.get("kind") in TEMPLATES:
         data = _pod_of_workload(data, path)
     if "pod" not in data:
-        # A plain v1.Pod manifest: give it what the API server would have.
+        # A plain v1.Pod manifest: give it what the API server would have (each member of a
+        # group a uid of its own).
         meta = data.setdefault("metadata", {})
-        meta.setdefault("uid", "00000000-0000-0000-0000-000000000000")
+        meta.setdefault("uid", f"00000000-0000-0000-0000-{index or 0:012d}")
         meta.setdefault("namespace", "default")
         data = {"pod": data, "container": []}
     return dict(data)
@@ -261,8 +273,12 @@ def render(
     if config is None and not os.environ.get("INTERLINK_SLURM_DATA_ROOT"):
         overrides["data_root"] = "/data/interlink"
     settings = _settings(config, **overrides)
+    docs = _read_pod_docs(pod_file)
+    if len(docs) > 1:
+        _render_group(settings, docs, pod_file)
+        return
     try:
-        data = RetrievedPodData.model_validate(_read_pod_file(pod_file))
+        data = RetrievedPodData.model_validate(docs[0])
         placement = _placement(settings, data, estimate)
     except ValidationError as err:
         raise CliError(f"{pod_file}: invalid pod: {describe_validation_error(err)}") from err
@@ -271,15 +287,85 @@ def render(
     plan = placement.chosen.plan
     assert plan is not None  # the chosen target's
     sys.stdout.write(render_script(plan))
+    _echo_files(plan)
+    if settings.targets:
+        typer.echo("\n# Placement:")
+        for line in placement.lines():
+            typer.echo(f"#   {line}")
+
+
+def _echo_files(plan: Any) -> None:
     typer.echo(f"\n# Files written in {plan.pod_dir}:")
     for d in plan.dirs:
         typer.echo(f"#   {d}/")
     for f in plan.files:
         typer.echo(f"#   {f.path}  ({len(f.content)} bytes, mode {f.mode:04o})")
-    if settings.targets:
-        typer.echo("\n# Placement:")
-        for line in placement.lines():
-            typer.echo(f"#   {line}")
+
+
+def _render_group(settings: Settings, docs: list[dict[str, Any]], path: Path) -> None:
+    """``render`` of a file of several pods, the members of one pod group: the group's job
+    script, then each member's job.sh."""
+    from pydantic import ValidationError
+
+    from interlink_slurm import jobdir
+    from interlink_slurm.groups import membership
+    from interlink_slurm.translate.group import (
+        GroupMember,
+        GroupPlan,
+        check_member,
+        group_dir,
+        member_names,
+        ranked,
+        render_group_script,
+    )
+    from interlink_slurm.translate.pod import build_plan
+    from interlink_slurm.translate.script import render_script
+    from interlink_slurm.wire import RetrievedPodData
+
+    keys = ("kueue.x-k8s.io/pod-group-name", "slurm-job.vk.io/pod-group")
+    for doc in docs:
+        meta = doc["pod"].get("metadata") if isinstance(doc.get("pod"), dict) else None
+        marks = {**(meta.get("labels") or {}), **(meta.get("annotations") or {})} if meta else {}
+        if not any(k in marks for k in keys):
+            raise CliError(
+                f"{path}: holds {len(docs)} YAML documents: give it one pod (or workload), or "
+                "the members of one pod group"
+            )
+    try:
+        datas = [RetrievedPodData.model_validate(d) for d in docs]
+        groups = {membership(d.pod.metadata, settings.max_group_size) for d in datas}
+        namespaces = {d.pod.namespace for d in datas}
+        if len(groups) != 1 or None in groups or len(namespaces) != 1:
+            raise CliError(
+                f"{path}: holds {len(docs)} pods: give it one pod, or the members of one pod "
+                "group (kueue.x-k8s.io/pod-group-name or slurm-job.vk.io/pod-group)"
+            )
+        (joined,) = groups
+        assert joined is not None
+        if joined.size != len(datas):
+            raise CliError(f"{path}: group {joined.group} has {joined.size} pods, not {len(datas)}")
+        root = str(settings.data_root)
+        members = []
+        for data in ranked(datas, joined.group):
+            pod = data.pod
+            plan = build_plan(
+                data, settings, jobdir.pod_dir(root, pod.namespace, pod.name, pod.uid)
+            )
+            check_member(plan)
+            members.append(GroupMember(plan, member_names(pod)))
+    except ValidationError as err:
+        raise CliError(f"{path}: invalid pod: {describe_validation_error(err)}") from err
+    except PluginError as err:
+        raise CliError(f"{path}: {err}") from err
+    (namespace,) = namespaces
+    gdir = group_dir(members[0].plan.pod_dir)
+    group = GroupPlan(namespace, joined.group, gdir, tuple(members), settings.group_failure_policy)
+    sys.stdout.write(render_group_script(group))
+    typer.echo(f"\n# Files written in {gdir}: group.sh, ils.sh")
+    for m in members:
+        typer.echo(f"\n# ---- {m.plan.pod_dir}/job.sh ----")
+        sys.stdout.write(render_script(m.plan))
+        _echo_files(m.plan)
 
 
 def _placement(settings: Settings, data: Any, estimate: bool) -> Any:

@@ -272,6 +272,18 @@ class Settings(BaseSettings):
     max_containers_per_pod: int = Field(
         64, ge=1, description="most containers (init containers included) one pod may have"
     )
+    # Pod groups (interlink_slurm/groups.py): pods started together as one multi-node job.
+    max_group_size: int = Field(64, ge=1, description="most pods one pod group may have")
+    group_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="how long a pod group may wait for its last member; then every member fails",
+    )
+    group_failure_policy: Literal["fail-group", "ignore"] = Field(
+        "fail-group",
+        description="what a failing member of a running group does to the others: fail-group "
+        "ends them (as JobSet and PyTorchJob expect), ignore leaves them running",
+    )
     max_env_bytes_per_container: int = Field(
         262144, ge=1024, description="most bytes of NAME=VALUE env entries one container may have"
     )

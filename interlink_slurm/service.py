@@ -37,6 +37,8 @@ from interlink_slurm.errors import (
     SchedulerUnavailable,
     StorageError,
 )
+from interlink_slurm.gang import Gang
+from interlink_slurm.groups import GroupBook
 from interlink_slurm.janitor import Janitor
 from interlink_slurm.logs import LogSource, stream_log
 from interlink_slurm.metrics import Metrics
@@ -149,6 +151,8 @@ class Service:
             settings.gc_interval_seconds,
         )
         self.reconciler = Reconciler(store, self._cluster, self.book, self._forget)
+        # Pod groups (gang.py): members kept until the last arrives, then one job for all.
+        self.gang = Gang(self, GroupBook(store.path))
         self.capacity = NodeCapacity(
             settings, {n: c.scheduler for n, c in self.clusters.items()}, self.clock
         )
@@ -239,6 +243,7 @@ class Service:
             try:
                 await self.refresh()
                 await self.janitor.tick()
+                await self.gang.tick()  # pod groups: timeouts, and what ended a group's job
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -324,6 +329,9 @@ class Service:
         pod = data.pod
         uid = pod.uid
         logsetup.bind(uid)
+        joining = self.gang.joining(pod)
+        if joining is not None:
+            return await self.gang.create(data, joining)  # a member of a pod group
         async with self._lock(uid):
             rec = await asyncio.to_thread(self.store.get, uid)
             if rec is not None and rec.job_id is None:
@@ -578,6 +586,9 @@ class Service:
             return "pod has no uid: nothing to delete"
         logsetup.bind(uid)
         async with self._lock(uid):
+            left = await self.gang.delete(pod)  # a member of a pod group that waits
+            if left is not None:
+                return left
             rec = await asyncio.to_thread(self.store.get, uid)
             if rec is None or not _same_pod(rec, pod.namespace, pod.name):
                 return f"pod {uid} is not known here: nothing to delete"
@@ -661,10 +672,12 @@ class Service:
         uids = [p.uid.lower() for p in pods if p.uid]
         recs = await asyncio.to_thread(self.store.get_many, uids)
         out = []
+        unknown = []
         for pod in pods:
             rec = recs.get(pod.uid.lower())
             if rec is None or not _same_pod(rec, pod.namespace, pod.name):
-                continue  # not ours: an empty answer leaves the pod as it is
+                unknown.append(pod)  # a member of a waiting pod group, or not ours
+                continue
             images = {c.name: c.image for c in (*pod.spec.init_containers, *pod.spec.containers)}
             nodes = ""
             if rec.job_id is None:
@@ -697,9 +710,10 @@ class Service:
                     _note_placement(
                         (*init, *main), describe(json.loads(rec.placement), self.clock.time())
                     )
-                nodes = self._nodes_of(rec)
+                nodes = self.gang.node_of(rec.uid, self._nodes_of(rec))  # a member's own
                 if nodes:
                     _note_nodes((*init, *main), nodes)
+                self.gang.note(rec.uid, (*init, *main))  # which member ended its group's job
             out.append(
                 PodStatus(
                     name=rec.name,
@@ -711,6 +725,8 @@ class Service:
                     NodeName=nodes or None,
                 )
             )
+        if unknown:
+            out += await self.gang.waiting(unknown)
         return out
 
     async def _files_of(self, rec: PodRecord) -> tuple[jobdir.PodFiles, str | None]:

@@ -90,6 +90,10 @@ class Store:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
 
+    @property
+    def path(self) -> Path:
+        return self._path
+
     def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)

@@ -302,25 +302,31 @@ ils_pull() {
 }
 
 # ils_reap: kill what still runs of this job when it ends: every process of this user with
-# the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell.
+# the job's SLURM_JOB_ID in its environment (one grep over /proc), but this shell. A pod of a
+# group (ILS_MEMBER, its uid) shares the job with its siblings, maybe the node too: only the
+# processes of its own step, which carry its ILS_MEMBER.
 ils_reap() {
-  local p
+  local p key
   [ -n "${SLURM_JOB_ID:-}" ] || return 0
+  key="SLURM_JOB_ID=$SLURM_JOB_ID"
+  [ -z "${ILS_MEMBER:-}" ] || key="ILS_MEMBER=$ILS_MEMBER"
   # shellcheck disable=SC2013  # file names of /proc, without spaces
-  for p in $(grep -lsxzF -- "SLURM_JOB_ID=$SLURM_JOB_ID" /proc/[0-9]*/environ); do
+  for p in $(grep -lsxzF -- "$key" /proc/[0-9]*/environ); do
     p=${p#/proc/}
     p=${p%/environ}
     [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] || kill -KILL "$p" 2>/dev/null
   done
 }
 
-# ils_tmp_sweep DIR: remove the containers' /tmp directories (DIR/interlink-slurm-<job id>)
-# that this user's jobs left on this node when they were killed before their own cleanup: those
-# of jobs with no process left here. A site whose TMPDIR is private to each job never has any.
+# ils_tmp_sweep DIR: remove the containers' /tmp directories (DIR/interlink-slurm-<job id>,
+# or -<job id>-<pod uid> for a pod of a group) that this user's jobs left on this node when they
+# were killed before their own cleanup: those of jobs with no process left here (never this
+# job's: its siblings' are theirs). A site whose TMPDIR is private to each job never has any.
 ils_tmp_sweep() {
   local d id
   for d in "$1"/interlink-slurm-*; do
     id=${d##*/interlink-slurm-}
+    id=${id%%-*}
     case $id in '' | *[!0-9]*) continue ;; esac
     if [ ! -d "$d" ] || [ ! -O "$d" ] || [ "$id" = "${SLURM_JOB_ID:-}" ]; then continue; fi
     grep -qsxzF -- "SLURM_JOB_ID=$id" /proc/[0-9]*/environ || rm -rf -- "$d"
@@ -371,4 +377,59 @@ ils_start() {
   trap 'ILS_STOPPING=1' TERM INT URG
   # Slurm's name of the node, which is what squeue shows (nodes may share a hostname).
   echo "interlink-slurm: pod $1 starts as job ${SLURM_JOB_ID:-?} on ${SLURMD_NODENAME:-$(hostname)}"
+}
+
+# ils_node_ip NODE: the address of a Slurm node: its NodeAddr, resolved when it is a name.
+ils_node_ip() {
+  local addr ip
+  addr=$(scontrol show node -o -- "$1" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | head -n 1)
+  addr=${addr#NodeAddr=}
+  [ -n "$addr" ] || addr=$1
+  ip=$(getent ahostsv4 -- "$addr" 2>/dev/null | awk '{ print $1; exit }')
+  echo "${ip:-$addr}"
+}
+
+# ils_group_wait POLICY NAME PID [NAME PID]...: wait for the steps of a group's pods, each
+# named by its pod; the exit code is the first non-zero one. With POLICY fail-group, the first
+# pod that fails ends the others as a delete would (SIGURG to every step: preStop, SIGTERM,
+# the grace period), and group.ended says which.
+ils_group_wait() {
+  local policy=$1 status=0 pid rc
+  local -A name_of=()
+  shift
+  while [ $# -ge 2 ]; do
+    name_of[$2]=$1
+    shift 2
+  done
+  while [ ${#name_of[@]} -gt 0 ]; do
+    pid=""
+    wait -n -p pid "${!name_of[@]}"
+    rc=$?
+    if [ -z "$pid" ]; then
+      [ "$rc" -ne 127 ] || break # no step left to wait for
+      continue # a signal cut the wait short
+    fi
+    if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
+      status=$rc
+      if [ "$policy" = fail-group ] && [ ${#name_of[@]} -gt 1 ]; then
+        ils_put group.ended "pod ${name_of[$pid]} failed (exit code $rc)"
+        echo "interlink-slurm: pod ${name_of[$pid]} failed (exit code $rc): ending the group"
+        scancel --signal=URG -- "$SLURM_JOB_ID"
+      fi
+    fi
+    unset "name_of[$pid]"
+  done
+  return "$status"
+}
+
+# ils_group_env PREFIX FILE...: add the variables of group.env (NAME=VALUE lines: the nodes of
+# a group's pods, its leader's address) to containers' env files, each name after the runtime's
+# PREFIX.
+ils_group_env() {
+  local prefix=$1 line f
+  shift
+  for f in "$@"; do
+    while IFS= read -r line; do printf '%s%s\0' "$prefix" "$line"; done < group.env >> "$f" ||
+      return 1
+  done
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -56,10 +57,23 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         job_id, state, reason = parts[0], parts[1].upper(), parts[2]
         nodes = parts[3] if len(parts) > 3 else ""
         comment = parts[4] if len(parts) > 4 and parts[4] != "(null)" else ""
+        job_id, component = het_component(job_id)
+        if component:  # a later part of a heterogeneous job (a pod group): its nodes only
+            first = jobs.get(job_id)
+            if first is not None and nodes.strip():
+                jobs[job_id] = dataclasses.replace(first, nodes=f"{first.nodes},{nodes.strip()}")
+            continue
         jobs[job_id] = JobInfo(
             job_id, state, "" if reason == "None" else reason, comment, nodes.strip()
         )
     return jobs
+
+
+def het_component(job_id: str) -> tuple[str, int]:
+    """``J+K`` (part K of heterogeneous job J, as squeue and sacct list it) → (J, K); any
+    other id → (id, 0). The parts start and end together: part 0 speaks for the job."""
+    base, plus, part = job_id.partition("+")
+    return (base, int(part)) if plus and part.isdigit() else (job_id, 0)
 
 
 class CliScheduler:
@@ -143,7 +157,8 @@ class CliScheduler:
         out: dict[str, JobInfo] = {}
         for line in result.stdout.splitlines():
             parts = line.split("|")
-            if len(parts) >= 2 and parts[0].isdigit():
+            parts[0], component = het_component(parts[0])
+            if len(parts) >= 2 and parts[0].isdigit() and not component:
                 nodes = parts[3] if len(parts) > 3 and parts[3] != "None assigned" else ""
                 out[parts[0]] = JobInfo(parts[0], parts[1].split()[0].upper(), "", nodes=nodes)
         return out

@@ -163,7 +163,7 @@ def _job_directories(plan: JobPlan, every_node: str) -> tuple[list[str], list[st
         "# Each container's own /tmp (shared with its exec probes and hooks), on each node, in a",
         "# directory of the job's own: never the node's /tmp itself.",
         'ils_tmp_sweep "${TMPDIR:-/tmp}"',
-        'ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-pid$$}"',
+        'ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-pid$$}${ILS_MEMBER:+-$ILS_MEMBER}"',
         f'{every_node}rm -rf -- "$ILS_TMP"',
         f'{every_node}mkdir -m 700 -- "$ILS_TMP" || exit 1',
         f"{every_node}mkdir -m 1777 -- {' '.join(_word(f'{CONTAINER_TMP}/{n}') for n in names)}"

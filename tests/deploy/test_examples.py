@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -31,6 +30,8 @@ RENDER_ONLY = {
     "gan-training-4xa100.yaml": "needs an NVIDIA PyTorch image and four real A100",
     # Its launch, sized down, runs on the local nodes in tests/integration/test_multinode.py.
     "mpi-simulation-2-nodes.yaml": "needs an MPI solver image and an ib feature",
+    # Run on the local 2-node cluster by tests/integration/test_pod_groups.py, which maps it.
+    "gan-training-2x4xa100-group.yaml": "names the NVIDIA PyTorch image local.yaml does not map",
 }
 # Run by the integration tests of the README walkthrough instead of an e2e scenario.
 RUN_ELSEWHERE = {
@@ -56,24 +57,26 @@ def render(path: Path, config: Path) -> tuple[int, str]:
 
 
 def images(path: Path) -> set[str]:
-    data: Any = yaml.safe_load(path.read_text())
-    if isinstance(data, list):
-        [data] = data
-    pod = data.get("pod", data)
-    spec = pod["spec"]
-    return {c["image"] for c in (spec.get("initContainers") or []) + spec["containers"]}
+    out = set()
+    for data in yaml.safe_load_all(path.read_text()):  # a pod group: one document a pod
+        if isinstance(data, list):
+            [data] = data
+        pod = data.get("pod", data)
+        spec = pod["spec"]
+        out |= {c["image"] for c in (spec.get("initContainers") or []) + spec["containers"]}
+    return out
 
 
 def test_every_file_in_examples_is_a_pod_or_explained() -> None:
     for p in example_files():
         if name(p) in NOT_PODS:
             continue
-        data = yaml.safe_load(p.read_text())
-        if isinstance(data, list) and len(data) == 1:
-            data = data[0]
-        assert isinstance(data, dict) and (data.get("kind") == "Pod" or "pod" in data), (
-            f"{rel(p)}: neither a pod nor a RetrievedPodData; add it to NOT_PODS with a reason"
-        )
+        for data in yaml.safe_load_all(p.read_text()):  # a pod group: one document a pod
+            if isinstance(data, list) and len(data) == 1:
+                data = data[0]
+            assert isinstance(data, dict) and (data.get("kind") == "Pod" or "pod" in data), (
+                f"{rel(p)}: neither a pod nor a RetrievedPodData; add it to NOT_PODS with a reason"
+            )
 
 
 @pytest.mark.parametrize("path", POD_FILES, ids=name)

@@ -1,0 +1,139 @@
+"""Pod groups in the service (gang.py), with the scripted fake Slurm and a fake clock: one
+submission per group, timeouts, and submissions cut short, settled by the refresher's tick.
+The same on real Slurm: tests/integration/test_pod_groups.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlink_slurm.errors import PodRejected, SchedulerUnavailable
+from interlink_slurm.gang import member_nodes
+from interlink_slurm.groups import KUEUE_GROUP, KUEUE_TOTAL
+from interlink_slurm.slurm.scheduler import JobInfo
+from interlink_slurm.translate.group import GROUP_COMMENT_PREFIX
+from interlink_slurm.wire import RetrievedPodData
+from tests import podgen
+from tests.unit.test_service_parts import drive, make
+
+
+def member(group: str, name: str, size: int = 2, **meta: Any) -> RetrievedPodData:
+    pod = podgen.pod(name, [podgen.container("main", "print(1)")])
+    pod["metadata"]["labels"] = {KUEUE_GROUP: group}
+    pod["metadata"]["annotations"][KUEUE_TOTAL] = str(size)
+    pod["metadata"].update(meta)
+    return RetrievedPodData.model_validate(podgen.retrieved(pod))
+
+
+def reason(status: Any) -> tuple[str, str]:
+    state = status.containers[0].state
+    inner = state.waiting or state.terminated
+    return inner.reason, inner.message
+
+
+def test_the_last_member_submits_one_job_and_a_retried_create_gets_it(tmp_path: Path) -> None:
+    service, fake, _, _ = make(tmp_path)
+    a, b = member("g", "g-0"), member("g", "g-1")
+
+    async def scenario() -> None:
+        first = await service.create(a)
+        assert first.PodJID == "" and fake.calls.count("submit") == 0
+        (waiting,) = await service.status([a.pod])
+        assert reason(waiting) == ("GroupPending", "1 of 2 pods of group g arrived")
+        job = (await service.create(b)).PodJID
+        assert fake.calls.count("submit") == 1
+        assert (await service.create(a)).PodJID == job  # a retried create: the same job
+        assert fake.calls.count("submit") == 1
+        statuses = await service.status([a.pod, b.pod])
+        assert [s.JID for s in statuses] == [job, job]
+        assert fake.jobs[job].comment == f"{GROUP_COMMENT_PREFIX}default/g/{a.pod.uid}"
+
+    drive(service, scenario)
+
+
+def test_a_group_not_complete_in_time_fails_every_member_naming_the_missing(
+    tmp_path: Path,
+) -> None:
+    service, fake, _, clock = make(tmp_path, group_timeout_seconds=60)
+    a = member("late", "late-0")
+
+    async def scenario() -> None:
+        await service.create(a)
+        clock.advance(59)
+        await service.gang.tick()
+        assert reason((await service.status([a.pod]))[0])[0] == "GroupPending"
+        clock.advance(2)
+        await service.gang.tick()
+        why, message = reason((await service.status([a.pod]))[0])
+        assert why == "GroupIncomplete"
+        assert "1 of 2 pods arrived within 60 s" in message and "missing: late-1" in message
+        with pytest.raises(PodRejected, match="has failed"):
+            await service.create(member("late", "late-1"))
+        assert "submit" not in fake.calls
+
+    drive(service, scenario)
+
+
+def test_a_submission_cut_short_is_made_by_the_next_tick(tmp_path: Path) -> None:
+    service, fake, _, _ = make(tmp_path)
+    a, b = member("cut", "cut-0"), member("cut", "cut-1")
+
+    async def scenario() -> None:
+        await service.create(a)
+        fake.fail_next["submit"] = SchedulerUnavailable("sbatch: slurmctld does not answer")
+        with pytest.raises(SchedulerUnavailable):
+            await service.create(b)
+        await service.gang.tick()
+        assert fake.calls.count("submit") == 2
+        (sa,) = await service.status([a.pod])
+        assert sa.JID.isdigit()
+
+    drive(service, scenario)
+
+
+def test_a_job_that_landed_before_a_crash_is_found_by_its_comment_not_submitted_again(
+    tmp_path: Path,
+) -> None:
+    service, fake, _, _ = make(tmp_path)
+    a, b = member("crash", "crash-0"), member("crash", "crash-1")
+    comment = f"{GROUP_COMMENT_PREFIX}default/crash/{a.pod.uid}"
+
+    async def scenario() -> None:
+        await service.create(a)
+        fake.fail_next["find_by_comment"] = SchedulerUnavailable("squeue timed out")
+        with pytest.raises(SchedulerUnavailable):
+            await service.create(b)
+        fake.jobs["77"] = JobInfo("77", "RUNNING", "", comment, nodes="n[1-2]")  # it landed
+        await service.gang.tick()
+        assert "submit" not in fake.calls
+        statuses = await service.status([a.pod, b.pod])
+        assert [s.JID for s in statuses] == ["77", "77"]
+
+    drive(service, scenario)
+
+
+def test_deleting_a_member_of_a_running_group_names_it_in_the_others(tmp_path: Path) -> None:
+    service, fake, _, _ = make(tmp_path)
+    a, b = member("del", "del-0"), member("del", "del-1")
+
+    async def scenario() -> None:
+        await service.create(a)
+        job = (await service.create(b)).PodJID
+        await service.gang.tick()  # loads the book into memory, as the refresher does
+        await service.delete(b.pod)
+        assert fake.jobs[job].state == "CANCELLED"  # the whole group's job
+        fake.jobs[job] = JobInfo(job, "CANCELLED", "", fake.jobs[job].comment)
+        await service.refresh()
+        (sa,) = await service.status([a.pod])
+        inner = sa.containers[0].state.terminated
+        assert inner is not None and "[GroupEnded: pod del-1 was deleted]" in inner.message
+
+    drive(service, scenario)
+
+
+def test_a_members_node_is_read_from_its_groups_env_file() -> None:
+    env = "ILS_GROUP_NODES=gan-master-0=n1,gan-worker-0=n2\nILS_GROUP_LEADER_ADDR=10.0.0.1\n"
+    assert member_nodes(env) == {"gan-master-0": "n1", "gan-worker-0": "n2"}
+    assert member_nodes("") == {}
