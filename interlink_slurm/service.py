@@ -317,10 +317,10 @@ class Service:
         uid = pod.uid
         logsetup.bind(uid)
         async with self._lock(uid):
-            rec = await asyncio.to_thread(self.store.get, uid)
+            rec = self.store.get(uid)
             if rec is not None and rec.job_id is None:
                 await self._settle(rec)
-                rec = await asyncio.to_thread(self.store.get, uid)
+                rec = self.store.get(uid)
             if rec is not None and rec.job_id is not None:
                 log.info("pod %s already has job %s", uid, rec.job_id)
                 return CreateResponse(PodUID=uid, PodJID=rec.job_id)
@@ -568,7 +568,7 @@ class Service:
             return "pod has no uid: nothing to delete"
         logsetup.bind(uid)
         async with self._lock(uid):
-            rec = await asyncio.to_thread(self.store.get, uid)
+            rec = self.store.get(uid)
             if rec is None or not _same_pod(rec, pod.namespace, pod.name):
                 return f"pod {uid} is not known here: nothing to delete"
             self._cluster(rec)  # a cluster no longer configured: never reachable, say so
@@ -647,7 +647,7 @@ class Service:
 
     async def status(self, pods: Sequence[Pod]) -> list[PodStatus]:
         uids = [p.uid.lower() for p in pods if p.uid]
-        recs = await asyncio.to_thread(self.store.get_many, uids)
+        recs = self.store.get_many(uids)
         out = []
         for pod in pods:
             rec = recs.get(pod.uid.lower())
@@ -703,12 +703,17 @@ class Service:
 
     async def _files_of(self, rec: PodRecord) -> tuple[jobdir.PodFiles, str | None]:
         """The pod's state files as the last refresh read them, and why they could not be read
-        (then they are what was read before). No file is read here, but for a pod no refresh
-        has read yet (just submitted, or the plugin restarted): once, at its first /status."""
+        (then they are what was read before). No file is read here, but for a pod whose job a
+        refresh saw and whose files none read (the first refresh after a restart failed):
+        once, at its first /status."""
         tracker = self.trackers.get(rec.cluster)
         seen = tracker.files.get(rec.uid) if tracker is not None else None
         if tracker is not None and seen is not None:
             return seen, tracker.files_outage if rec.final_state is None else None
+        if tracker is not None and rec.final_state is None and rec.job_id not in tracker.jobs:
+            # Submitted since the last refresh (which _job_for asks for now): its job has not
+            # been seen yet, so neither have files worth a read on this call.
+            return jobdir.PodFiles({}), None
         try:
             if tracker is None:
                 self._cluster(rec)  # raises: the cluster is no longer configured
@@ -747,7 +752,7 @@ class Service:
         """The log stream of one container; or, by ``source``, of the batch job itself (job)
         or of the image pulls on the submit host (pull)."""
         logsetup.bind(req.PodUID)
-        rec = await asyncio.to_thread(self.store.get, req.PodUID)
+        rec = self.store.get(req.PodUID)
         if rec is not None and rec.job_id:
             logsetup.bind(job=rec.job_id)
         if rec is None or not _same_pod(rec, req.Namespace, req.PodName):

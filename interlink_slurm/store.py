@@ -2,6 +2,10 @@
 
 It is an index, not the truth: Slurm knows whether a job exists (and carries the pod UID in its
 comment), and the pod directory knows what each container did.
+
+Every row is also held in memory, loaded at open and updated by each write once committed (the
+rows it changed are read back in the same transaction): ``get`` and ``get_many``, which /status,
+/getLogs and /create ask on every call, run no SQL. This process is the database's only writer.
 """
 
 from __future__ import annotations
@@ -88,6 +92,10 @@ class Store:
         self._path = path
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        # uid → its row as last committed; replaced whole (records are frozen), never mutated.
+        self._rows: dict[str, PodRecord] = {}
+        # What the transaction under way changed (None: deleted), applied once it commits.
+        self._pending: dict[str, PodRecord | None] = {}
 
     def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -100,18 +108,21 @@ class Store:
             if column not in have:
                 db.execute(statement)
         self._db = db
+        self._rows = {r.uid: r for r in map(self._record, db.execute(self._SELECT))}
         self._path.chmod(0o600)
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._rows = {}
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         if self._db is None:
             raise RuntimeError("store is not open")
         with self._lock:
+            self._pending = {}
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -119,6 +130,19 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            # Memory follows the database only once the write is on disk.
+            for uid, rec in self._pending.items():
+                if rec is None:
+                    self._rows.pop(uid, None)
+                else:
+                    self._rows[uid] = rec
+
+    def _reload(self, db: sqlite3.Connection, where: str, params: Sequence[object]) -> None:
+        """Reads back the rows a write changed, inside its transaction: memory takes them when
+        it commits (_tx). ``where`` is this module's own SQL; the values are bound."""
+        for row in db.execute(f"{self._SELECT} WHERE {where}", params):
+            rec = self._record(row)
+            self._pending[rec.uid] = rec
 
     @staticmethod
     def _record(row: sqlite3.Row | tuple[object, ...]) -> PodRecord:
@@ -170,23 +194,19 @@ class Store:
         " FROM pods"
     )
 
+    def _open_rows(self) -> dict[str, PodRecord]:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._rows
+
     def get(self, uid: str) -> PodRecord | None:
-        with self._tx() as db:
-            row = db.execute(self._SELECT + " WHERE uid = ?", (uid,)).fetchone()
-        return self._record(row) if row else None
+        """The pod's row, from memory: no SQL, safe to call on the event loop."""
+        return self._open_rows().get(uid)
 
     def get_many(self, uids: Sequence[str]) -> dict[str, PodRecord]:
-        out: dict[str, PodRecord] = {}
-        with self._tx() as db:
-            for start in range(0, len(uids), 500):
-                chunk = uids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                # Only '?' placeholders are built here; the values are bound.
-                query = f"{self._SELECT} WHERE uid IN ({marks})"
-                for row in db.execute(query, chunk):
-                    rec = self._record(row)
-                    out[rec.uid] = rec
-        return out
+        """The rows of those pods that have one, from memory (see get)."""
+        rows = self._open_rows()
+        return {uid: rec for uid in uids if (rec := rows.get(uid)) is not None}
 
     def begin_submit(
         self,
@@ -221,14 +241,17 @@ class Store:
                     noted,
                 ),
             )
+            self._reload(db, "uid = ?", (uid,))
 
     def set_job(self, uid: str, job_id: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE pods SET job_id = ? WHERE uid = ?", (job_id, uid))
+            self._reload(db, "uid = ?", (uid,))
 
     def pulls_done(self, uid: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE pods SET pulls = NULL WHERE uid = ?", (uid,))
+            self._reload(db, "uid = ?", (uid,))
 
     def pulling(self) -> list[PodRecord]:
         """Pods whose held job waits for image pulls on the submit host."""
@@ -242,12 +265,14 @@ class Store:
     def forget(self, uid: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM pods WHERE uid = ?", (uid,))
+            self._pending[uid] = None
 
     def mark_deleted(self, uid: str) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE pods SET deleted = COALESCE(deleted, ?) WHERE uid = ?", (time.time(), uid)
             )
+            self._reload(db, "uid = ?", (uid,))
 
     def finish(self, cluster: str, job_states: Sequence[tuple[str, str, str]]) -> None:
         """Record the final Slurm state of jobs of a cluster that ended: (job id, state,
@@ -262,6 +287,8 @@ class Store:
                     for job_id, state, reason in job_states
                 ],
             )
+            for job_id, _, _ in job_states:
+                self._reload(db, "job_id = ? AND cluster = ?", (job_id, cluster))
 
     def reopen(self, cluster: str, job_ids: Sequence[str]) -> None:
         """Jobs seen to end that Slurm runs again (requeued): they are active once more."""
@@ -271,6 +298,8 @@ class Store:
                 " WHERE job_id = ? AND cluster = ?",
                 [(j, cluster) for j in job_ids],
             )
+            for job_id in job_ids:
+                self._reload(db, "job_id = ? AND cluster = ?", (job_id, cluster))
 
     def mark_started(self, uids: Sequence[str], when: float) -> None:
         """Pods whose job was seen running for the first time."""
@@ -279,6 +308,8 @@ class Store:
                 "UPDATE pods SET started = COALESCE(started, ?) WHERE uid = ?",
                 [(when, uid) for uid in uids],
             )
+            for uid in uids:
+                self._reload(db, "uid = ?", (uid,))
 
     def set_nodes(self, cluster: str, job_nodes: Sequence[tuple[str, str]]) -> None:
         """Where jobs of a cluster run (job id, node list), as Slurm last said."""
@@ -287,10 +318,13 @@ class Store:
                 "UPDATE pods SET nodes = ? WHERE job_id = ? AND cluster = ?",
                 [(nodes, job_id, cluster) for job_id, nodes in job_nodes],
             )
+            for job_id, _ in job_nodes:
+                self._reload(db, "job_id = ? AND cluster = ?", (job_id, cluster))
 
     def set_kill_at(self, uid: str, when: float | None) -> None:
         with self._tx() as db:
             db.execute("UPDATE pods SET kill_at = ? WHERE uid = ?", (when, uid))
+            self._reload(db, "uid = ?", (uid,))
 
     def active(self, ended_since: float) -> list[PodRecord]:
         """Pods worth asking Slurm about: jobs not seen to end, and jobs that ended after

@@ -1,0 +1,65 @@
+"""The store's rows in memory follow every write: after any sequence of writes, what get()
+answers is what a fresh load of the database reads (a restart sees the same pods)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from interlink_slurm.store import Store
+
+
+def fresh(path: Path) -> dict[str, object]:
+    other = Store(path)
+    other.open()
+    try:
+        return dict(other._rows)
+    finally:
+        other.close()
+
+
+def test_every_write_is_in_memory_as_a_fresh_load_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = Store(path)
+    store.open()
+    try:
+        for i in range(5):
+            store.begin_submit(f"u{i}", "ns", f"p{i}", f"/d/{i}", ["init"], ["main"], pulls="[]")
+        for i in range(4):
+            store.set_job(f"u{i}", str(100 + i))
+        store.pulls_done("u0")
+        store.mark_started(["u0", "u1"], 5.0)
+        store.set_nodes("default", [("100", "n1"), ("101", "n2")])
+        store.finish("default", [("100", "COMPLETED", ""), ("102", "FAILED", "NonZeroExitCode")])
+        store.reopen("default", ["102"])
+        store.set_kill_at("u1", 9.0)
+        store.mark_deleted("u1")
+        store.forget("u3")
+        mine = {uid: store.get(uid) for uid in (f"u{i}" for i in range(5))}
+        assert {u: r for u, r in mine.items() if r is not None} == fresh(path)
+        assert mine["u3"] is None
+        u0 = mine["u0"]
+        assert u0 is not None and u0.final_state == "COMPLETED" and u0.nodes == "n1"
+        assert u0.pulls is None and u0.started == 5.0
+        assert store.get_many(["u0", "u3", "nope"]).keys() == {"u0"}
+    finally:
+        store.close()
+
+
+def test_a_write_that_fails_leaves_memory_as_it_was(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    store.open()
+    try:
+        store.begin_submit("u", "ns", "p", "/d", [], ["main"])
+        before = store.get("u")
+        with pytest.raises(sqlite3.Error), store._tx() as db:
+            db.execute("UPDATE pods SET job_id = '1' WHERE uid = 'u'")
+            store._reload(db, "uid = ?", ("u",))
+            db.execute("SELECT * FROM no_such_table")
+        assert store.get("u") == before
+    finally:
+        store.close()
+    with pytest.raises(RuntimeError):
+        store.get("u")  # a closed store answers nothing
