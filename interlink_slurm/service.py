@@ -362,26 +362,36 @@ class Service:
                 # Held until the submit host has put its images in the cache.
                 plan = dataclasses.replace(plan, directives=(*plan.directives, "--hold"))
             script = render_script(plan)
-            script_path = await asyncio.to_thread(jobdir.write_pod, cluster.transport, plan, script)
-            if plan.owner is not None:
-                await asyncio.to_thread(self._hand_over, cluster.transport, plan)
         except (PodRejected, StorageError) as err:
             self.metrics.submit_failures.labels(type(err).__name__).inc()
             raise
         placed = placement.chosen.name if self.settings.targets else ""
-        await asyncio.to_thread(
-            self.store.begin_submit,
-            uid,
-            pod.namespace,
-            pod.name,
-            pod_dir,
-            [c.name for c in pod.spec.init_containers],
-            [c.name for c in pod.spec.containers],
-            pulls=encode(pulls) if pulls else None,
-            cluster=cluster.name,
-            placement=placement.record() if placed else None,
-            notes=plan.warnings,
-        )
+        final = plan
+
+        def prepare() -> str:
+            """The pod's directory, then its row in flight: one thread hop for both."""
+            try:
+                path = jobdir.write_pod(cluster.transport, final, script)
+                if final.owner is not None:
+                    self._hand_over(cluster.transport, final)
+            except (PodRejected, StorageError) as err:
+                self.metrics.submit_failures.labels(type(err).__name__).inc()
+                raise
+            self.store.begin_submit(
+                uid,
+                pod.namespace,
+                pod.name,
+                pod_dir,
+                [c.name for c in pod.spec.init_containers],
+                [c.name for c in pod.spec.containers],
+                pulls=encode(pulls) if pulls else None,
+                cluster=cluster.name,
+                placement=placement.record() if placed else None,
+                notes=final.warnings,
+            )
+            return path
+
+        script_path = await asyncio.to_thread(prepare)
         try:
             job_id = await cluster.scheduler.submit(script_path, pod_dir)
         except SchedulerUnavailable:
@@ -395,10 +405,12 @@ class Service:
             await asyncio.to_thread(cluster.transport.remove_tree, pod_dir)
             raise
         logsetup.bind(job=job_id)
-        await asyncio.to_thread(self.store.set_job, uid, job_id)
-        await asyncio.to_thread(
-            cluster.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
-        )
+
+        def record() -> None:
+            self.store.set_job(uid, job_id)
+            cluster.transport.write_file(f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600)
+
+        await asyncio.to_thread(record)
         if pulls:
             cluster.puller.start(uid, job_id, pod_dir, pulls)
         self._request_refresh()

@@ -4,6 +4,8 @@ answers is what a fresh load of the database reads (a restart sees the same pods
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -54,12 +56,67 @@ def test_a_write_that_fails_leaves_memory_as_it_was(tmp_path: Path) -> None:
     try:
         store.begin_submit("u", "ns", "p", "/d", [], ["main"])
         before = store.get("u")
-        with pytest.raises(sqlite3.Error), store._tx() as db:
-            db.execute("UPDATE pods SET job_id = '1' WHERE uid = 'u'")
-            store._reload(db, "uid = ?", ("u",))
-            db.execute("SELECT * FROM no_such_table")
+        with pytest.raises(sqlite3.Error), store._write() as w:
+            w.execute("UPDATE pods SET job_id = '1' WHERE uid = 'u'")
+            w.reload("uid = ?", ("u",))
+            w.execute("SELECT * FROM no_such_table")
         assert store.get("u") == before
+        assert as_sql_reads(store) == before
     finally:
         store.close()
     with pytest.raises(RuntimeError):
         store.get("u")  # a closed store answers nothing
+
+
+def as_sql_reads(store: Store) -> object:
+    """The row as SQL reads it now (the failed write left nothing in the database either)."""
+    with store._tx() as db:
+        row = db.execute(store._SELECT + " WHERE uid = 'u'").fetchone()
+    return store._record(row)
+
+
+def test_writes_asked_while_one_commits_share_the_next_commit(tmp_path: Path) -> None:
+    """Group commit: eight writes at once take two transactions (the first alone, then the
+    seven that queued while it waited), and a write that fails fails alone."""
+    path = tmp_path / "state.db"
+    store = Store(path)
+    store.open()
+    commits: list[str] = []
+    errors: dict[int, BaseException] = {}
+    try:
+        for i in range(8):
+            store.begin_submit(f"u{i}", "ns", f"p{i}", f"/d/{i}", [], ["main"])
+        assert store._db is not None
+        store._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+
+        def write(i: int) -> None:
+            try:
+                if i == 5:
+                    with store._write() as w:
+                        w.execute("UPDATE pods SET job_id = 'x' WHERE uid = 'u5'")
+                        w.execute("UPDATE no_such_table SET x = 1")
+                else:
+                    store.set_job(f"u{i}", str(100 + i))
+            except BaseException as err:
+                errors[i] = err
+
+        store._lock.acquire()  # the first write's commit waits: the others queue meanwhile
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+        try:
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 60
+            while len(store._queue) < 7 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            store._lock.release()
+        for t in threads:
+            t.join()
+        assert len(commits) == 2
+        assert list(errors) == [5] and isinstance(errors[5], sqlite3.Error)
+        got = {u: r.job_id for u, r in store.get_many([f"u{i}" for i in range(8)]).items()}
+        assert got == {f"u{i}": None if i == 5 else str(100 + i) for i in range(8)}
+        store._db.set_trace_callback(None)
+        assert {u: r for u, r in store._rows.items()} == fresh(path)
+    finally:
+        store.close()
