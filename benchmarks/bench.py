@@ -31,23 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import running
+from benchmarks.common import HOLD, cancel_all, metric, percentile
 from tests import podgen
 from tests.integration.conftest import Plugin, cluster_env
-
-HOLD = ["--hold"]
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
-def metric(plugin: Plugin, name: str, labels: str) -> float:
-    for line in plugin.client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{{labels}}} "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def rss_mib(pid: int) -> float:
@@ -55,11 +41,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def cancel_all(cluster: dict[str, str]) -> None:
-    subprocess.run(["scancel", "--user", os.environ.get("USER", "root")],
-                   env={**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}, check=False)
 
 
 def start(cluster: dict[str, str], workdir: Path, **config: Any) -> Plugin:

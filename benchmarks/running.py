@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.common import HOLD, cancel_all, metric, percentile, slurm_env
 from interlink_slurm.slurm.factory import SLURM_COMMANDS
 from tests import podgen
 from tests.integration import conftest
@@ -37,27 +38,11 @@ from tests.integration.conftest import LoginNode, Plugin, remote_env, ssh_plugin
 
 REPO = Path(__file__).resolve().parent.parent
 ILS_SH = REPO / "interlink_slurm" / "jobscript" / "ils.sh"
-HOLD = ["--hold"]
 SSH_PORT = 18520  # the login node's sshd: within this checkout's port range (see brief)
 POLL_SECONDS = 0.025  # how often a waiting client asks /status (the resolution of create → running)
 BATCH = 500  # pods per /status call while waiting for them to run
 # The random delay before each create: runs do not lock onto Slurm's 1 s scheduling tick.
 JITTER = SystemRandom()
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
-def slurm_env(cluster: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}
-
-
-def cancel_all(cluster: dict[str, str], user: str | None = None) -> None:
-    who = user or os.environ.get("USER", "root")
-    subprocess.run(["scancel", "--user", who], env=slurm_env(cluster), check=False)
 
 
 # --- the plugin, counted ----------------------------------------------------------------------
@@ -105,13 +90,6 @@ def transport_calls(plugin: Plugin) -> int:
             raise RuntimeError("the plugin did not write its transport counts")
         time.sleep(0.01)
     return sum(json.loads(path.read_text()).values())
-
-
-def metric(plugin: Plugin, name: str, labels: str) -> float:
-    for line in plugin.client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{{labels}}} "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def refreshes(plugin: Plugin) -> float:
