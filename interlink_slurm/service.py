@@ -18,13 +18,12 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from interlink_slurm import jobdir, logsetup
+from interlink_slurm import jobdir, logsetup, submission
 from interlink_slurm.book import PlacementBook
 from interlink_slurm.capacity import NodeCapacity
 from interlink_slurm.clusters import Cluster
@@ -54,16 +53,13 @@ from interlink_slurm.slurm.states import (
     base_state,
     container_statuses,
 )
-from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
+from interlink_slurm.slurm.transport import CommandUnavailable, Transport
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import GONE, Clock, StatusTracker, SystemClock
-from interlink_slurm.translate.images import CH_METADATA, image_command
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import (
-    ANNOTATION_IMAGE_ROOT,
     ImageCommands,
     build_plan,
-    resolve_image,
 )
 from interlink_slurm.translate.runtimes import (
     image_paths_argv,
@@ -97,8 +93,6 @@ WORKER_THREADS = 64
 LOG_SOURCES = ("container", "job", "pull")
 # A job seen to end is still watched this long, while Slurm lists it: it may be requeued.
 ENDED_WATCH_SECONDS = 600.0
-# ch-image's metadata holds the image's build history: a few kB, far less than this.
-IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
 
 
 class Service:
@@ -154,7 +148,7 @@ class Service:
         self.root_clusters = {
             name
             for name in self.clusters
-            if _submits_as_root(settings.for_cluster(name), self.clusters[name].transport)
+            if submission.submits_as_root(settings.for_cluster(name), self.clusters[name].transport)
         }
 
     def _forget(self, uid: str) -> None:
@@ -342,7 +336,12 @@ class Service:
             if not runs_image_command(self.settings.runtime) and any(
                 not c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
             ):
-                commands = await asyncio.to_thread(self._image_commands, data)
+                commands = await asyncio.to_thread(
+                    submission.image_commands,
+                    data,
+                    self.settings,
+                    {n: c.transport for n, c in self.clusters.items()},
+                )
             placement = await self.place(data, commands)
             cluster = self.clusters[placement.chosen.cluster]
             plan = placement.chosen.plan
@@ -354,7 +353,7 @@ class Service:
             for container, warning in plan.warnings:
                 log.warning("pod %s, container %s: %s", uid, container, warning)
             if plan.owner is not None and plan.owner[1] is None:
-                plan = await asyncio.to_thread(self._primary_group, cluster.transport, plan)
+                plan = await asyncio.to_thread(submission.primary_group, cluster.transport, plan)
             pulls = []
             if plan.image_pulls and self.settings.image_pull_on == "submit_host":
                 pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
@@ -373,7 +372,7 @@ class Service:
             try:
                 path = jobdir.write_pod(cluster.transport, final, script)
                 if final.owner is not None:
-                    self._hand_over(cluster.transport, final)
+                    submission.hand_over(cluster.transport, final)
             except (PodRejected, StorageError) as err:
                 self.metrics.submit_failures.labels(type(err).__name__).inc()
                 raise
@@ -450,76 +449,6 @@ class Service:
                 wait = max(0.0, placement.predicted_start - placement.decided_at)
                 self.metrics.predicted_wait.labels(name).observe(wait)
         return placement
-
-    @staticmethod
-    def _primary_group(transport: Transport, plan: JobPlan) -> JobPlan:
-        """A job run as another user (sbatch --uid) with no runAsGroup runs with that user's
-        primary group, never the submitting root's group 0."""
-        assert plan.owner is not None
-        uid = plan.owner[0]
-        try:
-            result = transport.run(["id", "-g", "--", str(uid)], timeout=30)
-        except (CommandUnavailable, SchedulerUnavailable) as err:
-            raise SchedulerUnavailable(f"cannot look up the group of uid {uid}: {err}") from err
-        gid = result.stdout.strip()
-        if result.returncode != 0 or not gid.isdigit():
-            raise PodRejected(
-                "spec.securityContext.runAsUser",
-                f"uid {uid} has no account on the cluster ({result.stderr.strip() or gid})",
-            )
-        return dataclasses.replace(
-            plan, directives=(*plan.directives, f"--gid={gid}"), owner=(uid, int(gid))
-        )
-
-    @staticmethod
-    def _hand_over(transport: Transport, plan: JobPlan) -> None:
-        """The pod's directory to the user its job runs as (securityContext, sbatch --uid):
-        the job writes its logs and state there."""
-        assert plan.owner is not None
-        uid, gid = plan.owner
-        owner = f"{uid}:{gid}" if gid is not None else str(uid)
-        try:
-            result = transport.run(["chown", "-R", "--", owner, plan.pod_dir], timeout=60)
-        except (CommandUnavailable, SchedulerUnavailable) as err:
-            transport.remove_tree(plan.pod_dir)
-            raise StorageError(f"cannot hand the pod directory to uid {owner}: {err}") from err
-        if result.returncode != 0:
-            transport.remove_tree(plan.pod_dir)
-            raise StorageError(
-                f"cannot hand the pod directory to uid {owner}: {result.stderr.strip()}"
-            )
-
-    def _image_commands(self, data: RetrievedPodData) -> ImageCommands:
-        """The ENTRYPOINT and CMD of the images of containers that set no command, for a
-        runtime that cannot run them by itself (Charliecloud): read from each image's
-        ch-image metadata, on the cluster(s) the pod may go to."""
-        pod = data.pod
-        image_root = pod.metadata.annotations.get(ANNOTATION_IMAGE_ROOT) or self.settings.image_root
-        images = set()
-        for c in (*pod.spec.init_containers, *pod.spec.containers):
-            if c.command or not c.image:
-                continue
-            try:
-                image = resolve_image(c.image, self.settings.runtime, self.settings, image_root)
-            except PodRejected:
-                continue  # the plan says why
-            if image.startswith("/"):
-                images.add(image)
-        out: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        for image in sorted(images):
-            for name in self.settings.cluster_names:
-                try:
-                    raw = self.clusters[name].transport.read_file(
-                        f"{image.rstrip('/')}/{CH_METADATA}", IMAGE_METADATA_LIMIT
-                    )
-                except (OSError, SchedulerUnavailable) as err:
-                    log.warning("cannot read the metadata of image %s: %s", image, err)
-                    continue
-                found = image_command(raw) if raw is not None else None
-                if found is not None:
-                    out[image] = found
-                    break
-        return out
 
     def _in_images(
         self,
@@ -850,16 +779,6 @@ def _note_nodes(statuses: Sequence[ContainerStatus], nodes: str) -> None:
         if inner is None or (st.state.terminated and st.state.terminated.reason == "Evicted"):
             continue
         inner.message = f"{inner.message} (Slurm node {nodes})".strip()
-
-
-def _submits_as_root(settings: Settings, transport: Transport) -> bool:
-    """Whether jobs are submitted as root: sbatch run by this process as root, or over SSH as
-    root. slurmrestd submits as its token's user, never another."""
-    if settings.scheduler == "rest":
-        return False
-    if settings.transport == "ssh":
-        return settings.ssh is not None and settings.ssh.user == "root"
-    return isinstance(transport, LocalTransport) and os.geteuid() == 0
 
 
 def _note_warnings(statuses: Sequence[ContainerStatus], notes: Sequence[tuple[str, str]]) -> None:
