@@ -140,7 +140,7 @@ def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> No
             finally:
                 plugin.stop()
                 cancel_all(cluster)
-        assert len(jobs) == 50
+        assert len(jobs) == min(n, 50)  # one job each, all different
         ratios.append(raw_s / plugin_s)
         print(f"| {run} | {n} | {clients} | {n / plugin_s:.1f} | {n / raw_s:.1f} | "
               f"{raw_s / plugin_s:.2f} | {n - submitted} | {duplicates} |", flush=True)
