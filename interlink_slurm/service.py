@@ -260,7 +260,7 @@ class Service:
         lock = self._refresh_lock or asyncio.Lock()
         async with lock:
             since = self.clock.time() - ENDED_WATCH_SECONDS
-            recs = await asyncio.to_thread(self.store.active, since)
+            recs = self.store.active(since)  # from memory
             self.metrics.tracked_jobs.set(len(recs))
             by_cluster: dict[str, list[PodRecord]] = {name: [] for name in self.clusters}
             for rec in recs:

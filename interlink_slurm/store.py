@@ -72,6 +72,7 @@ class PodRecord:
     final_state: str | None = None
     final_reason: str | None = None
     kill_at: float | None = None
+    final_at: float | None = None  # when the job was seen to end
     # Images still to pull on the submit host before the (held) job may start, as the JSON the
     # puller wrote; None when there are none.
     pulls: str | None = None
@@ -264,6 +265,7 @@ class Store:
             started,
             nodes,
             notes,
+            final_at,
         ) = row
         names = json.loads(str(containers))
         return PodRecord(
@@ -279,6 +281,7 @@ class Store:
             final_state=None if state is None else str(state),
             final_reason=None if reason is None else str(reason),
             kill_at=None if kill is None else float(kill),  # type: ignore[arg-type]
+            final_at=None if final_at is None else float(final_at),  # type: ignore[arg-type]
             pulls=None if pulls is None else str(pulls),
             cluster=str(cluster),
             placement=None if placement is None else str(placement),
@@ -290,7 +293,7 @@ class Store:
     _SELECT = (
         "SELECT uid, namespace, name, pod_dir, job_id, containers, created, deleted,"
         " final_state, final_reason, kill_at, pulls, cluster, placement, started, nodes,"
-        " notes"
+        " notes, final_at"
         " FROM pods"
     )
 
@@ -428,14 +431,18 @@ class Store:
 
     def active(self, ended_since: float) -> list[PodRecord]:
         """Pods worth asking Slurm about: jobs not seen to end, and jobs that ended after
-        ``ended_since`` (Slurm may still requeue those)."""
-        with self._tx() as db:
-            rows = db.execute(
-                self._SELECT + " WHERE job_id IS NOT NULL AND (final_state IS NULL"
-                " OR (final_state != 'GONE' AND final_at >= ?))",
-                (ended_since,),
-            ).fetchall()
-        return [self._record(r) for r in rows]
+        ``ended_since`` (Slurm may still requeue those). From memory: each refresh asks."""
+        return [
+            r
+            for r in list(self._open_rows().values())
+            if r.job_id is not None
+            and (
+                r.final_state is None
+                or (
+                    r.final_state != "GONE" and r.final_at is not None and r.final_at >= ended_since
+                )
+            )
+        ]
 
     def due_kills(self, now: float) -> list[PodRecord]:
         with self._tx() as db:

@@ -46,6 +46,17 @@ def test_every_write_is_in_memory_as_a_fresh_load_reads_it(tmp_path: Path) -> No
         assert u0 is not None and u0.final_state == "COMPLETED" and u0.nodes == "n1"
         assert u0.pulls is None and u0.started == 5.0
         assert store.get_many(["u0", "u3", "nope"]).keys() == {"u0"}
+        # active() from memory picks the rows the SQL it replaced picked.
+        for since in (0.0, time.time() + 1000):
+            with store._tx() as db:
+                picked = db.execute(
+                    "SELECT uid FROM pods WHERE job_id IS NOT NULL AND (final_state IS NULL"
+                    " OR (final_state != 'GONE' AND final_at >= ?))",
+                    (since,),
+                ).fetchall()
+            assert sorted(r.uid for r in store.active(since)) == sorted(u for (u,) in picked)
+        assert "u0" in {r.uid for r in store.active(0.0)}  # ended, still watched
+        assert "u0" not in {r.uid for r in store.active(time.time() + 1000)}
     finally:
         store.close()
 
