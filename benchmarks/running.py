@@ -108,11 +108,13 @@ class Setup:
         self.transport = transport
         self.node: LoginNode | None = None
         self.user = os.environ.get("USER", "root")
+        self.made: list[Path] = []  # scratch directories, removed at the end
 
     def __enter__(self) -> Setup:
         if self.transport == "ssh":
             remote = remote_env()
             workdir = Path(tempfile.mkdtemp(prefix="ils-bench-sshd-"))
+            self.made.append(workdir)
             self.node = LoginNode(remote, workdir, SSH_PORT)
             self.node.start()
             self.user = self.node.user
@@ -121,12 +123,17 @@ class Setup:
     def __exit__(self, *exc: object) -> None:
         if self.node is not None:
             self.node.stop()
+        for path in self.made:
+            shutil.rmtree(path, ignore_errors=True)
 
     def scratch(self, prefix: str) -> Path:
         """A directory the plugin's side (this user, or the job user over SSH) can use."""
         if self.node is not None:
-            return user_dir(self.node.user, prefix)
-        return Path(tempfile.mkdtemp(prefix=f"ils-{prefix}-"))
+            path = user_dir(self.node.user, prefix)
+        else:
+            path = Path(tempfile.mkdtemp(prefix=f"ils-{prefix}-"))
+        self.made.append(path)
+        return path
 
     def plugin(self, workdir: Path, **config: Any) -> Plugin:
         config = {"log_level": "warning", **config}
