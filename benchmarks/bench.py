@@ -1,7 +1,11 @@
 """Speed and memory of interlink-slurm on the real local Slurm (run by hand, never in CI).
 
     .venv/bin/python -m benchmarks.bench status --pods 100 1000 10000
-    .venv/bin/python -m benchmarks.bench create --pods 500 --clients 8
+    .venv/bin/python -m benchmarks.bench status-running --real 24 --pods 1000 10000 \
+        --transports local ssh
+    .venv/bin/python -m benchmarks.bench create --pods 500 --clients 8 --runs 5
+    .venv/bin/python -m benchmarks.bench startup --pods 20 --runs 5
+    .venv/bin/python -m benchmarks.bench idle --pods 10000 --seconds 60
     .venv/bin/python -m benchmarks.bench logs --sizes-mib 1 64 1024
     .venv/bin/python -m benchmarks.bench placement --pods 200 --clients 8
     .venv/bin/python -m benchmarks.bench all
@@ -9,7 +13,8 @@
 Each part starts its own plugin on the cluster of deploy/local/cluster.sh (which it brings up)
 and prints a Markdown table; docs/benchmarks.md keeps the results with the command that made
 them. Jobs are submitted held (`--hold`) where they only need to exist: the status benchmark
-measures tracked pods, not running containers.
+measures tracked pods, not running containers; status-running, startup and idle measure pods
+that run (benchmarks/running.py says how pods beyond what the cluster holds are made to run).
 """
 
 from __future__ import annotations
@@ -25,23 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks import running
+from benchmarks.common import HOLD, cancel_all, metric, percentile
 from tests import podgen
 from tests.integration.conftest import Plugin, cluster_env
-
-HOLD = ["--hold"]
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
-def metric(plugin: Plugin, name: str, labels: str) -> float:
-    for line in plugin.client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{{labels}}} "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def rss_mib(pid: int) -> float:
@@ -49,11 +41,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def cancel_all(cluster: dict[str, str]) -> None:
-    subprocess.run(["scancel", "--user", os.environ.get("USER", "root")],
-                   env={**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}, check=False)
 
 
 def start(cluster: dict[str, str], workdir: Path, **config: Any) -> Plugin:
@@ -122,32 +109,42 @@ def sbatch_loop(cluster: dict[str, str], scripts: list[Path]) -> float:
     return time.monotonic() - t0
 
 
-def bench_create(cluster: dict[str, str], n: int, clients: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
-        plugin = start(cluster, Path(tmp), sbatch_extra=HOLD)
-        try:
-            t0 = time.monotonic()
-            pods = create_many(plugin, n, clients, "cr")
-            plugin_s = time.monotonic() - t0
-            jobs = {plugin.pod_status(p)["JID"] for p in pods[:50]}
-            scripts = sorted(plugin.data_root.glob("default/*/job.sh"))
-            assert len(scripts) == n, len(scripts)
-            cancel_all(cluster)
-            # The same scripts, submitted again by hand in a loop: the ceiling for one client.
-            raw_s = sbatch_loop(cluster, scripts)
-            squeue = subprocess.run(
-                ["squeue", "-h", "-o", "%k"], capture_output=True, text=True,
-                env={**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}, check=True,
-            ).stdout.split()
-            duplicates = len(squeue) - len(set(squeue))
-        finally:
-            plugin.stop()
-            cancel_all(cluster)
-    print("| pods | clients | /create pods/s | raw sbatch pods/s | ratio | failed | duplicated |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {n} | {clients} | {n / plugin_s:.1f} | {n / raw_s:.1f} | "
-          f"{raw_s / plugin_s:.2f} | 0 | {duplicates} |")
-    assert len(jobs) == 50
+def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> None:
+    """Each run: ``n`` creates by ``clients`` clients, then the same job scripts submitted
+    again by one serial sbatch loop, back to back (ratios, not absolute rates, compare runs on a
+    busy machine)."""
+    print("| run | pods | clients | /create pods/s | raw sbatch pods/s | ratio | failed "
+          "| duplicated |")
+    print("|---|---|---|---|---|---|---|---|")
+    ratios = []
+    for run in range(1, runs + 1):
+        with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
+            plugin = start(cluster, Path(tmp), sbatch_extra=HOLD)
+            try:
+                t0 = time.monotonic()
+                pods = create_many(plugin, n, clients, f"cr{run}")
+                plugin_s = time.monotonic() - t0
+                jobs = {plugin.pod_status(p)["JID"] for p in pods[:50]}
+                scripts = sorted(plugin.data_root.glob("default/*/job.sh"))
+                assert len(scripts) == n, len(scripts)
+                squeue = subprocess.run(
+                    ["squeue", "-h", "-o", "%k"], capture_output=True, text=True,
+                    env={**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}, check=True,
+                ).stdout.split()
+                duplicates = len(squeue) - len(set(squeue))
+                submitted = len(set(squeue))
+                cancel_all(cluster)
+                # The same scripts, submitted again by hand in a loop: the ceiling for one
+                # client.
+                raw_s = sbatch_loop(cluster, scripts)
+            finally:
+                plugin.stop()
+                cancel_all(cluster)
+        assert len(jobs) == min(n, 50)  # one job each, all different
+        ratios.append(raw_s / plugin_s)
+        print(f"| {run} | {n} | {clients} | {n / plugin_s:.1f} | {n / raw_s:.1f} | "
+              f"{raw_s / plugin_s:.2f} | {n - submitted} | {duplicates} |", flush=True)
+    print(f"\nratio over {runs} runs: {min(ratios):.2f} to {max(ratios):.2f}")
 
 
 PLACEMENT_SETUPS: dict[str, dict[str, Any]] = {
@@ -251,6 +248,20 @@ def main() -> None:
     c = sub.add_parser("create")
     c.add_argument("--pods", type=int, default=500)
     c.add_argument("--clients", type=int, default=8)
+    c.add_argument("--runs", type=int, default=5)
+    sr = sub.add_parser("status-running")
+    sr.add_argument("--real", type=int, default=24, help="real sleep pods (0: none)")
+    sr.add_argument("--pods", type=int, nargs="*", default=[1000, 10000],
+                    help="pods shown running, their state files written by the benchmark")
+    sr.add_argument("--transports", nargs="+", choices=["local", "ssh"],
+                    default=["local", "ssh"])
+    sr.add_argument("--calls", type=int, default=2000)
+    su = sub.add_parser("startup")
+    su.add_argument("--pods", type=int, default=20)
+    su.add_argument("--runs", type=int, default=5)
+    idle = sub.add_parser("idle")
+    idle.add_argument("--pods", type=int, default=10000)
+    idle.add_argument("--seconds", type=float, default=60)
     lg = sub.add_parser("logs")
     lg.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 64, 1024])
     lg.add_argument("--calls", type=int, default=200)
@@ -264,7 +275,14 @@ def main() -> None:
         "status": lambda: bench_status(cluster, getattr(args, "pods", [100, 1000, 10000]),
                                        getattr(args, "calls", 2000)),
         "create": lambda: bench_create(cluster, getattr(args, "pods", 500),
-                                       getattr(args, "clients", 8)),
+                                       getattr(args, "clients", 8), getattr(args, "runs", 5)),
+        "status-running": lambda: running.bench_status_running(
+            cluster, getattr(args, "real", 24), getattr(args, "pods", [1000, 10000]),
+            getattr(args, "transports", ["local", "ssh"]), getattr(args, "calls", 2000)),
+        "startup": lambda: running.bench_startup(cluster, getattr(args, "pods", 20),
+                                                 getattr(args, "runs", 5)),
+        "idle": lambda: running.bench_idle(cluster, getattr(args, "pods", 10000),
+                                           getattr(args, "seconds", 60)),
         "logs": lambda: bench_logs(cluster, getattr(args, "sizes_mib", [1, 64, 1024]),
                                    getattr(args, "calls", 200)),
         "placement": lambda: bench_placement(cluster, getattr(args, "pods", 200),

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from interlink_slurm import jobdir
+from interlink_slurm import jobdir, submission
 from interlink_slurm.book import PlacementBook
 from interlink_slurm.clusters import Cluster
 from interlink_slurm.config import Settings
@@ -43,6 +43,7 @@ from interlink_slurm.translate.group import (
     check_member,
     group_comment,
     group_dir,
+    group_directives,
     identical,
     member_names,
     ranked,
@@ -52,7 +53,6 @@ from interlink_slurm.translate.group import (
 )
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import ImageCommands, build_plan
-from interlink_slurm.translate.runtimes import runs_image_command
 from interlink_slurm.translate.script import LIBRARY, LIBRARY_FILE, render_script
 from interlink_slurm.translate.targets import Candidate, candidates
 from interlink_slurm.wire import ContainerStatus, CreateResponse, Pod, PodStatus, RetrievedPodData
@@ -74,12 +74,6 @@ class Host(Protocol):
     clock: Clock
 
     def _request_refresh(self) -> None: ...
-
-    def _image_commands(self, data: RetrievedPodData) -> ImageCommands: ...
-
-    def _primary_group(self, transport: Transport, plan: JobPlan) -> JobPlan: ...
-
-    def _hand_over(self, transport: Transport, plan: JobPlan) -> None: ...
 
     def _in_images(
         self,
@@ -159,14 +153,12 @@ class Gang:
         return CreateResponse(PodUID=pod.uid, PodJID=job_id or "")
 
     async def _commands(self, data: RetrievedPodData) -> ImageCommands:
-        """The images' own commands, for a runtime that cannot run them itself, when a
-        container of the pod names none (as the service's create looks them up)."""
-        pod = data.pod
-        if runs_image_command(self.host.settings.runtime) or all(
-            c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
-        ):
+        """The images' own commands, looked up as the service's create looks them up."""
+        host = self.host
+        if not submission.needs_image_commands(data, host.settings):
             return {}
-        return await asyncio.to_thread(self.host._image_commands, data)
+        transports = {n: c.transport for n, c in host.clusters.items()}
+        return await asyncio.to_thread(submission.image_commands, data, host.settings, transports)
 
     async def _submit(self, namespace: str, name: str) -> str | None:
         """Submit a complete group (once, whoever asks); its job id."""
@@ -230,7 +222,9 @@ class Gang:
             job_id = landed.job_id  # submitted before a crash or an outage cut the create short
         else:
             try:
-                job_id = await cluster.scheduler.submit(f"{where}/{GROUP_SCRIPT}", where)
+                job_id = await cluster.scheduler.submit(
+                    f"{where}/{GROUP_SCRIPT}", where, group_directives(gplan)
+                )
             except SchedulerError:
                 for p in plans:
                     await asyncio.to_thread(cluster.transport.remove_tree, p.pod_dir)
@@ -305,11 +299,11 @@ class Gang:
         )
         check_member(plan)
         if plan.owner is not None and plan.owner[1] is None:
-            plan = await asyncio.to_thread(host._primary_group, cluster.transport, plan)
+            plan = await asyncio.to_thread(submission.primary_group, cluster.transport, plan)
         script = render_script(plan)
         await asyncio.to_thread(jobdir.write_pod, cluster.transport, plan, script)
         if plan.owner is not None:
-            await asyncio.to_thread(host._hand_over, cluster.transport, plan)
+            await asyncio.to_thread(submission.hand_over, cluster.transport, plan)
         return plan
 
     def _record(self, cluster: Cluster, plan: JobPlan, job_id: str) -> None:
@@ -322,7 +316,7 @@ class Gang:
             [c.name for c in plan.init_containers],
             [c.name for c in plan.containers],
             cluster=cluster.name,
-            notes=plan.warnings,
+            warnings=plan.warnings,
         )
         store.set_job(plan.uid, job_id)
         cluster.transport.write_file(f"{plan.pod_dir}/job.id", f"{job_id}\n".encode(), 0o600)

@@ -18,13 +18,12 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from interlink_slurm import jobdir, logsetup
+from interlink_slurm import jobdir, logsetup, submission
 from interlink_slurm.book import PlacementBook
 from interlink_slurm.capacity import NodeCapacity
 from interlink_slurm.clusters import Cluster
@@ -56,21 +55,17 @@ from interlink_slurm.slurm.states import (
     base_state,
     container_statuses,
 )
-from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
+from interlink_slurm.slurm.transport import CommandUnavailable, Transport
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import GONE, Clock, StatusTracker, SystemClock
-from interlink_slurm.translate.images import CH_METADATA, image_command
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import (
-    ANNOTATION_IMAGE_ROOT,
     ImageCommands,
     build_plan,
-    resolve_image,
 )
 from interlink_slurm.translate.runtimes import (
     image_paths_argv,
     parse_image_paths,
-    runs_image_command,
     runtime_of,
 )
 from interlink_slurm.translate.script import render_script
@@ -100,8 +95,6 @@ WORKER_THREADS = 64
 LOG_SOURCES = ("container", "job", "pull")
 # A job seen to end is still watched this long, while Slurm lists it: it may be requeued.
 ENDED_WATCH_SECONDS = 600.0
-# ch-image's metadata holds the image's build history: a few kB, far less than this.
-IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
 
 
 class Service:
@@ -162,7 +155,7 @@ class Service:
         self.root_clusters = {
             name
             for name in self.clusters
-            if _submits_as_root(settings.for_cluster(name), self.clusters[name].transport)
+            if submission.submits_as_root(settings.for_cluster(name), self.clusters[name].transport)
         }
 
     def _forget(self, uid: str) -> None:
@@ -277,7 +270,7 @@ class Service:
         lock = self._refresh_lock or asyncio.Lock()
         async with lock:
             since = self.clock.time() - ENDED_WATCH_SECONDS
-            recs = await asyncio.to_thread(self.store.active, since)
+            recs = self.store.active(since)  # from memory
             self.metrics.tracked_jobs.set(len(recs))
             by_cluster: dict[str, list[PodRecord]] = {name: [] for name in self.clusters}
             for rec in recs:
@@ -333,10 +326,10 @@ class Service:
         if joining is not None:
             return await self.gang.create(data, joining)  # a member of a pod group
         async with self._lock(uid):
-            rec = await asyncio.to_thread(self.store.get, uid)
+            rec = self.store.get(uid)
             if rec is not None and rec.job_id is None:
                 await self._settle(rec)
-                rec = await asyncio.to_thread(self.store.get, uid)
+                rec = self.store.get(uid)
             if rec is not None and rec.job_id is not None:
                 log.info("pod %s already has job %s", uid, rec.job_id)
                 return CreateResponse(PodUID=uid, PodJID=rec.job_id)
@@ -355,10 +348,13 @@ class Service:
         uid = pod.uid
         try:
             commands: ImageCommands = {}
-            if not runs_image_command(self.settings.runtime) and any(
-                not c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
-            ):
-                commands = await asyncio.to_thread(self._image_commands, data)
+            if submission.needs_image_commands(data, self.settings):
+                commands = await asyncio.to_thread(
+                    submission.image_commands,
+                    data,
+                    self.settings,
+                    {n: c.transport for n, c in self.clusters.items()},
+                )
             placement = await self.place(data, commands)
             cluster = self.clusters[placement.chosen.cluster]
             plan = placement.chosen.plan
@@ -370,7 +366,7 @@ class Service:
             for container, warning in plan.warnings:
                 log.warning("pod %s, container %s: %s", uid, container, warning)
             if plan.owner is not None and plan.owner[1] is None:
-                plan = await asyncio.to_thread(self._primary_group, cluster.transport, plan)
+                plan = await asyncio.to_thread(submission.primary_group, cluster.transport, plan)
             pulls = []
             if plan.image_pulls and self.settings.image_pull_on == "submit_host":
                 pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
@@ -378,26 +374,36 @@ class Service:
                 # Held until the submit host has put its images in the cache.
                 plan = dataclasses.replace(plan, directives=(*plan.directives, "--hold"))
             script = render_script(plan)
-            script_path = await asyncio.to_thread(jobdir.write_pod, cluster.transport, plan, script)
-            if plan.owner is not None:
-                await asyncio.to_thread(self._hand_over, cluster.transport, plan)
         except (PodRejected, StorageError) as err:
             self.metrics.submit_failures.labels(type(err).__name__).inc()
             raise
         placed = placement.chosen.name if self.settings.targets else ""
-        await asyncio.to_thread(
-            self.store.begin_submit,
-            uid,
-            pod.namespace,
-            pod.name,
-            pod_dir,
-            [c.name for c in pod.spec.init_containers],
-            [c.name for c in pod.spec.containers],
-            pulls=encode(pulls) if pulls else None,
-            cluster=cluster.name,
-            placement=placement.record() if placed else None,
-            warnings=plan.warnings,
-        )
+        final = plan
+
+        def prepare() -> str:
+            """The pod's directory, then its row in flight: one thread hop for both."""
+            try:
+                path = jobdir.write_pod(cluster.transport, final, script)
+                if final.owner is not None:
+                    submission.hand_over(cluster.transport, final)
+            except (PodRejected, StorageError) as err:
+                self.metrics.submit_failures.labels(type(err).__name__).inc()
+                raise
+            self.store.begin_submit(
+                uid,
+                pod.namespace,
+                pod.name,
+                pod_dir,
+                [c.name for c in pod.spec.init_containers],
+                [c.name for c in pod.spec.containers],
+                pulls=encode(pulls) if pulls else None,
+                cluster=cluster.name,
+                placement=placement.record() if placed else None,
+                warnings=final.warnings,
+            )
+            return path
+
+        script_path = await asyncio.to_thread(prepare)
         try:
             job_id = await cluster.scheduler.submit(script_path, pod_dir, plan.directives)
         except SchedulerUnavailable:
@@ -411,10 +417,12 @@ class Service:
             await asyncio.to_thread(cluster.transport.remove_tree, pod_dir)
             raise
         logsetup.bind(job=job_id)
-        await asyncio.to_thread(self.store.set_job, uid, job_id)
-        await asyncio.to_thread(
-            cluster.transport.write_file, f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600
-        )
+
+        def record() -> None:
+            self.store.set_job(uid, job_id)
+            cluster.transport.write_file(f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600)
+
+        await asyncio.to_thread(record)
         if pulls:
             cluster.puller.start(uid, job_id, pod_dir, pulls)
         self._request_refresh()
@@ -454,76 +462,6 @@ class Service:
                 wait = max(0.0, placement.predicted_start - placement.decided_at)
                 self.metrics.predicted_wait.labels(name).observe(wait)
         return placement
-
-    @staticmethod
-    def _primary_group(transport: Transport, plan: JobPlan) -> JobPlan:
-        """A job run as another user (sbatch --uid) with no runAsGroup runs with that user's
-        primary group, never the submitting root's group 0."""
-        assert plan.owner is not None
-        uid = plan.owner[0]
-        try:
-            result = transport.run(["id", "-g", "--", str(uid)], timeout=30)
-        except (CommandUnavailable, SchedulerUnavailable) as err:
-            raise SchedulerUnavailable(f"cannot look up the group of uid {uid}: {err}") from err
-        gid = result.stdout.strip()
-        if result.returncode != 0 or not gid.isdigit():
-            raise PodRejected(
-                "spec.securityContext.runAsUser",
-                f"uid {uid} has no account on the cluster ({result.stderr.strip() or gid})",
-            )
-        return dataclasses.replace(
-            plan, directives=(*plan.directives, f"--gid={gid}"), owner=(uid, int(gid))
-        )
-
-    @staticmethod
-    def _hand_over(transport: Transport, plan: JobPlan) -> None:
-        """The pod's directory to the user its job runs as (securityContext, sbatch --uid):
-        the job writes its logs and state there."""
-        assert plan.owner is not None
-        uid, gid = plan.owner
-        owner = f"{uid}:{gid}" if gid is not None else str(uid)
-        try:
-            result = transport.run(["chown", "-R", "--", owner, plan.pod_dir], timeout=60)
-        except (CommandUnavailable, SchedulerUnavailable) as err:
-            transport.remove_tree(plan.pod_dir)
-            raise StorageError(f"cannot hand the pod directory to uid {owner}: {err}") from err
-        if result.returncode != 0:
-            transport.remove_tree(plan.pod_dir)
-            raise StorageError(
-                f"cannot hand the pod directory to uid {owner}: {result.stderr.strip()}"
-            )
-
-    def _image_commands(self, data: RetrievedPodData) -> ImageCommands:
-        """The ENTRYPOINT and CMD of the images of containers that set no command, for a
-        runtime that cannot run them by itself (Charliecloud): read from each image's
-        ch-image metadata, on the cluster(s) the pod may go to."""
-        pod = data.pod
-        image_root = pod.metadata.annotations.get(ANNOTATION_IMAGE_ROOT) or self.settings.image_root
-        images = set()
-        for c in (*pod.spec.init_containers, *pod.spec.containers):
-            if c.command or not c.image:
-                continue
-            try:
-                image = resolve_image(c.image, self.settings.runtime, self.settings, image_root)
-            except PodRejected:
-                continue  # the plan says why
-            if image.startswith("/"):
-                images.add(image)
-        out: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        for image in sorted(images):
-            for name in self.settings.cluster_names:
-                try:
-                    raw = self.clusters[name].transport.read_file(
-                        f"{image.rstrip('/')}/{CH_METADATA}", IMAGE_METADATA_LIMIT
-                    )
-                except (OSError, SchedulerUnavailable) as err:
-                    log.warning("cannot read the metadata of image %s: %s", image, err)
-                    continue
-                found = image_command(raw) if raw is not None else None
-                if found is not None:
-                    out[image] = found
-                    break
-        return out
 
     def _in_images(
         self,
@@ -589,7 +527,7 @@ class Service:
             left = await self.gang.delete(pod)  # a member of a pod group that waits
             if left is not None:
                 return left
-            rec = await asyncio.to_thread(self.store.get, uid)
+            rec = self.store.get(uid)
             if rec is None or not _same_pod(rec, pod.namespace, pod.name):
                 return f"pod {uid} is not known here: nothing to delete"
             self._cluster(rec)  # a cluster no longer configured: never reachable, say so
@@ -670,7 +608,7 @@ class Service:
         """Every known pod's container statuses, from the last refresh's snapshot and the pod
         directories: no Slurm call per request."""
         uids = [p.uid.lower() for p in pods if p.uid]
-        recs = await asyncio.to_thread(self.store.get_many, uids)
+        recs = self.store.get_many(uids)
         out = []
         unknown = []
         for pod in pods:
@@ -731,12 +669,17 @@ class Service:
 
     async def _files_of(self, rec: PodRecord) -> tuple[jobdir.PodFiles, str | None]:
         """The pod's state files as the last refresh read them, and why they could not be read
-        (then they are what was read before). No file is read here, but for a pod no refresh
-        has read yet (just submitted, or the plugin restarted): once, at its first /status."""
+        (then they are what was read before). No file is read here, but for a pod whose job a
+        refresh saw and whose files none read (the first refresh after a restart failed):
+        once, at its first /status."""
         tracker = self.trackers.get(rec.cluster)
         seen = tracker.files.get(rec.uid) if tracker is not None else None
         if tracker is not None and seen is not None:
             return seen, tracker.files_outage if rec.final_state is None else None
+        if tracker is not None and rec.final_state is None and rec.job_id not in tracker.jobs:
+            # Submitted since the last refresh (which _job_for asks for now): its job has not
+            # been seen yet, so neither have files worth a read on this call.
+            return jobdir.PodFiles({}), None
         try:
             if tracker is None:
                 self._cluster(rec)  # raises: the cluster is no longer configured
@@ -775,7 +718,7 @@ class Service:
         """The log stream of one container; or, by ``source``, of the batch job itself (job)
         or of the image pulls on the submit host (pull)."""
         logsetup.bind(req.PodUID)
-        rec = await asyncio.to_thread(self.store.get, req.PodUID)
+        rec = self.store.get(req.PodUID)
         if rec is not None and rec.job_id:
             logsetup.bind(job=rec.job_id)
         if rec is None or not _same_pod(rec, req.Namespace, req.PodName):
@@ -864,16 +807,6 @@ def _note_nodes(statuses: Sequence[ContainerStatus], nodes: str) -> None:
         if inner is None or (st.state.terminated and st.state.terminated.reason == "Evicted"):
             continue
         inner.message = f"{inner.message} (Slurm node {nodes})".strip()
-
-
-def _submits_as_root(settings: Settings, transport: Transport) -> bool:
-    """Whether jobs are submitted as root: sbatch run by this process as root, or over SSH as
-    root. slurmrestd submits as its token's user, never another."""
-    if settings.scheduler == "rest":
-        return False
-    if settings.transport == "ssh":
-        return settings.ssh is not None and settings.ssh.user == "root"
-    return isinstance(transport, LocalTransport) and os.geteuid() == 0
 
 
 def _note_warnings(

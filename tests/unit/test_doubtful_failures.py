@@ -110,6 +110,8 @@ def test_a_failure_shown_after_the_first_minute_is_believed(api: Harness) -> Non
     data, job_id = created(api)
     with sqlite3.connect(api.settings.state_db_path) as db:
         db.execute("UPDATE pods SET created = created - 61")
+    api.store.close()  # the rows in memory are read again, as at a restart
+    api.store.open()
     script(api, job_id, "FAILED")
     api.refresh()
     assert container_state(api, data)["terminated"]["reason"] == "JobFailed"

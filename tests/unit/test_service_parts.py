@@ -19,7 +19,7 @@ from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.slurm.transport import CommandResult, LocalTransport
 from interlink_slurm.store import Store
-from interlink_slurm.wire import Pod, RetrievedPodData
+from interlink_slurm.wire import LogRequest, Pod, RetrievedPodData
 from tests import podgen
 
 STARTED = "2026-12-02T11:00:00.123456789Z"
@@ -157,19 +157,82 @@ def test_status_is_served_from_memory_and_a_refresh_reads_all_pods_in_one_call(
     drive(service, scenario)
 
 
-def test_a_pod_no_refresh_has_read_yet_is_read_once_at_its_first_status(tmp_path: Path) -> None:
+def test_a_pod_submitted_since_the_last_refresh_is_read_by_none_at_its_status(
+    tmp_path: Path,
+) -> None:
     service, fake, transport, _ = make(tmp_path)
     data = new_pod("fresh")
 
     async def scenario() -> None:
         answer = await service.create(data)
         run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "containers/main.started", STARTED)
         transport.calls.clear()
-        await service.status([data.pod])
-        first = sum(transport.calls.values())
-        assert first > 0
-        await service.status([data.pod])
-        assert sum(transport.calls.values()) == first  # the second call reads nothing
+        [st] = await service.status([data.pod])
+        assert transport.calls == {}  # its job is not seen yet: no file is worth a read
+        assert st.containers[0].state.waiting is not None
+        await service.refresh()  # the refresh that status asked for
+        transport.calls.clear()
+        [st] = await service.status([data.pod])
+        assert st.containers[0].state.running is not None
+        assert transport.calls == {}
+
+    drive(service, scenario)
+
+
+def test_status_and_logs_run_no_sql_and_no_transport_call(tmp_path: Path) -> None:
+    """/status and the lookup of /getLogs: zero SQLite statements, zero transport calls (the
+    rows are in memory, kept in step with every write)."""
+    service, fake, transport, clock = make(tmp_path)
+    pods = [new_pod(f"q{i}") for i in range(4)]
+    statements: list[str] = []
+
+    async def scenario() -> None:
+        answers = [await service.create(p) for p in pods]
+        for a in answers[:3]:
+            run(a.PodJID, fake)
+            rec = service.store.get(a.PodUID)
+            assert rec is not None
+            put(rec.pod_dir, "containers/main.started", STARTED)
+        await service.delete(pods[3].pod)
+        await service.refresh()
+        db = service.store._db
+        assert db is not None
+        db.set_trace_callback(statements.append)
+        transport.calls.clear()
+        try:
+            for _ in range(3):
+                statuses = await service.status([p.pod for p in pods])
+                assert [st.containers[0].state.running is not None for st in statuses] == [
+                    True,
+                    True,
+                    True,
+                    False,
+                ]
+            req = LogRequest.model_validate(
+                {
+                    "Namespace": pods[0].pod.namespace,
+                    "PodUID": pods[0].pod.uid,
+                    "PodName": pods[0].pod.name,
+                    "ContainerName": "main",
+                    "Opts": {},
+                }
+            )
+            await service.logs(req)  # the stream is not read: only the lookup is counted
+        finally:
+            db.set_trace_callback(None)
+        assert statements == []
+        assert transport.calls == {}
+        # Memory follows every write: an end seen by a refresh, then the row's removal.
+        fake.jobs[answers[0].PodJID] = JobInfo(answers[0].PodJID, "COMPLETED", "")
+        clock.advance(1)
+        await service.refresh()
+        rec = service.store.get(answers[0].PodUID)
+        assert rec is not None and rec.final_state == "COMPLETED"
+        service.store.forget(answers[0].PodUID)
+        assert service.store.get(answers[0].PodUID) is None
 
     drive(service, scenario)
 

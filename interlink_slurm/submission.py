@@ -1,0 +1,114 @@
+"""What a create asks the cluster besides sbatch: the images' own commands (Charliecloud),
+the primary group of a job's user, the pod directory handed to that user; and whether jobs are
+submitted as root. Blocking: the service runs them in worker threads."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+
+from interlink_slurm.config import Settings
+from interlink_slurm.errors import PodRejected, SchedulerUnavailable, StorageError
+from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
+from interlink_slurm.translate.images import CH_METADATA, image_command
+from interlink_slurm.translate.plan import JobPlan
+from interlink_slurm.translate.pod import ANNOTATION_IMAGE_ROOT, ImageCommands, resolve_image
+from interlink_slurm.translate.runtimes import runs_image_command
+from interlink_slurm.wire import RetrievedPodData
+
+log = logging.getLogger(__name__)
+
+# ch-image's metadata holds the image's build history: a few kB, far less than this.
+IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
+
+
+def primary_group(transport: Transport, plan: JobPlan) -> JobPlan:
+    """A job run as another user (sbatch --uid) with no runAsGroup runs with that user's
+    primary group, never the submitting root's group 0."""
+    assert plan.owner is not None
+    uid = plan.owner[0]
+    try:
+        result = transport.run(["id", "-g", "--", str(uid)], timeout=30)
+    except (CommandUnavailable, SchedulerUnavailable) as err:
+        raise SchedulerUnavailable(f"cannot look up the group of uid {uid}: {err}") from err
+    gid = result.stdout.strip()
+    if result.returncode != 0 or not gid.isdigit():
+        raise PodRejected(
+            "spec.securityContext.runAsUser",
+            f"uid {uid} has no account on the cluster ({result.stderr.strip() or gid})",
+        )
+    return dataclasses.replace(
+        plan, directives=(*plan.directives, f"--gid={gid}"), owner=(uid, int(gid))
+    )
+
+
+def hand_over(transport: Transport, plan: JobPlan) -> None:
+    """The pod's directory to the user its job runs as (securityContext, sbatch --uid):
+    the job writes its logs and state there."""
+    assert plan.owner is not None
+    uid, gid = plan.owner
+    owner = f"{uid}:{gid}" if gid is not None else str(uid)
+    try:
+        result = transport.run(["chown", "-R", "--", owner, plan.pod_dir], timeout=60)
+    except (CommandUnavailable, SchedulerUnavailable) as err:
+        transport.remove_tree(plan.pod_dir)
+        raise StorageError(f"cannot hand the pod directory to uid {owner}: {err}") from err
+    if result.returncode != 0:
+        transport.remove_tree(plan.pod_dir)
+        raise StorageError(f"cannot hand the pod directory to uid {owner}: {result.stderr.strip()}")
+
+
+def needs_image_commands(data: RetrievedPodData, settings: Settings) -> bool:
+    """Whether a create must look images' commands up first: the runtime cannot run an
+    image's own command and a container names none."""
+    pod = data.pod
+    return not runs_image_command(settings.runtime) and any(
+        not c.command for c in (*pod.spec.init_containers, *pod.spec.containers)
+    )
+
+
+def image_commands(
+    data: RetrievedPodData, settings: Settings, transports: Mapping[str, Transport]
+) -> ImageCommands:
+    """The ENTRYPOINT and CMD of the images of containers that set no command, for a
+    runtime that cannot run them by itself (Charliecloud): read from each image's
+    ch-image metadata, on the cluster(s) the pod may go to."""
+    pod = data.pod
+    image_root = pod.metadata.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
+    images = set()
+    for c in (*pod.spec.init_containers, *pod.spec.containers):
+        if c.command or not c.image:
+            continue
+        try:
+            image = resolve_image(c.image, settings.runtime, settings, image_root)
+        except PodRejected:
+            continue  # the plan says why
+        if image.startswith("/"):
+            images.add(image)
+    out: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    for image in sorted(images):
+        for name in settings.cluster_names:
+            try:
+                raw = transports[name].read_file(
+                    f"{image.rstrip('/')}/{CH_METADATA}", IMAGE_METADATA_LIMIT
+                )
+            except (OSError, SchedulerUnavailable) as err:
+                log.warning("cannot read the metadata of image %s: %s", image, err)
+                continue
+            found = image_command(raw) if raw is not None else None
+            if found is not None:
+                out[image] = found
+                break
+    return out
+
+
+def submits_as_root(settings: Settings, transport: Transport) -> bool:
+    """Whether jobs are submitted as root: sbatch run by this process as root, or over SSH as
+    root. slurmrestd submits as its token's user, never another."""
+    if settings.scheduler == "rest":
+        return False
+    if settings.transport == "ssh":
+        return settings.ssh is not None and settings.ssh.user == "root"
+    return isinstance(transport, LocalTransport) and os.geteuid() == 0

@@ -1,0 +1,98 @@
+"""What a create asks the cluster besides sbatch (submission.py), on a scripted transport: the
+primary group of a job's user, the directory handed to that user, the images' own commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from interlink_slurm import submission
+from interlink_slurm.config import load_settings
+from interlink_slurm.errors import PodRejected, SchedulerUnavailable, StorageError
+from interlink_slurm.slurm.transport import CommandResult, CommandUnavailable, LocalTransport
+from interlink_slurm.translate.plan import JobPlan
+from interlink_slurm.wire import RetrievedPodData
+from tests import podgen
+
+
+class Scripted(LocalTransport):
+    """Commands answered from a script; files read from a dict; removals recorded."""
+
+    def __init__(self, answers: dict[str, CommandResult | Exception]) -> None:
+        super().__init__()
+        self.answers = answers
+        self.files: dict[str, bytes] = {}
+        self.removed: list[str] = []
+        self.ran: list[tuple[str, ...]] = []
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        self.ran.append(tuple(argv))
+        answer = self.answers[argv[0]]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def read_file(self, path: str, limit: int) -> bytes | None:
+        return self.files.get(path)
+
+    def remove_tree(self, path: str) -> None:
+        self.removed.append(path)
+
+
+def result(code: int, out: str = "", err: str = "") -> CommandResult:
+    return CommandResult((), code, out, err)
+
+
+def plan(owner: tuple[int, int | None]) -> JobPlan:
+    return JobPlan("u", "ns", "p", "/data/ns/p-u", ("--uid=1234",), (), (), owner=owner)
+
+
+def test_the_primary_group_of_the_jobs_user_is_looked_up_and_added() -> None:
+    t = Scripted({"id": result(0, "4321\n")})
+    got = submission.primary_group(t, plan((1234, None)))
+    assert got.owner == (1234, 4321)
+    assert got.directives[-1] == "--gid=4321"
+    assert t.ran == [("id", "-g", "--", "1234")]
+
+
+def test_a_user_with_no_account_is_a_rejection_and_no_answer_an_outage() -> None:
+    with pytest.raises(PodRejected) as err:
+        submission.primary_group(Scripted({"id": result(1, err="no such user")}), plan((7, None)))
+    assert err.value.field == "spec.securityContext.runAsUser"
+    assert "no such user" in str(err.value)
+    down = Scripted({"id": CommandUnavailable("ssh: connection refused")})
+    with pytest.raises(SchedulerUnavailable):
+        submission.primary_group(down, plan((7, None)))
+
+
+def test_the_directory_is_handed_over_or_removed_when_it_cannot_be() -> None:
+    ok = Scripted({"chown": result(0)})
+    submission.hand_over(ok, plan((1234, 4321)))
+    assert ok.ran == [("chown", "-R", "--", "1234:4321", "/data/ns/p-u")]
+    assert ok.removed == []
+    refused = Scripted({"chown": result(1, err="Operation not permitted")})
+    with pytest.raises(StorageError, match="Operation not permitted"):
+        submission.hand_over(refused, plan((1234, None)))
+    assert refused.removed == ["/data/ns/p-u"]
+
+
+def test_an_images_command_is_read_from_the_first_cluster_that_has_it(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        data_root=str(tmp_path),
+        runtime="charliecloud",
+        partition="cpu",
+        image_roots=["/images"],
+    )
+    c = podgen.container("main", image="/images/tool")
+    c.pop("command", None)
+    data = RetrievedPodData.model_validate(podgen.retrieved(podgen.pod("img", [c])))
+    t = Scripted({})
+    meta = {"entrypoint": ["/bin/tool"], "cmd": ["--serve"]}
+    t.files["/images/tool/ch/metadata.json"] = json.dumps(meta).encode()
+    got = submission.image_commands(data, settings, {"default": t})
+    assert got == {"/images/tool": (("/bin/tool",), ("--serve",))}
+    assert submission.image_commands(data, settings, {"default": Scripted({})}) == {}
