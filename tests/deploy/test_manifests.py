@@ -222,19 +222,21 @@ def test_kubectl_kustomize_builds_valid_objects(path: Path) -> None:
         validate(d, f"kubectl kustomize {rel(path.parent)}")
 
 
-def example_pod_files() -> list[Path]:
-    files = []
+def example_pods() -> list[tuple[str, dict[str, Any]]]:
+    """Every pod of examples/, a file of a pod group holding several (one YAML document each)."""
+    pods = []
     for p in sorted(EXAMPLES.rglob("*")):
         if p.suffix in (".yaml", ".json") and p.is_file():
-            data = yaml.safe_load(p.read_text())
-            if isinstance(data, dict) and data.get("kind") == "Pod":
-                files.append(p)
-    return files
+            docs = [d for d in yaml.safe_load_all(p.read_text()) if d]
+            for i, data in enumerate(docs):
+                if isinstance(data, dict) and data.get("kind") == "Pod":
+                    pods.append((rel(p) if len(docs) == 1 else f"{rel(p)}#{i}", data))
+    return pods
 
 
-@pytest.mark.parametrize("path", example_pod_files(), ids=rel)
-def test_example_pod_is_valid_kubernetes(path: Path) -> None:
-    validate(yaml.safe_load(path.read_text()), rel(path))
+@pytest.mark.parametrize(("where", "pod"), example_pods(), ids=[w for w, _ in example_pods()])
+def test_example_pod_is_valid_kubernetes(where: str, pod: dict[str, Any]) -> None:
+    validate(pod, where)
 
 
 def test_hello_example_pod_is_valid_kubernetes() -> None:
@@ -411,7 +413,6 @@ def test_pods_we_ship_tolerate_the_virtual_nodes_taint() -> None:
     example pod meant for the virtual node tolerates it."""
     for config in (LEONARDO, LOCAL):
         assert [t.key for t in load_settings(config).taints] == [TAINT_KEY]
-    for path in example_pod_files():
-        spec = yaml.safe_load(path.read_text())["spec"]
-        keys = {t["key"] for t in spec.get("tolerations") or []}
-        assert TAINT_KEY in keys, f"{rel(path)} does not tolerate {TAINT_KEY}"
+    for where, pod in example_pods():
+        keys = {t["key"] for t in pod["spec"].get("tolerations") or []}
+        assert TAINT_KEY in keys, f"{where} does not tolerate {TAINT_KEY}"
