@@ -265,17 +265,12 @@ class Doctor:
         except PluginError as err:
             return str(err)
 
-    async def check_partitions(self) -> None:
-        """Every partition and GPU type the configuration names for this cluster: on the
-        default one the top-level keys' and the site profiles', and each target's on its own."""
+    def _named_partitions(
+        self,
+    ) -> tuple[list[tuple[str, str | None]], list[tuple[str, str, str | None]]]:
+        """The partitions (key, partition) and GPU types (key, type, its partition) the
+        configuration names for this cluster."""
         s = self.settings
-        seen = self.partitions
-
-        async def resources(partition: str | None) -> ClusterResources | str:
-            if partition not in seen:
-                seen[partition] = await self._resources(partition)
-            return seen[partition]
-
         partitions: list[tuple[str, str | None]] = []
         gpu_types: list[tuple[str, str, str | None]] = []
         # The top level and the profiles apply on the default cluster; each target on its own.
@@ -298,7 +293,19 @@ class Doctor:
             if layer.gpu_type:
                 where = layer.partition or s.gpu_partition or s.partition
                 gpu_types.append((f"{prefix}.gpu_type", layer.gpu_type, where))
+        return partitions, gpu_types
 
+    async def check_partitions(self) -> None:
+        """Every partition and GPU type the configuration names for this cluster: on the
+        default one the top-level keys' and the site profiles', and each target's on its own."""
+        seen = self.partitions
+
+        async def resources(partition: str | None) -> ClusterResources | str:
+            if partition not in seen:
+                seen[partition] = await self._resources(partition)
+            return seen[partition]
+
+        partitions, gpu_types = self._named_partitions()
         for key, partition in partitions:
             res = await resources(partition)
             name = partition or "(Slurm's default)"
