@@ -338,7 +338,7 @@ class GroupBook:
             )
 
     def fail(self, namespace: str, group: str, reason: str) -> None:
-        """The group will not start (it did not complete in time, its job was refused): the
+        """The group will never start (it did not complete in time, or it cannot run): the
         reason its members show; their bodies are no longer kept."""
         with self._tx() as db:
             db.execute(
@@ -385,7 +385,7 @@ class GroupBook:
         return [self._group(r) for r in rows]
 
     def all(self) -> list[tuple[Group, list[Member]]]:
-        """Every group with its members (at startup, to resume them)."""
+        """Every group with its members: what the gang loads into memory at first use."""
         with self._tx() as db:
             groups = [self._group(r) for r in db.execute(self._GROUP + " FROM pod_groups")]
             members = [self._member(r) for r in db.execute(self._MEMBER)]
@@ -395,7 +395,7 @@ class GroupBook:
         ]
 
     def any(self) -> bool:
-        """Whether any group is recorded: lets the periodic group work skip at once."""
+        """Whether any group is recorded: the gang's tick has nothing to do otherwise."""
         with self._tx() as db:
             return db.execute("SELECT 1 FROM pod_groups LIMIT 1").fetchone() is not None
 

@@ -388,7 +388,8 @@ class Store:
         return [self._record(r) for r in rows]
 
     def forget(self, uid: str) -> None:
-        """Delete the pod's row, on disk and in memory (after the retention)."""
+        """Delete the pod's row, on disk and in memory: after the retention, or when Slurm
+        refused its job."""
         with self._write() as w:
             w.execute("DELETE FROM pods WHERE uid = ?", (uid,))
             w.drop(uid)

@@ -35,7 +35,7 @@ class Clock(Protocol):
     """Where the parts read the time: the system's, or a test's."""
 
     def time(self) -> float:
-        """Wall-clock seconds since the epoch: what is stored and compared with Slurm's times."""
+        """Wall-clock seconds since the epoch: for the times stored (deletions, kills due)."""
         ...
 
     def monotonic(self) -> float:
