@@ -48,6 +48,7 @@ class _PlainErrors(typer.core.TyperGroup):
     by ``COLUMNS``. Help stays rich."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        """click's main, with CliError and usage errors said as one line (exit 2)."""
         kwargs["standalone_mode"] = False  # exceptions come here instead of a rich box
         kwargs.setdefault("prog_name", PROG)
         try:

@@ -86,6 +86,8 @@ class Host(Protocol):
 
 
 class Gang:
+    """The service's groups: members kept until their group is complete, then one job."""
+
     def __init__(self, host: Host, book: GroupBook) -> None:
         self.host = host
         self.book = book

@@ -70,6 +70,8 @@ CREATE INDEX IF NOT EXISTS group_members_group ON group_members(namespace, grp);
 
 @dataclass(frozen=True)
 class Membership:
+    """The group a pod says it belongs to, and how many pods must start together."""
+
     group: str
     size: int
 
@@ -145,6 +147,8 @@ def missing_names(arrived: Sequence[str], size: int) -> str:
 
 @dataclass(frozen=True)
 class Member:
+    """A pod of a group that arrived (its create was accepted)."""
+
     uid: str
     namespace: str
     group: str
@@ -155,6 +159,9 @@ class Member:
 
 @dataclass(frozen=True)
 class Group:
+    """A group as recorded: its job once submitted, why it failed (it never started) or
+    what ended its job."""
+
     namespace: str
     name: str
     size: int
@@ -174,6 +181,7 @@ class GroupBook:
         self._db: sqlite3.Connection | None = None
 
     def open(self) -> None:
+        """Create the database (mode 0600) if need be; done at first use otherwise."""
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = sqlite3.connect(
             self._path, check_same_thread=False, isolation_level=None, timeout=30.0
@@ -185,6 +193,7 @@ class GroupBook:
         self._path.chmod(0o600)
 
     def close(self) -> None:
+        """Close the database; a later use opens it again."""
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -276,6 +285,7 @@ class GroupBook:
         return group, [self._member(r) for r in rows]
 
     def member(self, uid: str) -> tuple[Group, Member] | None:
+        """The pod's group and its own row; None when it is in none."""
         with self._tx() as db:
             row = db.execute(self._MEMBER + " WHERE uid = ?", (uid,)).fetchone()
             if row is None:
@@ -307,6 +317,7 @@ class GroupBook:
         return out
 
     def members(self, namespace: str, group: str) -> list[Member]:
+        """The group's members in the order they arrived."""
         with self._tx() as db:
             rows = db.execute(
                 self._MEMBER + " WHERE namespace = ? AND grp = ? ORDER BY arrived, name",
@@ -327,6 +338,8 @@ class GroupBook:
             )
 
     def fail(self, namespace: str, group: str, reason: str) -> None:
+        """The group will never start (it did not complete in time, or it cannot run): the
+        reason its members show; their bodies are no longer kept."""
         with self._tx() as db:
             db.execute(
                 "UPDATE pod_groups SET failed = ? WHERE namespace = ? AND name = ?",
@@ -372,6 +385,7 @@ class GroupBook:
         return [self._group(r) for r in rows]
 
     def all(self) -> list[tuple[Group, list[Member]]]:
+        """Every group with its members: what the gang loads into memory at first use."""
         with self._tx() as db:
             groups = [self._group(r) for r in db.execute(self._GROUP + " FROM pod_groups")]
             members = [self._member(r) for r in db.execute(self._MEMBER)]
@@ -381,6 +395,7 @@ class GroupBook:
         ]
 
     def any(self) -> bool:
+        """Whether any group is recorded: the gang's tick has nothing to do otherwise."""
         with self._tx() as db:
             return db.execute("SELECT 1 FROM pod_groups LIMIT 1").fetchone() is not None
 
@@ -423,6 +438,7 @@ def _check_joinable(group: Group, joining: Membership) -> None:
 
 
 def arrival_message(group: Group, arrived: int) -> str:
+    """What a waiting member says: how many of the group arrived."""
     return f"{arrived} of {group.size} pods of group {group.name} arrived"
 
 
@@ -458,6 +474,7 @@ def waiting_status(pod: Pod, group: Group, members: Sequence[Member]) -> PodStat
 
 
 def timeout_reason(group: Group, members: Sequence[Member], timeout: float) -> str:
+    """Why a group that did not complete within group_timeout failed, naming who is missing."""
     missing = missing_names([m.name for m in members], group.size)
     return (
         f"group {group.name}: {len(members)} of {group.size} pods arrived within "
@@ -474,6 +491,7 @@ def note_ended(statuses: Sequence[ContainerStatus], why: str) -> None:
 
 
 def decode(data: str) -> Mapping[str, object]:
+    """A member's stored create body (Member.data), as the JSON object it was written."""
     value = json.loads(data)
     assert isinstance(value, dict)
     return value

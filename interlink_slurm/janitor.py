@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class Janitor:
+    """Ends for good the jobs of deleted pods and removes their files and rows after the
+    retention, across every configured cluster."""
+
     def __init__(
         self,
         store: Store,
@@ -40,6 +43,8 @@ class Janitor:
         self._last_gc: float | None = None
 
     async def tick(self) -> None:
+        """One pass after a refresh: the kills that are due, then garbage collection when
+        gc_interval_seconds have passed since the last."""
         await self.kill_due()
         now = self.clock.monotonic()
         if self._last_gc is None or now - self._last_gc >= self.gc_interval_seconds:

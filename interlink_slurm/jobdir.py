@@ -35,6 +35,8 @@ _MAX_NAME_IN_PATH = 200  # keeps "<name>-<uid>" under the usual 255-byte file na
 
 
 def pod_dir(data_root: str, namespace: str, name: str, uid: str) -> str:
+    """``DATA_ROOT/<namespace>/<name>-<uid>`` (the name cut to 200 characters); ValueError
+    when a name is not a Kubernetes name or the path would leave ``data_root``."""
     # Validated again here because this is where a name becomes a path.
     dns_label(namespace)
     dns_subdomain(name)
@@ -54,6 +56,8 @@ def inside(root: str, relative: str) -> str:
 
 
 def container_file(pod_dir: str, container: str, suffix: str) -> str:
+    """``containers/<container>.<suffix>`` in the pod's directory; the container name is
+    checked to be a DNS label (it becomes a path)."""
     dns_label(container)
     return f"{pod_dir}/containers/{container}.{suffix}"
 
@@ -120,6 +124,8 @@ def _int(raw: bytes | None) -> int | None:
 
 
 def read_container(transport: Transport, pod_dir: str, container: str) -> ContainerFiles:
+    """One container's state from its files, one read each (blocking); not started when
+    there is no .started file."""
     return _container(
         lambda suffix, limit: transport.read_file(container_file(pod_dir, container, suffix), limit)
     )
@@ -163,6 +169,8 @@ def read_runs(transport: Transport, pod_dir: str) -> int:
 
 @dataclass(frozen=True)
 class PodFiles:
+    """What a pod's job wrote of its state: each container's files, runs and eviction."""
+
     containers: dict[str, ContainerFiles]
     runs: int = 0  # times the batch job started (more than once when Slurm requeued it)
     evicted: str | None = None  # why the job evicted its pod (an emptyDir over its sizeLimit)
@@ -171,6 +179,8 @@ class PodFiles:
 def read_pod(
     transport: Transport, pod_dir: str, containers: Sequence[str], job_ended: bool = False
 ) -> PodFiles:
+    """A pod's state files, one read each (blocking): for one pod; every pod's at once is
+    read_states. job.evicted is read only once the job or some container has ended."""
     files = {name: read_container(transport, pod_dir, name) for name in containers}
     evicted = None
     if job_ended or any(f.exit_code is not None for f in files.values()):

@@ -26,6 +26,8 @@ CHUNK = 65536
 
 
 def copy(source: int, log_path: str) -> None:
+    """Append ``source`` to ``log_path`` until end of input, a record in ``log_path.idx``
+    before each chunk; a log that exists (a restart) is continued."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     log = os.open(log_path, flags, 0o600)
     idx = os.open(log_path + ".idx", flags, 0o600)
@@ -45,6 +47,7 @@ def copy(source: int, log_path: str) -> None:
 
 
 def main() -> None:
+    """``python3 logpipe.py LOG``: stdin to LOG, deaf to SIGTERM and SIGINT."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     copy(sys.stdin.fileno(), sys.argv[1])

@@ -137,13 +137,18 @@ class _Stamper:
         self.at_line_start = True
 
     def refresh(self, index: Index, start: int) -> None:
+        """Take the times from ``start`` on of a fresh read of the index (a follow that
+        reads on, or a log that restarted)."""
         self.offsets, self.times = index.times_from(start)
 
     def time_at(self, offset: int) -> int:
+        """The arrival time (ns) of the chunk holding byte ``offset``; now with no index."""
         i = bisect.bisect_right(self.offsets, offset) - 1
         return self.times[i] if i >= 0 else (self.times[0] if self.times else time.time_ns())
 
     def stamp(self, data: bytes, offset: int) -> bytes:
+        """``data`` (from ``offset`` in the log) with a timestamp before each line that
+        starts in it; a line cut between two calls is stamped once."""
         out = []
         pos = 0
         while pos < len(data):
@@ -158,10 +163,13 @@ class _Stamper:
 
 
 class _Limit:
+    """LimitBytes across chunks; a limit of 0 or less is none."""
+
     def __init__(self, limit: int) -> None:
         self.left = limit if limit > 0 else -1
 
     def take(self, data: bytes) -> bytes:
+        """What of ``data`` is still within the limit."""
         if self.left < 0:
             return data
         data = data[: self.left]
@@ -170,6 +178,7 @@ class _Limit:
 
     @property
     def done(self) -> bool:
+        """Whether the limit is reached: nothing more to read."""
         return self.left == 0
 
 

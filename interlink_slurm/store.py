@@ -60,6 +60,9 @@ MIGRATIONS = {
 
 @dataclass(frozen=True)
 class PodRecord:
+    """One pod's row: which job and cluster it went to, and what has been seen of its job.
+    Frozen: a write replaces the row in memory whole."""
+
     uid: str
     namespace: str
     name: str
@@ -87,6 +90,7 @@ class PodRecord:
 
     @property
     def all_containers(self) -> tuple[str, ...]:
+        """Init containers first, then the main ones: every container with state files."""
         return (*self.init_containers, *self.containers)
 
 
@@ -99,9 +103,11 @@ class _Write:
         self.error: Exception | None = None
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        """A statement to run at commit, as sqlite3's execute."""
         self._steps.append(("execute", sql, params))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """A statement to run at commit for each of ``rows``, as sqlite3's executemany."""
         self._steps.append(("executemany", sql, rows))
 
     def reload(self, where: str, params: Sequence[object]) -> None:
@@ -137,6 +143,9 @@ class _Write:
 
 
 class Store:
+    """The pod rows: on disk in SQLite, and in memory for the reads on every call. Blocking:
+    callers on the event loop run writes in a thread (asyncio.to_thread)."""
+
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
@@ -151,9 +160,12 @@ class Store:
 
     @property
     def path(self) -> Path:
+        """The database file."""
         return self._path
 
     def open(self) -> None:
+        """Create or migrate the database (mode 0600, its directory 0700) and load every row
+        into memory; nothing is read or written before this."""
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
@@ -168,6 +180,7 @@ class Store:
         self._path.chmod(0o600)
 
     def close(self) -> None:
+        """Close the database and drop the rows from memory; calling it twice is harmless."""
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -329,6 +342,8 @@ class Store:
         placement: str | None = None,
         warnings: Sequence[tuple[str, str]] = (),
     ) -> None:
+        """The pod's row, with no job yet, written (on disk) before its job is submitted: a
+        crash in between leaves a row whose job is found by its comment. Replaces an old row."""
         names = json.dumps({"init": list(init_containers), "main": list(containers)})
         noted = json.dumps([list(said) for said in warnings]) if warnings else None
         with self._write() as w:
@@ -352,11 +367,13 @@ class Store:
             w.reload("uid = ?", (uid,))
 
     def set_job(self, uid: str, job_id: str) -> None:
+        """The job Slurm gave the pod, once submitted (or found after a crash)."""
         with self._write() as w:
             w.execute("UPDATE pods SET job_id = ? WHERE uid = ?", (job_id, uid))
             w.reload("uid = ?", (uid,))
 
     def pulls_done(self, uid: str) -> None:
+        """The pod's images are pulled: its held job may be released."""
         with self._write() as w:
             w.execute("UPDATE pods SET pulls = NULL WHERE uid = ?", (uid,))
             w.reload("uid = ?", (uid,))
@@ -371,11 +388,15 @@ class Store:
         return [self._record(r) for r in rows]
 
     def forget(self, uid: str) -> None:
+        """Delete the pod's row, on disk and in memory: after the retention, or when Slurm
+        refused its job."""
         with self._write() as w:
             w.execute("DELETE FROM pods WHERE uid = ?", (uid,))
             w.drop(uid)
 
     def mark_deleted(self, uid: str) -> None:
+        """Kubernetes deleted the pod: the retention counts from now (a second delete keeps
+        the first time)."""
         with self._write() as w:
             w.execute(
                 "UPDATE pods SET deleted = COALESCE(deleted, ?) WHERE uid = ?", (time.time(), uid)
@@ -430,6 +451,8 @@ class Store:
                 w.reload("job_id = ? AND cluster = ?", (job_id, cluster))
 
     def set_kill_at(self, uid: str, when: float | None) -> None:
+        """When the janitor cancels the pod's job for good (after the grace period); None once
+        it did."""
         with self._write() as w:
             w.execute("UPDATE pods SET kill_at = ? WHERE uid = ?", (when, uid))
             w.reload("uid = ?", (uid,))
@@ -450,6 +473,7 @@ class Store:
         ]
 
     def due_kills(self, now: float) -> list[PodRecord]:
+        """Pods whose job is to be cancelled for good by ``now`` (see set_kill_at)."""
         with self._tx() as db:
             rows = db.execute(
                 self._SELECT + " WHERE kill_at IS NOT NULL AND kill_at <= ?", (now,)
@@ -465,6 +489,7 @@ class Store:
         return [self._record(r) for r in rows]
 
     def count_by_state(self) -> dict[str, int]:
+        """Rows per final Slurm state, SUBMITTING (no job yet) or ACTIVE: for the metrics."""
         with self._tx() as db:
             rows = db.execute(
                 "SELECT COALESCE(final_state, CASE WHEN job_id IS NULL THEN 'SUBMITTING'"

@@ -34,16 +34,24 @@ SINCE_MARGIN_SECONDS = 10.0
 class Clock(Protocol):
     """Where the parts read the time: the system's, or a test's."""
 
-    def time(self) -> float: ...
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch: for the times stored (deletions, kills due)."""
+        ...
 
-    def monotonic(self) -> float: ...
+    def monotonic(self) -> float:
+        """Seconds that never go back: for intervals (refresh, garbage collection)."""
+        ...
 
 
 class SystemClock:
+    """The system's clock, outside tests."""
+
     def time(self) -> float:
+        """time.time()."""
         return time.time()
 
     def monotonic(self) -> float:
+        """time.monotonic()."""
         return time.monotonic()
 
 
@@ -203,6 +211,8 @@ class StatusTracker:
     # --- the pods' state files ------------------------------------------------------------------
 
     async def read_states(self, recs: Sequence[PodRecord]) -> None:
+        """Read and publish at once the state files of the pods of ``recs`` that changed (a
+        refresh publishes them with its jobs instead, so /status sees both together)."""
         (await self._read_states(recs))()
 
     async def _read_states(self, recs: Sequence[PodRecord]) -> Callable[[], None]:
@@ -264,4 +274,5 @@ class StatusTracker:
         return files
 
     def forget(self, uid: str) -> None:
+        """Drop a removed pod's files from memory (the janitor removed its directory)."""
         self.files.pop(uid, None)

@@ -26,6 +26,8 @@ PROBE_DATA = b"interlink-slurm doctor\n"
 
 @dataclass(frozen=True)
 class Check:
+    """One question's answer; ``fix`` (what to do) only when it failed."""
+
     name: str
     ok: bool
     detail: str
@@ -35,12 +37,15 @@ class Check:
 
     @property
     def label(self) -> str:
+        """The word printed before it: ok, warn, skip or FAIL."""
         if self.skipped:
             return "skip"
         return ("warn" if self.warning else "ok") if self.ok else "FAIL"
 
 
 class Doctor:
+    """The checks of one cluster, run in order; each appends its answers to ``checks``."""
+
     def __init__(
         self,
         settings: Settings,
@@ -68,6 +73,7 @@ class Doctor:
         self.checks.append(Check(names, False, f"not checked: {because}", skipped=True))
 
     async def run(self) -> list[Check]:
+        """Every check, skipping those whose way in already failed; returns ``checks``."""
         reachable = await self.check_transport()
         # The CLI scheduler runs its commands through the transport; slurmrestd does not.
         if reachable or self.settings.scheduler != "cli":
@@ -92,6 +98,7 @@ class Doctor:
     # --- checks ---------------------------------------------------------------------------------
 
     async def check_transport(self) -> bool:
+        """Whether a command ('true') runs through the transport: locally or over SSH."""
         s = self.settings
         where = f"ssh {s.ssh.target}" if s.transport == "ssh" and s.ssh else "this machine"
         started = time.monotonic()
@@ -119,6 +126,7 @@ class Doctor:
         )
 
     async def check_scheduler(self) -> bool:
+        """Whether the Slurm controller answers a ping through the configured scheduler."""
         s = self.settings
         try:
             await self.scheduler.ping()
@@ -134,6 +142,7 @@ class Doctor:
         return self._add("scheduler", True, f"{s.scheduler}: the Slurm controller answers")
 
     async def check_data_root(self) -> bool:
+        """Whether a file can be written, read back and removed under data_root."""
         root = str(self.settings.data_root)
         fix = (
             f"create {root} on the filesystem the compute nodes share, writable by the account "
@@ -142,6 +151,8 @@ class Doctor:
         return await self._writable("data root", root, 0o711, fix)
 
     async def check_image_cache(self) -> None:
+        """image_cache_dir writable (when set), and with pulls on the submit host the commands
+        they run there."""
         s = self.settings
         if s.image_cache_dir is None:
             return
@@ -203,6 +214,8 @@ class Doctor:
         return result.stdout.split()
 
     async def check_commands(self) -> None:
+        """The container runtime, and with the CLI scheduler the Slurm commands, found where
+        jobs are submitted."""
         s = self.settings
         runtime = s.runtime_binary
         missing = await self._missing([runtime])
@@ -227,6 +240,7 @@ class Doctor:
         )
 
     async def check_images(self) -> None:
+        """Every file of the images: map exists where jobs are submitted."""
         for ref, path in sorted(self.settings.images.items()):
             try:
                 size = await asyncio.to_thread(self.transport.size, path)
@@ -251,17 +265,12 @@ class Doctor:
         except PluginError as err:
             return str(err)
 
-    async def check_partitions(self) -> None:
-        """Every partition and GPU type the configuration names for this cluster: on the
-        default one the top-level keys' and the site profiles', and each target's on its own."""
+    def _named_partitions(
+        self,
+    ) -> tuple[list[tuple[str, str | None]], list[tuple[str, str, str | None]]]:
+        """The partitions (key, partition) and GPU types (key, type, its partition) the
+        configuration names for this cluster."""
         s = self.settings
-        seen = self.partitions
-
-        async def resources(partition: str | None) -> ClusterResources | str:
-            if partition not in seen:
-                seen[partition] = await self._resources(partition)
-            return seen[partition]
-
         partitions: list[tuple[str, str | None]] = []
         gpu_types: list[tuple[str, str, str | None]] = []
         # The top level and the profiles apply on the default cluster; each target on its own.
@@ -284,7 +293,19 @@ class Doctor:
             if layer.gpu_type:
                 where = layer.partition or s.gpu_partition or s.partition
                 gpu_types.append((f"{prefix}.gpu_type", layer.gpu_type, where))
+        return partitions, gpu_types
 
+    async def check_partitions(self) -> None:
+        """Every partition and GPU type the configuration names for this cluster: on the
+        default one the top-level keys' and the site profiles', and each target's on its own."""
+        seen = self.partitions
+
+        async def resources(partition: str | None) -> ClusterResources | str:
+            if partition not in seen:
+                seen[partition] = await self._resources(partition)
+            return seen[partition]
+
+        partitions, gpu_types = self._named_partitions()
         for key, partition in partitions:
             res = await resources(partition)
             name = partition or "(Slurm's default)"
@@ -372,4 +393,5 @@ class Doctor:
 async def diagnose(
     settings: Settings, transport: Transport, scheduler: Scheduler, cluster: str = DEFAULT_CLUSTER
 ) -> list[Check]:
+    """Every check of one cluster (Doctor.run), for the doctor command."""
     return await Doctor(settings, transport, scheduler, cluster).run()

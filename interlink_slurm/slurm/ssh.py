@@ -70,6 +70,7 @@ class _AcceptAnyHostKey(paramiko.MissingHostKeyPolicy):
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
+        """paramiko's hook for an unknown host key: accept it, with a warning."""
         log.warning(
             "accepting the host key of %s without checking it (%s %s): "
             "ssh.insecure_skip_host_key_check is on",

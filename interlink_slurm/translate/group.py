@@ -66,12 +66,16 @@ ENV_FILE_RUNTIMES = ("apptainer", "singularity", "charliecloud")
 
 @dataclass(frozen=True)
 class GroupMember:
+    """One pod of a group: its own plan, and the names the others reach it by."""
+
     plan: JobPlan  # the member's own job (its directory, its job.sh)
     names: tuple[str, ...]  # what the other members call it: pod name first, then aliases
 
 
 @dataclass(frozen=True)
 class GroupPlan:
+    """A complete group, its members by rank, ready to render as one job."""
+
     namespace: str
     name: str
     group_dir: str  # absolute; never a pod's directory
@@ -228,6 +232,8 @@ def _first_nodes(group: GroupPlan, same: bool) -> list[str]:
 
 
 def render_group_script(group: GroupPlan) -> str:
+    """The group's batch script: its #SBATCH lines, then the hosts and env files, then one
+    srun step per member running that member's own job.sh."""
     same = identical(group)
     count = len(group.members)
     lines = ["#!/bin/bash"]

@@ -163,37 +163,68 @@ class SiteSettings(Protocol):
     module reads, so that it does not depend on the configuration's module."""
 
     @property
-    def partition(self) -> str | None: ...
+    def partition(self) -> str | None:
+        """Partition of CPU pods; None: Slurm's default."""
+
     @property
-    def gpu_partition(self) -> str | None: ...
+    def gpu_partition(self) -> str | None:
+        """Partition of pods asking for an accelerator; None: ``partition``."""
+
     @property
-    def gpu_type(self) -> str | None: ...
+    def gpu_type(self) -> str | None:
+        """GRES type of nvidia.com/gpu (``gpu:<type>:N``); None: any GPU."""
+
     @property
-    def gpus_per_node(self) -> int | None: ...
+    def gpus_per_node(self) -> int | None:
+        """GPUs of one node: a pod asking more per node is refused (it may span nodes)."""
+
     @property
-    def default_cpus(self) -> int: ...
+    def default_cpus(self) -> int:
+        """CPUs of a pod that asks for none."""
+
     @property
-    def max_cpus(self) -> int | None: ...
+    def max_cpus(self) -> int | None:
+        """Most CPUs a pod may ask for; None: no limit of ours."""
+
     @property
-    def default_memory(self) -> str: ...
+    def default_memory(self) -> str:
+        """Memory of a pod that asks for none (Kubernetes quantity)."""
+
     @property
-    def max_memory(self) -> str | None: ...
+    def max_memory(self) -> str | None:
+        """Most memory a pod may ask for (Kubernetes quantity); None: no limit of ours."""
+
     @property
-    def default_time(self) -> str | int | None: ...
+    def default_time(self) -> str | int | None:
+        """--time of a pod with no deadline; None: the partition's."""
+
     @property
-    def max_time(self) -> str | int | None: ...
+    def max_time(self) -> str | int | None:
+        """Longest --time a pod may ask for; None: no limit of ours."""
+
     @property
-    def account(self) -> str | None: ...
+    def account(self) -> str | None:
+        """Slurm account of the jobs, unless namespace_accounts names one."""
+
     @property
-    def namespace_accounts(self) -> Mapping[str, str]: ...
+    def namespace_accounts(self) -> Mapping[str, str]:
+        """Kubernetes namespace → Slurm account (wins over ``account``)."""
+
     @property
-    def qos(self) -> str | None: ...
+    def qos(self) -> str | None:
+        """QOS of the jobs; None: Slurm's default."""
+
     @property
-    def sbatch_extra(self) -> Sequence[str]: ...
+    def sbatch_extra(self) -> Sequence[str]:
+        """The site's own sbatch options for every job; a pod's own flags come after them."""
+
     @property
-    def profiles(self) -> Mapping[str, Profile]: ...
+    def profiles(self) -> Mapping[str, Profile]:
+        """Site profiles (flavors) by name, in the order they are matched."""
+
     @property
-    def targets(self) -> Mapping[str, Target]: ...
+    def targets(self) -> Mapping[str, Target]:
+        """Where pods may go (partitions of this or other clusters), by name."""
 
 
 def site_for(

@@ -26,6 +26,7 @@ from interlink_slurm.wire import (
     PodSpec,
     RetrievedContainer,
     Secret,
+    SecretVolumeSource,
     ValidPod,
     Volume,
     dns_subdomain,
@@ -96,13 +97,21 @@ def _project(
     where: str,
     data: dict[str, bytes],
     items: Sequence[KeyToPath],
-    default_mode: int | None,
-    fallback_mode: int,
+    mode: int,
     optional: bool,
     what: str,
+    fixed_mode: int | None = None,
 ) -> list[FileSpec]:
+    """``data`` as the volume's files: those ``items`` name, or every key. ``mode``: the pod's
+    defaultMode (or the default), an item's own mode winning; ``fixed_mode``: every file's,
+    whatever the pod asks."""
     base = volume_dir(vol.name)
-    mode = default_mode if default_mode is not None else fallback_mode
+
+    def file_mode(asked: int | None) -> int:
+        if fixed_mode is not None:
+            return fixed_mode
+        return _file_mode(asked if asked is not None else mode)
+
     files = []
     if items:
         for j, item in enumerate(items):
@@ -110,8 +119,7 @@ def _project(
                 if optional:
                     continue
                 raise PodRejected(f"{where}.items[{j}].key", f"{what} has no key {item.key!r}")
-            m = item.mode if item.mode is not None else mode
-            files.append(FileSpec(f"{base}/{item.path}", data[item.key], _file_mode(m)))
+            files.append(FileSpec(f"{base}/{item.path}", data[item.key], file_mode(item.mode)))
     else:
         for key, value in sorted(data.items()):
             try:
@@ -120,7 +128,7 @@ def _project(
                 raise PodRejected(
                     where, f"{what} key {key!r} cannot be a file name: {err}"
                 ) from err
-            files.append(FileSpec(f"{base}/{key}", value, _file_mode(mode)))
+            files.append(FileSpec(f"{base}/{key}", value, file_mode(None)))
     return files
 
 
@@ -298,51 +306,41 @@ def _check_supported(vol: Volume, where: str) -> None:
         )
 
 
-def _check_sent(found: ConfigMap | Secret | None, optional: bool, field: str, what: str) -> None:
-    """A volume's configMap or secret must have come with the pod, unless it is optional."""
-    if found is None and not optional:
-        raise PodRejected(field, f"{what} was not sent by interLink with the pod")
-
-
-def _config_map_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
-    assert vol.config_map is not None
-    src = vol.config_map
-    cm = _find(b.config_maps, src.name)
-    _check_sent(cm, src.optional, f"{where}.configMap.name", f"configMap {src.name!r}")
-    data = _config_map_data(cm, where) if isinstance(cm, ConfigMap) else {}
+def _object_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
+    """A configMap or secret volume: the keys of the object interLink sent with the pod, as
+    files (those of ``items``, or all). The two kinds differ only in data: the field naming the
+    object, how its values are encoded, and a secret's files staying owner-only."""
+    kind = vol.kind
+    src = vol.secret if kind == "secret" else vol.config_map
+    assert src is not None
+    fixed_mode: int | None = None
+    if isinstance(src, SecretVolumeSource):
+        # Secret files stay owner-only whatever defaultMode and the items' modes say.
+        name, name_field, fixed_mode = src.secret_name, "secretName", SECRET_FILE_MODE
+        found = _find(b.secrets, name)
+    else:
+        name, name_field = src.name, "name"
+        found = _find(b.config_maps, name)
+    what = f"{kind} {name!r}"
+    if found is None and not src.optional:
+        raise PodRejected(
+            f"{where}.{kind}.{name_field}", f"{what} was not sent by interLink with the pod"
+        )
+    data: dict[str, bytes] = {}
+    if isinstance(found, Secret):
+        data = _secret_data(found, where)
+    elif isinstance(found, ConfigMap):
+        data = _config_map_data(found, where)
     b.files += _project(
         vol,
-        f"{where}.configMap",
+        f"{where}.{kind}",
         data,
         src.items,
-        src.default_mode,
-        CONFIG_FILE_MODE,
+        src.default_mode if src.default_mode is not None else CONFIG_FILE_MODE,
         src.optional,
-        f"configMap {src.name!r}",
+        what,
+        fixed_mode,
     )
-    return host
-
-
-def _secret_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
-    assert vol.secret is not None
-    src = vol.secret
-    secret = _find(b.secrets, src.secret_name)
-    _check_sent(secret, src.optional, f"{where}.secret.secretName", f"secret {src.secret_name!r}")
-    data = _secret_data(secret, where) if isinstance(secret, Secret) else {}
-    # Secret files stay owner-only whatever defaultMode says.
-    b.files += [
-        FileSpec(f.path, f.content, SECRET_FILE_MODE)
-        for f in _project(
-            vol,
-            f"{where}.secret",
-            data,
-            src.items,
-            None,
-            SECRET_FILE_MODE,
-            src.optional,
-            f"secret {src.secret_name!r}",
-        )
-    ]
     return host
 
 
@@ -364,12 +362,8 @@ def _projected_volume(b: _Building, vol: Volume, where: str, host: str) -> str |
         return None
     assert isinstance(pm, ConfigMap)
     data = _config_map_data(pm, where)
-    b.files += [
-        FileSpec(f.path, f.content, SECRET_FILE_MODE)
-        for f in _project(
-            vol, where, data, (), None, SECRET_FILE_MODE, False, f"{kind} volume {vol.name!r}"
-        )
-    ]
+    what = f"{kind} volume {vol.name!r}"
+    b.files += _project(vol, where, data, (), SECRET_FILE_MODE, False, what, SECRET_FILE_MODE)
     return host
 
 
@@ -439,8 +433,8 @@ def _empty_dir_volume(b: _Building, vol: Volume, where: str, host: str) -> str:
 # Where a volume of each kind lives (a kind without an entry: volumes/<name> of the pod
 # directory, as it is); None: left out.
 _PLACES: dict[str, Callable[[_Building, Volume, str, str], str | None]] = {
-    "configMap": _config_map_volume,
-    "secret": _secret_volume,
+    "configMap": _object_volume,
+    "secret": _object_volume,
     "projected": _projected_volume,
     "downwardAPI": _projected_volume,
     "hostPath": _host_path_volume,
