@@ -210,11 +210,6 @@ class StatusTracker:
 
     # --- the pods' state files ------------------------------------------------------------------
 
-    async def read_states(self, recs: Sequence[PodRecord]) -> None:
-        """Read and publish at once the state files of the pods of ``recs`` that changed (a
-        refresh publishes them with its jobs instead, so /status sees both together)."""
-        (await self._read_states(recs))()
-
     async def _read_states(self, recs: Sequence[PodRecord]) -> Callable[[], None]:
         """The state files of every pod with a job whose directory changed since the last
         read: one command through the transport. Returns what publishes them."""
