@@ -587,3 +587,41 @@ def test_a_uid_with_another_namespace_or_name_shows_nothing_of_the_pod(api: Harn
     assert [s["name"] for s in api.get("/status", [data["pod"]]).json()] == ["mine"]
     logs["Namespace"], logs["PodName"] = "team-a", "mine"
     assert api.get("/getLogs", logs).status_code == 200
+
+
+def test_every_answer_carries_the_request_id_interlink_sent_or_a_new_one(api: Harness) -> None:
+    session = {"InterLink-Http-Session": "sess-42"}
+    assert api.post("/create", simple("rid"), headers=session).headers["X-Request-Id"] == "sess-42"
+    refused = api.post("/create", "{bad", headers=session)
+    assert refused.status_code == 400
+    assert refused.headers["X-Request-Id"] == "sess-42"
+    first = api.client.get("/healthz").headers["X-Request-Id"]
+    second = api.client.get("/healthz").headers["X-Request-Id"]
+    assert first and second and first != second
+
+
+def test_an_unexpected_error_is_500_naming_the_request_and_counted(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api.service, "status", broken)
+    r = api.get("/status", [simple()["pod"]], headers={"InterLink-Http-Session": "sess-7"})
+
+    assert r.status_code == 500
+    assert r.text == "internal error in interlink-slurm (request sess-7); see the service log"
+    assert r.headers["X-Request-Id"] == "sess-7"
+    metrics = api.client.get("/metrics").text
+    assert 'interlink_slurm_http_requests_total{code="500",endpoint="/status"} 1.0' in metrics
+
+
+def test_a_refused_token_is_asked_for_again_with_the_request_id(tmp_path: Path) -> None:
+    h = Harness(tmp_path, auth_token=TOKEN)
+    try:
+        r = h.get("/status", [], headers={"InterLink-Http-Session": "sess-9"})
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert r.headers["X-Request-Id"] == "sess-9"
+    finally:
+        h.close()
