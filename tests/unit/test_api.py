@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from interlink_slurm.api import create_app
 from interlink_slurm.config import load_settings
 from interlink_slurm.errors import SchedulerUnavailable, SubmitRejected
+from interlink_slurm.logsetup import JsonFormatter
 from interlink_slurm.service import Service
 from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo
@@ -625,3 +627,28 @@ def test_a_refused_token_is_asked_for_again_with_the_request_id(tmp_path: Path) 
         assert r.headers["X-Request-Id"] == "sess-9"
     finally:
         h.close()
+
+
+def test_the_access_line_of_a_create_names_the_request_the_pod_and_its_job(api: Harness) -> None:
+    lines: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(JsonFormatter().format(record)))  # formatted where logged
+
+    access = logging.getLogger("interlink_slurm.access")
+    handler, level = Collect(), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        data = simple("logged")
+        r = api.post("/create", data, headers={"InterLink-Http-Session": "sess-1"})
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+
+    [line] = lines
+    assert line["message"] == "POST /create 200"
+    assert line["request_id"] == "sess-1"
+    assert line["pod_uid"] == data["pod"]["metadata"]["uid"]
+    assert line["job_id"] == r.json()["PodJID"]
