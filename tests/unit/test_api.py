@@ -7,7 +7,9 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,10 @@ from interlink_slurm.config import load_settings
 from interlink_slurm.errors import SchedulerUnavailable, SubmitRejected
 from interlink_slurm.logsetup import JsonFormatter
 from interlink_slurm.service import Service
+from interlink_slurm.slurm.cli import CliScheduler
 from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo
-from interlink_slurm.slurm.transport import LocalTransport
+from interlink_slurm.slurm.transport import CommandResult, LocalTransport
 from interlink_slurm.store import Store
 from tests import podgen
 
@@ -652,3 +655,33 @@ def test_the_access_line_of_a_create_names_the_request_the_pod_and_its_job(api: 
     assert line["request_id"] == "sess-1"
     assert line["pod_uid"] == data["pod"]["metadata"]["uid"]
     assert line["job_id"] == r.json()["PodJID"]
+
+
+class MeetingSbatch(LocalTransport):
+    """sbatch that returns only once ``n`` of its calls are running at the same time."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        # Not a timing: the wait ends as soon as n calls meet; the timeout only ends a test
+        # whose calls never overlap (BrokenBarrierError fails the creates).
+        self.meeting = threading.Barrier(n, timeout=60)
+        self.ids = iter(range(5000, 6000))
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        if argv[0] != "sbatch":
+            return CommandResult(tuple(argv), 0, "", "")
+        self.meeting.wait()
+        return CommandResult(tuple(argv), 0, f"{next(self.ids)}\n", "")
+
+
+def test_eight_concurrent_creates_run_their_sbatch_at_the_same_time(tmp_path: Path) -> None:
+    transport = MeetingSbatch(8)
+    h = Harness(tmp_path, scheduler=CliScheduler(transport))  # type: ignore[arg-type]
+    try:
+        bodies = [simple(f"together-{i}") for i in range(8)]
+        with ThreadPoolExecutor(8) as clients:
+            answers = list(clients.map(lambda b: h.post("/create", b), bodies))
+        assert [a.status_code for a in answers] == [200] * 8, answers[0].text
+        assert sorted(a.json()["PodJID"] for a in answers) == [str(5000 + i) for i in range(8)]
+    finally:
+        h.close()
