@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks.bench status-running --real 24 --pods 1000 10000 \
         --transports local ssh
     .venv/bin/python -m benchmarks.bench create --pods 500 --clients 8 --runs 5
+    .venv/bin/python -m benchmarks.bench http --calls 2000
     .venv/bin/python -m benchmarks.bench startup --pods 20 --runs 5
     .venv/bin/python -m benchmarks.bench idle --pods 10000 --seconds 60
     .venv/bin/python -m benchmarks.bench logs --sizes-mib 1 64 1024
@@ -114,16 +115,19 @@ def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> No
     again by one serial sbatch loop, back to back (ratios, not absolute rates, compare runs on a
     busy machine)."""
     print("| run | pods | clients | /create pods/s | raw sbatch pods/s | ratio | failed "
-          "| duplicated |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| duplicated | plugin CPU ms/create | its sbatch CPU ms/create |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     ratios = []
     for run in range(1, runs + 1):
         with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
             plugin = start(cluster, Path(tmp), sbatch_extra=HOLD)
             try:
+                assert plugin.proc is not None
+                own0, children0 = running.cpu_split(plugin.proc.pid)
                 t0 = time.monotonic()
                 pods = create_many(plugin, n, clients, f"cr{run}")
                 plugin_s = time.monotonic() - t0
+                own1, children1 = running.cpu_split(plugin.proc.pid)
                 jobs = {plugin.pod_status(p)["JID"] for p in pods[:50]}
                 scripts = sorted(plugin.data_root.glob("default/*/job.sh"))
                 assert len(scripts) == n, len(scripts)
@@ -143,8 +147,35 @@ def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> No
         assert len(jobs) == min(n, 50)  # one job each, all different
         ratios.append(raw_s / plugin_s)
         print(f"| {run} | {n} | {clients} | {n / plugin_s:.1f} | {n / raw_s:.1f} | "
-              f"{raw_s / plugin_s:.2f} | {n - submitted} | {duplicates} |", flush=True)
+              f"{raw_s / plugin_s:.2f} | {n - submitted} | {duplicates} | "
+              f"{(own1 - own0) * 1000 / n:.2f} | {(children1 - children0) * 1000 / n:.2f} |",
+              flush=True)
     print(f"\nratio over {runs} runs: {min(ratios):.2f} to {max(ratios):.2f}")
+
+
+def bench_http(cluster: dict[str, str], calls: int) -> None:
+    """The HTTP layer alone: the plugin's CPU per request (one client, no Slurm call) for
+    /healthz and for a /create refused at validation (its body read, parsed and checked)."""
+    print("| request | calls | plugin CPU ms/request |")
+    print("|---|---|---|")
+    refused = podgen.retrieved(podgen.pod("x", [podgen.container("main", "print(1)")]))
+    refused["pod"]["metadata"]["name"] = "Not_A_DNS_Name"
+    requests: dict[str, Callable[[Plugin], Any]] = {
+        "GET /healthz": lambda p: p.client.get("/healthz"),
+        "POST /create (refused: 400)": lambda p: p.create(refused),
+    }
+    with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
+        plugin = start(cluster, Path(tmp))
+        try:
+            assert plugin.proc is not None
+            for name, request in requests.items():
+                own0, _ = running.cpu_split(plugin.proc.pid)
+                for _ in range(calls):
+                    request(plugin)
+                own1, _ = running.cpu_split(plugin.proc.pid)
+                print(f"| {name} | {calls} | {(own1 - own0) * 1000 / calls:.3f} |", flush=True)
+        finally:
+            plugin.stop()
 
 
 PLACEMENT_SETUPS: dict[str, dict[str, Any]] = {
@@ -265,6 +296,8 @@ def main() -> None:
     lg = sub.add_parser("logs")
     lg.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 64, 1024])
     lg.add_argument("--calls", type=int, default=200)
+    ht = sub.add_parser("http")
+    ht.add_argument("--calls", type=int, default=2000)
     pl = sub.add_parser("placement")
     pl.add_argument("--pods", type=int, default=200)
     pl.add_argument("--clients", type=int, default=8)
@@ -285,6 +318,7 @@ def main() -> None:
                                            getattr(args, "seconds", 60)),
         "logs": lambda: bench_logs(cluster, getattr(args, "sizes_mib", [1, 64, 1024]),
                                    getattr(args, "calls", 200)),
+        "http": lambda: bench_http(cluster, getattr(args, "calls", 2000)),
         "placement": lambda: bench_placement(cluster, getattr(args, "pods", 200),
                                              getattr(args, "clients", 8)),
     }

@@ -380,12 +380,17 @@ def startup_floor(cluster: dict[str, str], n: int) -> list[float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """The process's CPU time and that of its children it waited for (utime, stime, cutime,
-    cstime of /proc/<pid>/stat)."""
+    """The process's CPU time and that of its children it waited for."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """The process's own CPU time (utime, stime of /proc/<pid>/stat) and that of its children
+    it waited for (cutime, cstime: the sbatch, squeue... it ran)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # After the ")" the fields start at state (field 3): utime is field 14.
-    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
-    return ticks / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
 def bench_idle(cluster: dict[str, str], n: int, seconds: float) -> None:

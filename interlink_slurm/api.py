@@ -10,10 +10,10 @@ import hmac
 import itertools
 import json
 import logging
+import random
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -21,6 +21,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from interlink_slurm import __version__, logsetup
 from interlink_slurm.errors import (
@@ -182,66 +184,101 @@ def create_app(service: Service, token: str | None) -> FastAPI:
 
 
 def _add_guard(app: FastAPI, token: str | None, metrics: Metrics) -> None:
-    """The middleware every request goes through: its id, the bearer token, the one place
-    where errors become answers (errors.py's table), metrics and the access log."""
-
-    @app.middleware("http")
-    async def guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = request.headers.get("InterLink-Http-Session") or uuid.uuid4().hex[:12]
-        logsetup.request_id.set(request_id)
-        if token is not None and request.url.path not in OPEN_PATHS:
-            given = request.headers.get("authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                value.strip().encode(), token.encode()
-            ):
-                return PlainTextResponse(
-                    "missing or wrong bearer token in the Authorization header",
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except PluginError as err:
-            response = _error(err, request)
-        except Exception:
-            log.exception(
-                "unexpected error on %s %s [%s]", request.method, request.url.path, request_id
-            )
-            response = PlainTextResponse(
-                f"internal error in interlink-slurm (request {request_id}); see the service log",
-                status_code=500,
-            )
-        response.headers["X-Request-Id"] = request_id
-        endpoint = request.url.path if request.url.path in KNOWN_PATHS else "other"
-        elapsed = time.perf_counter() - started
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.request_seconds.labels(endpoint).observe(elapsed)
-        access_log.info(
-            "%s %s %d",
-            request.method,
-            request.url.path,
-            response.status_code,
-            extra={"status": response.status_code, "duration_ms": round(elapsed * 1000, 2)},
-        )
-        return response
+    """The middleware every request goes through (Guard), and PluginError raised in a route
+    answered from errors.py's table."""
+    app.add_middleware(Guard, token=token, metrics=metrics)
 
     @app.exception_handler(PluginError)
     async def plugin_error(request: Request, err: PluginError) -> Response:
-        return _error(err, request)
+        return _error(err, request.method, request.url.path)
 
 
-def _error(err: PluginError, request: Request) -> Response:
+class Guard:
+    """Every request's id, the bearer token, the one place where errors become answers,
+    metrics and the access log. Pure ASGI: Starlette's ``@app.middleware("http")`` runs each
+    request's route in a task of its own and passes the answer through a memory stream, a
+    cost paid on every /create."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None, metrics: Metrics) -> None:
+        self.app = app
+        self.token = token.encode() if token is not None else None
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        path: str = scope["path"]
+        method: str = scope["method"]
+        # Not uuid4: os.urandom is a system call, made on every request in the event loop.
+        request_id = headers.get("InterLink-Http-Session") or f"{random.getrandbits(48):012x}"
+        logsetup.request_id.set(request_id)
+        if self.token is not None and path not in OPEN_PATHS:
+            scheme, _, value = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip().encode(), self.token
+            ):
+                denied = PlainTextResponse(
+                    "missing or wrong bearer token in the Authorization header",
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer", "X-Request-Id": request_id},
+                )
+                await denied(scope, receive, send)
+                return
+        started = time.perf_counter()
+        answered: list[int] = []
+        request_header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *(h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"),
+                    request_header,
+                ]
+                answered.append(message["status"])
+                # Measured when the answer starts, as a streamed log's may never end.
+                self._observe(method, path, message["status"], time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as err:
+            if answered:
+                raise  # the answer has started: nothing else can be said now
+            if isinstance(err, PluginError):
+                response = _error(err, method, path)
+            else:
+                log.exception("unexpected error on %s %s [%s]", method, path, request_id)
+                response = PlainTextResponse(
+                    f"internal error in interlink-slurm (request {request_id}); "
+                    "see the service log",
+                    status_code=500,
+                )
+            await response(scope, receive, send_with_id)
+
+    def _observe(self, method: str, path: str, status: int, elapsed: float) -> None:
+        endpoint = path if path in KNOWN_PATHS else "other"
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+        self.metrics.request_seconds.labels(endpoint).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %d",
+                method,
+                path,
+                status,
+                extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
+            )
+
+
+def _error(err: PluginError, method: str, path: str) -> Response:
     code = _status_for(err)
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else {}
     log.log(
         logging.WARNING if code >= 500 else logging.INFO,
         "%s %s → %d: %s",
-        request.method,
-        request.url.path,
+        method,
+        path,
         code,
         err,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -746,9 +745,8 @@ def _shell_files(shell: Mapping[str, str]) -> _ShellFiles:
 
 def _pod_json(pod: ValidPod) -> bytes:
     """The pod as interLink sent it, kept in its directory for whoever looks into it."""
-    return json.dumps(
-        pod.model_dump(mode="json", by_alias=True, exclude_none=True), indent=1
-    ).encode()
+    # pydantic's serialiser: json.dumps with an indent is the pure-Python encoder, 8x slower.
+    return pod.model_dump_json(by_alias=True, exclude_none=True, indent=1).encode()
 
 
 def _header(pod: ValidPod) -> str:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +19,12 @@ from fastapi.testclient import TestClient
 from interlink_slurm.api import create_app
 from interlink_slurm.config import load_settings
 from interlink_slurm.errors import SchedulerUnavailable, SubmitRejected
+from interlink_slurm.logsetup import JsonFormatter
 from interlink_slurm.service import Service
+from interlink_slurm.slurm.cli import CliScheduler
 from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.slurm.scheduler import ClusterResources, JobInfo
-from interlink_slurm.slurm.transport import LocalTransport
+from interlink_slurm.slurm.transport import CommandResult, LocalTransport
 from interlink_slurm.store import Store
 from tests import podgen
 
@@ -587,3 +592,96 @@ def test_a_uid_with_another_namespace_or_name_shows_nothing_of_the_pod(api: Harn
     assert [s["name"] for s in api.get("/status", [data["pod"]]).json()] == ["mine"]
     logs["Namespace"], logs["PodName"] = "team-a", "mine"
     assert api.get("/getLogs", logs).status_code == 200
+
+
+def test_every_answer_carries_the_request_id_interlink_sent_or_a_new_one(api: Harness) -> None:
+    session = {"InterLink-Http-Session": "sess-42"}
+    assert api.post("/create", simple("rid"), headers=session).headers["X-Request-Id"] == "sess-42"
+    refused = api.post("/create", "{bad", headers=session)
+    assert refused.status_code == 400
+    assert refused.headers["X-Request-Id"] == "sess-42"
+    first = api.client.get("/healthz").headers["X-Request-Id"]
+    second = api.client.get("/healthz").headers["X-Request-Id"]
+    assert first and second and first != second
+
+
+def test_an_unexpected_error_is_500_naming_the_request_and_counted(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api.service, "status", broken)
+    r = api.get("/status", [simple()["pod"]], headers={"InterLink-Http-Session": "sess-7"})
+
+    assert r.status_code == 500
+    assert r.text == "internal error in interlink-slurm (request sess-7); see the service log"
+    assert r.headers["X-Request-Id"] == "sess-7"
+    metrics = api.client.get("/metrics").text
+    assert 'interlink_slurm_http_requests_total{code="500",endpoint="/status"} 1.0' in metrics
+
+
+def test_a_refused_token_is_asked_for_again_with_the_request_id(tmp_path: Path) -> None:
+    h = Harness(tmp_path, auth_token=TOKEN)
+    try:
+        r = h.get("/status", [], headers={"InterLink-Http-Session": "sess-9"})
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert r.headers["X-Request-Id"] == "sess-9"
+    finally:
+        h.close()
+
+
+def test_the_access_line_of_a_create_names_the_request_the_pod_and_its_job(api: Harness) -> None:
+    lines: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(JsonFormatter().format(record)))  # formatted where logged
+
+    access = logging.getLogger("interlink_slurm.access")
+    handler, level = Collect(), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        data = simple("logged")
+        r = api.post("/create", data, headers={"InterLink-Http-Session": "sess-1"})
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+
+    [line] = lines
+    assert line["message"] == "POST /create 200"
+    assert line["request_id"] == "sess-1"
+    assert line["pod_uid"] == data["pod"]["metadata"]["uid"]
+    assert line["job_id"] == r.json()["PodJID"]
+
+
+class MeetingSbatch(LocalTransport):
+    """sbatch that returns only once ``n`` of its calls are running at the same time."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        # Not a timing: the wait ends as soon as n calls meet; the timeout only ends a test
+        # whose calls never overlap (BrokenBarrierError fails the creates).
+        self.meeting = threading.Barrier(n, timeout=60)
+        self.ids = iter(range(5000, 6000))
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        if argv[0] != "sbatch":
+            return CommandResult(tuple(argv), 0, "", "")
+        self.meeting.wait()
+        return CommandResult(tuple(argv), 0, f"{next(self.ids)}\n", "")
+
+
+def test_eight_concurrent_creates_run_their_sbatch_at_the_same_time(tmp_path: Path) -> None:
+    transport = MeetingSbatch(8)
+    h = Harness(tmp_path, scheduler=CliScheduler(transport))  # type: ignore[arg-type]
+    try:
+        bodies = [simple(f"together-{i}") for i in range(8)]
+        with ThreadPoolExecutor(8) as clients:
+            answers = list(clients.map(lambda b: h.post("/create", b), bodies))
+        assert [a.status_code for a in answers] == [200] * 8, answers[0].text
+        assert sorted(a.json()["PodJID"] for a in answers) == [str(5000 + i) for i in range(8)]
+    finally:
+        h.close()
