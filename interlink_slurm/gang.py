@@ -205,15 +205,6 @@ class Gang:
             tuple(GroupMember(p, member_names(d.pod)) for p, d in zip(plans, datas, strict=True)),
             settings.group_failure_policy,
         )
-        if not identical(gplan) and settings.for_cluster(cluster.name).scheduler == "rest":
-            # slurmrestd takes a heterogeneous job as a list of job descriptions, not as one
-            # script's "#SBATCH hetjob" parts: not submitted that way (yet).
-            raise PodRejected(
-                "spec.containers[*].resources",
-                f"the pods of group {group.name} ask for different resources, which makes a "
-                "heterogeneous job, and this site submits through slurmrestd, which this "
-                "plugin cannot give one yet: give every pod of the group the same resources",
-            )
         script = render_group_script(gplan)
         await asyncio.to_thread(_write_group, cluster, where, script, plans[0].owner)
         comment = group_comment(gplan)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests import podgen
-from tests.integration.conftest import Plugin, all_terminated, any_running, states
+from tests.integration.conftest import Plugin, all_terminated, any_running, slurm, states
 
 pytestmark = pytest.mark.slurm
 
@@ -262,14 +262,27 @@ def test_a_member_deleted_while_its_group_waits_leaves_it(gang: Plugin) -> None:
     assert gang.status([a]).json() == []  # no longer known: not a member any more
 
 
-def test_a_group_runs_as_one_job_in_every_mode(plugin: Plugin) -> None:
-    """local, ssh (login node) and rest (slurmrestd): the group's script and its steps."""
-    a = member("modes", f"modes-{plugin.mode}-0", 2, REPORT)
-    b = member("modes", f"modes-{plugin.mode}-1", 2, REPORT)
-    a["metadata"]["labels"][KUEUE_GROUP] = b["metadata"]["labels"][KUEUE_GROUP] = plugin.mode
+@pytest.mark.parametrize("form", ["allocation", "hetjob"])
+def test_a_group_runs_as_one_job_in_every_mode(
+    plugin: Plugin, cluster: dict[str, str], form: str
+) -> None:
+    """local, ssh (login node) and rest (slurmrestd, which takes a heterogeneous job as a
+    list of job descriptions): the group's script and its steps, in both forms."""
+    group = f"{plugin.mode}-{form}"
+    a = member(group, f"modes-{group}-0", 2, REPORT)
+    b = member(group, f"modes-{group}-1", 2, REPORT)
+    if form == "hetjob":
+        b["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "2", "memory": "2Gi"}}
     assert plugin.create_ok(podgen.retrieved(a)) == ""
     job = plugin.create_ok(podgen.retrieved(b))
 
+    # Slurm's own view: a heterogeneous job is components job+0, job+1 of the member's sizes.
+    shown = slurm(cluster, "scontrol", "show", "job", job)
+    if form == "hetjob":
+        assert f"HetJobId={job} HetJobOffset=1" in shown, shown
+        assert "CPUs/Task=2 " in shown and "MinMemoryNode=2G" in shown, shown
+    else:
+        assert "HetJobId=" not in shown and "NumNodes=2" in shown, shown
     for pod, rank in ((a, 0), (b, 1)):
         status = plugin.wait_for(pod, all_terminated)
         assert status["JID"] == job
