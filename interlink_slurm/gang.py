@@ -33,7 +33,8 @@ from interlink_slurm.groups import (
     timeout_reason,
     waiting_status,
 )
-from interlink_slurm.placement import place
+from interlink_slurm.metrics import Metrics
+from interlink_slurm.placement import Placement, place
 from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import Store
 from interlink_slurm.tracker import Clock
@@ -71,6 +72,7 @@ class Host(Protocol):
     clusters: dict[str, Cluster]
     root_clusters: set[str]
     book: PlacementBook
+    metrics: Metrics
     clock: Clock
 
     def _request_refresh(self) -> None: ...
@@ -175,10 +177,26 @@ class Gang:
             try:
                 return await self._submit_members(group, members)
             except PodRejected as err:
+                self._failed(err, members)
                 # It can never run: every member says why, rather than wait for nothing.
                 why = f"group {name} cannot run: {err}"
                 await asyncio.to_thread(self.book.fail, namespace, name, why)
                 raise
+            except (SchedulerUnavailable, SchedulerError, StorageError) as err:
+                self._failed(err, members)
+                raise
+            except BaseException:
+                for m in members:
+                    self.host.book.forget(m.uid)
+                raise
+
+    def _failed(self, err: Exception, members: Sequence[Member]) -> None:
+        """A group's submission that failed: its pods in the metrics as a pod's would be, and
+        no longer waiting on the target it was placed on (a job that landed anyway is
+        counted again when the refresher sees it)."""
+        self.host.metrics.submit_failures.labels(type(err).__name__).inc(len(members))
+        for m in members:
+            self.host.book.forget(m.uid)
 
     async def _submit_members(self, group: Group, members: Sequence[Member]) -> str:
         host = self.host
@@ -192,7 +210,9 @@ class Gang:
         names = [d.pod.name for d in datas]
         leader = datas[0]
         commands = await self._commands(leader)
-        chosen = await self._place(datas, commands)
+        placement, chosen = await self._place(datas, commands)
+        if settings.targets:
+            host.book.placed(placement, [d.pod.uid for d in datas])
         cluster = host.clusters[chosen.cluster]
         plans: list[JobPlan] = []
         for data in datas:
@@ -221,8 +241,9 @@ class Gang:
                     await asyncio.to_thread(cluster.transport.remove_tree, p.pod_dir)
                 await asyncio.to_thread(cluster.transport.remove_tree, where)
                 raise
+        record = placement.record() if settings.targets else None
         for p in plans:
-            await asyncio.to_thread(self._record, cluster, p, job_id)
+            await asyncio.to_thread(self._record, cluster, p, job_id, record)
         await asyncio.to_thread(self.book.submitted, group.namespace, group.name, job_id, where)
         host._request_refresh()
         form = "one allocation" if identical(gplan) else "a heterogeneous job"
@@ -236,9 +257,12 @@ class Gang:
         )
         return job_id
 
-    async def _place(self, datas: Sequence[RetrievedPodData], commands: ImageCommands) -> Candidate:
+    async def _place(
+        self, datas: Sequence[RetrievedPodData], commands: ImageCommands
+    ) -> tuple[Placement, Candidate]:
         """Where the group goes, as a unit: the leader's plan on each target, sized for the
-        whole group (the members' nodes together), estimated as one job."""
+        whole group (the members' nodes together), estimated as one job; the decision and the
+        leader's own (unsized) candidate there."""
         host = self.host
         leader = datas[0].pod
 
@@ -265,8 +289,8 @@ class Gang:
         chosen = placement.chosen
         for c in cands:
             if c.name == chosen.name:
-                return c
-        return chosen
+                return placement, c
+        return placement, chosen
 
     async def _member_job(
         self, cluster: Cluster, chosen: Candidate, data: RetrievedPodData, commands: ImageCommands
@@ -297,7 +321,7 @@ class Gang:
             await asyncio.to_thread(submission.hand_over, cluster.transport, plan)
         return plan
 
-    def _record(self, cluster: Cluster, plan: JobPlan, job_id: str) -> None:
+    def _record(self, cluster: Cluster, plan: JobPlan, job_id: str, placement: str | None) -> None:
         store = self.host.store
         store.begin_submit(
             plan.uid,
@@ -307,6 +331,7 @@ class Gang:
             [c.name for c in plan.init_containers],
             [c.name for c in plan.containers],
             cluster=cluster.name,
+            placement=placement,
             warnings=plan.warnings,
         )
         store.set_job(plan.uid, job_id)
