@@ -35,6 +35,7 @@ from interlink_slurm.groups import (
 )
 from interlink_slurm.metrics import Metrics
 from interlink_slurm.placement import Placement, place
+from interlink_slurm.pulls import encode
 from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import Store
 from interlink_slurm.tracker import Clock
@@ -52,7 +53,7 @@ from interlink_slurm.translate.group import (
     unit_directives,
     with_rendezvous,
 )
-from interlink_slurm.translate.plan import JobPlan
+from interlink_slurm.translate.plan import JobPlan, PlannedPull
 from interlink_slurm.translate.pod import ImageCommands, build_plan
 from interlink_slurm.translate.script import LIBRARY, LIBRARY_FILE, render_script
 from interlink_slurm.translate.targets import Candidate, candidates
@@ -218,12 +219,14 @@ class Gang:
         for data in datas:
             plans.append(await self._member_job(cluster, chosen, data, commands))
         where = group_dir(plans[0].pod_dir)
+        pulls = await asyncio.to_thread(self._missing_pulls, cluster, plans)
         gplan = GroupPlan(
             group.namespace,
             group.name,
             where,
             tuple(GroupMember(p, member_names(d.pod)) for p, d in zip(plans, datas, strict=True)),
             settings.group_failure_policy,
+            held=bool(pulls),
         )
         script = render_group_script(gplan)
         await asyncio.to_thread(_write_group, cluster, where, script, plans[0].owner)
@@ -242,8 +245,16 @@ class Gang:
                 await asyncio.to_thread(cluster.transport.remove_tree, where)
                 raise
         record = placement.record() if settings.targets else None
+        owns = {p.uid: [x for x in pulls if x in p.image_pulls] for p in plans}
         for p in plans:
-            await asyncio.to_thread(self._record, cluster, p, job_id, record)
+            await asyncio.to_thread(self._record, cluster, p, job_id, record, owns[p.uid])
+        if pulls:
+            # Each member pulls its own images (with its own credentials) and waits for the
+            # others': the first to see all of them in the cache releases the group's job (a
+            # second release changes nothing).
+            for p in plans:
+                others = [x for x in pulls if x not in owns[p.uid]]
+                cluster.puller.start(p.uid, job_id, p.pod_dir, owns[p.uid], others)
         await asyncio.to_thread(self.book.submitted, group.namespace, group.name, job_id, where)
         host._request_refresh()
         form = "one allocation" if identical(gplan) else "a heterogeneous job"
@@ -321,7 +332,22 @@ class Gang:
             await asyncio.to_thread(submission.hand_over, cluster.transport, plan)
         return plan
 
-    def _record(self, cluster: Cluster, plan: JobPlan, job_id: str, placement: str | None) -> None:
+    def _missing_pulls(self, cluster: Cluster, plans: Sequence[JobPlan]) -> list[PlannedPull]:
+        """The members' images the submit host must pull before the group's job may start
+        (image_pull_on: submit_host), each once."""
+        if self.host.settings.image_pull_on != "submit_host":
+            return []
+        wanted = {pull.target: pull for p in plans for pull in p.image_pulls}
+        return cluster.puller.missing(list(wanted.values())) if wanted else []
+
+    def _record(
+        self,
+        cluster: Cluster,
+        plan: JobPlan,
+        job_id: str,
+        placement: str | None,
+        pulls: Sequence[PlannedPull],
+    ) -> None:
         store = self.host.store
         store.begin_submit(
             plan.uid,
@@ -332,6 +358,7 @@ class Gang:
             [c.name for c in plan.containers],
             cluster=cluster.name,
             placement=placement,
+            pulls=encode(pulls) if pulls else None,
             warnings=plan.warnings,
         )
         store.set_job(plan.uid, job_id)

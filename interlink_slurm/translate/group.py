@@ -78,6 +78,8 @@ class GroupPlan:
     group_dir: str  # absolute; never a pod's directory
     members: tuple[GroupMember, ...]  # by rank: the first leads
     failure_policy: str = "fail-group"
+    # Submitted held (every component): the submit host pulls the members' images first.
+    held: bool = False
 
 
 def _option(directive: str) -> str:
@@ -145,18 +147,20 @@ def group_directives(group: GroupPlan) -> list[str]:
         f"--chdir={group.group_dir}",
     ]
     count = len(group.members)
+    hold = ["--hold"] if group.held else []
     if identical(group):
         first = group.members[0].plan
         return [
             *own,
             *_shared(dataclasses.replace(first, directives=unit_directives(first, count))),
+            *hold,
         ]
     out = []
     for i, m in enumerate(group.members):
         if i:
             out.append("hetjob")
         out += own if i == 0 else []
-        out += _shared(m.plan)
+        out += [*_shared(m.plan), *hold]
     return out
 
 

@@ -12,7 +12,15 @@ import pytest
 import yaml
 
 from tests import podgen
-from tests.integration.conftest import Plugin, all_terminated, any_running, slurm, states
+from tests.integration.conftest import (
+    Plugin,
+    all_terminated,
+    any_running,
+    slurm,
+    states,
+    user_dir,
+)
+from tests.standin import APPTAINER
 
 pytestmark = pytest.mark.slurm
 
@@ -309,3 +317,53 @@ def test_members_asking_different_resources_become_one_heterogeneous_job(gang: P
     assert len(nodes) == 2, (log_a, log_b)
     for status in (sa, sb):
         assert states(status)["main"]["terminated"]["exitCode"] == 0
+
+
+@pytest.fixture(scope="module")
+def pulling(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A plugin pulling registry images on the submit host (the stand-in Apptainer of
+    test_image_pulls.py), and its image cache."""
+    base = user_dir("root", "group-pulls")
+    cache = base / "cache"
+    stand_in = base / "apptainer"
+    stand_in.write_text(APPTAINER)
+    stand_in.chmod(0o755)
+    p = Plugin(
+        tmp_path_factory.mktemp("group-pulls"),
+        cluster,
+        runtime="apptainer",
+        runtime_path=str(stand_in),
+        images={},
+        image_cache_dir=str(cache),
+        status_refresh_seconds=0.5,
+    )
+    p.start()
+    try:
+        yield p, cache
+    finally:
+        p.stop()
+
+
+def test_a_groups_job_is_held_until_every_members_image_is_pulled(
+    pulling: tuple[Plugin, Path],
+) -> None:
+    plugin, cache = pulling
+    images = ("docker.io/library/busybox:1.36", "docker.io/library/alpine:3.20")
+    pods = []
+    for i, image in enumerate(images):
+        pod = member("pulled", f"pulled-{i}", 2, "")
+        pod["spec"]["containers"][0].update(image=image, command=["sh", "-c", "echo hello"])
+        pods.append(pod)
+    assert plugin.create_ok(podgen.retrieved(pods[0])) == ""
+    job = plugin.create_ok(podgen.retrieved(pods[1]))
+
+    assert "#SBATCH --hold" in (plugin.pod_dir(pods[0]) / "group" / "group.sh").read_text()
+    for pod, image in zip(pods, images, strict=True):
+        status = plugin.wait_for(pod, all_terminated, timeout=120)
+        assert status["JID"] == job
+        assert states(status)["main"]["terminated"]["exitCode"] == 0
+        assert plugin.logs(pod, "main").text == f"image: SIF of docker://{image}\nhello\n"
+    # Each pulled once, on the submit host: the job started only once both were in the cache
+    # (released early, it would have pulled the missing one itself, on its node).
+    pulled = (cache / "pulls.log").read_text().splitlines()
+    assert sorted(pulled) == sorted(f"docker://{image}" for image in images)
