@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from interlink_slurm import jobdir, submission
@@ -37,7 +37,7 @@ from interlink_slurm.metrics import Metrics
 from interlink_slurm.placement import Placement, place
 from interlink_slurm.pulls import encode
 from interlink_slurm.slurm.transport import Transport
-from interlink_slurm.store import Store
+from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import Clock
 from interlink_slurm.translate.group import (
     GroupMember,
@@ -99,6 +99,9 @@ class Gang:
         self._ended: dict[tuple[str, str], str] = {}
         self._loading = threading.Lock()
         self._nodes: dict[str, str] = {}  # member uid → its node, as its group's job said
+        # Groups whose job had ended (and been explained) before this start: their members'
+        # nodes are read once, by the first tick.
+        self._ended_before: list[tuple[Group, list[Member]]] = []
 
     def _known(self) -> dict[str, tuple[str, str]]:
         """The members, loaded once (in a worker thread: the tick's and a status' may race)."""
@@ -110,6 +113,8 @@ class Gang:
                         known[m.uid] = (m.namespace, m.group)
                     if group.ended_by:
                         self._ended[(group.namespace, group.name)] = group.ended_by
+                    if group.ended_by is not None and group.group_dir is not None:
+                        self._ended_before.append((group, members))
                 self._members = known
             return self._members
 
@@ -439,6 +444,11 @@ class Gang:
                 log.warning("pod group %s/%s: %s", group.namespace, group.name, err)
         for group in await asyncio.to_thread(self.book.running):
             await self._learn_end(group)
+        ended, self._ended_before = self._ended_before, []
+        for group, members in ended:
+            cluster = await self._cluster_of(members)
+            if cluster is not None and group.group_dir is not None:
+                await self._learn_nodes(cluster, group.group_dir, members)
 
     def _has_groups(self) -> bool:
         return bool(self._known()) or self.book.any()
@@ -447,8 +457,7 @@ class Gang:
         """Once started: each member's node (group.env); once ended: what ended it."""
         members = await asyncio.to_thread(self.book.members, group.namespace, group.name)
         recs = await asyncio.to_thread(self.host.store.get_many, [m.uid for m in members])
-        rec = next(iter(recs.values()), None)
-        cluster = self.host.clusters.get(rec.cluster) if rec is not None else None
+        cluster = self._cluster_of_recs(recs)
         if cluster is None or group.group_dir is None:
             return
         begun = any(r.started is not None or r.final_state is not None for r in recs.values())
@@ -466,6 +475,15 @@ class Gang:
         await asyncio.to_thread(self.book.ended_by, group.namespace, group.name, why)
         if why:
             self._ended.setdefault((group.namespace, group.name), why)
+
+    def _cluster_of_recs(self, recs: Mapping[str, PodRecord]) -> Cluster | None:
+        rec = next(iter(recs.values()), None)
+        return self.host.clusters.get(rec.cluster) if rec is not None else None
+
+    async def _cluster_of(self, members: Sequence[Member]) -> Cluster | None:
+        """The cluster of a submitted group's job (its members' rows say)."""
+        recs = await asyncio.to_thread(self.host.store.get_many, [m.uid for m in members])
+        return self._cluster_of_recs(recs)
 
     async def _learn_nodes(self, cluster: Cluster, where: str, members: Sequence[Member]) -> None:
         try:

@@ -12,6 +12,7 @@ import pytest
 from interlink_slurm.errors import PodRejected, SchedulerUnavailable
 from interlink_slurm.gang import member_nodes
 from interlink_slurm.groups import KUEUE_GROUP, KUEUE_TOTAL
+from interlink_slurm.service import Service
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.translate.group import GROUP_COMMENT_PREFIX
 from interlink_slurm.wire import RetrievedPodData
@@ -137,6 +138,31 @@ def test_a_members_node_is_read_from_its_groups_env_file() -> None:
     env = "ILS_GROUP_NODES=gan-master-0=n1,gan-worker-0=n2\nILS_GROUP_LEADER_ADDR=10.0.0.1\n"
     assert member_nodes(env) == {"gan-master-0": "n1", "gan-worker-0": "n2"}
     assert member_nodes("") == {}
+
+
+def test_after_a_restart_an_ended_groups_members_say_their_own_nodes(tmp_path: Path) -> None:
+    service, fake, transport, clock = make(tmp_path)
+    a, b = member("rn", "rn-0"), member("rn", "rn-1")
+
+    async def scenario() -> None:
+        await service.create(a)
+        job = (await service.create(b)).PodJID
+        rec = service.store.get(a.pod.uid)
+        assert rec is not None
+        group = Path(rec.pod_dir) / "group"
+        (group / "group.env").write_text("ILS_GROUP_NODES=rn-0=n1,rn-1=n2\n")
+        (group / "group.ended").write_text("")
+        fake.jobs[job] = JobInfo(job, "COMPLETED", "", fake.jobs[job].comment, nodes="n[1-2]")
+        await service.refresh()
+        await service.gang.tick()  # the group's end explained: no longer running
+        assert [s.NodeName for s in await service.status([a.pod, b.pod])] == ["n1", "n2"]
+        # A restart: the ended group's nodes are read again by the first tick.
+        again = Service(service.settings, fake, transport, service.store, clock=clock)
+        await again.refresh()
+        await again.gang.tick()
+        assert [s.NodeName for s in await again.status([a.pod, b.pod])] == ["n1", "n2"]
+
+    drive(service, scenario)
 
 
 TARGETS = {
