@@ -3,6 +3,7 @@ nodes, each pod with its own statuses and logs, through the HTTP API as interLin
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.integration.conftest import (
     Plugin,
     all_terminated,
     any_running,
+    rest_plugin,
     slurm,
     states,
     user_dir,
@@ -319,24 +321,36 @@ def test_members_asking_different_resources_become_one_heterogeneous_job(gang: P
         assert states(status)["main"]["terminated"]["exitCode"] == 0
 
 
-@pytest.fixture(scope="module")
-def pulling(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+@pytest.fixture(scope="module", params=["local", "rest"])
+def pulling(
+    request: pytest.FixtureRequest,
+    cluster: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Plugin, Path]]:
     """A plugin pulling registry images on the submit host (the stand-in Apptainer of
-    test_image_pulls.py), and its image cache."""
-    base = user_dir("root", "group-pulls")
+    test_image_pulls.py), locally or through slurmrestd, and its image cache."""
+    mode = request.param
+    node = request.getfixturevalue("login_node") if mode == "rest" else None
+    base = user_dir(node.user if node is not None else "root", "group-pulls")
     cache = base / "cache"
     stand_in = base / "apptainer"
     stand_in.write_text(APPTAINER)
     stand_in.chmod(0o755)
-    p = Plugin(
-        tmp_path_factory.mktemp("group-pulls"),
-        cluster,
-        runtime="apptainer",
-        runtime_path=str(stand_in),
-        images={},
-        image_cache_dir=str(cache),
-        status_refresh_seconds=0.5,
-    )
+    config: dict[str, Any] = {
+        "runtime": "apptainer",
+        "runtime_path": str(stand_in),
+        "images": {},
+        "image_cache_dir": str(cache),
+        "status_refresh_seconds": 0.5,
+    }
+    workdir = tmp_path_factory.mktemp(f"group-pulls-{mode}")
+    if node is not None:
+        cache.mkdir()
+        shutil.chown(cache, node.user, node.user)
+        server = request.getfixturevalue("rest_server")
+        p = rest_plugin(workdir, cluster, server, node, **config)
+    else:
+        p = Plugin(workdir, cluster, **config)
     p.start()
     try:
         yield p, cache
@@ -344,20 +358,25 @@ def pulling(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         p.stop()
 
 
+@pytest.mark.parametrize("form", ["allocation", "hetjob"])
 def test_a_groups_job_is_held_until_every_members_image_is_pulled(
-    pulling: tuple[Plugin, Path],
+    pulling: tuple[Plugin, Path], form: str
 ) -> None:
     plugin, cache = pulling
-    images = ("docker.io/library/busybox:1.36", "docker.io/library/alpine:3.20")
+    images = (f"docker.io/library/busybox:{form}", f"docker.io/library/alpine:{form}")
     pods = []
     for i, image in enumerate(images):
-        pod = member("pulled", f"pulled-{i}", 2, "")
+        pod = member(f"pulled-{form}", f"pulled-{form}-{i}", 2, "")
         pod["spec"]["containers"][0].update(image=image, command=["sh", "-c", "echo hello"])
         pods.append(pod)
+    if form == "hetjob":  # held and released as one job through slurmrestd's list form too
+        pods[1]["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "2"}}
     assert plugin.create_ok(podgen.retrieved(pods[0])) == ""
     job = plugin.create_ok(podgen.retrieved(pods[1]))
 
-    assert "#SBATCH --hold" in (plugin.pod_dir(pods[0]) / "group" / "group.sh").read_text()
+    script = (plugin.pod_dir(pods[0]) / "group" / "group.sh").read_text()
+    assert "#SBATCH --hold" in script
+    assert ("#SBATCH hetjob" in script) == (form == "hetjob")
     for pod, image in zip(pods, images, strict=True):
         status = plugin.wait_for(pod, all_terminated, timeout=120)
         assert status["JID"] == job
@@ -366,4 +385,4 @@ def test_a_groups_job_is_held_until_every_members_image_is_pulled(
     # Each pulled once, on the submit host: the job started only once both were in the cache
     # (released early, it would have pulled the missing one itself, on its node).
     pulled = (cache / "pulls.log").read_text().splitlines()
-    assert sorted(pulled) == sorted(f"docker://{image}" for image in images)
+    assert sorted(p for p in pulled if form in p) == sorted(f"docker://{i}" for i in images)
