@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from interlink_slurm.metrics import Metrics
+from interlink_slurm.placement import Placement
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.slurm.states import WAITING, base_state
 from interlink_slurm.store import PodRecord
@@ -65,6 +66,21 @@ class PlacementBook:
     def add(self, target: str, uid: str) -> None:
         """Counted at once (no await since the decision): the next pod's tie sees it."""
         self.waiting.setdefault(target, set()).add(uid)
+
+    def placed(self, placement: Placement, uids: Sequence[str]) -> None:
+        """A decision for these pods (one pod, or a pod group's members, placed as one job):
+        each counted waiting on its target at once (the next decision's tie sees them), and
+        the decision in the metrics."""
+        name = placement.chosen.name
+        for uid in uids:
+            self.add(name, uid)
+        self.metrics.placements.labels(name, placement.basis).inc(len(uids))
+        for target, est in placement.estimates.items():
+            if isinstance(est, str):
+                self.metrics.estimate_failures.labels(target).inc()
+        if placement.predicted_start is not None:
+            wait = max(0.0, placement.predicted_start - placement.decided_at)
+            self.metrics.predicted_wait.labels(name).observe(wait)
 
     def enter(self, rec: PodRecord) -> None:
         """A placed pod whose job has not started (at startup, or found after a failed

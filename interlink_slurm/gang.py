@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from interlink_slurm import jobdir, submission
@@ -33,9 +33,11 @@ from interlink_slurm.groups import (
     timeout_reason,
     waiting_status,
 )
-from interlink_slurm.placement import place
+from interlink_slurm.metrics import Metrics
+from interlink_slurm.placement import Placement, place
+from interlink_slurm.pulls import encode
 from interlink_slurm.slurm.transport import Transport
-from interlink_slurm.store import Store
+from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import Clock
 from interlink_slurm.translate.group import (
     GroupMember,
@@ -51,7 +53,7 @@ from interlink_slurm.translate.group import (
     unit_directives,
     with_rendezvous,
 )
-from interlink_slurm.translate.plan import JobPlan
+from interlink_slurm.translate.plan import JobPlan, PlannedPull
 from interlink_slurm.translate.pod import ImageCommands, build_plan
 from interlink_slurm.translate.script import LIBRARY, LIBRARY_FILE, render_script
 from interlink_slurm.translate.targets import Candidate, candidates
@@ -71,6 +73,7 @@ class Host(Protocol):
     clusters: dict[str, Cluster]
     root_clusters: set[str]
     book: PlacementBook
+    metrics: Metrics
     clock: Clock
 
     def _request_refresh(self) -> None: ...
@@ -98,6 +101,9 @@ class Gang:
         self._ended: dict[tuple[str, str], str] = {}
         self._loading = threading.Lock()
         self._nodes: dict[str, str] = {}  # member uid → its node, as its group's job said
+        # Groups whose job had ended (and been explained) before this start: their members'
+        # nodes are read once, by the first tick.
+        self._ended_before: list[tuple[Group, list[Member]]] = []
 
     def _known(self) -> dict[str, tuple[str, str]]:
         """The members, loaded once (in a worker thread: the tick's and a status' may race)."""
@@ -109,6 +115,8 @@ class Gang:
                         known[m.uid] = (m.namespace, m.group)
                     if group.ended_by:
                         self._ended[(group.namespace, group.name)] = group.ended_by
+                    if group.ended_by is not None and group.group_dir is not None:
+                        self._ended_before.append((group, members))
                 self._members = known
             return self._members
 
@@ -177,10 +185,26 @@ class Gang:
             try:
                 return await self._submit_members(group, members)
             except PodRejected as err:
+                self._failed(err, members)
                 # It can never run: every member says why, rather than wait for nothing.
                 why = f"group {name} cannot run: {err}"
                 await asyncio.to_thread(self.book.fail, namespace, name, why)
                 raise
+            except (SchedulerUnavailable, SchedulerError, StorageError) as err:
+                self._failed(err, members)
+                raise
+            except BaseException:
+                for m in members:
+                    self.host.book.forget(m.uid)
+                raise
+
+    def _failed(self, err: Exception, members: Sequence[Member]) -> None:
+        """A group's submission that failed: its pods in the metrics as a pod's would be, and
+        no longer waiting on the target it was placed on (a job that landed anyway is
+        counted again when the refresher sees it)."""
+        self.host.metrics.submit_failures.labels(type(err).__name__).inc(len(members))
+        for m in members:
+            self.host.book.forget(m.uid)
 
     async def _submit_members(self, group: Group, members: Sequence[Member]) -> str:
         host = self.host
@@ -194,28 +218,23 @@ class Gang:
         names = [d.pod.name for d in datas]
         leader = datas[0]
         commands = await self._commands(leader)
-        chosen = await self._place(datas, commands)
+        placement, chosen = await self._place(datas, commands)
+        if settings.targets:
+            host.book.placed(placement, [d.pod.uid for d in datas])
         cluster = host.clusters[chosen.cluster]
         plans: list[JobPlan] = []
         for data in datas:
             plans.append(await self._member_job(cluster, chosen, data, commands))
         where = group_dir(plans[0].pod_dir)
+        pulls = await asyncio.to_thread(self._missing_pulls, cluster, plans)
         gplan = GroupPlan(
             group.namespace,
             group.name,
             where,
             tuple(GroupMember(p, member_names(d.pod)) for p, d in zip(plans, datas, strict=True)),
             settings.group_failure_policy,
+            held=bool(pulls),
         )
-        if not identical(gplan) and settings.for_cluster(cluster.name).scheduler == "rest":
-            # slurmrestd takes a heterogeneous job as a list of job descriptions, not as one
-            # script's "#SBATCH hetjob" parts: not submitted that way (yet).
-            raise PodRejected(
-                "spec.containers[*].resources",
-                f"the pods of group {group.name} ask for different resources, which makes a "
-                "heterogeneous job, and this site submits through slurmrestd, which this "
-                "plugin cannot give one yet: give every pod of the group the same resources",
-            )
         script = render_group_script(gplan)
         await asyncio.to_thread(_write_group, cluster, where, script, plans[0].owner)
         comment = group_comment(gplan)
@@ -232,8 +251,17 @@ class Gang:
                     await asyncio.to_thread(cluster.transport.remove_tree, p.pod_dir)
                 await asyncio.to_thread(cluster.transport.remove_tree, where)
                 raise
+        record = placement.record() if settings.targets else None
+        owns = {p.uid: [x for x in pulls if x in p.image_pulls] for p in plans}
         for p in plans:
-            await asyncio.to_thread(self._record, cluster, p, job_id)
+            await asyncio.to_thread(self._record, cluster, p, job_id, record, owns[p.uid])
+        if pulls:
+            # Each member pulls its own images (with its own credentials) and waits for the
+            # others': the first to see all of them in the cache releases the group's job (a
+            # second release changes nothing).
+            for p in plans:
+                others = [x for x in pulls if x not in owns[p.uid]]
+                cluster.puller.start(p.uid, job_id, p.pod_dir, owns[p.uid], others)
         await asyncio.to_thread(self.book.submitted, group.namespace, group.name, job_id, where)
         host._request_refresh()
         form = "one allocation" if identical(gplan) else "a heterogeneous job"
@@ -247,9 +275,12 @@ class Gang:
         )
         return job_id
 
-    async def _place(self, datas: Sequence[RetrievedPodData], commands: ImageCommands) -> Candidate:
+    async def _place(
+        self, datas: Sequence[RetrievedPodData], commands: ImageCommands
+    ) -> tuple[Placement, Candidate]:
         """Where the group goes, as a unit: the leader's plan on each target, sized for the
-        whole group (the members' nodes together), estimated as one job."""
+        whole group (the members' nodes together), estimated as one job; the decision and the
+        leader's own (unsized) candidate there."""
         host = self.host
         leader = datas[0].pod
 
@@ -276,8 +307,8 @@ class Gang:
         chosen = placement.chosen
         for c in cands:
             if c.name == chosen.name:
-                return c
-        return chosen
+                return placement, c
+        return placement, chosen
 
     async def _member_job(
         self, cluster: Cluster, chosen: Candidate, data: RetrievedPodData, commands: ImageCommands
@@ -308,7 +339,22 @@ class Gang:
             await asyncio.to_thread(submission.hand_over, cluster.transport, plan)
         return plan
 
-    def _record(self, cluster: Cluster, plan: JobPlan, job_id: str) -> None:
+    def _missing_pulls(self, cluster: Cluster, plans: Sequence[JobPlan]) -> list[PlannedPull]:
+        """The members' images the submit host must pull before the group's job may start
+        (image_pull_on: submit_host), each once."""
+        if self.host.settings.image_pull_on != "submit_host":
+            return []
+        wanted = {pull.target: pull for p in plans for pull in p.image_pulls}
+        return cluster.puller.missing(list(wanted.values())) if wanted else []
+
+    def _record(
+        self,
+        cluster: Cluster,
+        plan: JobPlan,
+        job_id: str,
+        placement: str | None,
+        pulls: Sequence[PlannedPull],
+    ) -> None:
         store = self.host.store
         store.begin_submit(
             plan.uid,
@@ -318,6 +364,8 @@ class Gang:
             [c.name for c in plan.init_containers],
             [c.name for c in plan.containers],
             cluster=cluster.name,
+            placement=placement,
+            pulls=encode(pulls) if pulls else None,
             warnings=plan.warnings,
         )
         store.set_job(plan.uid, job_id)
@@ -398,6 +446,11 @@ class Gang:
                 log.warning("pod group %s/%s: %s", group.namespace, group.name, err)
         for group in await asyncio.to_thread(self.book.running):
             await self._learn_end(group)
+        ended, self._ended_before = self._ended_before, []
+        for group, members in ended:
+            cluster = await self._cluster_of(members)
+            if cluster is not None and group.group_dir is not None:
+                await self._learn_nodes(cluster, group.group_dir, members)
 
     def _has_groups(self) -> bool:
         return bool(self._known()) or self.book.any()
@@ -406,8 +459,7 @@ class Gang:
         """Once started: each member's node (group.env); once ended: what ended it."""
         members = await asyncio.to_thread(self.book.members, group.namespace, group.name)
         recs = await asyncio.to_thread(self.host.store.get_many, [m.uid for m in members])
-        rec = next(iter(recs.values()), None)
-        cluster = self.host.clusters.get(rec.cluster) if rec is not None else None
+        cluster = self._cluster_of_recs(recs)
         if cluster is None or group.group_dir is None:
             return
         begun = any(r.started is not None or r.final_state is not None for r in recs.values())
@@ -425,6 +477,15 @@ class Gang:
         await asyncio.to_thread(self.book.ended_by, group.namespace, group.name, why)
         if why:
             self._ended.setdefault((group.namespace, group.name), why)
+
+    def _cluster_of_recs(self, recs: Mapping[str, PodRecord]) -> Cluster | None:
+        rec = next(iter(recs.values()), None)
+        return self.host.clusters.get(rec.cluster) if rec is not None else None
+
+    async def _cluster_of(self, members: Sequence[Member]) -> Cluster | None:
+        """The cluster of a submitted group's job (its members' rows say)."""
+        recs = await asyncio.to_thread(self.host.store.get_many, [m.uid for m in members])
+        return self._cluster_of_recs(recs)
 
     async def _learn_nodes(self, cluster: Cluster, where: str, members: Sequence[Member]) -> None:
         try:

@@ -108,12 +108,22 @@ class Puller:
             uid, PullState(CREATING, "waiting to pull the pod's images on the submit host")
         )
 
-    def start(self, uid: str, job_id: str, pod_dir: str, pulls: Sequence[PlannedPull]) -> None:
-        """Pull the pod's images, then release its job (once per pod)."""
+    def start(
+        self,
+        uid: str,
+        job_id: str,
+        pod_dir: str,
+        pulls: Sequence[PlannedPull],
+        awaiting: Sequence[PlannedPull] = (),
+    ) -> None:
+        """Pull the pod's images, then release its job (once per pod) when the ``awaiting``
+        ones (a pod group's other members pull them, with their own credentials) are in the
+        cache too."""
         if uid in self._tasks:
             return
         self._states[uid] = PullState(CREATING, f"waiting to pull {_sources(pulls)}")
-        task = asyncio.create_task(self._run(uid, job_id, pod_dir, list(pulls)), name=f"pull {uid}")
+        run = self._run(uid, job_id, pod_dir, list(pulls), list(awaiting))
+        task = asyncio.create_task(run, name=f"pull {uid}")
         self._tasks[uid] = task
         task.add_done_callback(lambda t: self._done(uid, t))
 
@@ -148,9 +158,16 @@ class Puller:
 
     # --- one pod's pulls ------------------------------------------------------------------------
 
-    async def _run(self, uid: str, job_id: str, pod_dir: str, pulls: list[PlannedPull]) -> None:
+    async def _run(
+        self,
+        uid: str,
+        job_id: str,
+        pod_dir: str,
+        pulls: list[PlannedPull],
+        awaiting: list[PlannedPull],
+    ) -> None:
         failures = 0
-        while True:
+        while pulls:
             async with self._slots:
                 self._states[uid] = PullState(
                     CREATING, f"pulling {_sources(pulls)} on the submit host"
@@ -166,6 +183,15 @@ class Puller:
             )
             log.warning("pod %s: image pull failed (attempt %d): %s", uid, failures, why)
             await asyncio.sleep(delay)
+        while awaiting:
+            # The cache out of reach for now: look again.
+            with contextlib.suppress(OSError, SchedulerUnavailable):
+                awaiting = await asyncio.to_thread(self.missing, awaiting)
+            if awaiting:
+                self._states[uid] = PullState(
+                    CREATING, f"waiting for {_sources(awaiting)}, pulled for the pod's group"
+                )
+                await asyncio.sleep(POLL_SECONDS)
         await self._release(uid, job_id)
 
     async def _attempt(self, uid: str, pod_dir: str, pulls: Sequence[PlannedPull]) -> str | None:

@@ -452,15 +452,7 @@ class Service:
             waiting=self.book.counts,
         )
         if self.settings.targets:
-            name = placement.chosen.name
-            self.book.add(name, pod.uid)
-            self.metrics.placements.labels(name, placement.basis).inc()
-            for target, est in placement.estimates.items():
-                if isinstance(est, str):
-                    self.metrics.estimate_failures.labels(target).inc()
-            if placement.predicted_start is not None:
-                wait = max(0.0, placement.predicted_start - placement.decided_at)
-                self.metrics.predicted_wait.labels(name).observe(wait)
+            self.book.placed(placement, [pod.uid])
         return placement
 
     def _in_images(

@@ -35,7 +35,7 @@ from interlink_slurm.slurm.common import (
     parse_gres,
 )
 from interlink_slurm.slurm.remote_settings import RestSettings
-from interlink_slurm.slurm.rest_job import rest_job
+from interlink_slurm.slurm.rest_job import submit_body
 from interlink_slurm.slurm.scheduler import ClusterResources, Estimate, FromJobListing, JobInfo
 from interlink_slurm.slurm.transport import Transport
 
@@ -358,12 +358,14 @@ class RestScheduler(FromJobListing):
         if len(raw) > MAX_SCRIPT_BYTES:
             raise SchedulerError(f"the job script {script_path} is larger than 4 MiB")
         script = raw.decode(errors="replace")
-        job = rest_job(
-            directives, self._s.api_version, workdir=workdir, environment=self._s.environment
+        body = submit_body(
+            script,
+            directives,
+            self._s.api_version,
+            workdir=workdir,
+            environment=self._s.environment,
         )
-        body: dict[str, Any] = (
-            {"script": script, "job": job} if self._s.legacy else {"job": {**job, "script": script}}
-        )
+        job = body["job"] if "job" in body else body["jobs"][0]
         try:
             answer = await self._call("POST", "job/submit", "submitting a job", body=body)
         except _Refused as err:

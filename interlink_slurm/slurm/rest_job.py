@@ -138,6 +138,42 @@ def rest_job(
     return job
 
 
+HETJOB = "hetjob"  # the directive between the components of a heterogeneous job
+
+
+def components(directives: Sequence[str]) -> list[list[str]]:
+    """The directives of each component of a heterogeneous job (``#SBATCH hetjob`` between
+    them, as sbatch reads the script); one component for any other job."""
+    parts: list[list[str]] = [[]]
+    for directive in directives:
+        if directive.strip() == HETJOB:
+            parts.append([])
+        else:
+            parts[-1].append(directive)
+    return parts
+
+
+def submit_body(
+    script: str,
+    directives: Sequence[str],
+    api_version: str,
+    *,
+    workdir: str,
+    environment: Mapping[str, str],
+) -> dict[str, Any]:
+    """The body of ``POST job/submit``: one job description (``job``), or a heterogeneous
+    job's list of them (``jobs``, one per component, which slurmrestd submits as one job);
+    the script beside them (v0.0.38) or in the (first) description (v0.0.40+)."""
+    jobs = [
+        rest_job(part, api_version, workdir=workdir, environment=environment)
+        for part in components(directives)
+    ]
+    if api_version in LEGACY_VERSIONS:
+        return {"script": script, **({"job": jobs[0]} if len(jobs) == 1 else {"jobs": jobs})}
+    jobs[0] = {**jobs[0], "script": script}
+    return {"job": jobs[0]} if len(jobs) == 1 else {"jobs": jobs}
+
+
 def _add_tres(job: dict[str, Any], key: str, value: str) -> None:
     job[key] = f"{job[key]},{value}" if job.get(key) else value
 

@@ -61,7 +61,8 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 FAILURE_POLICIES = ("fail-group", "ignore")
 # Runtimes that hand a container every variable of its env file (Enroot only those its command
 # line names, fixed when the pod's job.sh was written).
-ENV_FILE_RUNTIMES = ("apptainer", "singularity", "charliecloud")
+# The variables of group.env, which the group's script writes when its job starts.
+STARTED_ENV = ("ILS_GROUP_NODES", "ILS_GROUP_LEADER_ADDR")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class GroupPlan:
     group_dir: str  # absolute; never a pod's directory
     members: tuple[GroupMember, ...]  # by rank: the first leads
     failure_policy: str = "fail-group"
+    # Submitted held (every component): the submit host pulls the members' images first.
+    held: bool = False
 
 
 def _option(directive: str) -> str:
@@ -148,18 +151,20 @@ def group_directives(group: GroupPlan) -> list[str]:
         f"--chdir={group.group_dir}",
     ]
     count = len(group.members)
+    hold = ["--hold"] if group.held else []
     if identical(group):
         first = group.members[0].plan
         return [
             *own,
             *_shared(dataclasses.replace(first, directives=unit_directives(first, count))),
+            *hold,
         ]
     out = []
     for i, m in enumerate(group.members):
         if i:
             out.append("hetjob")
         out += own if i == 0 else []
-        out += _shared(m.plan)
+        out += [*_shared(m.plan), *hold]
     return out
 
 
@@ -271,24 +276,23 @@ def render_group_script(group: GroupPlan) -> str:
     pods = ",".join(f"{m.names[0]}=${{nodes[{i}]}}" for i, m in enumerate(group.members))
     lines += [
         "{",
-        f'  echo "ILS_GROUP_NODES={pods}"',
-        '  echo "ILS_GROUP_LEADER_ADDR=$(ils_node_ip "${nodes[0]}")"',
+        f'  echo "{STARTED_ENV[0]}={pods}"',
+        f'  echo "{STARTED_ENV[1]}=$(ils_node_ip "${{nodes[0]}}")"',
         f"}} > {ENV_FILE} || exit 1",
     ]
     volume = f"volumes/{GROUP_VOLUME}"
     for m in group.members:
         target = shlex.quote(f"{m.plan.pod_dir}/{volume}/")
         lines.append(f"cp -f -- {HOSTS_FILE} {ENV_FILE} {target} || exit 1")
-        if m.plan.runtime in ENV_FILE_RUNTIMES:
-            prefix = RUNTIMES[m.plan.runtime].env_prefix
-            files = [
-                f"{m.plan.pod_dir}/containers/{c.name}.env"
-                for c in (*m.plan.init_containers, *m.plan.containers)
-            ]
-            lines.append(
-                f"ils_group_env {shlex.quote(prefix)} "
-                f"{' '.join(shlex.quote(f) for f in files)} || exit 1"
-            )
+        prefix = RUNTIMES[m.plan.runtime].env_prefix
+        files = [
+            f"{m.plan.pod_dir}/containers/{c.name}.env"
+            for c in (*m.plan.init_containers, *m.plan.containers)
+        ]
+        lines.append(
+            f"ils_group_env {shlex.quote(prefix)} "
+            f"{' '.join(shlex.quote(f) for f in files)} || exit 1"
+        )
     policy = group.failure_policy
     say = (
         "the first pod that fails ends the others"
@@ -357,6 +361,10 @@ def with_rendezvous(
         "ILS_GROUP_RANK": str(rank),
         "ILS_GROUP_PODS": ",".join(ranked),
         "ILS_GROUP_LEADER": ranked[0],
+        # Known when the job starts: the group's script appends them to each container's env
+        # file, after these (the later wins). Declared here so that a runtime passing only
+        # the variables named on its command line (Enroot's --env NAME) passes them too.
+        **dict.fromkeys(STARTED_ENV, ""),
     }
     torch = {
         "WORLD_SIZE": str(len(ranked)),

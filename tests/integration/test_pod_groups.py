@@ -3,6 +3,7 @@ nodes, each pod with its own statuses and logs, through the HTTP API as interLin
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,16 @@ import pytest
 import yaml
 
 from tests import podgen
-from tests.integration.conftest import Plugin, all_terminated, any_running, states
+from tests.integration.conftest import (
+    Plugin,
+    all_terminated,
+    any_running,
+    rest_plugin,
+    slurm,
+    states,
+    user_dir,
+)
+from tests.standin import APPTAINER
 
 pytestmark = pytest.mark.slurm
 
@@ -262,14 +272,27 @@ def test_a_member_deleted_while_its_group_waits_leaves_it(gang: Plugin) -> None:
     assert gang.status([a]).json() == []  # no longer known: not a member any more
 
 
-def test_a_group_runs_as_one_job_in_every_mode(plugin: Plugin) -> None:
-    """local, ssh (login node) and rest (slurmrestd): the group's script and its steps."""
-    a = member("modes", f"modes-{plugin.mode}-0", 2, REPORT)
-    b = member("modes", f"modes-{plugin.mode}-1", 2, REPORT)
-    a["metadata"]["labels"][KUEUE_GROUP] = b["metadata"]["labels"][KUEUE_GROUP] = plugin.mode
+@pytest.mark.parametrize("form", ["allocation", "hetjob"])
+def test_a_group_runs_as_one_job_in_every_mode(
+    plugin: Plugin, cluster: dict[str, str], form: str
+) -> None:
+    """local, ssh (login node) and rest (slurmrestd, which takes a heterogeneous job as a
+    list of job descriptions): the group's script and its steps, in both forms."""
+    group = f"{plugin.mode}-{form}"
+    a = member(group, f"modes-{group}-0", 2, REPORT)
+    b = member(group, f"modes-{group}-1", 2, REPORT)
+    if form == "hetjob":
+        b["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "2", "memory": "2Gi"}}
     assert plugin.create_ok(podgen.retrieved(a)) == ""
     job = plugin.create_ok(podgen.retrieved(b))
 
+    # Slurm's own view: a heterogeneous job is components job+0, job+1 of the member's sizes.
+    shown = slurm(cluster, "scontrol", "show", "job", job)
+    if form == "hetjob":
+        assert f"HetJobId={job} HetJobOffset=1" in shown, shown
+        assert "CPUs/Task=2 " in shown and "MinMemoryNode=2G" in shown, shown
+    else:
+        assert "HetJobId=" not in shown and "NumNodes=2" in shown, shown
     for pod, rank in ((a, 0), (b, 1)):
         status = plugin.wait_for(pod, all_terminated)
         assert status["JID"] == job
@@ -296,3 +319,70 @@ def test_members_asking_different_resources_become_one_heterogeneous_job(gang: P
     assert len(nodes) == 2, (log_a, log_b)
     for status in (sa, sb):
         assert states(status)["main"]["terminated"]["exitCode"] == 0
+
+
+@pytest.fixture(scope="module", params=["local", "rest"])
+def pulling(
+    request: pytest.FixtureRequest,
+    cluster: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Plugin, Path]]:
+    """A plugin pulling registry images on the submit host (the stand-in Apptainer of
+    test_image_pulls.py), locally or through slurmrestd, and its image cache."""
+    mode = request.param
+    node = request.getfixturevalue("login_node") if mode == "rest" else None
+    base = user_dir(node.user if node is not None else "root", "group-pulls")
+    cache = base / "cache"
+    stand_in = base / "apptainer"
+    stand_in.write_text(APPTAINER)
+    stand_in.chmod(0o755)
+    config: dict[str, Any] = {
+        "runtime": "apptainer",
+        "runtime_path": str(stand_in),
+        "images": {},
+        "image_cache_dir": str(cache),
+        "status_refresh_seconds": 0.5,
+    }
+    workdir = tmp_path_factory.mktemp(f"group-pulls-{mode}")
+    if node is not None:
+        cache.mkdir()
+        shutil.chown(cache, node.user, node.user)
+        server = request.getfixturevalue("rest_server")
+        p = rest_plugin(workdir, cluster, server, node, **config)
+    else:
+        p = Plugin(workdir, cluster, **config)
+    p.start()
+    try:
+        yield p, cache
+    finally:
+        p.stop()
+
+
+@pytest.mark.parametrize("form", ["allocation", "hetjob"])
+def test_a_groups_job_is_held_until_every_members_image_is_pulled(
+    pulling: tuple[Plugin, Path], form: str
+) -> None:
+    plugin, cache = pulling
+    images = (f"docker.io/library/busybox:{form}", f"docker.io/library/alpine:{form}")
+    pods = []
+    for i, image in enumerate(images):
+        pod = member(f"pulled-{form}", f"pulled-{form}-{i}", 2, "")
+        pod["spec"]["containers"][0].update(image=image, command=["sh", "-c", "echo hello"])
+        pods.append(pod)
+    if form == "hetjob":  # held and released as one job through slurmrestd's list form too
+        pods[1]["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "2"}}
+    assert plugin.create_ok(podgen.retrieved(pods[0])) == ""
+    job = plugin.create_ok(podgen.retrieved(pods[1]))
+
+    script = (plugin.pod_dir(pods[0]) / "group" / "group.sh").read_text()
+    assert "#SBATCH --hold" in script
+    assert ("#SBATCH hetjob" in script) == (form == "hetjob")
+    for pod, image in zip(pods, images, strict=True):
+        status = plugin.wait_for(pod, all_terminated, timeout=120)
+        assert status["JID"] == job
+        assert states(status)["main"]["terminated"]["exitCode"] == 0
+        assert plugin.logs(pod, "main").text == f"image: SIF of docker://{image}\nhello\n"
+    # Each pulled once, on the submit host: the job started only once both were in the cache
+    # (released early, it would have pulled the missing one itself, on its node).
+    pulled = (cache / "pulls.log").read_text().splitlines()
+    assert sorted(p for p in pulled if form in p) == sorted(f"docker://{i}" for i in images)

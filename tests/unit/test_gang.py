@@ -12,11 +12,12 @@ import pytest
 from interlink_slurm.errors import PodRejected, SchedulerUnavailable
 from interlink_slurm.gang import member_nodes
 from interlink_slurm.groups import KUEUE_GROUP, KUEUE_TOTAL
+from interlink_slurm.service import Service
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.translate.group import GROUP_COMMENT_PREFIX
 from interlink_slurm.wire import RetrievedPodData
 from tests import podgen
-from tests.unit.test_service_parts import drive, make
+from tests.unit.test_service_parts import drive, make, new_pod
 
 
 def member(group: str, name: str, size: int = 2, **meta: Any) -> RetrievedPodData:
@@ -137,3 +138,79 @@ def test_a_members_node_is_read_from_its_groups_env_file() -> None:
     env = "ILS_GROUP_NODES=gan-master-0=n1,gan-worker-0=n2\nILS_GROUP_LEADER_ADDR=10.0.0.1\n"
     assert member_nodes(env) == {"gan-master-0": "n1", "gan-worker-0": "n2"}
     assert member_nodes("") == {}
+
+
+def test_after_a_restart_an_ended_groups_members_say_their_own_nodes(tmp_path: Path) -> None:
+    service, fake, transport, clock = make(tmp_path)
+    a, b = member("rn", "rn-0"), member("rn", "rn-1")
+
+    async def scenario() -> None:
+        await service.create(a)
+        job = (await service.create(b)).PodJID
+        rec = service.store.get(a.pod.uid)
+        assert rec is not None
+        group = Path(rec.pod_dir) / "group"
+        (group / "group.env").write_text("ILS_GROUP_NODES=rn-0=n1,rn-1=n2\n")
+        (group / "group.ended").write_text("")
+        fake.jobs[job] = JobInfo(job, "COMPLETED", "", fake.jobs[job].comment, nodes="n[1-2]")
+        await service.refresh()
+        await service.gang.tick()  # the group's end explained: no longer running
+        assert [s.NodeName for s in await service.status([a.pod, b.pod])] == ["n1", "n2"]
+        # A restart: the ended group's nodes are read again by the first tick.
+        again = Service(service.settings, fake, transport, service.store, clock=clock)
+        await again.refresh()
+        await again.gang.tick()
+        assert [s.NodeName for s in await again.status([a.pod, b.pod])] == ["n1", "n2"]
+
+    drive(service, scenario)
+
+
+TARGETS = {
+    "booster": {"partition": "boost_usr_prod", "gpu_type": "a100", "gpus_per_node": 4},
+    "dcgp": {"partition": "dcgp_usr_prod", "gpus_per_node": 0},
+}
+
+
+def test_a_placed_group_counts_each_member_waiting_until_its_job_starts(tmp_path: Path) -> None:
+    service, fake, _, _ = make(tmp_path, targets=TARGETS)
+    a, b = member("tw", "tw-0"), member("tw", "tw-1")
+    sample = service.metrics.registry.get_sample_value
+
+    async def scenario() -> None:
+        await service.create(a)
+        assert service.book.counts() == {}  # a group waiting for members is placed nowhere
+        job = (await service.create(b)).PodJID
+        waiting = {t: n for t, n in service.book.counts().items() if n}
+        assert waiting == {"booster": 2}  # the two pods of the group, on its target
+        placed = [
+            sample("interlink_slurm_placements_total", {"target": "booster", "basis": basis})
+            for basis in ("only", "estimate", "order")
+        ]
+        assert sorted(placed, key=str) == [2, None, None]  # one decision for two pods
+        # The next decision sees them: a lone pod that fits both goes to the other target.
+        lone = (await service.create(new_pod("lone"))).PodJID
+        assert "--partition=dcgp_usr_prod" in Path(fake.scripts[lone]).read_text()
+        fake.jobs[job] = JobInfo(job, "RUNNING", "", fake.jobs[job].comment, nodes="n[1-2]")
+        await service.refresh()
+        assert service.book.counts().get("booster", 0) == 0  # started: no longer waiting
+
+    drive(service, scenario)
+
+
+def test_a_groups_failed_submission_is_counted_and_leaves_no_member_waiting(
+    tmp_path: Path,
+) -> None:
+    service, fake, _, _ = make(tmp_path, targets=TARGETS)
+    a, b = member("tf", "tf-0"), member("tf", "tf-1")
+    sample = service.metrics.registry.get_sample_value
+
+    async def scenario() -> None:
+        await service.create(a)
+        fake.fail_next["submit"] = SchedulerUnavailable("sbatch: slurmctld does not answer")
+        with pytest.raises(SchedulerUnavailable):
+            await service.create(b)
+        failed = {"reason": "SchedulerUnavailable"}
+        assert sample("interlink_slurm_submit_failures_total", failed) == 2
+        assert not any(service.book.counts().values())
+
+    drive(service, scenario)

@@ -43,6 +43,7 @@ from interlink_slurm.translate.group import (
     with_rendezvous,
 )
 from interlink_slurm.translate.pod import build_plan
+from interlink_slurm.translate.script import render_script
 from interlink_slurm.wire import ObjectMeta, RetrievedPodData
 from tests import podgen as pg
 from tests.unit.golden import check_golden
@@ -217,19 +218,22 @@ UIDS = (
 )
 
 
-def _settings() -> Settings:
+def _settings(runtime: str = "charliecloud") -> Settings:
+    image = "/images/debian-python" + (".sqsh" if runtime == "enroot" else "")
     return load_settings(
         None,
         data_root="/data/ils",
-        runtime="charliecloud",
-        images={pg.IMAGE: "/images/debian-python"},
+        runtime=runtime,
+        images={pg.IMAGE: image},
         partition="cpu",
         gpu_partition="gpu",
         gpu_type="a100",
     )
 
 
-def _member(name: str, uid: str, rank: int, ranked: list[str], gpus: int) -> GroupMember:
+def _member(
+    name: str, uid: str, rank: int, ranked: list[str], gpus: int, runtime: str = "charliecloud"
+) -> GroupMember:
     res = {"limits": {"nvidia.com/gpu": str(gpus), "cpu": "4", "memory": "8Gi"}}
     the_pod = pg.pod(
         name,
@@ -240,14 +244,14 @@ def _member(name: str, uid: str, rank: int, ranked: list[str], gpus: int) -> Gro
     the_pod["metadata"]["labels"] = {KUEUE_GROUP: "train"}
     data = RetrievedPodData.model_validate(pg.retrieved(the_pod))
     data = with_rendezvous(data, "train", rank, ranked)
-    plan = build_plan(data, _settings(), f"/data/ils/{NS}/{name}-{uid}")
+    plan = build_plan(data, _settings(runtime), f"/data/ils/{NS}/{name}-{uid}")
     return GroupMember(plan, member_names(data.pod))
 
 
-def _group(gpus: tuple[int, int]) -> GroupPlan:
+def _group(gpus: tuple[int, int], runtime: str = "charliecloud") -> GroupPlan:
     ranked = ["train-master-0", "train-worker-0"]
     members = tuple(
-        _member(n, u, i, ranked, g)
+        _member(n, u, i, ranked, g, runtime)
         for i, (n, u, g) in enumerate(zip(ranked, UIDS, gpus, strict=True))
     )
     return GroupPlan(NS, "train", group_dir(members[0].plan.pod_dir), members)
@@ -273,6 +277,43 @@ def test_members_that_differ_become_a_heterogeneous_job() -> None:
     script = render_group_script(group)
     assert "--het-group=0" in script and "--het-group=1" in script
     check_golden("group.hetjob.charliecloud.sh", script)
+
+
+def test_enroot_members_get_the_variables_known_when_the_job_starts(tmp_path: Path) -> None:
+    """Enroot passes only the variables named on its command line (--env NAME): the nodes and
+    the leader's address, which the group's script appends to the env file, are named too."""
+    group = _group((4, 4), runtime="enroot")
+    plan = group.members[1].plan
+    argv = plan.runtime_argv["trainer"]
+    for name in ("ILS_GROUP_NODES", "ILS_GROUP_LEADER_ADDR", "RANK", "ILS_GROUP_PODS"):
+        assert argv[argv.index(name) - 1] == "--env", argv
+    script = render_group_script(group)
+    assert f"ils_group_env '' {plan.pod_dir}/containers/trainer.env" in script
+    check_golden("group.nodes.enroot.sh", script)
+    check_golden("group.member.enroot.sh", render_script(plan))
+    # As the job applies them: the env file, then group.env's lines after it (the later wins).
+    (env_file,) = (f for f in plan.files if f.path == "containers/trainer.env")
+    (tmp_path / "trainer.env").write_bytes(env_file.content)
+    (tmp_path / "group.env").write_text(
+        "ILS_GROUP_NODES=train-master-0=n1,train-worker-0=n2\nILS_GROUP_LEADER_ADDR=10.0.0.1\n"
+    )
+    run = subprocess.run(
+        [
+            "bash",
+            "-c",
+            '. "$0" && ils_group_env "" trainer.env && '
+            'e=(); while IFS= read -r -d "" kv; do e+=("$kv"); done < trainer.env && '
+            'env -i -- "${e[@]}" env',
+            str(LIBRARY),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    env = dict(line.split("=", 1) for line in run.stdout.splitlines() if "=" in line)
+    assert env["ILS_GROUP_NODES"] == "train-master-0=n1,train-worker-0=n2"
+    assert env["ILS_GROUP_LEADER_ADDR"] == "10.0.0.1"
 
 
 @pytest.mark.parametrize("gpus", [(4, 4), (4, 2)])

@@ -13,6 +13,7 @@ import pytest
 
 from interlink_slurm import pulls
 from interlink_slurm.slurm.fake import FakeScheduler
+from interlink_slurm.translate.images import cached_image
 from tests import podgen
 from tests.standin import APPTAINER
 from tests.unit.test_api import Harness
@@ -169,3 +170,33 @@ def test_pulls_stay_in_the_job_when_configured_so(
         assert "ils_pull " in Path(h.scheduler.scripts[job_id]).read_text()
     finally:
         h.close()
+
+
+def test_a_groups_job_stays_held_until_every_members_image_is_in_the_cache(
+    harness: Harness, cache: Path
+) -> None:
+    members = []
+    for i, image in enumerate((IMAGE, "ghcr.io/example/missing:1")):
+        pod = podgen.pod(f"grp-{i}", [{"name": "main", "image": image, "command": ["true"]}])
+        pod["metadata"]["labels"] = {"kueue.x-k8s.io/pod-group-name": "grp"}
+        pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] = "2"
+        members.append(pod)
+    assert create(harness, members[0]) == ""
+    job_id = create(harness, members[1])
+
+    assert harness.scheduler.jobs[job_id].reason == "JobHeldUser"
+    # The first member's image is pulled; the second's fails: the job stays held, and the
+    # first says what it waits for.
+    eventually(lambda: "waiting for" in waiting(harness, members[0]).get("message", ""))
+    assert (
+        "docker://ghcr.io/example/missing:1, pulled for the pod's group"
+        in (waiting(harness, members[0])["message"])
+    )
+    eventually(lambda: waiting(harness, members[1]).get("reason") == "ErrImagePull")
+    assert harness.scheduler.jobs[job_id].reason == "JobHeldUser"
+    assert "release" not in harness.scheduler.calls
+    assert (cache / "pulls.log").read_text().count(IMAGE) == 1
+    # The second image put in the cache (as its member's next attempt would): released.
+    missing = cached_image(str(cache), "docker://ghcr.io/example/missing:1", "sif")
+    Path(missing).write_text("SIF\n")
+    eventually(lambda: harness.scheduler.jobs[job_id].reason != "JobHeldUser")

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from interlink_slurm.errors import SchedulerError
-from interlink_slurm.slurm.rest_job import Option, directive_options, rest_job
+from interlink_slurm.slurm.rest_job import (
+    Option,
+    components,
+    directive_options,
+    rest_job,
+    submit_body,
+)
 from interlink_slurm.translate.script import render_script
 from tests.unit.test_translate import GOLDEN_PODS, golden_plan
 
@@ -245,3 +251,84 @@ def test_the_directives_sent_are_the_scripts_sbatch_lines(pod_name: str) -> None
     assert not script[1 + len(plan.directives)].startswith("#SBATCH")
     job = rest_job(plan.directives, "v0.0.41", workdir=plan.pod_dir, environment=ENV)
     assert job["comment"] == f"interlink-slurm:{plan.uid}"
+
+
+# --- the submit body: one job description, or a heterogeneous job's list of them -------------
+
+HET = [
+    "--job-name=g",
+    "--comment=c",
+    "--cpus-per-task=1",
+    "hetjob",
+    "--cpus-per-task=2",
+    "--mem=2G",
+]
+
+
+def test_hetjob_separates_the_components_as_sbatch_reads_the_script() -> None:
+    assert components(HET) == [
+        ["--job-name=g", "--comment=c", "--cpus-per-task=1"],
+        ["--cpus-per-task=2", "--mem=2G"],
+    ]
+    assert components(["--ntasks=2"]) == [["--ntasks=2"]]
+    assert components([]) == [[]]
+
+
+@pytest.mark.parametrize(
+    ("version", "het", "expected"),
+    [
+        # v0.0.38: the script beside the description(s); "jobs" for a heterogeneous job.
+        (
+            "v0.0.38",
+            False,
+            {"script": "S", "job": {"name": "g", "comment": "c", "cpus_per_task": 1}},
+        ),
+        (
+            "v0.0.38",
+            True,
+            {
+                "script": "S",
+                "jobs": [
+                    {"name": "g", "comment": "c", "cpus_per_task": 1},
+                    {"cpus_per_task": 2, "memory_per_node": 2048},
+                ],
+            },
+        ),
+        # v0.0.40+: the script in the (first) description.
+        (
+            "v0.0.41",
+            False,
+            {"job": {"name": "g", "comment": "c", "cpus_per_task": 1, "script": "S"}},
+        ),
+        (
+            "v0.0.40",
+            True,
+            {
+                "jobs": [
+                    {"name": "g", "comment": "c", "cpus_per_task": 1, "script": "S"},
+                    {
+                        "cpus_per_task": 2,
+                        "memory_per_node": {"set": True, "infinite": False, "number": 2048},
+                    },
+                ]
+            },
+        ),
+    ],
+)
+def test_the_submit_body_of_each_api_version(
+    version: str, het: bool, expected: dict[str, Any]
+) -> None:
+    directives = HET if het else HET[:3]
+    body = submit_body("S", directives, version, workdir="/w", environment=ENV)
+    for job in body.get("jobs", [body.get("job")]):
+        # Every component runs in the job's directory with the site's environment.
+        assert job.pop("current_working_directory") == "/w"
+        assert job.pop("environment") in (ENV, ["PATH=/usr/bin:/bin"])
+    assert body == expected
+
+
+def test_a_component_with_an_untranslatable_option_stops_the_submission() -> None:
+    with pytest.raises(SchedulerError, match="--tmp"):
+        submit_body(
+            "S", ["--ntasks=1", "hetjob", "--tmp=1G"], "v0.0.38", workdir="/w", environment=ENV
+        )
