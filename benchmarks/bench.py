@@ -67,8 +67,10 @@ def create_many(plugin: Plugin, n: int, clients: int, prefix: str) -> list[dict[
 
 
 def bench_status(cluster: dict[str, str], sizes: list[int], calls: int) -> None:
-    print("| tracked pods | /status calls | p50 ms | p99 ms | scheduler queries/s "
-          "(refresh 2 s) | queries per 1000 calls | service RSS MiB |")
+    print(
+        "| tracked pods | /status calls | p50 ms | p99 ms | scheduler queries/s "
+        "(refresh 2 s) | queries per 1000 calls | service RSS MiB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
@@ -77,25 +79,38 @@ def bench_status(cluster: dict[str, str], sizes: list[int], calls: int) -> None:
                 pods = create_many(plugin, n, 8, f"st{n}")
                 time.sleep(3)  # one refresh has seen every job
                 bodies = [json.dumps([p]) for p in pods]
-                q0 = metric(plugin, "interlink_slurm_scheduler_calls_total",
-                            'operation="query",outcome="ok"')
+                q0 = metric(
+                    plugin,
+                    "interlink_slurm_scheduler_calls_total",
+                    'operation="query",outcome="ok"',
+                )
                 t0 = time.monotonic()
                 latencies = []
                 for i in range(calls):
                     body = bodies[(i * 7919) % n]  # spread over every pod
                     s = time.perf_counter()
-                    r = plugin.client.request("GET", "/status", content=body,
-                                              headers=plugin.headers)
+                    r = plugin.client.request(
+                        "GET", "/status", content=body, headers=plugin.headers
+                    )
                     latencies.append((time.perf_counter() - s) * 1000)
                     assert r.status_code == 200 and len(r.json()) == 1, r.text
                 elapsed = time.monotonic() - t0
-                queries = metric(plugin, "interlink_slurm_scheduler_calls_total",
-                                 'operation="query",outcome="ok"') - q0
+                queries = (
+                    metric(
+                        plugin,
+                        "interlink_slurm_scheduler_calls_total",
+                        'operation="query",outcome="ok"',
+                    )
+                    - q0
+                )
                 assert plugin.proc is not None
                 rss = rss_mib(plugin.proc.pid)
-                print(f"| {n} | {calls} | {percentile(latencies, 50):.2f} | "
-                      f"{percentile(latencies, 99):.2f} | {queries / elapsed:.2f} | "
-                      f"{queries / calls * 1000:.1f} | {rss:.0f} |", flush=True)
+                print(
+                    f"| {n} | {calls} | {percentile(latencies, 50):.2f} | "
+                    f"{percentile(latencies, 99):.2f} | {queries / elapsed:.2f} | "
+                    f"{queries / calls * 1000:.1f} | {rss:.0f} |",
+                    flush=True,
+                )
             finally:
                 plugin.stop()
                 cancel_all(cluster)
@@ -105,8 +120,12 @@ def sbatch_loop(cluster: dict[str, str], scripts: list[Path]) -> float:
     env = {**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}
     t0 = time.monotonic()
     for script in scripts:
-        subprocess.run(["sbatch", "--parsable", "--hold", f"--chdir={script.parent}",
-                        str(script)], env=env, check=True, capture_output=True)
+        subprocess.run(
+            ["sbatch", "--parsable", "--hold", f"--chdir={script.parent}", str(script)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
     return time.monotonic() - t0
 
 
@@ -114,8 +133,10 @@ def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> No
     """Each run: ``n`` creates by ``clients`` clients, then the same job scripts submitted
     again by one serial sbatch loop, back to back (ratios, not absolute rates, compare runs on a
     busy machine)."""
-    print("| run | pods | clients | /create pods/s | raw sbatch pods/s | ratio | failed "
-          "| duplicated | plugin CPU ms/create | its sbatch CPU ms/create |")
+    print(
+        "| run | pods | clients | /create pods/s | raw sbatch pods/s | ratio | failed "
+        "| duplicated | plugin CPU ms/create | its sbatch CPU ms/create |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     ratios = []
     for run in range(1, runs + 1):
@@ -132,8 +153,11 @@ def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> No
                 scripts = sorted(plugin.data_root.glob("default/*/job.sh"))
                 assert len(scripts) == n, len(scripts)
                 squeue = subprocess.run(
-                    ["squeue", "-h", "-o", "%k"], capture_output=True, text=True,
-                    env={**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}, check=True,
+                    ["squeue", "-h", "-o", "%k"],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]},
+                    check=True,
                 ).stdout.split()
                 duplicates = len(squeue) - len(set(squeue))
                 submitted = len(set(squeue))
@@ -146,10 +170,12 @@ def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> No
                 cancel_all(cluster)
         assert len(jobs) == min(n, 50)  # one job each, all different
         ratios.append(raw_s / plugin_s)
-        print(f"| {run} | {n} | {clients} | {n / plugin_s:.1f} | {n / raw_s:.1f} | "
-              f"{raw_s / plugin_s:.2f} | {n - submitted} | {duplicates} | "
-              f"{(own1 - own0) * 1000 / n:.2f} | {(children1 - children0) * 1000 / n:.2f} |",
-              flush=True)
+        print(
+            f"| {run} | {n} | {clients} | {n / plugin_s:.1f} | {n / raw_s:.1f} | "
+            f"{raw_s / plugin_s:.2f} | {n - submitted} | {duplicates} | "
+            f"{(own1 - own0) * 1000 / n:.2f} | {(children1 - children0) * 1000 / n:.2f} |",
+            flush=True,
+        )
     print(f"\nratio over {runs} runs: {min(ratios):.2f} to {max(ratios):.2f}")
 
 
@@ -207,30 +233,42 @@ def timed_create(plugin: Plugin, pod: dict[str, Any]) -> float:
 
 def bench_placement(cluster: dict[str, str], n: int, clients: int) -> None:
     """What placement costs a create: one sbatch --test-only per eligible target, at once."""
-    print("| setup | pods | clients | /create pods/s | p50 ms | p99 ms | placed by estimate "
-          "| by order (no estimate in time) |")
+    print(
+        "| setup | pods | clients | /create pods/s | p50 ms | p99 ms | placed by estimate "
+        "| by order (no estimate in time) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, config in PLACEMENT_SETUPS.items():
         with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
             plugin = start(cluster, Path(tmp), sbatch_extra=HOLD, **config)
             try:
-                pods = [podgen.pod(f"pl-{i}", [podgen.container("main", "print(1)")])
-                        for i in range(n)]
+                pods = [
+                    podgen.pod(f"pl-{i}", [podgen.container("main", "print(1)")]) for i in range(n)
+                ]
 
                 t0 = time.monotonic()
                 with ThreadPoolExecutor(clients) as pool:
                     latencies = list(pool.map(timed_create, [plugin] * n, pods))
                 elapsed = time.monotonic() - t0
-                by = {basis: sum(metric(plugin, "interlink_slurm_placements_total",
-                                        f'basis="{basis}",target="{t}"')
-                                 for t in config.get("targets", {}))
-                      for basis in ("estimate", "order")}
+                by = {
+                    basis: sum(
+                        metric(
+                            plugin,
+                            "interlink_slurm_placements_total",
+                            f'basis="{basis}",target="{t}"',
+                        )
+                        for t in config.get("targets", {})
+                    )
+                    for basis in ("estimate", "order")
+                }
             finally:
                 plugin.stop()
                 cancel_all(cluster)
-        print(f"| {name} | {n} | {clients} | {n / elapsed:.1f} | {percentile(latencies, 50):.1f}"
-              f" | {percentile(latencies, 99):.1f} | {by['estimate']:.0f} | {by['order']:.0f} |",
-              flush=True)
+        print(
+            f"| {name} | {n} | {clients} | {n / elapsed:.1f} | {percentile(latencies, 50):.1f}"
+            f" | {percentile(latencies, 99):.1f} | {by['estimate']:.0f} | {by['order']:.0f} |",
+            flush=True,
+        )
 
 
 def fill_log(path: Path, size: int) -> None:
@@ -249,8 +287,7 @@ def bench_logs(cluster: dict[str, str], sizes_mib: list[int], calls: int) -> Non
         try:
             pod = podgen.pod("big-log", [podgen.container("main", "print(1)")])
             plugin.create_ok(podgen.retrieved(pod))
-            plugin.wait_for(pod, lambda s: all("terminated" in c["state"]
-                                               for c in s["containers"]))
+            plugin.wait_for(pod, lambda s: all("terminated" in c["state"] for c in s["containers"]))
             log = plugin.pod_dir(pod) / "containers" / "main.log"
             print("| log size | Tail=100 p50 ms | p99 ms | bytes returned |")
             print("|---|---|---|---|")
@@ -263,15 +300,19 @@ def bench_logs(cluster: dict[str, str], sizes_mib: list[int], calls: int) -> Non
                     r = plugin.logs(pod, "main", Tail=100)
                     latencies.append((time.perf_counter() - s) * 1000)
                     size = len(r.content)
-                print(f"| {mib} MiB | {percentile(latencies, 50):.2f} | "
-                      f"{percentile(latencies, 99):.2f} | {size} |", flush=True)
+                print(
+                    f"| {mib} MiB | {percentile(latencies, 50):.2f} | "
+                    f"{percentile(latencies, 99):.2f} | {size} |",
+                    flush=True,
+                )
         finally:
             plugin.stop()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     s = sub.add_parser("status")
     s.add_argument("--pods", type=int, nargs="+", default=[100, 1000, 10000])
@@ -282,10 +323,14 @@ def main() -> None:
     c.add_argument("--runs", type=int, default=5)
     sr = sub.add_parser("status-running")
     sr.add_argument("--real", type=int, default=24, help="real sleep pods (0: none)")
-    sr.add_argument("--pods", type=int, nargs="*", default=[1000, 10000],
-                    help="pods shown running, their state files written by the benchmark")
-    sr.add_argument("--transports", nargs="+", choices=["local", "ssh"],
-                    default=["local", "ssh"])
+    sr.add_argument(
+        "--pods",
+        type=int,
+        nargs="*",
+        default=[1000, 10000],
+        help="pods shown running, their state files written by the benchmark",
+    )
+    sr.add_argument("--transports", nargs="+", choices=["local", "ssh"], default=["local", "ssh"])
     sr.add_argument("--calls", type=int, default=2000)
     su = sub.add_parser("startup")
     su.add_argument("--pods", type=int, default=20)
@@ -305,26 +350,40 @@ def main() -> None:
     args = parser.parse_args()
     cluster = cluster_env()
     runs: dict[str, Callable[[], None]] = {
-        "status": lambda: bench_status(cluster, getattr(args, "pods", [100, 1000, 10000]),
-                                       getattr(args, "calls", 2000)),
-        "create": lambda: bench_create(cluster, getattr(args, "pods", 500),
-                                       getattr(args, "clients", 8), getattr(args, "runs", 5)),
+        "status": lambda: bench_status(
+            cluster, getattr(args, "pods", [100, 1000, 10000]), getattr(args, "calls", 2000)
+        ),
+        "create": lambda: bench_create(
+            cluster,
+            getattr(args, "pods", 500),
+            getattr(args, "clients", 8),
+            getattr(args, "runs", 5),
+        ),
         "status-running": lambda: running.bench_status_running(
-            cluster, getattr(args, "real", 24), getattr(args, "pods", [1000, 10000]),
-            getattr(args, "transports", ["local", "ssh"]), getattr(args, "calls", 2000)),
-        "startup": lambda: running.bench_startup(cluster, getattr(args, "pods", 20),
-                                                 getattr(args, "runs", 5)),
-        "idle": lambda: running.bench_idle(cluster, getattr(args, "pods", 10000),
-                                           getattr(args, "seconds", 60)),
-        "logs": lambda: bench_logs(cluster, getattr(args, "sizes_mib", [1, 64, 1024]),
-                                   getattr(args, "calls", 200)),
+            cluster,
+            getattr(args, "real", 24),
+            getattr(args, "pods", [1000, 10000]),
+            getattr(args, "transports", ["local", "ssh"]),
+            getattr(args, "calls", 2000),
+        ),
+        "startup": lambda: running.bench_startup(
+            cluster, getattr(args, "pods", 20), getattr(args, "runs", 5)
+        ),
+        "idle": lambda: running.bench_idle(
+            cluster, getattr(args, "pods", 10000), getattr(args, "seconds", 60)
+        ),
+        "logs": lambda: bench_logs(
+            cluster, getattr(args, "sizes_mib", [1, 64, 1024]), getattr(args, "calls", 200)
+        ),
         "http": lambda: bench_http(cluster, getattr(args, "calls", 2000)),
-        "placement": lambda: bench_placement(cluster, getattr(args, "pods", 200),
-                                             getattr(args, "clients", 8)),
+        "placement": lambda: bench_placement(
+            cluster, getattr(args, "pods", 200), getattr(args, "clients", 8)
+        ),
     }
     for name in runs if args.what == "all" else [args.what]:
         print(f"\n## {name}\n", flush=True)
         runs[name]()
+
 
 if __name__ == "__main__":
     main()

@@ -188,17 +188,24 @@ def write_running_states(pod_dirs: list[Path], user: str) -> None:
         script.append(
             f"cd '{quoted}' && ils_put job.runs 1 && ils_put containers/main.started \"$now\""
         )
-    argv = ["bash", "-c", "\n".join(script)]
+    # On standard input: at 10,000 pods the script is longer than a command line may be.
+    argv = ["bash", "-s"]
     if user != os.environ.get("USER", "root"):
         argv = ["runuser", "-u", user, "--", *argv]
-    subprocess.run(argv, check=True)
+    subprocess.run(argv, input="\n".join(script) + "\n", text=True, check=True)
 
 
 # --- pods -------------------------------------------------------------------------------------
 
 
-def sleeper(name: str, seconds: int = 3600) -> dict[str, Any]:
-    return podgen.pod(name, [podgen.container("main", f"import time; time.sleep({seconds})")])
+def sleeper(name: str, seconds: int = 3600, memory_mib: int | None = None) -> dict[str, Any]:
+    resources = (
+        {"requests": {"cpu": "1", "memory": f"{memory_mib}Mi"}} if memory_mib is not None else {}
+    )
+    main = podgen.container("main", f"import time; time.sleep({seconds})")
+    if resources:
+        main["resources"] = resources
+    return podgen.pod(name, [main])
 
 
 def create_all(plugin: Plugin, pods: list[dict[str, Any]], clients: int = 8) -> None:
@@ -244,7 +251,7 @@ def running_pods(
             extra.update(sbatch_extra=HOLD, slurm_bin_dir=str(shown_running_bin(setup)))
         plugin = start(setup.plugin(Path(tmp), **extra))
         try:
-            pods = [sleeper(f"{prefix}-{i}") for i in range(n)]
+            pods = [sleeper(f"{prefix}-{i}", memory_mib=SLEEPER_MEMORY_MIB) for i in range(n)]
             create_all(plugin, pods)
             if not real:
                 write_running_states([plugin.pod_dir(p) for p in pods], setup.user)
@@ -303,11 +310,17 @@ def bench_status_running(
 # --- create → running -------------------------------------------------------------------------
 
 
-FLOOR_SCRIPT = """#!/bin/bash
+# What a sleep pod asks (one CPU, 256 MiB) and the startup floor job alike: 24 of them fit the local
+# cluster at once, so neither waits for another to end.
+SLEEPER_MEMORY_MIB = 256
+
+FLOOR_SCRIPT = f"""#!/bin/bash
 #SBATCH --partition=dcgp_usr_prod
 #SBATCH --ntasks=1
+#SBATCH --cpus-per-task=1
+#SBATCH --mem={SLEEPER_MEMORY_MIB}M
 #SBATCH --output=/dev/null
-{functions}
+{{functions}}
 ils_put job.runs 1
 sleep 30
 """
@@ -334,7 +347,7 @@ def startup_plugin(cluster: dict[str, str], n: int, run: int) -> list[float]:
         try:
 
             def one(i: int) -> float:
-                pod = sleeper(f"cr{run}-{i}", 30)
+                pod = sleeper(f"cr{run}-{i}", 30, SLEEPER_MEMORY_MIB)
                 time.sleep(JITTER.uniform(0, 1))
                 t0 = time.perf_counter()
                 plugin.create_ok(podgen.retrieved(pod))

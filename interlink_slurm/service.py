@@ -58,7 +58,7 @@ from interlink_slurm.slurm.states import (
 from interlink_slurm.slurm.transport import CommandUnavailable, Transport
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import GONE, Clock, StatusTracker, SystemClock
-from interlink_slurm.translate.plan import JobPlan
+from interlink_slurm.translate.plan import JobPlan, PlannedPull
 from interlink_slurm.translate.pod import (
     ImageCommands,
     build_plan,
@@ -95,6 +95,17 @@ WORKER_THREADS = 64
 LOG_SOURCES = ("container", "job", "pull")
 # A job seen to end is still watched this long, while Slurm lists it: it may be requeued.
 ENDED_WATCH_SECONDS = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ready:
+    """A create's decisions, ready to be written and submitted."""
+
+    placement: Placement
+    cluster: Cluster
+    plan: JobPlan
+    script: str
+    pulls: list[PlannedPull]
 
 
 class Service:
@@ -343,9 +354,11 @@ class Service:
                 self.book.forget(uid)
                 raise
 
-    async def _submit_new(self, data: RetrievedPodData) -> CreateResponse:
-        pod = data.pod
-        uid = pod.uid
+    async def _ready(self, data: RetrievedPodData) -> _Ready:
+        """What a create decides before it writes anything: the target, the final plan (images'
+        commands and bind targets, the job user's group, a hold while images are pulled) and
+        its script. Raises PodRejected (counted as a submit failure)."""
+        uid = data.pod.uid
         try:
             commands: ImageCommands = {}
             if submission.needs_image_commands(data, self.settings):
@@ -359,7 +372,6 @@ class Service:
             cluster = self.clusters[placement.chosen.cluster]
             plan = placement.chosen.plan
             assert plan is not None  # a chosen target has a plan
-            pod_dir = plan.pod_dir
             plan = await asyncio.to_thread(
                 self._in_images, cluster.transport, data, placement.chosen, plan, commands
             )
@@ -377,8 +389,16 @@ class Service:
         except (PodRejected, StorageError) as err:
             self.metrics.submit_failures.labels(type(err).__name__).inc()
             raise
+        return _Ready(placement, cluster, plan, script, pulls)
+
+    async def _submit_new(self, data: RetrievedPodData) -> CreateResponse:
+        pod = data.pod
+        uid = pod.uid
+        ready = await self._ready(data)
+        placement, cluster, plan, pulls = ready.placement, ready.cluster, ready.plan, ready.pulls
+        pod_dir = plan.pod_dir
         placed = placement.chosen.name if self.settings.targets else ""
-        final = plan
+        final, script = plan, ready.script
 
         def prepare() -> str:
             """The pod's directory, then its row in flight: one thread hop for both."""

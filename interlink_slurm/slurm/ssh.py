@@ -317,6 +317,9 @@ class SSHTransport:
                 if not refused or not connection.is_active():
                     if "timeout" in str(err).lower():
                         raise self._timed_out("opening a channel", wait, connection) from err
+                    if self._replaced(connection, deadline):
+                        connection = self._connection()
+                        continue
                     raise self._unavailable("cannot open a channel: ", err) from err
                 if time.monotonic() + pause >= deadline:
                     raise self._unavailable(
@@ -330,9 +333,22 @@ class SSHTransport:
             except (OSError, EOFError) as err:
                 if isinstance(err, TimeoutError):
                     raise self._timed_out("opening a channel", wait, connection) from err
+                if self._replaced(connection, deadline):
+                    connection = self._connection()
+                    continue
                 raise self._unavailable("cannot open a channel: ", err) from err
             channel.settimeout(max(0.1, deadline - time.monotonic()))
             return channel
+
+    def _replaced(self, connection: paramiko.Transport, deadline: float) -> bool:
+        """Whether another thread dropped ``connection`` (a call on it timed out) and there is
+        time left to open the channel on the connection that follows: nothing ran on the old
+        one, so asking again is safe."""
+        if time.monotonic() >= deadline:
+            return False
+        with self._conn_lock:
+            current = self._client.get_transport() if self._client is not None else None
+        return current is not connection
 
     # --- commands -------------------------------------------------------------------------------
 

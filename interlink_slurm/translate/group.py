@@ -236,30 +236,10 @@ def _first_nodes(group: GroupPlan, same: bool) -> list[str]:
     return lines
 
 
-def render_group_script(group: GroupPlan) -> str:
-    """The group's batch script: its #SBATCH lines, then the hosts and env files, then one
-    srun step per member running that member's own job.sh."""
-    same = identical(group)
-    count = len(group.members)
-    lines = ["#!/bin/bash"]
-    lines += [f"#SBATCH {d}" for d in group_directives(group)]
-    form = "one allocation of their nodes" if same else "a heterogeneous job, one part each"
-    lines += [
-        "#",
-        f"# Pod group {group.namespace}/{group.name} ({count} pods started together), written by "
-        f"interlink-slurm {__version__}.",
-        f"# As {form}: each pod's own job.sh runs as one srun step on its own",
-        "# node(s), its output, exit codes and times in the pod's directory.",
-        "# To run it again by hand: sbatch group.sh",
-        "",
-        "set -o nounset -o pipefail",
-        "umask 077",
-        f"GROUP_DIR={shlex.quote(group.group_dir)}",
-        'cd "$GROUP_DIR" || exit 1',
-        f". ./{LIBRARY_FILE} || exit 1",
-        f"echo {shlex.quote(f'interlink-slurm: pod group {group.namespace}/{group.name}')}"
-        ' "starts as job ${SLURM_JOB_ID:-?} on $SLURM_JOB_NODELIST"',
-        "",
+def _rendezvous(group: GroupPlan, same: bool) -> list[str]:
+    """The group script's lines that write the hosts and env files of the rendezvous and copy
+    them into each pod's group volume (its env files get the variables known at the start)."""
+    lines = [
         "# Rendezvous: each pod's names → the address of its first node (rank order), as a hosts",
         "# file (the containers' /etc/hosts) and an env file, in each pod's group volume.",
         *_first_nodes(group, same),
@@ -293,6 +273,35 @@ def render_group_script(group: GroupPlan) -> str:
             f"ils_group_env {shlex.quote(prefix)} "
             f"{' '.join(shlex.quote(f) for f in files)} || exit 1"
         )
+    return lines
+
+
+def render_group_script(group: GroupPlan) -> str:
+    """The group's batch script: its #SBATCH lines, then the hosts and env files, then one
+    srun step per member running that member's own job.sh."""
+    same = identical(group)
+    count = len(group.members)
+    lines = ["#!/bin/bash"]
+    lines += [f"#SBATCH {d}" for d in group_directives(group)]
+    form = "one allocation of their nodes" if same else "a heterogeneous job, one part each"
+    lines += [
+        "#",
+        f"# Pod group {group.namespace}/{group.name} ({count} pods started together), written by "
+        f"interlink-slurm {__version__}.",
+        f"# As {form}: each pod's own job.sh runs as one srun step on its own",
+        "# node(s), its output, exit codes and times in the pod's directory.",
+        "# To run it again by hand: sbatch group.sh",
+        "",
+        "set -o nounset -o pipefail",
+        "umask 077",
+        f"GROUP_DIR={shlex.quote(group.group_dir)}",
+        'cd "$GROUP_DIR" || exit 1',
+        f". ./{LIBRARY_FILE} || exit 1",
+        f"echo {shlex.quote(f'interlink-slurm: pod group {group.namespace}/{group.name}')}"
+        ' "starts as job ${SLURM_JOB_ID:-?} on $SLURM_JOB_NODELIST"',
+        "",
+        *_rendezvous(group, same),
+    ]
     policy = group.failure_policy
     say = (
         "the first pod that fails ends the others"

@@ -209,3 +209,67 @@ def test_after_a_failed_connection_calls_fail_fast_with_the_same_reason(known_ho
         t.run(["true"], timeout=5)
     with pytest.raises(SSHUnavailable, match="connection refused"):
         t.run(["true"], timeout=5)  # within the back-off: the same reason, without a new try
+
+
+class _DroppedConnection:
+    """A connection another thread has just dropped (a call on it timed out): its socket is
+    closed, so opening a channel on it fails with EBADF."""
+
+    def is_active(self) -> bool:
+        return False
+
+    def open_session(self, timeout: float | None = None) -> object:
+        raise OSError(9, "Bad file descriptor")
+
+
+class _Channel:
+    def settimeout(self, seconds: float) -> None:
+        self.timeout = seconds
+
+
+class _LiveConnection:
+    def is_active(self) -> bool:
+        return True
+
+    def open_session(self, timeout: float | None = None) -> _Channel:
+        return _Channel()
+
+
+class _Client:
+    def __init__(self, connection: object) -> None:
+        self.connection = connection
+
+    def get_transport(self) -> object:
+        return self.connection
+
+
+def test_a_channel_is_opened_on_the_next_connection_when_another_thread_dropped_this_one(
+    known_hosts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen with 10,000 creates over SSH: one call timed out and dropped the connection while
+    # other threads were opening channels on it. Nothing ran on it, so they ask the next one.
+    t = transport(closed_port(), known_hosts)
+    dropped, live = _DroppedConnection(), _LiveConnection()
+    handed = iter([dropped, live])
+
+    def connection() -> object:
+        conn = next(handed)
+        t._client = _Client(conn)  # type: ignore[assignment]
+        if conn is dropped:
+            t._client = None  # the other thread drops it before this one opens its channel
+        return conn
+
+    monkeypatch.setattr(t, "_connection", connection)
+    channel = t._open_channel(time.monotonic() + 5)
+    assert isinstance(channel, _Channel)
+
+
+def test_a_channel_on_the_current_connection_that_fails_is_unavailable_at_once(
+    known_hosts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = transport(closed_port(), known_hosts)
+    dropped = _DroppedConnection()
+    t._client = _Client(dropped)  # type: ignore[assignment]
+    monkeypatch.setattr(t, "_connection", lambda: dropped)
+    with pytest.raises(SSHUnavailable, match="cannot open a channel: bad file descriptor"):
+        t._open_channel(time.monotonic() + 5)
