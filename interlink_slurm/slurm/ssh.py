@@ -413,6 +413,12 @@ class SSHTransport:
             if isinstance(err, (paramiko.SSHException, OSError, EOFError)) and not isinstance(
                 err, SSHUnavailable
             ):
+                used = channel.get_transport() if channel is not None else None
+                if used is not None and self._replaced(used, deadline):
+                    # Dropped under this session by another thread: start one on the next.
+                    return self._take_sftp(deadline)
+                if time.monotonic() >= deadline:
+                    raise self._timed_out("starting SFTP", self._timeout, used) from err
                 raise self._unavailable("cannot start SFTP: ", err) from err
             raise
 

@@ -273,3 +273,36 @@ def test_a_channel_on_the_current_connection_that_fails_is_unavailable_at_once(
     monkeypatch.setattr(t, "_connection", lambda: dropped)
     with pytest.raises(SSHUnavailable, match="cannot open a channel: bad file descriptor"):
         t._open_channel(time.monotonic() + 5)
+
+
+class _SubsystemChannel:
+    """A channel whose SFTP start fails when its connection is the dropped one."""
+
+    closed = False
+
+    def __init__(self, connection: object, fails: bool) -> None:
+        self.connection, self.fails = connection, fails
+
+    def get_transport(self) -> object:
+        return self.connection
+
+    def invoke_subsystem(self, name: str) -> None:
+        if self.fails:
+            raise EOFError()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_an_sftp_session_is_started_on_the_next_connection_when_this_one_was_dropped(
+    known_hosts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = transport(closed_port(), known_hosts)
+    dropped, live = _DroppedConnection(), _LiveConnection()
+    channels = iter([_SubsystemChannel(dropped, True), _SubsystemChannel(live, False)])
+    t._client = _Client(live)  # type: ignore[assignment]  # what the other thread opened
+    monkeypatch.setattr(t, "_connection", lambda: live)
+    monkeypatch.setattr(t, "_open_channel", lambda deadline: next(channels))
+    monkeypatch.setattr("interlink_slurm.slurm.ssh.paramiko.SFTPClient", lambda channel: channel)
+    sftp = t._take_sftp(time.monotonic() + 5)
+    assert sftp.get_transport() is live  # type: ignore[attr-defined]
