@@ -34,9 +34,8 @@ from interlink_slurm.groups import (
     waiting_status,
 )
 from interlink_slurm.metrics import Metrics
-from interlink_slurm.placement import Placement, place
+from interlink_slurm.placement import Placement
 from interlink_slurm.pulls import encode
-from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import Clock
 from interlink_slurm.translate.group import (
@@ -78,14 +77,11 @@ class Host(Protocol):
 
     def _request_refresh(self) -> None: ...
 
-    def _in_images(
-        self,
-        transport: Transport,
-        data: RetrievedPodData,
-        chosen: Candidate,
-        plan: JobPlan,
-        image_commands: ImageCommands | None = None,
-    ) -> JobPlan: ...
+    def targets_for(
+        self, data: RetrievedPodData, image_commands: ImageCommands | None = None
+    ) -> list[Candidate]: ...
+
+    async def decide(self, cands: Sequence[Candidate]) -> Placement: ...
 
 
 class Gang:
@@ -282,13 +278,7 @@ class Gang:
         whole group (the members' nodes together), estimated as one job; the decision and the
         leader's own (unsized) candidate there."""
         host = self.host
-        leader = datas[0].pod
-
-        def pod_dir(cluster: str) -> str:
-            root = host.clusters[cluster].data_root
-            return jobdir.pod_dir(root, leader.namespace, leader.name, leader.uid)
-
-        cands = candidates(datas[0], host.settings, pod_dir, commands, host.root_clusters)
+        cands = host.targets_for(datas[0], commands)
         sized = [
             dataclasses.replace(
                 c, plan=dataclasses.replace(c.plan, directives=unit_directives(c.plan, len(datas)))
@@ -297,13 +287,7 @@ class Gang:
             else c
             for c in cands
         ]
-        schedulers = {name: c.scheduler for name, c in host.clusters.items()}
-        placement = await place(
-            sized,
-            schedulers,
-            host.settings.placement_estimate_seconds,
-            waiting=host.book.counts,
-        )
+        placement = await host.decide(sized)
         chosen = placement.chosen
         for c in cands:
             if c.name == chosen.name:
@@ -328,7 +312,14 @@ class Gang:
             submit_as_root=chosen.cluster in host.root_clusters,
         )
         plan = await asyncio.to_thread(
-            host._in_images, cluster.transport, data, chosen, plan, {**commands, **more}
+            submission.in_images,
+            cluster.transport,
+            host.settings,
+            data,
+            chosen,
+            plan,
+            {**commands, **more},
+            submit_as_root=chosen.cluster in host.root_clusters,
         )
         check_member(plan)
         if plan.owner is not None and plan.owner[1] is None:

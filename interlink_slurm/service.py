@@ -55,18 +55,12 @@ from interlink_slurm.slurm.states import (
     base_state,
     container_statuses,
 )
-from interlink_slurm.slurm.transport import CommandUnavailable, Transport
+from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import GONE, Clock, StatusTracker, SystemClock
 from interlink_slurm.translate.plan import JobPlan, PlannedPull
 from interlink_slurm.translate.pod import (
     ImageCommands,
-    build_plan,
-)
-from interlink_slurm.translate.runtimes import (
-    image_paths_argv,
-    parse_image_paths,
-    runtime_of,
 )
 from interlink_slurm.translate.script import render_script
 from interlink_slurm.translate.targets import Candidate, candidates
@@ -373,7 +367,14 @@ class Service:
             plan = placement.chosen.plan
             assert plan is not None  # a chosen target has a plan
             plan = await asyncio.to_thread(
-                self._in_images, cluster.transport, data, placement.chosen, plan, commands
+                submission.in_images,
+                cluster.transport,
+                self.settings,
+                data,
+                placement.chosen,
+                plan,
+                commands,
+                submit_as_root=placement.chosen.cluster in self.root_clusters,
             )
             for container, warning in plan.warnings:
                 log.warning("pod %s, container %s: %s", uid, container, warning)
@@ -457,68 +458,31 @@ class Service:
     ) -> Placement:
         """Where the pod's job goes: with targets, the eligible one where Slurm expects it to
         start soonest; without, the top-level configuration. Raises PodRejected."""
+        placement = await self.decide(self.targets_for(data, image_commands))
+        if self.settings.targets:
+            self.book.placed(placement, [data.pod.uid])
+        return placement
+
+    def targets_for(
+        self, data: RetrievedPodData, image_commands: ImageCommands | None = None
+    ) -> list[Candidate]:
+        """The pod planned on each placement target (its directory on that target's cluster)."""
         pod = data.pod
 
         def pod_dir(cluster: str) -> str:
             root = self.clusters[cluster].data_root
             return jobdir.pod_dir(root, pod.namespace, pod.name, pod.uid)
 
-        cands = candidates(data, self.settings, pod_dir, image_commands, self.root_clusters)
+        return candidates(data, self.settings, pod_dir, image_commands, self.root_clusters)
+
+    async def decide(self, cands: Sequence[Candidate]) -> Placement:
+        """Of ``cands``, the one Slurm expects to start soonest, placed pods waiting counted."""
         schedulers = {name: c.scheduler for name, c in self.clusters.items()}
-        placement = await place(
+        return await place(
             cands,
             schedulers,
             self.settings.placement_estimate_seconds,
             waiting=self.book.counts,
-        )
-        if self.settings.targets:
-            self.book.placed(placement, [pod.uid])
-        return placement
-
-    def _in_images(
-        self,
-        transport: Transport,
-        data: RetrievedPodData,
-        chosen: Candidate,
-        plan: JobPlan,
-        image_commands: ImageCommands | None = None,
-    ) -> JobPlan:
-        """Charliecloud (0.31) cannot create a bind destination in a read-only image, nor bind
-        through an absolute symlink of the image: each target is looked up in its image (one
-        command), followed inside the image; one the image lacks is left out, with a warning
-        in the container's status, rather than let the container fail on the node."""
-        if not runtime_of(self.settings.runtime).looks_up_bind_targets:
-            return plan
-        pairs = list(
-            dict.fromkeys(
-                (c.image, b.target)
-                for c in (*plan.init_containers, *plan.containers)
-                if c.image.startswith("/")
-                for b in c.binds
-            )
-        )
-        if not pairs:
-            return plan
-        try:
-            result = transport.run(image_paths_argv(pairs), timeout=30)
-        except (CommandUnavailable, SchedulerUnavailable, OSError) as err:
-            log.warning("cannot look into the images for the mount points: %s", err)
-            return plan
-        if result.returncode != 0:
-            log.warning("cannot look into the images for the mount points: %s", result.stderr)
-            return plan
-        found = parse_image_paths(pairs, result.stdout)
-        if all(found.get(pair, pair[1]) == pair[1] for pair in pairs):
-            return plan
-        return build_plan(
-            data,
-            self.settings,
-            plan.pod_dir,
-            chosen.target if chosen.name else None,
-            chosen.name,
-            mount_targets=found,
-            image_commands=image_commands,
-            submit_as_root=chosen.cluster in self.root_clusters,
         )
 
     def _grace_seconds(self, pod: Pod) -> int:

@@ -14,8 +14,19 @@ from interlink_slurm.errors import PodRejected, SchedulerUnavailable, StorageErr
 from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
 from interlink_slurm.translate.images import CH_METADATA, image_command
 from interlink_slurm.translate.plan import JobPlan
-from interlink_slurm.translate.pod import ANNOTATION_IMAGE_ROOT, ImageCommands, resolve_image
-from interlink_slurm.translate.runtimes import runs_image_command
+from interlink_slurm.translate.pod import (
+    ANNOTATION_IMAGE_ROOT,
+    ImageCommands,
+    build_plan,
+    resolve_image,
+)
+from interlink_slurm.translate.runtimes import (
+    image_paths_argv,
+    parse_image_paths,
+    runs_image_command,
+    runtime_of,
+)
+from interlink_slurm.translate.targets import Candidate
 from interlink_slurm.wire import RetrievedPodData
 
 log = logging.getLogger(__name__)
@@ -112,3 +123,52 @@ def submits_as_root(settings: Settings, transport: Transport) -> bool:
     if settings.transport == "ssh":
         return settings.ssh is not None and settings.ssh.user == "root"
     return isinstance(transport, LocalTransport) and os.geteuid() == 0
+
+
+def in_images(
+    transport: Transport,
+    settings: Settings,
+    data: RetrievedPodData,
+    chosen: Candidate,
+    plan: JobPlan,
+    image_commands: ImageCommands | None = None,
+    *,
+    submit_as_root: bool,
+) -> JobPlan:
+    """Charliecloud (0.31) cannot create a bind destination in a read-only image, nor bind
+    through an absolute symlink of the image: each target is looked up in its image (one
+    command), followed inside the image; one the image lacks is left out, with a warning
+    in the container's status, rather than let the container fail on the node."""
+    if not runtime_of(settings.runtime).looks_up_bind_targets:
+        return plan
+    pairs = list(
+        dict.fromkeys(
+            (c.image, b.target)
+            for c in (*plan.init_containers, *plan.containers)
+            if c.image.startswith("/")
+            for b in c.binds
+        )
+    )
+    if not pairs:
+        return plan
+    try:
+        result = transport.run(image_paths_argv(pairs), timeout=30)
+    except (CommandUnavailable, SchedulerUnavailable, OSError) as err:
+        log.warning("cannot look into the images for the mount points: %s", err)
+        return plan
+    if result.returncode != 0:
+        log.warning("cannot look into the images for the mount points: %s", result.stderr)
+        return plan
+    found = parse_image_paths(pairs, result.stdout)
+    if all(found.get(pair, pair[1]) == pair[1] for pair in pairs):
+        return plan
+    return build_plan(
+        data,
+        settings,
+        plan.pod_dir,
+        chosen.target if chosen.name else None,
+        chosen.name,
+        mount_targets=found,
+        image_commands=image_commands,
+        submit_as_root=submit_as_root,
+    )
