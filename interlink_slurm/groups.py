@@ -194,23 +194,27 @@ class GroupBook:
 
     def close(self) -> None:
         """Close the database; a later use opens it again."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        if self._db is None:
-            self.open()  # at first use: most sites never have a group
-            assert self._db is not None
+        # Opened under the lock: two threads opening at once would each replace the other's
+        # connection, and the one left with an open transaction locks the file for good.
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self._db is None:
+                self.open()  # at first use: most sites never have a group
+            db = self._db
+            assert db is not None
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
 
     _GROUP = "SELECT namespace, name, size, first_at, job_id, group_dir, failed, ended_by"
     _MEMBER = "SELECT uid, namespace, grp, name, arrived, data FROM group_members"

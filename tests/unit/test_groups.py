@@ -456,3 +456,50 @@ def test_a_members_tmp_sweep_removes_dead_jobs_dirs_but_never_its_siblings(tmp_p
         "interlink-slurm-43",
         "interlink-slurm-43-bbbb",
     ]
+
+
+def test_threads_using_a_new_book_at_once_open_it_once_and_leave_it_unlocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slow open widens the window in which every thread finds no connection yet: each one
+    # opening its own once replaced another's mid-transaction and left the file locked.
+    import sqlite3
+    import threading
+    import time
+
+    from interlink_slurm import groups
+
+    opened: list[str] = []
+    connect = sqlite3.connect
+
+    def slow_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append("once")
+        time.sleep(0.05)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(groups.sqlite3, "connect", slow_connect)
+    book = GroupBook(tmp_path / "state.db")
+    start = threading.Barrier(6)
+    failures: list[BaseException] = []
+
+    def use(i: int) -> None:
+        start.wait()
+        try:
+            book.arrive(NS, Membership("g", 6), f"u{i}", f"p-{i}", "{}", float(i))
+        except BaseException as e:  # collected for the assert below
+            failures.append(e)
+
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert failures == [] and opened == ["once"]
+        assert len(book.members(NS, "g")) == 6
+        writer = sqlite3.connect(tmp_path / "state.db", timeout=0.5)
+        writer.execute("BEGIN IMMEDIATE")  # nobody holds the file
+        writer.execute("ROLLBACK")
+        writer.close()
+    finally:
+        book.close()
