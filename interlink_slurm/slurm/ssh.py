@@ -44,6 +44,8 @@ COMMAND_NOT_FOUND = 127
 NOT_FOUND = ("not found", "no such file or directory")  # from the shell, from env(1)
 # Directories created on the way to a pod directory (data_root, namespaces).
 PARENT_DIR_MODE = 0o755
+# After a call timed out: how long the connection has to answer a keepalive to be kept.
+LIVENESS_SECONDS = 2.0
 
 
 class SSHUnavailable(CommandUnavailable, SchedulerUnavailable):
@@ -100,6 +102,7 @@ class SSHTransport:
         self._slots = threading.BoundedSemaphore(settings.max_channels)
         self._pool_lock = threading.Lock()
         self._idle_sftp: list[paramiko.SFTPClient] = []
+        self._probe_lock = threading.Lock()
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -255,14 +258,38 @@ class SSHTransport:
     def _timed_out(
         self, what: str, seconds: float, connection: paramiko.Transport | None
     ) -> SSHUnavailable:
-        """A call got no answer in time: the connection may be dead without knowing it yet (a
-        network partition, a frozen login node), so the next call opens a new one."""
-        if connection is not None:
+        """A call got no answer in time. The connection may be dead without knowing it yet (a
+        network partition, a frozen login node): then the next call opens a new one. One that
+        still answers is kept: every thread shares it, and dropping it would fail their calls
+        in flight for one slow command."""
+        if connection is not None and not self._answers(connection):
             with self._conn_lock:
                 current = self._client.get_transport() if self._client is not None else None
                 if current is connection:
                     self._drop_locked()
         return self._unavailable("", f"{what}: no answer within {seconds:.3g} s")
+
+    def _answers(self, connection: paramiko.Transport) -> bool:
+        """Whether the login node answers a keepalive on ``connection`` within
+        LIVENESS_SECONDS. The reply (a refusal of the request is a reply too) comes from the
+        session's own sshd process, so a frozen node or a cut link fails it."""
+        if not connection.is_active():
+            return False
+        answered = threading.Event()
+
+        def probe() -> None:
+            # paramiko's global_request waits with no deadline of its own: a thread waits for
+            # it, and ends once the connection is dropped (it then returns).
+            try:
+                connection.global_request("keepalive@openssh.com", wait=True)
+                if connection.is_active():
+                    answered.set()
+            except Exception:  # any failure means no answer
+                log.debug("keepalive on the SSH connection failed", exc_info=True)
+
+        with self._probe_lock:  # one probe at a time: global replies are not matched to asks
+            threading.Thread(target=probe, name="ssh-liveness", daemon=True).start()
+            return answered.wait(LIVENESS_SECONDS)
 
     # --- channels -------------------------------------------------------------------------------
 
