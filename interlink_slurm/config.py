@@ -354,6 +354,13 @@ class Settings(BaseSettings):
     status_refresh_seconds: float = Field(
         2.0, gt=0, description="how often job states are read from Slurm (one query for all)"
     )
+    status_idle_refresh_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="the longest interval between two queries of Slurm's queue while no job and "
+        "no pod's state files change (the state files are still read every "
+        "status_refresh_seconds)",
+    )
     retention_seconds: float = Field(
         3600.0, ge=0, description="how long a deleted pod's directory and logs are kept"
     )

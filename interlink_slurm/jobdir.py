@@ -207,13 +207,17 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
 # /status needs of a pod only the small files its job script writes (ils_put: a temporary file
 # renamed into place): containers/<name>.{started,finished,exit,restarts,ready,backoff},
 # job.runs and job.evicted.
-# A rename into a directory updates its mtime, on a parallel filesystem too (the metadata
-# server keeps it), where inotify sees nothing written from other nodes: a pod whose directory
-# or containers/ changed since the last read is one whose state files changed. One command
-# finds those (one find over the data root, whatever the number of pods: no argument per pod)
-# and prints their files. A pod's files are its job's (its user's) to write: symlinks are not
-# followed, each file is read up to 1 kB, every byte outside printable ASCII becomes "?", and
-# each of a pod's lines is prefixed with "|", so nothing it writes can pass for another pod's.
+# A rename updates the mtime of the directories it takes a file from and puts it in, on a
+# parallel filesystem too (the metadata server keeps it), where inotify sees nothing written
+# from other nodes. ils_put makes its temporary file in the pod's directory, so a pod whose
+# directory changed since the last read is one whose state files changed. One command finds
+# those (one find over the data root's pod directories, whatever the number of pods: no
+# argument per pod, no directory listed but the namespaces') and prints their files. With
+# depth 3 it also looks at each pod's containers/: for pods whose job script renames within
+# containers/ (written by an older version of the plugin). A pod's files are its job's (its
+# user's) to write: symlinks are not followed, each file is read up to 1 kB, every byte outside
+# printable ASCII becomes "?", and each of a pod's lines is prefixed with "|", so nothing it
+# writes can pass for another pod's.
 STATE_READER = r"""
 export LC_ALL=C
 cd -- "$1" || exit 3
@@ -225,7 +229,7 @@ while IFS= read -r d; do
   [[ -d $d && ! -L $d && -d $d/containers && ! -L $d/containers ]] || continue
   echo "P $d"
   dirs+=("$d")
-done < <(find . -mindepth 2 -maxdepth 3 -type d -newermt "@$2" -print 2>/dev/null \
+done < <(find . -mindepth 2 -maxdepth "$3" -type d -newermt "@$2" -print 2>/dev/null \
   | sed -e 's|^\./||' -e 's|/containers$||' | sort -u)
 [ "${#dirs[@]}" -gt 0 ] || exit 0
 # Their state files (regular files, links not followed, under 2 kB), the first line of each,
@@ -254,12 +258,15 @@ def read_states(
     since: float,
     pods: Mapping[str, Sequence[str]],
     timeout: float = 60,
+    *,
+    deep: bool = False,
 ) -> StateRead:
     """The state files of the pods (pod dir → its containers) whose directory changed at or
-    after ``since`` (the cluster side's clock), in one command. Raises OSError or
-    SchedulerUnavailable."""
+    after ``since`` (the cluster side's clock), in one command; ``deep`` looks at their
+    containers/ directories too. Raises OSError or SchedulerUnavailable."""
     root = data_root.rstrip("/") or "/"
-    argv = ["bash", "-c", STATE_READER, "ils-state", root, str(max(0, int(since)))]
+    depth = "3" if deep else "2"
+    argv = ["bash", "-c", STATE_READER, "ils-state", root, str(max(0, int(since))), depth]
     try:
         result = transport.run(argv, timeout=timeout)
     except CommandUnavailable as err:
@@ -268,10 +275,12 @@ def read_states(
         raise OSError(f"cannot read the pods' state files: {result.stderr.strip()[:500]}")
     now, raw = _parse_states(result.stdout)
     changed = {}
-    for pod_dir, containers in pods.items():
-        rel = posixpath.relpath(pod_dir, root) if pod_dir.startswith(root + "/") else None
-        if rel is not None and rel in raw:
-            changed[pod_dir] = pod_files(raw[rel], containers)
+    prefix = root + "/" if root != "/" else "/"
+    for rel, files in raw.items():  # the changed ones only: an idle refresh maps no pod
+        pod_dir = prefix + rel
+        containers = pods.get(pod_dir)
+        if containers is not None:
+            changed[pod_dir] = pod_files(files, containers)
     return StateRead(now, changed)
 
 

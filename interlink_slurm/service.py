@@ -127,6 +127,10 @@ class Service:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._snapshot_at: float | None = None
         self._starting = False  # a new pod's containers have not all started yet
+        # The queue's own pace (_queue_due): asked now, when last, and how often while idle.
+        self._queue_now = True
+        self._queue_at: float | None = None
+        self._queue_interval = settings.status_refresh_seconds
         self._wake: asyncio.Event | None = None
         self._refresh_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -239,7 +243,7 @@ class Service:
         while True:
             started = time.monotonic()
             try:
-                await self.refresh()
+                await self.refresh(queue=self._queue_due())
                 await self.janitor.tick()
                 await self.gang.tick()  # pod groups: timeouts, and what ended a group's job
             except asyncio.CancelledError:
@@ -267,11 +271,25 @@ class Service:
         return min(interval, STARTING_REFRESH_SECONDS) if self._starting else interval
 
     def _request_refresh(self) -> None:
+        """A refresh of the queue too, now (a new pod, a delete, a pull done)."""
+        self._queue_now = True
         if self._wake is not None:
             self._wake.set()
 
-    async def refresh(self) -> None:
-        """One scheduler query and one state read per cluster, for its active pods."""
+    def _queue_due(self) -> bool:
+        """Whether the background refresh asks Slurm's queue this time, not only the files.
+
+        While nothing changes, the queue is asked less and less often: its interval doubles
+        from status_refresh_seconds up to status_idle_refresh_seconds (squeue of 10,000 jobs is
+        most of an idle plugin's CPU). The state files are still read at every refresh, and a
+        change there (how a job's end shows first: its containers end) asks the queue at once."""
+        if self._queue_now or self._starting or self._queue_at is None:
+            return True
+        return self.clock.monotonic() - self._queue_at >= self._queue_interval
+
+    async def refresh(self, queue: bool = True) -> None:
+        """One state read per cluster for its active pods and, with ``queue``, one scheduler
+        query before it."""
         lock = self._refresh_lock or asyncio.Lock()
         async with lock:
             since = self.clock.time() - ENDED_WATCH_SECONDS
@@ -281,8 +299,11 @@ class Service:
             for rec in recs:
                 if rec.cluster in by_cluster:
                     by_cluster[rec.cluster].append(rec)
-            answered = await asyncio.gather(
-                *(self.trackers[n].refresh(rs) for n, rs in by_cluster.items())
+            if queue:
+                self._queue_now = False
+                self._queue_at = self.clock.monotonic()
+            found = await asyncio.gather(
+                *(self.trackers[n].refresh(rs, queue) for n, rs in by_cluster.items())
             )
             now = self.clock.time()
             self._starting = any(
@@ -290,13 +311,27 @@ class Service:
                 for n, rs in by_cluster.items()
                 for rec in rs
             )
-            for name, ok in zip(by_cluster, answered, strict=True):
-                if ok:
+            self._pace(queue, any(f.changed for f in found))
+            if not queue:
+                return
+            for name, f in zip(by_cluster, found, strict=True):
+                if f.answered:
                     await self._note_starts(by_cluster[name], self.trackers[name].jobs)
-            if any(answered):
+            if any(f.answered for f in found):
                 self._snapshot_at = self.clock.monotonic()
                 self.metrics.refresh_age.set(0)
             await self._count_pods()
+
+    def _pace(self, queued: bool, changed: bool) -> None:
+        """The queue's next interval (see _queue_due): back to the shortest on any change."""
+        shortest = self.settings.status_refresh_seconds
+        longest = max(shortest, self.settings.status_idle_refresh_seconds)
+        if changed:
+            self._queue_interval = shortest
+            if not queued:
+                self._request_refresh()  # files changed: the jobs may have too
+        elif queued:
+            self._queue_interval = min(longest, self._queue_interval * 2)
 
     async def _note_starts(self, recs: Sequence[PodRecord], jobs: Mapping[str, JobInfo]) -> None:
         now = self.clock.time()

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from interlink_slurm import jobdir
@@ -29,6 +29,18 @@ GONE = "GONE"  # final_state of a job that left the queue with no accounting rec
 # in the same mtime tick as that read (a second on some filesystems), or stamped by a node whose
 # clock is a little behind the login node's, is not missed.
 SINCE_MARGIN_SECONDS = 10.0
+# The state read looks at the pods' directories only (ils_put renames through them); this often
+# it also looks at their containers/, for pods whose job script only renames there (written by
+# an older version of the plugin, still running after an upgrade).
+DEEP_READ_SECONDS = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Refreshed:
+    """What one refresh of a cluster found."""
+
+    answered: bool  # Slurm answered (always True when the queue was not asked)
+    changed: bool  # a job or a pod's state files differ from what the last refresh knew
 
 
 class Clock(Protocol):
@@ -79,25 +91,31 @@ class StatusTracker:
         self.files_outage: str | None = None  # why the last state read failed
         self.state_reads = 0  # transport calls made to read state files (for benchmarks)
         self._since: float | None = None  # the cluster side's clock at the last state read
+        self._deep_since: float | None = None  # ... at the last one that looked in containers/
+        self._deep_at: float | None = None  # the monotonic clock then
 
     # --- the queue ------------------------------------------------------------------------------
 
-    async def refresh(self, recs: Sequence[PodRecord]) -> bool:
-        """The refresh of this cluster's jobs and states; False when its Slurm did not answer.
+    async def refresh(self, recs: Sequence[PodRecord], queue: bool = True) -> Refreshed:
+        """The refresh of this cluster's states, and of its jobs unless ``queue`` is False.
 
         The files are read after the queue, and both are published together (no await in
         between), before the ends are written to the store: a /status never pairs a job seen
         ended with its containers' files from before they ended (which would say the job
-        killed them)."""
-        answer = await self._refresh_jobs(recs)
+        killed them). Files newer than the jobs are safe: a container is seen to end before
+        its job is."""
+        answer = await self._refresh_jobs(recs) if queue else None
         publish = await self._read_states(recs)
+        jobs_changed = False
         if answer is not None:
+            jobs_changed = answer[0] != self.jobs
             self.jobs = answer[0]
-        publish()
+        files_changed = publish()
+        changed = jobs_changed or files_changed
         if answer is None:
-            return False
+            return Refreshed(not queue, changed)
         await answer[1]()
-        return True
+        return Refreshed(True, changed)
 
     async def _refresh_jobs(
         self, recs: Sequence[PodRecord]
@@ -210,19 +228,23 @@ class StatusTracker:
 
     # --- the pods' state files ------------------------------------------------------------------
 
-    async def _read_states(self, recs: Sequence[PodRecord]) -> Callable[[], None]:
+    async def _read_states(self, recs: Sequence[PodRecord]) -> Callable[[], bool]:
         """The state files of every pod with a job whose directory changed since the last
-        read: one command through the transport. Returns what publishes them."""
-        pods = {r.pod_dir: r.all_containers for r in recs if r.job_id}
-        if not pods:
-            return lambda: None
-        uids = {r.pod_dir: r.uid for r in recs if r.job_id}
+        read: one command through the transport. Returns what publishes them, which says
+        whether any pod's files differ from what was known."""
+        by_dir = {r.pod_dir: r for r in recs if r.job_id}
+        if not by_dir:
+            return lambda: False
+        deep = self._deep_at is None or self.clock.monotonic() - self._deep_at >= DEEP_READ_SECONDS
         # Changes from SINCE_MARGIN_SECONDS before the last read on: a write within the same
         # mtime tick as that read, or stamped by a node whose clock is a little behind.
-        since = self._since - SINCE_MARGIN_SECONDS if self._since is not None else 0.0
+        last = self._deep_since if deep else self._since
+        since = last - SINCE_MARGIN_SECONDS if last is not None else 0.0
+        pods = _Containers(by_dir)
+        started = self.clock.monotonic()
         try:
             read = await asyncio.to_thread(
-                jobdir.read_states, self.transport, self.data_root, since, pods
+                jobdir.read_states, self.transport, self.data_root, since, pods, deep=deep
             )
         except (OSError, SchedulerUnavailable) as err:
             # The login node cannot be reached (SSH down, a filesystem hiccup): what the files
@@ -231,19 +253,26 @@ class StatusTracker:
                 log.warning("cannot read the pods' state files (cluster %s): %s", self.name, err)
             outage = f"cannot read the pod's files: {err}"
 
-            def failed() -> None:
+            def failed() -> bool:
                 self.files_outage = outage
+                return False
 
             return failed
 
-        def publish() -> None:
+        def publish() -> bool:
             self.state_reads += 1
             self.files_outage = None
+            changed = False
             for pod_dir, files in read.changed.items():
-                self.files[uids[pod_dir]] = files
+                uid = by_dir[pod_dir].uid
+                changed = changed or self.files.get(uid) != files
+                self.files[uid] = files
             # A pod never read (created since, or a read that failed) is in the next read too:
             # its directory is newer than the last read's start.
             self._since = read.now
+            if deep:
+                self._deep_since, self._deep_at = read.now, started
+            return changed
 
         return publish
 
@@ -271,3 +300,20 @@ class StatusTracker:
     def forget(self, uid: str) -> None:
         """Drop a removed pod's files from memory (the janitor removed its directory)."""
         self.files.pop(uid, None)
+
+
+class _Containers(Mapping[str, Sequence[str]]):
+    """Pod directory → its containers, looked up for the pods a read found changed only (an
+    idle refresh of 10,000 pods then builds no 10,000 tuples)."""
+
+    def __init__(self, by_dir: Mapping[str, PodRecord]) -> None:
+        self._by_dir = by_dir
+
+    def __getitem__(self, pod_dir: str) -> Sequence[str]:
+        return self._by_dir[pod_dir].all_containers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_dir)
+
+    def __len__(self) -> int:
+        return len(self._by_dir)

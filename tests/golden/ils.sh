@@ -15,8 +15,13 @@
 # Time stamps in RFC 3339 with nanoseconds, as Kubernetes prints them.
 ils_now() { date -u +%Y-%m-%dT%H:%M:%S.%NZ; }
 
-# Write a small file atomically, so a reader never sees half of it.
-ils_put() { printf '%s\n' "$2" > "$1.tmp" && mv -f "$1.tmp" "$1"; }
+# Write a small file atomically, so a reader never sees half of it. The temporary file is made
+# in the current (the pod's) directory: renamed into containers/, it changes the mtime of both,
+# so the plugin's state reader finds every changed pod by its directory alone.
+ils_put() {
+  local tmp=".${1//\//.}.tmp"
+  printf '%s\n' "$2" > "$tmp" && mv -f "$tmp" "$1"
+}
 
 # Wait for one child, riding out the TERM that scancel sends to every process of the job:
 # wait returns early (>128) when a trapped signal arrives while the child still runs.

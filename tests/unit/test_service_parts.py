@@ -81,10 +81,11 @@ def new_pod(name: str, **spec: Any) -> RetrievedPodData:
 
 
 def put(pod_dir: str, name: str, value: str) -> None:
-    """As the job script's ils_put writes a state file: a temporary file renamed into place."""
+    """As the job script's ils_put writes a state file: a temporary file in the pod's
+    directory, renamed into place."""
     path = Path(pod_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = Path(pod_dir) / f".{name.replace('/', '.')}.tmp"
     tmp.write_text(value + "\n")
     os.replace(tmp, path)
 
@@ -468,3 +469,61 @@ def test_a_job_gone_between_two_refreshes_is_never_shown_killed(tmp_path: Path) 
     drive(service, scenario)
     [during] = seen
     assert during.terminated is None, during
+
+
+def test_the_queue_is_asked_less_often_while_nothing_changes_and_at_once_when_files_change(
+    tmp_path: Path,
+) -> None:
+    service, fake, transport, clock = make(
+        tmp_path, status_refresh_seconds=2, status_idle_refresh_seconds=8
+    )
+
+    async def tick() -> bool:
+        """One turn of the background refresher: whether it asked the queue."""
+        before = fake.calls.count("query")
+        await service.refresh(queue=service._queue_due())
+        clock.advance(2)
+        return fake.calls.count("query") > before
+
+    async def scenario() -> None:
+        answer = await service.create(new_pod("idle"))
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "job.runs", "1")
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        asked = [await tick() for _ in range(14)]
+        # Every refresh reads the files; the queue after 2, 4, 8, then every 8 s.
+        assert asked == [
+            True,
+            True,
+            False,
+            True,
+            False,
+            False,
+            False,
+            True,
+            False,
+            False,
+            False,
+            True,
+            False,
+            False,
+        ]
+        reads = transport.calls["run"]
+        # The container ends: the next refresh's file read sees it, and the queue is asked on
+        # the refresh right after, however long the idle interval had grown; then it slows
+        # down again from the shortest interval.
+        put(rec.pod_dir, "containers/main.exit", "0")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        assert [await tick() for _ in range(4)] == [False, True, False, True]
+        assert transport.calls["run"] - reads == 4  # one state read per refresh, no more
+        # A job that ends without its files changing (cancelled from outside) is seen within
+        # the longest interval.
+        job = fake.jobs[answer.PodJID]
+        fake.jobs[answer.PodJID] = JobInfo(job.job_id, "CANCELLED", "", job.comment, job.nodes)
+        assert True in [await tick() for _ in range(4)]
+        ended = service.store.get(answer.PodUID)
+        assert ended is not None and ended.final_state == "CANCELLED"
+
+    drive(service, scenario)

@@ -5,21 +5,27 @@ link)."""
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from interlink_slurm import jobdir
 from interlink_slurm.slurm.transport import CommandResult, LocalTransport
+from interlink_slurm.translate.script import LIBRARY_FILE
+
+ILS_SH = Path(jobdir.__file__).parent / "jobscript" / LIBRARY_FILE
 
 STARTED = "2026-12-02T11:00:00.123456789Z"
 LONG_AGO = 1_000_000_000  # 2001
 
 
-def put(pod: Path, name: str, value: str) -> None:
-    """As the job script's ils_put writes: a temporary file renamed into place."""
+def put(pod: Path, name: str, value: str, tmp_dir: str = "") -> None:
+    """As the job script's ils_put writes: a temporary file in the pod's directory (or, as the
+    job scripts of older versions did, in ``tmp_dir`` beside the file) renamed into place."""
     path = pod / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = pod / tmp_dir / f".{name.replace('/', '.')}.tmp"
     tmp.write_text(value + "\n")
     os.replace(tmp, path)
 
@@ -51,7 +57,7 @@ def test_all_pods_are_read_in_one_command_and_unchanged_ones_skipped(tmp_path: P
     pods = {str(a): ["c"], str(b): ["c"]}
     first = jobdir.read_states(t, str(tmp_path), 0, pods)
     assert len(t.argvs) == 1
-    assert len(t.argvs[0]) == 6  # bash -c SCRIPT name root since: no argument per pod
+    assert len(t.argvs[0]) == 7  # bash -c SCRIPT name root since depth: no argument per pod
     assert set(first.changed) == {str(a), str(b)}
     assert first.changed[str(a)].runs == 1
     assert first.changed[str(a)].containers["c"].started is not None
@@ -90,3 +96,30 @@ def test_pods_not_asked_about_and_other_directories_are_left_out(tmp_path: Path)
     read = jobdir.read_states(LocalTransport(), str(tmp_path), 0, {str(mine): ["c"]})
     assert set(read.changed) == {str(mine)}
     assert read.now > 0
+
+
+def test_what_the_job_scripts_ils_put_writes_is_found_by_the_pods_directory_alone(
+    tmp_path: Path,
+) -> None:
+    pod = tmp_path / "ns" / "p-1"
+    put(pod, "containers/c.started", STARTED)
+    age(pod)
+    script = f"set -e; . {ILS_SH}; cd {shlex.quote(str(pod))}; ils_put containers/c.exit 4"
+    subprocess.run(["bash", "-c", script], check=True)
+    assert not list(pod.glob("**/*.tmp"))
+    read = jobdir.read_states(LocalTransport(), str(tmp_path), LONG_AGO + 10, {str(pod): ["c"]})
+    assert read.changed[str(pod)].containers["c"].exit_code == 4
+
+
+def test_a_write_within_containers_only_is_found_by_the_deep_read(tmp_path: Path) -> None:
+    # A pod whose job script was written by an older version, still running after an upgrade.
+    pod = tmp_path / "ns" / "old-1"
+    put(pod, "containers/c.started", STARTED)
+    age(pod)
+    put(pod, "containers/c.exit", "5", tmp_dir="containers")
+    os.utime(pod, (LONG_AGO, LONG_AGO))  # the rename within containers/ left it alone
+    pods = {str(pod): ["c"]}
+    since = LONG_AGO + 10
+    assert jobdir.read_states(LocalTransport(), str(tmp_path), since, pods).changed == {}
+    deep = jobdir.read_states(LocalTransport(), str(tmp_path), since, pods, deep=True)
+    assert deep.changed[str(pod)].containers["c"].exit_code == 5
