@@ -166,7 +166,9 @@ def post_creates(plugin: Plugin, bodies: list[bytes], clients: int) -> None:
         raise SystemExit(f"{len(failures)} creates failed, e.g. {failures[0]}")
 
 
-def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> None:
+def bench_create(
+    cluster: dict[str, str], n: int, clients: int, runs: int, under: str | None = None
+) -> None:
     """Each run: ``n`` creates by ``clients`` clients, then the same job scripts submitted
     again by one serial sbatch loop, back to back (ratios, not absolute rates, compare runs on a
     busy machine).
@@ -174,7 +176,8 @@ def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> No
     Every run's directory is kept until the last run ends: on a filesystem that skips
     recently deleted inodes when it makes new ones (ext4 without a journal, as here), removing
     one run's thousands of files just before the next run's creates would charge that run for
-    the benchmark's own cleanup."""
+    the benchmark's own cleanup. ``under``: where the runs' directories are made (default: the
+    system's temporary directory, which other programs may fill and empty meanwhile)."""
     print(
         "| run | pods | clients | /create pods/s | raw sbatch pods/s | ratio | failed "
         "| duplicated | plugin CPU ms/create | its sbatch CPU ms/create "
@@ -184,7 +187,7 @@ def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> No
     ratios = []
     with contextlib.ExitStack() as kept:
         for run in range(1, runs + 1):
-            tmp = kept.enter_context(tempfile.TemporaryDirectory(prefix="ils-bench-"))
+            tmp = kept.enter_context(tempfile.TemporaryDirectory(prefix="ils-bench-", dir=under))
             plugin = start(cluster, Path(tmp), sbatch_extra=HOLD)
             try:
                 assert plugin.proc is not None
@@ -373,6 +376,7 @@ def main() -> None:
     c.add_argument("--pods", type=int, default=500)
     c.add_argument("--clients", type=int, default=8)
     c.add_argument("--runs", type=int, default=5)
+    c.add_argument("--data-under", help="directory for the runs' data roots (default: $TMPDIR)")
     sr = sub.add_parser("status-running")
     sr.add_argument("--real", type=int, default=24, help="real sleep pods (0: none)")
     sr.add_argument(
@@ -410,6 +414,7 @@ def main() -> None:
             getattr(args, "pods", 500),
             getattr(args, "clients", 8),
             getattr(args, "runs", 5),
+            getattr(args, "data_under", None),
         ),
         "status-running": lambda: running.bench_status_running(
             cluster,
