@@ -21,10 +21,13 @@ that run (benchmarks/running.py says how pods beyond what the cluster holds are 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
 import json
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -129,25 +132,76 @@ def sbatch_loop(cluster: dict[str, str], scripts: list[Path]) -> float:
     return time.monotonic() - t0
 
 
-def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> None:
+def post_creates(plugin: Plugin, bodies: list[bytes], clients: int) -> None:
+    """POST each body to /create, ``clients`` at once. The clients are threads of this
+    process, on the cores the plugin runs on: each keeps one connection open (http.client)
+    and sends bodies serialised before the clock started, so that the plugin's side of the
+    comparison is charged as little as a client can cost."""
+    todo = list(reversed(bodies))
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", plugin.port, timeout=60)
+        try:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    body = todo.pop()
+                conn.request("POST", "/create", body, plugin.headers)
+                answer = conn.getresponse()
+                text = answer.read()
+                if answer.status != 200:
+                    failures.append(text.decode(errors="replace"))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise SystemExit(f"{len(failures)} creates failed, e.g. {failures[0]}")
+
+
+def bench_create(
+    cluster: dict[str, str], n: int, clients: int, runs: int, under: str | None = None
+) -> None:
     """Each run: ``n`` creates by ``clients`` clients, then the same job scripts submitted
     again by one serial sbatch loop, back to back (ratios, not absolute rates, compare runs on a
-    busy machine)."""
+    busy machine).
+
+    Every run's directory is kept until the last run ends: on a filesystem that skips
+    recently deleted inodes when it makes new ones (ext4 without a journal, as here), removing
+    one run's thousands of files just before the next run's creates would charge that run for
+    the benchmark's own cleanup. ``under``: where the runs' directories are made (default: the
+    system's temporary directory, which other programs may fill and empty meanwhile)."""
     print(
         "| run | pods | clients | /create pods/s | raw sbatch pods/s | ratio | failed "
-        "| duplicated | plugin CPU ms/create | its sbatch CPU ms/create |"
+        "| duplicated | plugin CPU ms/create | its sbatch CPU ms/create "
+        "| client CPU ms/create |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     ratios = []
-    for run in range(1, runs + 1):
-        with tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
+    with contextlib.ExitStack() as kept:
+        for run in range(1, runs + 1):
+            tmp = kept.enter_context(tempfile.TemporaryDirectory(prefix="ils-bench-", dir=under))
             plugin = start(cluster, Path(tmp), sbatch_extra=HOLD)
             try:
                 assert plugin.proc is not None
+                pods = [
+                    podgen.pod(f"cr{run}-{i}", [podgen.container("main", "print(1)")])
+                    for i in range(n)
+                ]
+                bodies = [json.dumps(podgen.retrieved(p)).encode() for p in pods]
                 own0, children0 = running.cpu_split(plugin.proc.pid)
+                client0 = time.process_time()
                 t0 = time.monotonic()
-                pods = create_many(plugin, n, clients, f"cr{run}")
+                post_creates(plugin, bodies, clients)
                 plugin_s = time.monotonic() - t0
+                client_s = time.process_time() - client0
                 own1, children1 = running.cpu_split(plugin.proc.pid)
                 jobs = {plugin.pod_status(p)["JID"] for p in pods[:50]}
                 scripts = sorted(plugin.data_root.glob("default/*/job.sh"))
@@ -168,14 +222,15 @@ def bench_create(cluster: dict[str, str], n: int, clients: int, runs: int) -> No
             finally:
                 plugin.stop()
                 cancel_all(cluster)
-        assert len(jobs) == min(n, 50)  # one job each, all different
-        ratios.append(raw_s / plugin_s)
-        print(
-            f"| {run} | {n} | {clients} | {n / plugin_s:.1f} | {n / raw_s:.1f} | "
-            f"{raw_s / plugin_s:.2f} | {n - submitted} | {duplicates} | "
-            f"{(own1 - own0) * 1000 / n:.2f} | {(children1 - children0) * 1000 / n:.2f} |",
-            flush=True,
-        )
+            assert len(jobs) == min(n, 50)  # one job each, all different
+            ratios.append(raw_s / plugin_s)
+            print(
+                f"| {run} | {n} | {clients} | {n / plugin_s:.1f} | {n / raw_s:.1f} | "
+                f"{raw_s / plugin_s:.2f} | {n - submitted} | {duplicates} | "
+                f"{(own1 - own0) * 1000 / n:.2f} | {(children1 - children0) * 1000 / n:.2f} | "
+                f"{client_s * 1000 / n:.2f} |",
+                flush=True,
+            )
     print(f"\nratio over {runs} runs: {min(ratios):.2f} to {max(ratios):.2f}")
 
 
@@ -321,6 +376,7 @@ def main() -> None:
     c.add_argument("--pods", type=int, default=500)
     c.add_argument("--clients", type=int, default=8)
     c.add_argument("--runs", type=int, default=5)
+    c.add_argument("--data-under", help="directory for the runs' data roots (default: $TMPDIR)")
     sr = sub.add_parser("status-running")
     sr.add_argument("--real", type=int, default=24, help="real sleep pods (0: none)")
     sr.add_argument(
@@ -358,6 +414,7 @@ def main() -> None:
             getattr(args, "pods", 500),
             getattr(args, "clients", 8),
             getattr(args, "runs", 5),
+            getattr(args, "data_under", None),
         ),
         "status-running": lambda: running.bench_status_running(
             cluster,

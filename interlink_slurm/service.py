@@ -401,16 +401,17 @@ class Service:
             cluster = self.clusters[placement.chosen.cluster]
             plan = placement.chosen.plan
             assert plan is not None  # a chosen target has a plan
-            plan = await asyncio.to_thread(
-                submission.in_images,
-                cluster.transport,
-                self.settings,
-                data,
-                placement.chosen,
-                plan,
-                commands,
-                submit_as_root=placement.chosen.cluster in self.root_clusters,
-            )
+            if submission.bind_targets(self.settings, plan):
+                plan = await asyncio.to_thread(
+                    submission.in_images,
+                    cluster.transport,
+                    self.settings,
+                    data,
+                    placement.chosen,
+                    plan,
+                    commands,
+                    submit_as_root=placement.chosen.cluster in self.root_clusters,
+                )
             for container, warning in plan.warnings:
                 log.warning("pod %s, container %s: %s", uid, container, warning)
             if plan.owner is not None and plan.owner[1] is None:

@@ -125,6 +125,22 @@ def submits_as_root(settings: Settings, transport: Transport) -> bool:
     return isinstance(transport, LocalTransport) and os.geteuid() == 0
 
 
+def bind_targets(settings: Settings, plan: JobPlan) -> list[tuple[str, str]]:
+    """The (image, bind target) pairs in_images looks up; none when the runtime creates
+    missing targets itself or no container binds into an image directory. Pure: a create
+    with none skips the worker thread in_images would run in."""
+    if not runtime_of(settings.runtime).looks_up_bind_targets:
+        return []
+    return list(
+        dict.fromkeys(
+            (c.image, b.target)
+            for c in (*plan.init_containers, *plan.containers)
+            if c.image.startswith("/")
+            for b in c.binds
+        )
+    )
+
+
 def in_images(
     transport: Transport,
     settings: Settings,
@@ -139,16 +155,7 @@ def in_images(
     through an absolute symlink of the image: each target is looked up in its image (one
     command), followed inside the image; one the image lacks is left out, with a warning
     in the container's status, rather than let the container fail on the node."""
-    if not runtime_of(settings.runtime).looks_up_bind_targets:
-        return plan
-    pairs = list(
-        dict.fromkeys(
-            (c.image, b.target)
-            for c in (*plan.init_containers, *plan.containers)
-            if c.image.startswith("/")
-            for b in c.binds
-        )
-    )
+    pairs = bind_targets(settings, plan)
     if not pairs:
         return plan
     try:

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from interlink_slurm import submission
-from interlink_slurm.config import load_settings
+from interlink_slurm.config import Settings, load_settings
 from interlink_slurm.errors import PodRejected, SchedulerUnavailable, StorageError
 from interlink_slurm.slurm.transport import CommandResult, CommandUnavailable, LocalTransport
 from interlink_slurm.translate.plan import JobPlan
+from interlink_slurm.translate.pod import build_plan
 from interlink_slurm.wire import RetrievedPodData
 from tests import podgen
 
@@ -96,3 +97,28 @@ def test_an_images_command_is_read_from_the_first_cluster_that_has_it(tmp_path: 
     got = submission.image_commands(data, settings, {"default": t})
     assert got == {"/images/tool": (("/bin/tool",), ("--serve",))}
     assert submission.image_commands(data, settings, {"default": Scripted({})}) == {}
+
+
+def _planned(tmp_path: Path, runtime: str, mounted: bool) -> tuple[Settings, JobPlan]:
+    settings = load_settings(
+        None, data_root=str(tmp_path), runtime=runtime, partition="cpu", image_roots=["/images"]
+    )
+    mounts = [{"name": "scratch", "mountPath": "/scratch"}] if mounted else []
+    c = podgen.container("main", "print(1)", image="/images/tool", volumeMounts=mounts)
+    volumes = [{"name": "scratch", "emptyDir": {}}]
+    data = RetrievedPodData.model_validate(
+        podgen.retrieved(podgen.pod("binds", [c], volumes=volumes))
+    )
+    return settings, build_plan(data, settings, f"{tmp_path}/default/binds-u")
+
+
+def test_only_binds_into_an_image_directory_are_looked_up_and_only_for_charliecloud(
+    tmp_path: Path,
+) -> None:
+    settings, plan = _planned(tmp_path, "charliecloud", mounted=True)
+    assert ("/images/tool", "/scratch") in submission.bind_targets(settings, plan)
+    # Nothing to look up: the create runs in_images in no worker thread at all.
+    settings, plan = _planned(tmp_path, "charliecloud", mounted=False)
+    assert submission.bind_targets(settings, plan) == []
+    settings, plan = _planned(tmp_path, "apptainer", mounted=True)
+    assert submission.bind_targets(settings, plan) == []
