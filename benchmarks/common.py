@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 from tests.integration.conftest import Plugin
 
@@ -28,6 +29,21 @@ def slurm_env(cluster: dict[str, str]) -> dict[str, str]:
 
 
 def cancel_all(cluster: dict[str, str], user: str | None = None) -> None:
-    """Every job of ``user`` (this one by default) on the benchmark's cluster."""
+    """Every job of ``user`` (this one by default) on the benchmark's cluster, waited for until
+    Slurm lists none (at most a minute): a job still completing holds its node's CPUs and
+    memory, and the next measurement would wait for them."""
     who = user or os.environ.get("USER", "root")
-    subprocess.run(["scancel", "--user", who], env=slurm_env(cluster), check=False)
+    env = slurm_env(cluster)
+    subprocess.run(["scancel", "--user", who], env=env, check=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            ["squeue", "-h", "--user", who, "-o", "%i"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        if not listed.strip():
+            return
+        time.sleep(0.5)

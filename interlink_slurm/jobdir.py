@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import posixpath
 import re
+import stat
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from interlink_slurm.errors import PodRejected, StorageError
 from interlink_slurm.slurm.container_files import ContainerFiles as ContainerFiles
-from interlink_slurm.slurm.transport import CommandUnavailable, Transport
+from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.wire import dns_label, dns_subdomain, pod_uid
 
@@ -265,15 +268,20 @@ def read_states(
     after ``since`` (the cluster side's clock), in one command; ``deep`` looks at their
     containers/ directories too. Raises OSError or SchedulerUnavailable."""
     root = data_root.rstrip("/") or "/"
-    depth = "3" if deep else "2"
-    argv = ["bash", "-c", STATE_READER, "ils-state", root, str(max(0, int(since))), depth]
-    try:
-        result = transport.run(argv, timeout=timeout)
-    except CommandUnavailable as err:
-        raise OSError(f"cannot read the pods' state files: {err}") from err
-    if result.returncode != 0:
-        raise OSError(f"cannot read the pods' state files: {result.stderr.strip()[:500]}")
-    now, raw = _parse_states(result.stdout)
+    if isinstance(transport, LocalTransport):
+        # The files are here: read in this process, with no child process to start (a refresh
+        # while 20 pods start on 2 cores waited up to 0.4 s for the reader's 10 processes).
+        now, raw = scan_states(root, since, deep=deep)
+    else:
+        depth = "3" if deep else "2"
+        argv = ["bash", "-c", STATE_READER, "ils-state", root, str(max(0, int(since))), depth]
+        try:
+            result = transport.run(argv, timeout=timeout)
+        except CommandUnavailable as err:
+            raise OSError(f"cannot read the pods' state files: {err}") from err
+        if result.returncode != 0:
+            raise OSError(f"cannot read the pods' state files: {result.stderr.strip()[:500]}")
+        now, raw = _parse_states(result.stdout)
     changed = {}
     prefix = root + "/" if root != "/" else "/"
     for rel, files in raw.items():  # the changed ones only: an idle refresh maps no pod
@@ -296,6 +304,82 @@ def pod_files(files: Mapping[str, bytes], containers: Sequence[str]) -> PodFiles
     raw_evicted = files.get("job.evicted")
     evicted = raw_evicted.decode(errors="replace").strip() or None if raw_evicted else None
     return PodFiles({c: container(c) for c in containers}, runs or 0, evicted)
+
+
+# What scan_states reads, as STATE_READER does: names, the largest size, and the bytes kept.
+_POD_STATE_FILES = ("job.runs", "job.evicted")
+_CONTAINER_STATE_SUFFIXES = (".started", ".finished", ".exit", ".restarts", ".ready", ".backoff")
+_STATE_FILE_MAX = 1024  # find -size -2k: at most one 1 KiB unit
+_UNPRINTABLE = re.compile(rb"[^ -~]")
+
+
+def scan_states(
+    root: str, since: float, *, deep: bool = False
+) -> tuple[float, dict[str, dict[str, bytes]]]:
+    """What STATE_READER prints, parsed (see _parse_states), read from this machine's files
+    in this process: the pod directories under ``root`` (``<namespace>/<pod>``, with a
+    containers/ directory, no symlink) changed after ``since``, with ``deep`` also those whose
+    containers/ changed; for each, its state files' first lines. Raises OSError when ``root``
+    cannot be listed."""
+    now = time.time()
+    changed: dict[str, dict[str, bytes]] = {}
+    with os.scandir(root) as namespaces:
+        spaces = [e for e in namespaces if e.is_dir(follow_symlinks=False)]
+    for space in spaces:
+        try:
+            with os.scandir(space.path) as entries:
+                pods = [e for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue  # removed meanwhile, or not ours to read
+        for pod in pods:
+            try:
+                newer = pod.stat(follow_symlinks=False).st_mtime > since
+                inner = os.lstat(f"{pod.path}/containers")
+            except OSError:
+                continue
+            if not stat.S_ISDIR(inner.st_mode):
+                continue
+            if newer or (deep and inner.st_mtime > since):
+                changed[f"{space.name}/{pod.name}"] = _state_files(pod.path)
+    return now, changed
+
+
+def _state_files(pod_dir: str) -> dict[str, bytes]:
+    """A pod's state files (name relative to the pod dir → first line), as STATE_READER
+    reads them: regular files only, links not followed, at most _STATE_FILE_MAX bytes, bytes
+    outside printable ASCII as "?"; an empty file is left out."""
+    names = list(_POD_STATE_FILES)
+    with contextlib.suppress(OSError), os.scandir(f"{pod_dir}/containers") as entries:
+        names += [
+            f"containers/{e.name}" for e in entries if e.name.endswith(_CONTAINER_STATE_SUFFIXES)
+        ]
+    files: dict[str, bytes] = {}
+    for name in names:
+        line = _first_line(f"{pod_dir}/{name}")
+        if line is not None:
+            files[name] = line
+    return files
+
+
+def _first_line(path: str) -> bytes | None:
+    try:
+        # O_NONBLOCK: a FIFO with a state file's name must not hang the refresh (fstat then
+        # refuses it); O_NOFOLLOW: a link is not followed.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _STATE_FILE_MAX:
+            return None
+        data = os.read(fd, _STATE_FILE_MAX)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if not data:
+        return None
+    return _UNPRINTABLE.sub(b"?", data.split(b"\n", 1)[0])
 
 
 def _parse_states(stdout: str) -> tuple[float, dict[str, dict[str, bytes]]]:

@@ -79,11 +79,13 @@ from interlink_slurm.wire import (
 log = logging.getLogger(__name__)
 
 MIN_REFRESH_GAP_SECONDS = 0.5
+# Between the end of a refresh and the start of the next, however long it took.
+MIN_REFRESH_PAUSE_SECONDS = 0.1
 # The refresh done at startup, before serving, is given this long at most.
 FIRST_REFRESH_SECONDS = 10.0
 # While a pod created this recently has containers not yet started, refreshes come this often.
 STARTING_SECONDS = 30.0
-STARTING_REFRESH_SECONDS = 0.5
+STARTING_REFRESH_SECONDS = 0.25
 WORKER_THREADS = 64
 # What /getLogs?source= can read besides a container: the batch job's output, the pulls'.
 LOG_SOURCES = ("container", "job", "pull")
@@ -252,13 +254,18 @@ class Service:
                 log.exception("status refresh failed")
             # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
             # arrives as the wake-up does, and stop() then waits for this loop forever.
+            # The interval counts from this refresh's start: a refresh slowed down by busy
+            # cores (20 pods starting) does not push the next one back by its own length.
+            pause = max(
+                MIN_REFRESH_PAUSE_SECONDS, self.refresh_interval() - (time.monotonic() - started)
+            )
             try:
-                async with asyncio.timeout(self.refresh_interval()):
+                async with asyncio.timeout(pause):
                     await self._wake.wait()
-                # Woken early (a new pod): still leave Slurm a breath between two queries.
-                await asyncio.sleep(
-                    max(0.0, MIN_REFRESH_GAP_SECONDS - (time.monotonic() - started))
-                )
+                # Woken early (a new pod): the refreshes' pace holds all the same (the queue
+                # keeps its own: _queue_due).
+                gap = min(MIN_REFRESH_GAP_SECONDS, self.refresh_interval())
+                await asyncio.sleep(max(0.0, gap - (time.monotonic() - started)))
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -282,10 +289,14 @@ class Service:
         While nothing changes, the queue is asked less and less often: its interval doubles
         from status_refresh_seconds up to status_idle_refresh_seconds (squeue of 10,000 jobs is
         most of an idle plugin's CPU). The state files are still read at every refresh, and a
-        change there (how a job's end shows first: its containers end) asks the queue at once."""
-        if self._queue_now or self._starting or self._queue_at is None:
+        change there (how a job's end shows first: its containers end) asks the queue at once,
+        as a create and a delete do. A start needs no query: see StatusTracker.ran_since_waiting."""
+        if self._queue_at is None:
             return True
-        return self.clock.monotonic() - self._queue_at >= self._queue_interval
+        since = self.clock.monotonic() - self._queue_at
+        if self._queue_now:  # still leave Slurm a breath between two queries
+            return since >= MIN_REFRESH_GAP_SECONDS
+        return since >= self._queue_interval
 
     async def refresh(self, queue: bool = True) -> None:
         """One state read per cluster for its active pods and, with ``queue``, one scheduler
@@ -303,7 +314,10 @@ class Service:
                 self._queue_now = False
                 self._queue_at = self.clock.monotonic()
             found = await asyncio.gather(
-                *(self.trackers[n].refresh(rs, queue) for n, rs in by_cluster.items())
+                *(
+                    self.trackers[n].refresh(rs, queue, files_first=self._starting)
+                    for n, rs in by_cluster.items()
+                )
             )
             now = self.clock.time()
             self._starting = any(
@@ -599,12 +613,18 @@ class Service:
 
     # --- status ---------------------------------------------------------------------------------
 
-    def _job_for(self, rec: PodRecord) -> JobInfo | None:
-        """What is known of the pod's job without asking Slurm."""
+    def _job_for(self, rec: PodRecord, files: jobdir.PodFiles | None = None) -> JobInfo | None:
+        """What is known of the pod's job without asking Slurm; with the pod's ``files``, a job
+        the queue last showed waiting is running once they count a new run."""
         assert rec.job_id is not None
         tracker = self.trackers.get(rec.cluster)
         job = tracker.jobs.get(rec.job_id) if tracker else None
+        started = (
+            files is not None and tracker is not None and tracker.ran_since_waiting(rec, files)
+        )
         if job is not None:
+            if started and base_state(job) in WAITING:
+                return JobInfo(rec.job_id, "RUNNING", "", job.comment, job.nodes)
             return job
         if rec.final_state is not None:
             if rec.final_state == GONE:
@@ -612,6 +632,8 @@ class Service:
             return JobInfo(rec.job_id, rec.final_state, rec.final_reason or "")
         # Submitted after the last refresh (or Slurm has not answered since): ask for one now.
         self._request_refresh()
+        if started:
+            return JobInfo(rec.job_id, "RUNNING", "")
         if tracker is not None and tracker.outage is not None:
             return JobInfo(rec.job_id, "PENDING", UNREACHABLE_REASON)
         return JobInfo(rec.job_id, "PENDING", CREATING_REASON)
@@ -637,7 +659,7 @@ class Service:
                 init, main = _all_waiting(rec, images, pull.reason, pull.message)
             else:
                 seen, files_outage = await self._files_of(rec)
-                job = self._job_for(rec)
+                job = self._job_for(rec, seen)
                 init, main = container_statuses(
                     job,
                     rec.job_id,

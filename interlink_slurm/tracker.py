@@ -18,7 +18,13 @@ from typing import Protocol
 from interlink_slurm import jobdir
 from interlink_slurm.errors import SchedulerError, SchedulerUnavailable
 from interlink_slurm.slurm.scheduler import JobInfo, Scheduler
-from interlink_slurm.slurm.states import TERMINAL, UNCONFIRMED_REASON, base_state, doubtful_failure
+from interlink_slurm.slurm.states import (
+    TERMINAL,
+    UNCONFIRMED_REASON,
+    WAITING,
+    base_state,
+    doubtful_failure,
+)
 from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.store import PodRecord, Store
 
@@ -92,18 +98,26 @@ class StatusTracker:
         self.state_reads = 0  # transport calls made to read state files (for benchmarks)
         self._since: float | None = None  # the cluster side's clock at the last state read
         self._deep_since: float | None = None  # ... at the last one that looked in containers/
+        # uid → its job.runs when the queue last showed its job waiting (see ran_since_waiting).
+        self._waiting_runs: dict[str, int] = {}
         self._deep_at: float | None = None  # the monotonic clock then
 
     # --- the queue ------------------------------------------------------------------------------
 
-    async def refresh(self, recs: Sequence[PodRecord], queue: bool = True) -> Refreshed:
+    async def refresh(
+        self, recs: Sequence[PodRecord], queue: bool = True, files_first: bool = False
+    ) -> Refreshed:
         """The refresh of this cluster's states, and of its jobs unless ``queue`` is False.
 
         The files are read after the queue, and both are published together (no await in
         between), before the ends are written to the store: a /status never pairs a job seen
         ended with its containers' files from before they ended (which would say the job
         killed them). Files newer than the jobs are safe: a container is seen to end before
-        its job is."""
+        its job is. With ``files_first`` (while pods start) the files are also read and
+        published before the queue is asked, so a start is not seen a slow squeue later."""
+        early = False
+        if queue and files_first:
+            early = (await self._read_states(recs))()
         answer = await self._refresh_jobs(recs) if queue else None
         publish = await self._read_states(recs)
         jobs_changed = False
@@ -111,11 +125,31 @@ class StatusTracker:
             jobs_changed = answer[0] != self.jobs
             self.jobs = answer[0]
         files_changed = publish()
-        changed = jobs_changed or files_changed
+        changed = jobs_changed or files_changed or early
         if answer is None:
             return Refreshed(not queue, changed)
+        self._note_waiting(recs)
         await answer[1]()
         return Refreshed(True, changed)
+
+    def _note_waiting(self, recs: Sequence[PodRecord]) -> None:
+        """For each pod whose job the queue shows waiting, its job.runs as read after that
+        query (see ran_since_waiting)."""
+        waiting = {}
+        for rec in recs:
+            job = self.jobs.get(rec.job_id or "")
+            if job is None or base_state(job) in WAITING:
+                files = self.files.get(rec.uid)
+                waiting[rec.uid] = files.runs if files is not None else 0
+        self._waiting_runs = waiting
+
+    def ran_since_waiting(self, rec: PodRecord, files: jobdir.PodFiles) -> bool:
+        """Whether the pod's job started since the queue last showed it waiting: the files
+        count one more run (the job script counts its start in job.runs before any container
+        starts). Its containers are then seen running from the files at the next state read,
+        without waiting for the next query of the queue. Files an earlier run left (before a
+        requeue) count no new run, and stay hidden while the job waits."""
+        return files.runs > self._waiting_runs.get(rec.uid, 0)
 
     async def _refresh_jobs(
         self, recs: Sequence[PodRecord]

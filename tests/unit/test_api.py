@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from interlink_slurm import jobdir
 from interlink_slurm.api import create_app
 from interlink_slurm.config import load_settings
 from interlink_slurm.errors import SchedulerUnavailable, SubmitRejected
@@ -514,10 +515,10 @@ def test_status_when_pod_files_cannot_be_read_serves_what_they_said_last(
     first = api.get("/status", [data["pod"]]).json()[0]
 
     def down(*_: object, **__: object) -> None:
-        raise SchedulerUnavailable("Slurm is not reachable: cannot reach the login node")
+        raise PermissionError(13, "Permission denied", "/data")
 
-    # The refresher reads every pod's state files with one command: it cannot run.
-    monkeypatch.setattr(api.service.trackers["default"].transport, "run", down)
+    # The refresher reads every pod's state files at once (here, in process): it cannot.
+    monkeypatch.setattr(jobdir, "scan_states", down)
     api.refresh()
     r = api.get("/status", [data["pod"]])
 

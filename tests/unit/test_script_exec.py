@@ -799,7 +799,14 @@ def test_tmp_directories_of_jobs_killed_before_their_cleanup_are_swept(tmp_path:
     """A job killed (SIGKILL) before its EXIT trap leaves its containers' /tmp on the node: the
     next job there removes those of jobs with no process left, and only those."""
     library = Path(interlink_slurm.__file__).parent / "jobscript" / "ils.sh"
-    for name in ("interlink-slurm-41", "interlink-slurm-42", "interlink-slurm-pid7", "other"):
+    # 4 is dead although 42 (which starts alike) lives; 42-<uid> is a group member's of job 42.
+    names = (
+        "interlink-slurm-4",
+        "interlink-slurm-41",
+        "interlink-slurm-42",
+        "interlink-slurm-42-u1",
+    )
+    for name in (*names, "interlink-slurm-pid7", "other"):
         (tmp_path / name / "main").mkdir(parents=True)
     # Job 42 still has a process on this node.
     alive = subprocess.Popen(
@@ -819,6 +826,7 @@ def test_tmp_directories_of_jobs_killed_before_their_cleanup_are_swept(tmp_path:
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "interlink-slurm-42",
+        "interlink-slurm-42-u1",
         "interlink-slurm-pid7",
         "other",
     ]

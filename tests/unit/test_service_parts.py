@@ -17,10 +17,11 @@ from interlink_slurm.errors import SchedulerUnavailable
 from interlink_slurm.service import Service
 from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.slurm.scheduler import JobInfo
-from interlink_slurm.slurm.transport import CommandResult, LocalTransport
+from interlink_slurm.slurm.transport import CommandResult
 from interlink_slurm.store import Store
 from interlink_slurm.wire import LogRequest, Pod, RetrievedPodData
 from tests import podgen
+from tests.counting import CountingTransport
 
 STARTED = "2026-12-02T11:00:00.123456789Z"
 
@@ -39,34 +40,6 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self.now += seconds
         self.mono += seconds
-
-
-class CountingTransport(LocalTransport):
-    """The local transport, counting every call by method (what SFTP requests or SSH execs
-    the SSH transport would make)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: dict[str, int] = {}
-
-    def _count(self, method: str) -> None:
-        self.calls[method] = self.calls.get(method, 0) + 1
-
-    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
-        self._count("run")
-        return super().run(argv, timeout=timeout)
-
-    def read_file(self, path: str, limit: int) -> bytes | None:
-        self._count("read_file")
-        return super().read_file(path, limit)
-
-    def size(self, path: str) -> int | None:
-        self._count("size")
-        return super().size(path)
-
-    def read_range(self, path: str, offset: int, length: int) -> bytes:
-        self._count("read_range")
-        return super().read_range(path, offset, length)
 
 
 def settings(tmp_path: Path, **more: Any) -> Settings:
@@ -355,7 +328,7 @@ def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path)
     async def scenario() -> None:
         answer = await service.create(first)
         await service.refresh()
-        assert service.refresh_interval() == 0.5  # its job waits: look again soon
+        assert service.refresh_interval() == 0.25  # its job waits: look again soon
         run(answer.PodJID, fake)
         rec = service.store.get(answer.PodUID)
         assert rec is not None
@@ -365,7 +338,7 @@ def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path)
         # A pod that does not start within the window no longer shortens the interval.
         await service.create(late)
         await service.refresh()
-        assert service.refresh_interval() == 0.5
+        assert service.refresh_interval() == 0.25
         clock.advance(31)
         await service.refresh()
         assert service.refresh_interval() == 2
@@ -525,5 +498,42 @@ def test_the_queue_is_asked_less_often_while_nothing_changes_and_at_once_when_fi
         assert True in [await tick() for _ in range(4)]
         ended = service.store.get(answer.PodUID)
         assert ended is not None and ended.final_state == "CANCELLED"
+
+    drive(service, scenario)
+
+
+def test_a_start_is_seen_from_the_files_before_the_queue_says_so_but_not_an_earlier_runs(
+    tmp_path: Path,
+) -> None:
+    service, fake, _, _ = make(tmp_path)
+    data = new_pod("quick")
+
+    async def state() -> str:
+        [st] = await service.status([data.pod])
+        return next(
+            k for k in ("waiting", "running", "terminated") if getattr(st.containers[0].state, k)
+        )
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        await service.refresh()  # the queue shows the job pending
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        # The job starts after that query: its script counts the run, then the container.
+        put(rec.pod_dir, "job.runs", "1")
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        queries = fake.calls.count("query")
+        await service.refresh(queue=False)
+        assert fake.calls.count("query") == queries
+        assert await state() == "running"
+        # Slurm requeues it: pending again, the first run's files still there.
+        fake.jobs[answer.PodJID] = JobInfo(answer.PodJID, "PENDING", "BeginTime", rec.pod_dir)
+        await service.refresh()
+        assert await state() == "waiting"
+        await service.refresh(queue=False)
+        assert await state() == "waiting"  # an earlier run's files: still hidden
+        put(rec.pod_dir, "job.runs", "2")  # the second run starts
+        await service.refresh(queue=False)
+        assert await state() == "running"
 
     drive(service, scenario)

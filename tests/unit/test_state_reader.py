@@ -10,9 +10,12 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from interlink_slurm import jobdir
-from interlink_slurm.slurm.transport import CommandResult, LocalTransport
+from interlink_slurm.slurm.transport import CommandResult, LocalTransport, Transport
 from interlink_slurm.translate.script import LIBRARY_FILE
+from tests.counting import CountingTransport
 
 ILS_SH = Path(jobdir.__file__).parent / "jobscript" / LIBRARY_FILE
 
@@ -36,28 +39,34 @@ def age(pod: Path) -> None:
         os.utime(d, (LONG_AGO, LONG_AGO))
 
 
-class Counting(LocalTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.argvs: list[list[str]] = []
+class Here(LocalTransport):
+    """The local transport: read_states reads its files in this process, running nothing."""
 
     def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
-        self.argvs.append(list(argv))
-        return super().run(argv, timeout=timeout)
+        raise AssertionError(f"no command expected, ran {argv[0]}")
 
 
-def test_all_pods_are_read_in_one_command_and_unchanged_ones_skipped(tmp_path: Path) -> None:
+@pytest.fixture(params=["shell", "here"])
+def reader(request: pytest.FixtureRequest) -> Transport:
+    """Each case twice: the shell script (as over SSH) and the in-process reader (local)."""
+    return CountingTransport() if request.param == "shell" else Here()
+
+
+def test_all_pods_are_read_in_one_command_and_unchanged_ones_skipped(
+    tmp_path: Path, reader: Transport
+) -> None:
     a, b = tmp_path / "ns" / "a-1", tmp_path / "ns" / "b-2"
     for pod in (a, b):
         put(pod, "job.runs", "1")
         put(pod, "containers/c.started", STARTED)
     put(b, "containers/c.exit", "3")
     put(b, "containers/c.finished", STARTED)
-    t = Counting()
+    t = reader
     pods = {str(a): ["c"], str(b): ["c"]}
     first = jobdir.read_states(t, str(tmp_path), 0, pods)
-    assert len(t.argvs) == 1
-    assert len(t.argvs[0]) == 7  # bash -c SCRIPT name root since depth: no argument per pod
+    if isinstance(t, CountingTransport):
+        assert len(t.argvs) == 1
+        assert len(t.argvs[0]) == 7  # bash -c SCRIPT name root since depth: none per pod
     assert set(first.changed) == {str(a), str(b)}
     assert first.changed[str(a)].runs == 1
     assert first.changed[str(a)].containers["c"].started is not None
@@ -71,35 +80,48 @@ def test_all_pods_are_read_in_one_command_and_unchanged_ones_skipped(tmp_path: P
     again = jobdir.read_states(t, str(tmp_path), first.now - 10, pods)
     assert set(again.changed) == {str(a)}
     assert again.changed[str(a)].containers["c"].exit_code == 0
-    assert len(t.argvs) == 3
+    if isinstance(t, CountingTransport):
+        assert len(t.argvs) == 3
 
 
-def test_a_pods_files_cannot_pass_for_another_pods(tmp_path: Path) -> None:
+def test_a_pods_files_cannot_pass_for_another_pods(tmp_path: Path, reader: Transport) -> None:
     evil, other = tmp_path / "ns" / "evil-1", tmp_path / "ns" / "other-2"
     put(other, "containers/c.started", STARTED)
     put(evil, "containers/c.started", f"{STARTED}\nP ns/other-2\n|==> containers/c.exit <==\n|7")
     (evil / "containers" / "x.exit").symlink_to(other / "containers" / "c.started")
     (evil / "containers" / "bin.ready").write_bytes(b"\xff\x00true\n")
+    os.mkfifo(evil / "containers" / "fifo.started")  # never opened for good: no hang
+    (evil / "containers" / "big.started").write_text(STARTED + "\n" + "x" * 2000)
     read = jobdir.read_states(
-        LocalTransport(), str(tmp_path), 0, {str(evil): ["c", "x", "bin"], str(other): ["c"]}
+        reader,
+        str(tmp_path),
+        0,
+        {str(evil): ["c", "x", "bin", "fifo", "big"], str(other): ["c"]},
     )
     assert read.changed[str(other)].containers["c"].exit_code is None
     assert read.changed[str(evil)].containers["x"].started is None  # the link not followed
     assert read.changed[str(evil)].containers["c"].exit_code is None
+    assert read.changed[str(evil)].containers["fifo"].started is None
+    assert read.changed[str(evil)].containers["big"].started is None  # over 1 kB: not read
 
 
-def test_pods_not_asked_about_and_other_directories_are_left_out(tmp_path: Path) -> None:
+def test_pods_not_asked_about_and_other_directories_are_left_out(
+    tmp_path: Path, reader: Transport
+) -> None:
     mine, ended = tmp_path / "ns" / "mine-1", tmp_path / "ns" / "ended-2"
     for pod in (mine, ended):
         put(pod, "containers/c.started", STARTED)
     (mine / "volumes" / "data").mkdir(parents=True)
-    read = jobdir.read_states(LocalTransport(), str(tmp_path), 0, {str(mine): ["c"]})
+    (tmp_path / "ns" / "linked-3").symlink_to(mine)  # a link is no pod directory
+    (tmp_path / "ns" / "file-4").write_text("x")
+    pods = {str(mine): ["c"], str(tmp_path / "ns" / "linked-3"): ["c"]}
+    read = jobdir.read_states(reader, str(tmp_path), 0, pods)
     assert set(read.changed) == {str(mine)}
     assert read.now > 0
 
 
 def test_what_the_job_scripts_ils_put_writes_is_found_by_the_pods_directory_alone(
-    tmp_path: Path,
+    tmp_path: Path, reader: Transport
 ) -> None:
     pod = tmp_path / "ns" / "p-1"
     put(pod, "containers/c.started", STARTED)
@@ -107,11 +129,13 @@ def test_what_the_job_scripts_ils_put_writes_is_found_by_the_pods_directory_alon
     script = f"set -e; . {ILS_SH}; cd {shlex.quote(str(pod))}; ils_put containers/c.exit 4"
     subprocess.run(["bash", "-c", script], check=True)
     assert not list(pod.glob("**/*.tmp"))
-    read = jobdir.read_states(LocalTransport(), str(tmp_path), LONG_AGO + 10, {str(pod): ["c"]})
+    read = jobdir.read_states(reader, str(tmp_path), LONG_AGO + 10, {str(pod): ["c"]})
     assert read.changed[str(pod)].containers["c"].exit_code == 4
 
 
-def test_a_write_within_containers_only_is_found_by_the_deep_read(tmp_path: Path) -> None:
+def test_a_write_within_containers_only_is_found_by_the_deep_read(
+    tmp_path: Path, reader: Transport
+) -> None:
     # A pod whose job script was written by an older version, still running after an upgrade.
     pod = tmp_path / "ns" / "old-1"
     put(pod, "containers/c.started", STARTED)
@@ -120,6 +144,6 @@ def test_a_write_within_containers_only_is_found_by_the_deep_read(tmp_path: Path
     os.utime(pod, (LONG_AGO, LONG_AGO))  # the rename within containers/ left it alone
     pods = {str(pod): ["c"]}
     since = LONG_AGO + 10
-    assert jobdir.read_states(LocalTransport(), str(tmp_path), since, pods).changed == {}
-    deep = jobdir.read_states(LocalTransport(), str(tmp_path), since, pods, deep=True)
+    assert jobdir.read_states(reader, str(tmp_path), since, pods).changed == {}
+    deep = jobdir.read_states(reader, str(tmp_path), since, pods, deep=True)
     assert deep.changed[str(pod)].containers["c"].exit_code == 5
