@@ -55,7 +55,7 @@ from interlink_slurm.slurm.states import (
     base_state,
     container_statuses,
 )
-from interlink_slurm.slurm.transport import Transport
+from interlink_slurm.slurm.transport import LocalTransport, Transport
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import GONE, Clock, StatusTracker, SystemClock
 from interlink_slurm.translate.plan import JobPlan, PlannedPull
@@ -86,6 +86,8 @@ FIRST_REFRESH_SECONDS = 10.0
 # While a pod created this recently has containers not yet started, refreshes come this often.
 STARTING_SECONDS = 30.0
 STARTING_REFRESH_SECONDS = 0.25
+# ... where every cluster's files are local: a state read is then no command, only a few stats.
+STARTING_REFRESH_LOCAL_SECONDS = 0.1
 WORKER_THREADS = 64
 # What /getLogs?source= can read besides a container: the batch job's output, the pulls'.
 LOG_SOURCES = ("container", "job", "pull")
@@ -161,6 +163,10 @@ class Service:
             settings, {n: c.scheduler for n, c in self.clusters.items()}, self.clock
         )
         self.puller = self.clusters[DEFAULT_CLUSTER].puller
+        local = all(isinstance(c.transport, LocalTransport) for c in self.clusters.values())
+        self._starting_interval = (
+            STARTING_REFRESH_LOCAL_SECONDS if local else STARTING_REFRESH_SECONDS
+        )
         # Where jobs are submitted as root, which may then choose a pod's Unix user (sbatch
         # --uid): this process itself as root with the local sbatch, or SSH as root.
         self.root_clusters = {
@@ -272,10 +278,10 @@ class Service:
 
     def refresh_interval(self) -> float:
         """The time until the next refresh: shorter while a new pod's containers have not all
-        started (running is seen within STARTING_REFRESH_SECONDS of it, not a whole interval
-        later), for STARTING_SECONDS after its create at most."""
+        started (running is seen within STARTING_REFRESH_SECONDS of it, 0.1 s where the files
+        are local, not a whole interval later), for STARTING_SECONDS after its create at most."""
         interval = self.settings.status_refresh_seconds
-        return min(interval, STARTING_REFRESH_SECONDS) if self._starting else interval
+        return min(interval, self._starting_interval) if self._starting else interval
 
     def _request_refresh(self) -> None:
         """A refresh of the queue too, now (a new pod, a delete, a pull done)."""

@@ -148,8 +148,13 @@ class StatusTracker:
         count one more run (the job script counts its start in job.runs before any container
         starts). Its containers are then seen running from the files at the next state read,
         without waiting for the next query of the queue. Files an earlier run left (before a
-        requeue) count no new run, and stay hidden while the job waits."""
-        return files.runs > self._waiting_runs.get(rec.uid, 0)
+        requeue) count no new run, and stay hidden while the job waits. Once a container has
+        ended, the queue is waited for: how a pod ends (and where it ran) is the job's to say,
+        and a change of files asks the queue at once."""
+        if files.runs <= self._waiting_runs.get(rec.uid, 0):
+            return False
+        ended = (files.containers.get(c) for c in rec.containers)
+        return not any(f is not None and f.exit_code is not None for f in ended)
 
     async def _refresh_jobs(
         self, recs: Sequence[PodRecord]

@@ -17,7 +17,7 @@ from interlink_slurm.errors import SchedulerUnavailable
 from interlink_slurm.service import Service
 from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.slurm.scheduler import JobInfo
-from interlink_slurm.slurm.transport import CommandResult
+from interlink_slurm.slurm.transport import CommandResult, LocalTransport
 from interlink_slurm.store import Store
 from interlink_slurm.wire import LogRequest, Pod, RetrievedPodData
 from tests import podgen
@@ -346,6 +346,21 @@ def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path)
     drive(service, scenario)
 
 
+def test_where_the_files_are_local_refreshes_come_sooner_still_while_pods_start(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "state.db")
+    store.open()
+    service = Service(settings(tmp_path), FakeScheduler(), LocalTransport(), store)
+
+    async def scenario() -> None:
+        await service.create(new_pod("here"))
+        await service.refresh()
+        assert service.refresh_interval() == 0.1  # a state read is a few stats: no command
+
+    drive(service, scenario)
+
+
 def test_a_status_during_a_refresh_never_pairs_an_ended_job_with_older_files(
     tmp_path: Path,
 ) -> None:
@@ -526,6 +541,13 @@ def test_a_start_is_seen_from_the_files_before_the_queue_says_so_but_not_an_earl
         await service.refresh(queue=False)
         assert fake.calls.count("query") == queries
         assert await state() == "running"
+        # Its container ends before the queue says where the job ran: the end waits for it.
+        put(rec.pod_dir, "containers/main.exit", "0")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        await service.refresh(queue=False)
+        assert await state() == "waiting"
+        for name in ("exit", "finished"):
+            (Path(rec.pod_dir) / "containers" / f"main.{name}").unlink()
         # Slurm requeues it: pending again, the first run's files still there.
         fake.jobs[answer.PodJID] = JobInfo(answer.PodJID, "PENDING", "BeginTime", rec.pod_dir)
         await service.refresh()
