@@ -334,12 +334,12 @@ def scan_states(
         for pod in pods:
             try:
                 newer = pod.stat(follow_symlinks=False).st_mtime > since
+                if not (newer or deep):
+                    continue  # the common case: one stat per pod, no more
                 inner = os.lstat(f"{pod.path}/containers")
             except OSError:
                 continue
-            if not stat.S_ISDIR(inner.st_mode):
-                continue
-            if newer or (deep and inner.st_mtime > since):
+            if stat.S_ISDIR(inner.st_mode) and (newer or inner.st_mtime > since):
                 changed[f"{space.name}/{pod.name}"] = _state_files(pod.path)
     return now, changed
 

@@ -85,7 +85,7 @@ MIN_REFRESH_PAUSE_SECONDS = 0.1
 FIRST_REFRESH_SECONDS = 10.0
 # While a pod created this recently has containers not yet started, refreshes come this often.
 STARTING_SECONDS = 30.0
-STARTING_REFRESH_SECONDS = 0.25
+STARTING_REFRESH_SECONDS = 0.5
 # ... where every cluster's files are local: a state read is then no command, only a few stats.
 STARTING_REFRESH_LOCAL_SECONDS = 0.1
 WORKER_THREADS = 64
@@ -319,9 +319,12 @@ class Service:
             if queue:
                 self._queue_now = False
                 self._queue_at = self.clock.monotonic()
+            # Where the files are local, reading them costs no command: then, while pods start,
+            # they are also read before the queue (a start is not seen a slow squeue later).
+            local = self._starting_interval == STARTING_REFRESH_LOCAL_SECONDS
             found = await asyncio.gather(
                 *(
-                    self.trackers[n].refresh(rs, queue, files_first=self._starting)
+                    self.trackers[n].refresh(rs, queue, files_first=self._starting and local)
                     for n, rs in by_cluster.items()
                 )
             )

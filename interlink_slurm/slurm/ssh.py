@@ -46,6 +46,8 @@ NOT_FOUND = ("not found", "no such file or directory")  # from the shell, from e
 PARENT_DIR_MODE = 0o755
 # After a call timed out: how long the connection has to answer a keepalive to be kept.
 LIVENESS_SECONDS = 2.0
+# Before asking again for an SFTP session the login node closed at once.
+SFTP_RETRY_PAUSE_SECONDS = 0.2
 
 
 class SSHUnavailable(CommandUnavailable, SchedulerUnavailable):
@@ -443,6 +445,17 @@ class SSHTransport:
                 used = channel.get_transport() if channel is not None else None
                 if used is not None and self._replaced(used, deadline):
                     # Dropped under this session by another thread: start one on the next.
+                    return self._take_sftp(deadline)
+                if (
+                    isinstance(err, EOFError)
+                    and used is not None
+                    and used.is_active()
+                    and time.monotonic() + SFTP_RETRY_PAUSE_SECONDS < deadline
+                ):
+                    # The login node closed the new session before SFTP began (seen under
+                    # load: its sftp-server could not start). Nothing ran: ask again, within
+                    # the deadline.
+                    time.sleep(SFTP_RETRY_PAUSE_SECONDS)
                     return self._take_sftp(deadline)
                 if time.monotonic() >= deadline:
                     raise self._timed_out("starting SFTP", self._timeout, used) from err

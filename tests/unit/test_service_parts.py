@@ -328,7 +328,7 @@ def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path)
     async def scenario() -> None:
         answer = await service.create(first)
         await service.refresh()
-        assert service.refresh_interval() == 0.25  # its job waits: look again soon
+        assert service.refresh_interval() == 0.5  # its job waits: look again soon
         run(answer.PodJID, fake)
         rec = service.store.get(answer.PodUID)
         assert rec is not None
@@ -338,7 +338,7 @@ def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path)
         # A pod that does not start within the window no longer shortens the interval.
         await service.create(late)
         await service.refresh()
-        assert service.refresh_interval() == 0.25
+        assert service.refresh_interval() == 0.5
         clock.advance(31)
         await service.refresh()
         assert service.refresh_interval() == 2

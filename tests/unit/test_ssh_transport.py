@@ -306,3 +306,24 @@ def test_an_sftp_session_is_started_on_the_next_connection_when_this_one_was_dro
     monkeypatch.setattr("interlink_slurm.slurm.ssh.paramiko.SFTPClient", lambda channel: channel)
     sftp = t._take_sftp(time.monotonic() + 5)
     assert sftp.get_transport() is live  # type: ignore[attr-defined]
+
+
+def test_an_sftp_session_the_login_node_closes_at_once_is_asked_for_again(
+    known_hosts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen creating 1,000 pods over SSH: "cannot start SFTP: EOF during negotiation" on a
+    # connection that stayed up. Nothing ran on that session: a second one is asked for.
+    t = transport(closed_port(), known_hosts)
+    live = _LiveConnection()
+    channels = iter([_SubsystemChannel(live, True), _SubsystemChannel(live, False)])
+    t._client = _Client(live)  # type: ignore[assignment]
+    monkeypatch.setattr(t, "_connection", lambda: live)
+    monkeypatch.setattr(t, "_open_channel", lambda deadline: next(channels))
+    monkeypatch.setattr("interlink_slurm.slurm.ssh.paramiko.SFTPClient", lambda channel: channel)
+    sftp = t._take_sftp(time.monotonic() + 5)
+    assert sftp.get_transport() is live  # type: ignore[attr-defined]
+    with pytest.raises(SSHUnavailable, match="cannot start SFTP"):
+        # One that keeps closing it fails once its deadline is near.
+        closing = iter([_SubsystemChannel(live, True) for _ in range(100)])
+        monkeypatch.setattr(t, "_open_channel", lambda deadline: next(closing))
+        t._take_sftp(time.monotonic() + 0.5)
