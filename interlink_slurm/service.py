@@ -163,9 +163,9 @@ class Service:
             settings, {n: c.scheduler for n, c in self.clusters.items()}, self.clock
         )
         self.puller = self.clusters[DEFAULT_CLUSTER].puller
-        local = all(isinstance(c.transport, LocalTransport) for c in self.clusters.values())
-        self._starting_interval = (
-            STARTING_REFRESH_LOCAL_SECONDS if local else STARTING_REFRESH_SECONDS
+        # Every cluster's pod files on this machine: reading them runs no command.
+        self._files_local = all(
+            isinstance(c.transport, LocalTransport) for c in self.clusters.values()
         )
         # Where jobs are submitted as root, which may then choose a pod's Unix user (sbatch
         # --uid): this process itself as root with the local sbatch, or SSH as root.
@@ -281,7 +281,8 @@ class Service:
         started (running is seen within STARTING_REFRESH_SECONDS of it, 0.1 s where the files
         are local, not a whole interval later), for STARTING_SECONDS after its create at most."""
         interval = self.settings.status_refresh_seconds
-        return min(interval, self._starting_interval) if self._starting else interval
+        starting = STARTING_REFRESH_LOCAL_SECONDS if self._files_local else STARTING_REFRESH_SECONDS
+        return min(interval, starting) if self._starting else interval
 
     def _request_refresh(self) -> None:
         """A refresh of the queue too, now (a new pod, a delete, a pull done)."""
@@ -321,10 +322,10 @@ class Service:
                 self._queue_at = self.clock.monotonic()
             # Where the files are local, reading them costs no command: then, while pods start,
             # they are also read before the queue (a start is not seen a slow squeue later).
-            local = self._starting_interval == STARTING_REFRESH_LOCAL_SECONDS
+            files_first = self._starting and self._files_local
             found = await asyncio.gather(
                 *(
-                    self.trackers[n].refresh(rs, queue, files_first=self._starting and local)
+                    self.trackers[n].refresh(rs, queue, files_first=files_first)
                     for n, rs in by_cluster.items()
                 )
             )
