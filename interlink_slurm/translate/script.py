@@ -164,7 +164,9 @@ def _job_directories(plan: JobPlan, every_node: str) -> tuple[list[str], list[st
         "# directory of the job's own: never the node's /tmp itself.",
         'ils_tmp_sweep "${TMPDIR:-/tmp}"',
         'ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-pid$$}${ILS_MEMBER:+-$ILS_MEMBER}"',
-        f'{every_node}rm -rf -- "$ILS_TMP"',
+        # What a killed run left (seldom there): removed by a process only when it is there,
+        # on one node; each node's srun task cannot run ils_rm.
+        f'{every_node}rm -rf -- "$ILS_TMP"' if every_node else 'ils_rm -rf "$ILS_TMP"',
         f'{every_node}mkdir -m 700 -- "$ILS_TMP" || exit 1',
         f"{every_node}mkdir -m 1777 -- {' '.join(_word(f'{CONTAINER_TMP}/{n}') for n in names)}"
         " || exit 1",

@@ -12,8 +12,71 @@
 # Read from job.sh: POD_DIR, and when the pod has restarts, probes, hooks or sizeLimits,
 # ILS_BACKOFF, ILS_BACKOFF_MAX, ILS_GRACE and ILS_HOOK_TIMEOUT.
 
-# Time stamps in RFC 3339 with nanoseconds, as Kubernetes prints them.
-ils_now() { date -u +%Y-%m-%dT%H:%M:%S.%NZ; }
+# The job's way to its containers' start forks as little as it can: each process costs
+# milliseconds on a node busy with pods that start at once. ils_now, ils_read and ils_which
+# set a variable of the caller's, named by their first word, with builtins (printf -v: no
+# subshell), and keep no locals, which could hide the caller's variable of that name.
+
+# Time stamps in RFC 3339 with nanoseconds, as Kubernetes prints them: printed, or with VAR, set
+# in VAR. Bash 5 tells the time itself: EPOCHREALTIME, read once (its decimal point follows
+# LC_NUMERIC: digits only), its microseconds padded to nanoseconds, formatted in UTC by printf
+# (TZ only for that builtin: the job's TZ stays the containers'). Bash 4 asks date.
+ils_now() {
+  if [ $# -eq 0 ]; then
+    local now
+    ils_now now
+    printf '%s\n' "$now"
+    return
+  fi
+  printf -v "$1" '%s' "${EPOCHREALTIME:-}"
+  if [ "${BASH_VERSINFO[0]}" -ge 5 ] &&
+    [[ ${!1} == [0-9]*[!0-9][0-9][0-9][0-9][0-9][0-9][0-9] ]]; then
+    TZ=UTC0 printf -v "$1" '%(%Y-%m-%dT%H:%M:%S)T.%s000Z' "${!1%%[!0-9]*}" "${!1##*[!0-9]}"
+  else
+    printf -v "$1" '%s' "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)"
+  fi
+}
+
+# ils_read VAR FILE DEFAULT: VAR set as by VAR=$(cat FILE 2>/dev/null || echo DEFAULT): the
+# file's text without its trailing newlines, DEFAULT when it cannot be opened.
+ils_read() {
+  printf -v "$1" '%s' "$3"
+  { IFS= read -r -d '' "$1"; } 2> /dev/null < "$2"
+  while [[ ${!1} == *$'\n' ]]; do printf -v "$1" '%s' "${!1%$'\n'}"; done
+}
+
+# ils_which VAR NAME: VAR set as by VAR=$(command -v -- NAME) || VAR=NAME, with its status:
+# the path of the command NAME on the job's PATH, else NAME as given. A name with a slash is
+# tested, and hash searches PATH afresh (into BASH_CMDS; nothing for a function or a builtin):
+# no process but for a name it does not find, which command -v is asked about.
+ils_which() {
+  printf -v "$1" '%s' "$2"
+  case $2 in
+    '' | */*) [ -x "$2" ] && [ ! -d "$2" ]; return ;;
+  esac
+  if [[ -o hashall ]]; then
+    hash -d -- "$2" 2> /dev/null
+    if hash -- "$2" 2> /dev/null; then
+      printf -v "$1" '%s' "${BASH_CMDS[$2]-$2}"
+      return 0
+    fi
+  fi
+  printf -v "$1" '%s' "$(command -v -- "$2")"
+  [ -n "${!1}" ] || { printf -v "$1" '%s' "$2"; return 1; }
+}
+
+# ils_rm FLAGS PATH...: rm FLAGS -- PATH..., run only when one of them is there (they seldom
+# are).
+ils_rm() {
+  local flags=$1 f
+  shift
+  for f in "$@"; do
+    if [ -e "$f" ] || [ -L "$f" ]; then
+      rm "$flags" -- "$@"
+      return
+    fi
+  done
+}
 
 # Write a small file atomically, so a reader never sees half of it. The temporary file is made
 # in the current (the pod's) directory: renamed into containers/, it changes the mtime of both,
@@ -68,7 +131,7 @@ ils_kill_tree() {
 ils_container() {
   local name=$1; shift
   local -a envs=() launch=() startup=() readiness=() liveness=() poststart=() prestop=()
-  local kv rc=0 logger="" pipe="containers/$name.pipe" runtime found cpid="" policy=Never
+  local kv rc=0 logger="" pipe="containers/$name.pipe" runtime now cpid="" policy=Never
   local restarts backoff=${ILS_BACKOFF:-10}
   local -a watchers
   trap 'ILS_STOPPING=1; ils_prestop' TERM INT
@@ -89,24 +152,25 @@ ils_container() {
   done
   local -a direct=("${envs[@]}")
   if [ "${#launch[@]}" -gt 0 ]; then
-    found=$(command -v -- "${launch[0]}") && launch[0]=$found
+    ils_which 'launch[0]' "${launch[0]}"
     # The launcher never sees the pod's variables (it acts on SLURM_*, OMPI_*...): they are
     # read from the env file after it, on each task's node, for the runtime only.
     launch+=("$BASH" -c "$ILS_AFTER_LAUNCH" ils-env "$POD_DIR/containers/$name.env")
     direct=()
   fi
   # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
-  runtime=$(command -v -- "$1") || runtime=$1
+  ils_which runtime "$1"
   shift
-  restarts=$(cat "containers/$name.restarts" 2>/dev/null || echo 0)
+  ils_read restarts "containers/$name.restarts" 0
   while :; do
     logger=""
     watchers=()
     [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
-    ils_put "containers/$name.started" "$(ils_now)"
-    rm -f "containers/$name.backoff"
+    ils_now now
+    ils_put "containers/$name.started" "$now"
+    ils_rm -f "containers/$name.backoff"
     if [ -n "$ILS_PYTHON" ]; then
-      rm -f "$pipe" && mkfifo -m 600 "$pipe"
+      ils_rm -f "$pipe" && mkfifo -m 600 "$pipe"
       "$ILS_PYTHON" logpipe.py "containers/$name.log" < "$pipe" &
       logger=$!
       setsid env -- "${direct[@]}" "${launch[@]}" "$runtime" "$@" \
@@ -119,7 +183,7 @@ ils_container() {
     if [ "${#poststart[@]}" -gt 0 ]; then
       ils_hook "$name" postStart "$cpid" "${poststart[@]}" & watchers+=($!)
     fi
-    rm -f "containers/$name.startup-ok"
+    ils_rm -f "containers/$name.startup-ok"
     if [ "${#startup[@]}" -gt 0 ]; then
       ils_probe "$name" "$cpid" "${startup[@]}" & watchers+=($!)
     fi
@@ -145,7 +209,8 @@ ils_container() {
       ils_kill_tree KILL "$watchdog"
       rm -f "$pipe"
     fi
-    ils_put "containers/$name.finished" "$(ils_now)"
+    ils_now now
+    ils_put "containers/$name.finished" "$now"
     case $policy in
       Always) ;;
       OnFailure) [ "$rc" -ne 0 ] || break ;;
@@ -156,7 +221,7 @@ ils_container() {
     restarts=$(( restarts + 1 ))
     ils_put "containers/$name.restarts" "$restarts"
     mv -f "containers/$name.log" "containers/$name.previous.log" 2>/dev/null
-    rm -f "containers/$name.previous.log.idx"
+    ils_rm -f "containers/$name.previous.log.idx"
     if [ -e "containers/$name.log.idx" ]; then
       mv -f "containers/$name.log.idx" "containers/$name.previous.log.idx"
     fi
@@ -168,7 +233,7 @@ ils_container() {
     backoff=$(( backoff * 2 > ${ILS_BACKOFF_MAX:-300} ? ${ILS_BACKOFF_MAX:-300} : backoff * 2 ))
     [ -z "${ILS_STOPPING:-}" ] || break
   done
-  rm -f "containers/$name.backoff"
+  ils_rm -f "containers/$name.backoff"
   trap 'ILS_STOPPING=1' TERM INT URG
   ils_put "containers/$name.exit" "$rc"
   return "$rc"
@@ -202,7 +267,7 @@ ils_check() {
   local t=$1 rt; shift
   case $1 in
     exec)
-      rt=$(command -v -- "$2") || rt=$2
+      ils_which rt "$2"
       shift 2
       timeout "$t" env -- "${envs[@]}" "$rt" "$@" ;;
     http)
@@ -235,7 +300,7 @@ ils_stop() {
 # container (restarted or not by its policy). Readiness and liveness wait for a startup probe
 # to succeed (containers/NAME.startup-ok), as in Kubernetes.
 ils_probe() {
-  local name=$1 pid=$2 kind=$3 delay=$4 period=$5 t=$6 success=$7 failure=$8 ok=0 bad=0
+  local name=$1 pid=$2 kind=$3 delay=$4 period=$5 t=$6 success=$7 failure=$8 ok=0 bad=0 now
   shift 8
   trap - TERM INT
   if [ "$kind" != startup ] && [ "${#startup[@]}" -gt 0 ]; then
@@ -252,7 +317,8 @@ ils_probe() {
       if [ "$ok" -ge "$success" ]; then ils_put "containers/$name.ready" true
       elif [ "$bad" -ge "$failure" ]; then ils_put "containers/$name.ready" false; fi
     elif [ "$kind" = startup ] && [ "$ok" -ge "$success" ]; then
-      ils_put "containers/$name.startup-ok" "$(ils_now)"
+      ils_now now
+      ils_put "containers/$name.startup-ok" "$now"
       return
     elif [ "$bad" -ge "$failure" ]; then
       echo "interlink-slurm: container $name failed its $kind probe $bad times: stopping it"
@@ -375,8 +441,11 @@ ils_size_watch() {
 # from the start: what the last run wrote becomes the "previous" logs, and the containers
 # start over.
 ils_start() {
-  local f
-  ILS_RUN=$(( $(cat job.runs 2>/dev/null || echo 0) + 1 ))
+  local f runs
+  ils_read runs job.runs 0
+  # The text itself in the sum, as $(cat) put it there (an empty file counts 0).
+  # shellcheck disable=SC2004
+  ILS_RUN=$(( $runs + 1 ))
   ils_put job.runs "$ILS_RUN"
   if [ "$ILS_RUN" -gt 1 ]; then
     for f in containers/*.log; do
@@ -387,7 +456,7 @@ ils_start() {
     rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
       containers/*.startup-ok containers/*.backoff
   fi
-  ILS_PYTHON=$(command -v python3 || true)
+  ils_which ILS_PYTHON python3 || ILS_PYTHON=""
   ILS_STOPPING=""
   trap 'ILS_STOPPING=1' TERM INT URG
   # Slurm's name of the node, which is what squeue shows (nodes may share a hostname).

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from hypothesis import strategies as st
 
 import interlink_slurm
 from interlink_slurm.config import Settings, load_settings
+from interlink_slurm.jobdir import read_container
+from interlink_slurm.slurm.transport import LocalTransport
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import build_plan
 from interlink_slurm.translate.script import render_script
@@ -830,3 +833,206 @@ def test_tmp_directories_of_jobs_killed_before_their_cleanup_are_swept(tmp_path:
         "interlink-slurm-pid7",
         "other",
     ]
+
+
+# --- the library's helpers that spare the job a process -----------------------------------------
+
+LIBRARY_PATH = Path(interlink_slurm.__file__).parent / "jobscript" / "ils.sh"
+
+
+def in_library(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by bash in ``cwd`` after sourcing the library, as job.sh does."""
+    return subprocess.run(
+        ["bash", "-c", f'set -o nounset; . "$0" || exit 1\n{code}', str(LIBRARY_PATH)],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+RFC3339_NANOSECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.(\d{9})Z")
+
+
+@pytest.mark.parametrize("clock", ["EPOCHREALTIME", "date"])
+def test_ils_now_writes_utc_with_nanoseconds_that_the_plugin_reads_back(
+    clock: str, tmp_path: Path
+) -> None:
+    """Bash 5's own clock (no process) and date (bash 4, or EPOCHREALTIME unset) print the same
+    format, in UTC whatever the job's TZ, which stays the containers' (date +%Z after it)."""
+    (tmp_path / "containers").mkdir()
+    drop = "unset EPOCHREALTIME" if clock == "date" else ":"
+    before = datetime.now(UTC)
+    run = in_library(
+        f"{drop}\n"
+        'ils_now now && ils_put containers/main.started "$now" && printf \'%s\\n\' "$now"\n'
+        "ils_now\n"
+        "date +%Z",
+        tmp_path,
+        TZ="EST5",
+    )
+    after = datetime.now(UTC)
+    assert run.returncode == 0, run.stderr
+    into_var, printed, zone = run.stdout.splitlines()
+    for stamp in (into_var, printed):
+        match = RFC3339_NANOSECONDS.fullmatch(stamp)
+        assert match, stamp
+        if clock == "EPOCHREALTIME":
+            assert match[1].endswith("000"), stamp  # microseconds, padded
+    assert zone == "EST"
+    started = read_container(LocalTransport(), str(tmp_path), "main").started
+    assert started is not None
+    assert started.utcoffset() == timedelta(0)
+    assert started.microsecond == int(into_var[20:26])
+    assert before - timedelta(seconds=1) < started <= after
+    assert into_var <= printed
+
+
+def test_ils_now_on_bash_5_runs_no_process(tmp_path: Path) -> None:
+    """No date: on a PATH where there is none, the time is still told."""
+    run = in_library('PATH=/nonexistent; ils_now now; echo "$now"', tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert RFC3339_NANOSECONDS.fullmatch(run.stdout.strip()), run.stdout
+
+
+# What a file may hold where the job reads a count (job.runs, containers/<name>.restarts):
+# None for no file, a directory for one that cannot be read as a file.
+COUNT_FILES: list[bytes | None] = [
+    None,
+    b"",
+    b"3",
+    b"3\n",
+    b"3\n\n",
+    b"\n5\n",
+    b" 4 \n",
+    b"1\n2\n",
+    b"abc",
+    b"x y\n",
+    b"2+2",
+]
+
+
+@pytest.mark.parametrize("content", [*COUNT_FILES, "directory"])
+def test_ils_read_gives_what_cat_gave(content: bytes | str | None, tmp_path: Path) -> None:
+    """ils_read VAR FILE 0 holds the very text $(cat FILE 2>/dev/null || echo 0) did: the
+    counts the job computes from it stay what they were, garbage included."""
+    f = tmp_path / "job.runs"
+    if content == "directory":
+        f.mkdir()
+    elif isinstance(content, bytes):
+        f.write_bytes(content)
+    run = in_library(
+        "ils_read runs job.runs 0\n"
+        "old=$(cat job.runs 2>/dev/null || echo 0)\n"
+        'printf "%s\\0" "$runs" "$old"',
+        tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    new, old, _ = run.stdout.split("\0")
+    assert new == old
+    assert run.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "runs"), [(None, "1"), (b"", "1"), (b"3\n", "4"), (b" 4 \n", "5")]
+)
+def test_ils_start_counts_the_jobs_runs(content: bytes | None, runs: str, tmp_path: Path) -> None:
+    if content is not None:
+        (tmp_path / "job.runs").write_bytes(content)
+    run = in_library('ils_start ns/pod && echo "$ILS_RUN"', tmp_path, SLURMD_NODENAME="n1")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == runs
+    assert (tmp_path / "job.runs").read_text() == f"{runs}\n"
+
+
+def test_ils_start_stops_at_a_count_that_is_no_number_as_it_did(tmp_path: Path) -> None:
+    """A job.runs the job did not write: the sum fails as it did with $(cat) (nounset)."""
+    (tmp_path / "job.runs").write_text("abc\n")
+    run = in_library("ils_start ns/pod; echo survived", tmp_path, SLURMD_NODENAME="n1")
+    assert run.returncode != 0
+    assert "abc: unbound variable" in run.stderr
+    assert "survived" not in run.stdout
+
+
+def test_ils_which_finds_what_command_v_found(tmp_path: Path) -> None:
+    """The runtime, a launcher, an exec probe's command: the path on the job's PATH, else the
+    name as given, and the status of command -v; with hashing off too."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    (bin_dir / "plain").write_text("not executable\n")
+    (bin_dir / "dir-tool").mkdir()
+    names = [
+        "tool",
+        str(tool),
+        "./bin/tool",
+        "plain",
+        str(bin_dir / "plain"),
+        "dir-tool",
+        str(bin_dir / "dir-tool"),
+        "missing",
+        "/nonexistent/tool",
+        "a func",
+        "myfunc",
+        "echo",
+        "if",
+        "",
+    ]
+    code = ["myfunc() { :; }"]
+    for hashing in ("-h", "+h"):
+        code.append(f"set {hashing}")
+        for n in names:
+            q = shlex.quote(n)
+            code += [
+                f"ils_which v {q}; new=$v:$?",
+                f"v=$(command -v -- {q}); s=$?; [ $s -eq 0 ] || v={q}; old=$v:$s",
+                'printf "%s\\0%s\\0" "$new" "$old"',
+            ]
+    run = in_library("\n".join(code), tmp_path, PATH=f"{bin_dir}:/usr/bin:/bin")
+    assert run.returncode == 0, run.stderr
+    words = run.stdout.split("\0")[:-1]
+    pairs = list(zip(words[::2], words[1::2], strict=True))
+    assert len(pairs) == 2 * len(names)
+    for (new, old), name in zip(pairs, names * 2, strict=True):
+        assert new == old, name
+    assert pairs[0] == (f"{tool}:0", f"{tool}:0")
+    assert pairs[names.index("missing")][0] == "missing:1"
+
+
+def test_ils_which_sets_an_array_element_of_the_caller(tmp_path: Path) -> None:
+    """As ils_container finds its launcher: launch[0] in a local array of the caller."""
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    run = in_library(
+        "f() {\n"
+        "  local -a launch=(tool -n 2)\n"
+        '  ils_which "launch[0]" "${launch[0]}"\n'
+        '  printf "%s|" "${launch[@]}"\n'
+        "}\n"
+        "f",
+        tmp_path,
+        PATH=f"{tmp_path}:/usr/bin:/bin",
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"{tool}|-n|2|"
+
+
+def test_ils_rm_runs_rm_only_for_what_is_there(tmp_path: Path) -> None:
+    """Nothing there: no process (no rm on this PATH) and status 0; else rm with the flags."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    absent = in_library("PATH=/nonexistent; ils_rm -f gone also-gone", tmp_path)
+    assert absent.returncode == 0, absent.stderr
+    assert absent.stderr == ""
+    present = in_library("ils_rm -f gone file dangling && ils_rm -rf tree", tmp_path)
+    assert present.returncode == 0, present.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "dir").mkdir()
+    refused = in_library("ils_rm -f dir", tmp_path)  # as rm -f refuses a directory
+    assert refused.returncode != 0
+    assert (tmp_path / "dir").is_dir()
