@@ -27,7 +27,7 @@ ils_start default/pulled
 # directory of the job's own: never the node's /tmp itself.
 ils_tmp_sweep "${TMPDIR:-/tmp}"
 ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-pid$$}${ILS_MEMBER:+-$ILS_MEMBER}"
-rm -rf -- "$ILS_TMP"
+ils_rm -rf "$ILS_TMP"
 mkdir -m 700 -- "$ILS_TMP" || exit 1
 mkdir -m 1777 -- "$ILS_TMP"/main || exit 1
 
