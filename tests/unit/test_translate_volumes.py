@@ -49,7 +49,7 @@ def test_disk_empty_dir_stays_in_the_pod_directory() -> None:
     assert plan.node_dirs == () and plan.scratch_dirs == ()
     # Only the containers' own /tmp directories are removed at the end, never the volume.
     removed = [line for line in render_script(plan).splitlines() if "rm -rf" in line]
-    assert removed == ['rm -rf -- "$ILS_TMP"', '  rm -rf -- "$ILS_TMP"']
+    assert removed == ['ils_rm -rf "$ILS_TMP"', '  rm -rf -- "$ILS_TMP"']
 
 
 def test_size_limits_are_watched_by_the_job_in_kib() -> None:
