@@ -13,9 +13,9 @@
 # ILS_BACKOFF, ILS_BACKOFF_MAX, ILS_GRACE and ILS_HOOK_TIMEOUT.
 
 # The job's way to its containers' start forks as little as it can: each process costs
-# milliseconds on a node busy with pods that start at once. ils_now, ils_read and ils_which
-# set a variable of the caller's, named by their first word, with builtins (printf -v: no
-# subshell), and keep no locals, which could hide the caller's variable of that name.
+# milliseconds on a node busy with pods that start at once. ils_now, ils_read, ils_count and
+# ils_which set a variable of the caller's, named by their first word, with builtins (printf -v:
+# no subshell), and keep no locals, which could hide the caller's variable of that name.
 
 # Time stamps in RFC 3339 with nanoseconds, as Kubernetes prints them: printed, or with VAR, set
 # in VAR. Bash 5 tells the time itself: EPOCHREALTIME, read once (its decimal point follows
@@ -43,6 +43,22 @@ ils_read() {
   printf -v "$1" '%s' "$3"
   { IFS= read -r -d '' "$1"; } 2> /dev/null < "$2"
   while [[ ${!1} == *$'\n' ]]; do printf -v "$1" '%s' "${!1%$'\n'}"; done
+}
+
+# ils_count VAR FILE: VAR set to the count the job wrote in FILE (job.runs, a container's
+# restarts), 0 when there is no file or it is empty. The text is matched, never evaluated:
+# bash's arithmetic runs the command in a text such as x[$(cmd)], and whatever can write in the
+# pod's directory must not run anything here by it. Any other text stops the job, status 1.
+ils_count() {
+  ils_read "$1" "$2" 0
+  if [[ ${!1} =~ ^[[:space:]]*([0-9]{1,18})[[:space:]]*$ ]]; then
+    printf -v "$1" '%s' "$(( 10#${BASH_REMATCH[1]} ))"
+  elif [[ -z ${!1//[[:space:]]/} ]]; then
+    printf -v "$1" '%s' 0
+  else
+    echo "interlink-slurm: $2 holds no count: the job stops" >&2
+    exit 1
+  fi
 }
 
 # ils_which VAR NAME: VAR set as by VAR=$(command -v -- NAME) || VAR=NAME, with its status:
@@ -161,7 +177,7 @@ ils_container() {
   # Found on the job's PATH, not on a PATH the pod's environment may set for the container.
   ils_which runtime "$1"
   shift
-  ils_read restarts "containers/$name.restarts" 0
+  ils_count restarts "containers/$name.restarts"
   while :; do
     logger=""
     watchers=()
@@ -442,10 +458,8 @@ ils_size_watch() {
 # start over.
 ils_start() {
   local f runs
-  ils_read runs job.runs 0
-  # The text itself in the sum, as $(cat) put it there (an empty file counts 0).
-  # shellcheck disable=SC2004
-  ILS_RUN=$(( $runs + 1 ))
+  ils_count runs job.runs
+  ILS_RUN=$(( runs + 1 ))
   ils_put job.runs "$ILS_RUN"
   if [ "$ILS_RUN" -gt 1 ]; then
     for f in containers/*.log; do

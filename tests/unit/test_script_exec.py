@@ -935,7 +935,8 @@ def test_ils_read_gives_what_cat_gave(content: bytes | str | None, tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    ("content", "runs"), [(None, "1"), (b"", "1"), (b"3\n", "4"), (b" 4 \n", "5")]
+    ("content", "runs"),
+    [(None, "1"), (b"", "1"), (b"\n", "1"), (b"3\n", "4"), (b" 4 \n", "5"), (b"08\n", "9")],
 )
 def test_ils_start_counts_the_jobs_runs(content: bytes | None, runs: str, tmp_path: Path) -> None:
     if content is not None:
@@ -946,13 +947,43 @@ def test_ils_start_counts_the_jobs_runs(content: bytes | None, runs: str, tmp_pa
     assert (tmp_path / "job.runs").read_text() == f"{runs}\n"
 
 
-def test_ils_start_stops_at_a_count_that_is_no_number_as_it_did(tmp_path: Path) -> None:
-    """A job.runs the job did not write: the sum fails as it did with $(cat) (nounset)."""
-    (tmp_path / "job.runs").write_text("abc\n")
+# Counts no job wrote: bash arithmetic would evaluate them, and run the command substitution in
+# an array subscript (BASH_VERSINFO is set, so nounset does not stop it first).
+NOT_COUNTS = [
+    b"abc\n",
+    b"1\n2\n",
+    b"2+2",
+    b"-1",
+    b"1" * 19,
+    b"BASH_VERSINFO[$(touch ran)0]\n",
+    b"x[$(touch ran)]",
+    b"$(touch ran)",
+]
+
+
+@pytest.mark.parametrize("content", NOT_COUNTS)
+def test_a_job_runs_that_is_no_count_stops_the_job_and_runs_nothing(
+    content: bytes, tmp_path: Path
+) -> None:
+    (tmp_path / "job.runs").write_bytes(content)
     run = in_library("ils_start ns/pod; echo survived", tmp_path, SLURMD_NODENAME="n1")
-    assert run.returncode != 0
-    assert "abc: unbound variable" in run.stderr
+    assert run.returncode == 1
+    assert "interlink-slurm: job.runs holds no count: the job stops" in run.stderr
     assert "survived" not in run.stdout
+    assert not (tmp_path / "ran").exists()
+    assert (tmp_path / "job.runs").read_bytes() == content
+
+
+@pytest.mark.parametrize("content", NOT_COUNTS)
+def test_a_restarts_file_that_is_no_count_runs_nothing(content: bytes, tmp_path: Path) -> None:
+    (tmp_path / "main.restarts").write_bytes(content)
+    run = in_library(
+        'ils_count n main.restarts; echo "survived $n"; r=$(( n + 1 )); echo "$r"', tmp_path
+    )
+    assert run.returncode == 1
+    assert "interlink-slurm: main.restarts holds no count: the job stops" in run.stderr
+    assert "survived" not in run.stdout
+    assert not (tmp_path / "ran").exists()
 
 
 def test_ils_which_finds_what_command_v_found(tmp_path: Path) -> None:
