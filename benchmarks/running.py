@@ -179,12 +179,14 @@ def job_script_functions() -> str:
 
 def write_running_states(pod_dirs: list[Path], user: str) -> None:
     """What the job script writes as its container starts, for every pod (see the module doc),
-    as the pods' user."""
+    as the pods' user: its state files, and the data root's mark (POD_DIR set as job.sh sets
+    it)."""
     script = [job_script_functions(), "set -e", "now=$(ils_now)"]
     for d in pod_dirs:
         quoted = str(d).replace("'", "'\\''")
         script.append(
-            f"cd '{quoted}' && ils_put job.runs 1 && ils_put containers/main.started \"$now\""
+            f"POD_DIR='{quoted}' && cd \"$POD_DIR\" && ils_put job.runs 1"
+            ' && ils_put containers/main.started "$now"'
         )
     # On standard input: at 10,000 pods the script is longer than a command line may be.
     argv = ["bash", "-s"]

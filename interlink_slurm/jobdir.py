@@ -215,16 +215,29 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
 # from other nodes. ils_put makes its temporary file in the pod's directory, so a pod whose
 # directory changed since the last read is one whose state files changed. One command finds
 # those (one find over the data root's pod directories, whatever the number of pods: no
-# argument per pod, no directory listed but the namespaces') and prints their files. With
-# depth 3 it also looks at each pod's containers/: for pods whose job script renames within
-# containers/ (written by an older version of the plugin). A pod's files are its job's (its
-# user's) to write: symlinks are not followed, each file is read up to 1 kB, every byte outside
-# printable ASCII becomes "?", and each of a pod's lines is prefixed with "|", so nothing it
-# writes can pass for another pod's.
+# argument per pod, no directory listed but the namespaces') and prints their files.
+# After each state file, ils_put also writes the data root's STATE_MARK: while the mark is no
+# newer than the last read, no job wrote a state file since, and a read looks at no pod
+# directory (an idle refresh of 10,000 pods is one stat, not 10,000), unless it is deep or asked
+# to look at them all (a pod no read looked for yet). With no mark (a data root no job of this
+# version wrote to yet) every read looks.
+# The deep read (given the time of the last one) also looks in each pod's containers/, for the
+# pods whose job script renames within containers/ (written by an older version of the plugin,
+# still running after an upgrade): a pod whose containers/ changed since the last deep read,
+# and later than its own directory (else the reads above have seen the change).
+# A pod's files are its job's (its user's) to write: symlinks are not followed, each file is
+# read up to 1 kB, every byte outside printable ASCII becomes "?", and each of a pod's lines is
+# prefixed with "|", so nothing it writes can pass for another pod's.
+STATE_MARK = ".state-changed"
+# Arguments: the data root, since (seconds), the deep read's since or "-", "mark" or "all".
 STATE_READER = r"""
 export LC_ALL=C
 cd -- "$1" || exit 3
 echo "N $(date +%s)"
+if [[ $3 == - && $4 == mark && -f .state-changed && ! -L .state-changed ]] &&
+  [[ -z $(find .state-changed -maxdepth 0 -newermt "@$2" -print 2>/dev/null || echo x) ]]; then
+  exit 0
+fi
 dirs=()
 while IFS= read -r d; do
   # Pod directories only: <namespace>/<name>-<uid>, with their containers/.
@@ -232,8 +245,16 @@ while IFS= read -r d; do
   [[ -d $d && ! -L $d && -d $d/containers && ! -L $d/containers ]] || continue
   echo "P $d"
   dirs+=("$d")
-done < <(find . -mindepth 2 -maxdepth "$3" -type d -newermt "@$2" -print 2>/dev/null \
-  | sed -e 's|^\./||' -e 's|/containers$||' | sort -u)
+done < <(
+  if [[ $3 == - ]]; then
+    find . -mindepth 2 -maxdepth 2 -type d -newermt "@$2" -printf '%P\n' 2>/dev/null
+  else
+    find . -mindepth 2 -maxdepth 3 -type d -newermt "@$3" -printf '%T@ %P\n' 2>/dev/null \
+      | awk -v since="$2" '{ t = $1 + 0; p = substr($0, length($1) + 2)
+          if (p ~ /\/containers$/) c[substr(p, 1, length(p) - 11)] = t; else m[p] = t }
+        END { for (p in m) if (m[p] > since + 0) print p
+              for (p in c) if (!(p in m) || c[p] > m[p]) print p }'
+  fi | sort -u)
 [ "${#dirs[@]}" -gt 0 ] || exit 0
 # Their state files (regular files, links not followed, under 2 kB), the first line of each,
 # in a few processes whatever their number.
@@ -262,19 +283,26 @@ def read_states(
     pods: Mapping[str, Sequence[str]],
     timeout: float = 60,
     *,
-    deep: bool = False,
+    deep_since: float | None = None,
+    whole: bool = False,
 ) -> StateRead:
     """The state files of the pods (pod dir → its containers) whose directory changed at or
-    after ``since`` (the cluster side's clock), in one command; ``deep`` looks at their
-    containers/ directories too. Raises OSError or SchedulerUnavailable."""
+    after ``since`` (the cluster side's clock), in one command; with ``deep_since`` (a deep
+    read) also those whose containers/ alone changed after it. Unless deep or ``whole``,
+    nothing is looked at when the data root's STATE_MARK is no newer than ``since``. Raises
+    OSError or SchedulerUnavailable."""
     root = data_root.rstrip("/") or "/"
     if isinstance(transport, LocalTransport):
         # The files are here: read in this process, with no child process to start (a refresh
         # while 20 pods start on 2 cores waited up to 0.4 s for the reader's 10 processes).
-        now, raw = scan_states(root, since, deep=deep)
+        now, raw = scan_states(root, since, deep_since=deep_since, whole=whole)
     else:
-        depth = "3" if deep else "2"
-        argv = ["bash", "-c", STATE_READER, "ils-state", root, str(max(0, int(since))), depth]
+        deep = "-" if deep_since is None else str(max(0, int(deep_since)))
+        mark = "all" if whole else "mark"
+        argv = [
+            *("bash", "-c", STATE_READER, "ils-state"),
+            *(root, str(max(0, int(since))), deep, mark),
+        ]
         try:
             result = transport.run(argv, timeout=timeout)
         except CommandUnavailable as err:
@@ -314,15 +342,19 @@ _UNPRINTABLE = re.compile(rb"[^ -~]")
 
 
 def scan_states(
-    root: str, since: float, *, deep: bool = False
+    root: str, since: float, *, deep_since: float | None = None, whole: bool = False
 ) -> tuple[float, dict[str, dict[str, bytes]]]:
     """What STATE_READER prints, parsed (see _parse_states), read from this machine's files
     in this process: the pod directories under ``root`` (``<namespace>/<pod>``, with a
-    containers/ directory, no symlink) changed after ``since``, with ``deep`` also those whose
-    containers/ changed; for each, its state files' first lines. Raises OSError when ``root``
-    cannot be listed."""
+    containers/ directory, no symlink) changed after ``since``, with ``deep_since`` also those
+    whose containers/ alone changed after it; for each, its state files' first lines. Unless
+    deep or ``whole``, none when the data root's STATE_MARK is no newer than ``since``. Raises
+    OSError when ``root`` cannot be listed."""
     now = time.time()
     changed: dict[str, dict[str, bytes]] = {}
+    deep = deep_since is not None
+    if not (deep or whole) and not _marked_after(root, since):
+        return now, changed
     with os.scandir(root) as namespaces:
         spaces = [e for e in namespaces if e.is_dir(follow_symlinks=False)]
     for space in spaces:
@@ -333,15 +365,28 @@ def scan_states(
             continue  # removed meanwhile, or not ours to read
         for pod in pods:
             try:
-                newer = pod.stat(follow_symlinks=False).st_mtime > since
+                mtime = pod.stat(follow_symlinks=False).st_mtime
+                newer = mtime > since
                 if not (newer or deep):
                     continue  # the common case: one stat per pod, no more
                 inner = os.lstat(f"{pod.path}/containers")
             except OSError:
                 continue
-            if stat.S_ISDIR(inner.st_mode) and (newer or inner.st_mtime > since):
+            if not stat.S_ISDIR(inner.st_mode):
+                continue
+            if newer or (deep_since is not None and inner.st_mtime > max(deep_since, mtime)):
                 changed[f"{space.name}/{pod.name}"] = _state_files(pod.path)
     return now, changed
+
+
+def _marked_after(root: str, since: float) -> bool:
+    """Whether a job wrote a state file after ``since`` by the data root's STATE_MARK, or it
+    cannot say (no mark, or something else in its place)."""
+    try:
+        info = os.lstat(f"{root}/{STATE_MARK}")
+    except OSError:
+        return True
+    return not stat.S_ISREG(info.st_mode) or info.st_mtime > since
 
 
 def _state_files(pod_dir: str) -> dict[str, bytes]:

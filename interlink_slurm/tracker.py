@@ -101,6 +101,10 @@ class StatusTracker:
         # uid → its job.runs when the queue last showed its job waiting (see ran_since_waiting).
         self._waiting_runs: dict[str, int] = {}
         self._deep_at: float | None = None  # the monotonic clock then
+        # The pods the last read that looked at every pod directory (not only by the data
+        # root's mark, jobdir.STATE_MARK) looked for: a pod not among them has a directory no
+        # read has seen yet, which its job has not marked (it may not have started).
+        self._looked: frozenset[str] = frozenset()
 
     # --- the queue ------------------------------------------------------------------------------
 
@@ -275,15 +279,25 @@ class StatusTracker:
         if not by_dir:
             return lambda: False
         deep = self._deep_at is None or self.clock.monotonic() - self._deep_at >= DEEP_READ_SECONDS
+        whole = deep or any(r.uid not in self._looked for r in by_dir.values())
         # Changes from SINCE_MARGIN_SECONDS before the last read on: a write within the same
         # mtime tick as that read, or stamped by a node whose clock is a little behind.
-        last = self._deep_since if deep else self._since
-        since = last - SINCE_MARGIN_SECONDS if last is not None else 0.0
+        since = self._since - SINCE_MARGIN_SECONDS if self._since is not None else 0.0
+        deep_since = None
+        if deep:
+            last = self._deep_since
+            deep_since = last - SINCE_MARGIN_SECONDS if last is not None else 0.0
         pods = _Containers(by_dir)
         started = self.clock.monotonic()
         try:
             read = await asyncio.to_thread(
-                jobdir.read_states, self.transport, self.data_root, since, pods, deep=deep
+                jobdir.read_states,
+                self.transport,
+                self.data_root,
+                since,
+                pods,
+                deep_since=deep_since,
+                whole=whole,
             )
         except (OSError, SchedulerUnavailable) as err:
             # The login node cannot be reached (SSH down, a filesystem hiccup): what the files
@@ -311,6 +325,8 @@ class StatusTracker:
             self._since = read.now
             if deep:
                 self._deep_since, self._deep_at = read.now, started
+            if whole:
+                self._looked = frozenset(r.uid for r in by_dir.values())
             return changed
 
         return publish

@@ -96,10 +96,16 @@ ils_rm() {
 
 # Write a small file atomically, so a reader never sees half of it. The temporary file is made
 # in the current (the pod's) directory: renamed into containers/, it changes the mtime of both,
-# so the plugin's state reader finds every changed pod by its directory alone.
+# so the plugin's state reader finds every changed pod by its directory alone. Then the data
+# root's .state-changed is written (POD_DIR is <root>/<namespace>/<pod>): while it is older than
+# the reader's last look, the reader looks in no pod directory at all (jobdir.STATE_MARK).
 ils_put() {
   local tmp=".${1//\//.}.tmp"
-  printf '%s\n' "$2" > "$tmp" && mv -f "$tmp" "$1"
+  printf '%s\n' "$2" > "$tmp" && mv -f "$tmp" "$1" || return
+  if [ -n "${POD_DIR:-}" ]; then
+    { printf '%s\n' "${POD_DIR##*/}" > "${POD_DIR%/*/*}/.state-changed"; } 2> /dev/null
+  fi
+  return 0
 }
 
 # Wait for one child, riding out the TERM that scancel sends to every process of the job:

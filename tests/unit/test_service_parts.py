@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from interlink_slurm import jobdir
 from interlink_slurm.config import Settings, load_settings
 from interlink_slurm.errors import SchedulerUnavailable
 from interlink_slurm.service import Service
@@ -152,6 +153,56 @@ def test_a_pod_submitted_since_the_last_refresh_is_read_by_none_at_its_status(
         [st] = await service.status([data.pod])
         assert st.containers[0].state.running is not None
         assert transport.calls == {}
+
+    drive(service, scenario)
+
+
+def test_a_refresh_trusts_the_data_roots_mark_but_looks_for_a_pod_no_read_looked_for(
+    tmp_path: Path,
+) -> None:
+    """While the mark (jobdir.STATE_MARK, which ils_put writes) is older than the last read,
+    a refresh looks at no pod directory: here a change written without it stays unseen until
+    the mark is written. A pod created since the last read that looked at them all is looked
+    for whatever the mark says (its job may not have written anything yet)."""
+    service, fake, transport, _ = make(tmp_path)
+    first, second = new_pod("first"), new_pod("second")
+    mark = tmp_path / "pods" / jobdir.STATE_MARK
+
+    def age_mark() -> None:
+        old = time.time() - 100
+        mark.write_text("x\n")
+        os.utime(mark, (old, old))
+
+    async def started(data: RetrievedPodData) -> str:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        return rec.pod_dir
+
+    async def state(data: RetrievedPodData) -> str:
+        [st] = await service.status([data.pod])
+        return next(k for k, v in st.containers[0].state.model_dump().items() if v is not None)
+
+    async def scenario() -> None:
+        pod_dir = await started(first)
+        age_mark()
+        await service.refresh()
+        assert await state(first) == "running"
+        put(pod_dir, "containers/main.exit", "0")
+        put(pod_dir, "containers/main.finished", STARTED)
+        await service.refresh()
+        assert await state(first) == "running"  # not marked: not looked at
+        await started(second)
+        age_mark()
+        await service.refresh()
+        transport.calls.clear()
+        assert await state(second) == "running"  # new: looked for, the mark old as it is
+        assert transport.calls == {}  # by the refresh, not by a read of its own at /status
+        mark.write_text("first\n")
+        await service.refresh()
+        assert await state(first) == "terminated"
 
     drive(service, scenario)
 

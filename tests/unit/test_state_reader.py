@@ -66,7 +66,8 @@ def test_all_pods_are_read_in_one_command_and_unchanged_ones_skipped(
     first = jobdir.read_states(t, str(tmp_path), 0, pods)
     if isinstance(t, CountingTransport):
         assert len(t.argvs) == 1
-        assert len(t.argvs[0]) == 7  # bash -c SCRIPT name root since depth: none per pod
+        # bash -c SCRIPT name root since depth mark: no argument per pod
+        assert len(t.argvs[0]) == 8
     assert set(first.changed) == {str(a), str(b)}
     assert first.changed[str(a)].runs == 1
     assert first.changed[str(a)].containers["c"].started is not None
@@ -145,5 +146,92 @@ def test_a_write_within_containers_only_is_found_by_the_deep_read(
     pods = {str(pod): ["c"]}
     since = LONG_AGO + 10
     assert jobdir.read_states(reader, str(tmp_path), since, pods).changed == {}
-    deep = jobdir.read_states(reader, str(tmp_path), since, pods, deep=True)
+    deep = jobdir.read_states(reader, str(tmp_path), since, pods, deep_since=since)
     assert deep.changed[str(pod)].containers["c"].exit_code == 5
+
+
+def test_the_deep_read_does_not_read_again_what_the_reads_of_pod_directories_saw(
+    tmp_path: Path, reader: Transport
+) -> None:
+    """A pod written through its directory (ils_put) since the last deep read, and already read
+    (its directory older than the last read): the deep read leaves it (10,000 pods started in
+    the last minute are not all read again). One whose containers/ alone changed is read."""
+    new, old = tmp_path / "ns" / "new-1", tmp_path / "ns" / "old-2"
+    put(new, "containers/c.started", STARTED)
+    put(old, "containers/c.started", STARTED)
+    age(old)
+    put(old, "containers/c.exit", "5", tmp_dir="containers")
+    written = (new / "containers").stat().st_mtime
+    for d in (new, new / "containers", old):
+        os.utime(d, (written - 100, written - 100))  # read by the reads since
+    pods = {str(new): ["c"], str(old): ["c"]}
+    deep = jobdir.read_states(
+        reader, str(tmp_path), written - 50, pods, deep_since=LONG_AGO, whole=True
+    )
+    assert set(deep.changed) == {str(old)}
+    assert deep.changed[str(old)].containers["c"].exit_code == 5
+
+
+def mark(root: Path, when: float) -> None:
+    """The data root's mark (jobdir.STATE_MARK), as last written at ``when``."""
+    path = root / jobdir.STATE_MARK
+    path.write_text("p-1\n")
+    os.utime(path, (when, when))
+
+
+def test_an_old_mark_means_no_pod_directory_is_looked_at_unless_asked_or_deep(
+    tmp_path: Path, reader: Transport
+) -> None:
+    """A change no job marked (as if the mark were older than it, the write being lost) is not
+    seen by a read that trusts the mark; one asked to look at every pod (whole), or the deep
+    read, sees it; and with no mark at all, every read looks."""
+    pod = tmp_path / "ns" / "p-1"
+    put(pod, "containers/c.started", STARTED)
+    pods = {str(pod): ["c"]}
+    since = LONG_AGO + 10
+    mark(tmp_path, since - 5)
+    assert jobdir.read_states(reader, str(tmp_path), since, pods).changed == {}
+    whole = jobdir.read_states(reader, str(tmp_path), since, pods, whole=True)
+    assert whole.changed[str(pod)].containers["c"].started is not None
+    deep = jobdir.read_states(reader, str(tmp_path), since, pods, deep_since=since)
+    assert deep.changed[str(pod)].containers["c"].started is not None
+    mark(tmp_path, since + 5)
+    marked = jobdir.read_states(reader, str(tmp_path), since, pods)
+    assert marked.changed[str(pod)].containers["c"].started is not None
+    (tmp_path / jobdir.STATE_MARK).unlink()
+    (tmp_path / jobdir.STATE_MARK).mkdir()  # not a file: no mark to trust
+    assert set(jobdir.read_states(reader, str(tmp_path), since, pods).changed) == {str(pod)}
+
+
+def test_the_job_scripts_ils_put_writes_the_mark_after_the_state_file(
+    tmp_path: Path, reader: Transport
+) -> None:
+    """ils_put, with the job's POD_DIR, writes the data root's mark (the name both sides
+    know): a read that trusts the mark finds the file. Without POD_DIR (no job) no mark."""
+    pod = tmp_path / "ns" / "p-1"
+    put(pod, "containers/c.started", STARTED)
+    age(pod)
+    mark(tmp_path, LONG_AGO)
+    pod_dir = shlex.quote(str(pod))
+    script = f"set -e; . {ILS_SH}; POD_DIR={pod_dir}; cd {pod_dir}; ils_put containers/c.exit 4"
+    subprocess.run(["bash", "-c", script], check=True)
+    assert (tmp_path / jobdir.STATE_MARK).stat().st_mtime > LONG_AGO + 10
+    assert (tmp_path / jobdir.STATE_MARK).read_text() == "p-1\n"
+    read = jobdir.read_states(reader, str(tmp_path), LONG_AGO + 10, {str(pod): ["c"]})
+    assert read.changed[str(pod)].containers["c"].exit_code == 4
+    mark(tmp_path, LONG_AGO)
+    script = f". {ILS_SH}; cd {pod_dir}; ils_put containers/c.ready true"
+    subprocess.run(["bash", "-c", script], check=True)
+    assert (tmp_path / jobdir.STATE_MARK).stat().st_mtime == LONG_AGO
+
+
+def test_ils_put_does_not_fail_for_a_mark_it_cannot_write(tmp_path: Path) -> None:
+    pod = tmp_path / "ns" / "p-1"
+    (pod / "containers").mkdir(parents=True)
+    (tmp_path / jobdir.STATE_MARK).mkdir()  # cannot be written as a file
+    pod_dir = shlex.quote(str(pod))
+    script = f". {ILS_SH}; POD_DIR={pod_dir}; cd {pod_dir}; ils_put containers/c.exit 0; echo $?"
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert run.stdout == "0\n"
+    assert run.stderr == ""
+    assert (pod / "containers" / "c.exit").read_text() == "0\n"
