@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import posixpath
 import re
@@ -219,8 +220,8 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
 # After each state file, ils_put also writes the data root's STATE_MARK: while the mark is no
 # newer than the last read, no job wrote a state file since, and a read looks at no pod
 # directory (an idle refresh of 10,000 pods is one stat, not 10,000), unless it is deep or asked
-# to look at them all (a pod no read looked for yet). With no mark (a data root no job of this
-# version wrote to yet) every read looks.
+# to look at them all (a pod no read looked for yet, or one older than MARKED_SINCE). With no
+# mark (a data root no job of this version wrote to yet) every read looks.
 # The deep read (given the time of the last one) also looks in each pod's containers/, for the
 # pods whose job script renames within containers/ (written by an older version of the plugin,
 # still running after an upgrade): a pod whose containers/ changed since the last deep read,
@@ -229,6 +230,10 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
 # read up to 1 kB, every byte outside printable ASCII becomes "?", and each of a pod's lines is
 # prefixed with "|", so nothing it writes can pass for another pod's.
 STATE_MARK = ".state-changed"
+# Since when the plugins on this data root have written job scripts that write the mark (the
+# first start of such a plugin on it): a pod created before may run a script that writes none
+# (an upgrade with pods running), and while one does, every read looks at every pod directory.
+MARKED_SINCE = ".state-marked-since"
 # Arguments: the data root, since (seconds), the deep read's since or "-", "mark" or "all".
 STATE_READER = r"""
 export LC_ALL=C
@@ -266,6 +271,21 @@ printf '%s\0' "${dirs[@]}" \
   | xargs -0 -r awk 'FNR == 1 { n = FILENAME; gsub(/[^!-~]/, "?", n); print "F " n
       gsub(/[^ -~]/, "?"); print "|" $0; nextfile }'
 """
+
+
+def marked_since(transport: Transport, data_root: str, now: float) -> float:
+    """Since when the data root's pods have had job scripts that write STATE_MARK: what its
+    MARKED_SINCE file says, else ``now`` (this plugin's start), written there. Raises
+    OSError or SchedulerUnavailable."""
+    path = f"{data_root.rstrip('/')}/{MARKED_SINCE}"
+    raw = transport.read_file(path, 64)
+    if raw is not None:
+        with contextlib.suppress(ValueError):
+            since = float(raw.decode(errors="replace").strip())
+            if math.isfinite(since):
+                return since
+    transport.write_file(path, f"{now}\n".encode(), 0o600)
+    return now
 
 
 @dataclass(frozen=True)

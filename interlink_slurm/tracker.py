@@ -35,9 +35,9 @@ GONE = "GONE"  # final_state of a job that left the queue with no accounting rec
 # in the same mtime tick as that read (a second on some filesystems), or stamped by a node whose
 # clock is a little behind the login node's, is not missed.
 SINCE_MARGIN_SECONDS = 10.0
-# The state read looks at the pods' directories only (ils_put renames through them); this often
-# it also looks at their containers/, for pods whose job script only renames there (written by
-# an older version of the plugin, still running after an upgrade).
+# The state read looks at the pods' directories only (ils_put renames through them); while pods
+# whose job script writes no mark run (jobdir.MARKED_SINCE), this often it also looks at their
+# containers/, for pods whose job script only renames there (older versions of the plugin).
 DEEP_READ_SECONDS = 60.0
 
 
@@ -105,6 +105,10 @@ class StatusTracker:
         # root's mark, jobdir.STATE_MARK) looked for: a pod not among them has a directory no
         # read has seen yet, which its job has not marked (it may not have started).
         self._looked: frozenset[str] = frozenset()
+        self._born = self.clock.time()
+        # jobdir.marked_since, once read: a pod created before may run a job script that
+        # writes no mark; None until read.
+        self._marked_since: float | None = None
 
     # --- the queue ------------------------------------------------------------------------------
 
@@ -120,8 +124,10 @@ class StatusTracker:
         its job is. With ``files_first`` (while pods start) the files are also read and
         published before the queue is asked, so a start is not seen a slow squeue later."""
         early = False
+        before: Mapping[str, jobdir.PodFiles] | None = None
         if queue and files_first:
             early = (await self._read_states(recs))()
+            before = dict(self.files)
         answer = await self._refresh_jobs(recs) if queue else None
         publish = await self._read_states(recs)
         jobs_changed = False
@@ -132,19 +138,23 @@ class StatusTracker:
         changed = jobs_changed or files_changed or early
         if answer is None:
             return Refreshed(not queue, changed)
-        self._note_waiting(recs)
+        self._note_waiting(recs, self.files if before is None else before)
         await answer[1]()
         return Refreshed(True, changed)
 
-    def _note_waiting(self, recs: Sequence[PodRecord]) -> None:
-        """For each pod whose job the queue shows waiting, its job.runs as read after that
-        query (see ran_since_waiting)."""
+    def _note_waiting(
+        self, recs: Sequence[PodRecord], files: Mapping[str, jobdir.PodFiles]
+    ) -> None:
+        """For each pod whose job the queue shows waiting, its job.runs as the ``files`` say
+        (see ran_since_waiting): as read just before the query when there is such a read (a job
+        the query saw waiting starts after it: its run, counted while the query ran, is then
+        not taken for an old one and hidden until the next query), else as read after it."""
         waiting = {}
         for rec in recs:
             job = self.jobs.get(rec.job_id or "")
             if job is None or base_state(job) in WAITING:
-                files = self.files.get(rec.uid)
-                waiting[rec.uid] = files.runs if files is not None else 0
+                seen = files.get(rec.uid)
+                waiting[rec.uid] = seen.runs if seen is not None else 0
         self._waiting_runs = waiting
 
     def ran_since_waiting(self, rec: PodRecord, files: jobdir.PodFiles) -> bool:
@@ -278,8 +288,11 @@ class StatusTracker:
         by_dir = {r.pod_dir: r for r in recs if r.job_id}
         if not by_dir:
             return lambda: False
-        deep = self._deep_at is None or self.clock.monotonic() - self._deep_at >= DEEP_READ_SECONDS
-        whole = deep or any(r.uid not in self._looked for r in by_dir.values())
+        marked = await self._marked()
+        unmarked = any(r.created < marked for r in by_dir.values())
+        due = self._deep_at is None or self.clock.monotonic() - self._deep_at >= DEEP_READ_SECONDS
+        deep = self._deep_at is None or (unmarked and due)
+        whole = deep or unmarked or any(r.uid not in self._looked for r in by_dir.values())
         # Changes from SINCE_MARGIN_SECONDS before the last read on: a write within the same
         # mtime tick as that read, or stamped by a node whose clock is a little behind.
         since = self._since - SINCE_MARGIN_SECONDS if self._since is not None else 0.0
@@ -330,6 +343,18 @@ class StatusTracker:
             return changed
 
         return publish
+
+    async def _marked(self) -> float:
+        """jobdir.marked_since, read once (written at the first start on a data root); while it
+        cannot be read, every pod counts as one whose job writes no mark."""
+        if self._marked_since is None:
+            try:
+                self._marked_since = await asyncio.to_thread(
+                    jobdir.marked_since, self.transport, self.data_root, self._born
+                )
+            except (OSError, SchedulerUnavailable):
+                return float("inf")
+        return self._marked_since
 
     def starting(self, rec: PodRecord, now: float, window: float = 30.0) -> bool:
         """Whether a pod created less than ``window`` ago waits for its containers to start:

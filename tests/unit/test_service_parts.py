@@ -106,7 +106,9 @@ def test_status_is_served_from_memory_and_a_refresh_reads_all_pods_in_one_call(
         transport.calls.clear()
         fake.calls.clear()
         await service.refresh()
-        assert transport.calls == {"run": 1}  # every pod's state files: one command
+        # Every pod's state files: one command (and, at the first refresh on this data root,
+        # since when its pods write marks: jobdir.MARKED_SINCE, read once, written once).
+        assert transport.calls == {"run": 1, "read_file": 1, "write_file": 1}
         assert fake.calls == ["query"]  # every pod's job: one query
         transport.calls.clear()
         for _ in range(3):
@@ -203,6 +205,82 @@ def test_a_refresh_trusts_the_data_roots_mark_but_looks_for_a_pod_no_read_looked
         mark.write_text("first\n")
         await service.refresh()
         assert await state(first) == "terminated"
+
+    drive(service, scenario)
+
+
+def test_pods_older_than_the_marks_are_looked_at_at_every_refresh(tmp_path: Path) -> None:
+    """A pod created before the data root's jobs wrote marks (jobdir.MARKED_SINCE: an upgrade
+    with pods running) may run a job script that writes none: while one is active, every
+    refresh looks at every pod directory, and its change is seen without a mark."""
+    service, fake, _, clock = make(tmp_path)
+    data = new_pod("older")
+    root = tmp_path / "pods"
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        (root / jobdir.MARKED_SINCE).write_text(f"{clock.time() + 1}\n")
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        old = time.time() - 100
+        (root / jobdir.STATE_MARK).write_text("x\n")
+        os.utime(root / jobdir.STATE_MARK, (old, old))
+        await service.refresh()
+        put(rec.pod_dir, "containers/main.exit", "0")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        await service.refresh()
+        [st] = await service.status([data.pod])
+        assert st.containers[0].state.terminated is not None
+
+    drive(service, scenario)
+
+
+def test_the_first_refresh_on_a_data_root_writes_since_when_its_pods_mark(
+    tmp_path: Path,
+) -> None:
+    service, _, _, clock = make(tmp_path)
+    born = clock.time()
+    clock.advance(30)
+
+    async def scenario() -> None:
+        await service.create(new_pod("first"))
+        await service.refresh()
+        since = (tmp_path / "pods" / jobdir.MARKED_SINCE).read_text()
+        assert float(since) == born  # the plugin's start: every pod it created marks
+
+    drive(service, scenario)
+
+
+def test_a_job_that_starts_while_the_queue_is_asked_is_seen_running_at_once(
+    tmp_path: Path,
+) -> None:
+    """While pods start, the files are read before the query: a job the query shows pending,
+    whose script counts its run while squeue runs, has started since (Slurm marks a job
+    running before its script runs), and is running at the refresh that read that count; it
+    is not taken for a run from before the query, hidden until the next one."""
+    service, fake, _, _ = make(tmp_path)
+    data = new_pod("quick")
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        tracker = next(iter(service.trackers.values()))
+        asked = fake.query
+
+        async def query(job_ids: Sequence[str]) -> dict[str, JobInfo]:
+            jobs = await asked(job_ids)  # the job is pending as squeue looks
+            put(rec.pod_dir, "job.runs", "1")  # ... and its script starts right after
+            put(rec.pod_dir, "containers/main.started", STARTED)
+            return jobs
+
+        fake.query = query  # type: ignore[method-assign]
+        await tracker.refresh([rec], queue=True, files_first=True)
+        fake.query = asked  # type: ignore[method-assign]
+        [st] = await service.status([data.pod])
+        assert st.containers[0].state.running is not None, st
 
     drive(service, scenario)
 

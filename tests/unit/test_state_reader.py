@@ -235,3 +235,15 @@ def test_ils_put_does_not_fail_for_a_mark_it_cannot_write(tmp_path: Path) -> Non
     assert run.stdout == "0\n"
     assert run.stderr == ""
     assert (pod / "containers" / "c.exit").read_text() == "0\n"
+
+
+@pytest.mark.parametrize("content", [None, b"", b"soon\n", b"nan\n", b"inf\n", b"-inf"])
+def test_since_when_the_pods_mark_is_written_once_with_the_plugins_start(
+    content: bytes | None, tmp_path: Path
+) -> None:
+    path = tmp_path / jobdir.MARKED_SINCE
+    if content is not None:
+        path.write_bytes(content)
+    assert jobdir.marked_since(Here(), str(tmp_path), 1234.5) == 1234.5
+    assert path.read_text() == "1234.5\n"
+    assert jobdir.marked_since(Here(), str(tmp_path), 9999.0) == 1234.5
