@@ -284,9 +284,9 @@ def bench_status_running(
                     # What the background refresh costs while nothing else happens: a state
                     # read every 2 s (over SSH one command; locally no transport call) and the
                     # queue, less often while nothing changes.
-                    c0, q0 = transport_calls(plugin), refreshes(plugin)
+                    idle0, q0 = transport_calls(plugin), refreshes(plugin)
                     time.sleep(IDLE_WINDOW_SECONDS)
-                    c1, q1 = transport_calls(plugin), refreshes(plugin)
+                    idle1, q1 = transport_calls(plugin), refreshes(plugin)
                     # The calls alone: no background refresh while they run (the one at start
                     # has read every pod).
                     restart(plugin, status_refresh_seconds=3600)
@@ -304,7 +304,8 @@ def bench_status_running(
                     per_call = (transport_calls(plugin) - c0) / calls
                 print(
                     f"| {mode} | {n} | {how} | {calls} | {percentile(latencies, 50):.2f} | "
-                    f"{percentile(latencies, 99):.2f} | {per_call:g} | {c1 - c0} | {q1 - q0:.0f} |",
+                    f"{percentile(latencies, 99):.2f} | {per_call:g} | {idle1 - idle0} "
+                    f"| {q1 - q0:.0f} |",
                     flush=True,
                 )
 

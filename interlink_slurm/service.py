@@ -251,7 +251,7 @@ class Service:
         while True:
             started = time.monotonic()
             try:
-                await self.refresh(queue=self._queue_due())
+                await self._refresh_watching(queue=self._queue_due())
                 await self.janitor.tick()
                 await self.gang.tick()  # pod groups: timeouts, and what ended a group's job
             except asyncio.CancelledError:
@@ -305,18 +305,50 @@ class Service:
             return since >= MIN_REFRESH_GAP_SECONDS
         return since >= self._queue_interval
 
+    async def _refresh_watching(self, queue: bool) -> None:
+        """refresh(queue). While pods start where the files are local, the files are also read
+        every STARTING_REFRESH_LOCAL_SECONDS while the queue is asked: under load one squeue
+        takes 0.1-0.3 s, and a start would otherwise be seen only after it."""
+        if not (queue and self._starting and self._files_local):
+            await self.refresh(queue=queue)
+            return
+        refreshing = asyncio.ensure_future(self.refresh(queue=True))
+        try:
+            while True:
+                done, _ = await asyncio.wait({refreshing}, timeout=STARTING_REFRESH_LOCAL_SECONDS)
+                if done:
+                    break
+                found = await asyncio.gather(
+                    *(
+                        self.trackers[n].refresh(rs, queue=False)
+                        for n, rs in self._active_by_cluster().items()
+                    )
+                )
+                if any(f.changed for f in found):
+                    self._request_refresh()  # the jobs may have changed too
+        finally:
+            if not refreshing.done():
+                refreshing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refreshing
+        refreshing.result()
+
+    def _active_by_cluster(self) -> dict[str, list[PodRecord]]:
+        """The pods to refresh (active, or ended within ENDED_WATCH_SECONDS), by cluster."""
+        recs = self.store.active(self.clock.time() - ENDED_WATCH_SECONDS)  # from memory
+        self.metrics.tracked_jobs.set(len(recs))
+        by_cluster: dict[str, list[PodRecord]] = {name: [] for name in self.clusters}
+        for rec in recs:
+            if rec.cluster in by_cluster:
+                by_cluster[rec.cluster].append(rec)
+        return by_cluster
+
     async def refresh(self, queue: bool = True) -> None:
         """One state read per cluster for its active pods and, with ``queue``, one scheduler
         query before it."""
         lock = self._refresh_lock or asyncio.Lock()
         async with lock:
-            since = self.clock.time() - ENDED_WATCH_SECONDS
-            recs = self.store.active(since)  # from memory
-            self.metrics.tracked_jobs.set(len(recs))
-            by_cluster: dict[str, list[PodRecord]] = {name: [] for name in self.clusters}
-            for rec in recs:
-                if rec.cluster in by_cluster:
-                    by_cluster[rec.cluster].append(rec)
+            by_cluster = self._active_by_cluster()
             if queue:
                 self._queue_now = False
                 self._queue_at = self.clock.monotonic()

@@ -106,6 +106,10 @@ class StatusTracker:
         # read has seen yet, which its job has not marked (it may not have started).
         self._looked: frozenset[str] = frozenset()
         self._born = self.clock.time()
+        # Reads may overlap (service._refresh_watching): each is numbered at its start, and one
+        # that ends after a later-started one has published is dropped, its files older.
+        self._reads_started = 0
+        self._reads_published = 0
         # jobdir.marked_since, once read: a pod created before may run a job script that
         # writes no mark; None until read.
         self._marked_since: float | None = None
@@ -302,6 +306,8 @@ class StatusTracker:
             deep_since = last - SINCE_MARGIN_SECONDS if last is not None else 0.0
         pods = _Containers(by_dir)
         started = self.clock.monotonic()
+        self._reads_started += 1
+        number = self._reads_started
         try:
             read = await asyncio.to_thread(
                 jobdir.read_states,
@@ -320,13 +326,17 @@ class StatusTracker:
             outage = f"cannot read the pod's files: {err}"
 
             def failed() -> bool:
-                self.files_outage = outage
+                if number >= self._reads_published:
+                    self.files_outage = outage
                 return False
 
             return failed
 
         def publish() -> bool:
             self.state_reads += 1
+            if number < self._reads_published:
+                return False  # a read started later has published newer files
+            self._reads_published = number
             self.files_outage = None
             changed = False
             for pod_dir, files in read.changed.items():

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from interlink_slurm import jobdir
 from interlink_slurm.config import Settings, load_settings
@@ -281,6 +284,101 @@ def test_a_job_that_starts_while_the_queue_is_asked_is_seen_running_at_once(
         fake.query = asked  # type: ignore[method-assign]
         [st] = await service.status([data.pod])
         assert st.containers[0].state.running is not None, st
+
+    drive(service, scenario)
+
+
+def test_while_pods_start_their_files_are_read_while_the_queue_is_asked(tmp_path: Path) -> None:
+    """Where the files are local, a start is seen while a slow squeue is still running (the
+    refresher reads the files every 0.1 s meanwhile), not after it."""
+    fake = FakeScheduler()
+    store = Store(tmp_path / "state.db")
+    store.open()
+    service = Service(settings(tmp_path), fake, LocalTransport(), store)
+    data = new_pod("starting")
+    asked = fake.query
+    answer_queue = asyncio.Event()
+    queries: list[str] = []
+
+    async def slow_query(job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        queries.append("asked")
+        await answer_queue.wait()
+        return await asked(job_ids)
+
+    async def scenario() -> None:
+        await service.start()
+        try:
+            answer = await service.create(data)
+            rec = service.store.get(answer.PodUID)
+            assert rec is not None
+            [tracker] = service.trackers.values()
+            for _ in range(100):  # its job seen pending by a query (the create asks for one)
+                if answer.PodJID in tracker.jobs:
+                    break
+                await asyncio.sleep(0.05)
+            assert answer.PodJID in tracker.jobs
+            fake.query = slow_query  # type: ignore[method-assign]
+            service._request_refresh()
+            for _ in range(100):
+                if queries:
+                    break
+                await asyncio.sleep(0.02)
+            assert queries, "the refresher never asked the queue"
+            put(rec.pod_dir, "job.runs", "1")
+            put(rec.pod_dir, "containers/main.started", STARTED)
+            running = False
+            for _ in range(100):  # up to 5 s; the watch reads every 0.1 s
+                await asyncio.sleep(0.05)
+                [st] = await service.status([data.pod])
+                if st.containers[0].state.running is not None:
+                    running = True
+                    break
+            assert running, st
+            assert not answer_queue.is_set() and len(queries) == 1  # still in that squeue
+        finally:
+            answer_queue.set()
+            fake.query = asked  # type: ignore[method-assign]
+            await service.stop()
+
+    drive(service, scenario)
+
+
+def test_a_state_read_that_ends_after_a_later_one_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overlapping reads (the watch while the queue is asked): files read earlier never
+    replace files read later."""
+    service, fake, _, _ = make(tmp_path)
+    data = new_pod("overlap")
+    real = jobdir.read_states
+    first_may_end = threading.Event()
+    reads: list[int] = []
+
+    def read(*args: Any, **kwargs: Any) -> jobdir.StateRead:
+        found = real(*args, **kwargs)
+        reads.append(len(reads))
+        if len(reads) == 1:
+            first_may_end.wait(10)  # read, not yet published
+        return found
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        [tracker] = service.trackers.values()
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        monkeypatch.setattr(jobdir, "read_states", read)
+        earlier = asyncio.create_task(tracker.refresh([rec], queue=False))
+        while not reads:
+            await asyncio.sleep(0.01)
+        put(rec.pod_dir, "containers/main.exit", "0")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        await tracker.refresh([rec], queue=False)
+        assert tracker.files[rec.uid].containers["main"].exit_code == 0
+        first_may_end.set()
+        await earlier
+        assert tracker.files[rec.uid].containers["main"].exit_code == 0
 
     drive(service, scenario)
 
