@@ -331,6 +331,7 @@ class SSHTransport:
     def _open_channel(self, deadline: float) -> paramiko.Channel:
         connection = self._connection()
         pause = 0.02
+        renewed = False
         while True:
             wait = max(0.1, deadline - time.monotonic())
             try:
@@ -346,8 +347,10 @@ class SSHTransport:
                 if not refused or not connection.is_active():
                     if "timeout" in str(err).lower():
                         raise self._timed_out("opening a channel", wait, connection) from err
-                    if self._replaced(connection, deadline):
-                        connection = self._connection()
+                    if self._replaced(connection, deadline) or (
+                        not renewed and self._renewed(connection, deadline)
+                    ):
+                        connection, renewed = self._connection(), True
                         continue
                     raise self._unavailable("cannot open a channel: ", err) from err
                 if time.monotonic() + pause >= deadline:
@@ -362,8 +365,10 @@ class SSHTransport:
             except (OSError, EOFError) as err:
                 if isinstance(err, TimeoutError):
                     raise self._timed_out("opening a channel", wait, connection) from err
-                if self._replaced(connection, deadline):
-                    connection = self._connection()
+                if self._replaced(connection, deadline) or (
+                    not renewed and self._renewed(connection, deadline)
+                ):
+                    connection, renewed = self._connection(), True
                     continue
                 raise self._unavailable("cannot open a channel: ", err) from err
             channel.settimeout(max(0.1, deadline - time.monotonic()))
@@ -378,6 +383,19 @@ class SSHTransport:
         with self._conn_lock:
             current = self._client.get_transport() if self._client is not None else None
         return current is not connection
+
+    def _renewed(self, connection: paramiko.Transport, deadline: float) -> bool:
+        """Whether ``connection``, still the current one, died by itself (its socket closed
+        under it: seen once in 10,000 creates) and was dropped, so that the next call opens
+        a new one, with time left to do so: nothing ran on it. Asked once per call: a login
+        node that drops every connection fails the call, as _connection's back-off says."""
+        if time.monotonic() >= deadline or connection.is_active():
+            return False
+        with self._conn_lock:
+            current = self._client.get_transport() if self._client is not None else None
+            if current is connection:
+                self._drop_locked()
+        return True
 
     # --- commands -------------------------------------------------------------------------------
 
