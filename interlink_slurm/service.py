@@ -146,7 +146,13 @@ class Service:
             own = settings.for_cluster(name)
             puller = Puller(own, t, s, store, self._request_refresh)
             self.clusters[name] = Cluster(name, t, s, puller, str(own.data_root))
-            self.trackers[name] = StatusTracker(name, t, s, str(own.data_root), store, self.clock)
+            # A job run as a pod's own user (runAsUser: sbatch --uid, root submitting, where
+            # namespace_uids allows it) cannot write the data root's mark: there every read
+            # looks at every pod directory.
+            marks = not (own.namespace_uids and submission.submits_as_root(own, t))
+            self.trackers[name] = StatusTracker(
+                name, t, s, str(own.data_root), store, self.clock, marks=marks
+            )
         self.janitor = Janitor(
             store,
             {n: (c.transport, c.scheduler) for n, c in self.clusters.items()},

@@ -84,8 +84,11 @@ class StatusTracker:
         data_root: str,
         store: Store,
         clock: Clock | None = None,
+        *,
+        marks: bool = True,
     ) -> None:
         self.name = name
+        self.marks = marks  # whether the jobs write the data root's mark (jobdir.STATE_MARK)
         self.transport = transport
         self.scheduler = scheduler
         self.data_root = data_root
@@ -292,7 +295,7 @@ class StatusTracker:
         by_dir = {r.pod_dir: r for r in recs if r.job_id}
         if not by_dir:
             return lambda: False
-        marked = await self._marked()
+        marked = await self._marked() if self.marks else float("inf")
         unmarked = any(r.created < marked for r in by_dir.values())
         due = self._deep_at is None or self.clock.monotonic() - self._deep_at >= DEEP_READ_SECONDS
         deep = self._deep_at is None or (unmarked and due)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from interlink_slurm import jobdir
+from interlink_slurm import jobdir, submission
 from interlink_slurm.config import Settings, load_settings
 from interlink_slurm.errors import SchedulerUnavailable
 from interlink_slurm.service import Service
@@ -231,6 +231,40 @@ def test_pods_older_than_the_marks_are_looked_at_at_every_refresh(tmp_path: Path
         (root / jobdir.STATE_MARK).write_text("x\n")
         os.utime(root / jobdir.STATE_MARK, (old, old))
         await service.refresh()
+        put(rec.pod_dir, "containers/main.exit", "0")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        await service.refresh()
+        [st] = await service.status([data.pod])
+        assert st.containers[0].state.terminated is not None
+
+    drive(service, scenario)
+
+
+def test_where_pods_may_run_as_their_own_users_no_mark_is_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Submitting as root with namespace_uids, a job may run as a user who cannot write the
+    data root's mark: every refresh looks at every pod directory."""
+    monkeypatch.setattr(submission, "submits_as_root", lambda settings, transport: True)
+    (tmp_path / "plain").mkdir()
+    plain = make(tmp_path / "plain")[0]
+    assert next(iter(plain.trackers.values())).marks  # no pod may choose its user
+    plain.store.close()
+    service, fake, _, _ = make(tmp_path, namespace_uids={"default": "20000-20999"})
+    assert not next(iter(service.trackers.values())).marks
+    data = new_pod("theirs")
+    root = tmp_path / "pods"
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        await service.refresh()
+        old = time.time() - 100
+        (root / jobdir.STATE_MARK).write_text("x\n")
+        os.utime(root / jobdir.STATE_MARK, (old, old))
         put(rec.pod_dir, "containers/main.exit", "0")
         put(rec.pod_dir, "containers/main.finished", STARTED)
         await service.refresh()
