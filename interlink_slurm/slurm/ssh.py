@@ -490,36 +490,50 @@ class SSHTransport:
         self._slots.release()
 
     def _sftp(self, what: str, path: str, op: Callable[[paramiko.SFTPClient], T]) -> T:
+        """``op`` on an SFTP session, within the timeout. Every op here is idempotent (a write
+        is a temporary file renamed into place), so one whose connection was dropped under it
+        (another thread's call timed out on it) or died by itself is run again, once, on the
+        next connection."""
         deadline = time.monotonic() + self._timeout
-        sftp = self._take_sftp(deadline)
-        channel = sftp.get_channel()
-        assert channel is not None
-        reusable = False
-        try:
-            # Every SFTP request waits on the channel's socket: its timeout bounds each wait.
-            channel.settimeout(self._timeout)
-            result = op(sftp)
-            reusable = True
-            return result
-        except TimeoutError as err:
-            raise self._timed_out(f"{what} {path}", self._timeout, channel.get_transport()) from err
-        except OSError as err:
-            if channel.closed or not channel.get_transport().is_active():
+        again = True
+        while True:
+            sftp = self._take_sftp(deadline)
+            channel = sftp.get_channel()
+            assert channel is not None
+            connection = channel.get_transport()
+            reusable = False
+            try:
+                # Every SFTP request waits on the channel's socket: its timeout bounds each wait.
+                channel.settimeout(self._timeout)
+                result = op(sftp)
+                reusable = True
+                return result
+            except TimeoutError as err:
+                raise self._timed_out(f"{what} {path}", self._timeout, connection) from err
+            except OSError as err:
+                if channel.closed or not connection.is_active():
+                    if again and self._lost(connection, deadline):
+                        again = False
+                        continue
+                    if time.monotonic() >= deadline:
+                        raise self._timed_out(f"{what} {path}", self._timeout, connection) from err
+                    raise self._unavailable(f"{what} {path}: ", err) from err
+                reusable = True
+                raise  # the login node's answer about the file itself (missing, permission...)
+            except (paramiko.SSHException, EOFError) as err:
+                if again and self._lost(connection, deadline):
+                    again = False
+                    continue
                 if time.monotonic() >= deadline:
-                    raise self._timed_out(
-                        f"{what} {path}", self._timeout, channel.get_transport()
-                    ) from err
+                    raise self._timed_out(f"{what} {path}", self._timeout, connection) from err
                 raise self._unavailable(f"{what} {path}: ", err) from err
-            reusable = True
-            raise  # the login node's answer about the file itself (missing, permission...)
-        except (paramiko.SSHException, EOFError) as err:
-            if time.monotonic() >= deadline:
-                raise self._timed_out(
-                    f"{what} {path}", self._timeout, channel.get_transport()
-                ) from err
-            raise self._unavailable(f"{what} {path}: ", err) from err
-        finally:
-            self._give_back(sftp, reusable)
+            finally:
+                self._give_back(sftp, reusable)
+
+    def _lost(self, connection: paramiko.Transport, deadline: float) -> bool:
+        """Whether ``connection`` is gone (dropped by another thread, or dead by itself, then
+        dropped) with time left to use the next one."""
+        return self._replaced(connection, deadline) or self._renewed(connection, deadline)
 
     def make_dirs(self, path: str, mode: int) -> None:
         """Create ``path`` and its parents with ``mode`` (SFTP)."""
