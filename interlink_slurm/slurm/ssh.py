@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import select
 import shlex
 import socket
 import threading
@@ -510,17 +509,10 @@ class SSHTransport:
                 return result
             except TimeoutError as err:
                 raise self._timed_out(f"{what} {path}", self._timeout, connection) from err
-            except OSError as err:
-                if channel.closed or not connection.is_active():
-                    if again and self._lost(connection, deadline):
-                        again = False
-                        continue
-                    if time.monotonic() >= deadline:
-                        raise self._timed_out(f"{what} {path}", self._timeout, connection) from err
-                    raise self._unavailable(f"{what} {path}: ", err) from err
-                reusable = True
-                raise  # the login node's answer about the file itself (missing, permission...)
-            except (paramiko.SSHException, EOFError) as err:
+            except (OSError, paramiko.SSHException, EOFError) as err:
+                if isinstance(err, OSError) and not channel.closed and connection.is_active():
+                    reusable = True
+                    raise  # the login node's answer about the file itself (missing, permission)
                 if again and self._lost(connection, deadline):
                     again = False
                     continue
@@ -608,22 +600,42 @@ class SSHTransport:
             log.warning("could not remove %s: %s", path, result.stderr.strip())
 
 
+# How long one wait for a command's output lasts before its stderr is read again.
+_OUTPUT_WAIT_SECONDS = 0.05
+
+
 def _collect(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes, int]:
-    """Read stdout and stderr until the command exits; -1 when no exit status came."""
+    """Read stdout and stderr until the command exits; -1 when no exit status came.
+
+    It waits in paramiko's own buffers (recv with a timeout, then the exit status's event),
+    never with select on the channel: the channel's fileno() makes an OS pipe that paramiko's
+    transport thread may still write to or read from after another thread closed it (the
+    watchdog at the deadline, or a close from the server), when its descriptor may already be
+    another connection's socket. Seen as EBADF, then EPIPE, on the SSH connection every thread
+    shares, under 10,000 creates."""
     out: list[bytes] = []
     err: list[bytes] = []
+    stdout_open = True
     while True:
-        while channel.recv_ready():
-            out.append(channel.recv(65536))
         while channel.recv_stderr_ready():
             err.append(channel.recv_stderr(65536))
-        finished = channel.exit_status_ready() or channel.closed
-        if finished and not channel.recv_ready() and not channel.recv_stderr_ready():
-            break
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("command timed out")
-        select.select([channel], [], [], min(remaining, 0.5))
+        if stdout_open:
+            channel.settimeout(min(remaining, _OUTPUT_WAIT_SECONDS))
+            try:
+                chunk = channel.recv(65536)
+            except TimeoutError:
+                continue
+            if chunk:
+                out.append(chunk)
+                continue
+            stdout_open = False  # its end: what is left is stderr and the exit status
+        finished = channel.exit_status_ready() or channel.closed
+        if finished and not channel.recv_stderr_ready():
+            break
+        channel.status_event.wait(min(remaining, _OUTPUT_WAIT_SECONDS))
     status = channel.recv_exit_status() if channel.exit_status_ready() else -1
     return b"".join(out), b"".join(err), status
 

@@ -212,30 +212,41 @@ def test_a_refresh_trusts_the_data_roots_mark_but_looks_for_a_pod_no_read_looked
     drive(service, scenario)
 
 
+async def end_unmarked(
+    service: Service, fake: FakeScheduler, data: RetrievedPodData, marked_since: float | None
+) -> str:
+    """Create ``data``'s pod, start it, refresh, end its container with the data root's mark
+    older than that refresh (and, with ``marked_since``, the marks that recent), refresh: the
+    state its status then gives."""
+    root = Path(service.trackers[next(iter(service.trackers))].data_root)
+    answer = await service.create(data)
+    run(answer.PodJID, fake)
+    rec = service.store.get(answer.PodUID)
+    assert rec is not None
+    if marked_since is not None:
+        (root / jobdir.MARKED_SINCE).write_text(f"{marked_since}\n")
+    put(rec.pod_dir, "containers/main.started", STARTED)
+    await service.refresh()
+    old = time.time() - 100
+    (root / jobdir.STATE_MARK).write_text("x\n")
+    os.utime(root / jobdir.STATE_MARK, (old, old))
+    put(rec.pod_dir, "containers/main.exit", "0")
+    put(rec.pod_dir, "containers/main.finished", STARTED)
+    await service.refresh()
+    [st] = await service.status([data.pod])
+    return next(k for k, v in st.containers[0].state.model_dump().items() if v is not None)
+
+
 def test_pods_older_than_the_marks_are_looked_at_at_every_refresh(tmp_path: Path) -> None:
     """A pod created before the data root's jobs wrote marks (jobdir.MARKED_SINCE: an upgrade
     with pods running) may run a job script that writes none: while one is active, every
     refresh looks at every pod directory, and its change is seen without a mark."""
     service, fake, _, clock = make(tmp_path)
-    data = new_pod("older")
-    root = tmp_path / "pods"
 
     async def scenario() -> None:
-        answer = await service.create(data)
-        run(answer.PodJID, fake)
-        rec = service.store.get(answer.PodUID)
-        assert rec is not None
-        (root / jobdir.MARKED_SINCE).write_text(f"{clock.time() + 1}\n")
-        put(rec.pod_dir, "containers/main.started", STARTED)
-        old = time.time() - 100
-        (root / jobdir.STATE_MARK).write_text("x\n")
-        os.utime(root / jobdir.STATE_MARK, (old, old))
-        await service.refresh()
-        put(rec.pod_dir, "containers/main.exit", "0")
-        put(rec.pod_dir, "containers/main.finished", STARTED)
-        await service.refresh()
-        [st] = await service.status([data.pod])
-        assert st.containers[0].state.terminated is not None
+        assert await end_unmarked(service, fake, new_pod("older"), clock.time() + 1) == (
+            "terminated"
+        )
 
     drive(service, scenario)
 
@@ -247,29 +258,18 @@ def test_where_pods_may_run_as_their_own_users_no_mark_is_trusted(
     data root's mark: every refresh looks at every pod directory."""
     monkeypatch.setattr(submission, "submits_as_root", lambda settings, transport: True)
     (tmp_path / "plain").mkdir()
-    plain = make(tmp_path / "plain")[0]
+    plain, plain_fake, _, _ = make(tmp_path / "plain")
     assert next(iter(plain.trackers.values())).marks  # no pod may choose its user
-    plain.store.close()
+
+    async def trusted() -> None:  # the same change, unmarked, is not seen there
+        assert await end_unmarked(plain, plain_fake, new_pod("mine"), None) == "running"
+
+    drive(plain, trusted)
     service, fake, _, _ = make(tmp_path, namespace_uids={"default": "20000-20999"})
     assert not next(iter(service.trackers.values())).marks
-    data = new_pod("theirs")
-    root = tmp_path / "pods"
 
     async def scenario() -> None:
-        answer = await service.create(data)
-        run(answer.PodJID, fake)
-        rec = service.store.get(answer.PodUID)
-        assert rec is not None
-        put(rec.pod_dir, "containers/main.started", STARTED)
-        await service.refresh()
-        old = time.time() - 100
-        (root / jobdir.STATE_MARK).write_text("x\n")
-        os.utime(root / jobdir.STATE_MARK, (old, old))
-        put(rec.pod_dir, "containers/main.exit", "0")
-        put(rec.pod_dir, "containers/main.finished", STARTED)
-        await service.refresh()
-        [st] = await service.status([data.pod])
-        assert st.containers[0].state.terminated is not None
+        assert await end_unmarked(service, fake, new_pod("theirs"), None) == "terminated"
 
     drive(service, scenario)
 
