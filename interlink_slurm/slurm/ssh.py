@@ -331,6 +331,19 @@ class SSHTransport:
         connection = self._connection()
         pause = 0.02
         renewed = False
+
+        def moved_on() -> bool:
+            """Onto the next connection when this one is gone: dropped by another thread
+            (nothing ran on it), or dead by itself (once per call)."""
+            nonlocal connection, renewed
+            if self._replaced(connection, deadline):
+                connection = self._connection()
+                return True
+            if not renewed and self._renewed(connection, deadline):
+                connection, renewed = self._connection(), True
+                return True
+            return False
+
         while True:
             wait = max(0.1, deadline - time.monotonic())
             try:
@@ -346,10 +359,7 @@ class SSHTransport:
                 if not refused or not connection.is_active():
                     if "timeout" in str(err).lower():
                         raise self._timed_out("opening a channel", wait, connection) from err
-                    if self._replaced(connection, deadline) or (
-                        not renewed and self._renewed(connection, deadline)
-                    ):
-                        connection, renewed = self._connection(), True
+                    if moved_on():
                         continue
                     raise self._unavailable("cannot open a channel: ", err) from err
                 if time.monotonic() + pause >= deadline:
@@ -364,10 +374,7 @@ class SSHTransport:
             except (OSError, EOFError) as err:
                 if isinstance(err, TimeoutError):
                     raise self._timed_out("opening a channel", wait, connection) from err
-                if self._replaced(connection, deadline) or (
-                    not renewed and self._renewed(connection, deadline)
-                ):
-                    connection, renewed = self._connection(), True
+                if moved_on():
                     continue
                 raise self._unavailable("cannot open a channel: ", err) from err
             channel.settimeout(max(0.1, deadline - time.monotonic()))
