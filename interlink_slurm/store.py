@@ -93,6 +93,11 @@ class PodRecord:
         """Init containers first, then the main ones: every container with state files."""
         return (*self.init_containers, *self.containers)
 
+    def is_pod(self, namespace: str, name: str) -> bool:
+        """Whether a request names this row's pod: the UID found the row, and the namespace and
+        name must agree too (a UID alone, e.g. one seen in another namespace, shows nothing)."""
+        return self.namespace == namespace and self.name == name
+
 
 class _Write:
     """The statements of one write, run later in a shared transaction (Store._write)."""

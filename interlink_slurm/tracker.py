@@ -109,7 +109,7 @@ class StatusTracker:
         # read has seen yet, which its job has not marked (it may not have started).
         self._looked: frozenset[str] = frozenset()
         self._born = self.clock.time()
-        # Reads may overlap (service._refresh_watching): each is numbered at its start, and one
+        # Reads may overlap (refresher.refresh_watching): each is numbered at its start, and one
         # that ends after a later-started one has published is dropped, its files older.
         self._reads_started = 0
         self._reads_published = 0

@@ -352,7 +352,7 @@ def test_while_pods_start_their_files_are_read_while_the_queue_is_asked(tmp_path
                 await asyncio.sleep(0.05)
             assert answer.PodJID in tracker.jobs
             fake.query = slow_query  # type: ignore[method-assign]
-            service._request_refresh()
+            service.request_refresh()
             for _ in range(100):
                 if queries:
                     break
@@ -589,20 +589,20 @@ def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path)
     async def scenario() -> None:
         answer = await service.create(first)
         await service.refresh()
-        assert service.refresh_interval() == 0.5  # its job waits: look again soon
+        assert service.refresher.interval() == 0.5  # its job waits: look again soon
         run(answer.PodJID, fake)
         rec = service.store.get(answer.PodUID)
         assert rec is not None
         put(rec.pod_dir, "containers/main.started", STARTED)
         await service.refresh()
-        assert service.refresh_interval() == 2  # all its containers started
+        assert service.refresher.interval() == 2  # all its containers started
         # A pod that does not start within the window no longer shortens the interval.
         await service.create(late)
         await service.refresh()
-        assert service.refresh_interval() == 0.5
+        assert service.refresher.interval() == 0.5
         clock.advance(31)
         await service.refresh()
-        assert service.refresh_interval() == 2
+        assert service.refresher.interval() == 2
 
     drive(service, scenario)
 
@@ -617,7 +617,7 @@ def test_where_the_files_are_local_refreshes_come_sooner_still_while_pods_start(
     async def scenario() -> None:
         await service.create(new_pod("here"))
         await service.refresh()
-        assert service.refresh_interval() == 0.1  # a state read is a few stats: no command
+        assert service.refresher.interval() == 0.1  # a state read is a few stats: no command
 
     drive(service, scenario)
 
@@ -730,7 +730,7 @@ def test_the_queue_is_asked_less_often_while_nothing_changes_and_at_once_when_fi
     async def tick() -> bool:
         """One turn of the background refresher: whether it asked the queue."""
         before = fake.calls.count("query")
-        await service.refresh(queue=service._queue_due())
+        await service.refresh(queue=service.refresher.queue_due())
         clock.advance(2)
         return fake.calls.count("query") > before
 
