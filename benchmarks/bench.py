@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks.bench status-running --real 24 --pods 1000 10000 \
         --transports local ssh
     .venv/bin/python -m benchmarks.bench create --pods 500 --clients 8 --runs 5
+    .venv/bin/python -m benchmarks.bench create --scheduler rest --pods 500 --clients 8 --runs 5
     .venv/bin/python -m benchmarks.bench http --calls 2000
     .venv/bin/python -m benchmarks.bench startup --pods 20 --runs 5
     .venv/bin/python -m benchmarks.bench idle --pods 10000 --seconds 60
@@ -25,6 +26,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -37,7 +39,7 @@ from typing import Any
 from benchmarks import running
 from benchmarks.common import HOLD, cancel_all, metric, percentile
 from tests import podgen
-from tests.integration.conftest import Plugin, cluster_env
+from tests.integration.conftest import REST_VERSION, Plugin, RestServer, cluster_env, remote_env
 
 
 def rss_mib(pid: int) -> float:
@@ -167,7 +169,12 @@ def post_creates(plugin: Plugin, bodies: list[bytes], clients: int) -> None:
 
 
 def bench_create(
-    cluster: dict[str, str], n: int, clients: int, runs: int, under: str | None = None
+    cluster: dict[str, str],
+    n: int,
+    clients: int,
+    runs: int,
+    under: str | None = None,
+    scheduler: str = "cli",
 ) -> None:
     """Each run: ``n`` creates by ``clients`` clients, then the same job scripts submitted
     again by one serial sbatch loop, back to back (ratios, not absolute rates, compare runs on a
@@ -177,7 +184,42 @@ def bench_create(
     recently deleted inodes when it makes new ones (ext4 without a journal, as here), removing
     one run's thousands of files just before the next run's creates would charge that run for
     the benchmark's own cleanup. ``under``: where the runs' directories are made (default: the
-    system's temporary directory, which other programs may fill and empty meanwhile)."""
+    system's temporary directory, which other programs may fill and empty meanwhile).
+
+    ``scheduler`` "rest": the plugin submits through slurmrestd (local auth, on a unix socket,
+    run as the remote modes' job user: deploy/local/remote.sh setup), its files local and its
+    own (the jobs are held, never run, so their owner does not matter here); the "its sbatch
+    CPU" column is then slurmrestd's CPU, which is no child of the plugin."""
+    rest = None
+    if scheduler == "rest":
+        user = remote_env()["ILS_REMOTE_USER"]
+        rest = RestServer(cluster, user, _user_tmp(user, "slurmrestd", under))
+        rest.start()
+    try:
+        _bench_create(cluster, n, clients, runs, under, rest)
+    finally:
+        if rest is not None:
+            rest.stop()
+            shutil.rmtree(rest.dir, ignore_errors=True)
+
+
+def _user_tmp(user: str | None, prefix: str, under: str | None) -> Path:
+    """A temporary directory owned by ``user`` (None: this process's), kept by the caller."""
+    path = Path(tempfile.mkdtemp(prefix=f"ils-bench-{prefix}-", dir=under))
+    if user is not None:
+        path.chmod(0o755)
+        shutil.chown(path, user, user)
+    return path
+
+
+def _bench_create(
+    cluster: dict[str, str],
+    n: int,
+    clients: int,
+    runs: int,
+    under: str | None,
+    rest: RestServer | None,
+) -> None:
     print(
         "| run | pods | clients | /create pods/s | raw sbatch pods/s | ratio | failed "
         "| duplicated | plugin CPU ms/create | its sbatch CPU ms/create "
@@ -187,10 +229,17 @@ def bench_create(
     ratios = []
     with contextlib.ExitStack() as kept:
         for run in range(1, runs + 1):
-            tmp = kept.enter_context(tempfile.TemporaryDirectory(prefix="ils-bench-", dir=under))
-            plugin = start(cluster, Path(tmp), sbatch_extra=HOLD)
+            tmp = _user_tmp(None, "create", under)
+            kept.callback(shutil.rmtree, tmp, ignore_errors=True)
+            config: dict[str, Any] = {"sbatch_extra": HOLD}
+            if rest is not None:
+                config["scheduler"] = "rest"
+                config["rest"] = {"url": rest.url, "api_version": REST_VERSION, "timeout": 20}
+            plugin = Plugin(tmp, cluster, log_level="warning", **config)
+            plugin.start()
             try:
                 assert plugin.proc is not None
+                server0 = _server_cpu(rest)
                 pods = [
                     podgen.pod(f"cr{run}-{i}", [podgen.container("main", "print(1)")])
                     for i in range(n)
@@ -203,6 +252,8 @@ def bench_create(
                 plugin_s = time.monotonic() - t0
                 client_s = time.process_time() - client0
                 own1, children1 = running.cpu_split(plugin.proc.pid)
+                if rest is not None:  # slurmrestd did the submissions sbatch would have done
+                    children0, children1 = server0, _server_cpu(rest)
                 jobs = {plugin.pod_status(p)["JID"] for p in pods[:50]}
                 scripts = sorted(plugin.data_root.glob("default/*/job.sh"))
                 assert len(scripts) == n, len(scripts)
@@ -232,6 +283,13 @@ def bench_create(
                 flush=True,
             )
     print(f"\nratio over {runs} runs: {min(ratios):.2f} to {max(ratios):.2f}")
+
+
+def _server_cpu(rest: RestServer | None) -> float:
+    """slurmrestd's CPU seconds so far (0 without it)."""
+    if rest is None or rest.proc is None:
+        return 0.0
+    return sum(running.cpu_split(rest.proc.pid))
 
 
 def bench_http(cluster: dict[str, str], calls: int) -> None:
@@ -377,6 +435,12 @@ def main() -> None:
     c.add_argument("--clients", type=int, default=8)
     c.add_argument("--runs", type=int, default=5)
     c.add_argument("--data-under", help="directory for the runs' data roots (default: $TMPDIR)")
+    c.add_argument(
+        "--scheduler",
+        choices=["cli", "rest"],
+        default="cli",
+        help="how the plugin submits: sbatch (cli) or slurmrestd (rest, as the job user)",
+    )
     sr = sub.add_parser("status-running")
     sr.add_argument("--real", type=int, default=24, help="real sleep pods (0: none)")
     sr.add_argument(
@@ -415,6 +479,7 @@ def main() -> None:
             getattr(args, "clients", 8),
             getattr(args, "runs", 5),
             getattr(args, "data_under", None),
+            getattr(args, "scheduler", "cli"),
         ),
         "status-running": lambda: running.bench_status_running(
             cluster,

@@ -288,12 +288,24 @@ def marked_since(transport: Transport, data_root: str, now: float) -> float:
     return now
 
 
+# A pod directory's (mtime_ns, its containers/' mtime_ns, when they were read: time_ns), as the
+# in-process reader last read its files.
+Stamp = tuple[int, int, int]
+# A pod whose directories still have the stamps of a read that began this long after them is
+# not read again: any later write would have changed one of them. Closer than that, two writes
+# could share a timestamp (the kernel stamps files from a clock that ticks every few ms).
+_SETTLED_NS = 1_000_000_000
+
+
 @dataclass(frozen=True)
 class StateRead:
     """What one pass of the reader found."""
 
     now: float  # the cluster side's clock (seconds) when it started
     changed: dict[str, PodFiles]  # pod dir → its files, for the pods that changed
+    # Pod dir → its Stamp, for the pods asked about that this read looked at (the in-process
+    # reader only); None when it looked at none (the data root's mark said nothing changed).
+    stamps: dict[str, Stamp] | None = None
 
 
 def read_states(
@@ -305,17 +317,24 @@ def read_states(
     *,
     deep_since: float | None = None,
     whole: bool = False,
+    seen: Mapping[str, Stamp] | None = None,
 ) -> StateRead:
     """The state files of the pods (pod dir → its containers) whose directory changed at or
     after ``since`` (the cluster side's clock), in one command; with ``deep_since`` (a deep
     read) also those whose containers/ alone changed after it. Unless deep or ``whole``,
-    nothing is looked at when the data root's STATE_MARK is no newer than ``since``. Raises
-    OSError or SchedulerUnavailable."""
+    nothing is looked at when the data root's STATE_MARK is no newer than ``since``. Where the
+    files are here, a pod whose directories still have the stamps ``seen`` (the last read's)
+    is not read again. Raises OSError or SchedulerUnavailable."""
     root = data_root.rstrip("/") or "/"
+    prefix = root + "/" if root != "/" else "/"
+    stamps: dict[str, Stamp] | None = None
     if isinstance(transport, LocalTransport):
         # The files are here: read in this process, with no child process to start (a refresh
         # while 20 pods start on 2 cores waited up to 0.4 s for the reader's 10 processes).
-        now, raw = scan_states(root, since, deep_since=deep_since, whole=whole)
+        known = {p[len(prefix) :]: v for p, v in seen.items()} if seen else None
+        now, raw, looked = scan_states(root, since, deep_since=deep_since, whole=whole, seen=known)
+        if looked is not None:
+            stamps = {prefix + rel: v for rel, v in looked.items() if prefix + rel in pods}
     else:
         deep = "-" if deep_since is None else str(max(0, int(deep_since)))
         mark = "all" if whole else "mark"
@@ -331,13 +350,12 @@ def read_states(
             raise OSError(f"cannot read the pods' state files: {result.stderr.strip()[:500]}")
         now, raw = _parse_states(result.stdout)
     changed = {}
-    prefix = root + "/" if root != "/" else "/"
     for rel, files in raw.items():  # the changed ones only: an idle refresh maps no pod
         pod_dir = prefix + rel
         containers = pods.get(pod_dir)
         if containers is not None:
             changed[pod_dir] = pod_files(files, containers)
-    return StateRead(now, changed)
+    return StateRead(now, changed, stamps)
 
 
 def pod_files(files: Mapping[str, bytes], containers: Sequence[str]) -> PodFiles:
@@ -362,19 +380,31 @@ _UNPRINTABLE = re.compile(rb"[^ -~]")
 
 
 def scan_states(
-    root: str, since: float, *, deep_since: float | None = None, whole: bool = False
-) -> tuple[float, dict[str, dict[str, bytes]]]:
+    root: str,
+    since: float,
+    *,
+    deep_since: float | None = None,
+    whole: bool = False,
+    seen: Mapping[str, Stamp] | None = None,
+) -> tuple[float, dict[str, dict[str, bytes]], dict[str, Stamp] | None]:
     """What STATE_READER prints, parsed (see _parse_states), read from this machine's files
     in this process: the pod directories under ``root`` (``<namespace>/<pod>``, with a
     containers/ directory, no symlink) changed after ``since``, with ``deep_since`` also those
     whose containers/ alone changed after it; for each, its state files' first lines. Unless
-    deep or ``whole``, none when the data root's STATE_MARK is no newer than ``since``. Raises
-    OSError when ``root`` cannot be listed."""
-    now = time.time()
+    deep or ``whole``, none when the data root's STATE_MARK is no newer than ``since``.
+
+    ``seen``: the stamps of the last read (relative pod dir → Stamp). A pod whose directories
+    still have them, settled (see _settled), is left out: without it, every pod written in the
+    last SINCE_MARGIN seconds was read again at every refresh (10 times a second while pods
+    start). Returns the time, the files read, and the stamps of every pod looked at (None when
+    the mark said none changed). Raises OSError when ``root`` cannot be listed."""
+    now_ns = time.time_ns()
+    now = now_ns / 1e9
     changed: dict[str, dict[str, bytes]] = {}
     deep = deep_since is not None
     if not (deep or whole) and not _marked_after(root, since):
-        return now, changed
+        return now, changed, None
+    stamps: dict[str, Stamp] = {}
     with os.scandir(root) as namespaces:
         spaces = [e for e in namespaces if e.is_dir(follow_symlinks=False)]
     for space in spaces:
@@ -385,7 +415,8 @@ def scan_states(
             continue  # removed meanwhile, or not ours to read
         for pod in pods:
             try:
-                mtime = pod.stat(follow_symlinks=False).st_mtime
+                outer = pod.stat(follow_symlinks=False)
+                mtime = outer.st_mtime
                 newer = mtime > since
                 if not (newer or deep):
                     continue  # the common case: one stat per pod, no more
@@ -395,8 +426,27 @@ def scan_states(
             if not stat.S_ISDIR(inner.st_mode):
                 continue
             if newer or (deep_since is not None and inner.st_mtime > max(deep_since, mtime)):
-                changed[f"{space.name}/{pod.name}"] = _state_files(pod.path)
-    return now, changed
+                rel = f"{space.name}/{pod.name}"
+                known = seen.get(rel) if seen is not None else None
+                if known is not None and _settled(known, outer.st_mtime_ns, inner.st_mtime_ns):
+                    stamps[rel] = known
+                    continue
+                changed[rel] = _state_files(pod.path)
+                stamps[rel] = (outer.st_mtime_ns, inner.st_mtime_ns, now_ns)
+    return now, changed, stamps
+
+
+def _settled(known: Stamp, outer_ns: int, inner_ns: int) -> bool:
+    """Whether a pod's directories, stamped ``outer_ns`` and ``inner_ns`` now, are as a read
+    ``known`` left them, with no write since: the same stamps, from a clock finer than a second
+    (a filesystem that stamps whole seconds can give two writes the same stamp, so its pods are
+    read by ``since`` alone), and written over _SETTLED_NS before that read began."""
+    outer, inner, read_ns = known
+    if (outer, inner) != (outer_ns, inner_ns):
+        return False
+    if outer % 1_000_000_000 == 0 or inner % 1_000_000_000 == 0:
+        return False
+    return max(outer, inner) < read_ns - _SETTLED_NS
 
 
 def _marked_after(root: str, since: float) -> bool:

@@ -108,6 +108,9 @@ class StatusTracker:
         # root's mark, jobdir.STATE_MARK) looked for: a pod not among them has a directory no
         # read has seen yet, which its job has not marked (it may not have started).
         self._looked: frozenset[str] = frozenset()
+        # Pod dir → its directories' stamps as the last published read saw them (files read in
+        # this process only): an unchanged pod is not read again (jobdir.scan_states).
+        self._stamps: dict[str, jobdir.Stamp] = {}
         self._born = self.clock.time()
         # Reads may overlap (refresher.refresh_watching): each is numbered at its start, and one
         # that ends after a later-started one has published is dropped, its files older.
@@ -320,6 +323,7 @@ class StatusTracker:
                 pods,
                 deep_since=deep_since,
                 whole=whole,
+                seen=self._stamps,
             )
         except (OSError, SchedulerUnavailable) as err:
             # The login node cannot be reached (SSH down, a filesystem hiccup): what the files
@@ -349,6 +353,8 @@ class StatusTracker:
             # A pod never read (created since, or a read that failed) is in the next read too:
             # its directory is newer than the last read's start.
             self._since = read.now
+            if read.stamps is not None:
+                self._stamps = read.stamps
             if deep:
                 self._deep_since, self._deep_at = read.now, started
             if whole:

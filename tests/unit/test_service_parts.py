@@ -820,3 +820,49 @@ def test_a_start_is_seen_from_the_files_before_the_queue_says_so_but_not_an_earl
         assert await state() == "running"
 
     drive(service, scenario)
+
+
+def test_where_the_files_are_local_a_pod_read_once_is_not_read_again_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every refresh (10 a second while pods start) reads the pods changed in the last
+    SINCE_MARGIN seconds by their directories' times; in process, one whose directories keep
+    the stamps of the last read is not read again."""
+    store = Store(tmp_path / "state.db")
+    store.open()
+    fake = FakeScheduler()
+    service = Service(settings(tmp_path), fake, LocalTransport(), store)
+    real = jobdir._state_files
+    read: list[str] = []
+
+    def counted(pod_dir: str) -> dict[str, bytes]:
+        read.append(pod_dir)
+        return real(pod_dir)
+
+    monkeypatch.setattr(jobdir, "_state_files", counted)
+
+    data = new_pod("settled")
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "job.runs", "1")
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        written = time.time_ns() - 3_000_000_000 + 123_456_789  # 3 s ago, within the margin
+        for d in (rec.pod_dir, f"{rec.pod_dir}/containers"):
+            os.utime(d, ns=(written, written))
+        await service.refresh()
+        assert read == [rec.pod_dir]
+        await service.refresh(queue=False)
+        await service.refresh(queue=False)
+        assert read == [rec.pod_dir]  # unchanged: not read again
+        put(rec.pod_dir, "containers/main.exit", "0")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        await service.refresh(queue=False)
+        assert read == [rec.pod_dir, rec.pod_dir]
+        [status] = await service.status([data.pod])
+        assert status.containers[0].state.terminated is not None
+
+    drive(service, scenario)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -247,3 +248,63 @@ def test_since_when_the_pods_mark_is_written_once_with_the_plugins_start(
     assert jobdir.marked_since(Here(), str(tmp_path), 1234.5) == 1234.5
     assert path.read_text() == "1234.5\n"
     assert jobdir.marked_since(Here(), str(tmp_path), 9999.0) == 1234.5
+
+
+def stamp(pod: Path, ns: int) -> None:
+    """The pod's directories as last written at ``ns`` (nanoseconds since the epoch)."""
+    for d in (pod, pod / "containers"):
+        os.utime(d, ns=(ns, ns))
+
+
+def test_a_pod_read_once_is_not_read_again_until_a_write_changes_its_directories(
+    tmp_path: Path,
+) -> None:
+    """In process (local files): a pod whose directories keep the stamps the last read saw is
+    left out, however recent its writes are by ``since``; ils_put's next write is read."""
+    pod = tmp_path / "ns" / "p-1"
+    put(pod, "containers/c.started", STARTED)
+    stamp(pod, time.time_ns() - 5_000_000_000 + 123_456_789)  # 5 s ago, a fine-grained clock
+    pods = {str(pod): ["c"]}
+    first = jobdir.read_states(Here(), str(tmp_path), 0, pods)
+    assert set(first.changed) == {str(pod)} and first.stamps is not None
+    again = jobdir.read_states(Here(), str(tmp_path), 0, pods, seen=first.stamps)
+    assert again.changed == {}
+    assert again.stamps == first.stamps  # still known as read, for the read after
+    script = f". {ILS_SH}; cd {shlex.quote(str(pod))}; ils_put containers/c.exit 4"
+    subprocess.run(["bash", "-c", script], check=True)
+    after = jobdir.read_states(Here(), str(tmp_path), 0, pods, seen=again.stamps)
+    assert after.changed[str(pod)].containers["c"].exit_code == 4
+    # Over SSH the shell reader keeps no stamps: every pod changed since is read.
+    shell = jobdir.read_states(CountingTransport(), str(tmp_path), 0, pods, seen=after.stamps)
+    assert set(shell.changed) == {str(pod)} and shell.stamps is None
+
+
+@pytest.mark.parametrize("clock", ["within a second of the read", "whole seconds"])
+def test_a_pod_whose_stamps_could_hide_a_write_is_read_again(tmp_path: Path, clock: str) -> None:
+    """Stamps from a clock that ticks in whole seconds, or within a second of the read that saw
+    them, could be those of a later write too: such a pod is read at every read."""
+    pod = tmp_path / "ns" / "p-1"
+    put(pod, "containers/c.started", STARTED)
+    now = time.time_ns()
+    if clock == "whole seconds":
+        stamp(pod, now - 5_000_000_000 - now % 1_000_000_000)
+    else:
+        stamp(pod, now - 300_000_000)
+    pods = {str(pod): ["c"]}
+    first = jobdir.read_states(Here(), str(tmp_path), 0, pods)
+    again = jobdir.read_states(Here(), str(tmp_path), 0, pods, seen=first.stamps)
+    assert set(again.changed) == {str(pod)}
+
+
+def test_stamps_are_kept_only_for_the_pods_asked_about(tmp_path: Path) -> None:
+    """A pod directory read before its pod was asked about (submitted, its job id not yet
+    stored) is read again once it is: its files were never handed over."""
+    pod, other = tmp_path / "ns" / "p-1", tmp_path / "ns" / "q-2"
+    for p in (pod, other):
+        put(p, "containers/c.started", STARTED)
+        stamp(p, time.time_ns() - 5_000_000_000 + 123_456_789)
+    first = jobdir.read_states(Here(), str(tmp_path), 0, {str(pod): ["c"]})
+    assert first.stamps is not None and set(first.stamps) == {str(pod)}
+    both = {str(pod): ["c"], str(other): ["c"]}
+    again = jobdir.read_states(Here(), str(tmp_path), 0, both, seen=first.stamps)
+    assert set(again.changed) == {str(other)}
