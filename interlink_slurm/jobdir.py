@@ -318,13 +318,16 @@ def read_states(
     deep_since: float | None = None,
     whole: bool = False,
     seen: Mapping[str, Stamp] | None = None,
+    look: Sequence[str] = (),
 ) -> StateRead:
     """The state files of the pods (pod dir → its containers) whose directory changed at or
     after ``since`` (the cluster side's clock), in one command; with ``deep_since`` (a deep
-    read) also those whose containers/ alone changed after it. Unless deep or ``whole``,
-    nothing is looked at when the data root's STATE_MARK is no newer than ``since``. Where the
-    files are here, a pod whose directories still have the stamps ``seen`` (the last read's)
-    is not read again. Raises OSError or SchedulerUnavailable."""
+    read) also those whose containers/ alone changed after it. Unless deep or ``whole``, when
+    the data root's STATE_MARK is no newer than ``since`` only the pod dirs ``look`` (pods no
+    read has looked for) are looked at: where the files are here, those alone; through a
+    command, every pod dir. Where the files are here, a pod whose directories still have the
+    stamps ``seen`` (the last read's) is not read again. Raises OSError or
+    SchedulerUnavailable."""
     root = data_root.rstrip("/") or "/"
     prefix = root + "/" if root != "/" else "/"
     stamps: dict[str, Stamp] | None = None
@@ -332,12 +335,19 @@ def read_states(
         # The files are here: read in this process, with no child process to start (a refresh
         # while 20 pods start on 2 cores waited up to 0.4 s for the reader's 10 processes).
         known = {p[len(prefix) :]: v for p, v in seen.items()} if seen else None
-        now, raw, looked = scan_states(root, since, deep_since=deep_since, whole=whole, seen=known)
+        now, raw, looked = scan_states(
+            root,
+            since,
+            deep_since=deep_since,
+            whole=whole,
+            seen=known,
+            look=[p[len(prefix) :] for p in look if p.startswith(prefix)],
+        )
         if looked is not None:
             stamps = {prefix + rel: v for rel, v in looked.items() if prefix + rel in pods}
     else:
         deep = "-" if deep_since is None else str(max(0, int(deep_since)))
-        mark = "all" if whole else "mark"
+        mark = "all" if whole or look else "mark"
         argv = [
             *("bash", "-c", STATE_READER, "ils-state"),
             *(root, str(max(0, int(since))), deep, mark),
@@ -386,25 +396,50 @@ def scan_states(
     deep_since: float | None = None,
     whole: bool = False,
     seen: Mapping[str, Stamp] | None = None,
+    look: Sequence[str] = (),
 ) -> tuple[float, dict[str, dict[str, bytes]], dict[str, Stamp] | None]:
     """What STATE_READER prints, parsed (see _parse_states), read from this machine's files
     in this process: the pod directories under ``root`` (``<namespace>/<pod>``, with a
     containers/ directory, no symlink) changed after ``since``, with ``deep_since`` also those
     whose containers/ alone changed after it; for each, its state files' first lines. Unless
-    deep or ``whole``, none when the data root's STATE_MARK is no newer than ``since``.
+    deep or ``whole``, when the data root's STATE_MARK is no newer than ``since``, only the pod
+    directories ``look`` (relative: pods no read has looked for yet) are looked at.
 
     ``seen``: the stamps of the last read (relative pod dir → Stamp). A pod whose directories
     still have them, settled (see _settled), is left out: without it, every pod written in the
     last SINCE_MARGIN seconds was read again at every refresh (10 times a second while pods
     start). Returns the time, the files read, and the stamps of every pod looked at (None when
-    the mark said none changed). Raises OSError when ``root`` cannot be listed."""
+    only ``look`` was). Raises OSError when ``root`` cannot be listed."""
     now_ns = time.time_ns()
     now = now_ns / 1e9
     changed: dict[str, dict[str, bytes]] = {}
-    deep = deep_since is not None
-    if not (deep or whole) and not _marked_after(root, since):
-        return now, changed, None
     stamps: dict[str, Stamp] = {}
+    deep = deep_since is not None
+
+    def visit(path: str, rel: str) -> None:
+        try:
+            outer = os.lstat(path)
+            newer = outer.st_mtime > since
+            if not (newer or deep):
+                return  # the common case: one stat per pod, no more
+            inner = os.lstat(f"{path}/containers")
+        except OSError:
+            return
+        if not (stat.S_ISDIR(outer.st_mode) and stat.S_ISDIR(inner.st_mode)):
+            return
+        if newer or (deep_since is not None and inner.st_mtime > max(deep_since, outer.st_mtime)):
+            known = seen.get(rel) if seen is not None else None
+            if known is not None and _settled(known, outer.st_mtime_ns, inner.st_mtime_ns):
+                stamps[rel] = known
+                return
+            changed[rel] = _state_files(path)
+            stamps[rel] = (outer.st_mtime_ns, inner.st_mtime_ns, now_ns)
+
+    if not (deep or whole) and not _marked_after(root, since):
+        for rel in look:
+            if rel.count("/") == 1 and ".." not in rel.split("/"):
+                visit(f"{root}/{rel}", rel)
+        return now, changed, None
     with os.scandir(root) as namespaces:
         spaces = [e for e in namespaces if e.is_dir(follow_symlinks=False)]
     for space in spaces:
@@ -414,25 +449,7 @@ def scan_states(
         except OSError:
             continue  # removed meanwhile, or not ours to read
         for pod in pods:
-            try:
-                outer = pod.stat(follow_symlinks=False)
-                mtime = outer.st_mtime
-                newer = mtime > since
-                if not (newer or deep):
-                    continue  # the common case: one stat per pod, no more
-                inner = os.lstat(f"{pod.path}/containers")
-            except OSError:
-                continue
-            if not stat.S_ISDIR(inner.st_mode):
-                continue
-            if newer or (deep_since is not None and inner.st_mtime > max(deep_since, mtime)):
-                rel = f"{space.name}/{pod.name}"
-                known = seen.get(rel) if seen is not None else None
-                if known is not None and _settled(known, outer.st_mtime_ns, inner.st_mtime_ns):
-                    stamps[rel] = known
-                    continue
-                changed[rel] = _state_files(pod.path)
-                stamps[rel] = (outer.st_mtime_ns, inner.st_mtime_ns, now_ns)
+            visit(pod.path, f"{space.name}/{pod.name}")
     return now, changed, stamps
 
 

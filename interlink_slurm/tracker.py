@@ -107,7 +107,7 @@ class StatusTracker:
         # The pods the last read that looked at every pod directory (not only by the data
         # root's mark, jobdir.STATE_MARK) looked for: a pod not among them has a directory no
         # read has seen yet, which its job has not marked (it may not have started).
-        self._looked: frozenset[str] = frozenset()
+        self._looked: set[str] = set()
         # Pod dir → its directories' stamps as the last published read saw them (files read in
         # this process only): an unchanged pod is not read again (jobdir.scan_states).
         self._stamps: dict[str, jobdir.Stamp] = {}
@@ -302,7 +302,10 @@ class StatusTracker:
         unmarked = any(r.created < marked for r in by_dir.values())
         due = self._deep_at is None or self.clock.monotonic() - self._deep_at >= DEEP_READ_SECONDS
         deep = self._deep_at is None or (unmarked and due)
-        whole = deep or unmarked or any(r.uid not in self._looked for r in by_dir.values())
+        whole = deep or unmarked
+        # Pods no read has looked for: looked at whatever the mark says (their jobs may not have
+        # marked anything yet), each by its own directory where the files are here.
+        fresh = [r for r in by_dir.values() if r.uid not in self._looked]
         # Changes from SINCE_MARGIN_SECONDS before the last read on: a write within the same
         # mtime tick as that read, or stamped by a node whose clock is a little behind.
         since = self._since - SINCE_MARGIN_SECONDS if self._since is not None else 0.0
@@ -324,6 +327,7 @@ class StatusTracker:
                 deep_since=deep_since,
                 whole=whole,
                 seen=self._stamps,
+                look=[r.pod_dir for r in fresh],
             )
         except (OSError, SchedulerUnavailable) as err:
             # The login node cannot be reached (SSH down, a filesystem hiccup): what the files
@@ -358,7 +362,9 @@ class StatusTracker:
             if deep:
                 self._deep_since, self._deep_at = read.now, started
             if whole:
-                self._looked = frozenset(r.uid for r in by_dir.values())
+                self._looked = {r.uid for r in by_dir.values()}
+            else:
+                self._looked.update(r.uid for r in fresh)
             return changed
 
         return publish
@@ -399,6 +405,7 @@ class StatusTracker:
     def forget(self, uid: str) -> None:
         """Drop a removed pod's files from memory (the janitor removed its directory)."""
         self.files.pop(uid, None)
+        self._looked.discard(uid)
 
 
 class _Containers(Mapping[str, Sequence[str]]):

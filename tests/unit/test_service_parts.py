@@ -866,3 +866,40 @@ def test_where_the_files_are_local_a_pod_read_once_is_not_read_again_until_it_ch
         assert status.containers[0].state.terminated is not None
 
     drive(service, scenario)
+
+
+def test_where_the_files_are_local_a_new_pod_is_looked_for_once_by_its_own_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data root's mark older than the last read: a pod no read looked for yet is looked
+    at (its job may not have marked anything yet) by its own directory, the others not at all,
+    and once: the next read trusts the mark for it too."""
+    store = Store(tmp_path / "state.db")
+    store.open()
+    fake = FakeScheduler()
+    service = Service(settings(tmp_path), fake, LocalTransport(), store)
+    real = jobdir._state_files
+    read: list[str] = []
+
+    def counted(pod_dir: str) -> dict[str, bytes]:
+        read.append(pod_dir)
+        return real(pod_dir)
+
+    monkeypatch.setattr(jobdir, "_state_files", counted)
+    mark = tmp_path / "pods" / jobdir.STATE_MARK
+
+    async def scenario() -> None:
+        first = await service.create(new_pod("first"))
+        mark.write_text("")
+        await service.refresh()  # reads every pod: the mark is new
+        os.utime(mark, (time.time() - 60, time.time() - 60))
+        read.clear()
+        second = await service.create(new_pod("second"))
+        await service.refresh()
+        rec = service.store.get(second.PodUID)
+        assert rec is not None and read == [rec.pod_dir]
+        await service.refresh(queue=False)
+        assert read == [rec.pod_dir]  # looked for once
+        assert first.PodUID in service.trackers["default"].files
+
+    drive(service, scenario)

@@ -308,3 +308,21 @@ def test_stamps_are_kept_only_for_the_pods_asked_about(tmp_path: Path) -> None:
     both = {str(pod): ["c"], str(other): ["c"]}
     again = jobdir.read_states(Here(), str(tmp_path), 0, both, seen=first.stamps)
     assert set(again.changed) == {str(other)}
+
+
+def test_pods_no_read_looked_for_are_looked_at_whatever_the_mark_says(
+    tmp_path: Path, reader: Transport
+) -> None:
+    """With the mark older than the last read: the pods to look for (``look``: new ones) are
+    read; in process each by its own directory, no other; the shell reader looks at all."""
+    new, other = tmp_path / "ns" / "new-1", tmp_path / "ns" / "other-2"
+    for pod in (new, other):
+        put(pod, "containers/c.started", STARTED)
+    since = time.time() - 5
+    mark(tmp_path, since - 5)
+    pods = {str(new): ["c"], str(other): ["c"]}
+    assert jobdir.read_states(reader, str(tmp_path), since, pods).changed == {}
+    looked = jobdir.read_states(reader, str(tmp_path), since, pods, look=[str(new)])
+    expected = {str(new)} if isinstance(reader, Here) else {str(new), str(other)}
+    assert set(looked.changed) == expected
+    assert looked.changed[str(new)].containers["c"].started is not None
