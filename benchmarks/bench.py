@@ -41,6 +41,8 @@ from benchmarks.common import HOLD, cancel_all, metric, percentile
 from tests import podgen
 from tests.integration.conftest import REST_VERSION, Plugin, RestServer, cluster_env, remote_env
 
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -468,6 +470,10 @@ def main() -> None:
     pl.add_argument("--clients", type=int, default=8)
     sub.add_parser("all")
     args = parser.parse_args()
+    # The plugin, and through it its jobs, get the PATH of a systemd service (deploy/systemd),
+    # not this shell's: a development shell's python3 may be a shim (pyenv: a bash script and
+    # 4 processes, 0.12 s of CPU), and every pod's job starts python3 for its log copier.
+    os.environ["PATH"] = SERVICE_PATH
     cluster = cluster_env()
     runs: dict[str, Callable[[], None]] = {
         "status": lambda: bench_status(

@@ -162,7 +162,8 @@ def _job_directories(plan: JobPlan, every_node: str) -> tuple[list[str], list[st
         "",
         "# Each container's own /tmp (shared with its exec probes and hooks), on each node, in a",
         "# directory of the job's own: never the node's /tmp itself.",
-        'ils_tmp_sweep "${TMPDIR:-/tmp}"',
+        # In the background: what other jobs left is no reason to start this one's later.
+        'ils_tmp_sweep "${TMPDIR:-/tmp}" &',
         'ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-pid$$}${ILS_MEMBER:+-$ILS_MEMBER}"',
         # What a killed run left (seldom there): removed by a process only when it is there,
         # on one node; each node's srun task cannot run ils_rm.

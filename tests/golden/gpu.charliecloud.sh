@@ -28,7 +28,7 @@ ils_start default/train-job
 
 # Each container's own /tmp (shared with its exec probes and hooks), on each node, in a
 # directory of the job's own: never the node's /tmp itself.
-ils_tmp_sweep "${TMPDIR:-/tmp}"
+ils_tmp_sweep "${TMPDIR:-/tmp}" &
 ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-pid$$}${ILS_MEMBER:+-$ILS_MEMBER}"
 ils_rm -rf "$ILS_TMP"
 mkdir -m 700 -- "$ILS_TMP" || exit 1

@@ -33,7 +33,7 @@ ILS_BACKOFF=10 ILS_BACKOFF_MAX=300 ILS_GRACE=30 ILS_HOOK_TIMEOUT=30
 
 # Each container's own /tmp (shared with its exec probes and hooks), on each node, in a
 # directory of the job's own: never the node's /tmp itself.
-ils_tmp_sweep "${TMPDIR:-/tmp}"
+ils_tmp_sweep "${TMPDIR:-/tmp}" &
 ILS_TMP="${TMPDIR:-/tmp}/interlink-slurm-${SLURM_JOB_ID:-pid$$}${ILS_MEMBER:+-$ILS_MEMBER}"
 srun --nodes=2 --ntasks=2 --ntasks-per-node=1 rm -rf -- "$ILS_TMP"
 srun --nodes=2 --ntasks=2 --ntasks-per-node=1 mkdir -m 700 -- "$ILS_TMP" || exit 1

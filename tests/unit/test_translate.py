@@ -1225,7 +1225,7 @@ def test_a_containers_tmp_is_made_on_the_node_and_shared_with_its_exec_hooks() -
     # A pod of a group (ILS_MEMBER) shares the job with its siblings: its own directory.
     own = "${SLURM_JOB_ID:-pid$$}${ILS_MEMBER:+-$ILS_MEMBER}"
     assert f'ILS_TMP="${{TMPDIR:-/tmp}}/interlink-slurm-{own}"' in script
-    assert 'ils_tmp_sweep "${TMPDIR:-/tmp}"' in script
+    assert 'ils_tmp_sweep "${TMPDIR:-/tmp}" &\n' in script  # never delays the containers
     assert 'mkdir -m 1777 -- "$ILS_TMP"/prep "$ILS_TMP"/main || exit 1' in script
     assert "'-b' \"$ILS_TMP\"'/main:/tmp'" not in script
     assert '-b "$ILS_TMP"/main:/tmp' in script
