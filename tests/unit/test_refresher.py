@@ -22,22 +22,7 @@ from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.store import Store
 from interlink_slurm.tracker import StatusTracker
 from tests.counting import CountingTransport
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.mono = 1000.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.mono += seconds
+from tests.fakeclock import FakeClock
 
 
 def make(

@@ -26,24 +26,9 @@ from interlink_slurm.store import Store
 from interlink_slurm.wire import LogRequest, Pod, RetrievedPodData
 from tests import podgen
 from tests.counting import CountingTransport
+from tests.fakeclock import FakeClock
 
 STARTED = "2026-12-02T11:00:00.123456789Z"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.mono = 1000.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.mono += seconds
 
 
 def settings(tmp_path: Path, **more: Any) -> Settings:
@@ -822,12 +807,11 @@ def test_a_start_is_seen_from_the_files_before_the_queue_says_so_but_not_an_earl
     drive(service, scenario)
 
 
-def test_where_the_files_are_local_a_pod_read_once_is_not_read_again_until_it_changes(
+def local_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every refresh (10 a second while pods start) reads the pods changed in the last
-    SINCE_MARGIN seconds by their directories' times; in process, one whose directories keep
-    the stamps of the last read is not read again."""
+) -> tuple[Service, FakeScheduler, list[str]]:
+    """A service whose pod files are local (read in process), and the pod directories whose
+    state files its reads read, in order."""
     store = Store(tmp_path / "state.db")
     store.open()
     fake = FakeScheduler()
@@ -840,7 +824,16 @@ def test_where_the_files_are_local_a_pod_read_once_is_not_read_again_until_it_ch
         return real(pod_dir)
 
     monkeypatch.setattr(jobdir, "_state_files", counted)
+    return service, fake, read
 
+
+def test_where_the_files_are_local_a_pod_read_once_is_not_read_again_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every refresh (10 a second while pods start) reads the pods changed in the last
+    SINCE_MARGIN seconds by their directories' times; in process, one whose directories keep
+    the stamps of the last read is not read again."""
+    service, fake, read = local_reads(tmp_path, monkeypatch)
     data = new_pod("settled")
 
     async def scenario() -> None:
@@ -874,18 +867,7 @@ def test_where_the_files_are_local_a_new_pod_is_looked_for_once_by_its_own_direc
     """The data root's mark older than the last read: a pod no read looked for yet is looked
     at (its job may not have marked anything yet) by its own directory, the others not at all,
     and once: the next read trusts the mark for it too."""
-    store = Store(tmp_path / "state.db")
-    store.open()
-    fake = FakeScheduler()
-    service = Service(settings(tmp_path), fake, LocalTransport(), store)
-    real = jobdir._state_files
-    read: list[str] = []
-
-    def counted(pod_dir: str) -> dict[str, bytes]:
-        read.append(pod_dir)
-        return real(pod_dir)
-
-    monkeypatch.setattr(jobdir, "_state_files", counted)
+    service, _, read = local_reads(tmp_path, monkeypatch)
     mark = tmp_path / "pods" / jobdir.STATE_MARK
 
     async def scenario() -> None:
