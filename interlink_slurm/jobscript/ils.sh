@@ -466,7 +466,9 @@ ils_start() {
   local f runs
   ils_count runs job.runs
   ILS_RUN=$(( runs + 1 ))
-  ils_put job.runs "$ILS_RUN"
+  # A run after the first (a requeue) clears the last one's files before it counts itself: a
+  # state read in between then sees the last run without its containers' states, never this
+  # run beside the last one's exit codes.
   if [ "$ILS_RUN" -gt 1 ]; then
     for f in containers/*.log; do
       case $f in *.previous.log|'containers/*.log') continue ;; esac
@@ -476,6 +478,7 @@ ils_start() {
     rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
       containers/*.startup-ok containers/*.backoff
   fi
+  ils_put job.runs "$ILS_RUN"
   ils_which ILS_PYTHON python3 || ILS_PYTHON=""
   ILS_STOPPING=""
   trap 'ILS_STOPPING=1' TERM INT URG

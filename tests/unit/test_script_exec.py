@@ -1067,3 +1067,34 @@ def test_ils_rm_runs_rm_only_for_what_is_there(tmp_path: Path) -> None:
     refused = in_library("ils_rm -f dir", tmp_path)  # as rm -f refuses a directory
     assert refused.returncode != 0
     assert (tmp_path / "dir").is_dir()
+
+
+def test_a_requeued_run_clears_the_last_runs_states_before_it_counts_itself(
+    tmp_path: Path,
+) -> None:
+    """When job.runs says run 2, the files of run 1's containers are gone already: a state read
+    never pairs the new run's count with the old run's exit code."""
+    (tmp_path / "job.runs").write_text("1\n")
+    containers = tmp_path / "containers"
+    containers.mkdir()
+    when = "2026-12-02T11:00:00.123456789Z"
+    for suffix, value in (("started", when), ("finished", when), ("exit", "3")):
+        (containers / f"main.{suffix}").write_text(value + "\n")
+    (containers / "main.log").write_text("run 1\n")
+    # mv runs as a process: the one that moves job.runs into place reports what it sees.
+    spy = tmp_path / "bin"
+    spy.mkdir()
+    (spy / "mv").write_text(
+        '#!/bin/bash\nif [ "${@: -1}" = job.runs ]; then ls containers > seen; fi\n'
+        'exec /bin/mv "$@"\n'
+    )
+    (spy / "mv").chmod(0o755)
+    run = in_library(
+        "ils_start ns/pod",
+        tmp_path,
+        SLURMD_NODENAME="n1",
+        PATH=f"{spy}:{os.environ['PATH']}",
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "job.runs").read_text() == "2\n"
+    assert (tmp_path / "seen").read_text().split() == ["main.previous.log"]
