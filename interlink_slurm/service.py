@@ -3,7 +3,8 @@
 Service orchestrates the parts, each with one job: per cluster a status tracker (tracker.py:
 one scheduler query and one state-file read per refresh, whatever the number of pods and of
 /status calls), the refresher that runs them at their pace (refresher.py), the status view
-that answers /status from them with no Slurm call and no file read (statuses.py), the janitor
+that answers /status from them with no Slurm call and no file read (statuses.py), the
+submitter that turns a new pod into its job (submitter.py), the janitor
 (janitor.py: grace-period kills, GC), the reconciler (reconciler.py), the placement book
 (book.py) and the node's capacity (capacity.py). A job seen to end has its final state written
 to the store, and is never asked about again once its watch is over.
@@ -15,7 +16,6 @@ which, and every later call about the pod goes to that cluster's transport and s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -29,10 +29,8 @@ from interlink_slurm.config import DEFAULT_CLUSTER, Settings
 from interlink_slurm.errors import (
     BadRequest,
     NotFound,
-    PodRejected,
     SchedulerError,
     SchedulerUnavailable,
-    StorageError,
 )
 from interlink_slurm.gang import Gang
 from interlink_slurm.groups import GroupBook
@@ -41,7 +39,7 @@ from interlink_slurm.logs import LogSource, stream_log
 from interlink_slurm.metrics import Metrics
 from interlink_slurm.placement import Placement, place
 from interlink_slurm.pulls import LOG as PULL_LOG
-from interlink_slurm.pulls import Puller, encode
+from interlink_slurm.pulls import Puller
 from interlink_slurm.reconciler import Reconciler
 from interlink_slurm.refresher import Refresher
 from interlink_slurm.slurm.scheduler import Scheduler
@@ -52,12 +50,11 @@ from interlink_slurm.slurm.states import (
 from interlink_slurm.slurm.transport import LocalTransport, Transport
 from interlink_slurm.statuses import StatusView
 from interlink_slurm.store import PodRecord, Store
+from interlink_slurm.submitter import Submitter
 from interlink_slurm.tracker import Clock, StatusTracker, SystemClock
-from interlink_slurm.translate.plan import JobPlan, PlannedPull
 from interlink_slurm.translate.pod import (
     ImageCommands,
 )
-from interlink_slurm.translate.script import render_script
 from interlink_slurm.translate.targets import Candidate, candidates
 from interlink_slurm.wire import (
     CreateResponse,
@@ -73,17 +70,6 @@ log = logging.getLogger(__name__)
 WORKER_THREADS = 64
 # What /getLogs?source= can read besides a container: the batch job's output, the pulls'.
 LOG_SOURCES = ("container", "job", "pull")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Ready:
-    """A create's decisions, ready to be written and submitted."""
-
-    placement: Placement
-    cluster: Cluster
-    plan: JobPlan
-    script: str
-    pulls: list[PlannedPull]
 
 
 class Service:
@@ -162,6 +148,15 @@ class Service:
             for name in self.clusters
             if submission.submits_as_root(settings.for_cluster(name), self.clusters[name].transport)
         }
+        self.submitter = Submitter(
+            settings,
+            self.clusters,
+            self.root_clusters,
+            store,
+            self.metrics,
+            self.place,
+            self.request_refresh,
+        )
 
     def _forget(self, uid: str) -> None:
         """What memory holds of a pod whose row is gone."""
@@ -246,7 +241,7 @@ class Service:
                 log.info("pod %s already has job %s", uid, rec.job_id)
                 return CreateResponse(PodUID=uid, PodJID=rec.job_id)
             try:
-                return await self._submit_new(data)
+                return await self.submitter.submit(data)
             except BaseException:
                 # Whatever cut the create short (a rejection, an SSH outage, a cancelled
                 # request), the pod waits on no target: counted there, it would skew every
@@ -254,112 +249,6 @@ class Service:
                 # counted again when its pod is settled.
                 self.book.forget(uid)
                 raise
-
-    async def _ready(self, data: RetrievedPodData) -> _Ready:
-        """What a create decides before it writes anything: the target, the final plan (images'
-        commands and bind targets, the job user's group, a hold while images are pulled) and
-        its script. Raises PodRejected (counted as a submit failure)."""
-        uid = data.pod.uid
-        try:
-            commands: ImageCommands = {}
-            if submission.needs_image_commands(data, self.settings):
-                commands = await asyncio.to_thread(
-                    submission.image_commands,
-                    data,
-                    self.settings,
-                    {n: c.transport for n, c in self.clusters.items()},
-                )
-            placement = await self.place(data, commands)
-            cluster = self.clusters[placement.chosen.cluster]
-            plan = placement.chosen.plan
-            assert plan is not None  # a chosen target has a plan
-            if submission.bind_targets(self.settings, plan):
-                plan = await asyncio.to_thread(
-                    submission.in_images,
-                    cluster.transport,
-                    self.settings,
-                    data,
-                    placement.chosen,
-                    plan,
-                    commands,
-                    submit_as_root=placement.chosen.cluster in self.root_clusters,
-                )
-            for container, warning in plan.warnings:
-                log.warning("pod %s, container %s: %s", uid, container, warning)
-            if plan.owner is not None and plan.owner[1] is None:
-                plan = await asyncio.to_thread(submission.primary_group, cluster.transport, plan)
-            pulls = []
-            if plan.image_pulls and self.settings.image_pull_on == "submit_host":
-                pulls = await asyncio.to_thread(cluster.puller.missing, plan.image_pulls)
-            if pulls:
-                # Held until the submit host has put its images in the cache.
-                plan = dataclasses.replace(plan, directives=(*plan.directives, "--hold"))
-            script = render_script(plan)
-        except (PodRejected, StorageError) as err:
-            self.metrics.submit_failures.labels(type(err).__name__).inc()
-            raise
-        return _Ready(placement, cluster, plan, script, pulls)
-
-    async def _submit_new(self, data: RetrievedPodData) -> CreateResponse:
-        pod = data.pod
-        uid = pod.uid
-        ready = await self._ready(data)
-        placement, cluster, plan, pulls = ready.placement, ready.cluster, ready.plan, ready.pulls
-        pod_dir = plan.pod_dir
-        placed = placement.chosen.name if self.settings.targets else ""
-        final, script = plan, ready.script
-
-        def prepare() -> str:
-            """The pod's directory, then its row in flight: one thread hop for both."""
-            try:
-                path = jobdir.write_pod(cluster.transport, final, script)
-                if final.owner is not None:
-                    submission.hand_over(cluster.transport, final)
-            except (PodRejected, StorageError) as err:
-                self.metrics.submit_failures.labels(type(err).__name__).inc()
-                raise
-            self.store.begin_submit(
-                uid,
-                pod.namespace,
-                pod.name,
-                pod_dir,
-                [c.name for c in pod.spec.init_containers],
-                [c.name for c in pod.spec.containers],
-                pulls=encode(pulls) if pulls else None,
-                cluster=cluster.name,
-                placement=placement.record() if placed else None,
-                warnings=final.warnings,
-            )
-            return path
-
-        script_path = await asyncio.to_thread(prepare)
-        try:
-            job_id = await cluster.scheduler.submit(script_path, pod_dir, plan.directives)
-        except SchedulerUnavailable:
-            # sbatch may have reached Slurm before failing: the row stays in flight and the
-            # next create (or a restart) asks Slurm for the job by its comment.
-            self.metrics.submit_failures.labels("SchedulerUnavailable").inc()
-            raise
-        except SchedulerError as err:
-            self.metrics.submit_failures.labels(type(err).__name__).inc()
-            await asyncio.to_thread(self.store.forget, uid)
-            await asyncio.to_thread(cluster.transport.remove_tree, pod_dir)
-            raise
-        logsetup.bind(job=job_id)
-
-        def record() -> None:
-            self.store.set_job(uid, job_id)
-            cluster.transport.write_file(f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600)
-
-        await asyncio.to_thread(record)
-        if pulls:
-            cluster.puller.start(uid, job_id, pod_dir, pulls)
-        self.request_refresh()
-        where = f" on target {placed} ({placement.basis})" if placed else ""
-        log.info(
-            "pod %s/%s (%s) submitted as job %s%s", pod.namespace, pod.name, uid, job_id, where
-        )
-        return CreateResponse(PodUID=uid, PodJID=job_id)
 
     async def place(
         self, data: RetrievedPodData, image_commands: ImageCommands | None = None
