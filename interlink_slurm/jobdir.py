@@ -221,7 +221,7 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
 # newer than the last read, no job wrote a state file since, and a read looks at no pod
 # directory (an idle refresh of 10,000 pods is one stat, not 10,000), unless it is deep or asked
 # to look at them all (a pod no read looked for yet, or one older than MARKED_SINCE). With no
-# mark (a data root no job of this version wrote to yet) every read looks.
+# mark every read looks: the plugin makes it on a data root where no job has yet (ensure_mark).
 # The deep read (given the time of the last one) also looks in each pod's containers/, for the
 # pods whose job script renames within containers/ (written by an older version of the plugin,
 # still running after an upgrade): a pod whose containers/ changed since the last deep read,
@@ -295,6 +295,16 @@ Stamp = tuple[int, int, int]
 # not read again: any later write would have changed one of them. Closer than that, two writes
 # could share a timestamp (the kernel stamps files from a clock that ticks every few ms).
 _SETTLED_NS = 1_000_000_000
+
+
+def ensure_mark(transport: Transport, data_root: str) -> None:
+    """STATE_MARK, made (empty, stamped now) where no job has written it yet: without it every
+    read looks at every pod directory until a job writes a state file (a new data root whose
+    first pods wait in the queue). A job's ils_put writes over it. Raises OSError or
+    SchedulerUnavailable."""
+    path = f"{data_root.rstrip('/')}/{STATE_MARK}"
+    if transport.size(path) is None:
+        transport.write_file(path, b"", 0o600)
 
 
 @dataclass(frozen=True)

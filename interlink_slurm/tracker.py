@@ -370,16 +370,20 @@ class StatusTracker:
         return publish
 
     async def _marked(self) -> float:
-        """jobdir.marked_since, read once (written at the first start on a data root); while it
-        cannot be read, every pod counts as one whose job writes no mark."""
+        """jobdir.marked_since, read once (written at the first start on a data root), the mark
+        made then if no job has; while it cannot be read, every pod counts as one whose job
+        writes no mark."""
         if self._marked_since is None:
             try:
-                self._marked_since = await asyncio.to_thread(
-                    jobdir.marked_since, self.transport, self.data_root, self._born
-                )
+                self._marked_since = await asyncio.to_thread(self._first_marks)
             except (OSError, SchedulerUnavailable):
                 return float("inf")
         return self._marked_since
+
+    def _first_marks(self) -> float:
+        since = jobdir.marked_since(self.transport, self.data_root, self._born)
+        jobdir.ensure_mark(self.transport, self.data_root)
+        return since
 
     def starting(self, rec: PodRecord, now: float, window: float = 30.0) -> bool:
         """Whether a pod created less than ``window`` ago waits for its containers to start:

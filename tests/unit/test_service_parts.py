@@ -29,6 +29,7 @@ from tests.counting import CountingTransport
 from tests.fakeclock import FakeClock
 
 STARTED = "2026-12-02T11:00:00.123456789Z"
+LONG_AGO = 1_000_000_000  # 2001
 
 
 def settings(tmp_path: Path, **more: Any) -> Settings:
@@ -95,8 +96,9 @@ def test_status_is_served_from_memory_and_a_refresh_reads_all_pods_in_one_call(
         fake.calls.clear()
         await service.refresh()
         # Every pod's state files: one command (and, at the first refresh on this data root,
-        # since when its pods write marks: jobdir.MARKED_SINCE, read once, written once).
-        assert transport.calls == {"run": 1, "read_file": 1, "write_file": 1}
+        # since when its pods write marks: jobdir.MARKED_SINCE, read once, written once; the
+        # mark itself, made when no job has: jobdir.STATE_MARK, looked for once, written once).
+        assert transport.calls == {"run": 1, "read_file": 1, "write_file": 2, "size": 1}
         assert fake.calls == ["query"]  # every pod's job: one query
         transport.calls.clear()
         for _ in range(3):
@@ -271,6 +273,25 @@ def test_the_first_refresh_on_a_data_root_writes_since_when_its_pods_mark(
         await service.refresh()
         since = (tmp_path / "pods" / jobdir.MARKED_SINCE).read_text()
         assert float(since) == born  # the plugin's start: every pod it created marks
+        # No job has written the mark yet: made now, so that reads trust it from the next on
+        # (a first pod that waits in the queue does not make every read look at every pod).
+        mark = tmp_path / "pods" / jobdir.STATE_MARK
+        assert mark.read_bytes() == b"" and mark.stat().st_mode & 0o777 == 0o600
+
+    drive(service, scenario)
+
+
+def test_a_mark_a_job_wrote_is_left_as_it_is(tmp_path: Path) -> None:
+    service, _, _, _ = make(tmp_path)
+    mark = tmp_path / "pods" / jobdir.STATE_MARK
+    mark.parent.mkdir(parents=True)
+    mark.write_text("ns/p-1\n")
+    os.utime(mark, (LONG_AGO, LONG_AGO))
+
+    async def scenario() -> None:
+        await service.create(new_pod("first"))
+        await service.refresh()
+        assert mark.read_text() == "ns/p-1\n" and mark.stat().st_mtime == LONG_AGO
 
     drive(service, scenario)
 
