@@ -313,8 +313,9 @@ class StateRead:
 
     now: float  # the cluster side's clock (seconds) when it started
     changed: dict[str, PodFiles]  # pod dir → its files, for the pods that changed
-    # Pod dir → its Stamp, for the pods asked about that this read looked at (the in-process
-    # reader only); None when it looked at none (the data root's mark said nothing changed).
+    # Pod dir relative to the data root → its Stamp, for the pods asked about that this read
+    # looked at (the in-process reader only); None when it looked at none but new pods' (the
+    # data root's mark said nothing changed). The next read takes them as ``seen``, as they are.
     stamps: dict[str, Stamp] | None = None
 
 
@@ -336,7 +337,7 @@ def read_states(
     the data root's STATE_MARK is no newer than ``since`` only the pod dirs ``look`` (pods no
     read has looked for) are looked at: where the files are here, those alone; through a
     command, every pod dir. Where the files are here, a pod whose directories still have the
-    stamps ``seen`` (the last read's) is not read again. Raises OSError or
+    stamps ``seen`` (the last read's StateRead.stamps) is not read again. Raises OSError or
     SchedulerUnavailable."""
     root = data_root.rstrip("/") or "/"
     prefix = root + "/" if root != "/" else "/"
@@ -344,17 +345,16 @@ def read_states(
     if isinstance(transport, LocalTransport):
         # The files are here: read in this process, with no child process to start (a refresh
         # while 20 pods start on 2 cores waited up to 0.4 s for the reader's 10 processes).
-        known = {p[len(prefix) :]: v for p, v in seen.items()} if seen else None
         now, raw, looked = scan_states(
             root,
             since,
             deep_since=deep_since,
             whole=whole,
-            seen=known,
+            seen=seen,
             look=[p[len(prefix) :] for p in look if p.startswith(prefix)],
         )
         if looked is not None:
-            stamps = {prefix + rel: v for rel, v in looked.items() if prefix + rel in pods}
+            stamps = {rel: v for rel, v in looked.items() if prefix + rel in pods}
     else:
         deep = "-" if deep_since is None else str(max(0, int(deep_since)))
         mark = "all" if whole or look else "mark"

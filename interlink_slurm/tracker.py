@@ -104,12 +104,14 @@ class StatusTracker:
         # uid → its job.runs when the queue last showed its job waiting (see ran_since_waiting).
         self._waiting_runs: dict[str, int] = {}
         self._deep_at: float | None = None  # the monotonic clock then
-        # The pods the last read that looked at every pod directory (not only by the data
-        # root's mark, jobdir.STATE_MARK) looked for: a pod not among them has a directory no
-        # read has seen yet, which its job has not marked (it may not have started).
+        # The pods a read has looked for whatever the data root's mark (jobdir.STATE_MARK) said:
+        # every pod of the last read that looked at every pod directory, and each new pod since,
+        # looked at by its own. A pod not among them has a directory no read has seen yet,
+        # which its job has not marked (it may not have started).
         self._looked: set[str] = set()
-        # Pod dir → its directories' stamps as the last published read saw them (files read in
-        # this process only): an unchanged pod is not read again (jobdir.scan_states).
+        # Pod dir (relative to the data root) → its directories' stamps as the last published
+        # read saw them (files read in this process only): an unchanged pod is not read again
+        # (jobdir.scan_states).
         self._stamps: dict[str, jobdir.Stamp] = {}
         self._born = self.clock.time()
         # Reads may overlap (refresher.refresh_watching): each is numbered at its start, and one
