@@ -10,6 +10,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,6 +97,33 @@ DEFAULT_CLUSTER = "default"
 
 
 ENV_PREFIX = "INTERLINK_SLURM_"
+
+# What of the plugin's own environment its local Slurm commands, and so every job (sbatch
+# exports its environment to the job, where Charliecloud and Enroot hand it to the container),
+# get: what finds programs and sets locale, proxies and runtime configuration; never the
+# plugin's configuration (INTERLINK_SLURM_*, its API token among it) or anything else an
+# operator's unit happens to hold.
+DEFAULT_PASS_ENVIRONMENT = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "SLURM_CONF",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "APPTAINER_*",
+    "SINGULARITY_*",
+    "ENROOT_*",
+)
 
 
 class ConfigError(Exception):
@@ -382,6 +410,11 @@ class Settings(BaseSettings):
 
     slurm_conf: Path | None = Field(None, description="SLURM_CONF for the Slurm commands")
     slurm_bin_dir: Path | None = None
+    pass_environment: list[str] = Field(
+        list(DEFAULT_PASS_ENVIRONMENT),
+        description="names (shell-style patterns) of the plugin's own environment variables "
+        "that Slurm commands run on this machine, and so every job, get; never INTERLINK_SLURM_*",
+    )
     command_timeout: float = Field(30.0, gt=0)
     max_body_bytes: int = Field(16 << 20, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -462,6 +495,17 @@ class Settings(BaseSettings):
             name = flag.split("=", 1)[0] if flag.startswith("--") else flag[:2]
             if name in OWNED_SBATCH_OPTIONS:
                 raise ValueError(f"{flag!r}: {name} is set by interlink-slurm for every job")
+        return v
+
+    @field_validator("pass_environment")
+    @classmethod
+    def _env_names(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            if not re.fullmatch(r"[A-Za-z0-9_*?\[\]!]+", pattern):
+                raise ValueError(
+                    f"{pattern!r} must be a variable name or a shell-style pattern of one "
+                    "(letters, digits, _, *, ?, [...])"
+                )
         return v
 
     @field_validator("default_memory", "max_memory")
@@ -712,8 +756,20 @@ class Settings(BaseSettings):
         return None
 
     def command_env(self) -> dict[str, str]:
-        """The environment every Slurm command gets (SLURM_CONF when set)."""
+        """What every Slurm command gets on top of its environment (SLURM_CONF when set)."""
         return {"SLURM_CONF": str(self.slurm_conf)} if self.slurm_conf else {}
+
+    def local_command_env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The whole environment of Slurm commands run on this machine, and so of every job
+        they submit: the variables of ``environ`` (the plugin's) that pass_environment names,
+        never INTERLINK_SLURM_*, then command_env()."""
+        kept = {
+            name: value
+            for name, value in environ.items()
+            if not name.startswith(ENV_PREFIX)
+            and any(fnmatchcase(name, p) for p in self.pass_environment)
+        }
+        return {**kept, **self.command_env()}
 
     def slurm_command(self, name: str) -> str:
         """A Slurm command's path: in slurm_bin_dir when set, else looked up in PATH."""

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+
 from interlink_slurm.config import DEFAULT_CLUSTER, ConfigError, Settings
 from interlink_slurm.slurm.cli import CliScheduler
 from interlink_slurm.slurm.scheduler import Scheduler
@@ -28,7 +30,7 @@ def build_transport(settings: Settings) -> Transport:
         return SSHTransport(
             settings.ssh, env=settings.command_env(), timeout=settings.command_timeout
         )
-    return LocalTransport(settings.command_env())
+    return LocalTransport(settings.local_command_env(os.environ))
 
 
 def build_scheduler(settings: Settings, transport: Transport) -> Scheduler:
@@ -46,7 +48,11 @@ def build_scheduler(settings: Settings, transport: Transport) -> Scheduler:
                 "scheduler: pyslurm calls Slurm from this process, which must then run on a "
                 "login node: use it with transport: local"
             )
-        return PyslurmScheduler(transport, sbatch=settings.slurm_command("sbatch"))
+        return PyslurmScheduler(
+            transport,
+            sbatch=settings.slurm_command("sbatch"),
+            environment=settings.local_command_env(os.environ),
+        )
     return CliScheduler(
         transport,
         timeout=settings.command_timeout,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from interlink_slurm.errors import SchedulerError, SchedulerUnavailable, SubmitRejected
@@ -49,10 +49,20 @@ class PyslurmScheduler(FromJobListing):
     ``sbatch --test-only`` through the transport (``sbatch``: the command's path), as every
     scheduler's do."""
 
-    def __init__(self, transport: Transport, *, module: Any = None, sbatch: str = "sbatch") -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        module: Any = None,
+        sbatch: str = "sbatch",
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
+        """``environment``: the jobs' (pyslurm adds this process's SLURM_* to it); default:
+        this process's whole environment, as sbatch would export it."""
         self._transport = transport
         self._py = module if module is not None else load_pyslurm()
         self._sbatch = sbatch
+        self._environment = None if environment is None else dict(environment)
 
     async def _call(self, what: str, fn: Callable[[], T], *, submitting: bool = False) -> T:
         try:
@@ -74,7 +84,9 @@ class PyslurmScheduler(FromJobListing):
             raise SchedulerError(f"the job script {script_path} does not exist")
 
         def submit() -> int:
-            desc = self._py.JobSubmitDescription(script=script_path, working_directory=workdir)
+            desc = self._py.JobSubmitDescription(
+                script=script_path, working_directory=workdir, environment=self._environment
+            )
             desc.load_sbatch_options()
             return int(desc.submit())
 

@@ -66,10 +66,11 @@ class LocalTransport:
     """Commands as child processes (argv, never a shell), files on the local filesystem."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        """``env``: the commands' whole environment (default: this process's)."""
         # Encoded once: given str, subprocess encodes every variable again on every command
         # (an sbatch per create).
         self._env = {
-            os.fsencode(k): os.fsencode(v) for k, v in {**os.environ, **(env or {})}.items()
+            os.fsencode(k): os.fsencode(v) for k, v in (os.environ if env is None else env).items()
         }
 
     def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:

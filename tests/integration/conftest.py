@@ -73,9 +73,11 @@ class Plugin:
         *,
         user: str | None = None,
         mode: str = "local",
+        environ: dict[str, str] | None = None,
         **config: Any,
     ) -> None:
         self.workdir = workdir
+        self.environ = environ or {}  # the process's, over this one's
         self.cluster = cluster
         self.user = user  # the account the process runs as (None: this one)
         self.mode = mode
@@ -106,7 +108,7 @@ class Plugin:
     # --- process --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        env = {**os.environ, "USER": os.environ.get("USER", "root")}
+        env = {**os.environ, "USER": os.environ.get("USER", "root"), **self.environ}
         as_user: dict[str, Any] = {}
         if self.user is not None:
             home = pwd.getpwnam(self.user).pw_dir

@@ -5,6 +5,7 @@ Slurm could never run is refused in its words, and a dead controller is unavaila
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -52,7 +53,7 @@ def estimate(scheduler: Scheduler, directives: list[str], timeout: float = 30) -
 
 @pytest.fixture
 def scheduler(cluster: dict[str, str]) -> CliScheduler:
-    return CliScheduler(LocalTransport({"SLURM_CONF": cluster["SLURM_CONF"]}))
+    return CliScheduler(LocalTransport({**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}))
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def dead_controller(cluster: dict[str, str], tmp_path: Path) -> dict[str, str]:
     conf = Path(cluster["SLURM_CONF"]).read_text()
     dead = tmp_path / "slurm.conf"
     dead.write_text(re.sub(r"(?m)^SlurmctldPort=.*$", f"SlurmctldPort={free_port()}", conf))
-    return {"SLURM_CONF": str(dead)}
+    return {**os.environ, "SLURM_CONF": str(dead)}
 
 
 def test_a_controller_out_of_reach_is_unavailable(dead_controller: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from interlink_slurm.config import DEFAULT_PASS_ENVIRONMENT
 from tests import podgen
 from tests.integration.conftest import Plugin, all_terminated, slurm, squeue, states
 
@@ -173,6 +174,40 @@ def test_the_pods_env_reaches_the_container_and_not_the_launcher(
     finally:
         Path(f"{probe}.sh").unlink(missing_ok=True)
         Path(f"{probe}.prolog").unlink(missing_ok=True)
+
+
+# --- the plugin's own environment -----------------------------------------------------------------
+
+
+def test_the_plugins_own_environment_never_reaches_a_pod(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    # sbatch exports its environment to the job, and Charliecloud hands the job's to the
+    # container: a unit's INTERLINK_SLURM_AUTH_TOKEN or any credential beside it would reach
+    # every pod. Only what pass_environment names goes; the plugin's configuration never.
+    plugin = Plugin(
+        tmp_path,
+        cluster,
+        environ={
+            "INTERLINK_SLURM_LOG_LEVEL": "debug",  # a configuration key the plugin reads
+            "LAB_DB_PASSWORD": "s3cret",
+            "SITE_SCRATCH": "/scratch",
+        },
+        pass_environment=[*DEFAULT_PASS_ENVIRONMENT, "SITE_*"],
+    )
+    script = (
+        "import os; print(sorted(k for k in os.environ if k.startswith(('INTERLINK', 'LAB', "
+        "'SITE'))), 'PATH' in os.environ, os.environ['SLURM_JOB_ID'].isdigit())"
+    )
+    pod = podgen.pod("own-env", [podgen.container("main", script)])
+    plugin.start()
+    try:
+        plugin.create_ok(podgen.retrieved(pod))
+        status = plugin.wait_for(pod, all_terminated)
+        assert states(status)["main"]["terminated"]["exitCode"] == 0
+        assert plugin.logs(pod, "main").text == "['SITE_SCRATCH'] True True\n"
+    finally:
+        plugin.stop()
 
 
 # --- limits and bodies ----------------------------------------------------------------------------

@@ -51,6 +51,8 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ("data_root: /x\ntaints: [{key: k, effect: Sometimes}]\n", ["taints.0.effect"]),
         ("- just\n- a list\n", ["mapping"]),
         ("data_root: [unclosed\n", ["not valid YAML"]),
+        ("data_root: /x\npass_environment: ['A B']\n", ["pass_environment", "'A B'"]),
+        ("data_root: /x\npass_environment: ['']\n", ["pass_environment", "variable name"]),
     ],
 )
 def test_a_wrong_or_missing_key_is_named(tmp_path: Path, text: str, words: list[str]) -> None:
@@ -117,3 +119,60 @@ def test_enroot_create_dir_is_an_absolute_path_for_the_enroot_runtime_only() -> 
     for bad in ("local/enroot", "/local/en root", "/local:enroot"):
         with pytest.raises(ConfigError, match="enroot_create_dir"):
             load_settings(None, data_root="/x", runtime="enroot", enroot_create_dir=bad)
+
+
+def test_local_slurm_commands_get_only_the_environment_the_site_passes(tmp_path: Path) -> None:
+    s = load_settings(
+        write(
+            tmp_path,
+            "data_root: /srv/pods\nslurm_conf: /etc/slurm/other.conf\n"
+            "pass_environment: [PATH, LC_*, 'SITE_?', '*TOKEN']\n",
+        )
+    )
+    plugin_env = {
+        "PATH": "/usr/bin",
+        "LC_ALL": "C.UTF-8",
+        "SITE_A": "kept",
+        "SITE_AB": "not matched",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "HOME": "/home/op",  # in the default list, not in this one
+        "SLURM_CONF": "/etc/slurm/slurm.conf",  # slurm_conf wins
+        # The plugin's own configuration never leaves it, even where a pattern matches.
+        "INTERLINK_SLURM_AUTH_TOKEN": "the API token",
+        "LAB_TOKEN": "matched",
+    }
+    assert s.local_command_env(plugin_env) == {
+        "PATH": "/usr/bin",
+        "LC_ALL": "C.UTF-8",
+        "SITE_A": "kept",
+        "LAB_TOKEN": "matched",
+        "SLURM_CONF": "/etc/slurm/other.conf",
+    }
+
+
+def test_by_default_commands_get_what_finds_programs_not_what_an_operator_exported(
+    tmp_path: Path,
+) -> None:
+    s = load_settings(write(tmp_path, "data_root: /srv/pods\n"))
+    plugin_env = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/op",
+        "USER": "op",
+        "LANG": "C.UTF-8",
+        "https_proxy": "http://proxy:3128",
+        "APPTAINER_CACHEDIR": "/scratch/cache",
+        "SLURM_CONF": "/etc/slurm/slurm.conf",
+        "INTERLINK_SLURM_CONFIG": "/etc/interlink-slurm/config.yaml",
+        "KUBECONFIG": "/home/op/.kube/config",
+        "OIDC_CLIENT_SECRET": "secret",
+    }
+    kept = s.local_command_env(plugin_env)
+    assert set(kept) == {
+        "PATH",
+        "HOME",
+        "USER",
+        "LANG",
+        "https_proxy",
+        "APPTAINER_CACHEDIR",
+        "SLURM_CONF",
+    }

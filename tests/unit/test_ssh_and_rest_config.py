@@ -175,7 +175,7 @@ class FakePyslurm(types.SimpleNamespace):
 
 def test_pyslurm_scheduler_maps_pyslurms_objects(tmp_path: Path) -> None:
     py = FakePyslurm()
-    scheduler = PyslurmScheduler(LocalTransport(), module=py)
+    scheduler = PyslurmScheduler(LocalTransport(), module=py, environment={"PATH": "/usr/bin"})
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/bash\n#SBATCH --partition=gpu\ntrue\n")
 
@@ -199,4 +199,9 @@ def test_pyslurm_scheduler_maps_pyslurms_objects(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert py.released == [77]
     (desc,) = py.submitted
-    assert desc.loaded and desc.kw == {"script": str(script), "working_directory": str(tmp_path)}
+    # The job gets the environment given, not this process's (pyslurm's default, "ALL").
+    assert desc.loaded and desc.kw == {
+        "script": str(script),
+        "working_directory": str(tmp_path),
+        "environment": {"PATH": "/usr/bin"},
+    }
