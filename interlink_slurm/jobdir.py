@@ -218,7 +218,8 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
 # those (one find over the data root's pod directories, whatever the number of pods: no
 # argument per pod, no directory listed but the namespaces') and prints their files.
 # After each state file, ils_put also writes the data root's STATE_MARK: while the mark is no
-# newer than the last read, no job wrote a state file since, and a read looks at no pod
+# newer than the last read (in process: or keeps the stamp a read a second later saw), no job
+# wrote a state file since, and a read looks at no pod
 # directory (an idle refresh of 10,000 pods is one stat, not 10,000), unless it is deep or asked
 # to look at them all (a pod no read looked for yet, or one older than MARKED_SINCE). With no
 # mark every read looks: the plugin makes it on a data root where no job has yet (ensure_mark).
@@ -314,8 +315,9 @@ class StateRead:
     now: float  # the cluster side's clock (seconds) when it started
     changed: dict[str, PodFiles]  # pod dir → its files, for the pods that changed
     # Pod dir relative to the data root → its Stamp, for the pods asked about that this read
-    # looked at (the in-process reader only); None when it looked at none but new pods' (the
-    # data root's mark said nothing changed). The next read takes them as ``seen``, as they are.
+    # looked at, and STATE_MARK → the mark's (the in-process reader only); None when it looked
+    # at none but new pods' (the mark said nothing changed). The next read takes them as
+    # ``seen``, as they are.
     stamps: dict[str, Stamp] | None = None
 
 
@@ -337,8 +339,8 @@ def read_states(
     the data root's STATE_MARK is no newer than ``since`` only the pod dirs ``look`` (pods no
     read has looked for) are looked at: where the files are here, those alone; through a
     command, every pod dir. Where the files are here, a pod whose directories still have the
-    stamps ``seen`` (the last read's StateRead.stamps) is not read again. Raises OSError or
-    SchedulerUnavailable."""
+    stamps ``seen`` (the last read's StateRead.stamps) is not read again, and a mark that still
+    has them says nothing changed. Raises OSError or SchedulerUnavailable."""
     root = data_root.rstrip("/") or "/"
     prefix = root + "/" if root != "/" else "/"
     stamps: dict[str, Stamp] | None = None
@@ -354,7 +356,9 @@ def read_states(
             look=[p[len(prefix) :] for p in look if p.startswith(prefix)],
         )
         if looked is not None:
-            stamps = {rel: v for rel, v in looked.items() if prefix + rel in pods}
+            stamps = {
+                rel: v for rel, v in looked.items() if rel == STATE_MARK or prefix + rel in pods
+            }
     else:
         deep = "-" if deep_since is None else str(max(0, int(deep_since)))
         mark = "all" if whole or look else "mark"
@@ -412,14 +416,15 @@ def scan_states(
     in this process: the pod directories under ``root`` (``<namespace>/<pod>``, with a
     containers/ directory, no symlink) changed after ``since``, with ``deep_since`` also those
     whose containers/ alone changed after it; for each, its state files' first lines. Unless
-    deep or ``whole``, when the data root's STATE_MARK is no newer than ``since``, only the pod
-    directories ``look`` (relative: pods no read has looked for yet) are looked at.
+    deep or ``whole``, when the data root's STATE_MARK is no newer than ``since``, or still has
+    the stamp ``seen`` gives it, only the pod directories ``look`` (relative: pods no read has
+    looked for yet) are looked at.
 
     ``seen``: the stamps of the last read (relative pod dir → Stamp). A pod whose directories
     still have them, settled (see _settled), is left out: without it, every pod written in the
     last SINCE_MARGIN seconds was read again at every refresh (10 times a second while pods
-    start). Returns the time, the files read, and the stamps of every pod looked at (None when
-    only ``look`` was). Raises OSError when ``root`` cannot be listed."""
+    start). Returns the time, the files read, and the stamps of every pod looked at and of the
+    mark (None when only ``look`` was). Raises OSError when ``root`` cannot be listed."""
     now_ns = time.time_ns()
     now = now_ns / 1e9
     changed: dict[str, dict[str, bytes]] = {}
@@ -445,7 +450,11 @@ def scan_states(
             changed[rel] = _state_files(path)
             stamps[rel] = (outer.st_mtime_ns, inner.st_mtime_ns, now_ns)
 
-    if not (deep or whole) and not _marked_after(root, since):
+    mark_ns = _mark_ns(root)
+    if mark_ns is not None:
+        # Under a key no pod directory has (they are <namespace>/<pod>).
+        stamps[STATE_MARK] = (mark_ns, mark_ns, now_ns)
+    if not (deep or whole) and _unmarked(mark_ns, since, seen):
         for rel in look:
             if rel.count("/") == 1 and ".." not in rel.split("/"):
                 visit(f"{root}/{rel}", rel)
@@ -476,14 +485,26 @@ def _settled(known: Stamp, outer_ns: int, inner_ns: int) -> bool:
     return max(outer, inner) < read_ns - _SETTLED_NS
 
 
-def _marked_after(root: str, since: float) -> bool:
-    """Whether a job wrote a state file after ``since`` by the data root's STATE_MARK, or it
-    cannot say (no mark, or something else in its place)."""
+def _mark_ns(root: str) -> int | None:
+    """The data root's STATE_MARK's stamp (ns), None when there is no such file."""
     try:
         info = os.lstat(f"{root}/{STATE_MARK}")
     except OSError:
+        return None
+    return info.st_mtime_ns if stat.S_ISREG(info.st_mode) else None
+
+
+def _unmarked(mark_ns: int | None, since: float, seen: Mapping[str, Stamp] | None) -> bool:
+    """Whether no job wrote a state file since the last read, by the data root's mark: no
+    newer than ``since``, or as the last read that looked at the pods saw it, settled (see
+    _settled: without it, each mark written made every read for SINCE_MARGIN seconds look at
+    every pod directory, 10 times a second while pods start)."""
+    if mark_ns is None:
+        return False  # no mark to trust
+    if mark_ns / 1e9 <= since:
         return True
-    return not stat.S_ISREG(info.st_mode) or info.st_mtime > since
+    known = seen.get(STATE_MARK) if seen is not None else None
+    return known is not None and _settled(known, mark_ns, mark_ns)
 
 
 def _state_files(pod_dir: str) -> dict[str, bytes]:

@@ -326,3 +326,51 @@ def test_pods_no_read_looked_for_are_looked_at_whatever_the_mark_says(
     expected = {str(new)} if isinstance(reader, Here) else {str(new), str(other)}
     assert set(looked.changed) == expected
     assert looked.changed[str(new)].containers["c"].started is not None
+
+
+def mark_ns(root: Path, ns: int) -> None:
+    """The data root's mark as last written at ``ns`` (nanoseconds since the epoch)."""
+    path = root / jobdir.STATE_MARK
+    path.write_text("p-1\n")
+    os.utime(path, ns=(ns, ns))
+
+
+def test_a_mark_as_a_read_a_second_later_saw_it_means_no_pod_directory_is_looked_at(
+    tmp_path: Path,
+) -> None:
+    """In process: a mark written 3 s ago is newer than ``since`` (the last read less its
+    margin), but keeps the stamp the last read saw, over a second after it was written: no job
+    wrote since, and no pod directory is looked at. The next ils_put changes it."""
+    pod = tmp_path / "ns" / "p-1"
+    put(pod, "containers/c.started", STARTED)
+    pods = {str(pod): ["c"]}
+    mark_ns(tmp_path, time.time_ns() - 3_000_000_000 + 123_456_789)
+    first = jobdir.read_states(Here(), str(tmp_path), 0, pods)
+    assert set(first.changed) == {str(pod)}
+    assert first.stamps is not None and jobdir.STATE_MARK in first.stamps
+    put(pod, "containers/c.exit", "3")  # as if its mark were lost: not looked for
+    again = jobdir.read_states(Here(), str(tmp_path), 0, pods, seen=first.stamps)
+    assert again.changed == {} and again.stamps is None  # the last read's stamps stay
+    pod_dir = shlex.quote(str(pod))
+    script = f". {ILS_SH}; POD_DIR={pod_dir}; cd {pod_dir}; ils_put containers/c.exit 4"
+    subprocess.run(["bash", "-c", script], check=True)
+    after = jobdir.read_states(Here(), str(tmp_path), 0, pods, seen=first.stamps)
+    assert after.changed[str(pod)].containers["c"].exit_code == 4
+
+
+@pytest.mark.parametrize("clock", ["within a second of the read", "whole seconds"])
+def test_a_mark_whose_stamp_could_hide_a_write_is_not_trusted(tmp_path: Path, clock: str) -> None:
+    """A mark stamped in whole seconds, or within a second of the read that saw it, could have
+    the same stamp after a later write: every read looks at the pods changed since."""
+    pod = tmp_path / "ns" / "p-1"
+    put(pod, "containers/c.started", STARTED)
+    pods = {str(pod): ["c"]}
+    now = time.time_ns()
+    if clock == "whole seconds":
+        mark_ns(tmp_path, now - 3_000_000_000 - now % 1_000_000_000)
+    else:
+        mark_ns(tmp_path, now - 300_000_000)
+    first = jobdir.read_states(Here(), str(tmp_path), 0, pods)
+    put(pod, "containers/c.exit", "3")
+    again = jobdir.read_states(Here(), str(tmp_path), 0, pods, seen=first.stamps)
+    assert again.changed[str(pod)].containers["c"].exit_code == 3
