@@ -38,6 +38,7 @@ from typing import Any
 
 from benchmarks import running
 from benchmarks.common import HOLD, cancel_all, metric, percentile
+from interlink_slurm.config import Settings
 from tests import podgen
 from tests.integration.conftest import REST_VERSION, Plugin, RestServer, cluster_env, remote_env
 
@@ -124,7 +125,11 @@ def bench_status(cluster: dict[str, str], sizes: list[int], calls: int) -> None:
 
 
 def sbatch_loop(cluster: dict[str, str], scripts: list[Path]) -> float:
-    env = {**os.environ, "SLURM_CONF": cluster["SLURM_CONF"]}
+    # The environment the plugin's sbatch gets (pass_environment's default): each sbatch packs
+    # and sends to slurmctld the same variables on both sides.
+    env = Settings(
+        data_root=Path(tempfile.gettempdir()), slurm_conf=Path(cluster["SLURM_CONF"])
+    ).local_command_env(os.environ)
     t0 = time.monotonic()
     for script in scripts:
         subprocess.run(
@@ -457,6 +462,7 @@ def main() -> None:
     su = sub.add_parser("startup")
     su.add_argument("--pods", type=int, default=20)
     su.add_argument("--runs", type=int, default=5)
+    su.add_argument("--transport", choices=["local", "ssh"], default="local")
     idle = sub.add_parser("idle")
     idle.add_argument("--pods", type=int, default=10000)
     idle.add_argument("--seconds", type=float, default=60)
@@ -495,7 +501,10 @@ def main() -> None:
             getattr(args, "calls", 2000),
         ),
         "startup": lambda: running.bench_startup(
-            cluster, getattr(args, "pods", 20), getattr(args, "runs", 5)
+            cluster,
+            getattr(args, "pods", 20),
+            getattr(args, "runs", 5),
+            getattr(args, "transport", "local"),
         ),
         "idle": lambda: running.bench_idle(
             cluster, getattr(args, "pods", 10000), getattr(args, "seconds", 60)

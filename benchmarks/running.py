@@ -333,18 +333,20 @@ sleep 30
 """
 
 
-def bench_startup(cluster: dict[str, str], n: int, runs: int) -> None:
+def bench_startup(cluster: dict[str, str], n: int, runs: int, transport: str = "local") -> None:
     """Seconds from the create sent to the first /status that says running (p50, max), and the
     floor: sbatch of a plain script until its first state file exists, timed the same way.
     Also from each container's start (the time its job wrote in containers/main.started) to
-    that first running answer: how long the plugin took to see it."""
+    that first running answer: how long the plugin took to see it. ``transport``: the plugin's
+    (ssh: to the loopback login node, as the job user); the floor is sbatch run here."""
+    print(f"transport: {transport}")
     print(
         "| run | pods | plugin p50 s | plugin max s | floor p50 s | floor max s "
         "| started → seen p50 s | started → seen max s |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for run in range(1, runs + 1):
-        plugin_times, seen_after = startup_plugin(cluster, n, run)
+        plugin_times, seen_after = startup_plugin(cluster, n, run, transport)
         floor_times = startup_floor(cluster, n)
         print(
             f"| {run} | {n} | {percentile(plugin_times, 50):.2f} | {max(plugin_times):.2f} | "
@@ -354,7 +356,9 @@ def bench_startup(cluster: dict[str, str], n: int, runs: int) -> None:
         )
 
 
-def startup_plugin(cluster: dict[str, str], n: int, run: int) -> tuple[list[float], list[float]]:
+def startup_plugin(
+    cluster: dict[str, str], n: int, run: int, transport: str
+) -> tuple[list[float], list[float]]:
     """Each of ``n`` clients creates one pod after a random 0-1 s; one poller asks /status
     about every pod created and not yet seen running, in one call every POLL_SECONDS, as the
     virtual kubelet batches its status calls. (A client per pod polling every 25 ms made 800
@@ -364,7 +368,10 @@ def startup_plugin(cluster: dict[str, str], n: int, run: int) -> tuple[list[floa
     seen: dict[str, float] = {}  # uid → the first /status answer that said running
     seen_at: dict[str, float] = {}  # ... by the wall clock, which the job's files use
     lock = threading.Lock()
-    with Setup(cluster, "local") as setup, tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp:
+    with (
+        Setup(cluster, transport) as setup,
+        tempfile.TemporaryDirectory(prefix="ils-bench-") as tmp,
+    ):
         plugin = start(setup.plugin(Path(tmp), status_refresh_seconds=2))
         try:
 
