@@ -218,8 +218,8 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
 # those (one find over the data root's pod directories, whatever the number of pods: no
 # argument per pod, no directory listed but the namespaces') and prints their files.
 # After each state file, ils_put also writes the data root's STATE_MARK: while the mark is no
-# newer than the last read (in process: or keeps the stamp a read a second later saw), no job
-# wrote a state file since, and a read looks at no pod
+# newer than the last read, or keeps the stamp a read over a second later saw, no job wrote a
+# state file since, and a read looks at no pod
 # directory (an idle refresh of 10,000 pods is one stat, not 10,000), unless it is deep or asked
 # to look at them all (a pod no read looked for yet, or one older than MARKED_SINCE). With no
 # mark every read looks: the plugin makes it on a data root where no job has yet (ensure_mark).
@@ -235,15 +235,22 @@ STATE_MARK = ".state-changed"
 # first start of such a plugin on it): a pod created before may run a script that writes none
 # (an upgrade with pods running), and while one does, every read looks at every pod directory.
 MARKED_SINCE = ".state-marked-since"
-# Arguments: the data root, since (seconds), the deep read's since or "-", "mark" or "all".
+# Arguments: the data root, since (seconds), the deep read's since or "-", "mark" or "all",
+# and the mark's stamp (ns) as a read over a second after its writing saw it, or "-". "M" is
+# printed with the mark's stamp by a read that looks at pod directories.
 STATE_READER = r"""
 export LC_ALL=C
 cd -- "$1" || exit 3
-echo "N $(date +%s)"
-if [[ $3 == - && $4 == mark && -f .state-changed && ! -L .state-changed ]] &&
-  [[ -z $(find .state-changed -maxdepth 0 -newermt "@$2" -print 2>/dev/null || echo x) ]]; then
-  exit 0
+echo "N $(date +%s.%N)"
+m=
+if [[ -f .state-changed && ! -L .state-changed ]]; then
+  m=$(date -r .state-changed +%s%N 2>/dev/null) && [[ $m =~ ^[0-9]+$ ]] || m=
 fi
+if [[ $3 == - && $4 == mark && -n $m ]]; then
+  # Unchanged since a read that can trust it, or no newer than since: no job wrote.
+  if [[ $m == "$5" ]] || (( m <= $2 * 1000000000 )); then exit 0; fi
+fi
+[[ -z $m ]] || echo "M $m"
 dirs=()
 while IFS= read -r d; do
   # Pod directories only: <namespace>/<name>-<uid>, with their containers/.
@@ -315,7 +322,7 @@ class StateRead:
     now: float  # the cluster side's clock (seconds) when it started
     changed: dict[str, PodFiles]  # pod dir → its files, for the pods that changed
     # Pod dir relative to the data root → its Stamp, for the pods asked about that this read
-    # looked at, and STATE_MARK → the mark's (the in-process reader only); None when it looked
+    # looked at (the in-process reader only), and STATE_MARK → the mark's; None when it looked
     # at none but new pods' (the mark said nothing changed). The next read takes them as
     # ``seen``, as they are.
     stamps: dict[str, Stamp] | None = None
@@ -339,8 +346,8 @@ def read_states(
     the data root's STATE_MARK is no newer than ``since`` only the pod dirs ``look`` (pods no
     read has looked for) are looked at: where the files are here, those alone; through a
     command, every pod dir. Where the files are here, a pod whose directories still have the
-    stamps ``seen`` (the last read's StateRead.stamps) is not read again, and a mark that still
-    has them says nothing changed. Raises OSError or SchedulerUnavailable."""
+    stamps ``seen`` (the last read's StateRead.stamps) is not read again; anywhere, a mark that
+    still has its stamp there says nothing changed. Raises OSError or SchedulerUnavailable."""
     root = data_root.rstrip("/") or "/"
     prefix = root + "/" if root != "/" else "/"
     stamps: dict[str, Stamp] | None = None
@@ -362,9 +369,11 @@ def read_states(
     else:
         deep = "-" if deep_since is None else str(max(0, int(deep_since)))
         mark = "all" if whole or look else "mark"
+        known = seen.get(STATE_MARK) if seen is not None else None
+        trusted = str(known[0]) if known is not None and _trusted(known) else "-"
         argv = [
             *("bash", "-c", STATE_READER, "ils-state"),
-            *(root, str(max(0, int(since))), deep, mark),
+            *(root, str(max(0, int(since))), deep, mark, trusted),
         ]
         try:
             result = transport.run(argv, timeout=timeout)
@@ -372,7 +381,9 @@ def read_states(
             raise OSError(f"cannot read the pods' state files: {err}") from err
         if result.returncode != 0:
             raise OSError(f"cannot read the pods' state files: {result.stderr.strip()[:500]}")
-        now, raw = _parse_states(result.stdout)
+        now, raw, mark_ns = _parse_states(result.stdout)
+        if mark_ns is not None:
+            stamps = {STATE_MARK: (mark_ns, mark_ns, int(now * 1e9))}
     changed = {}
     for rel, files in raw.items():  # the changed ones only: an idle refresh maps no pod
         pod_dir = prefix + rel
@@ -477,9 +488,13 @@ def _settled(known: Stamp, outer_ns: int, inner_ns: int) -> bool:
     ``known`` left them, with no write since: the same stamps, from a clock finer than a second
     (a filesystem that stamps whole seconds can give two writes the same stamp, so its pods are
     read by ``since`` alone), and written over _SETTLED_NS before that read began."""
+    return known[:2] == (outer_ns, inner_ns) and _trusted(known)
+
+
+def _trusted(known: Stamp) -> bool:
+    """Whether stamps a read saw would change with any later write: from a clock finer than a
+    second, and over _SETTLED_NS older than that read."""
     outer, inner, read_ns = known
-    if (outer, inner) != (outer_ns, inner_ns):
-        return False
     if outer % 1_000_000_000 == 0 or inner % 1_000_000_000 == 0:
         return False
     return max(outer, inner) < read_ns - _SETTLED_NS
@@ -545,16 +560,21 @@ def _first_line(path: str) -> bytes | None:
     return _UNPRINTABLE.sub(b"?", data.split(b"\n", 1)[0])
 
 
-def _parse_states(stdout: str) -> tuple[float, dict[str, dict[str, bytes]]]:
-    """The reader's output: "N <now>", "P <pod dir>" for each changed pod (relative to the
-    root), then "F <pod dir>/<file>" and "|<its first line>" for each of their files."""
+def _parse_states(stdout: str) -> tuple[float, dict[str, dict[str, bytes]], int | None]:
+    """The reader's output: "N <now>", "M <the mark's stamp>" when it looked at pod
+    directories, "P <pod dir>" for each changed pod (relative to the root), then
+    "F <pod dir>/<file>" and "|<its first line>" for each of their files."""
     now = 0.0
+    mark_ns: int | None = None
     changed: dict[str, dict[str, bytes]] = {}
     name: tuple[str, str] | None = None
     for line in stdout.splitlines():
         if line.startswith("N "):
             with contextlib.suppress(ValueError):
                 now = float(line[2:])
+        elif line.startswith("M "):
+            with contextlib.suppress(ValueError):
+                mark_ns = int(line[2:])
         elif line.startswith("P "):
             changed.setdefault(line[2:], {})
         elif line.startswith("F "):
@@ -565,4 +585,4 @@ def _parse_states(stdout: str) -> tuple[float, dict[str, dict[str, bytes]]]:
             if pod in changed:
                 changed[pod].setdefault(file, line[1:].encode())
             name = None
-    return now, changed
+    return now, changed, mark_ns

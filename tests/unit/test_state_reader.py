@@ -67,8 +67,8 @@ def test_all_pods_are_read_in_one_command_and_unchanged_ones_skipped(
     first = jobdir.read_states(t, str(tmp_path), 0, pods)
     if isinstance(t, CountingTransport):
         assert len(t.argvs) == 1
-        # bash -c SCRIPT name root since depth mark: no argument per pod
-        assert len(t.argvs[0]) == 8
+        # bash -c SCRIPT name root since depth mark mark-stamp: no argument per pod
+        assert len(t.argvs[0]) == 9
     assert set(first.changed) == {str(a), str(b)}
     assert first.changed[str(a)].runs == 1
     assert first.changed[str(a)].containers["c"].started is not None
@@ -336,30 +336,33 @@ def mark_ns(root: Path, ns: int) -> None:
 
 
 def test_a_mark_as_a_read_a_second_later_saw_it_means_no_pod_directory_is_looked_at(
-    tmp_path: Path,
+    tmp_path: Path, reader: Transport
 ) -> None:
-    """In process: a mark written 3 s ago is newer than ``since`` (the last read less its
-    margin), but keeps the stamp the last read saw, over a second after it was written: no job
-    wrote since, and no pod directory is looked at. The next ils_put changes it."""
+    """A mark written 3 s ago is newer than ``since`` (the last read less its margin), but
+    keeps the stamp the last read saw, over a second after it was written: no job wrote since,
+    and no pod directory is looked at. The next ils_put changes it."""
     pod = tmp_path / "ns" / "p-1"
     put(pod, "containers/c.started", STARTED)
     pods = {str(pod): ["c"]}
-    mark_ns(tmp_path, time.time_ns() - 3_000_000_000 + 123_456_789)
-    first = jobdir.read_states(Here(), str(tmp_path), 0, pods)
+    written = time.time_ns() - 3_000_000_000 + 123_456_789
+    mark_ns(tmp_path, written)
+    first = jobdir.read_states(reader, str(tmp_path), 0, pods)
     assert set(first.changed) == {str(pod)}
-    assert first.stamps is not None and jobdir.STATE_MARK in first.stamps
+    assert first.stamps is not None and first.stamps[jobdir.STATE_MARK][0] == written
     put(pod, "containers/c.exit", "3")  # as if its mark were lost: not looked for
-    again = jobdir.read_states(Here(), str(tmp_path), 0, pods, seen=first.stamps)
+    again = jobdir.read_states(reader, str(tmp_path), 0, pods, seen=first.stamps)
     assert again.changed == {} and again.stamps is None  # the last read's stamps stay
     pod_dir = shlex.quote(str(pod))
     script = f". {ILS_SH}; POD_DIR={pod_dir}; cd {pod_dir}; ils_put containers/c.exit 4"
     subprocess.run(["bash", "-c", script], check=True)
-    after = jobdir.read_states(Here(), str(tmp_path), 0, pods, seen=first.stamps)
+    after = jobdir.read_states(reader, str(tmp_path), 0, pods, seen=first.stamps)
     assert after.changed[str(pod)].containers["c"].exit_code == 4
 
 
 @pytest.mark.parametrize("clock", ["within a second of the read", "whole seconds"])
-def test_a_mark_whose_stamp_could_hide_a_write_is_not_trusted(tmp_path: Path, clock: str) -> None:
+def test_a_mark_whose_stamp_could_hide_a_write_is_not_trusted(
+    tmp_path: Path, clock: str, reader: Transport
+) -> None:
     """A mark stamped in whole seconds, or within a second of the read that saw it, could have
     the same stamp after a later write: every read looks at the pods changed since."""
     pod = tmp_path / "ns" / "p-1"
@@ -370,7 +373,7 @@ def test_a_mark_whose_stamp_could_hide_a_write_is_not_trusted(tmp_path: Path, cl
         mark_ns(tmp_path, now - 3_000_000_000 - now % 1_000_000_000)
     else:
         mark_ns(tmp_path, now - 300_000_000)
-    first = jobdir.read_states(Here(), str(tmp_path), 0, pods)
+    first = jobdir.read_states(reader, str(tmp_path), 0, pods)
     put(pod, "containers/c.exit", "3")
-    again = jobdir.read_states(Here(), str(tmp_path), 0, pods, seen=first.stamps)
+    again = jobdir.read_states(reader, str(tmp_path), 0, pods, seen=first.stamps)
     assert again.changed[str(pod)].containers["c"].exit_code == 3
