@@ -273,7 +273,8 @@ def test_another_namespace_or_name_with_the_same_uid_sees_nothing(
     closed: Plugin, cluster: dict[str, str]
 ) -> None:
     pod = podgen.pod(
-        "owner", [podgen.container("main", "import time; print('mine', flush=True); time.sleep(300)")]
+        "owner",
+        [podgen.container("main", "import time; print('mine', flush=True); time.sleep(300)")],
     )
     job_id = closed.create_ok(podgen.retrieved(pod))
     closed.wait_for(pod, lambda s: "running" in states(s)["main"])

@@ -18,6 +18,7 @@ import pytest
 from interlink_slurm import jobdir, submission
 from interlink_slurm.config import Settings, load_settings
 from interlink_slurm.errors import SchedulerUnavailable
+from interlink_slurm.refresher import STARTING_REFRESH_SECONDS
 from interlink_slurm.service import Service
 from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.slurm.scheduler import JobInfo
@@ -328,13 +329,17 @@ def test_a_job_that_starts_while_the_queue_is_asked_is_seen_running_at_once(
     drive(service, scenario)
 
 
-def test_while_pods_start_their_files_are_read_while_the_queue_is_asked(tmp_path: Path) -> None:
-    """Where the files are local, a start is seen while a slow squeue is still running (the
-    refresher reads the files every 0.1 s meanwhile), not after it."""
+@pytest.mark.parametrize("where", ["local", "through a command"])
+def test_while_pods_start_their_files_are_read_while_the_queue_is_asked(
+    tmp_path: Path, where: str
+) -> None:
+    """A start is seen while a slow squeue is still running (the refresher reads the files
+    every 0.1 s meanwhile, 0.25 s where a read is a command, as over SSH), not after it."""
     fake = FakeScheduler()
     store = Store(tmp_path / "state.db")
     store.open()
-    service = Service(settings(tmp_path), fake, LocalTransport(), store)
+    transport = LocalTransport() if where == "local" else CountingTransport()
+    service = Service(settings(tmp_path), fake, transport, store)
     data = new_pod("starting")
     asked = fake.query
     answer_queue = asyncio.Event()
@@ -367,7 +372,7 @@ def test_while_pods_start_their_files_are_read_while_the_queue_is_asked(tmp_path
             put(rec.pod_dir, "job.runs", "1")
             put(rec.pod_dir, "containers/main.started", STARTED)
             running = False
-            for _ in range(100):  # up to 5 s; the watch reads every 0.1 s
+            for _ in range(100):  # up to 5 s; the watch reads every 0.1 or 0.25 s
                 await asyncio.sleep(0.05)
                 [st] = await service.status([data.pod])
                 if st.containers[0].state.running is not None:
@@ -595,7 +600,8 @@ def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path)
     async def scenario() -> None:
         answer = await service.create(first)
         await service.refresh()
-        assert service.refresher.interval() == 0.5  # its job waits: look again soon
+        # Its job waits: look again soon (reading the files is a command here, as over SSH).
+        assert service.refresher.interval() == STARTING_REFRESH_SECONDS
         run(answer.PodJID, fake)
         rec = service.store.get(answer.PodUID)
         assert rec is not None
@@ -605,7 +611,7 @@ def test_refreshes_come_sooner_while_a_new_pods_containers_start(tmp_path: Path)
         # A pod that does not start within the window no longer shortens the interval.
         await service.create(late)
         await service.refresh()
-        assert service.refresher.interval() == 0.5
+        assert service.refresher.interval() == STARTING_REFRESH_SECONDS
         clock.advance(31)
         await service.refresh()
         assert service.refresher.interval() == 2
