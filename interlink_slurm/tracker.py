@@ -35,9 +35,12 @@ GONE = "GONE"  # final_state of a job that left the queue with no accounting rec
 # in the same mtime tick as that read (a second on some filesystems), or stamped by a node whose
 # clock is a little behind the login node's, is not missed.
 SINCE_MARGIN_SECONDS = 10.0
-# The state read looks at the pods' directories only (ils_put renames through them); while pods
-# whose job script writes no mark run (jobdir.MARKED_SINCE), this often it also looks at their
-# containers/, for pods whose job script only renames there (older versions of the plugin).
+# This often a state read looks at every pod directory changed since the last such read,
+# whatever the data root's mark says: a state file whose mark was lost (the job killed between
+# the two writes, the mark not writable a moment) is seen within this long, not only at the
+# pod's next write. While pods whose job script writes no mark run (jobdir.MARKED_SINCE), that
+# read also looks at their containers/, for pods whose job script only renames there (older
+# versions of the plugin). Locally it is a stat per pod directory; over SSH one find.
 DEEP_READ_SECONDS = 60.0
 
 
@@ -101,9 +104,10 @@ class StatusTracker:
         self.state_reads = 0  # transport calls made to read state files (for benchmarks)
         self._since: float | None = None  # the cluster side's clock at the last state read
         self._deep_since: float | None = None  # ... at the last one that looked in containers/
+        self._swept_since: float | None = None  # ... at the last sweep (see DEEP_READ_SECONDS)
         # uid → its job.runs when the queue last showed its job waiting (see ran_since_waiting).
         self._waiting_runs: dict[str, int] = {}
-        self._deep_at: float | None = None  # the monotonic clock then
+        self._swept_at: float | None = None  # the monotonic clock then
         # The pods a read has looked for whatever the data root's mark (jobdir.STATE_MARK) said:
         # every pod of the last read that looked at every pod directory, and each new pod since,
         # looked at by its own. A pod not among them has a directory no read has seen yet,
@@ -302,15 +306,19 @@ class StatusTracker:
             return lambda: False
         marked = await self._marked() if self.marks else float("inf")
         unmarked = any(r.created < marked for r in by_dir.values())
-        due = self._deep_at is None or self.clock.monotonic() - self._deep_at >= DEEP_READ_SECONDS
-        deep = self._deep_at is None or (unmarked and due)
-        whole = deep or unmarked
+        sweep = (
+            self._swept_at is None or self.clock.monotonic() - self._swept_at >= DEEP_READ_SECONDS
+        )
+        deep = self._swept_at is None or (unmarked and sweep)
+        whole = deep or unmarked or sweep
         # Pods no read has looked for: looked at whatever the mark says (their jobs may not have
         # marked anything yet), each by its own directory where the files are here.
         fresh = [r for r in by_dir.values() if r.uid not in self._looked]
-        # Changes from SINCE_MARGIN_SECONDS before the last read on: a write within the same
-        # mtime tick as that read, or stamped by a node whose clock is a little behind.
-        since = self._since - SINCE_MARGIN_SECONDS if self._since is not None else 0.0
+        # Changes from SINCE_MARGIN_SECONDS before the last read (the last sweep) on: a write
+        # within the same mtime tick as that read, or stamped by a node whose clock is a little
+        # behind.
+        after = self._swept_since if sweep else self._since
+        since = after - SINCE_MARGIN_SECONDS if after is not None else 0.0
         deep_since = None
         if deep:
             last = self._deep_since
@@ -361,8 +369,10 @@ class StatusTracker:
             self._since = read.now
             if read.stamps is not None:
                 self._stamps = read.stamps
+            if sweep:
+                self._swept_since, self._swept_at = read.now, started
             if deep:
-                self._deep_since, self._deep_at = read.now, started
+                self._deep_since = read.now
             if whole:
                 self._looked = {r.uid for r in by_dir.values()}
             else:

@@ -24,6 +24,7 @@ from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.slurm.transport import CommandResult, LocalTransport
 from interlink_slurm.store import Store
+from interlink_slurm.tracker import DEEP_READ_SECONDS
 from interlink_slurm.wire import LogRequest, Pod, RetrievedPodData
 from tests import podgen
 from tests.counting import CountingTransport
@@ -196,6 +197,51 @@ def test_a_refresh_trusts_the_data_roots_mark_but_looks_for_a_pod_no_read_looked
         mark.write_text("first\n")
         await service.refresh()
         assert await state(first) == "terminated"
+
+    drive(service, scenario)
+
+
+def test_a_change_whose_mark_was_lost_is_seen_by_the_next_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state file written without its mark (the job killed between the two writes) is not
+    seen by the reads that trust the mark, but by the next read that looks at every pod
+    directory changed since the last such read, DEEP_READ_SECONDS after it at most: here
+    written 30 s before a read, long before that read's own margin. (Files read in process,
+    whose wall clock the test moves.)"""
+    fake, clock = FakeScheduler(), FakeClock()
+    store = Store(tmp_path / "state.db")
+    store.open()
+    service = Service(settings(tmp_path), fake, LocalTransport(), store, clock=clock)
+    data = new_pod("lost")
+    mark = tmp_path / "pods" / jobdir.STATE_MARK
+    ahead = [0]  # seconds the reads' wall clock is ahead of this one
+    real_ns = time.time_ns
+    monkeypatch.setattr(jobdir.time, "time_ns", lambda: real_ns() + ahead[0] * 1_000_000_000)
+
+    async def at(seconds: int) -> Any:
+        clock.advance(seconds - ahead[0])
+        ahead[0] = seconds
+        await service.refresh()
+        [st] = await service.status([data.pod])
+        return st.containers[0].state
+
+    async def scenario() -> None:
+        answer = await service.create(data)
+        run(answer.PodJID, fake)
+        rec = service.store.get(answer.PodUID)
+        assert rec is not None
+        put(rec.pod_dir, "containers/main.started", STARTED)
+        assert (await at(0)).running is not None  # the first read is a sweep
+        old = time.time() - 100
+        mark.write_text("x\n")
+        os.utime(mark, (old, old))
+        put(rec.pod_dir, "containers/main.exit", "0")
+        put(rec.pod_dir, "containers/main.finished", STARTED)
+        assert (await at(30)).running is not None  # the mark says nothing changed
+        assert (await at(int(DEEP_READ_SECONDS) - 1)).running is not None
+        ended = (await at(int(DEEP_READ_SECONDS))).terminated
+        assert ended is not None and ended.exit_code == 0
 
     drive(service, scenario)
 
