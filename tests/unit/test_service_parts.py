@@ -23,7 +23,7 @@ from interlink_slurm.service import Service
 from interlink_slurm.slurm.fake import FakeScheduler
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.slurm.transport import CommandResult, LocalTransport
-from interlink_slurm.store import Store
+from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import DEEP_READ_SECONDS
 from interlink_slurm.wire import LogRequest, Pod, RetrievedPodData
 from tests import podgen
@@ -70,6 +70,16 @@ def make(
 def run(job_id: str, fake: FakeScheduler) -> None:
     old = fake.jobs[job_id]
     fake.jobs[job_id] = JobInfo(job_id, "RUNNING", "", old.comment, nodes="node1")
+
+
+async def started(service: Service, fake: FakeScheduler, data: RetrievedPodData) -> PodRecord:
+    """Create ``data``'s pod, its job running and its container started by the files."""
+    answer = await service.create(data)
+    run(answer.PodJID, fake)
+    rec = service.store.get(answer.PodUID)
+    assert rec is not None
+    put(rec.pod_dir, "containers/main.started", STARTED)
+    return rec
 
 
 def drive(service: Service, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -133,11 +143,7 @@ def test_a_pod_submitted_since_the_last_refresh_is_read_by_none_at_its_status(
     data = new_pod("fresh")
 
     async def scenario() -> None:
-        answer = await service.create(data)
-        run(answer.PodJID, fake)
-        rec = service.store.get(answer.PodUID)
-        assert rec is not None
-        put(rec.pod_dir, "containers/main.started", STARTED)
+        await started(service, fake, data)
         transport.calls.clear()
         [st] = await service.status([data.pod])
         assert transport.calls == {}  # its job is not seen yet: no file is worth a read
@@ -167,20 +173,12 @@ def test_a_refresh_trusts_the_data_roots_mark_but_looks_for_a_pod_no_read_looked
         mark.write_text("x\n")
         os.utime(mark, (old, old))
 
-    async def started(data: RetrievedPodData) -> str:
-        answer = await service.create(data)
-        run(answer.PodJID, fake)
-        rec = service.store.get(answer.PodUID)
-        assert rec is not None
-        put(rec.pod_dir, "containers/main.started", STARTED)
-        return rec.pod_dir
-
     async def state(data: RetrievedPodData) -> str:
         [st] = await service.status([data.pod])
         return next(k for k, v in st.containers[0].state.model_dump().items() if v is not None)
 
     async def scenario() -> None:
-        pod_dir = await started(first)
+        pod_dir = (await started(service, fake, first)).pod_dir
         age_mark()
         await service.refresh()
         assert await state(first) == "running"
@@ -188,7 +186,7 @@ def test_a_refresh_trusts_the_data_roots_mark_but_looks_for_a_pod_no_read_looked
         put(pod_dir, "containers/main.finished", STARTED)
         await service.refresh()
         assert await state(first) == "running"  # not marked: not looked at
-        await started(second)
+        await started(service, fake, second)
         age_mark()
         await service.refresh()
         transport.calls.clear()
@@ -227,11 +225,7 @@ def test_a_change_whose_mark_was_lost_is_seen_by_the_next_sweep(
         return st.containers[0].state
 
     async def scenario() -> None:
-        answer = await service.create(data)
-        run(answer.PodJID, fake)
-        rec = service.store.get(answer.PodUID)
-        assert rec is not None
-        put(rec.pod_dir, "containers/main.started", STARTED)
+        rec = await started(service, fake, data)
         assert (await at(0)).running is not None  # the first read is a sweep
         old = time.time() - 100
         mark.write_text("x\n")
