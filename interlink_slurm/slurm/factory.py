@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from fnmatch import fnmatchcase
 
 from interlink_slurm.config import DEFAULT_CLUSTER, ConfigError, Settings
 from interlink_slurm.slurm.cli import CliScheduler
@@ -18,6 +20,11 @@ from interlink_slurm.slurm.scheduler import Scheduler
 from interlink_slurm.slurm.transport import LocalTransport, Transport
 
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "sinfo", "sacct", "scontrol")
+# Variables Slurm's commands read as options: set in the service's environment, an operator may
+# expect them to act (SBATCH_ACCOUNT...), but only what pass_environment lists reaches them.
+SLURM_INPUT_VARIABLES = ("SBATCH_*", "SLURM_*", "SALLOC_*", "SRUN_*", "SQUEUE_*", "SINFO_*")
+
+log = logging.getLogger(__name__)
 
 
 def build_transport(settings: Settings) -> Transport:
@@ -30,7 +37,18 @@ def build_transport(settings: Settings) -> Transport:
         return SSHTransport(
             settings.ssh, env=settings.command_env(), timeout=settings.command_timeout
         )
-    return LocalTransport(settings.local_command_env(os.environ))
+    env = settings.local_command_env(os.environ)
+    left = sorted(
+        name
+        for name in os.environ
+        if name not in env and any(fnmatchcase(name, p) for p in SLURM_INPUT_VARIABLES)
+    )
+    if left:
+        log.warning(
+            "not passed to the Slurm commands (list them in pass_environment to pass them): %s",
+            ", ".join(left),
+        )
+    return LocalTransport(env)
 
 
 def build_scheduler(settings: Settings, transport: Transport) -> Scheduler:

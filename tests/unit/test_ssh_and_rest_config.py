@@ -4,6 +4,7 @@ combinations that cannot work (each named), and what the factory builds from the
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import types
 from pathlib import Path
@@ -34,6 +35,28 @@ def test_defaults_are_local_commands() -> None:
     transport, scheduler = factory.build(s)
     assert isinstance(transport, LocalTransport)
     assert isinstance(scheduler, CliScheduler)
+
+
+def test_slurm_options_in_the_services_environment_left_out_are_named_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sbatch reads SBATCH_ACCOUNT as --account: an operator who set it in the unit's
+    environment is told it no longer reaches sbatch unless pass_environment lists it."""
+    for name in list(os.environ):  # this shell's own (SLURM_CONF of the test cluster...)
+        if name.startswith(("SBATCH_", "SLURM_", "SALLOC_", "SRUN_", "SQUEUE_", "SINFO_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SBATCH_ACCOUNT", "a08trb01")
+    monkeypatch.setenv("SQUEUE_FORMAT", "%i")
+    monkeypatch.setenv("SBATCH_QOS", "boost_qos_dbg")
+    monkeypatch.setenv("LAB_SECRET", "not Slurm's")
+    with caplog.at_level("WARNING", logger="interlink_slurm.slurm.factory"):
+        factory.build_transport(settings(pass_environment=["PATH", "SBATCH_QOS"]))
+    [record] = caplog.records
+    assert record.getMessage().endswith(": SBATCH_ACCOUNT, SQUEUE_FORMAT")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="interlink_slurm.slurm.factory"):
+        factory.build_transport(settings(pass_environment=["PATH", "SBATCH_*", "SQUEUE_*"]))
+    assert caplog.records == []
 
 
 def test_ssh_settings_have_safe_defaults() -> None:
