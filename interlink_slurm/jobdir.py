@@ -462,14 +462,14 @@ def scan_states(
             stamps[rel] = (outer.st_mtime_ns, inner.st_mtime_ns, now_ns)
 
     mark_ns = _mark_ns(root)
-    if mark_ns is not None:
-        # Under a key no pod directory has (they are <namespace>/<pod>).
-        stamps[STATE_MARK] = (mark_ns, mark_ns, now_ns)
     if not (deep or whole) and _unmarked(mark_ns, since, seen):
         for rel in look:
             if rel.count("/") == 1 and ".." not in rel.split("/"):
                 visit(f"{root}/{rel}", rel)
         return now, changed, None
+    if mark_ns is not None:
+        # Under a key no pod directory has (they are <namespace>/<pod>).
+        stamps[STATE_MARK] = (mark_ns, mark_ns, now_ns)
     with os.scandir(root) as namespaces:
         spaces = [e for e in namespaces if e.is_dir(follow_symlinks=False)]
     for space in spaces:

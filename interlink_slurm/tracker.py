@@ -114,8 +114,9 @@ class StatusTracker:
         # which its job has not marked (it may not have started).
         self._looked: set[str] = set()
         # Pod dir (relative to the data root) → its directories' stamps as the last published
-        # read saw them (files read in this process only): an unchanged pod is not read again
-        # (jobdir.scan_states).
+        # read that looked at pod directories saw them (files read in this process only), and
+        # jobdir.STATE_MARK → the mark's (any reader): an unchanged pod is not read again, an
+        # unchanged mark makes no read look (jobdir.read_states).
         self._stamps: dict[str, jobdir.Stamp] = {}
         self._born = self.clock.time()
         # Reads may overlap (refresher.refresh_watching): each is numbered at its start, and one
