@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 CLUSTER := deploy/local/cluster.sh
 DEV_CONFIG := .cluster/config.yaml
 STAMP := $(VENV)/.installed
+# Most integration tests wait on Slurm and their pods, not on the CPU: make test runs them (and
+# the unit tests) in this many processes, then the tests marked "alone" (they stop, drain, fill
+# or load the shared cluster) one at a time.
+TEST_WORKERS ?= 3
 
 .PHONY: run test unit lint shellcheck cluster-up cluster-down dev-config clean e2e-local
 
@@ -36,7 +40,8 @@ test: $(STAMP) cluster-up shellcheck
 	$(BIN)/ruff check interlink_slurm tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q
+	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q -n $(TEST_WORKERS) -m 'not alone'
+	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q -m alone
 	$(MAKE) e2e-local
 
 # The end-to-end scenarios of deploy/e2e/scenarios/ against the plugin's HTTP API on the local

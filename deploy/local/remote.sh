@@ -48,9 +48,14 @@ ensure_keys() {
     [[ -f $R/id_ed25519 ]] ||
         ssh-keygen -q -t ed25519 -N '' -C "interlink-slurm plugin" -f "$R/id_ed25519"
     chmod 600 "$R/ssh_host_ed25519_key" "$R/id_ed25519"
-    # sshd reads this as the job user (AuthorizedKeysFile in the tests' sshd_config).
-    cp "$R/id_ed25519.pub" "$R/authorized_keys"
-    chmod 644 "$R/authorized_keys"
+    # sshd reads this as the job user (AuthorizedKeysFile in the tests' sshd_config). Replaced
+    # whole, and only when it differs: test workers' login nodes read it while another worker's
+    # setup runs.
+    if ! cmp -s "$R/id_ed25519.pub" "$R/authorized_keys"; then
+        cp "$R/id_ed25519.pub" "$R/authorized_keys.new"
+        chmod 644 "$R/authorized_keys.new"
+        mv -f "$R/authorized_keys.new" "$R/authorized_keys"
+    fi
     # sshd's privilege separation directory.
     mkdir -p /run/sshd
     chmod 755 /run/sshd
@@ -70,6 +75,10 @@ check_reachable() {
 
 cmd_setup() {
     [[ $EUID -eq 0 ]] || die "'setup' must run as root"
+    # Parallel test workers each run setup: one at a time (useradd, apt, ssh-keygen).
+    mkdir -p "$D"
+    exec 9>"$D/remote.lock"
+    flock 9
     ensure_packages
     ensure_user
     ensure_keys

@@ -292,6 +292,14 @@ def on_every_node(cluster: dict[str, str]) -> list[str]:
     return [f"--nodes={len(nodes(cluster))}", "--ntasks-per-node=1"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that stops slurmctld runs alone (make test): every other test's pods would see
+    the outage."""
+    for item in items:
+        if "slurmctld_stopper" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.alone)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> dict[str, str]:
     return cluster_env()

@@ -19,7 +19,8 @@ import pytest
 from tests import podgen
 from tests.integration.conftest import CLUSTER, Plugin
 
-pytestmark = pytest.mark.slurm
+# slurmctld stopped, a 60-pod burst: nothing else may run meanwhile.
+pytestmark = [pytest.mark.slurm, pytest.mark.alone]
 
 
 def jobs_by_comment(cluster: dict[str, str]) -> Counter[str]:

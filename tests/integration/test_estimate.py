@@ -30,7 +30,8 @@ from tests.integration.conftest import (
     squeue,
 )
 
-pytestmark = pytest.mark.slurm
+# It fills every node to see Slurm's start estimates.
+pytestmark = [pytest.mark.slurm, pytest.mark.alone]
 
 GPU_JOB = ["--partition=boost_usr_prod", "--nodes=1", "--ntasks=1", "--gres=gpu:a100:1"]
 CPU_JOB = ["--partition=dcgp_usr_prod", "--nodes=1", "--ntasks=1", "--cpus-per-task=2"]

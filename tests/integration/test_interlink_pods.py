@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests import podgen
 from tests.integration.conftest import (
     GPUS_PER_NODE,
@@ -91,6 +93,7 @@ def test_status_names_the_node_and_logs_need_no_container_name(plugin: Plugin) -
     assert r.text == "here\n"
 
 
+@pytest.mark.alone  # every node drained
 def test_ping_leaves_taints_alone_and_never_reports_an_empty_node(
     cluster: dict[str, str], tmp_path: Path
 ) -> None:

@@ -17,7 +17,8 @@ import pytest
 from tests import podgen
 from tests.integration.conftest import Plugin
 
-pytestmark = pytest.mark.slurm
+# 16 clients for 40 s: other tests' timings would measure this load.
+pytestmark = [pytest.mark.slurm, pytest.mark.alone]
 CLIENTS = 16
 SECONDS = float(os.environ.get("ILS_LOAD_SECONDS", "40"))
 

@@ -41,6 +41,8 @@ from tests.integration.conftest import (
 BOOSTER = {"partition": "boost_usr_prod", "gpu_type": "a100", "gpus_per_node": 4}
 DCGP = {"partition": "dcgp_usr_prod", "gpus_per_node": 0}
 FILL_MINUTES = 10
+# Its tests fill nodes, change a partition's limits and start a second cluster.
+pytestmark = pytest.mark.alone
 
 
 def job_partition(cluster: dict[str, str], job_id: str) -> str:

@@ -36,8 +36,10 @@ def test_unix_socket_with_file_mode_serves_the_api(
             }
         )
     )
+    # Its log goes to a file: a pipe nobody reads would stop the service once it is full.
+    log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [EXE, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [EXE, "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
     )
     try:
         client = httpx.Client(
@@ -56,10 +58,11 @@ def test_unix_socket_with_file_mode_serves_the_api(
             if all_terminated(status):
                 break
             time.sleep(0.2)
-        assert states(status)["main"]["terminated"]["exitCode"] == 0
+        assert states(status)["main"]["terminated"]["exitCode"] == 0, status
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
 
 
 def test_bad_configuration_stops_the_service_naming_the_key(tmp_path: Path) -> None:

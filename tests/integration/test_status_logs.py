@@ -86,6 +86,7 @@ def test_status_storm_does_not_multiply_scheduler_queries(local: Plugin) -> None
         local.delete(p)
 
 
+@pytest.mark.alone  # every GPU of every node
 def test_pending_job_waits_with_slurm_reason_resources(local: Plugin) -> None:
     # The hog holds every GPU of every node.
     n = len(nodes(local.cluster))
