@@ -496,6 +496,15 @@ ils_node_ip() {
   echo "${ip:-$addr}"
 }
 
+# ils_group_stop: the trap of a group's batch script for SIGURG, which a delete sends to the
+# batch step only (scancel --full, slurmrestd's FULL_JOB), never to the srun steps that run the
+# pods: each member's step gets it from here (scancel without --full signals the steps alone),
+# so every container has its preStop and SIGTERM, not the grace period's kill.
+ils_group_stop() {
+  ILS_STOPPING=1
+  scancel --signal=URG -- "$SLURM_JOB_ID" 2>/dev/null || true
+}
+
 # ils_group_wait POLICY NAME PID [NAME PID]...: wait for the steps of a group's pods, each
 # named by its pod; the exit code is the first non-zero one. With POLICY fail-group, the first
 # pod that fails ends the others as a delete would (SIGURG to every step: preStop, SIGTERM,

@@ -297,6 +297,8 @@ def render_group_script(group: GroupPlan) -> str:
         f"GROUP_DIR={shlex.quote(group.group_dir)}",
         'cd "$GROUP_DIR" || exit 1',
         f". ./{LIBRARY_FILE} || exit 1",
+        "# A delete signals this script: it passes the signal on to every pod's step.",
+        "trap ils_group_stop URG",
         f"echo {shlex.quote(f'interlink-slurm: pod group {group.namespace}/{group.name}')}"
         ' "starts as job ${SLURM_JOB_ID:-?} on $SLURM_JOB_NODELIST"',
         "",

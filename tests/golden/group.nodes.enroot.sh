@@ -21,6 +21,8 @@ umask 077
 GROUP_DIR=/data/ils/default/train-master-0-0a1b2c3d-0000-4000-8000-000000000001/group
 cd "$GROUP_DIR" || exit 1
 . ./ils.sh || exit 1
+# A delete signals this script: it passes the signal on to every pod's step.
+trap ils_group_stop URG
 echo 'interlink-slurm: pod group default/train' "starts as job ${SLURM_JOB_ID:-?} on $SLURM_JOB_NODELIST"
 
 # Rendezvous: each pod's names → the address of its first node (rank order), as a hosts

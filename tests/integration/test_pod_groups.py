@@ -126,9 +126,11 @@ def test_a_group_whose_last_member_never_arrives_fails_naming_it(gang: Plugin) -
 
 
 def test_deleting_one_member_ends_the_group_and_the_other_names_it(gang: Plugin) -> None:
+    # Containers that end at SIGTERM: the group ends at once, not when the grace period's
+    # cancel comes (the delete's signal reaches every member's step, not just the batch script).
     sleep = "import time; print('up', flush=True); time.sleep(600)"
-    a = member("del", "del-0", 2, sleep)
-    b = member("del", "del-1", 2, sleep)
+    a = member("del", "del-0", 2, sleep, terminationGracePeriodSeconds=600)
+    b = member("del", "del-1", 2, sleep, terminationGracePeriodSeconds=600)
     gang.create_ok(podgen.retrieved(a))
     gang.create_ok(podgen.retrieved(b))
     gang.wait_for(a, any_running)
@@ -136,9 +138,10 @@ def test_deleting_one_member_ends_the_group_and_the_other_names_it(gang: Plugin)
 
     assert gang.delete(b).status_code == 200
 
-    status = gang.wait_for(a, all_terminated)
+    status = gang.wait_for(a, all_terminated, timeout=120)
     term = states(status)["main"]["terminated"]
     assert "pod del-1 was deleted" in term["message"], term
+    assert term["exitCode"] == 143, term  # its own SIGTERM
 
 
 def test_a_restart_while_a_group_is_half_arrived_loses_no_member(gang: Plugin) -> None:
