@@ -134,13 +134,18 @@ def test_slurmctld_outage_is_503_last_known_states_and_recovers_without_restart(
     plugin: Plugin, slurmctld_stopper: tuple[Any, Any]
 ) -> None:
     stop, start = slurmctld_stopper
+    # It runs through the outage and ends when the test says so (a file in its emptyDir).
     running = podgen.pod(
         "through-outage",
         [
             podgen.container(
-                "main", "import time; print('up', flush=True); time.sleep(25); print('done')"
+                "main",
+                "import os, time\nprint('up', flush=True)\n"
+                "while not os.path.exists('/mnt/work/end'): time.sleep(0.1)\nprint('done')",
+                volumeMounts=[{"name": "work", "mountPath": "/mnt/work"}],
             )
         ],
+        volumes=[{"name": "work", "emptyDir": {}}],
     )
     plugin.create_ok(podgen.retrieved(running))
     plugin.wait_for(running, lambda s: "running" in s["containers"][0]["state"])
@@ -168,9 +173,12 @@ def test_slurmctld_outage_is_503_last_known_states_and_recovers_without_restart(
     plugin.create_ok(podgen.retrieved(waiting))  # the retried create now lands, once
     status = plugin.wait_for(waiting, lambda s: "terminated" in s["containers"][0]["state"])
     assert status["containers"][0]["state"]["terminated"]["exitCode"] == 0
+    assert "running" in plugin.pod_status(running)["containers"][0]["state"]
+    (plugin.pod_dir(running) / "volumes" / "work" / "end").touch()
     status = plugin.wait_for(
         running, lambda s: "terminated" in s["containers"][0]["state"], timeout=90
     )
+    assert status["containers"][0]["state"]["terminated"]["exitCode"] == 0
     assert plugin.logs(running, "main").text == "up\ndone\n"
 
 
