@@ -298,6 +298,7 @@ def render_group_script(group: GroupPlan) -> str:
         'cd "$GROUP_DIR" || exit 1',
         f". ./{LIBRARY_FILE} || exit 1",
         "# A delete signals this script: it passes the signal on to every pod's step.",
+        'ILS_STOPPING=""',
         "trap ils_group_stop URG",
         f"echo {shlex.quote(f'interlink-slurm: pod group {group.namespace}/{group.name}')}"
         ' "starts as job ${SLURM_JOB_ID:-?} on $SLURM_JOB_NODELIST"',
@@ -314,6 +315,8 @@ def render_group_script(group: GroupPlan) -> str:
         "",
         f"# Each pod's job, on its own node(s); {say}",
         f"# (group_failure_policy: {policy}).",
+        "# Deleted before they start (the signal came during the rendezvous): none starts.",
+        '[ -z "${ILS_STOPPING:-}" ] || exit 143',
         "pids=()",
     ]
     for i, m in enumerate(group.members):

@@ -22,6 +22,7 @@ GROUP_DIR=/data/ils/default/train-master-0-0a1b2c3d-0000-4000-8000-000000000001/
 cd "$GROUP_DIR" || exit 1
 . ./ils.sh || exit 1
 # A delete signals this script: it passes the signal on to every pod's step.
+ILS_STOPPING=""
 trap ils_group_stop URG
 echo 'interlink-slurm: pod group default/train' "starts as job ${SLURM_JOB_ID:-?} on $SLURM_JOB_NODELIST"
 
@@ -48,6 +49,8 @@ ils_group_env '' /data/ils/default/train-worker-0-0a1b2c3d-0000-4000-8000-000000
 
 # Each pod's job, on its own node(s); the first pod that fails ends the others
 # (group_failure_policy: fail-group).
+# Deleted before they start (the signal came during the rendezvous): none starts.
+[ -z "${ILS_STOPPING:-}" ] || exit 143
 pids=()
 srun \
   --relative=0 \

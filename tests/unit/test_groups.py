@@ -420,6 +420,33 @@ def test_with_ignore_a_failing_pod_leaves_the_others_running(tmp_path: Path) -> 
     assert not (d / "scancel").exists() and not (d / "group.ended").exists()
 
 
+def test_a_delete_s_signal_to_the_group_script_is_passed_on_to_every_step(tmp_path: Path) -> None:
+    """scancel --full (a delete) signals the batch script only: its trap signals the steps
+    (scancel without --full), and the wait for them goes on."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scancel = bin_dir / "scancel"
+    scancel.write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scancel\n')
+    scancel.chmod(0o755)
+    script = (
+        '. "$0" && cd "$1" && ILS_STOPPING="" && trap ils_group_stop URG && pids=()\n'
+        "(sleep 0.3; kill -URG $$) &\n"
+        "(sleep 1.5; exit 0) & pids+=(a $!)\n"
+        'ils_group_wait fail-group "${pids[@]}"\n'
+        'echo "rc=$? stopping=$ILS_STOPPING"\n'
+    )
+    run = subprocess.run(
+        ["bash", "-c", script, str(LIBRARY), str(tmp_path)],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "77"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.stdout == "rc=0 stopping=1\n", run.stderr
+    assert (tmp_path / "scancel").read_text() == "--signal=URG -- 77\n"
+    assert "trap ils_group_stop URG\n" in render_group_script(_group((4, 4)))
+
+
 def test_a_group_is_estimated_and_placed_as_one_job_of_all_its_nodes() -> None:
     plan = _group((4, 4)).members[0].plan
     sized = unit_directives(plan, 3)
