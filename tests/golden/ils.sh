@@ -173,8 +173,14 @@ ils_container() {
     shift $(( $2 + 2 ))
   done
   local -a direct=("${envs[@]}")
+  local step=""
   if [ "${#launch[@]}" -gt 0 ]; then
     ils_which 'launch[0]' "${launch[0]}"
+    if [ "${launch[0]##*/}" = srun ]; then
+      # Its step's name, by which a delete finds it (ils_graceful); the pod's flags come after.
+      step="ils-${ILS_MEMBER:-pod}-$name"
+      launch=("${launch[0]}" "--job-name=$step" "${launch[@]:1}")
+    fi
     # The launcher never sees the pod's variables (it acts on SLURM_*, OMPI_*...): they are
     # read from the env file after it, on each task's node, for the runtime only.
     launch+=("$BASH" -c "$ILS_AFTER_LAUNCH" ils-env "$POD_DIR/containers/$name.env")
@@ -270,6 +276,16 @@ ils_graceful() {
   ILS_STOPPING=1
   [ -n "$cpid" ] || return 0
   ils_prestop
+  # srun ends its step with SIGKILL when it gets SIGTERM: its tasks get SIGTERM from Slurm
+  # instead (srun then ends with them). A step not listed yet gets the plain signal.
+  if [ -n "$step" ]; then
+    local -a ids
+    mapfile -t ids < <(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' 2>/dev/null |
+      awk -v n="$step" '$2 == n { print $1 }')
+    if [ "${#ids[@]}" -gt 0 ] && scancel --signal=TERM -- "${ids[@]}" 2>/dev/null; then
+      return 0
+    fi
+  fi
   kill -TERM -- "-$cpid" 2>/dev/null
 }
 

@@ -7,6 +7,7 @@ The nodes share this machine, so a task tells its node by $SLURMD_NODENAME (not 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -127,3 +128,45 @@ def test_nodes_asked_in_the_sbatch_flags_run_the_launcher_on_both_nodes(plugin: 
     term = states(status)["main"]["terminated"]
     assert (term["exitCode"], term["reason"]) == (0, "Completed"), status
     assert sorted(plugin.logs(pod, "main").text.splitlines()) == ["on n1", "on n2"]
+
+
+def test_a_deleted_pods_ranks_on_both_nodes_get_sigterm(plugin: Plugin) -> None:
+    """srun answers SIGTERM by killing its step (SIGKILL): a delete must reach the ranks
+    themselves with SIGTERM, as the kubelet's would reach a container, so that they can save
+    their work within the grace period."""
+    script = (
+        "import os, signal, sys, time\n"
+        "rank = os.environ['SLURM_PROCID']\n"
+        "def term(*_):\n"
+        "    open(f'/mnt/work/term.{rank}', 'w').write('x')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, term)\n"
+        "print('up', rank, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    pod = podgen.pod(
+        "mpi-deleted",
+        [
+            podgen.container(
+                "main",
+                script,
+                resources={"limits": {"cpu": "2"}},
+                volumeMounts=[{"name": "work", "mountPath": "/mnt/work"}],
+            )
+        ],
+        volumes=[{"name": "work", "emptyDir": {}}],
+        annotations={"interlink-slurm/nodes": "2", "interlink-slurm/mpi-launcher": "srun"},
+        terminationGracePeriodSeconds=600,
+    )
+    plugin.create_ok(podgen.retrieved(pod))
+    deadline = time.monotonic() + 120
+    while sorted(plugin.logs(pod, "main").text.splitlines()) != ["up 0", "up 1"]:
+        assert time.monotonic() < deadline, plugin.logs(pod, "main").text
+        time.sleep(0.3)
+
+    assert plugin.delete(pod).status_code == 200
+
+    status = plugin.wait_for(pod, all_terminated, timeout=120)
+    work = plugin.pod_dir(pod) / "volumes" / "work"
+    assert sorted(p.name for p in work.iterdir()) == ["term.0", "term.1"], status
+    assert states(status)["main"]["terminated"]["exitCode"] == 0, status

@@ -459,7 +459,12 @@ def stand_in(launch_dir: Path, launcher: str) -> None:
 @pytest.mark.parametrize(
     ("launcher", "flags", "expected"),
     [
-        ("srun", "--cpu-bind 'map_cpu:0 1' -l", [b"--cpu-bind=map_cpu:0 1", b"--label"]),
+        # srun's step is named for the container first: a delete finds it by that name.
+        (
+            "srun",
+            "--cpu-bind 'map_cpu:0 1' -l",
+            [b"--job-name=ils-pod-main", b"--cpu-bind=map_cpu:0 1", b"--label"],
+        ),
         ("mpiexec", "-bind-to 'core x'", [b"-np", b"8", b"--bind-to", b"core x"]),
     ],
 )
@@ -529,7 +534,7 @@ def test_mpi_flags_reach_the_launcher_byte_exact(
     run, out = run_job(plan, PATH=f"{launch_dir}{os.pathsep}{os.environ['PATH']}")
     assert run.returncode == 0, run.output
     args = (out / "launcher.args").read_bytes().split(b"\0")[:-1]
-    assert args == [f"--cpu-bind={w}".encode() for w in values]
+    assert args == [b"--job-name=ils-pod-main", *(f"--cpu-bind={w}".encode() for w in values)]
 
 
 # --- restartPolicy, readiness -------------------------------------------------------------------
