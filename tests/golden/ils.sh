@@ -276,17 +276,19 @@ ils_graceful() {
   ILS_STOPPING=1
   [ -n "$cpid" ] || return 0
   ils_prestop
-  # srun ends its step with SIGKILL when it gets SIGTERM: its tasks get SIGTERM from Slurm
-  # instead (srun then ends with them). A step not listed yet gets the plain signal.
-  if [ -n "$step" ]; then
-    local -a ids
-    mapfile -t ids < <(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' 2>/dev/null |
-      awk -v n="$step" '$2 == n { print $1 }')
-    if [ "${#ids[@]}" -gt 0 ] && scancel --signal=TERM -- "${ids[@]}" 2>/dev/null; then
-      return 0
-    fi
-  fi
-  kill -TERM -- "-$cpid" 2>/dev/null
+  ils_step_signal TERM || kill -TERM -- "-$cpid" 2>/dev/null
+}
+
+# ils_step_signal SIG: SIG to the tasks of the container's srun step (named $step), through
+# Slurm: srun answers SIGTERM by killing its step at once, where a container gets SIGTERM and
+# its grace period. False when the container has no such step, or it is not listed yet (the
+# caller then signals the launcher as any other process).
+ils_step_signal() {
+  [ -n "${step:-}" ] || return 1
+  local -a ids
+  mapfile -t ids < <(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' 2>/dev/null |
+    awk -v n="$step" '$2 == n { print $1 }')
+  [ "${#ids[@]}" -gt 0 ] && scancel --signal="$1" -- "${ids[@]}" 2>/dev/null
 }
 
 # The preStop hook of the container being run, once, when the job is told to stop.
@@ -327,10 +329,14 @@ u.urlopen(r, timeout=float(sys.argv[1]), context=ssl._create_unverified_context(
 }
 
 # Stop a container (every process of its session): SIGTERM, then SIGKILL after the pod's grace
-# period.
+# period. The caller, one of the container's watchers, waits out the grace period here, and the
+# container's end kills it: a killer left to run on its own would, once the container had ended,
+# signal a process group whose id the system may have given to another job's processes by then.
 ils_stop() {
-  kill -TERM -- "-$1" 2>/dev/null
-  ( sleep "$ILS_GRACE"; kill -KILL -- "-$1" 2>/dev/null ) &
+  ils_step_signal TERM || kill -TERM -- "-$1" 2>/dev/null
+  sleep "$ILS_GRACE"
+  ils_step_signal KILL
+  kill -KILL -- "-$1" 2>/dev/null
 }
 
 # ils_probe NAME PID KIND DELAY PERIOD TIMEOUT SUCCESS FAILURE CHECK...: while the container

@@ -170,3 +170,47 @@ def test_a_deleted_pods_ranks_on_both_nodes_get_sigterm(plugin: Plugin) -> None:
     work = plugin.pod_dir(pod) / "volumes" / "work"
     assert sorted(p.name for p in work.iterdir()) == ["term.0", "term.1"], status
     assert states(status)["main"]["terminated"]["exitCode"] == 0, status
+
+
+def test_a_failed_liveness_probe_stops_the_ranks_with_sigterm(plugin: Plugin) -> None:
+    """A container that fails its liveness probe is stopped as on a delete: under srun, its
+    ranks get SIGTERM through Slurm, not srun's kill of the step."""
+    script = (
+        "import os, signal, sys, time\n"
+        "rank = os.environ['SLURM_PROCID']\n"
+        "def term(*_):\n"
+        "    open(f'/mnt/work/term.{rank}', 'w').write('x')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, term)\n"
+        "open(f'/mnt/work/up.{rank}', 'w').write('x')\n"
+        "time.sleep(600)\n"
+    )
+    # It fails once both ranks have their handler in place.
+    check = "import os, sys; sys.exit(all(os.path.exists(f'/mnt/work/up.{r}') for r in (0, 1)))"
+    pod = podgen.pod(
+        "mpi-not-alive",
+        [
+            podgen.container(
+                "main",
+                script,
+                resources={"limits": {"cpu": "2"}},
+                volumeMounts=[{"name": "work", "mountPath": "/mnt/work"}],
+                livenessProbe={
+                    "exec": {"command": ["python3", "-c", check]},
+                    "initialDelaySeconds": 0,
+                    "periodSeconds": 1,
+                    "timeoutSeconds": 10,
+                    "successThreshold": 1,
+                    "failureThreshold": 1,
+                },
+            )
+        ],
+        volumes=[{"name": "work", "emptyDir": {}}],
+        annotations={"interlink-slurm/nodes": "2", "interlink-slurm/mpi-launcher": "srun"},
+        terminationGracePeriodSeconds=600,
+    )
+    plugin.create_ok(podgen.retrieved(pod))
+
+    status = plugin.wait_for(pod, all_terminated, timeout=120)
+    work = plugin.pod_dir(pod) / "volumes" / "work"
+    assert sorted(p.name for p in work.iterdir()) == ["term.0", "term.1", "up.0", "up.1"], status

@@ -629,6 +629,38 @@ def test_readiness_probe_writes_the_ready_file(bin_dir: Path, data_root: Path) -
     assert (Path(plan.pod_dir) / "containers" / "main.ready").read_text() == "false\n"
 
 
+def test_a_container_stopped_by_its_liveness_probe_leaves_no_killer_behind(
+    bin_dir: Path, data_root: Path
+) -> None:
+    """The SIGKILL that follows a probe's SIGTERM after the grace period is called off when the
+    container ends: left to run, it would signal a process group id reused by then."""
+    c = probe("main")
+    c["env"].append({"name": "ILS_PROBE_SLEEP", "value": "60"})  # ends at SIGTERM
+    c["livenessProbe"] = {
+        "tcpSocket": {"port": 9},  # nothing listens there: the probe fails
+        "initialDelaySeconds": 0,
+        "periodSeconds": 1,
+        "timeoutSeconds": 1,
+        "successThreshold": 1,
+        "failureThreshold": 1,
+    }
+    the_pod = pg.pod("probe", [c], terminationGracePeriodSeconds=30)
+    plan = plan_for(the_pod, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
+    run, out = run_job(plan)
+    assert "failed its liveness probe 1 times: stopping it" in run.output, run.output
+    key = f"ILS_PROBE_OUT={out}".encode()
+    left = []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if key in environ.split(b"\0") and state != "Z":
+            left.append((entry.name, (entry / "cmdline").read_bytes()))
+    assert left == []
+
+
 @settings(max_examples=10, deadline=None)
 @given(st.lists(ARG, max_size=4))
 def test_hook_command_reaches_the_runtime_byte_exact(
