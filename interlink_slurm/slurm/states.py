@@ -184,11 +184,9 @@ def ending_for(job: JobInfo | None, deleted: bool) -> Ending:
         return DELETED if deleted else LOST
     if deleted and base_state(job) == "CANCELLED":
         return DELETED
-    state = base_state(job)
-    # Only a failed job failed to launch: slurmctld can keep that reason on a job that ran on
-    # (a launch answer it saw late, under load), which then ends by its own state (a time limit).
-    if job.reason == "JobLaunchFailure" and state == "FAILED":
+    if job.reason == "JobLaunchFailure":
         return LAUNCH_FAILURE
+    state = base_state(job)
     ending = ENDINGS.get(state)
     if ending is None:
         log.warning("job %s has an unknown Slurm state %r", job.job_id, job.state)

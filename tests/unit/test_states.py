@@ -77,12 +77,6 @@ def test_launch_failure_is_named() -> None:
     assert main["c"]["terminated"]["reason"] == "JobLaunchFailure"
 
 
-def test_a_job_that_ran_to_its_time_limit_is_a_deadline_whatever_its_reason_says() -> None:
-    # Seen on the local Slurm under load: TIMEOUT with the reason JobLaunchFailure kept.
-    _, main = run(JobInfo("7", "TIMEOUT", "JobLaunchFailure"), {"c": ContainerFiles(started=T0)})
-    assert main["c"]["terminated"]["reason"] == "DeadlineExceeded"
-
-
 def test_job_gone_without_files_is_lost_not_unknown() -> None:
     _, main = run(None, {})
     assert main["c"]["terminated"]["reason"] == "JobLost"
