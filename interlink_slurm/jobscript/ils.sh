@@ -109,14 +109,20 @@ ils_put() {
 }
 
 # Wait for one child, riding out the TERM that scancel sends to every process of the job:
-# wait returns early (>128) when a trapped signal arrives while the child still runs.
+# wait returns early (>128) when a trapped signal arrives while the child still runs. The child
+# may also have ended while the trap ran: bash has kept its status, which one more wait gives
+# (127 when the first answer already was it: a child killed by a signal).
 ils_wait() {
-  local pid=$1 rc
-  while :; do
+  local pid=$1 rc again
+  wait "$pid"; rc=$?
+  while [ "$rc" -gt 128 ] && kill -0 "$pid" 2>/dev/null; do
     wait "$pid"; rc=$?
-    if [ "$rc" -gt 128 ] && kill -0 "$pid" 2>/dev/null; then continue; fi
-    return "$rc"
   done
+  if [ "$rc" -gt 128 ]; then
+    wait "$pid" 2>/dev/null; again=$?
+    [ "$again" -eq 127 ] || rc=$again
+  fi
+  return "$rc"
 }
 
 # Run by a launcher's task: the variables of the env file ($1), then the rest of the words.

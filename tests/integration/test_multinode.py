@@ -130,87 +130,76 @@ def test_nodes_asked_in_the_sbatch_flags_run_the_launcher_on_both_nodes(plugin: 
     assert sorted(plugin.logs(pod, "main").text.splitlines()) == ["on n1", "on n2"]
 
 
-def test_a_deleted_pods_ranks_on_both_nodes_get_sigterm(plugin: Plugin) -> None:
-    """srun answers SIGTERM by killing its step (SIGKILL): a delete must reach the ranks
-    themselves with SIGTERM, as the kubelet's would reach a container, so that they can save
-    their work within the grace period."""
-    script = (
-        "import os, signal, sys, time\n"
-        "rank = os.environ['SLURM_PROCID']\n"
-        "def term(*_):\n"
-        "    open(f'/mnt/work/term.{rank}', 'w').write('x')\n"
-        "    sys.exit(0)\n"
-        "signal.signal(signal.SIGTERM, term)\n"
-        "print('up', rank, flush=True)\n"
-        "time.sleep(600)\n"
-    )
-    pod = podgen.pod(
-        "mpi-deleted",
+# Each rank writes up.<rank> once its SIGTERM handler is in place, and term.<rank> when SIGTERM
+# comes.
+TERM_RANK = (
+    "import os, signal, sys, time\n"
+    "rank = os.environ['SLURM_PROCID']\n"
+    "def term(*_):\n"
+    "    open(f'/mnt/work/term.{rank}', 'w').write('x')\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, term)\n"
+    "open(f'/mnt/work/up.{rank}', 'w').write('x')\n"
+    "time.sleep(600)\n"
+)
+
+
+def two_ranks(name: str, **container: Any) -> dict[str, Any]:
+    """A pod of TERM_RANK on two nodes under srun, with a long grace period."""
+    return podgen.pod(
+        name,
         [
             podgen.container(
                 "main",
-                script,
+                TERM_RANK,
                 resources={"limits": {"cpu": "2"}},
                 volumeMounts=[{"name": "work", "mountPath": "/mnt/work"}],
+                **container,
             )
         ],
         volumes=[{"name": "work", "emptyDir": {}}],
         annotations={"interlink-slurm/nodes": "2", "interlink-slurm/mpi-launcher": "srun"},
         terminationGracePeriodSeconds=600,
     )
+
+
+def work_files(plugin: Plugin, pod: dict[str, Any]) -> list[str]:
+    return sorted(p.name for p in (plugin.pod_dir(pod) / "volumes" / "work").iterdir())
+
+
+def test_a_deleted_pods_ranks_on_both_nodes_get_sigterm(plugin: Plugin) -> None:
+    """srun answers SIGTERM by killing its step (SIGKILL): a delete must reach the ranks
+    themselves with SIGTERM, as the kubelet's would reach a container, so that they can save
+    their work within the grace period."""
+    pod = two_ranks("mpi-deleted")
     plugin.create_ok(podgen.retrieved(pod))
     deadline = time.monotonic() + 120
-    while sorted(plugin.logs(pod, "main").text.splitlines()) != ["up 0", "up 1"]:
-        assert time.monotonic() < deadline, plugin.logs(pod, "main").text
+    while work_files(plugin, pod) != ["up.0", "up.1"]:
+        assert time.monotonic() < deadline, work_files(plugin, pod)
         time.sleep(0.3)
 
     assert plugin.delete(pod).status_code == 200
 
     status = plugin.wait_for(pod, all_terminated, timeout=120)
-    work = plugin.pod_dir(pod) / "volumes" / "work"
-    assert sorted(p.name for p in work.iterdir()) == ["term.0", "term.1"], status
+    assert work_files(plugin, pod) == ["term.0", "term.1", "up.0", "up.1"], status
     assert states(status)["main"]["terminated"]["exitCode"] == 0, status
 
 
 def test_a_failed_liveness_probe_stops_the_ranks_with_sigterm(plugin: Plugin) -> None:
     """A container that fails its liveness probe is stopped as on a delete: under srun, its
     ranks get SIGTERM through Slurm, not srun's kill of the step."""
-    script = (
-        "import os, signal, sys, time\n"
-        "rank = os.environ['SLURM_PROCID']\n"
-        "def term(*_):\n"
-        "    open(f'/mnt/work/term.{rank}', 'w').write('x')\n"
-        "    sys.exit(0)\n"
-        "signal.signal(signal.SIGTERM, term)\n"
-        "open(f'/mnt/work/up.{rank}', 'w').write('x')\n"
-        "time.sleep(600)\n"
-    )
     # It fails once both ranks have their handler in place.
     check = "import os, sys; sys.exit(all(os.path.exists(f'/mnt/work/up.{r}') for r in (0, 1)))"
-    pod = podgen.pod(
-        "mpi-not-alive",
-        [
-            podgen.container(
-                "main",
-                script,
-                resources={"limits": {"cpu": "2"}},
-                volumeMounts=[{"name": "work", "mountPath": "/mnt/work"}],
-                livenessProbe={
-                    "exec": {"command": ["python3", "-c", check]},
-                    "initialDelaySeconds": 0,
-                    "periodSeconds": 1,
-                    "timeoutSeconds": 10,
-                    "successThreshold": 1,
-                    "failureThreshold": 1,
-                },
-            )
-        ],
-        volumes=[{"name": "work", "emptyDir": {}}],
-        annotations={"interlink-slurm/nodes": "2", "interlink-slurm/mpi-launcher": "srun"},
-        terminationGracePeriodSeconds=600,
-    )
+    probe = {
+        "exec": {"command": ["python3", "-c", check]},
+        "initialDelaySeconds": 0,
+        "periodSeconds": 1,
+        "timeoutSeconds": 10,
+        "successThreshold": 1,
+        "failureThreshold": 1,
+    }
+    pod = two_ranks("mpi-not-alive", livenessProbe=probe)
     plugin.create_ok(podgen.retrieved(pod))
 
     status = plugin.wait_for(pod, all_terminated, timeout=120)
-    work = plugin.pod_dir(pod) / "volumes" / "work"
-    assert sorted(p.name for p in work.iterdir()) == ["term.0", "term.1", "up.0", "up.1"], status
+    assert work_files(plugin, pod) == ["term.0", "term.1", "up.0", "up.1"], status

@@ -382,29 +382,34 @@ def test_render_of_a_file_of_a_groups_pods_shows_the_groups_job_then_each_pods()
 LIBRARY = Path(__file__).resolve().parents[2] / "interlink_slurm" / "jobscript" / "ils.sh"
 
 
-def _group_wait(tmp_path: Path, policy: str) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """ils_group_wait over three stand-in steps: one fails (3) while another still runs; a
-    stand-in scancel says what it was asked."""
+def run_library(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """bash running ``script`` after sourcing ils.sh, in tmp_path, as job 77, with a stand-in
+    scancel that writes what it was asked to tmp_path/scancel."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scancel = bin_dir / "scancel"
     scancel.write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scancel\n')
     scancel.chmod(0o755)
-    script = (
-        '. "$0" && cd "$1" && pids=()\n'
-        "(exit 0) & pids+=(ok $!)\n"
-        "(sleep 0.5; exit 3) & pids+=(bad $!)\n"
-        "(sleep 2; exit 0) & pids+=(slow $!)\n"
-        f'ils_group_wait {policy} "${{pids[@]}}"\n'
-    )
-    run = subprocess.run(
-        ["bash", "-c", script, str(LIBRARY), str(tmp_path)],
+    return subprocess.run(
+        ["bash", "-c", '. "$0" && cd "$1" && ' + script, str(LIBRARY), str(tmp_path)],
         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "77"},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    return run, tmp_path
+
+
+def _group_wait(tmp_path: Path, policy: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """ils_group_wait over three stand-in steps: one fails (3) while another still runs; a
+    stand-in scancel says what it was asked."""
+    script = (
+        "pids=()\n"
+        "(exit 0) & pids+=(ok $!)\n"
+        "(sleep 0.5; exit 3) & pids+=(bad $!)\n"
+        "(sleep 2; exit 0) & pids+=(slow $!)\n"
+        f'ils_group_wait {policy} "${{pids[@]}}"\n'
+    )
+    return run_library(tmp_path, script), tmp_path
 
 
 def test_with_fail_group_the_first_failing_pod_ends_the_others(tmp_path: Path) -> None:
@@ -423,25 +428,14 @@ def test_with_ignore_a_failing_pod_leaves_the_others_running(tmp_path: Path) -> 
 def test_a_delete_s_signal_to_the_group_script_is_passed_on_to_every_step(tmp_path: Path) -> None:
     """scancel --full (a delete) signals the batch script only: its trap signals the steps
     (scancel without --full), and the wait for them goes on."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    scancel = bin_dir / "scancel"
-    scancel.write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scancel\n')
-    scancel.chmod(0o755)
     script = (
-        '. "$0" && cd "$1" && ILS_STOPPING="" && trap ils_group_stop URG && pids=()\n'
+        'ILS_STOPPING="" && trap ils_group_stop URG && pids=()\n'
         "(sleep 0.3; kill -URG $$) &\n"
         "(sleep 1.5; exit 0) & pids+=(a $!)\n"
         'ils_group_wait fail-group "${pids[@]}"\n'
         'echo "rc=$? stopping=$ILS_STOPPING"\n'
     )
-    run = subprocess.run(
-        ["bash", "-c", script, str(LIBRARY), str(tmp_path)],
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "77"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_library(tmp_path, script)
     assert run.stdout == "rc=0 stopping=1\n", run.stderr
     assert (tmp_path / "scancel").read_text() == "--signal=URG -- 77\n"
     assert "trap ils_group_stop URG\n" in render_group_script(_group((4, 4)))

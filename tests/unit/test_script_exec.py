@@ -43,6 +43,7 @@ from interlink_slurm.wire import RetrievedPodData
 from tests import podgen as pg
 
 IMAGE_DIR = "/some/dir"
+LIBRARY_PATH = Path(__file__).resolve().parents[2] / "interlink_slurm" / "jobscript" / "ils.sh"
 MARKER = "ILS_PROBE_CONTAINER"
 
 STAND_IN = """#!{python}
@@ -627,6 +628,31 @@ def test_readiness_probe_writes_the_ready_file(bin_dir: Path, data_root: Path) -
     assert run.returncode == 0, run.output
     # The container ended: whatever the probe said, it is not ready any more.
     assert (Path(plan.pod_dir) / "containers" / "main.ready").read_text() == "false\n"
+
+
+@pytest.mark.parametrize(
+    ("child", "expected"),
+    [
+        ("sleep 0.1; exit 0", "0"),  # it ends while the trap runs: its own status, not 138
+        ("sleep 0.1; exit 7", "7"),
+        ("sleep 1; exit 0", "0"),  # it outlives the trap: waited for
+        ("sleep 0.1; kill -KILL $BASHPID", "137"),  # killed: that is its status
+    ],
+)
+def test_a_wait_cut_short_by_a_trapped_signal_gives_the_child_s_own_status(
+    child: str, expected: str
+) -> None:
+    script = (
+        '. "$0"\n'
+        "trap 'sleep 0.4' USR1\n"
+        f"( {child} ) & p=$!\n"
+        "( sleep 0.05; kill -USR1 $$ ) &\n"
+        'ils_wait "$p"; echo "$?"\n'
+    )
+    run = subprocess.run(
+        ["bash", "-c", script, str(LIBRARY_PATH)], capture_output=True, text=True, timeout=30
+    )
+    assert run.stdout == f"{expected}\n", run.stderr
 
 
 def test_a_container_stopped_by_its_liveness_probe_leaves_no_killer_behind(
