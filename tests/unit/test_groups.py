@@ -382,9 +382,16 @@ def test_render_of_a_file_of_a_groups_pods_shows_the_groups_job_then_each_pods()
 LIBRARY = Path(__file__).resolve().parents[2] / "interlink_slurm" / "jobscript" / "ils.sh"
 
 
+# Job ids above Slurm's largest (67,108,863): the library's reap and /tmp sweep act on every
+# process of the machine that carries the job's SLURM_JOB_ID, and the integration tests' real
+# jobs run beside these tests (make test runs them in parallel).
+FAKE_JOB = "970000077"
+FAKE_JOBS = "9700000"  # + "41", "43"...
+
+
 def run_library(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
-    """bash running ``script`` after sourcing ils.sh, in tmp_path, as job 77, with a stand-in
-    scancel that writes what it was asked to tmp_path/scancel."""
+    """bash running ``script`` after sourcing ils.sh, in tmp_path, as job FAKE_JOB, with a
+    stand-in scancel that writes what it was asked to tmp_path/scancel."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scancel = bin_dir / "scancel"
@@ -392,7 +399,7 @@ def run_library(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]
     scancel.chmod(0o755)
     return subprocess.run(
         ["bash", "-c", '. "$0" && cd "$1" && ' + script, str(LIBRARY), str(tmp_path)],
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "77"},
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": FAKE_JOB},
         capture_output=True,
         text=True,
         timeout=60,
@@ -415,7 +422,7 @@ def _group_wait(tmp_path: Path, policy: str) -> tuple[subprocess.CompletedProces
 def test_with_fail_group_the_first_failing_pod_ends_the_others(tmp_path: Path) -> None:
     run, d = _group_wait(tmp_path, "fail-group")
     assert run.returncode == 3, run.stderr
-    assert (d / "scancel").read_text() == "--signal=URG -- 77\n"  # every step, as a delete
+    assert (d / "scancel").read_text() == f"--signal=URG -- {FAKE_JOB}\n"  # every step, as a delete
     assert (d / "group.ended").read_text() == "pod bad failed (exit code 3)\n"
 
 
@@ -437,7 +444,7 @@ def test_a_delete_s_signal_to_the_group_script_is_passed_on_to_every_step(tmp_pa
     )
     run = run_library(tmp_path, script)
     assert run.stdout == "rc=0 stopping=1\n", run.stderr
-    assert (tmp_path / "scancel").read_text() == "--signal=URG -- 77\n"
+    assert (tmp_path / "scancel").read_text() == f"--signal=URG -- {FAKE_JOB}\n"
     assert "trap ils_group_stop URG\n" in render_group_script(_group((4, 4)))
 
 
@@ -463,19 +470,21 @@ def test_squeue_lists_a_heterogeneous_job_by_parts_and_part_zero_speaks_for_it()
 def test_a_members_tmp_sweep_removes_dead_jobs_dirs_but_never_its_siblings(tmp_path: Path) -> None:
     """Pods of a group name their /tmp directory <job>-<uid>: one of a job with no process left
     goes; a sibling's (same job, this one) stays, whatever processes it has."""
-    for name in ("interlink-slurm-41-aaaa", "interlink-slurm-43-bbbb", "interlink-slurm-43"):
+    j41, j43 = f"{FAKE_JOBS}41", f"{FAKE_JOBS}43"
+    for name in (f"interlink-slurm-{j41}-aaaa", f"interlink-slurm-{j43}-bbbb"):
         (tmp_path / name).mkdir()
+    (tmp_path / f"interlink-slurm-{j43}").mkdir()
     run = subprocess.run(
         ["bash", "-c", f'. "$0" && ils_tmp_sweep {tmp_path}', str(LIBRARY)],
-        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "43", "ILS_MEMBER": "cccc"},
+        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": j43, "ILS_MEMBER": "cccc"},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "interlink-slurm-43",
-        "interlink-slurm-43-bbbb",
+        f"interlink-slurm-{j43}",
+        f"interlink-slurm-{j43}-bbbb",
     ]
 
 

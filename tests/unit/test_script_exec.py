@@ -43,7 +43,11 @@ from interlink_slurm.wire import RetrievedPodData
 from tests import podgen as pg
 
 IMAGE_DIR = "/some/dir"
-LIBRARY_PATH = Path(__file__).resolve().parents[2] / "interlink_slurm" / "jobscript" / "ils.sh"
+# Job ids above Slurm's largest (67,108,863): a job script's reap and /tmp sweep act on every
+# process of the machine that carries its SLURM_JOB_ID, and the integration tests' real jobs
+# run beside these tests (make test runs them in parallel).
+FAKE_JOB = "970000077"
+FAKE_JOBS = "9700000"  # + "4", "42"...
 MARKER = "ILS_PROBE_CONTAINER"
 
 STAND_IN = """#!{python}
@@ -503,7 +507,7 @@ def test_the_launcher_never_sees_the_pods_environment(
     plan = plan_for(the_pod, charliecloud(data_root, str(bin_dir / "fake-ch-run")))
     stand_in(tmp_path / "launchers", launcher)
     path = f"{tmp_path / 'launchers'}{os.pathsep}{os.environ['PATH']}"
-    run, out = run_job(plan, PATH=path, SLURM_NTASKS="1", SLURM_JOB_ID="77")
+    run, out = run_job(plan, PATH=path, SLURM_NTASKS="1", SLURM_JOB_ID=FAKE_JOB)
     assert run.returncode == 0, run.output
     launcher_env = dict(
         e.split(b"=", 1) for e in (out / "launcher.env").read_bytes().split(b"\0") if e
@@ -511,13 +515,13 @@ def test_the_launcher_never_sees_the_pods_environment(
     assert b"SLURM_STDOUTMODE" not in launcher_env
     assert b"OMPI_MCA_plm_rsh_agent" not in launcher_env
     assert MARKER.encode() not in launcher_env
-    assert launcher_env[b"SLURM_JOB_ID"] == b"77"  # the job's own context stays
+    assert launcher_env[b"SLURM_JOB_ID"] == FAKE_JOB.encode()  # the job's own context stays
     # ...while the runtime, after the launcher, gets every variable of the pod, byte-exact.
     env = seen(out, "main")["env"]
     assert env[b"SLURM_STDOUTMODE"] == b"/var/tmp/pod-chose-this"
     assert env[b"WITH_NEWLINE"] == b"a\nb"
     assert env[MARKER.encode()] == b"main"
-    assert env[b"SLURM_JOB_ID"] == b"77"
+    assert env[b"SLURM_JOB_ID"] == FAKE_JOB.encode()
 
 
 @settings(max_examples=25, deadline=None)
@@ -865,23 +869,24 @@ def test_tmp_directories_of_jobs_killed_before_their_cleanup_are_swept(tmp_path:
     """A job killed (SIGKILL) before its EXIT trap leaves its containers' /tmp on the node: the
     next job there removes those of jobs with no process left, and only those."""
     library = Path(interlink_slurm.__file__).parent / "jobscript" / "ils.sh"
-    # 4 is dead although 42 (which starts alike) lives; 42-<uid> is a group member's of job 42.
+    # ...4 is dead although ...42 (which starts alike) lives; ...42-<uid> is a group member's.
+    j = FAKE_JOBS
     names = (
-        "interlink-slurm-4",
-        "interlink-slurm-41",
-        "interlink-slurm-42",
-        "interlink-slurm-42-u1",
+        f"interlink-slurm-{j}4",
+        f"interlink-slurm-{j}41",
+        f"interlink-slurm-{j}42",
+        f"interlink-slurm-{j}42-u1",
     )
     for name in (*names, "interlink-slurm-pid7", "other"):
         (tmp_path / name / "main").mkdir(parents=True)
-    # Job 42 still has a process on this node.
+    # Job ...42 still has a process on this node.
     alive = subprocess.Popen(
-        ["sleep", "60"], env={**os.environ, "SLURM_JOB_ID": "42"}, stdin=subprocess.DEVNULL
+        ["sleep", "60"], env={**os.environ, "SLURM_JOB_ID": f"{j}42"}, stdin=subprocess.DEVNULL
     )
     try:
         run = subprocess.run(
             ["bash", "-c", f'. "$0" && ils_tmp_sweep {shlex.quote(str(tmp_path))}', library],
-            env={**os.environ, "SLURM_JOB_ID": "43"},
+            env={**os.environ, "SLURM_JOB_ID": f"{j}43"},
             capture_output=True,
             text=True,
             timeout=60,
@@ -891,8 +896,8 @@ def test_tmp_directories_of_jobs_killed_before_their_cleanup_are_swept(tmp_path:
         alive.wait()
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "interlink-slurm-42",
-        "interlink-slurm-42-u1",
+        f"interlink-slurm-{j}42",
+        f"interlink-slurm-{j}42-u1",
         "interlink-slurm-pid7",
         "other",
     ]
