@@ -8,9 +8,10 @@ BIN := $(VENV)/bin
 CLUSTER := deploy/local/cluster.sh
 DEV_CONFIG := .cluster/config.yaml
 STAMP := $(VENV)/.installed
-# Most integration tests wait on Slurm and their pods, not on the CPU: make test runs them (and
-# the unit tests) in this many processes, then the tests marked "alone" (they stop, drain, fill
-# or load the shared cluster) one at a time.
+# Most integration tests wait on Slurm and their pods, not on the CPU: make test runs them in
+# this many processes, then the unit tests in 2 (CPU-bound: apart, so that their load never
+# times the integration tests), then the tests marked "alone" (they stop, drain, fill or load
+# the shared cluster) one at a time.
 TEST_WORKERS ?= 3
 
 .PHONY: run test unit lint shellcheck cluster-up cluster-down dev-config clean e2e-local
@@ -40,7 +41,8 @@ test: $(STAMP) cluster-up shellcheck
 	$(BIN)/ruff check interlink_slurm tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q -n $(TEST_WORKERS) -m 'not alone'
+	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q -n $(TEST_WORKERS) -m 'not alone' --ignore=tests/unit
+	$(BIN)/pytest -q -n 2 tests/unit
 	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q -m alone
 	$(MAKE) e2e-local
 
