@@ -42,7 +42,7 @@ test: $(STAMP) cluster-up shellcheck
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q -n $(TEST_WORKERS) -m 'not alone' --ignore=tests/unit
-	$(BIN)/pytest -q -n 2 tests/unit
+	USER=$${USER:-root} $(BIN)/pytest -q -n 2 tests/unit
 	eval "$$($(CLUSTER) env)" && USER=$${USER:-root} $(BIN)/pytest -q -m alone
 	$(MAKE) e2e-local
 
