@@ -232,7 +232,7 @@ SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
 SchedulerType=sched/backfill
 # Start jobs as soon as they are submitted (tests submit many small jobs). A heterogeneous job
-# (a pod group, #SBATCH hetjob) is started only by the backfill scheduler: every second here,
+# (a pod group, #SBATCH hetjob) was seen to start only at a backfill cycle: every second here,
 # not every 30 s (the default; sites' own setting applies there).
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,bf_interval=1
 # Lets the nodes claim CPUs=16 each on a small machine, so many test jobs run at once.

@@ -558,7 +558,7 @@ ils_group_wait() {
       if [ "$policy" = fail-group ] && [ ${#name_of[@]} -gt 1 ]; then
         ils_put group.ended "pod ${name_of[$pid]} failed (exit code $rc)"
         echo "interlink-slurm: pod ${name_of[$pid]} failed (exit code $rc): ending the group"
-        scancel --signal=URG -- "$SLURM_JOB_ID"
+        ils_group_stop
       fi
     fi
     unset "name_of[$pid]"
