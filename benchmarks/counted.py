@@ -23,7 +23,16 @@ from typing import Any
 from interlink_slurm.slurm.ssh import SSHTransport
 from interlink_slurm.slurm.transport import LocalTransport
 
-METHODS = ("run", "make_dirs", "write_file", "read_file", "read_range", "size", "remove_tree")
+METHODS = (
+    "run",
+    "make_dirs",
+    "write_file",
+    "write_tree",
+    "read_file",
+    "read_range",
+    "size",
+    "remove_tree",
+)
 COUNTS: dict[str, int] = {}
 _LOCK = threading.Lock()
 

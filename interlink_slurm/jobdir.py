@@ -28,7 +28,12 @@ from datetime import datetime
 
 from interlink_slurm.errors import PodRejected, StorageError
 from interlink_slurm.slurm.container_files import ContainerFiles as ContainerFiles
-from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
+from interlink_slurm.slurm.transport import (
+    CommandUnavailable,
+    LocalTransport,
+    Transport,
+    TreeItem,
+)
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.wire import dns_label, dns_subdomain, pod_uid
 
@@ -66,29 +71,39 @@ def container_file(pod_dir: str, container: str, suffix: str) -> str:
     return f"{pod_dir}/containers/{container}.{suffix}"
 
 
+def pod_tree(plan: JobPlan, script: str) -> list[TreeItem]:
+    """The pod's directory as a tree under its namespace's: the directory, every directory the
+    plan names or a file needs (parents first), the plan's files, then job.sh."""
+    root = plan.pod_dir
+    name = posixpath.basename(root)
+    items = [TreeItem(name, POD_DIR_MODE)]
+    made = {root}
+
+    def directory(path: str) -> None:
+        if path in made:
+            return
+        directory(posixpath.dirname(path))
+        made.add(path)
+        items.append(TreeItem(f"{name}/{path[len(root) + 1 :]}", POD_DIR_MODE))
+
+    for d in plan.dirs:
+        directory(inside(root, d))
+    for f in plan.files:
+        path = inside(root, f.path)
+        directory(posixpath.dirname(path))
+        items.append(TreeItem(f"{name}/{path[len(root) + 1 :]}", f.mode, f.content))
+    items.append(TreeItem(f"{name}/job.sh", SCRIPT_MODE, script.encode()))
+    return items
+
+
 def write_pod(transport: Transport, plan: JobPlan, script: str) -> str:
-    """Create the pod's directory with every file its job needs; returns the script path.
+    """Create the pod's directory with every file its job needs, in one transport call (one
+    SSH exec, not an SFTP request per directory and file); returns the script path.
 
     On failure the directory is removed, so no half-written pod is ever submitted."""
     root = plan.pod_dir
     try:
-        transport.make_dirs(posixpath.dirname(root), NAMESPACE_DIR_MODE)
-        made = {root}  # each directory once: on shared filesystems every mkdir costs
-        transport.make_dirs(root, POD_DIR_MODE)
-        for d in plan.dirs:
-            path = inside(root, d)
-            if path not in made:
-                transport.make_dirs(path, POD_DIR_MODE)
-                made.add(path)
-        for f in plan.files:
-            path = inside(root, f.path)
-            parent = posixpath.dirname(path)
-            if parent not in made:
-                transport.make_dirs(parent, POD_DIR_MODE)
-                made.add(parent)
-            transport.write_file(path, f.content, f.mode)
-        script_path = f"{root}/job.sh"
-        transport.write_file(script_path, script.encode(), SCRIPT_MODE)
+        transport.write_tree(posixpath.dirname(root), NAMESPACE_DIR_MODE, pod_tree(plan, script))
     except OSError as err:
         transport.remove_tree(root)
         if err.errno == errno.ENAMETOOLONG:
@@ -99,7 +114,7 @@ def write_pod(transport: Transport, plan: JobPlan, script: str) -> str:
             ) from err
         reason = err.strerror or str(err)
         raise StorageError(f"cannot write the pod directory {root}: {reason}") from err
-    return script_path
+    return f"{root}/job.sh"
 
 
 def _time(raw: bytes | None) -> datetime | None:

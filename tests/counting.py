@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from interlink_slurm.slurm.transport import CommandResult, LocalTransport
+from interlink_slurm.slurm.transport import CommandResult, LocalTransport, TreeItem
 
 
 class CountingTransport:
@@ -33,6 +33,10 @@ class CountingTransport:
     def write_file(self, path: str, data: bytes, mode: int) -> None:
         self._count("write_file")
         self.local.write_file(path, data, mode)
+
+    def write_tree(self, base: str, base_mode: int, items: Sequence[TreeItem]) -> None:
+        self._count("write_tree")
+        self.local.write_tree(base, base_mode, items)
 
     def read_file(self, path: str, limit: int) -> bytes | None:
         self._count("read_file")

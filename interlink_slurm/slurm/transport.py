@@ -24,6 +24,15 @@ class CommandResult:
     stderr: str
 
 
+@dataclass(frozen=True)
+class TreeItem:
+    """A directory (``data`` None) or a file of a new tree, ``path`` relative to its base."""
+
+    path: str
+    mode: int
+    data: bytes | None = None
+
+
 class CommandUnavailable(Exception):
     """The command could not be run at all (not installed, timed out, transport down)."""
 
@@ -43,6 +52,12 @@ class Transport(Protocol):
 
     def write_file(self, path: str, data: bytes, mode: int) -> None:
         """Write ``data`` to ``path`` with ``mode``, the whole file appearing at once."""
+        ...
+
+    def write_tree(self, base: str, base_mode: int, items: Sequence[TreeItem]) -> None:
+        """Make ``base`` and its parents (``base`` with ``base_mode``), then each item under it,
+        in order (a directory before what it holds). Each file appears whole, but not all at
+        once: the tree is for a job not submitted yet. OSError when an item cannot be made."""
         ...
 
     def read_file(self, path: str, limit: int) -> bytes | None:
@@ -107,6 +122,15 @@ class LocalTransport:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+
+    def write_tree(self, base: str, base_mode: int, items: Sequence[TreeItem]) -> None:
+        self.make_dirs(base, base_mode)
+        for item in items:
+            path = f"{base}/{item.path}"
+            if item.data is None:
+                self.make_dirs(path, item.mode)
+            else:
+                self.write_file(path, item.data, item.mode)
 
     def read_file(self, path: str, limit: int) -> bytes | None:
         try:

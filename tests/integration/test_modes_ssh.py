@@ -3,8 +3,10 @@ channels, login with an OpenSSH certificate, and no hang when the login node fre
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -16,6 +18,7 @@ import pytest
 
 from interlink_slurm.slurm.remote_settings import SSHSettings
 from interlink_slurm.slurm.ssh import LIVENESS_SECONDS, SSHTransport, SSHUnavailable
+from interlink_slurm.slurm.transport import TreeItem
 from tests.integration.conftest import LoginNode, user_dir
 
 pytestmark = pytest.mark.slurm
@@ -202,4 +205,56 @@ def test_a_frozen_login_node_times_out_and_the_next_call_reconnects(
             os.kill(pid, signal.SIGCONT)
     assert t.read_file(f"{root}/f", 10) == b"x"
     assert own_login_node.logins() == 3
+    t.close()
+
+
+def test_a_tree_is_written_in_one_exec_with_its_modes_names_and_bytes(
+    login_node: LoginNode, cluster: dict[str, str]
+) -> None:
+    t = transport(login_node, cluster)
+    base = user_dir(login_node.user, "tree") / "data" / "ns"
+    long_name = "v" * 180  # past tar's 100-byte name field: kept whole by the pax header
+    payload = bytes(range(256)) * 8192  # 2 MiB: more than one SSH window
+    items = [
+        TreeItem("pod", 0o700),
+        TreeItem("pod/containers", 0o700),
+        TreeItem("pod/containers/main.env", 0o600, b"A='x y'\n"),
+        TreeItem(f"pod/volumes/{long_name}", 0o700),
+        TreeItem(f"pod/volumes/{long_name}/é.bin", 0o644, payload),
+        TreeItem("pod/job.sh", 0o700, b"#!/bin/bash\n"),
+    ]
+    before = time.time()
+
+    t.write_tree(str(base), 0o711, items)
+
+    pod = base / "pod"
+    assert stat.S_IMODE(base.stat().st_mode) == 0o711
+    assert stat.S_IMODE(base.parent.stat().st_mode) == 0o755  # made on the way
+    for item in items:
+        path = base / item.path
+        assert stat.S_IMODE(path.stat().st_mode) == item.mode, item.path
+        assert path.owner() == login_node.user
+        assert path.stat().st_mtime >= before - 1  # stamped now, not 1970: the reader compares
+    assert (pod / f"volumes/{long_name}/é.bin").read_bytes() == payload
+    assert (pod / "containers/main.env").read_text() == "A='x y'\n"
+    t.close()
+
+
+def test_a_tree_the_login_node_cannot_write_is_an_os_error_naming_why(
+    login_node: LoginNode, cluster: dict[str, str]
+) -> None:
+    t = transport(login_node, cluster)
+    base = user_dir(login_node.user, "tree")
+
+    with pytest.raises(OSError) as too_long:
+        t.write_tree(
+            str(base), 0o711, [TreeItem("pod", 0o700), TreeItem("pod/" + "x" * 300, 0o600, b"")]
+        )
+    assert too_long.value.errno == errno.ENAMETOOLONG
+    assert "File name too long" in str(too_long.value)
+
+    with pytest.raises(OSError) as denied:
+        t.write_tree("/root/ils-tree-test", 0o711, [TreeItem("pod", 0o700)])
+    assert denied.value.errno == errno.EACCES
+    assert not Path("/root/ils-tree-test").exists()
     t.close()

@@ -21,7 +21,7 @@ from interlink_slurm.errors import SchedulerUnavailable
 from interlink_slurm.slurm.cli import CliScheduler
 from interlink_slurm.slurm.remote_settings import SSHSettings
 from interlink_slurm.slurm.ssh import SSHTransport, SSHUnavailable, remote_command
-from interlink_slurm.slurm.transport import CommandUnavailable
+from interlink_slurm.slurm.transport import CommandUnavailable, TreeItem
 
 # --- quoting ------------------------------------------------------------------------------------
 
@@ -170,6 +170,7 @@ def test_file_operations_while_unreachable_are_unavailable_not_file_errors(
         lambda: t.read_range("/x", 0, 1),
         lambda: t.write_file("/x", b"", 0o600),
         lambda: t.make_dirs("/x", 0o700),
+        lambda: t.write_tree("/x", 0o711, [TreeItem("p", 0o700)]),
     ):
         with pytest.raises(SSHUnavailable):
             op()
