@@ -15,6 +15,7 @@ denied) stay ``OSError``s, as with the local transport.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -161,6 +162,12 @@ class SSHTransport:
         if transport is None or not transport.is_active():
             client.close()
             raise self._unavailable("", "the connection closed during login")
+        if isinstance(transport.sock, socket.socket):
+            # Opening a channel is a few small packets each way: with Nagle's algorithm on,
+            # each exec waited for the other side's delayed ACK (40 ms per command on loopback,
+            # measured; 4.8 ms without).
+            with contextlib.suppress(OSError):  # not a TCP socket
+                transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if s.keepalive_seconds:
             transport.set_keepalive(max(1, round(s.keepalive_seconds)))
         log.info("connected to %s in %.2f s", s.target, time.monotonic() - started)

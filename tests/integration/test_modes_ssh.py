@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -257,4 +258,17 @@ def test_a_tree_the_login_node_cannot_write_is_an_os_error_naming_why(
         t.write_tree("/root/ils-tree-test", 0o711, [TreeItem("pod", 0o700)])
     assert denied.value.errno == errno.EACCES
     assert not Path("/root/ils-tree-test").exists()
+    t.close()
+
+
+def test_the_connection_sends_small_packets_at_once(
+    login_node: LoginNode, cluster: dict[str, str]
+) -> None:
+    # With Nagle's algorithm on, opening each exec's channel waited for a delayed ACK: 40 ms
+    # per command on loopback (4.8 ms without), for every sbatch, squeue and state read.
+    t = transport(login_node, cluster)
+    assert t.run(["true"], timeout=10).returncode == 0
+    sock = t._connection().sock
+    assert isinstance(sock, socket.socket)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     t.close()
