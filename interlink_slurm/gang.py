@@ -75,7 +75,7 @@ class Host(Protocol):
     metrics: Metrics
     clock: Clock
 
-    def request_refresh(self) -> None: ...
+    def request_refresh(self, new_pod: bool = False) -> None: ...
 
     def targets_for(
         self, data: RetrievedPodData, image_commands: ImageCommands | None = None
@@ -259,7 +259,7 @@ class Gang:
                 others = [x for x in pulls if x not in owns[p.uid]]
                 cluster.puller.start(p.uid, job_id, p.pod_dir, owns[p.uid], others)
         await asyncio.to_thread(self.book.submitted, group.namespace, group.name, job_id, where)
-        host.request_refresh()
+        host.request_refresh(new_pod=True)
         form = "one allocation" if identical(gplan) else "a heterogeneous job"
         log.info(
             "pod group %s/%s (%s) submitted as job %s, %s",

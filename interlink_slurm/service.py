@@ -155,7 +155,7 @@ class Service:
             store,
             self.metrics,
             self.place,
-            self.request_refresh,
+            lambda: self.request_refresh(new_pod=True),
         )
 
     def _forget(self, uid: str) -> None:
@@ -210,9 +210,10 @@ class Service:
         """One refresh of every cluster's tracker now (see Refresher.refresh)."""
         await self.refresher.refresh(queue)
 
-    def request_refresh(self) -> None:
-        """A refresh of the queue too, now (a new pod, a delete, a pull done)."""
-        self.refresher.request()
+    def request_refresh(self, new_pod: bool = False) -> None:
+        """A refresh of the queue too, now (a new pod, a delete, a pull done; see
+        Refresher.request)."""
+        self.refresher.request(new_pod)
 
     async def reconcile(self) -> None:
         """Settle the pods the store and Slurm disagree about (after a crash or an outage)."""

@@ -428,6 +428,60 @@ def test_while_pods_start_their_files_are_read_while_the_queue_is_asked(
     drive(service, scenario)
 
 
+@pytest.mark.parametrize("where", ["local", "through a command"])
+def test_the_first_pods_after_an_idle_spell_are_seen_starting_while_the_queue_is_asked(
+    tmp_path: Path, where: str
+) -> None:
+    """A create on an idle plugin makes the very next turn a starting one: the files are read
+    before the query and while it runs. (That turn used to ask the queue first and read the
+    files after it: a burst's first starts were seen a slow squeue late.)"""
+    fake = FakeScheduler()
+    store = Store(tmp_path / "state.db")
+    store.open()
+    transport = LocalTransport() if where == "local" else CountingTransport()
+    service = Service(settings(tmp_path), fake, transport, store)
+    data = new_pod("first")
+    asked = fake.query
+    answer_queue = asyncio.Event()
+    queries: list[str] = []
+
+    async def slow_query(job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        queries.append("asked")
+        await answer_queue.wait()
+        return await asked(job_ids)
+
+    async def scenario() -> None:
+        await service.start()  # nothing to watch: the loop waits its whole interval
+        assert not service.refresher.starting
+        fake.query = slow_query  # type: ignore[method-assign]
+        try:
+            answer = await service.create(data)
+            rec = service.store.get(answer.PodUID)
+            assert rec is not None
+            for _ in range(100):
+                if queries:
+                    break
+                await asyncio.sleep(0.02)
+            assert queries, "the create asked for no query"
+            put(rec.pod_dir, "job.runs", "1")
+            put(rec.pod_dir, "containers/main.started", STARTED)
+            running = False
+            for _ in range(100):  # up to 5 s; the watch reads every 0.1 or 0.25 s
+                await asyncio.sleep(0.05)
+                [st] = await service.status([data.pod])
+                if st.containers[0].state.running is not None:
+                    running = True
+                    break
+            assert running, st
+            assert not answer_queue.is_set() and len(queries) == 1  # still in that squeue
+        finally:
+            answer_queue.set()
+            fake.query = asked  # type: ignore[method-assign]
+            await service.stop()
+
+    drive(service, scenario)
+
+
 def test_a_state_read_that_ends_after_a_later_one_publishes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
