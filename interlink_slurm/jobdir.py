@@ -251,12 +251,14 @@ STATE_MARK = ".state-changed"
 # (an upgrade with pods running), and while one does, every read looks at every pod directory.
 MARKED_SINCE = ".state-marked-since"
 # Arguments: the data root, since (seconds), the deep read's since or "-", "mark" or "all",
-# and the mark's stamp (ns) as a read over a second after its writing saw it, or "-". "M" is
+# the mark's stamp (ns) as a read over a second after its writing saw it, or "-", and up to
+# how many changed pods bash reads the files itself (READ_IN_BASH_MAX). "M" is
 # printed with the mark's stamp by a read that looks at pod directories.
 STATE_READER = r"""
 export LC_ALL=C
 cd -- "$1" || exit 3
-echo "N $(date +%s.%N)"
+# bash 5's clock needs no process; an older bash asks date.
+if [[ -n ${EPOCHREALTIME:-} ]]; then echo "N $EPOCHREALTIME"; else echo "N $(date +%s.%N)"; fi
 m=
 if [[ -f .state-changed && ! -L .state-changed ]]; then
   m=$(date -r .state-changed +%s%N 2>/dev/null) && [[ $m =~ ^[0-9]+$ ]] || m=
@@ -284,8 +286,28 @@ done < <(
               for (p in c) if (!(p in m) || c[p] > m[p]) print p }'
   fi | sort -u)
 [ "${#dirs[@]}" -gt 0 ] || exit 0
-# Their state files (regular files, links not followed, under 2 kB), the first line of each,
-# in a few processes whatever their number.
+# Their state files (regular files, links not followed, at most 1 kB), the first line of each.
+# A few pods (a refresh while pods start): read by bash itself, with no process to start (on
+# 2 busy cores each one waited for a core). Many: in a few processes whatever their number.
+if [ "${#dirs[@]}" -le "$6" ]; then
+  shopt -s nullglob
+  for d in "${dirs[@]}"; do
+    for f in "$d"/job.runs "$d"/job.evicted "$d"/containers/*; do
+      case $f in
+        */containers/*.started | */containers/*.finished | */containers/*.exit) ;;
+        */containers/*.restarts | */containers/*.ready | */containers/*.backoff) ;;
+        */containers/*) continue ;;
+      esac
+      [[ -f $f && ! -L $f ]] || continue
+      c=
+      IFS= read -r -N 1025 c 2>/dev/null <"$f"
+      [[ -n $c && ${#c} -le 1024 ]] || continue
+      l=${c%%$'\n'*}
+      printf 'F %s\n|%s\n' "${f//[^!-~]/?}" "${l//[^ -~]/?}"
+    done
+  done
+  exit 0
+fi
 printf '%s\0' "${dirs[@]}" \
   | xargs -0 sh -c 'find "$@" -maxdepth 2 -type f -size -2k \( -path "*/containers/*" \
       \( -name "*.started" -o -name "*.finished" -o -name "*.exit" -o -name "*.restarts" \
@@ -388,7 +410,7 @@ def read_states(
         trusted = str(known[0]) if known is not None and _trusted(known) else "-"
         argv = [
             *("bash", "-c", STATE_READER, "ils-state"),
-            *(root, str(max(0, int(since))), deep, mark, trusted),
+            *(root, str(max(0, int(since))), deep, mark, trusted, str(READ_IN_BASH_MAX)),
         ]
         try:
             result = transport.run(argv, timeout=timeout)
@@ -425,6 +447,9 @@ def pod_files(files: Mapping[str, bytes], containers: Sequence[str]) -> PodFiles
 # What scan_states reads, as STATE_READER does: names, the largest size, and the bytes kept.
 _POD_STATE_FILES = ("job.runs", "job.evicted")
 _CONTAINER_STATE_SUFFIXES = (".started", ".finished", ".exit", ".restarts", ".ready", ".backoff")
+# Up to how many changed pods STATE_READER reads their files with bash's own read (a refresh
+# while pods start): a process per file type costs more there than bash's loop.
+READ_IN_BASH_MAX = 64
 _STATE_FILE_MAX = 1024  # find -size -2k: at most one 1 KiB unit
 _UNPRINTABLE = re.compile(rb"[^ -~]")
 

@@ -2,11 +2,12 @@
 happens. Each turn reads every cluster's state files (one command, or a few stats where they
 are local) and, when due, asks each cluster's queue; then the janitor and the pod groups run.
 
-The pace: every status_refresh_seconds; every 0.25 s (0.1 s where the files are local) while a
-pod created in the last STARTING_SECONDS has containers not yet started; at once (but never
-closer than MIN_REFRESH_GAP_SECONDS) after a create, a delete or a pull done. The queue keeps a
-pace of its own: its interval doubles while nothing changes, up to status_idle_refresh_seconds.
-Every interval is read from the injected clock, so tests drive it with a fake one.
+The pace: every status_refresh_seconds; every STARTING_REFRESH_SECONDS while a pod created in
+the last STARTING_SECONDS has containers not yet started (from the create on); at once (but
+never closer than MIN_REFRESH_GAP_SECONDS) after a create, a delete or a pull done. The queue
+keeps a pace of its own: its interval doubles while nothing changes, up to
+status_idle_refresh_seconds. Every interval is read from the injected clock, so tests drive it
+with a fake one.
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ MIN_REFRESH_PAUSE_SECONDS = 0.1
 FIRST_REFRESH_SECONDS = 10.0
 # While a pod created this recently has containers not yet started, refreshes come this often.
 STARTING_SECONDS = 30.0
-# ... where a state read is a command (over SSH: one exec, which ends at the data root's mark
-# when no job wrote): the 0.5 s of before saw a start 0.36-0.61 s after it on the loopback.
-STARTING_REFRESH_SECONDS = 0.25
-# ... where every cluster's files are local: a state read is then no command, only a few stats.
-STARTING_REFRESH_LOCAL_SECONDS = 0.1
+# Over SSH too, where a state read is one exec (a few processes on the login node while pods
+# start; after two when no job wrote): 0.25 s saw starts 0.19 s (p50) after them on the
+# loopback, 0.1 s 0.10 s (docs/benchmarks.md).
+STARTING_REFRESH_SECONDS = 0.1
 # A job seen to end is still watched this long, while Slurm lists it: it may be requeued.
 ENDED_WATCH_SECONDS = 600.0
 
@@ -54,17 +54,13 @@ class Refresher:
         book: PlacementBook,
         metrics: Metrics,
         clock: Clock,
-        files_local: bool,
     ) -> None:
-        """``files_local``: every cluster's pod files are on this machine (reading them runs
-        no command, so they are read more often while pods start)."""
         self.settings = settings
         self.store = store
         self.trackers = trackers
         self.book = book
         self.metrics = metrics
         self.clock = clock
-        self.files_local = files_local
         self.starting = False  # a new pod's containers have not all started yet
         self._snapshot_at: float | None = None
         # The queue's own pace (queue_due): asked now, when last, and how often while idle.
@@ -146,7 +142,7 @@ class Refresher:
 
     def starting_pace(self) -> float:
         """How often the files are read while pods start."""
-        return STARTING_REFRESH_LOCAL_SECONDS if self.files_local else STARTING_REFRESH_SECONDS
+        return STARTING_REFRESH_SECONDS
 
     def request(self, new_pod: bool = False) -> None:
         """A refresh of the queue too, now (a new pod, a delete, a pull done). ``new_pod``: a

@@ -47,7 +47,7 @@ from interlink_slurm.slurm.states import (
     ACTIVE,
     base_state,
 )
-from interlink_slurm.slurm.transport import LocalTransport, Transport
+from interlink_slurm.slurm.transport import Transport
 from interlink_slurm.statuses import StatusView
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.submitter import Submitter
@@ -133,10 +133,6 @@ class Service:
             self.book,
             self.metrics,
             self.clock,
-            # Every cluster's pod files on this machine: reading them runs no command.
-            files_local=all(
-                isinstance(c.transport, LocalTransport) for c in self.clusters.values()
-            ),
         )
         self.statuses = StatusView(
             store, self.trackers, self._cluster, self.gang, self.clock, self.request_refresh

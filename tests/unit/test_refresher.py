@@ -16,6 +16,7 @@ from interlink_slurm.metrics import Metrics
 from interlink_slurm.refresher import (
     MIN_REFRESH_GAP_SECONDS,
     MIN_REFRESH_PAUSE_SECONDS,
+    STARTING_REFRESH_SECONDS,
     Refresher,
 )
 from interlink_slurm.slurm.fake import FakeScheduler
@@ -25,9 +26,7 @@ from tests.counting import CountingTransport
 from tests.fakeclock import FakeClock
 
 
-def make(
-    tmp_path: Path, files_local: bool = False, **more: Any
-) -> tuple[Refresher, FakeScheduler, FakeClock]:
+def make(tmp_path: Path, **more: Any) -> tuple[Refresher, FakeScheduler, FakeClock]:
     settings = load_settings(
         None, data_root=str(tmp_path / "pods"), runtime="apptainer", partition="cpu", **more
     )
@@ -46,7 +45,6 @@ def make(
         PlacementBook(metrics),
         metrics,
         clock,
-        files_local=files_local,
     )
     return refresher, fake, clock
 
@@ -75,13 +73,11 @@ def test_a_wake_up_never_brings_two_turns_closer_than_the_gap(tmp_path: Path) ->
     assert refresher.woken_pause(started) == MIN_REFRESH_GAP_SECONDS - 0.25
     clock.advance(1)
     assert refresher.woken_pause(started) == 0
-    # While pods start with their files here, the interval itself is shorter than the gap.
-    local, _, local_clock = make(tmp_path / "local", status_refresh_seconds=2, files_local=True)
-    local.starting = True
-    assert local.interval() == 0.1
-    assert local.woken_pause(local_clock.monotonic()) == 0.1
+    # While pods start, the interval itself is shorter than the gap.
+    refresher.starting = True
+    assert refresher.interval() == STARTING_REFRESH_SECONDS < MIN_REFRESH_GAP_SECONDS
+    assert refresher.woken_pause(clock.monotonic()) == STARTING_REFRESH_SECONDS
     refresher.store.close()
-    local.store.close()
 
 
 def test_a_requested_query_still_waits_for_the_gap_and_an_idle_one_for_its_interval(

@@ -47,10 +47,15 @@ class Here(LocalTransport):
         raise AssertionError(f"no command expected, ran {argv[0]}")
 
 
-@pytest.fixture(params=["shell", "here"])
-def reader(request: pytest.FixtureRequest) -> Transport:
-    """Each case twice: the shell script (as over SSH) and the in-process reader (local)."""
-    return CountingTransport() if request.param == "shell" else Here()
+@pytest.fixture(params=["shell", "shell, in processes", "here"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Transport:
+    """Each case three times: the shell script (as over SSH), reading the files with bash's
+    own read (a few pods) or in find and awk (many), and the in-process reader (local)."""
+    if request.param == "here":
+        return Here()
+    if request.param == "shell, in processes":
+        monkeypatch.setattr(jobdir, "READ_IN_BASH_MAX", 0)
+    return CountingTransport()
 
 
 def test_all_pods_are_read_in_one_command_and_unchanged_ones_skipped(
@@ -67,8 +72,8 @@ def test_all_pods_are_read_in_one_command_and_unchanged_ones_skipped(
     first = jobdir.read_states(t, str(tmp_path), 0, pods)
     if isinstance(t, CountingTransport):
         assert len(t.argvs) == 1
-        # bash -c SCRIPT name root since depth mark mark-stamp: no argument per pod
-        assert len(t.argvs[0]) == 9
+        # bash -c SCRIPT name root since depth mark mark-stamp most: no argument per pod
+        assert len(t.argvs[0]) == 10
     assert set(first.changed) == {str(a), str(b)}
     assert first.changed[str(a)].runs == 1
     assert first.changed[str(a)].containers["c"].started is not None
