@@ -432,8 +432,12 @@ class SSHTransport:
                     channel.exec_command(command)
                     if stdin is not None:
                         channel.settimeout(max(deadline - time.monotonic(), 0.001))
-                        channel.sendall(stdin)
-                        channel.shutdown_write()
+                        # A command that ended before reading all its input (tar refused the
+                        # first entry) closes the channel under sendall: its exit status and
+                        # stderr, collected next, say why; a lost connection shows there too.
+                        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                            channel.sendall(stdin)
+                            channel.shutdown_write()
                     out, err, status = _collect(channel, deadline)
             except (paramiko.SSHException, OSError, EOFError) as error:
                 if time.monotonic() >= deadline:

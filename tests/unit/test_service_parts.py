@@ -45,14 +45,18 @@ def new_pod(name: str, **spec: Any) -> RetrievedPodData:
     return RetrievedPodData.model_validate(podgen.retrieved(podgen.pod(name, [c], **spec)))
 
 
-def put(pod_dir: str, name: str, value: str) -> None:
+def put(pod_dir: str, name: str, value: str, mark: bool = True) -> None:
     """As the job script's ils_put writes a state file: a temporary file in the pod's
-    directory, renamed into place."""
-    path = Path(pod_dir) / name
+    directory, renamed into place, then the data root's mark (jobdir.STATE_MARK) written.
+    Without the mark, a read that trusts its stamp (over a second old) looks at no pod."""
+    pod = Path(pod_dir)
+    path = pod / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(pod_dir) / f".{name.replace('/', '.')}.tmp"
+    tmp = pod / f".{name.replace('/', '.')}.tmp"
     tmp.write_text(value + "\n")
     os.replace(tmp, path)
+    if mark:
+        (pod.parent.parent / jobdir.STATE_MARK).write_text(pod.name + "\n")
 
 
 def make(
@@ -110,8 +114,8 @@ def test_status_is_served_from_memory_and_a_refresh_reads_all_pods_in_one_call(
         # Every pod's state files: one command per read, here two (new pods are starting: the
         # files are read before the query too); at the first refresh on this data root, since
         # when its pods write marks (jobdir.MARKED_SINCE, read once, written once) and the mark
-        # itself, made when no job has (jobdir.STATE_MARK, looked for once, written once).
-        assert transport.calls == {"run": 2, "read_file": 1, "write_file": 2, "size": 1}
+        # (jobdir.STATE_MARK, looked for once: the jobs wrote it).
+        assert transport.calls == {"run": 2, "read_file": 1, "write_file": 1, "size": 1}
         assert fake.calls == ["query"]  # every pod's job: one query
         transport.calls.clear()
         for _ in range(3):
@@ -183,8 +187,8 @@ def test_a_refresh_trusts_the_data_roots_mark_but_looks_for_a_pod_no_read_looked
         age_mark()
         await service.refresh()
         assert await state(first) == "running"
-        put(pod_dir, "containers/main.exit", "0")
-        put(pod_dir, "containers/main.finished", STARTED)
+        put(pod_dir, "containers/main.exit", "0", mark=False)
+        put(pod_dir, "containers/main.finished", STARTED, mark=False)
         await service.refresh()
         assert await state(first) == "running"  # not marked: not looked at
         await started(service, fake, second)
@@ -231,8 +235,8 @@ def test_a_change_whose_mark_was_lost_is_seen_by_the_next_sweep(
         old = time.time() - 100
         mark.write_text("x\n")
         os.utime(mark, (old, old))
-        put(rec.pod_dir, "containers/main.exit", "0")
-        put(rec.pod_dir, "containers/main.finished", STARTED)
+        put(rec.pod_dir, "containers/main.exit", "0", mark=False)
+        put(rec.pod_dir, "containers/main.finished", STARTED, mark=False)
         assert (await at(30)).running is not None  # the mark says nothing changed
         assert (await at(int(DEEP_READ_SECONDS) - 1)).running is not None
         ended = (await at(int(DEEP_READ_SECONDS))).terminated
@@ -259,8 +263,8 @@ async def end_unmarked(
     old = time.time() - 100
     (root / jobdir.STATE_MARK).write_text("x\n")
     os.utime(root / jobdir.STATE_MARK, (old, old))
-    put(rec.pod_dir, "containers/main.exit", "0")
-    put(rec.pod_dir, "containers/main.finished", STARTED)
+    put(rec.pod_dir, "containers/main.exit", "0", mark=False)
+    put(rec.pod_dir, "containers/main.finished", STARTED, mark=False)
     await service.refresh()
     [st] = await service.status([data.pod])
     return next(k for k, v in st.containers[0].state.model_dump().items() if v is not None)
