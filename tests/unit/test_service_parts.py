@@ -374,26 +374,63 @@ def test_a_job_that_starts_while_the_queue_is_asked_is_seen_running_at_once(
     drive(service, scenario)
 
 
+class SlowQueue:
+    """A service whose scheduler, once ``slow()`` is called, answers no query until the end:
+    what the refresher sees of a start meanwhile comes from the files alone."""
+
+    def __init__(self, tmp_path: Path, where: str) -> None:
+        self.fake = FakeScheduler()
+        store = Store(tmp_path / "state.db")
+        store.open()
+        transport = LocalTransport() if where == "local" else CountingTransport()
+        self.service = Service(settings(tmp_path), self.fake, transport, store)
+        self.asked = self.fake.query
+        self.answer = asyncio.Event()
+        self.queries: list[str] = []
+
+    async def _query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        self.queries.append("asked")
+        await self.answer.wait()
+        return await self.asked(job_ids)
+
+    def slow(self) -> None:
+        self.fake.query = self._query  # type: ignore[method-assign]
+
+    async def seen_running_in_the_query(self, data: RetrievedPodData, pod_dir: str) -> None:
+        """Once a query is asked, the pod starts (its files, as its job writes them): /status
+        says running within 5 s, that query still unanswered."""
+        for _ in range(100):
+            if self.queries:
+                break
+            await asyncio.sleep(0.02)
+        assert self.queries, "the refresher never asked the queue"
+        put(pod_dir, "job.runs", "1")
+        put(pod_dir, "containers/main.started", STARTED)
+        running = False
+        for _ in range(100):  # up to 5 s; the watch reads every 0.1 s
+            await asyncio.sleep(0.05)
+            [st] = await self.service.status([data.pod])
+            if st.containers[0].state.running is not None:
+                running = True
+                break
+        assert running, st
+        assert not self.answer.is_set() and len(self.queries) == 1  # still in that squeue
+
+    async def stop(self) -> None:
+        self.answer.set()
+        self.fake.query = self.asked  # type: ignore[method-assign]
+        await self.service.stop()
+
+
 @pytest.mark.parametrize("where", ["local", "through a command"])
 def test_while_pods_start_their_files_are_read_while_the_queue_is_asked(
     tmp_path: Path, where: str
 ) -> None:
     """A start is seen while a slow squeue is still running (the refresher reads the files
-    every 0.1 s meanwhile, 0.25 s where a read is a command, as over SSH), not after it."""
-    fake = FakeScheduler()
-    store = Store(tmp_path / "state.db")
-    store.open()
-    transport = LocalTransport() if where == "local" else CountingTransport()
-    service = Service(settings(tmp_path), fake, transport, store)
+    every 0.1 s meanwhile, through a command as over SSH too), not after it."""
+    slow = SlowQueue(tmp_path, where)
+    service = slow.service
     data = new_pod("starting")
-    asked = fake.query
-    answer_queue = asyncio.Event()
-    queries: list[str] = []
-
-    async def slow_query(job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        queries.append("asked")
-        await answer_queue.wait()
-        return await asked(job_ids)
 
     async def scenario() -> None:
         await service.start()
@@ -407,28 +444,11 @@ def test_while_pods_start_their_files_are_read_while_the_queue_is_asked(
                     break
                 await asyncio.sleep(0.05)
             assert answer.PodJID in tracker.jobs
-            fake.query = slow_query  # type: ignore[method-assign]
+            slow.slow()
             service.request_refresh()
-            for _ in range(100):
-                if queries:
-                    break
-                await asyncio.sleep(0.02)
-            assert queries, "the refresher never asked the queue"
-            put(rec.pod_dir, "job.runs", "1")
-            put(rec.pod_dir, "containers/main.started", STARTED)
-            running = False
-            for _ in range(100):  # up to 5 s; the watch reads every 0.1 or 0.25 s
-                await asyncio.sleep(0.05)
-                [st] = await service.status([data.pod])
-                if st.containers[0].state.running is not None:
-                    running = True
-                    break
-            assert running, st
-            assert not answer_queue.is_set() and len(queries) == 1  # still in that squeue
+            await slow.seen_running_in_the_query(data, rec.pod_dir)
         finally:
-            answer_queue.set()
-            fake.query = asked  # type: ignore[method-assign]
-            await service.stop()
+            await slow.stop()
 
     drive(service, scenario)
 
@@ -440,49 +460,21 @@ def test_the_first_pods_after_an_idle_spell_are_seen_starting_while_the_queue_is
     """A create on an idle plugin makes the very next turn a starting one: the files are read
     before the query and while it runs. (That turn used to ask the queue first and read the
     files after it: a burst's first starts were seen a slow squeue late.)"""
-    fake = FakeScheduler()
-    store = Store(tmp_path / "state.db")
-    store.open()
-    transport = LocalTransport() if where == "local" else CountingTransport()
-    service = Service(settings(tmp_path), fake, transport, store)
+    slow = SlowQueue(tmp_path, where)
+    service = slow.service
     data = new_pod("first")
-    asked = fake.query
-    answer_queue = asyncio.Event()
-    queries: list[str] = []
-
-    async def slow_query(job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        queries.append("asked")
-        await answer_queue.wait()
-        return await asked(job_ids)
 
     async def scenario() -> None:
         await service.start()  # nothing to watch: the loop waits its whole interval
         assert not service.refresher.starting
-        fake.query = slow_query  # type: ignore[method-assign]
+        slow.slow()
         try:
             answer = await service.create(data)
             rec = service.store.get(answer.PodUID)
             assert rec is not None
-            for _ in range(100):
-                if queries:
-                    break
-                await asyncio.sleep(0.02)
-            assert queries, "the create asked for no query"
-            put(rec.pod_dir, "job.runs", "1")
-            put(rec.pod_dir, "containers/main.started", STARTED)
-            running = False
-            for _ in range(100):  # up to 5 s; the watch reads every 0.1 or 0.25 s
-                await asyncio.sleep(0.05)
-                [st] = await service.status([data.pod])
-                if st.containers[0].state.running is not None:
-                    running = True
-                    break
-            assert running, st
-            assert not answer_queue.is_set() and len(queries) == 1  # still in that squeue
+            await slow.seen_running_in_the_query(data, rec.pod_dir)
         finally:
-            answer_queue.set()
-            fake.query = asked  # type: ignore[method-assign]
-            await service.stop()
+            await slow.stop()
 
     drive(service, scenario)
 
