@@ -118,9 +118,18 @@ any_slurmd_pid() {
     for n in "${NODE_NAMES[@]}"; do slurmd_pid "$n" && return 0; done
     return 1
 }
+# watch_pid NODE : the shell that runs the node's slurmd and starts it again if it dies.
+watch_pid()     { daemon_pid sh        "$D/watch-slurmd.$1.pid" "$CONF"; }
 # stop_slurmds : every slurmd of this cluster, including nodes an earlier config had more of.
 stop_slurmds() {
     local f n
+    # Their watchers first, or they would start them again.
+    for f in "$D"/watch-slurmd.*.pid; do
+        [[ -e $f ]] || continue
+        n=${f#"$D"/watch-slurmd.}
+        stop_daemon "sh (watcher of slurmd ${n%.pid})" watch_pid "${n%.pid}" >/dev/null
+        rm -f -- "$f"
+    done
     for f in "$D"/slurmd.*.pid; do
         [[ -e $f ]] || continue
         n=${f#"$D"/slurmd.}
@@ -152,6 +161,13 @@ stepd_pids() {
 spawn() {
     local logfile=$1; shift
     "$@" </dev/null >>"$logfile" 2>&1 9>&- 8>&-
+}
+
+# spawn_bg LOGFILE CMD... : spawn for a program that stays in the foreground: it runs in the
+# background, fds closed as above.
+spawn_bg() {
+    local logfile=$1; shift
+    "$@" </dev/null >>"$logfile" 2>&1 9>&- 8>&- &
 }
 
 # stop_daemon LABEL PIDFN [ARG] : SIGTERM, wait (bounded), then SIGKILL as a last resort.
@@ -380,21 +396,37 @@ start_slurmctld() {
     die "slurmctld did not come up (see $D/log/slurmctld.log)"
 }
 
-# start_slurmd NODE : the slurmd of one node (-N), on the node's own port.
+# start_slurmd NODE : the slurmd of one node (-N), on the node's own port, run in the
+# foreground by a watcher (its own session) that starts it again when it dies: Debian's slurmd
+# 22.05.8 was seen to abort once in a parallel test run (glibc: "unaligned tcache chunk" as an
+# RPC thread ended), and every later job needing that node then waited for it. Its running
+# steps survive (slurmstepd is no child of slurmd). Each restart is noted in
+# $D/log/slurmd.NODE.restarts, which `down` prints and removes.
 start_slurmd() {
-    local n=$1
-    slurmd_pid "$n" >/dev/null && return 0
+    local n=$1 i
+    watch_pid "$n" >/dev/null && return 0
+    slurmd_pid "$n" >/dev/null && return 0 # an older cluster.sh's, without a watcher
     check_port "$((SLURMD_PORT + ${n#n} - 1))" slurmd
     log "slurmd $n: starting"
-    rm -f "$D/slurmd.$n.pid"
+    rm -f "$D/slurmd.$n.pid" "$D/watch-slurmd.$n.pid"
     # slurmd's job steps inherit its mount namespace: there, $NODE_TMP is this node's own.
     # shellcheck disable=SC2016 # sh expands them
-    spawn "$D/log/slurmd.$n.stderr" unshare --mount --propagation private -- \
-        sh -c 'mount --bind "$1" "$2" && exec /usr/sbin/slurmd -f "$3" -N "$4"' \
-        sh "$NODE_TMP-$n" "$NODE_TMP" "$CONF" "$n" || {
-        tail -n 20 "$D/log/slurmd.$n.stderr" "$D/log/slurmd.$n.log" >&2 || true
-        die "slurmd $n failed to start"
-    }
+    spawn_bg "$D/log/slurmd.$n.stderr" setsid unshare --mount --propagation private -- \
+        sh -c 'mount --bind "$1" "$2" || exit 1
+            echo $$ > "$5"
+            while :; do
+                /usr/sbin/slurmd -D -f "$3" -N "$4"
+                echo "slurmd $4 exited (status $?) at $(date -u +%FT%TZ): restarted" >> "$6"
+                sleep 1
+            done' \
+        sh "$NODE_TMP-$n" "$NODE_TMP" "$CONF" "$n" "$D/watch-slurmd.$n.pid" \
+        "$D/log/slurmd.$n.restarts"
+    for ((i = 0; i < UP_TIMEOUT * 10; i++)); do
+        slurmd_pid "$n" >/dev/null && watch_pid "$n" >/dev/null && return 0
+        sleep 0.1
+    done
+    tail -n 20 "$D/log/slurmd.$n.stderr" "$D/log/slurmd.$n.log" >&2 || true
+    die "slurmd $n failed to start"
 }
 
 node_state() { sinfo -h -N -n "$1" -o '%T' 2>/dev/null | head -n 1; }
@@ -599,6 +631,12 @@ cmd_down() {
 
     # slurmds first so they do not log the controller going away; munged last, all use it.
     stop_slurmds
+    local f
+    for f in "$D"/log/slurmd.*.restarts; do
+        [[ -e $f ]] || continue
+        while IFS= read -r line; do log "warning: $line"; done <"$f"
+        rm -f -- "$f"
+    done
     stop_daemon slurmctld slurmctld_pid
     stop_daemon munged munged_pid
     stop_daemon munged old_munged_pid >/dev/null 2>&1
