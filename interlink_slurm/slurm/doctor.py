@@ -18,7 +18,7 @@ from interlink_slurm.config import DEFAULT_CLUSTER, Settings
 from interlink_slurm.errors import PluginError, SubmitRejected
 from interlink_slurm.slurm.factory import SLURM_COMMANDS
 from interlink_slurm.slurm.scheduler import ClusterResources, Scheduler
-from interlink_slurm.slurm.transport import CommandUnavailable, Transport
+from interlink_slurm.slurm.transport import CommandUnavailable, Transport, TreeItem
 from interlink_slurm.translate.site import Profile
 
 PROBE_DATA = b"interlink-slurm doctor\n"
@@ -186,10 +186,13 @@ class Doctor:
         """A file written into ``root``, read back and removed, through the transport."""
         probe_dir = posixpath.join(root, f".interlink-slurm-doctor-{os.getpid()}")
         probe = posixpath.join(probe_dir, "probe")
+        # Written as a create writes a pod's directory (over SSH: one tar on the login node).
+        tree = [
+            TreeItem(posixpath.basename(probe_dir), 0o700),
+            TreeItem(posixpath.relpath(probe, root), 0o600, PROBE_DATA),
+        ]
         try:
-            await asyncio.to_thread(self.transport.make_dirs, root, mode)
-            await asyncio.to_thread(self.transport.make_dirs, probe_dir, 0o700)
-            await asyncio.to_thread(self.transport.write_file, probe, PROBE_DATA, 0o600)
+            await asyncio.to_thread(self.transport.write_tree, root, mode, tree)
             back = await asyncio.to_thread(self.transport.read_file, probe, 1024)
         except (OSError, PluginError) as err:
             detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
@@ -231,6 +234,13 @@ class Doctor:
             )
         else:
             self._add("runtime", True, f"{runtime} found on {where}")
+        if s.transport == "ssh":
+            await self._need_commands(
+                "login node tools",
+                ["bash", "date", "find", "sort", "xargs", "awk", "tar"],
+                "install them there (bash, coreutils, findutils, awk, tar): they read the "
+                "pods' state files and unpack each new pod's directory",
+            )
         if s.scheduler != "cli":
             return
         await self._need_commands(

@@ -420,8 +420,12 @@ class SSHTransport:
         """Run ``argv`` on the login node, every word quoted for its shell, within ``timeout``."""
         return self._exec(argv, timeout, None)
 
-    def _exec(self, argv: Sequence[str], timeout: float, stdin: bytes | None) -> CommandResult:
-        """``run``, with ``stdin`` (when given) as the command's whole input."""
+    def _exec(
+        self, argv: Sequence[str], timeout: float, stdin: bytes | None, found: bool = True
+    ) -> CommandResult:
+        """``run``, with ``stdin`` (when given) as the command's whole input. ``found``: a
+        shell's "not found" (127) raises CommandUnavailable naming ``argv[0]``; without it, the
+        caller reads the status (argv[0] is a shell that runs another command)."""
         command = remote_command(argv, self._env)
         deadline = time.monotonic() + timeout
         self._take_slot(deadline)
@@ -453,7 +457,7 @@ class SSHTransport:
             raise self._unavailable("", f"the connection closed before {argv[0]} ended")
         stdout = out.decode(errors="replace")
         stderr = err.decode(errors="replace")
-        if status == COMMAND_NOT_FOUND and any(m in stderr.lower() for m in NOT_FOUND):
+        if found and status == COMMAND_NOT_FOUND and any(m in stderr.lower() for m in NOT_FOUND):
             raise CommandUnavailable(f"{argv[0]} is not installed or not on PATH on {self._s.host}")
         return CommandResult(tuple(argv), status, stdout, stderr)
 
@@ -585,7 +589,7 @@ class SSHTransport:
         """One exec: ``tar`` on the login node unpacks the tree sent on its input (a pod's
         directory took about 35 SFTP requests, one after the other)."""
         argv = ["sh", "-c", _UNPACK, "sh", base, f"{base_mode:o}"]
-        result = self._exec(argv, self._timeout, tar_archive(items))
+        result = self._exec(argv, self._timeout, tar_archive(items), found=False)
         if result.returncode != 0:
             raise _unpack_error(base, result)
 
@@ -655,6 +659,7 @@ _TAR_ERRORS = (
     ("quota exceeded", errno.EDQUOT),
     ("permission denied", errno.EACCES),
     ("read-only file system", errno.EROFS),
+    ("not found", errno.ENOENT),  # tar itself, or sh: the login node lacks it
 )
 
 

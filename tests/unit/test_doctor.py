@@ -4,6 +4,7 @@ of the largest multi-node job of each partition."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,3 +110,39 @@ def test_no_answer_about_multi_node_jobs_is_a_failure(tmp_path: Path) -> None:
     [cpu, _] = multinode(tmp_path, Partitions({"cpu": 2, "gpu": 1}, silent=True))
     assert (cpu.label, cpu.ok) == ("FAIL", False)
     assert "cpu: no answer from Slurm: Unable to contact slurm controller" in cpu.detail
+
+
+# --- what the login node needs over SSH ---------------------------------------------------------
+
+
+def test_over_ssh_the_login_nodes_tools_are_looked_for_and_a_missing_one_is_named(
+    tmp_path: Path,
+) -> None:
+    """The state reader and the pod directory's unpacking run there (bash, find, awk, tar...);
+    checked through the transport, here a local one whose PATH lacks tar."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "bash", "date", "find", "sort", "xargs", "awk", "ch-run"):
+        found = shutil.which(tool)
+        assert found is not None, tool
+        (bin_dir / tool).symlink_to(found)
+    settings = load_settings(
+        None,
+        data_root=str(tmp_path / "data"),
+        runtime="charliecloud",
+        scheduler="rest",  # no Slurm commands to look for
+        transport="ssh",
+        ssh={"host": "login.example", "user": "ils"},
+        state_db=str(tmp_path / "state.db"),
+        rest={"url": "unix:///run/slurmrestd/slurmrestd.socket"},
+    )
+    doctor = Doctor(settings, LocalTransport(env={"PATH": str(bin_dir)}), FakeScheduler())
+    asyncio.run(doctor.check_commands())
+    found = {c.name: (c.ok, c.detail, c.fix) for c in doctor.checks}
+    ok, detail, fix = found["login node tools"]
+    assert not ok and detail == "not found on the login node: tar", detail
+    assert "tar" in fix
+    (bin_dir / "tar").symlink_to(shutil.which("tar") or "/bin/tar")
+    doctor = Doctor(settings, LocalTransport(env={"PATH": str(bin_dir)}), FakeScheduler())
+    asyncio.run(doctor.check_commands())
+    assert {c.name: c.ok for c in doctor.checks} == {"runtime": True, "login node tools": True}
