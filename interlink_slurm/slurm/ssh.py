@@ -591,7 +591,7 @@ class SSHTransport:
         argv = ["sh", "-c", _UNPACK, "sh", base, f"{base_mode:o}"]
         result = self._exec(argv, self._timeout, tar_archive(items), found=False)
         if result.returncode != 0:
-            raise _unpack_error(base, result)
+            raise unpack_error(base, result)
 
     def read_file(self, path: str, limit: int) -> bytes | None:
         """At most ``limit`` bytes from the start; None when the file does not exist."""
@@ -679,7 +679,9 @@ def tar_archive(items: Sequence[TreeItem]) -> bytes:
     return buffer.getvalue()
 
 
-def _unpack_error(base: str, result: CommandResult) -> OSError:
+def unpack_error(base: str, result: CommandResult) -> OSError:
+    """What the unpacking of a tree under ``base`` said when it failed, as the OSError a local
+    write would have raised (its first line, its errno read from it)."""
     lines = result.stderr.strip().splitlines()
     said = lines[0] if lines else f"exit status {result.returncode}"
     lowered = said.lower()

@@ -5,6 +5,7 @@ transport against a real sshd is in tests/integration (modes "ssh" and "rest", t
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import subprocess
 import threading
@@ -20,8 +21,8 @@ from hypothesis import strategies as st
 from interlink_slurm.errors import SchedulerUnavailable
 from interlink_slurm.slurm.cli import CliScheduler
 from interlink_slurm.slurm.remote_settings import SSHSettings
-from interlink_slurm.slurm.ssh import SSHTransport, SSHUnavailable, remote_command
-from interlink_slurm.slurm.transport import CommandUnavailable, TreeItem
+from interlink_slurm.slurm.ssh import SSHTransport, SSHUnavailable, remote_command, unpack_error
+from interlink_slurm.slurm.transport import CommandResult, CommandUnavailable, TreeItem
 
 # --- quoting ------------------------------------------------------------------------------------
 
@@ -442,3 +443,22 @@ def test_a_file_write_lost_twice_fails_the_call(
     with pytest.raises(SSHUnavailable, match="Server connection dropped"):
         t.write_file("/data/p/job.id", b"42\n", 0o600)
     assert written == []
+
+
+@pytest.mark.parametrize(
+    ("said", "code"),
+    [
+        ("tar: pod/x: Cannot open: File name too long", errno.ENAMETOOLONG),
+        ("mkdir: cannot create directory '/d': Permission denied", errno.EACCES),
+        ("tar: pod/f: Wrote only 512 of 10240 bytes: No space left on device", errno.ENOSPC),
+        ("sh: 1: exec: tar: not found", errno.ENOENT),  # a login node without tar
+        ("tar: Unexpected EOF in archive", errno.EIO),
+    ],
+)
+def test_what_tar_says_on_the_login_node_becomes_the_errno_of_a_local_write(
+    said: str, code: int
+) -> None:
+    # jobdir tells the pod's doing (a name too long: 422) from the site's by the errno.
+    err = unpack_error("/data/ns", CommandResult(("sh",), 2, "", f"{said}\nmore\n"))
+    assert err.errno == code
+    assert str(err).endswith(f"{said} (writing under /data/ns on the login node)")
