@@ -644,8 +644,8 @@ class SSHTransport:
 
 # Parents as _mkdirs makes them (PARENT_DIR_MODE), the base with its own mode, then the tree:
 # modes as given (-p), files stamped now (-m: the state reader compares mtimes), owned by the
-# login user (-o). GNU tar, bsdtar and BusyBox's read these options alike. Messages in English:
-# _TAR_ERRORS reads them.
+# login user (-o), as GNU tar and bsdtar read these options. Messages in English: _TAR_ERRORS
+# reads them.
 _UNPACK = (
     "LC_ALL=C && export LC_ALL && umask 022 "
     '&& mkdir -p -- "$1" && chmod "$2" -- "$1" && cd -- "$1" '
