@@ -19,6 +19,7 @@ import contextlib
 import errno
 import io
 import logging
+import os
 import posixpath
 import shlex
 import socket
@@ -591,7 +592,7 @@ class SSHTransport:
         argv = ["sh", "-c", _UNPACK, "sh", base, f"{base_mode:o}"]
         result = self._exec(argv, self._timeout, tar_archive(items), found=False)
         if result.returncode != 0:
-            raise unpack_error(base, result)
+            raise unpack_error(result)
 
     def read_file(self, path: str, limit: int) -> bytes | None:
         """At most ``limit`` bytes from the start; None when the file does not exist."""
@@ -679,14 +680,16 @@ def tar_archive(items: Sequence[TreeItem]) -> bytes:
     return buffer.getvalue()
 
 
-def unpack_error(base: str, result: CommandResult) -> OSError:
-    """What the unpacking of a tree under ``base`` said when it failed, as the OSError a local
-    write would have raised (its first line, its errno read from it)."""
+def unpack_error(result: CommandResult) -> OSError:
+    """What the unpacking of a tree said when it failed, as the OSError a local write would
+    have raised: its errno and reason read from the first line, which follows them."""
     lines = result.stderr.strip().splitlines()
     said = lines[0] if lines else f"exit status {result.returncode}"
     lowered = said.lower()
-    code = next((c for text, c in _TAR_ERRORS if text in lowered), errno.EIO)
-    return OSError(code, f"{said} (writing under {base} on the login node)")
+    code = next((c for text, c in _TAR_ERRORS if text in lowered), None)
+    if code is None:
+        return OSError(errno.EIO, f"the login node said: {said}")
+    return OSError(code, f"{os.strerror(code)} (the login node said: {said})")
 
 
 # How long one wait for a command's output lasts before its stderr is read again.
