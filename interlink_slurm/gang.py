@@ -360,7 +360,6 @@ class Gang:
             warnings=plan.warnings,
         )
         store.set_job(plan.uid, job_id)
-        cluster.transport.write_file(f"{plan.pod_dir}/job.id", f"{job_id}\n".encode(), 0o600)
 
     # --- status ---------------------------------------------------------------------------------
 

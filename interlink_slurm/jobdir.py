@@ -1,7 +1,7 @@
 """The directory of one pod on the shared filesystem: where it is, writing it, reading it back.
 
 Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
-    job.sh, job.out (the batch script and its own output), job.id, pod.json
+    job.sh, ils.sh, job.out (the batch script, its functions, its output), pod.json
     containers/<name>.{env,log,started,finished,exit}
     containers/<name>.{restarts,ready,backoff}  restarts (restartPolicy), readiness, back-off
     containers/<name>.previous.log              the run before the last restart or requeue

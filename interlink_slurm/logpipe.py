@@ -1,11 +1,13 @@
 """Copies a container's output to its log, noting when each chunk arrived.
 
-The batch job runs this file (copied into the pod directory) with the host's python3, between
-the container and ``containers/<name>.log``. The log stays byte for byte what the container
-wrote; beside it, ``<name>.log.idx`` gets one fixed-size record per chunk read from the pipe:
-(offset of the chunk in the log, time it arrived in ns since the epoch), little-endian u64 each.
-A line's time is the time of the chunk holding its first byte: when it was written, to within
-the pipe's latency. Fixed-size records in time order let a reader binary-search them.
+The batch job runs this code with the host's ``python3 -S``, between the container and
+``containers/<name>.log``: the job's library (jobscript/ils.sh) carries it and hands it to
+python on a file descriptor, so no pod directory holds a copy. The log stays byte for byte what
+the container wrote; beside it, ``<name>.log.idx`` gets one fixed-size record per chunk read
+from the pipe: (offset of the chunk in the log, time it arrived in ns since the epoch),
+little-endian u64 each. A line's time is the time of the chunk holding its first byte: when it
+was written, to within the pipe's latency. Fixed-size records in time order let a reader
+binary-search them.
 
 It ignores SIGTERM and SIGINT: when Slurm signals every process of the job, the container's
 last words after SIGTERM must still reach the log. It ends at end of input (or SIGKILL).
@@ -47,7 +49,7 @@ def copy(source: int, log_path: str) -> None:
 
 
 def main() -> None:
-    """``python3 logpipe.py LOG``: stdin to LOG, deaf to SIGTERM and SIGINT."""
+    """``python3 -S logpipe.py LOG``: stdin to LOG, deaf to SIGTERM and SIGINT."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     copy(sys.stdin.fileno(), sys.argv[1])

@@ -155,11 +155,7 @@ class Submitter:
             raise
         logsetup.bind(job=job_id)
 
-        def record() -> None:
-            self.store.set_job(uid, job_id)
-            cluster.transport.write_file(f"{pod_dir}/job.id", f"{job_id}\n".encode(), 0o600)
-
-        await asyncio.to_thread(record)
+        await asyncio.to_thread(self.store.set_job, uid, job_id)
         if pulls:
             cluster.puller.start(uid, job_id, pod_dir, pulls)
         self.request_refresh()

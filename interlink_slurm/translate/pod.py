@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-from interlink_slurm import __version__, logpipe
+from interlink_slurm import __version__
 from interlink_slurm.config import Settings, id_ranges
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate import annotations as ann
@@ -41,9 +40,6 @@ from interlink_slurm.translate.script import LIBRARY, LIBRARY_FILE
 from interlink_slurm.translate.site import Site, Target, partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import allowed_host_path, lay_out_volumes
 from interlink_slurm.wire import Container, RetrievedPodData, ValidPod
-
-# Copied into every pod directory: the job runs it on the compute node (see logpipe.py).
-LOGPIPE_SOURCE = Path(logpipe.__file__).read_bytes()
 
 ANNOTATION_IMAGE_ROOT = ann.IMAGE_ROOT
 PRE_EXEC_FILE = "pre-exec.sh"
@@ -468,7 +464,6 @@ def build_plan(
     argv, files = _runs_and_env_files(settings, runtime_flags, init, regular, script)
     files += layout.files
     files += containers.pull_files
-    files.append(FileSpec("logpipe.py", LOGPIPE_SOURCE, 0o600))
     files.append(FileSpec(LIBRARY_FILE, LIBRARY.encode(), 0o600))
     shell_files = _shell_files(shell)
     files += shell_files.files

@@ -18,9 +18,23 @@ from interlink_slurm.translate.lifecycle import HOOK_TIMEOUT_SECONDS
 from interlink_slurm.translate.plan import CONTAINER_TMP, ContainerPlan, JobPlan, PlannedPull
 from interlink_slurm.translate.volumes import SHM_ROOT
 
-# The job script's functions, copied into every pod directory as LIBRARY_FILE (see its header).
+# The job script's functions, copied into every pod directory as LIBRARY_FILE (see its header),
+# with the log copier's code (logpipe.py) in its place: ils_container hands it to python3.
 LIBRARY_FILE = "ils.sh"
-LIBRARY = (Path(__file__).resolve().parent.parent / "jobscript" / LIBRARY_FILE).read_text()
+_LOGPIPE_PLACE = "# @logpipe.py@\n"
+
+
+def _library() -> str:
+    package = Path(__file__).resolve().parent.parent
+    text = (package / "jobscript" / LIBRARY_FILE).read_text()
+    code = (package / "logpipe.py").read_text()
+    # Its here-document ends at a line ILS_LOGPIPE_PY.
+    if text.count(_LOGPIPE_PLACE) != 1 or "ILS_LOGPIPE_PY" in code:
+        raise RuntimeError(f"{LIBRARY_FILE} has no single place for logpipe.py")
+    return text.replace(_LOGPIPE_PLACE, code)
+
+
+LIBRARY = _library()
 _SOURCE = f". ./{LIBRARY_FILE} || exit 1"
 
 

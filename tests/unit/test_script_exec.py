@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 import interlink_slurm
 from interlink_slurm.config import Settings, load_settings
 from interlink_slurm.jobdir import read_container
+from interlink_slurm.logpipe import RECORD
 from interlink_slurm.slurm.transport import LocalTransport
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import build_plan
@@ -578,6 +579,26 @@ def test_on_failure_restarts_a_failing_container_counting_restarts_and_keeping_t
     assert (containers / "main.previous.log").read_text() == "run 2\n"
     assert not (containers / "main.backoff").exists()
     assert "container main exited with code 1; restart 1 in 1 s" in run.output
+
+
+def test_the_log_copier_comes_with_the_library_and_indexes_each_chunk(
+    bin_dir: Path, data_root: Path
+) -> None:
+    """No pod directory holds a copy of logpipe.py: ils.sh carries its code to python3, which
+    copies the container's output to its log and notes each chunk in the index."""
+    the_pod = pg.pod("probe", [failing("main", 1)], restartPolicy="OnFailure")
+    plan = plan_for(the_pod, restarting(data_root, bin_dir))
+    run, _ = run_job(plan)
+    assert run.returncode == 0, run.output
+    pod_dir = Path(plan.pod_dir)
+    assert not (pod_dir / "logpipe.py").exists()
+    containers = pod_dir / "containers"
+    for log, text in (("main.previous.log", b"run 1\n"), ("main.log", b"run 2\n")):
+        assert (containers / log).read_bytes() == text
+        index = (containers / f"{log}.idx").read_bytes()
+        assert len(index) == RECORD.size
+        offset, at_ns = RECORD.unpack(index)
+        assert offset == 0 and abs(at_ns - time.time_ns()) < 600 * 10**9
 
 
 def test_never_does_not_restart(bin_dir: Path, data_root: Path) -> None:
