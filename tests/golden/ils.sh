@@ -600,8 +600,14 @@ ils_group_stop() {
 # named by its pod; the exit code is the first non-zero one. With POLICY fail-group, the first
 # pod that fails ends the others as a delete would (SIGURG to every step: preStop, SIGTERM,
 # the grace period), and group.ended says which.
+#
+# Bash's wait -n knows only the jobs of its job table, from which each new child (a step's srun,
+# the trap's scancel, ils_put's mv) moves those that ended: wait -n then says "no such job" for
+# them, and plain wait still has their status. So each turn first takes a step whose process is
+# gone with plain wait, and only then waits for the others. A trapped signal (a delete) cuts
+# wait -n short and leaves its -p variable unset.
 ils_group_wait() {
-  local policy=$1 status=0 pid rc
+  local policy=$1 status=0 pid rc p
   local -A name_of=()
   shift
   while [ $# -ge 2 ]; do
@@ -610,11 +616,27 @@ ils_group_wait() {
   done
   while [ ${#name_of[@]} -gt 0 ]; do
     pid=""
-    wait -n -p pid "${!name_of[@]}"
-    rc=$?
+    for p in "${!name_of[@]}"; do
+      if ! kill -0 "$p" 2>/dev/null; then
+        pid=$p
+        wait "$p"
+        rc=$?
+        break
+      fi
+    done
     if [ -z "$pid" ]; then
-      [ "$rc" -ne 127 ] || break # no step left to wait for
-      continue # a signal cut the wait short
+      wait -n -p pid "${!name_of[@]}" 2>/dev/null
+      rc=$?
+      if [ -z "${pid:-}" ]; then
+        [ "$rc" -eq 127 ] || continue # a signal cut the wait short
+        # Not one left in the job table (their pids taken again since): plain wait.
+        for p in "${!name_of[@]}"; do
+          pid=$p
+          wait "$p"
+          rc=$?
+          break
+        done
+      fi
     fi
     if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
       status=$rc

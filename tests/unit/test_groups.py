@@ -390,15 +390,22 @@ FAKE_JOBS = "9700000"  # + "41", "43"...
 
 
 def run_library(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
-    """bash running ``script`` after sourcing ils.sh, in tmp_path, as job FAKE_JOB, with a
-    stand-in scancel that writes what it was asked to tmp_path/scancel."""
+    """bash running ``script`` after sourcing ils.sh, in tmp_path, as job FAKE_JOB, with the
+    shell options of group.sh and job.sh, and a stand-in scancel that writes what it was asked
+    to tmp_path/scancel."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scancel = bin_dir / "scancel"
     scancel.write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scancel\n')
     scancel.chmod(0o755)
     return subprocess.run(
-        ["bash", "-c", '. "$0" && cd "$1" && ' + script, str(LIBRARY), str(tmp_path)],
+        [
+            "bash",
+            "-c",
+            'set -o nounset -o pipefail && . "$0" && cd "$1" && ' + script,
+            str(LIBRARY),
+            str(tmp_path),
+        ],
         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": FAKE_JOB},
         capture_output=True,
         text=True,
@@ -432,9 +439,28 @@ def test_with_ignore_a_failing_pod_leaves_the_others_running(tmp_path: Path) -> 
     assert not (d / "scancel").exists() and not (d / "group.ended").exists()
 
 
+def test_a_step_that_failed_while_the_others_were_started_ends_the_group(tmp_path: Path) -> None:
+    """A step that ends before the next one is started (bash then moves it out of the job table
+    that wait -n reads) still counts: the group ends at once, with its exit code."""
+    script = (
+        "pids=()\n"
+        "(exit 5) & pids+=(fast $!)\n"
+        "sleep 0.3\n"
+        "(sleep 30) & pids+=(long $!)\n"
+        "long=$!\n"
+        "(sleep 0.5; ! [ -e scancel ] || kill $long) &\n"
+        'ils_group_wait fail-group "${pids[@]}"\n'
+    )
+    run = run_library(tmp_path, script)
+    assert run.returncode == 5, run.stderr
+    assert (tmp_path / "scancel").read_text() == f"--signal=URG -- {FAKE_JOB}\n"
+    assert (tmp_path / "group.ended").read_text() == "pod fast failed (exit code 5)\n"
+
+
 def test_a_delete_s_signal_to_the_group_script_is_passed_on_to_every_step(tmp_path: Path) -> None:
     """scancel --full (a delete) signals the batch script only: its trap signals the steps
-    (scancel without --full), and the wait for them goes on."""
+    (scancel without --full), and the wait for them goes on (a wait a trap cut short left its
+    -p variable unset, and the script's nounset ended it: the steps had only Slurm's KillWait)."""
     script = (
         'ILS_STOPPING="" && trap ils_group_stop URG && pids=()\n'
         "(sleep 0.3; kill -URG $$) &\n"
