@@ -501,7 +501,7 @@ def test_a_members_tmp_sweep_removes_dead_jobs_dirs_but_never_its_siblings(tmp_p
         (tmp_path / name).mkdir()
     (tmp_path / f"interlink-slurm-{j43}").mkdir()
     run = subprocess.run(
-        ["bash", "-c", f'. "$0" && ils_tmp_sweep {tmp_path}', str(LIBRARY)],
+        ["bash", "-c", f'set -o nounset && . "$0" && ils_tmp_sweep {tmp_path}', str(LIBRARY)],
         env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": j43, "ILS_MEMBER": "cccc"},
         capture_output=True,
         text=True,

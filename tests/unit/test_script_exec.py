@@ -668,7 +668,7 @@ def test_a_wait_cut_short_by_a_trapped_signal_gives_the_child_s_own_status(
     child: str, expected: str
 ) -> None:
     script = (
-        '. "$0"\n'
+        'set -o nounset -o pipefail; . "$0"\n'
         "trap 'sleep 0.4' USR1\n"
         f"( {child} ) & p=$!\n"
         "( sleep 0.05; kill -USR1 $$ ) &\n"
@@ -906,7 +906,12 @@ def test_tmp_directories_of_jobs_killed_before_their_cleanup_are_swept(tmp_path:
     )
     try:
         run = subprocess.run(
-            ["bash", "-c", f'. "$0" && ils_tmp_sweep {shlex.quote(str(tmp_path))}', library],
+            [
+                "bash",
+                "-c",
+                f'set -o nounset && . "$0" && ils_tmp_sweep {shlex.quote(str(tmp_path))}',
+                library,
+            ],
             env={**os.environ, "SLURM_JOB_ID": f"{j}43"},
             capture_output=True,
             text=True,
