@@ -605,7 +605,13 @@ ils_group_stop() {
 # the trap's scancel, ils_put's mv) moves those that ended: wait -n then says "no such job" for
 # them, and plain wait still has their status. So each turn first takes a step whose process is
 # gone with plain wait, and only then waits for the others. A trapped signal (a delete) cuts
-# wait -n short and leaves its -p variable unset.
+# wait -n short and leaves its -p variable unset. Bash before 5.1 (RHEL 8 has 4.4) has no -p:
+# there wait -n waits for any child, and the next turn finds which step it was.
+ILS_WAIT_P=""
+if [ "${BASH_VERSINFO[0]}" -gt 5 ] ||
+  { [ "${BASH_VERSINFO[0]}" -eq 5 ] && [ "${BASH_VERSINFO[1]}" -ge 1 ]; }; then
+  ILS_WAIT_P=1
+fi
 ils_group_wait() {
   local policy=$1 status=0 pid rc p
   local -A name_of=()
@@ -624,6 +630,11 @@ ils_group_wait() {
         break
       fi
     done
+    if [ -z "$pid" ] && [ -z "$ILS_WAIT_P" ]; then
+      # 127: no child left that wait -n knows of (or one exited 127): look again in a second.
+      wait -n 2>/dev/null || [ $? -ne 127 ] || sleep 1
+      continue
+    fi
     if [ -z "$pid" ]; then
       wait -n -p pid "${!name_of[@]}" 2>/dev/null
       rc=$?

@@ -413,10 +413,19 @@ def run_library(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def _group_wait(tmp_path: Path, policy: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+# How ils_group_wait learns which step ended: wait -n -p (bash 5.1 and later), or, as on bash
+# 4.4 (RHEL 8), wait -n for any child and a look at which step's process is gone.
+@pytest.fixture(params=["wait -n -p", "bash before 5.1"])
+def wait_p(request: pytest.FixtureRequest) -> str:
+    return "" if request.param == "wait -n -p" else "ILS_WAIT_P=''\n"
+
+
+def _group_wait(
+    tmp_path: Path, policy: str, wait_p: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     """ils_group_wait over three stand-in steps: one fails (3) while another still runs; a
     stand-in scancel says what it was asked."""
-    script = (
+    script = wait_p + (
         "pids=()\n"
         "(exit 0) & pids+=(ok $!)\n"
         "(sleep 0.5; exit 3) & pids+=(bad $!)\n"
@@ -426,23 +435,25 @@ def _group_wait(tmp_path: Path, policy: str) -> tuple[subprocess.CompletedProces
     return run_library(tmp_path, script), tmp_path
 
 
-def test_with_fail_group_the_first_failing_pod_ends_the_others(tmp_path: Path) -> None:
-    run, d = _group_wait(tmp_path, "fail-group")
+def test_with_fail_group_the_first_failing_pod_ends_the_others(tmp_path: Path, wait_p: str) -> None:
+    run, d = _group_wait(tmp_path, "fail-group", wait_p)
     assert run.returncode == 3, run.stderr
     assert (d / "scancel").read_text() == f"--signal=URG -- {FAKE_JOB}\n"  # every step, as a delete
     assert (d / "group.ended").read_text() == "pod bad failed (exit code 3)\n"
 
 
-def test_with_ignore_a_failing_pod_leaves_the_others_running(tmp_path: Path) -> None:
-    run, d = _group_wait(tmp_path, "ignore")
+def test_with_ignore_a_failing_pod_leaves_the_others_running(tmp_path: Path, wait_p: str) -> None:
+    run, d = _group_wait(tmp_path, "ignore", wait_p)
     assert run.returncode == 3, run.stderr  # the group's job still says it failed
     assert not (d / "scancel").exists() and not (d / "group.ended").exists()
 
 
-def test_a_step_that_failed_while_the_others_were_started_ends_the_group(tmp_path: Path) -> None:
+def test_a_step_that_failed_while_the_others_were_started_ends_the_group(
+    tmp_path: Path, wait_p: str
+) -> None:
     """A step that ends before the next one is started (bash then moves it out of the job table
     that wait -n reads) still counts: the group ends at once, with its exit code."""
-    script = (
+    script = wait_p + (
         "pids=()\n"
         "(exit 5) & pids+=(fast $!)\n"
         "sleep 0.3\n"
@@ -457,11 +468,13 @@ def test_a_step_that_failed_while_the_others_were_started_ends_the_group(tmp_pat
     assert (tmp_path / "group.ended").read_text() == "pod fast failed (exit code 5)\n"
 
 
-def test_a_delete_s_signal_to_the_group_script_is_passed_on_to_every_step(tmp_path: Path) -> None:
+def test_a_delete_s_signal_to_the_group_script_is_passed_on_to_every_step(
+    tmp_path: Path, wait_p: str
+) -> None:
     """scancel --full (a delete) signals the batch script only: its trap signals the steps
     (scancel without --full), and the wait for them goes on (a wait a trap cut short left its
     -p variable unset, and the script's nounset ended it: the steps had only Slurm's KillWait)."""
-    script = (
+    script = wait_p + (
         'ILS_STOPPING="" && trap ils_group_stop URG && pids=()\n'
         "(sleep 0.3; kill -URG $$) &\n"
         "(sleep 1.5; exit 0) & pids+=(a $!)\n"
