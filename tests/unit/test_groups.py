@@ -385,7 +385,9 @@ LIBRARY = Path(__file__).resolve().parents[2] / "interlink_slurm" / "jobscript" 
 # Job ids above Slurm's largest (67,108,863): the library's reap and /tmp sweep act on every
 # process of the machine that carries the job's SLURM_JOB_ID, and the integration tests' real
 # jobs run beside these tests (make test runs them in parallel).
-FAKE_JOB = "970000077"
+# Not test_script_exec's: a job script run there reaps every process of its job id, these too
+# when the two files' tests run at once (seen: this file's scripts ended by SIGKILL).
+FAKE_JOB = "970000088"
 FAKE_JOBS = "9700000"  # + "41", "43"...
 
 
