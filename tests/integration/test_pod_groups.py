@@ -125,23 +125,32 @@ def test_a_group_whose_last_member_never_arrives_fails_naming_it(gang: Plugin) -
     assert "has failed" in refused.text
 
 
-def test_deleting_one_member_ends_the_group_and_the_other_names_it(gang: Plugin) -> None:
-    # Containers that end at SIGTERM: the group ends at once, not when the grace period's
-    # cancel comes (the delete's signal reaches every member's step, not just the batch script).
-    sleep = "import time; print('up', flush=True); time.sleep(600)"
-    a = member("del", "del-0", 2, sleep, terminationGracePeriodSeconds=600)
-    b = member("del", "del-1", 2, sleep, terminationGracePeriodSeconds=600)
+def delete_second_member(
+    gang: Plugin, group: str, script: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A group of two members running ``script``, the second deleted as soon as both are seen
+    running (which can be while the group's steps are still being launched: the group script
+    once ended there, exit 1, and its steps with it, SIGKILL); the first member and how its
+    container ended."""
+    a = member(group, f"{group}-0", 2, script, terminationGracePeriodSeconds=600)
+    b = member(group, f"{group}-1", 2, script, terminationGracePeriodSeconds=600)
     gang.create_ok(podgen.retrieved(a))
     gang.create_ok(podgen.retrieved(b))
-    # As soon as both are seen running, which can be while the group's steps are still being
-    # launched: the group script once ended there (exit 1), its steps with it (SIGKILL, 137).
     gang.wait_for(a, any_running)
     gang.wait_for(b, any_running)
 
     assert gang.delete(b).status_code == 200
 
     status = gang.wait_for(a, all_terminated, timeout=120)
-    term = states(status)["main"]["terminated"]
+    return a, states(status)["main"]["terminated"]
+
+
+def test_deleting_one_member_ends_the_group_and_the_other_names_it(gang: Plugin) -> None:
+    # Containers that end at SIGTERM: the group ends at once, not when the grace period's
+    # cancel comes (the delete's signal reaches every member's step, not just the batch script).
+    _, term = delete_second_member(
+        gang, "del", "import time; print('up', flush=True); time.sleep(600)"
+    )
     assert "pod del-1 was deleted" in term["message"], term
     assert term["exitCode"] == 143, term  # its own SIGTERM
 
@@ -159,16 +168,7 @@ def test_the_members_a_delete_ends_have_their_grace_period(gang: Plugin) -> None
         "print('up', flush=True)\n"
         "time.sleep(600)\n"
     )
-    a = member("grace", "grace-0", 2, slow_end, terminationGracePeriodSeconds=600)
-    b = member("grace", "grace-1", 2, slow_end, terminationGracePeriodSeconds=600)
-    gang.create_ok(podgen.retrieved(a))
-    gang.create_ok(podgen.retrieved(b))
-    gang.wait_for(a, any_running)
-    gang.wait_for(b, any_running)
-
-    assert gang.delete(b).status_code == 200
-
-    term = states(gang.wait_for(a, all_terminated, timeout=120))["main"]["terminated"]
+    a, term = delete_second_member(gang, "grace", slow_end)
     assert term["exitCode"] == 0, term
     assert gang.logs(a, "main").text == "up\nbye\n"
 
