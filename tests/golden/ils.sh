@@ -146,9 +146,10 @@ ils_kill_tree() {
 
 # ils_container NAME [-X COUNT WORDS...]... ARGV...: run one container with the variables of
 # its env file, its output in its log (through logpipe.py's code, which notes when each chunk
-# was written), its start time, end time, exit code and restarts in files. The container runs in a
-# session (and process group) of its own, whose id is its pid: a stop signals every process
-# of it, and what it leaves behind when it ends is killed, as its PID namespace would be.
+# was written), its start time, end time, exit code and restarts in files. The container runs
+# in a session (and process group) of its own, whose id is its pid: a stop signals every
+# process of it, and what it leaves behind when it ends is killed, as its PID namespace would
+# be.
 # Options, each followed by its number of words:
 #   -L launcher (srun, mpiexec...) that runs the container on every task of the job
 #   -P restart policy (Never, OnFailure, Always): restarted with a doubling back-off, the last
@@ -623,31 +624,25 @@ ils_group_wait() {
   while [ ${#name_of[@]} -gt 0 ]; do
     pid=""
     for p in "${!name_of[@]}"; do
-      if ! kill -0 "$p" 2>/dev/null; then
-        pid=$p
-        wait "$p"
-        rc=$?
-        break
-      fi
+      kill -0 "$p" 2>/dev/null || { pid=$p; break; }
     done
-    if [ -z "$pid" ] && [ -z "$ILS_WAIT_P" ]; then
-      # 127: no child left that wait -n knows of (or one exited 127): look again in a second.
-      wait -n 2>/dev/null || [ $? -ne 127 ] || sleep 1
-      continue
-    fi
-    if [ -z "$pid" ]; then
+    if [ -n "$pid" ]; then
+      wait "$pid"
+      rc=$?
+    elif [ -n "$ILS_WAIT_P" ]; then
       wait -n -p pid "${!name_of[@]}" 2>/dev/null
       rc=$?
       if [ -z "${pid:-}" ]; then
         [ "$rc" -eq 127 ] || continue # a signal cut the wait short
         # Not one left in the job table (their pids taken again since): plain wait.
-        for p in "${!name_of[@]}"; do
-          pid=$p
-          wait "$p"
-          rc=$?
-          break
-        done
+        for pid in "${!name_of[@]}"; do break; done
+        wait "$pid"
+        rc=$?
       fi
+    else
+      # 127: no child left that wait -n knows of (or one exited 127): look again in a second.
+      wait -n 2>/dev/null || [ $? -ne 127 ] || sleep 1
+      continue
     fi
     if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
       status=$rc
