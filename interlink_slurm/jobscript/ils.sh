@@ -445,6 +445,43 @@ ils_reap() {
   done
 }
 
+# ils_ch_image NAME IMAGE: what a Charliecloud image made by ch-image says of its containers,
+# which the kubelet would take from the image's config and ch-run does not by itself: its ENV
+# (ch/environment, NAME=VALUE lines) into containers/NAME.image-env, for ch-run's --set-env,
+# less every variable the pod sets itself (containers/NAME.env), which wins as in Kubernetes;
+# and its WORKDIR (ch/metadata.json's top-level "cwd") into ILS_CWD, "/" when it gives none.
+# ch-run reads that file and sets its variables inside the container, after it has started:
+# nothing of the image reaches ch-run's own process on the host. A SquashFS image, or a
+# directory that ch-image did not make, says nothing.
+# shellcheck disable=SC2034  # ILS_CWD: read by the job script's ch-run line
+ils_ch_image() {
+  local name=$1 image=$2 kv line set
+  local -a pod=()
+  ILS_CWD=/
+  : > "containers/$name.image-env" || return
+  [ -d "$image" ] || return 0
+  while IFS= read -r -d '' kv; do pod+=("${kv%%=*}"); done < "containers/$name.env"
+  if [ -f "$image/ch/environment" ]; then
+    while IFS= read -r line || [ -n "$line" ]; do
+      [[ $line =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || continue
+      for set in "${pod[@]}"; do
+        [ "$set" != "${line%%=*}" ] || continue 2
+      done
+      printf '%s\n' "$line"
+    done < "$image/ch/environment" > "containers/$name.image-env" || return
+  fi
+  if [ -f "$image/ch/metadata.json" ]; then
+    # ch-image writes it with json.dumps(indent=2): a top-level key is indented by two spaces.
+    while IFS= read -r line; do
+      if [[ $line =~ ^\ \ \"cwd\":\ \"(/[^\"\\]*)\",?$ ]]; then
+        ILS_CWD=${BASH_REMATCH[1]}
+        break
+      fi
+    done < "$image/ch/metadata.json"
+  fi
+  return 0
+}
+
 # ils_tmp_sweep DIR: remove the containers' /tmp directories (DIR/interlink-slurm-<job id>,
 # or -<job id>-<pod uid> for a pod of a group) that this user's jobs left on this node when they
 # were killed before their own cleanup: those of jobs with no process left here (never this

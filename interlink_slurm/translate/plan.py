@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 # /tmp ($ILS_TMP/<container> in the job), shared with its exec probes and hooks as one
 # container's /tmp is in Kubernetes. NUL: never pod text.
 CONTAINER_TMP = "\x00TMP"
+# Stands, in a container's argv, for the working directory its image gives ($ILS_CWD, set in the
+# job from the image's metadata just before the container starts: see Runtime.prepare_argv).
+IMAGE_CWD = "\x00CWD"
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class JobPlan:
     dirs: tuple[str, ...] = ()  # relative directories to create (emptyDirs, volumes)
     runtime: str = "apptainer"
     runtime_argv: dict[str, tuple[str, ...]] = field(default_factory=dict)  # container → argv
+    # container → a library command the job runs just before it (Runtime.prepare_argv).
+    runtime_prepare: dict[str, tuple[str, ...]] = field(default_factory=dict)
     header_comment: str = ""
     # Exported in the job before anything runs (POD_IP...).
     job_env: tuple[tuple[str, str], ...] = ()

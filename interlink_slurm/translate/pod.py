@@ -468,6 +468,8 @@ def build_plan(
     shell_files = _shell_files(shell)
     files += shell_files.files
     files.append(FileSpec("pod.json", _pod_json(pod)))
+    rt = runtime_of(settings.runtime)
+    prepare = {} if script is not None else {c.name: rt.prepare_argv(c) for c in (*init, *regular)}
     return JobPlan(
         uid=meta.uid,
         namespace=meta.namespace,
@@ -480,6 +482,7 @@ def build_plan(
         dirs=("containers", *layout.dirs),
         runtime=settings.runtime,
         runtime_argv=argv,
+        runtime_prepare={name: words for name, words in prepare.items() if words},
         header_comment=_header(pod),
         job_env=(("POD_IP", ip),) if ip is not None else (),
         pre_exec=shell_files.pre_exec,

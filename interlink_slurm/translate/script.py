@@ -15,7 +15,13 @@ from pathlib import Path
 
 from interlink_slurm.translate.annotations import NTASKS
 from interlink_slurm.translate.lifecycle import HOOK_TIMEOUT_SECONDS
-from interlink_slurm.translate.plan import CONTAINER_TMP, ContainerPlan, JobPlan, PlannedPull
+from interlink_slurm.translate.plan import (
+    CONTAINER_TMP,
+    IMAGE_CWD,
+    ContainerPlan,
+    JobPlan,
+    PlannedPull,
+)
 from interlink_slurm.translate.volumes import SHM_ROOT
 
 # The job script's functions, copied into every pod directory as LIBRARY_FILE (see its header),
@@ -82,6 +88,8 @@ def _word(a: str) -> str:
         return '"${SLURM_NTASKS:-1}"'
     if a.startswith(CONTAINER_TMP):
         return '"$ILS_TMP"' + shlex.quote(a.removeprefix(CONTAINER_TMP))
+    if a == IMAGE_CWD:
+        return '"$ILS_CWD"'
     return shlex.quote(a)
 
 
@@ -103,6 +111,14 @@ def _container_line(c: ContainerPlan, argv: Sequence[str], background: bool) -> 
     sep = " \\\n    " if options else " "
     line = sep.join([f"ils_container {shlex.quote(c.name)}", *options, _quote_argv(argv)])
     return f"{line} &" if background else line
+
+
+def _prepare(plan: JobPlan, c: ContainerPlan) -> list[str]:
+    """The runtime's command run just before the container (Runtime.prepare_argv), if any."""
+    words = plan.runtime_prepare.get(c.name)
+    if not words:
+        return []
+    return [_or_exit(_quote_argv(words), f"interlink-slurm: cannot prepare container {c.name}")]
 
 
 def _uses_lifecycle(plan: JobPlan) -> bool:
@@ -342,12 +358,14 @@ def _containers(plan: JobPlan) -> list[str]:
         lines += ["", "# Init containers, in order; the first that fails ends the pod."]
         for c in plan.init_containers:
             lines.append(STOPPED)
+            lines += _prepare(plan, c)
             lines.append(_container_line(c, plan.runtime_argv[c.name], background=False))
             lines.append('rc=$?; [ "$rc" -eq 0 ] || exit "$rc"')
     lines += ["", "# Containers, all together; the job fails with the first non-zero exit code."]
     lines.append(STOPPED)
     lines.append("pids=()")
     for c in plan.containers:
+        lines += _prepare(plan, c)
         lines.append(_container_line(c, plan.runtime_argv[c.name], background=True))
         lines.append("pids+=($!)")
     lines += [

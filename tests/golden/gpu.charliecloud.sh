@@ -45,9 +45,11 @@ trap ils_cleanup EXIT
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container train ch-run -b "$ILS_TMP"/train:/tmp /images/debian-python -- python3 train.py --epochs=10 --data=/data/in &
+ils_ch_image train /images/debian-python || { echo 'interlink-slurm: cannot prepare container train'; exit 1; }
+ils_container train ch-run --set-env=containers/train.image-env -c "$ILS_CWD" -b "$ILS_TMP"/train:/tmp /images/debian-python -- python3 train.py --epochs=10 --data=/data/in &
 pids+=($!)
-ils_container monitor ch-run -b "$ILS_TMP"/monitor:/tmp /images/debian-python -- sh -c 'while sleep 30; do date; done' &
+ils_ch_image monitor /images/debian-python || { echo 'interlink-slurm: cannot prepare container monitor'; exit 1; }
+ils_container monitor ch-run --set-env=containers/monitor.image-env -c "$ILS_CWD" -b "$ILS_TMP"/monitor:/tmp /images/debian-python -- sh -c 'while sleep 30; do date; done' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

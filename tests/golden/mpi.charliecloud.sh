@@ -66,9 +66,10 @@ ILS_SIZE_WATCH=$!
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
+ils_ch_image sim /images/debian-python || { echo 'interlink-slurm: cannot prepare container sim'; exit 1; }
 ils_container sim \
     -L 3 srun --mpi=pmix --cpu-bind=cores \
-    ch-run -b "$ILS_TMP"/sim:/tmp -b /shared/claims/default/cases:/data -b /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast:/scratch /images/debian-python -- /opt/sim/bin/solver --input=/data/case.nml --steps=1000 &
+    ch-run --set-env=containers/sim.image-env -c "$ILS_CWD" -b "$ILS_TMP"/sim:/tmp -b /shared/claims/default/cases:/data -b /dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast:/scratch /images/debian-python -- /opt/sim/bin/solver --input=/data/case.nml --steps=1000 &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

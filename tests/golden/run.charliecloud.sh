@@ -48,7 +48,8 @@ trap ils_cleanup EXIT
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container web ch-run -b "$ILS_TMP"/web:/tmp -b /data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/config:/etc/app -b /data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/cache:/cache -c /srv/app /images/debian-python -- serve --port=8080 '--motd=it'"'"'s $(HOME) & `date`' &
+ils_ch_image web /images/debian-python || { echo 'interlink-slurm: cannot prepare container web'; exit 1; }
+ils_container web ch-run --set-env=containers/web.image-env -c /srv/app -b "$ILS_TMP"/web:/tmp -b /data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/config:/etc/app -b /data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/cache:/cache /images/debian-python -- serve --port=8080 '--motd=it'"'"'s $(HOME) & `date`' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -57,14 +57,15 @@ ILS_TUNNEL=$!
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
+ils_ch_image web /images/debian-python || { echo 'interlink-slurm: cannot prepare container web'; exit 1; }
 ils_container web \
     -P 1 Always \
     -U 9 startup 0 2 1 1 30 tcp 127.0.0.1 8888 \
     -R 8 readiness 0 5 1 1 3 http http://127.0.0.1:8888/ \
-    -V 15 liveness 0 10 1 1 5 exec ch-run -b "$ILS_TMP"/web:/tmp /images/debian-python -- test -e /tmp/alive \
-    -S 8 exec ch-run -b "$ILS_TMP"/web:/tmp /images/debian-python -- touch /tmp/alive \
+    -V 18 liveness 0 10 1 1 5 exec ch-run --set-env=containers/web.image-env -c "$ILS_CWD" -b "$ILS_TMP"/web:/tmp /images/debian-python -- test -e /tmp/alive \
+    -S 11 exec ch-run --set-env=containers/web.image-env -c "$ILS_CWD" -b "$ILS_TMP"/web:/tmp /images/debian-python -- touch /tmp/alive \
     -T 2 http http://127.0.0.1:8888/quit \
-    ch-run -b "$ILS_TMP"/web:/tmp /images/debian-python -- python3 -m http.server 8888 &
+    ch-run --set-env=containers/web.image-env -c "$ILS_CWD" -b "$ILS_TMP"/web:/tmp /images/debian-python -- python3 -m http.server 8888 &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -43,7 +43,8 @@ trap ils_cleanup EXIT
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container main ch-run -b "$ILS_TMP"/main:/tmp /images/debian-python -- python3 -c 'print('"'"'hello, world'"'"')' &
+ils_ch_image main /images/debian-python || { echo 'interlink-slurm: cannot prepare container main'; exit 1; }
+ils_container main ch-run --set-env=containers/main.image-env -c "$ILS_CWD" -b "$ILS_TMP"/main:/tmp /images/debian-python -- python3 -c 'print('"'"'hello, world'"'"')' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -31,6 +31,8 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.slurm
 
 KUBE_IMAGE = "kube-image"
+IMAGE_PATH = "/opt/image/bin:/usr/local/bin:/usr/bin:/bin"  # the image's ENV PATH
+IMAGE_WORKDIR = "/srv"  # the image's WORKDIR
 
 
 def hard_linked_image(source: str, into: Path) -> Path:
@@ -54,7 +56,12 @@ def kimage(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
         {"created_by": 'ENTRYPOINT ["python3","-c"]'},
         {"created_by": "CMD [\"print('the image cmd')\"]"},
     ]
-    (img / "ch" / "metadata.json").write_text(json.dumps({"arch": "amd64", "history": history}))
+    # Its ENV and WORKDIR too, as ch-image writes them: in metadata.json (json.dumps(indent=2,
+    # sort_keys=True)) and, for ch-run's --set-env, in ch/environment.
+    env = {"PATH": IMAGE_PATH, "ILS_FROM_IMAGE": "image", "ILS_SHARED": "image"}
+    metadata = {"arch": "amd64", "cwd": IMAGE_WORKDIR, "env": env, "history": history}
+    (img / "ch" / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+    (img / "ch" / "environment").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
     return img
 
 
@@ -356,6 +363,33 @@ def test_a_container_without_command_runs_the_image_s_entrypoint_and_cmd(kplugin
     }
     assert kplugin.logs(the_pod, "default").text == "the image cmd\n"
     assert kplugin.logs(the_pod, "with-args").text == "the pod args\n"
+
+
+def test_the_image_s_env_and_workdir_apply_under_the_pod_s_own(kplugin: Plugin) -> None:
+    # As a kubelet runs an image: its ENV, then the pod's env over it (a value with a newline
+    # too); its WORKDIR unless the container sets workingDir.
+    script = (
+        "import os; e = os.environ\n"
+        "print(os.getcwd(), e['PATH'], e['ILS_FROM_IMAGE'], repr(e['ILS_SHARED']))"
+    )
+    shared = {"name": "ILS_SHARED", "value": "pod\nvalue"}
+    the_pod = podgen.pod(
+        "image-config",
+        [
+            podgen.container("image-wd", script, image=KUBE_IMAGE, env=[shared]),
+            podgen.container("own-wd", script, image=KUBE_IMAGE, workingDir="/tmp"),
+        ],
+    )
+    status = run_to_end(kplugin, podgen.kube_retrieved(the_pod))
+    assert {n: s["terminated"]["exitCode"] for n, s in states(status).items()} == {
+        "image-wd": 0,
+        "own-wd": 0,
+    }
+    logs = {c: kplugin.logs(the_pod, c).text for c in ("image-wd", "own-wd")}
+    assert logs == {
+        "image-wd": f"/srv {IMAGE_PATH} image 'pod\\nvalue'\n",
+        "own-wd": f"/tmp {IMAGE_PATH} image 'image'\n",
+    }
 
 
 def test_an_image_without_a_command_of_its_own_is_refused_naming_it(kplugin: Plugin) -> None:

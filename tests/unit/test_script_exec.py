@@ -328,8 +328,15 @@ def test_command_args_and_env_reach_the_process_byte_exact(
         expected_env = {MARKER: spec.name, **dict(spec.env)}
         for name, value in expected_env.items():
             assert got["env"].get(name.encode()) == value.encode(), name
+        # The image's ENV and working directory (none here: it is no ch-image directory).
+        assert got["runtime_args"][:3] == [
+            f"--set-env=containers/{spec.name}.image-env".encode(),
+            b"-c",
+            (spec.working_dir or "/").encode(),
+        ]
+        assert (containers_dir / f"{spec.name}.image-env").read_bytes() == b""
         # The container's own /tmp, a directory of the job on the node, gone when the job ends.
-        bind, tmp = got["runtime_args"][:2]
+        bind, tmp = got["runtime_args"][3:5]
         assert bind == b"-b" and re.fullmatch(
             rb".+/interlink-slurm-pid[0-9]+/" + re.escape(spec.name.encode()) + rb":/tmp", tmp
         )
@@ -339,10 +346,9 @@ def test_command_args_and_env_reach_the_process_byte_exact(
             f"{plan.pod_dir}/volumes/cfg:/etc/cfg",
             "-b",
             f"{plan.pod_dir}/volumes/scratch:/scratch",
-            *(["-c", spec.working_dir] if spec.working_dir else []),
             IMAGE_DIR,
         ]
-        assert got["runtime_args"][2:] == [a.encode() for a in runtime_args]
+        assert got["runtime_args"][5:] == [a.encode() for a in runtime_args]
         assert (containers_dir / f"{spec.name}.exit").read_text() == "0\n"
         assert (containers_dir / f"{spec.name}.started").is_file()
         assert (containers_dir / f"{spec.name}.finished").is_file()
@@ -393,6 +399,94 @@ def test_pod_path_does_not_hide_the_runtime_binary(bin_dir: Path, data_root: Pat
     _, out = run_job(plan, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert (Path(plan.pod_dir) / "containers" / "main.exit").read_text() == "0\n"
     assert seen(out, "main")["env"][b"PATH"] == b"/opt/conda/bin"
+
+
+def ch_image(root: Path, environment: str, metadata: dict[str, Any] | None) -> Path:
+    """An image directory as ch-image leaves it: ch/environment, and ch/metadata.json written
+    with json.dumps(indent=2, sort_keys=True)."""
+    (root / "ch").mkdir(parents=True)
+    (root / "ch" / "environment").write_text(environment)
+    if metadata is not None:
+        text = json.dumps(metadata, indent=2, sort_keys=True)
+        (root / "ch" / "metadata.json").write_text(text + "\n")
+    return root
+
+
+def test_a_charliecloud_image_s_env_and_workdir_apply_and_the_pod_s_env_wins(
+    bin_dir: Path, data_root: Path, tmp_path: Path
+) -> None:
+    image = ch_image(
+        _usable(tmp_path) / "img",
+        "LANG=C.UTF-8\nPATH=/opt/conda/bin:/usr/bin\nSHARED=image\nnot a variable\n"
+        "1BAD=x\nQUOTED='a b'\nLAST=no newline",
+        # A nested "cwd" (an ARG of that name) is not the image's working directory.
+        {"arg": {"cwd": "/nested"}, "cwd": "/work dir", "env": {"LANG": "C.UTF-8"}},
+    )
+    s = load_settings(
+        None,
+        data_root=str(data_root),
+        runtime="charliecloud",
+        runtime_path=str(bin_dir / "fake-ch-run"),
+        images={"img": str(image)},
+    )
+    main = probe("main")
+    main["env"].append({"name": "SHARED", "value": "pod\nsecond line"})
+    plan = plan_for(pg.pod("probe", [main, {**probe("wd"), "workingDir": "/srv"}]), s)
+    run, out = run_job(plan)
+    assert run.returncode == 0, run.output
+    containers = Path(plan.pod_dir) / "containers"
+    # ch-run reads the file (--set-env) and sets its variables inside the container, over the
+    # job's; what the pod sets stays in ch-run's environment, never overridden by the image.
+    assert (containers / "main.image-env").read_text() == (
+        "LANG=C.UTF-8\nPATH=/opt/conda/bin:/usr/bin\nQUOTED='a b'\nLAST=no newline\n"
+    )
+    assert (containers / "wd.image-env").read_text() == (
+        "LANG=C.UTF-8\nPATH=/opt/conda/bin:/usr/bin\nSHARED=image\nQUOTED='a b'\nLAST=no newline\n"
+    )
+    got = seen(out, "main")
+    assert got["runtime_args"][:3] == [b"--set-env=containers/main.image-env", b"-c", b"/work dir"]
+    assert got["env"][b"SHARED"] == b"pod\nsecond line"
+    # The pod's workingDir wins over the image's.
+    assert seen(out, "wd")["runtime_args"][:3] == [
+        b"--set-env=containers/wd.image-env",
+        b"-c",
+        b"/srv",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("environment", "metadata"),
+    [
+        (None, None),  # not made by ch-image
+        ("A=1\n", {"cwd": "relative"}),  # no absolute path: ch-run would refuse it
+        ("A=1\n", {"cwd": '/with \\"quote'}),  # JSON escapes are not unescaped by guess
+    ],
+)
+def test_an_image_that_says_no_workdir_runs_in_the_root(
+    bin_dir: Path,
+    data_root: Path,
+    tmp_path: Path,
+    environment: str | None,
+    metadata: dict[str, Any] | None,
+) -> None:
+    image = _usable(tmp_path) / "img"
+    if environment is None:
+        image.mkdir()
+    else:
+        ch_image(image, environment, metadata)
+    s = load_settings(
+        None,
+        data_root=str(data_root),
+        runtime="charliecloud",
+        runtime_path=str(bin_dir / "fake-ch-run"),
+        images={"img": str(image)},
+    )
+    plan = plan_for(pg.pod("probe", [probe("main")]), s)
+    run, out = run_job(plan)
+    assert run.returncode == 0, run.output
+    assert seen(out, "main")["runtime_args"][1:3] == [b"-c", b"/"]
+    expected = "" if environment is None else environment
+    assert (Path(plan.pod_dir) / "containers" / "main.image-env").read_text() == expected
 
 
 # --- annotations: pre-exec, the tunnel, MPI launchers -------------------------------------------

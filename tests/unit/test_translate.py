@@ -1174,12 +1174,13 @@ def test_charliecloud_binds_working_directory_and_separator() -> None:
     )
     assert argv_of(c, "charliecloud", volumes=vols) == (
         "ch-run",
+        "--set-env=containers/main.image-env",
+        "-c",
+        "/srv",
         "-b",
         f"{TMP_MAIN}:/tmp",
         "-b",
         f"{POD_DIR}/volumes/scratch:/mnt/0",
-        "-c",
-        "/srv",
         LOCAL_IMAGE["charliecloud"],
         "--",
         "python3",
@@ -1208,7 +1209,8 @@ def test_every_container_gets_a_private_tmp_said_once(
     options already give /tmp a place."""
     plan = plan_of(pod_of(main()), runtime_settings(runtime, runtime_options=options))
     argv = plan.runtime_argv["main"]
-    start = 1 if runtime == "charliecloud" else 2
+    # Charliecloud: after the image's ENV file and working directory (--set-env=F -c DIR).
+    start = 4 if runtime == "charliecloud" else 2
     assert argv[start : start + len(expected)] == expected
     assert sum("/tmp" in a or a in ("--contain", "--containall", "-t") for a in argv) == sum(
         "/tmp" in a or a in ("--contain", "--containall", "-t") for a in expected

@@ -58,6 +58,11 @@ class Runtime:
         """The command that runs the container (its environment comes from its env file)."""
         raise NotImplementedError
 
+    def prepare_argv(self, c: ContainerPlan) -> tuple[str, ...]:
+        """A command of the job's library run just before the container (and before each of
+        its restarts' first run), on the job's first node; () for none."""
+        return ()
+
     def create_argv(self, binary: str, name: str, image: str) -> tuple[str, ...]:
         """The command that unpacks ``image`` on a node as ``name`` (``unpacks_images``)."""
         raise NotImplementedError

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate.images import CH_METADATA
-from interlink_slurm.translate.plan import ContainerPlan
+from interlink_slurm.translate.plan import IMAGE_CWD, ContainerPlan
 from interlink_slurm.translate.runtimes.base import LOADER_HEEDED, Runtime
 
 
@@ -40,12 +40,19 @@ class Charliecloud(Runtime):
                 f"ENTRYPOINT or CMD in its {CH_METADATA}, as ch-image writes it): set command "
                 "or args",
             )
-        argv = [binary, *self.private_tmp_flags(options, c.name), *options]
+        # The image's ENV and WORKDIR, as ils_ch_image found them (prepare_argv): first, so that
+        # the site's options may override them. The file is relative to the pod's directory,
+        # where every task of a launcher starts too.
+        argv = [binary, f"--set-env=containers/{c.name}.image-env"]
+        argv += ["-c", c.working_dir or IMAGE_CWD, *self.private_tmp_flags(options, c.name)]
+        argv += options
         for b in c.binds:
             argv += ["-b", f"{b.source}:{b.target}"]
-        if c.working_dir:
-            argv += ["-c", c.working_dir]
         return [*argv, c.image, "--", *command]
+
+    def prepare_argv(self, c: ContainerPlan) -> tuple[str, ...]:
+        """ch-run applies neither the image's ENV nor its WORKDIR: ils_ch_image reads them."""
+        return ("ils_ch_image", c.name, c.image)
 
 
 # Charliecloud (0.31) refuses a bind whose destination crosses an absolute symlink of the image
