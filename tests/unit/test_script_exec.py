@@ -100,13 +100,13 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _usable(tmp_path_factory.mktemp("pods"))
 
 
-def charliecloud(data_root: Path, runtime_path: str) -> Settings:
+def charliecloud(data_root: Path, runtime_path: str, image: str = IMAGE_DIR) -> Settings:
     return load_settings(
         None,
         data_root=str(data_root),
         runtime="charliecloud",
         runtime_path=runtime_path,
-        images={"img": IMAGE_DIR},
+        images={"img": image},
     )
 
 
@@ -422,13 +422,7 @@ def test_a_charliecloud_image_s_env_and_workdir_apply_and_the_pod_s_env_wins(
         # A nested "cwd" (an ARG of that name) is not the image's working directory.
         {"arg": {"cwd": "/nested"}, "cwd": "/work dir", "env": {"LANG": "C.UTF-8"}},
     )
-    s = load_settings(
-        None,
-        data_root=str(data_root),
-        runtime="charliecloud",
-        runtime_path=str(bin_dir / "fake-ch-run"),
-        images={"img": str(image)},
-    )
+    s = charliecloud(data_root, str(bin_dir / "fake-ch-run"), str(image))
     main = probe("main")
     main["env"].append({"name": "SHARED", "value": "pod\nsecond line"})
     plan = plan_for(pg.pod("probe", [main, {**probe("wd"), "workingDir": "/srv"}]), s)
@@ -474,13 +468,7 @@ def test_an_image_that_says_no_workdir_runs_in_the_root(
         image.mkdir()
     else:
         ch_image(image, environment, metadata)
-    s = load_settings(
-        None,
-        data_root=str(data_root),
-        runtime="charliecloud",
-        runtime_path=str(bin_dir / "fake-ch-run"),
-        images={"img": str(image)},
-    )
+    s = charliecloud(data_root, str(bin_dir / "fake-ch-run"), str(image))
     plan = plan_for(pg.pod("probe", [probe("main")]), s)
     run, out = run_job(plan)
     assert run.returncode == 0, run.output
