@@ -59,8 +59,9 @@ class Runtime:
         raise NotImplementedError
 
     def prepare_argv(self, c: ContainerPlan) -> tuple[str, ...]:
-        """A command of the job's library run just before the container (and before each of
-        its restarts' first run), on the job's first node; () for none."""
+        """A command of the job's library that the job script runs once, on its first node, just
+        before it starts the container (its restarts and exec probes reuse what the command
+        made); () for none."""
         return ()
 
     def create_argv(self, binary: str, name: str, image: str) -> tuple[str, ...]:
