@@ -451,34 +451,37 @@ ils_reap() {
 # less every variable the pod sets itself (containers/NAME.env), which wins as in Kubernetes;
 # and its WORKDIR (ch/metadata.json's top-level "cwd") into ILS_CWD, "/" when it gives none.
 # ch-run reads that file and sets its variables inside the container, after it has started:
-# nothing of the image reaches ch-run's own process on the host. A SquashFS image, or a
-# directory that ch-image did not make, says nothing.
+# nothing of the image reaches ch-run's own process on the host. A SquashFS image is read with
+# unsquashfs -cat (squashfs-tools), when the node has it; an image that ch-image did not make
+# says nothing.
 # shellcheck disable=SC2034  # ILS_CWD: read by the job script's ch-run line
 ils_ch_image() {
   local name=$1 image=$2 kv line set
-  local -a pod=()
+  local -a pod=() environment=() metadata=()
   ILS_CWD=/
   : > "containers/$name.image-env" || return
-  [ -d "$image" ] || return 0
+  if [ -d "$image" ]; then
+    [ ! -f "$image/ch/environment" ] || mapfile -t environment < "$image/ch/environment"
+    [ ! -f "$image/ch/metadata.json" ] || mapfile -t metadata < "$image/ch/metadata.json"
+  elif [ -f "$image" ] && command -v unsquashfs > /dev/null 2>&1; then
+    mapfile -t environment < <(unsquashfs -cat "$image" ch/environment 2> /dev/null)
+    mapfile -t metadata < <(unsquashfs -cat "$image" ch/metadata.json 2> /dev/null)
+  fi
   while IFS= read -r -d '' kv; do pod+=("${kv%%=*}"); done < "containers/$name.env"
-  if [ -f "$image/ch/environment" ]; then
-    while IFS= read -r line || [ -n "$line" ]; do
-      [[ $line =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || continue
-      for set in "${pod[@]}"; do
-        [ "$set" != "${line%%=*}" ] || continue 2
-      done
-      printf '%s\n' "$line"
-    done < "$image/ch/environment" > "containers/$name.image-env" || return
-  fi
-  if [ -f "$image/ch/metadata.json" ]; then
-    # ch-image writes it with json.dumps(indent=2): a top-level key is indented by two spaces.
-    while IFS= read -r line; do
-      if [[ $line =~ ^\ \ \"cwd\":\ \"(/[^\"\\]*)\",?$ ]]; then
-        ILS_CWD=${BASH_REMATCH[1]}
-        break
-      fi
-    done < "$image/ch/metadata.json"
-  fi
+  for line in "${environment[@]}"; do
+    [[ $line =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || continue
+    for set in "${pod[@]}"; do
+      [ "$set" != "${line%%=*}" ] || continue 2
+    done
+    printf '%s\n' "$line"
+  done > "containers/$name.image-env" || return
+  # ch-image writes it with json.dumps(indent=2): a top-level key is indented by two spaces.
+  for line in "${metadata[@]}"; do
+    if [[ $line =~ ^\ \ \"cwd\":\ \"(/[^\"\\]*)\",?$ ]]; then
+      ILS_CWD=${BASH_REMATCH[1]}
+      break
+    fi
+  done
   return 0
 }
 

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.slurm
 KUBE_IMAGE = "kube-image"
 IMAGE_PATH = "/opt/image/bin:/usr/local/bin:/usr/bin:/bin"  # the image's ENV PATH
 IMAGE_WORKDIR = "/srv"  # the image's WORKDIR
+SQUASHFS_IMAGE = "kube-image-sqfs"
 
 
 def hard_linked_image(source: str, into: Path) -> Path:
@@ -66,14 +67,51 @@ def kimage(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
+def ksquashfs(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test image with the same ch/ files, packed as ch-convert packs a SquashFS image (not
+    compressed here: 0.5 s instead of 10)."""
+    work = tmp_path_factory.mktemp("ksqfs")
+    img = hard_linked_image(cluster["ILS_IMAGE"], work / "img")
+    (img / "ch").mkdir()
+    env = {"PATH": IMAGE_PATH, "ILS_FROM_IMAGE": "squashfs", "ILS_SHARED": "image"}
+    metadata = {"arch": "amd64", "cwd": IMAGE_WORKDIR, "env": env, "history": []}
+    (img / "ch" / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+    (img / "ch" / "environment").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+    packed = work / "img.sqfs"
+    subprocess.run(
+        [
+            "mksquashfs",
+            str(img),
+            str(packed),
+            "-noappend",
+            "-quiet",
+            "-noI",
+            "-noD",
+            "-noF",
+            "-noX",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return packed
+
+
+@pytest.fixture(scope="module")
 def kplugin(
-    cluster: dict[str, str], kimage: Path, tmp_path_factory: pytest.TempPathFactory
+    cluster: dict[str, str],
+    kimage: Path,
+    ksquashfs: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Plugin]:
     workdir = tmp_path_factory.mktemp("real-pods")
     p = Plugin(
         workdir,
         cluster,
-        images={"debian-python": cluster["ILS_IMAGE"], KUBE_IMAGE: str(kimage)},
+        images={
+            "debian-python": cluster["ILS_IMAGE"],
+            KUBE_IMAGE: str(kimage),
+            SQUASHFS_IMAGE: str(ksquashfs),
+        },
         status_refresh_seconds=0.5,
     )
     p.start()
@@ -390,6 +428,17 @@ def test_the_image_s_env_and_workdir_apply_under_the_pod_s_own(kplugin: Plugin) 
         "image-wd": f"/srv {IMAGE_PATH} image 'pod\\nvalue'\n",
         "own-wd": f"/tmp {IMAGE_PATH} image 'image'\n",
     }
+
+
+def test_a_squashfs_image_s_env_and_workdir_apply_too(kplugin: Plugin) -> None:
+    # ch-run runs a SquashFS file (ch-convert's format) through squashfuse; the job reads its
+    # ch/ files with unsquashfs -cat.
+    script = "import os; e = os.environ; print(os.getcwd(), e['PATH'], e['ILS_FROM_IMAGE'])"
+    the_pod = podgen.pod("squashfs", [podgen.container("main", script, image=SQUASHFS_IMAGE)])
+    status = run_to_end(kplugin, podgen.kube_retrieved(the_pod))
+    st = states(status)["main"]["terminated"]
+    assert st["exitCode"] == 0, (st, kplugin.logs(the_pod, "main").text)
+    assert kplugin.logs(the_pod, "main").text == f"/srv {IMAGE_PATH} squashfs\n"
 
 
 def test_an_image_without_a_command_of_its_own_is_refused_naming_it(kplugin: Plugin) -> None:
