@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # ch-image's metadata holds the image's build history: a few kB, far less than this.
 IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
+# What Charliecloud's SquashFS images are named (ch-convert writes .sqfs).
+SQUASHFS_SUFFIXES = (".sqfs", ".squashfs")
 
 
 def primary_group(transport: Transport, plan: JobPlan) -> JobPlan:
@@ -102,9 +104,7 @@ def image_commands(
     for image in sorted(images):
         for name in settings.cluster_names:
             try:
-                raw = transports[name].read_file(
-                    f"{image.rstrip('/')}/{CH_METADATA}", IMAGE_METADATA_LIMIT
-                )
+                raw = _image_metadata(transports[name], image)
             except (OSError, SchedulerUnavailable) as err:
                 log.warning("cannot read the metadata of image %s: %s", image, err)
                 continue
@@ -113,6 +113,22 @@ def image_commands(
                 out[image] = found
                 break
     return out
+
+
+def _image_metadata(transport: Transport, image: str) -> bytes | None:
+    """ch-image's metadata of a Charliecloud image: a file of the image directory, or of a
+    SquashFS image (ch-convert's ``.sqfs``), read with ``unsquashfs -cat`` where it runs;
+    None when there is none."""
+    path = f"{image.rstrip('/')}/{CH_METADATA}"
+    try:
+        if not image.endswith(SQUASHFS_SUFFIXES):
+            return transport.read_file(path, IMAGE_METADATA_LIMIT)
+    except NotADirectoryError:
+        pass
+    result = transport.run(["unsquashfs", "-cat", image, CH_METADATA], timeout=30)
+    if result.returncode != 0 or not result.stdout:
+        return None
+    return result.stdout.encode()[:IMAGE_METADATA_LIMIT]
 
 
 def submits_as_root(settings: Settings, transport: Transport) -> bool:

@@ -74,7 +74,8 @@ def ksquashfs(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     img = hard_linked_image(cluster["ILS_IMAGE"], work / "img")
     (img / "ch").mkdir()
     env = {"PATH": IMAGE_PATH, "ILS_FROM_IMAGE": "squashfs", "ILS_SHARED": "image"}
-    metadata = {"arch": "amd64", "cwd": IMAGE_WORKDIR, "env": env, "history": []}
+    history = [{"created_by": 'CMD ["python3", "-c", "print(\'the squashfs cmd\')"]'}]
+    metadata = {"arch": "amd64", "cwd": IMAGE_WORKDIR, "env": env, "history": history}
     (img / "ch" / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
     (img / "ch" / "environment").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
     packed = work / "img.sqfs"
@@ -434,11 +435,16 @@ def test_a_squashfs_image_s_env_and_workdir_apply_too(kplugin: Plugin) -> None:
     # ch-run runs a SquashFS file (ch-convert's format) through squashfuse; the job reads its
     # ch/ files with unsquashfs -cat.
     script = "import os; e = os.environ; print(os.getcwd(), e['PATH'], e['ILS_FROM_IMAGE'])"
-    the_pod = podgen.pod("squashfs", [podgen.container("main", script, image=SQUASHFS_IMAGE)])
+    # The plugin reads the image's own command (CMD here) from it at create, the same way.
+    default = podgen.container("default", image=SQUASHFS_IMAGE)
+    main = podgen.container("main", script, image=SQUASHFS_IMAGE)
+    the_pod = podgen.pod("squashfs", [main, default])
     status = run_to_end(kplugin, podgen.kube_retrieved(the_pod))
-    st = states(status)["main"]["terminated"]
-    assert st["exitCode"] == 0, (st, kplugin.logs(the_pod, "main").text)
+    for name in ("main", "default"):
+        st = states(status)[name]["terminated"]
+        assert st["exitCode"] == 0, (st, kplugin.logs(the_pod, name).text)
     assert kplugin.logs(the_pod, "main").text == f"/srv {IMAGE_PATH} squashfs\n"
+    assert kplugin.logs(the_pod, "default").text == "the squashfs cmd\n"
 
 
 def test_an_image_without_a_command_of_its_own_is_refused_naming_it(kplugin: Plugin) -> None:

@@ -4,6 +4,7 @@ primary group of a job's user, the directory handed to that user, the images' ow
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -97,6 +98,37 @@ def test_an_images_command_is_read_from_the_first_cluster_that_has_it(tmp_path: 
     got = submission.image_commands(data, settings, {"default": t})
     assert got == {"/images/tool": (("/bin/tool",), ("--serve",))}
     assert submission.image_commands(data, settings, {"default": Scripted({})}) == {}
+
+
+def test_a_squashfs_images_command_is_read_with_unsquashfs(tmp_path: Path) -> None:
+    # ch-convert's .sqfs: the metadata is inside the file, read where the images are (here a
+    # real unsquashfs, as Debian's charliecloud package brings squashfs-tools).
+    tree = tmp_path / "tool"
+    (tree / "ch").mkdir(parents=True)
+    meta = {"entrypoint": ["/bin/tool"], "cmd": ["--serve"]}
+    (tree / "ch" / "metadata.json").write_text(json.dumps(meta, indent=2))
+    images = tmp_path / "images"
+    images.mkdir()
+    packed = images / "tool.sqfs"
+    subprocess.run(
+        ["mksquashfs", str(tree), str(packed), "-noappend", "-quiet"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    (images / "bare.sqfs").write_bytes(b"not a squashfs image")
+    settings = load_settings(
+        None,
+        data_root=str(tmp_path / "pods"),
+        runtime="charliecloud",
+        partition="cpu",
+        image_roots=[str(images)],
+    )
+    containers = [podgen.container(n, image=str(images / f"{n}.sqfs")) for n in ("tool", "bare")]
+    for c in containers:
+        c.pop("command", None)
+    data = RetrievedPodData.model_validate(podgen.retrieved(podgen.pod("img", containers)))
+    got = submission.image_commands(data, settings, {"default": LocalTransport()})
+    assert got == {str(packed): (("/bin/tool",), ("--serve",))}
 
 
 def _planned(tmp_path: Path, runtime: str, mounted: bool) -> tuple[Settings, JobPlan]:
