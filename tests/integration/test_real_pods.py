@@ -67,12 +67,13 @@ def kimage(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def ksquashfs(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test image with the same ch/ files, packed as ch-convert packs a SquashFS image (not
-    compressed here: 0.5 s instead of 10)."""
+def ksquashfs(kimage: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """kimage (its /var/run an absolute link) with ch/ files of its own, packed as ch-convert
+    packs a SquashFS image (not compressed here: 0.5 s instead of 10)."""
     work = tmp_path_factory.mktemp("ksqfs")
-    img = hard_linked_image(cluster["ILS_IMAGE"], work / "img")
-    (img / "ch").mkdir()
+    img = hard_linked_image(str(kimage), work / "img")
+    for f in ("metadata.json", "environment"):
+        (img / "ch" / f).unlink()  # hard links to kimage's: replaced, not written through
     env = {"PATH": IMAGE_PATH, "ILS_FROM_IMAGE": "squashfs", "ILS_SHARED": "image"}
     history = [{"created_by": 'CMD ["python3", "-c", "print(\'the squashfs cmd\')"]'}]
     metadata = {"arch": "amd64", "cwd": IMAGE_WORKDIR, "env": env, "history": history}
@@ -433,8 +434,13 @@ def test_the_image_s_env_and_workdir_apply_under_the_pod_s_own(kplugin: Plugin) 
 
 def test_a_squashfs_image_s_env_and_workdir_apply_too(kplugin: Plugin) -> None:
     # ch-run runs a SquashFS file (ch-convert's format) through squashfuse; the job reads its
-    # ch/ files with unsquashfs -cat.
-    script = "import os; e = os.environ; print(os.getcwd(), e['PATH'], e['ILS_FROM_IMAGE'])"
+    # ch/ files with unsquashfs -cat. The service-account volume is bound through the image's
+    # absolute /var/run link, looked up inside the file with unsquashfs at create.
+    token = f"{podgen.SA_MOUNT_PATH}/token"
+    script = (
+        "import os; e = os.environ\n"
+        f"print(os.getcwd(), e['PATH'], e['ILS_FROM_IMAGE'], open({token!r}).read() != '')"
+    )
     # The plugin reads the image's own command (CMD here) from it at create, the same way.
     default = podgen.container("default", image=SQUASHFS_IMAGE)
     main = podgen.container("main", script, image=SQUASHFS_IMAGE)
@@ -443,7 +449,7 @@ def test_a_squashfs_image_s_env_and_workdir_apply_too(kplugin: Plugin) -> None:
     for name in ("main", "default"):
         st = states(status)[name]["terminated"]
         assert st["exitCode"] == 0, (st, kplugin.logs(the_pod, name).text)
-    assert kplugin.logs(the_pod, "main").text == f"/srv {IMAGE_PATH} squashfs\n"
+    assert kplugin.logs(the_pod, "main").text == f"/srv {IMAGE_PATH} squashfs True\n"
     assert kplugin.logs(the_pod, "default").text == "the squashfs cmd\n"
 
 

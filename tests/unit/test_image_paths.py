@@ -1,10 +1,14 @@
 """Mount targets looked up inside a Charliecloud image: the resolver runs as bash, as on the
-cluster side, over a small image directory made in the test."""
+cluster side, over a small image made in the test: a directory, or the same packed as a SquashFS
+file (ch-convert's format, looked into with unsquashfs)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from interlink_slurm.slurm.transport import LocalTransport
 from interlink_slurm.translate.runtimes import image_paths_argv, parse_image_paths
@@ -18,7 +22,12 @@ def look_up(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
     return parse_image_paths(pairs, result.stdout)
 
 
-def image(tmp_path: Path) -> Path:
+@pytest.fixture(params=["directory", "squashfs"])
+def packed(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param == "squashfs")
+
+
+def image(tmp_path: Path, packed: bool = False) -> Path:
     root = tmp_path / "img"
     (root / "run/secrets/kubernetes.io/serviceaccount").mkdir(parents=True)
     (root / "var").mkdir()
@@ -30,17 +39,27 @@ def image(tmp_path: Path) -> Path:
     os.symlink("usr/lib", root / "lib")
     os.symlink("../../etc", root / "usr/lib/etc-up")
     os.symlink("loop", root / "loop")
-    return root
+    if not packed:
+        return root
+    sqfs = tmp_path / "img.sqfs"
+    subprocess.run(
+        ["mksquashfs", str(root), str(sqfs), "-noappend", "-quiet"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return sqfs
 
 
-def test_absolute_symlinks_are_followed_inside_the_image_not_on_the_host(tmp_path: Path) -> None:
-    img = str(image(tmp_path))
+def test_absolute_symlinks_are_followed_inside_the_image_not_on_the_host(
+    tmp_path: Path, packed: bool
+) -> None:
+    img = str(image(tmp_path, packed))
     found = look_up([(img, SA)])
     assert found == {(img, SA): "/run/secrets/kubernetes.io/serviceaccount"}
 
 
-def test_relative_symlinks_and_dot_dot_stay_inside_the_image(tmp_path: Path) -> None:
-    img = str(image(tmp_path))
+def test_relative_symlinks_and_dot_dot_stay_inside_the_image(tmp_path: Path, packed: bool) -> None:
+    img = str(image(tmp_path, packed))
     pairs = [(img, "/lib/etc-up/hosts"), (img, "/mnt/../etc/./hosts"), (img, "/etc/hosts")]
     assert look_up(pairs) == {
         (img, "/lib/etc-up/hosts"): "/etc/hosts",
@@ -49,15 +68,16 @@ def test_relative_symlinks_and_dot_dot_stay_inside_the_image(tmp_path: Path) -> 
     }
 
 
-def test_a_target_the_image_lacks_is_none(tmp_path: Path) -> None:
-    img = str(image(tmp_path))
+def test_a_target_the_image_lacks_is_none(tmp_path: Path, packed: bool) -> None:
+    img = str(image(tmp_path, packed))
     # The host has /run/secrets... maybe, /tmp surely: the image's view is what counts.
     (tmp_path / "host-only").mkdir()
     pairs = [(img, "/var/run/absent"), (img, "/loop/x"), (img, str(tmp_path / "host-only"))]
     assert look_up(pairs) == {p: None for p in pairs}
 
 
-def test_an_image_that_is_not_a_directory_is_not_looked_into(tmp_path: Path) -> None:
+def test_an_image_that_cannot_be_looked_into_gets_no_answer(tmp_path: Path) -> None:
+    # Neither a directory nor a SquashFS file that unsquashfs reads (its magic, nothing else).
     sqfs = tmp_path / "image.sqfs"
     sqfs.write_bytes(b"hsqs")
     img = str(image(tmp_path))

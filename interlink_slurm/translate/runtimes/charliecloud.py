@@ -58,13 +58,33 @@ class Charliecloud(Runtime):
 # Charliecloud (0.31) refuses a bind whose destination crosses an absolute symlink of the image
 # ("symlink not relative") and cannot create a missing one in a read-only image. So each target
 # is looked up in the image beforehand, as the container will see it: every symlink followed
-# relative to the image's root, never the host's. Run as one command on the cluster side:
+# relative to the image's root, never the host's. A SquashFS image (ch-convert's .sqfs, which
+# ch-run mounts itself) is looked into with unsquashfs -lls, one entry at a time, where the
+# cluster side has it. Run as one command on the cluster side:
 #   bash -c RESOLVE_IMAGE_PATHS ils-resolve IMAGE TARGET [IMAGE TARGET]...
 # prints for each pair "STATUS PATH" and a NUL: 1 the path exists in the image, 0 it does not,
-# ? the image is not a directory (a SquashFS file: nothing to look into).
+# ? the image cannot be looked into (neither a directory nor a SquashFS file unsquashfs reads).
 RESOLVE_IMAGE_PATHS = r"""
+# entry ROOT PATH: KIND (d, l, -... of ls; empty when there is none) and, for a link, LINK.
+entry() {
+  local mode owner size day time name want
+  KIND="" LINK=""
+  if [ -z "$SQUASHFS" ]; then
+    if [ -L "$1$2" ]; then KIND=l; LINK=$(readlink -- "$1$2") || return 1
+    elif [ -e "$1$2" ]; then KIND=e
+    fi
+    return 0
+  fi
+  want="squashfs-root${2%/}"
+  while read -r mode owner size day time name; do
+    if [ "$name" = "$want" ]; then KIND=${mode:0:1}
+    elif [ "${name#"$want -> "}" != "$name" ] && [ "${mode:0:1}" = l ]; then
+      KIND=l LINK=${name#"$want -> "}
+    fi
+  done < <(unsquashfs -no-wildcards -lls "$1" "${2#/}" 2>/dev/null)
+}
 resolve() {
-  local root=$1 rest=$2 cur="" part link hops=0
+  local root=$1 rest=$2 cur="" part hops=0
   while [ -n "$rest" ]; do
     part=${rest%%/*}
     if [ "$part" = "$rest" ]; then rest=""; else rest=${rest#*/}; fi
@@ -72,12 +92,12 @@ resolve() {
       ''|.) continue ;;
       ..) cur=${cur%/*}; continue ;;
     esac
-    if [ -L "$root$cur/$part" ]; then
+    entry "$root" "$cur/$part" || return 1
+    if [ "$KIND" = l ]; then
       hops=$(( hops + 1 ))
       [ "$hops" -le 40 ] || return 1
-      link=$(readlink -- "$root$cur/$part") || return 1
-      case $link in /*) cur="" ;; esac
-      rest="$link/$rest"
+      case $LINK in /*) cur="" ;; esac
+      rest="$LINK/$rest"
     else
       cur="$cur/$part"
     fi
@@ -85,9 +105,17 @@ resolve() {
   printf '%s' "${cur:-/}"
 }
 while [ "$#" -ge 2 ]; do
+  SQUASHFS=""
   if [ ! -d "$1" ]; then
-    printf '? %s\0' "$2"
-  elif path=$(resolve "$1" "$2") && [ -e "$1$path" ]; then
+    if [ -f "$1" ] && unsquashfs -s "$1" > /dev/null 2>&1; then
+      SQUASHFS=1
+    else
+      printf '? %s\0' "$2"
+      shift 2
+      continue
+    fi
+  fi
+  if path=$(resolve "$1" "$2") && entry "$1" "$path" && [ -n "$KIND" ]; then
     printf '1 %s\0' "$path"
   else
     printf '0 %s\0' "${path:-$2}"
