@@ -43,26 +43,35 @@ def hard_linked_image(source: str, into: Path) -> Path:
     return into
 
 
+def ch_files(img: Path, from_image: str, history: list[dict[str, str]]) -> None:
+    """What ch-image keeps of an image pulled from a registry, in its ch/: metadata.json
+    (json.dumps(indent=2, sort_keys=True)) with the build history (ENTRYPOINT and CMD: the
+    image's own command for a container that sets none), ENV and WORKDIR; and the ENV again in
+    ch/environment, for ch-run's --set-env. Existing files are replaced, never written through
+    (a hard-linked copy's are the original's)."""
+    env = {"PATH": IMAGE_PATH, "ILS_FROM_IMAGE": from_image, "ILS_SHARED": "image"}
+    metadata = {"arch": "amd64", "cwd": IMAGE_WORKDIR, "env": env, "history": history}
+    (img / "ch").mkdir(exist_ok=True)
+    for name, text in (
+        ("metadata.json", json.dumps(metadata, indent=2, sort_keys=True)),
+        ("environment", "".join(f"{k}={v}\n" for k, v in sorted(env.items()))),
+    ):
+        (img / "ch" / name).unlink(missing_ok=True)
+        (img / "ch" / name).write_text(text)
+
+
 @pytest.fixture(scope="module")
 def kimage(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     img = hard_linked_image(cluster["ILS_IMAGE"], tmp_path_factory.mktemp("kimg") / "img")
     run = img / "var" / "run"
     run.unlink()
     os.symlink("/run", run)
-    # What ch-image keeps of an image pulled from a registry: the build history, which holds
-    # ENTRYPOINT and CMD (the image's own command for a container that sets none).
-    (img / "ch").mkdir()
     history = [
         {"created_by": '/bin/sh -c #(nop)  CMD ["bash"]'},
         {"created_by": 'ENTRYPOINT ["python3","-c"]'},
         {"created_by": "CMD [\"print('the image cmd')\"]"},
     ]
-    # Its ENV and WORKDIR too, as ch-image writes them: in metadata.json (json.dumps(indent=2,
-    # sort_keys=True)) and, for ch-run's --set-env, in ch/environment.
-    env = {"PATH": IMAGE_PATH, "ILS_FROM_IMAGE": "image", "ILS_SHARED": "image"}
-    metadata = {"arch": "amd64", "cwd": IMAGE_WORKDIR, "env": env, "history": history}
-    (img / "ch" / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
-    (img / "ch" / "environment").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+    ch_files(img, "image", history)
     return img
 
 
@@ -72,13 +81,9 @@ def ksquashfs(kimage: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     packs a SquashFS image (not compressed here: 0.5 s instead of 10)."""
     work = tmp_path_factory.mktemp("ksqfs")
     img = hard_linked_image(str(kimage), work / "img")
-    for f in ("metadata.json", "environment"):
-        (img / "ch" / f).unlink()  # hard links to kimage's: replaced, not written through
-    env = {"PATH": IMAGE_PATH, "ILS_FROM_IMAGE": "squashfs", "ILS_SHARED": "image"}
-    history = [{"created_by": 'CMD ["python3", "-c", "print(\'the squashfs cmd\')"]'}]
-    metadata = {"arch": "amd64", "cwd": IMAGE_WORKDIR, "env": env, "history": history}
-    (img / "ch" / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
-    (img / "ch" / "environment").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+    ch_files(
+        img, "squashfs", [{"created_by": 'CMD ["python3", "-c", "print(\'the squashfs cmd\')"]'}]
+    )
     packed = work / "img.sqfs"
     subprocess.run(
         [
