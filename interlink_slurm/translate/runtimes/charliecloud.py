@@ -65,26 +65,36 @@ class Charliecloud(Runtime):
 # prints for each pair "STATUS PATH" and a NUL: 1 the path exists in the image, 0 it does not,
 # ? the image cannot be looked into (neither a directory nor a SquashFS file unsquashfs reads).
 RESOLVE_IMAGE_PATHS = r"""
+# What each image is (d a directory, s a SquashFS file, ? neither), and each of its entries
+# looked at: asked once per run, however many targets share them (an unsquashfs each).
+declare -A IMAGE=() SEEN=()
 # entry ROOT PATH: KIND (d, l, -... of ls; empty when there is none) and, for a link, LINK.
 entry() {
-  local mode owner size day time name want
+  local key="$1"$'\n'"$2" mode name want
+  if [ -n "${SEEN[$key]+set}" ]; then
+    KIND=${SEEN[$key]%%/*} LINK=${SEEN[$key]#*/}
+    return 0
+  fi
   KIND="" LINK=""
-  if [ -z "$SQUASHFS" ]; then
+  if [ "${IMAGE[$1]}" = d ]; then
     if [ -L "$1$2" ]; then KIND=l; LINK=$(readlink -- "$1$2") || return 1
     elif [ -e "$1$2" ]; then KIND=e
     fi
-    return 0
+  else
+    want="squashfs-root${2%/}"
+    while read -r mode _ _ _ _ name; do
+      if [ "$name" = "$want" ]; then KIND=${mode:0:1}
+      elif [ "${name#"$want -> "}" != "$name" ] && [ "${mode:0:1}" = l ]; then
+        KIND=l LINK=${name#"$want -> "}
+      fi
+    done < <(unsquashfs -no-wildcards -lls "$1" "${2#/}" 2>/dev/null)
   fi
-  want="squashfs-root${2%/}"
-  while read -r mode owner size day time name; do
-    if [ "$name" = "$want" ]; then KIND=${mode:0:1}
-    elif [ "${name#"$want -> "}" != "$name" ] && [ "${mode:0:1}" = l ]; then
-      KIND=l LINK=${name#"$want -> "}
-    fi
-  done < <(unsquashfs -no-wildcards -lls "$1" "${2#/}" 2>/dev/null)
+  SEEN[$key]="$KIND/$LINK"
 }
+# resolve ROOT PATH: RESOLVED, PATH as the image sees it (every link followed inside it).
 resolve() {
   local root=$1 rest=$2 cur="" part hops=0
+  RESOLVED=""
   while [ -n "$rest" ]; do
     part=${rest%%/*}
     if [ "$part" = "$rest" ]; then rest=""; else rest=${rest#*/}; fi
@@ -102,23 +112,21 @@ resolve() {
       cur="$cur/$part"
     fi
   done
-  printf '%s' "${cur:-/}"
+  RESOLVED=${cur:-/}
 }
 while [ "$#" -ge 2 ]; do
-  SQUASHFS=""
-  if [ ! -d "$1" ]; then
-    if [ -f "$1" ] && unsquashfs -s "$1" > /dev/null 2>&1; then
-      SQUASHFS=1
-    else
-      printf '? %s\0' "$2"
-      shift 2
-      continue
+  if [ -z "${IMAGE[$1]+set}" ]; then
+    if [ -d "$1" ]; then IMAGE[$1]=d
+    elif [ -f "$1" ] && unsquashfs -s "$1" > /dev/null 2>&1; then IMAGE[$1]=s
+    else IMAGE[$1]="?"
     fi
   fi
-  if path=$(resolve "$1" "$2") && entry "$1" "$path" && [ -n "$KIND" ]; then
-    printf '1 %s\0' "$path"
+  if [ "${IMAGE[$1]}" = "?" ]; then
+    printf '? %s\0' "$2"
+  elif resolve "$1" "$2" && entry "$1" "$RESOLVED" && [ -n "$KIND" ]; then
+    printf '1 %s\0' "$RESOLVED"
   else
-    printf '0 %s\0' "${path:-$2}"
+    printf '0 %s\0' "${RESOLVED:-$2}"
   fi
   shift 2
 done
