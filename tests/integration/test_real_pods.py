@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests import podgen
+from tests import podgen, squashfs
 from tests.integration.conftest import (
     LoginNode,
     Plugin,
@@ -84,23 +84,7 @@ def ksquashfs(kimage: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ch_files(
         img, "squashfs", [{"created_by": 'CMD ["python3", "-c", "print(\'the squashfs cmd\')"]'}]
     )
-    packed = work / "img.sqfs"
-    subprocess.run(
-        [
-            "mksquashfs",
-            str(img),
-            str(packed),
-            "-noappend",
-            "-quiet",
-            "-noI",
-            "-noD",
-            "-noF",
-            "-noX",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return packed
+    return squashfs.pack(img, work / "img.sqfs", compressed=False)
 
 
 @pytest.fixture(scope="module")

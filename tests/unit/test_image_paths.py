@@ -5,13 +5,13 @@ file (ch-convert's format, looked into with unsquashfs)."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from interlink_slurm.slurm.transport import LocalTransport
 from interlink_slurm.translate.runtimes import image_paths_argv, parse_image_paths
+from tests import squashfs
 
 SA = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -41,13 +41,7 @@ def image(tmp_path: Path, packed: bool = False) -> Path:
     os.symlink("loop", root / "loop")
     if not packed:
         return root
-    sqfs = tmp_path / "img.sqfs"
-    subprocess.run(
-        ["mksquashfs", str(root), str(sqfs), "-noappend", "-quiet"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return sqfs
+    return squashfs.pack(root, tmp_path / "img.sqfs")
 
 
 def test_absolute_symlinks_are_followed_inside_the_image_not_on_the_host(

@@ -42,6 +42,7 @@ from interlink_slurm.translate.pod import build_plan
 from interlink_slurm.translate.script import render_script
 from interlink_slurm.wire import RetrievedPodData
 from tests import podgen as pg
+from tests import squashfs
 
 IMAGE_DIR = "/some/dir"
 # Job ids above Slurm's largest (67,108,863): a job script's reap and /tmp sweep act on every
@@ -412,9 +413,9 @@ def ch_image(root: Path, environment: str, metadata: dict[str, Any] | None) -> P
     return root
 
 
-@pytest.mark.parametrize("squashfs", [False, True], ids=["directory", "squashfs"])
+@pytest.mark.parametrize("packed", [False, True], ids=["directory", "squashfs"])
 def test_a_charliecloud_image_s_env_and_workdir_apply_and_the_pod_s_env_wins(
-    bin_dir: Path, data_root: Path, tmp_path: Path, squashfs: bool
+    bin_dir: Path, data_root: Path, tmp_path: Path, packed: bool
 ) -> None:
     image = ch_image(
         _usable(tmp_path) / "img",
@@ -423,16 +424,10 @@ def test_a_charliecloud_image_s_env_and_workdir_apply_and_the_pod_s_env_wins(
         # A nested "cwd" (an ARG of that name) is not the image's working directory.
         {"arg": {"cwd": "/nested"}, "cwd": "/work dir", "env": {"LANG": "C.UTF-8"}},
     )
-    if squashfs:
+    if packed:
         # As ch-convert packs one; the job reads it with unsquashfs -cat (squashfs-tools, which
         # Debian's charliecloud package brings, as deploy/local/cluster.sh installs it).
-        packed = image.with_suffix(".sqfs")
-        subprocess.run(
-            ["mksquashfs", str(image), str(packed), "-noappend", "-quiet"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        image = packed
+        image = squashfs.pack(image, image.with_suffix(".sqfs"))
     s = charliecloud(data_root, str(bin_dir / "fake-ch-run"), str(image))
     main = probe("main")
     main["env"].append({"name": "SHARED", "value": "pod\nsecond line"})

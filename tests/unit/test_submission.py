@@ -4,7 +4,6 @@ primary group of a job's user, the directory handed to that user, the images' ow
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from interlink_slurm.slurm.transport import CommandResult, CommandUnavailable, L
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import build_plan
 from interlink_slurm.wire import RetrievedPodData
-from tests import podgen
+from tests import podgen, squashfs
 
 
 class Scripted(LocalTransport):
@@ -109,12 +108,7 @@ def test_a_squashfs_images_command_is_read_with_unsquashfs(tmp_path: Path) -> No
     (tree / "ch" / "metadata.json").write_text(json.dumps(meta, indent=2))
     images = tmp_path / "images"
     images.mkdir()
-    packed = images / "tool.sqfs"
-    subprocess.run(
-        ["mksquashfs", str(tree), str(packed), "-noappend", "-quiet"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    packed = squashfs.pack(tree, images / "tool.sqfs")
     (images / "bare.sqfs").write_bytes(b"not a squashfs image")
     settings = load_settings(
         None,
