@@ -14,6 +14,7 @@ Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import math
@@ -28,6 +29,7 @@ from datetime import datetime
 
 from interlink_slurm.errors import PodRejected, StorageError
 from interlink_slurm.slurm.container_files import ContainerFiles as ContainerFiles
+from interlink_slurm.slurm.container_files import LastRun
 from interlink_slurm.slurm.transport import (
     CommandUnavailable,
     LocalTransport,
@@ -150,14 +152,37 @@ def read_container(transport: Transport, pod_dir: str, container: str) -> Contai
     )
 
 
+def _message(raw: bytes | None) -> str | None:
+    """A termination message as ils_message writes it (base64); None when there is none or it
+    is not base64. Bytes that are not UTF-8 become U+FFFD, as Go's JSON encoder makes them."""
+    if not raw:
+        return None
+    try:
+        data = base64.b64decode(raw.strip(), validate=True)
+    except ValueError:
+        return None
+    return data.decode(errors="replace") or None
+
+
+def _last(raw: bytes | None, message: str | None) -> LastRun | None:
+    """The run before a restart, from its .last line: "EXIT STARTED FINISHED"."""
+    words = raw.split() if raw else []
+    if len(words) != 3 or _int(words[0]) is None:
+        return None
+    return LastRun(_int(words[0]) or 0, _time(words[1]), _time(words[2]), message)
+
+
 def _container(read: Callable[[str, int], bytes | None]) -> ContainerFiles:
     """One container's state from its files, each read by ``read(suffix, limit)``."""
     started = _time(read("started", 64))
     if started is None:
         return ContainerFiles()
+    last = None
+    restarts = _int(read("restarts", 16))
+    if restarts:
+        last = _last(read("last", 128), _message(read("last-message", MESSAGE_FILE_MAX)))
     exit_code = _int(read("exit", 16))
     finished = _time(read("finished", 64))
-    restarts = _int(read("restarts", 16))
     ready = None
     backoff = None
     if exit_code is None:  # readiness and back-off matter while it has not ended for good
@@ -174,6 +199,9 @@ def _container(read: Callable[[str, int], bytes | None]) -> ContainerFiles:
         restarts=restarts or 0,
         ready=ready,
         backoff=backoff,
+        # Written before the run's .finished: read with it.
+        message=_message(read("message", MESSAGE_FILE_MAX)) if finished is not None else None,
+        last=last,
     )
 
 
@@ -243,8 +271,9 @@ def read_started_job(transport: Transport, pod_dir: str) -> str | None:
 # still running after an upgrade): a pod whose containers/ changed since the last deep read,
 # and later than its own directory (else the reads above have seen the change).
 # A pod's files are its job's (its user's) to write: symlinks are not followed, each file is
-# read up to 1 kB, every byte outside printable ASCII becomes "?", and each of a pod's lines is
-# prefixed with "|", so nothing it writes can pass for another pod's.
+# read up to 1 kB (6 kB for a termination message, base64), every byte outside printable
+# ASCII becomes "?", and each of a pod's lines is prefixed with "|", so nothing it writes can
+# pass for another pod's.
 STATE_MARK = ".state-changed"
 # Since when the plugins on this data root have written job scripts that write the mark (the
 # first start of such a plugin on it): a pod created before may run a script that writes none
@@ -293,15 +322,18 @@ if [ "${#dirs[@]}" -le "$6" ]; then
   shopt -s nullglob
   for d in "${dirs[@]}"; do
     for f in "$d"/job.runs "$d"/job.evicted "$d"/containers/*; do
+      n=1024
       case $f in
         */containers/*.started | */containers/*.finished | */containers/*.exit) ;;
         */containers/*.restarts | */containers/*.ready | */containers/*.backoff) ;;
+        */containers/*.last) ;;
+        */containers/*.message | */containers/*.last-message) n=6144 ;;
         */containers/*) continue ;;
       esac
       [[ -f $f && ! -L $f ]] || continue
       c=
-      IFS= read -r -N 1025 c 2>/dev/null <"$f"
-      [[ -n $c && ${#c} -le 1024 ]] || continue
+      IFS= read -r -N $(( n + 1 )) c 2>/dev/null <"$f"
+      [[ -n $c && ${#c} -le $n ]] || continue
       l=${c%%$'\n'*}
       printf 'F %s\n|%s\n' "${f//[^!-~]/?}" "${l//[^ -~]/?}"
     done
@@ -309,10 +341,11 @@ if [ "${#dirs[@]}" -le "$6" ]; then
   exit 0
 fi
 printf '%s\0' "${dirs[@]}" \
-  | xargs -0 sh -c 'find "$@" -maxdepth 2 -type f -size -2k \( -path "*/containers/*" \
+  | xargs -0 sh -c 'find "$@" -maxdepth 2 -type f \( -size -2k \( -path "*/containers/*" \
       \( -name "*.started" -o -name "*.finished" -o -name "*.exit" -o -name "*.restarts" \
-      -o -name "*.ready" -o -name "*.backoff" \) -o -name job.runs -o -name job.evicted \) \
-      -print0' ils-find \
+      -o -name "*.ready" -o -name "*.backoff" -o -name "*.last" \) -o -name job.runs \
+      -o -name job.evicted \) -o -size -7k -path "*/containers/*" \( -name "*.message" \
+      -o -name "*.last-message" \) \) -print0' ils-find \
   | xargs -0 -r awk 'FNR == 1 { n = FILENAME; gsub(/[^!-~]/, "?", n); print "F " n
       gsub(/[^ -~]/, "?"); print "|" $0; nextfile }'
 """
@@ -446,11 +479,17 @@ def pod_files(files: Mapping[str, bytes], containers: Sequence[str]) -> PodFiles
 
 # What scan_states reads, as STATE_READER does: names, the largest size, and the bytes kept.
 _POD_STATE_FILES = ("job.runs", "job.evicted")
-_CONTAINER_STATE_SUFFIXES = (".started", ".finished", ".exit", ".restarts", ".ready", ".backoff")
+_CONTAINER_STATE_SUFFIXES = (
+    *(".started", ".finished", ".exit", ".restarts", ".ready", ".backoff", ".last"),
+    *(".message", ".last-message"),
+)
+_MESSAGE_SUFFIXES = (".message", ".last-message")
 # Up to how many changed pods STATE_READER reads their files with bash's own read (a refresh
 # while pods start): a process per file type costs more there than bash's loop.
 READ_IN_BASH_MAX = 64
 _STATE_FILE_MAX = 1024  # find -size -2k: at most one 1 KiB unit
+# A termination message: at most 4096 bytes, as base64 (find -size -7k).
+MESSAGE_FILE_MAX = 6144
 _UNPRINTABLE = re.compile(rb"[^ -~]")
 
 
@@ -573,13 +612,14 @@ def _state_files(pod_dir: str) -> dict[str, bytes]:
         ]
     files: dict[str, bytes] = {}
     for name in names:
-        line = _first_line(f"{pod_dir}/{name}")
+        limit = MESSAGE_FILE_MAX if name.endswith(_MESSAGE_SUFFIXES) else _STATE_FILE_MAX
+        line = _first_line(f"{pod_dir}/{name}", limit)
         if line is not None:
             files[name] = line
     return files
 
 
-def _first_line(path: str) -> bytes | None:
+def _first_line(path: str, limit: int) -> bytes | None:
     try:
         # O_NONBLOCK: a FIFO with a state file's name must not hang the refresh (fstat then
         # refuses it); O_NOFOLLOW: a link is not followed.
@@ -588,9 +628,9 @@ def _first_line(path: str) -> bytes | None:
         return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > _STATE_FILE_MAX:
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
             return None
-        data = os.read(fd, _STATE_FILE_MAX)
+        data = os.read(fd, limit)
     except OSError:
         return None
     finally:

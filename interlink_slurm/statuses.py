@@ -21,6 +21,7 @@ from interlink_slurm.slurm.states import (
     WAITING,
     base_state,
     container_statuses,
+    own_messages,
 )
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import GONE, Clock, StatusTracker
@@ -106,6 +107,8 @@ class StatusView:
             nodes = self.gang.node_of(rec.uid, self.nodes_of(rec))  # a member's own
             if nodes:
                 _note_nodes(every, nodes)
+            # Last: a container's own message replaces the notes above.
+            own_messages(every, seen.containers, len(every))
             self.gang.note(rec.uid, every)  # which member ended its group's job
         return PodStatus(
             name=rec.name,

@@ -532,6 +532,7 @@ class ContainerStatus(WireModel):
     image: str = ""
     image_id: str = Field(default="", alias="imageID")
     started: bool | None = None
+    last_state: ContainerState | None = None  # the run before its last restart
 
 
 class PodStatus(BaseModel):

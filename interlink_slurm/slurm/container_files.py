@@ -10,7 +10,8 @@ from datetime import datetime
 
 @dataclass(frozen=True)
 class ContainerFiles:
-    """One container's times, exit code, restarts, readiness and back-off, as its files say."""
+    """One container's times, exit code, restarts, readiness and back-off, as its files say;
+    the termination message of its run that ended, and the run before its last restart."""
 
     started: datetime | None = None
     finished: datetime | None = None
@@ -19,3 +20,15 @@ class ContainerFiles:
     ready: bool | None = None  # its readiness probe's last verdict; None: it has no probe
     # Waiting to be restarted: (exit code of the run that ended, back-off in seconds).
     backoff: tuple[int, int] | None = None
+    message: str | None = None  # the termination message of the run that ended
+    last: LastRun | None = None  # the run before its last restart (lastState)
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """A run of a container that its restart policy restarted: how and when it ended."""
+
+    exit_code: int
+    started: datetime | None
+    finished: datetime | None
+    message: str | None = None  # its termination message

@@ -27,7 +27,12 @@ job's end reason (cancelled, timed out, out of memory...).
 
 ``ready``: running, and with a readiness probe its last verdict (containers/<name>.ready).
 ``restartCount``: Slurm requeues of the job plus the job's own restarts of the container
-(containers/<name>.restarts).
+(containers/<name>.restarts). ``lastState``: the run before the job's last restart of it
+(containers/<name>.last).
+
+A container's termination message (containers/<name>.message: with FallbackToLogsOnError, the
+end of the log of a run that failed) is its ended state's message, alone (own_messages), as the
+kubelet gives it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from interlink_slurm.slurm.container_files import ContainerFiles
+from interlink_slurm.slurm.container_files import ContainerFiles, LastRun
 from interlink_slurm.slurm.scheduler import JobInfo
 from interlink_slurm.wire import (
     ContainerState,
@@ -216,6 +221,47 @@ def _exited(files: ContainerFiles) -> ContainerState:
     return _terminated(code, "Completed" if code == 0 else "Error", "", files)
 
 
+def _last_state(last: LastRun) -> ContainerState:
+    return ContainerState(
+        terminated=ContainerStateTerminated(
+            exit_code=last.exit_code,
+            reason="Completed" if last.exit_code == 0 else "Error",
+            message=last.message or "",
+            started_at=last.started,
+            finished_at=last.finished or last.started,
+        )
+    )
+
+
+# The kubelet's bound on a pod's termination messages (MaxPodTerminationMessageLogLength): its
+# status manager cuts each container's to an even share of it.
+POD_MESSAGES_MAX = 12 * 1024
+
+
+def own_messages(
+    statuses: Sequence[ContainerStatus], files: Mapping[str, ContainerFiles], containers: int
+) -> None:
+    """Each ended container's termination message as its state's message, in place of what this
+    plugin says there (the Slurm node, warnings): programs read it (a Tekton step's results are
+    JSON in it). An eviction keeps its own words. Each message, lastState's too, is cut to its
+    share of POD_MESSAGES_MAX among the pod's ``containers`` (init containers included)."""
+    share = POD_MESSAGES_MAX // max(1, containers)
+    for st in statuses:
+        ended = st.state.terminated
+        f = files.get(st.name)
+        if ended is not None and f is not None and f.message and ended.reason != "Evicted":
+            ended.message = f.message
+        for state in (st.state, st.last_state):
+            if state is not None and state.terminated is not None:
+                state.terminated.message = _cut(state.terminated.message, share)
+
+
+def _cut(text: str, limit: int) -> str:
+    """At most ``limit`` bytes of UTF-8, never half a character."""
+    data = text.encode()
+    return text if len(data) <= limit else data[:limit].decode(errors="ignore")
+
+
 def container_statuses(
     job: JobInfo | None,
     job_id: str,
@@ -250,6 +296,7 @@ def container_statuses(
             restart_count=restarts + f.restarts,
             image=images.get(name, ""),
             started=running if not is_init else None,
+            last_state=_last_state(f.last) if f.last is not None else None,
         )
 
     return ([one(n, True) for n in init_containers], [one(n, False) for n in containers])

@@ -23,6 +23,7 @@ from interlink_slurm.translate.plan import Lifecycle
 from interlink_slurm.wire import Container
 
 RESTART_POLICIES = ("Never", "OnFailure", "Always")
+MESSAGE_POLICIES = ("File", "FallbackToLogsOnError")
 # Kubernetes' probe defaults.
 PROBE_DEFAULTS = {
     "initialDelaySeconds": 0,
@@ -163,4 +164,20 @@ def lifecycle(
         if not isinstance(handler, dict):
             raise PodRejected(f"{where}.lifecycle.{key}", "must be an object")
         out[field] = _check(handler, c, f"{where}.lifecycle.{key}", exec_argv, hook=True)
-    return Lifecycle(restart=container_restart(policy, is_init), **out)
+    return Lifecycle(
+        restart=container_restart(policy, is_init),
+        messages=message_policy(extra.get("terminationMessagePolicy"), where),
+        **out,
+    )
+
+
+def message_policy(value: Any, where: str) -> str:
+    """The container's terminationMessagePolicy (File when it has none); else PodRejected."""
+    if value is None or value == "":
+        return "File"
+    if value not in MESSAGE_POLICIES:
+        raise PodRejected(
+            f"{where}.terminationMessagePolicy",
+            f"{value!r} must be one of {', '.join(MESSAGE_POLICIES)}",
+        )
+    return str(value)

@@ -104,6 +104,7 @@ def _container_line(c: ContainerPlan, argv: Sequence[str], background: bool) -> 
         ("-V", life.liveness),
         ("-S", life.post_start),
         ("-T", life.pre_stop),
+        ("-M", (life.messages,) if life.messages != "File" else ()),
     ):
         if words:
             options.append(f"{flag} {len(words)} {' '.join(_word(a) for a in words)}")

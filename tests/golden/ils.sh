@@ -8,6 +8,9 @@
 #   containers/<name>.finished  RFC 3339 time it ended
 #   containers/<name>.exit      its exit code
 #   containers/<name>.log       its stdout and stderr
+#   containers/<name>.message   its termination message, base64 on one line (ils_message)
+#   containers/<name>.last      "EXIT STARTED FINISHED" of the run before a restart (lastState)
+#   containers/<name>.last-message  that run's termination message
 #
 # Read from job.sh: POD_DIR, and when the pod has restarts, probes, hooks or sizeLimits,
 # ILS_BACKOFF, ILS_BACKOFF_MAX, ILS_GRACE and ILS_HOOK_TIMEOUT.
@@ -157,10 +160,12 @@ ils_kill_tree() {
 #   -U / -R / -V startup / readiness / liveness probe (containers/<name>.ready; a failed
 #      startup or liveness probe stops it; readiness and liveness wait for startup)
 #   -S / -T postStart / preStop hook
+#   -M terminationMessagePolicy (File, FallbackToLogsOnError: see ils_message)
 ils_container() {
   local name=$1; shift
   local -a envs=() launch=() startup=() readiness=() liveness=() poststart=() prestop=()
   local kv rc=0 logger="" pipe="containers/$name.pipe" runtime now cpid="" policy=Never
+  local messages=File started
   local restarts backoff=${ILS_BACKOFF:-10}
   local -a watchers
   trap 'ILS_STOPPING=1; ils_prestop' TERM INT
@@ -175,6 +180,7 @@ ils_container() {
       -V) liveness=("${@:3:$2}") ;;
       -S) poststart=("${@:3:$2}") ;;
       -T) prestop=("${@:3:$2}") ;;
+      -M) messages=$3 ;;
       *) break ;;
     esac
     shift $(( $2 + 2 ))
@@ -201,8 +207,8 @@ ils_container() {
     logger=""
     watchers=()
     [ "${#readiness[@]}" -eq 0 ] || ils_put "containers/$name.ready" false
-    ils_now now
-    ils_put "containers/$name.started" "$now"
+    ils_now started
+    ils_put "containers/$name.started" "$started"
     ils_rm -f "containers/$name.backoff"
     if [ -n "$ILS_PYTHON" ]; then
       ils_rm -f "$pipe" && mkfifo -m 600 "$pipe"
@@ -307,6 +313,7 @@ ILS_LOGPIPE_PY
       ils_kill_tree KILL "$watchdog"
       rm -f "$pipe"
     fi
+    ils_message "$name" "$rc" "$messages"
     ils_now now
     ils_put "containers/$name.finished" "$now"
     case $policy in
@@ -315,7 +322,15 @@ ILS_LOGPIPE_PY
       *) break ;;
     esac
     [ -z "${ILS_STOPPING:-}" ] || break
-    # Restart after a back-off, as the kubelet does (CrashLoopBackOff meanwhile).
+    # Restart after a back-off, as the kubelet does (CrashLoopBackOff meanwhile). The run that
+    # ended is the container's last state until the next one ends; its message moves first, so
+    # that a state read that finds the new .last finds its message beside it.
+    if [ -e "containers/$name.message" ]; then
+      mv -f "containers/$name.message" "containers/$name.last-message"
+    else
+      ils_rm -f "containers/$name.last-message"
+    fi
+    ils_put "containers/$name.last" "$rc $started $now"
     restarts=$(( restarts + 1 ))
     ils_put "containers/$name.restarts" "$restarts"
     mv -f "containers/$name.log" "containers/$name.previous.log" 2>/dev/null
@@ -335,6 +350,22 @@ ILS_LOGPIPE_PY
   trap 'ILS_STOPPING=1' TERM INT URG
   ils_put "containers/$name.exit" "$rc"
   return "$rc"
+}
+
+# ils_message NAME RC POLICY: containers/NAME.message, the termination message of the run that
+# just ended (base64 on one line, which the plugin's state reader carries whatever the bytes),
+# or no such file when it has none. With FallbackToLogsOnError and a non-zero exit: the last 80
+# lines of its log, of which at most the last 2048 bytes, as the kubelet does.
+ils_message() {
+  local text=""
+  if [ "$3" = FallbackToLogsOnError ] && [ "$2" -ne 0 ] && [ -s "containers/$1.log" ]; then
+    text=$(tail -n 80 -- "containers/$1.log" | tail -c 2048 | base64 -w 0)
+  fi
+  if [ -n "$text" ]; then
+    ils_put "containers/$1.message" "$text"
+  else
+    ils_rm -f "containers/$1.message"
+  fi
 }
 
 # The pod is deleted: the plugin sends SIGURG to every process of the job (ignored by all but
@@ -608,7 +639,8 @@ ils_start() {
       if [ -e "$f.idx" ]; then mv -f "$f.idx" "${f%.log}.previous.log.idx"; fi
     done
     rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
-      containers/*.startup-ok containers/*.backoff
+      containers/*.startup-ok containers/*.backoff containers/*.message containers/*.last \
+      containers/*.last-message
   fi
   ils_put job.runs "$ILS_RUN"
   ils_which ILS_PYTHON python3 || ILS_PYTHON=""

@@ -13,6 +13,7 @@ text exactly — including ``$(id)`` and backticks, which only the shell would e
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -669,6 +670,38 @@ def test_on_failure_restarts_a_failing_container_counting_restarts_and_keeping_t
     assert "container main exited with code 1; restart 1 in 1 s" in run.output
 
 
+def test_fallback_to_logs_gives_each_failed_run_its_log_tail_and_the_restart_a_last_state(
+    bin_dir: Path, data_root: Path
+) -> None:
+    """FallbackToLogsOnError: a run that failed leaves the end of its log as its message, which
+    becomes the last state's when the container is restarted; the run that succeeds has none."""
+    main = failing("main", 2) | {"terminationMessagePolicy": "FallbackToLogsOnError"}
+    the_pod = pg.pod("probe", [main], restartPolicy="OnFailure")
+    plan = plan_for(the_pod, restarting(data_root, bin_dir))
+    run, _ = run_job(plan)
+    assert run.returncode == 0, run.output
+    files = read_container(LocalTransport(), plan.pod_dir, "main")
+    assert files.exit_code == 0 and files.message is None
+    assert files.last is not None
+    assert (files.last.exit_code, files.last.message) == (1, "run 2\n")
+    assert files.started is not None and files.last.finished is not None
+    assert files.last.started is not None and files.last.started <= files.last.finished
+    assert files.last.finished <= files.started
+
+
+@pytest.mark.parametrize("policy", ["File", "FallbackToLogsOnError"])
+def test_a_failed_container_has_a_message_only_when_its_policy_falls_back_to_logs(
+    bin_dir: Path, data_root: Path, policy: str
+) -> None:
+    main = failing("main", 1) | {"terminationMessagePolicy": policy}
+    plan = plan_for(pg.pod("probe", [main]), restarting(data_root, bin_dir))
+    run, _ = run_job(plan)
+    assert run.returncode == 1, run.output
+    files = read_container(LocalTransport(), plan.pod_dir, "main")
+    assert files.exit_code == 1 and files.last is None
+    assert files.message == ("run 1\n" if policy == "FallbackToLogsOnError" else None)
+
+
 def test_the_log_copier_comes_with_the_library_and_indexes_each_chunk(
     bin_dir: Path, data_root: Path
 ) -> None:
@@ -1280,3 +1313,47 @@ def test_a_requeued_run_clears_the_last_runs_states_before_it_counts_itself(
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "job.runs").read_text() == "2\n"
     assert (tmp_path / "seen").read_text().split() == ["main.previous.log"]
+
+
+@pytest.mark.parametrize(
+    ("log", "kept"),
+    [
+        (b"".join(b"line %d\n" % i for i in range(100)), 80),  # the last 80 lines
+        (b"x" * 999 + b"\n" + b"y" * 1500 + b"\n" + b"z" * 1500 + b"\n", None),  # 2048 bytes
+        (b"\xff\x00 no newline at the end", None),
+    ],
+    ids=["lines", "bytes", "binary"],
+)
+def test_ils_message_keeps_the_log_tail_the_kubelet_keeps(
+    tmp_path: Path, log: bytes, kept: int | None
+) -> None:
+    (tmp_path / "containers").mkdir()
+    (tmp_path / "containers" / "c.log").write_bytes(log)
+    run = in_library("ils_message c 2 FallbackToLogsOnError", tmp_path)
+    assert run.returncode == 0, run.stderr
+    message = base64.b64decode((tmp_path / "containers" / "c.message").read_bytes())
+    tail = b"".join(log.splitlines(keepends=True)[-kept:]) if kept else log
+    assert message == tail[-2048:]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "ils_message c 0 FallbackToLogsOnError",
+        "ils_message c 1 File",
+        "ils_message d 1 FallbackToLogsOnError",
+    ],
+)
+def test_ils_message_leaves_none_for_a_success_a_file_policy_or_an_empty_log(
+    tmp_path: Path, call: str
+) -> None:
+    """And removes the message an earlier run of the container left."""
+    containers = tmp_path / "containers"
+    containers.mkdir()
+    (containers / "c.log").write_text("out\n")
+    (containers / "d.log").write_text("")
+    for name in ("c", "d"):
+        (containers / f"{name}.message").write_text("b2xk\n")
+    run = in_library(call, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert not (containers / f"{call.split()[1]}.message").exists()

@@ -4,6 +4,7 @@ link)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shlex
 import subprocess
@@ -110,6 +111,32 @@ def test_a_pods_files_cannot_pass_for_another_pods(tmp_path: Path, reader: Trans
     assert read.changed[str(evil)].containers["c"].exit_code is None
     assert read.changed[str(evil)].containers["fifo"].started is None
     assert read.changed[str(evil)].containers["big"].started is None  # over 1 kB: not read
+
+
+def test_termination_messages_and_the_last_run_are_read_with_the_states(
+    tmp_path: Path, reader: Transport
+) -> None:
+    """A message is base64 on one line (ils_message): any bytes, up to the kubelet's 4096,
+    arrive whole; a file over 6 kB is not read."""
+    pod, big = tmp_path / "ns" / "a-1", tmp_path / "ns" / "b-2"
+    raw = bytes(range(256)) * 16  # 4096 bytes, newlines, NULs and invalid UTF-8 included
+    for p in (pod, big):
+        put(p, "containers/c.started", STARTED)
+        put(p, "containers/c.restarts", "2")
+        put(p, "containers/c.last", f"1 {STARTED} {STARTED}")
+        put(p, "containers/c.exit", "3")
+        put(p, "containers/c.finished", STARTED)
+    put(pod, "containers/c.last-message", base64.b64encode("déjà vu\n".encode()).decode())
+    put(pod, "containers/c.message", base64.b64encode(raw).decode())
+    put(big, "containers/c.message", base64.b64encode(raw + raw[:512]).decode())
+    read = jobdir.read_states(reader, str(tmp_path), 0, {str(pod): ["c"], str(big): ["c"]})
+    c = read.changed[str(pod)].containers["c"]
+    assert c.message == raw.decode(errors="replace")
+    assert c.last is not None
+    assert (c.last.exit_code, c.last.message) == (1, "déjà vu\n")
+    assert c.last.started == c.last.finished == c.started
+    assert read.changed[str(big)].containers["c"].message is None  # over 6 kB: not read
+    assert read.changed[str(big)].containers["c"].last is not None
 
 
 def test_pods_not_asked_about_and_other_directories_are_left_out(

@@ -9,9 +9,9 @@ import pytest
 
 from interlink_slurm.slurm.cli import parse_sinfo, parse_squeue
 from interlink_slurm.slurm.common import parse_gres
-from interlink_slurm.slurm.container_files import ContainerFiles
+from interlink_slurm.slurm.container_files import ContainerFiles, LastRun
 from interlink_slurm.slurm.scheduler import JobInfo
-from interlink_slurm.slurm.states import container_statuses
+from interlink_slurm.slurm.states import POD_MESSAGES_MAX, container_statuses, own_messages
 
 T0 = datetime(2026, 11, 25, 7, 0, 0, tzinfo=UTC)
 T1 = datetime(2026, 11, 25, 7, 0, 5, tzinfo=UTC)
@@ -175,6 +175,60 @@ def test_container_waiting_to_be_restarted_is_in_crash_loop_back_off() -> None:
     assert "back-off 40s" in c.state.waiting.message and "exit code 3" in c.state.waiting.message
     assert c.restart_count == 2
     assert not c.ready
+
+
+def test_the_run_before_a_restart_is_the_last_state_with_its_message() -> None:
+    last = LastRun(1, T0, T1, "Traceback...\nValueError: bad input\n")
+    files = {"c": ContainerFiles(started=T1, restarts=1, last=last)}
+    c = statuses(JobInfo("7", "RUNNING"), files)["c"]
+    assert c.state.running is not None and c.last_state is not None
+    assert c.last_state.model_dump(exclude_none=True) == {
+        "terminated": {
+            "exit_code": 1,
+            "reason": "Error",
+            "message": "Traceback...\nValueError: bad input\n",
+            "started_at": T0,
+            "finished_at": T1,
+        }
+    }
+    assert (
+        statuses(JobInfo("7", "RUNNING"), {"c": ContainerFiles(started=T1)})["c"].last_state is None
+    )
+
+
+def test_a_termination_message_replaces_the_plugin_s_notes_but_not_an_eviction() -> None:
+    files = {
+        "a": ContainerFiles(started=T0, finished=T1, exit_code=1, message='{"result": 1}'),
+        "b": ContainerFiles(started=T0, finished=T1, exit_code=1, message="out of space"),
+        "c": ContainerFiles(started=T0, finished=T1, exit_code=1),
+    }
+    _, main = container_statuses(JobInfo("7", "FAILED"), "7", (), ("a", "b", "c"), files, {})
+    for st in main:
+        assert st.state.terminated is not None
+        st.state.terminated.message = "(Slurm node n1)"  # as statuses.py notes it
+    main[1].state.terminated.reason = "Evicted"  # type: ignore[union-attr]
+    own_messages(main, files, 3)
+    assert [st.state.terminated.message for st in main if st.state.terminated] == [
+        '{"result": 1}',
+        "(Slurm node n1)",
+        "(Slurm node n1)",
+    ]
+
+
+def test_each_message_is_cut_to_its_share_of_the_pod_s_12_kib_whole_characters_only() -> None:
+    text = "é" * 4000  # 8000 bytes of UTF-8
+    last = LastRun(1, T0, T1, text)
+    files = {
+        n: ContainerFiles(started=T0, finished=T1, exit_code=1, message=text, last=last, restarts=1)
+        for n in "ab"
+    }
+    init, main = container_statuses(None, "7", ("a",), ("b",), files, {})
+    own_messages([*init, *main], files, 5)  # three more containers, which have none
+    share = POD_MESSAGES_MAX // 5  # 2457: an odd share would cut an é in two
+    for st in (*init, *main):
+        for state in (st.state, st.last_state):
+            assert state is not None and state.terminated is not None
+            assert state.terminated.message == "é" * (share // 2)
 
 
 def test_restart_count_adds_the_jobs_restarts_to_slurm_requeues() -> None:

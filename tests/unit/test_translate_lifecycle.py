@@ -57,6 +57,29 @@ def test_never_adds_nothing_to_the_container_line() -> None:
     assert "ILS_BACKOFF=" not in script
 
 
+@pytest.mark.parametrize(("policy", "words"), [(None, None), ("File", None), ("", None)])
+def test_the_file_policy_adds_nothing_to_the_container_line(
+    policy: str | None, words: None
+) -> None:
+    c = main() if policy is None else main() | {"terminationMessagePolicy": policy}
+    assert life(c).messages == "File"
+    assert "-M " not in render_script(plan_of(pod_of(c)))
+
+
+def test_fallback_to_logs_is_an_ils_container_option() -> None:
+    c = main() | {"terminationMessagePolicy": "FallbackToLogsOnError"}
+    script = render_script(plan_of(pod_of(c)))
+    assert "ils_container main \\\n    -M 1 FallbackToLogsOnError \\\n    apptainer exec" in script
+
+
+@pytest.mark.parametrize("policy", ["Logs", 3, ["File"], "file"])
+def test_an_unknown_termination_message_policy_is_refused_naming_it(policy: Any) -> None:
+    setup = pg.container("setup", "pass") | {"terminationMessagePolicy": policy}
+    refused = rejection(pod_of(main(), init=[setup]))
+    assert refused.field == "spec.initContainers[0].terminationMessagePolicy"
+    assert "must be one of File, FallbackToLogsOnError" in refused.reason
+
+
 def test_http_readiness_probe_with_defaults() -> None:
     readiness = life(main(readinessProbe=HTTP)).readiness
     assert readiness == (
