@@ -4,6 +4,7 @@ Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
     job.sh, ils.sh, job.out (the batch script, its functions, its output), pod.json
     containers/<name>.{env,log,started,finished,exit}
     containers/<name>.{restarts,ready,backoff}  restarts (restartPolicy), readiness, back-off
+    containers/<name>.{message,last,last-message}  termination message; the run before a restart
     containers/<name>.previous.log              the run before the last restart or requeue
     containers/<name>.{startup-ok,hooks.log}    startup probe passed; postStart/preStop output
     volumes/<volume>/...

@@ -15,9 +15,11 @@ One YAML file per scenario in ``scenarios/``::
       createError: [text, ...]        # /create must be refused with a message holding each
                                       # text (the pod Fails, reason ProviderFailed)
       initContainers: {name: {exitCode: 0, reason: Completed, logs: [line, ...]}}
-      containers:     {name: {exitCode: 0, reason: Completed, logs: [line, ...]}}
+      containers:     {name: {exitCode: 0, reason: Completed, logs: [line, ...],
+                              message: [text, ...]}}
 
-Every expected log line must appear as a whole line of the container's log. The phase is derived
+Every expected log line must appear as a whole line of the container's log; each ``message``
+text, within its terminated state's message (a termination message). The phase is derived
 from the container statuses the way interLink's virtual kubelet does (``pod_phase``), so the same
 expectations hold for the plugin's raw HTTP answers (run_local.py) and for a real cluster
 (run_kind.py, where Kubernetes reports the phase).
@@ -56,7 +58,7 @@ _SCENARIO_KEYS = {
     "expect",
 }
 _EXPECT_KEYS = {"phase", "createError", "initContainers", "containers"}
-_CONTAINER_KEYS = {"exitCode", "reason", "logs"}
+_CONTAINER_KEYS = {"exitCode", "reason", "logs", "message"}
 
 
 class ScenarioError(Exception):
@@ -68,6 +70,7 @@ class ContainerExpectation:
     exit_code: int | None = None
     reason: str | None = None
     logs: tuple[str, ...] = ()
+    message: tuple[str, ...] = ()  # texts its terminated state's message holds
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,12 @@ def _containers(path: Path, where: str, data: Any) -> dict[str, ContainerExpecta
         logs = exp.get("logs") or []
         if not all(isinstance(line, str) for line in logs):
             raise _fail(path, f"{where}.{name}.logs must be a list of strings")
-        out[str(name)] = ContainerExpectation(exp.get("exitCode"), exp.get("reason"), tuple(logs))
+        message = exp.get("message") or []
+        if not all(isinstance(text, str) and text for text in message):
+            raise _fail(path, f"{where}.{name}.message must be a list of texts")
+        out[str(name)] = ContainerExpectation(
+            exp.get("exitCode"), exp.get("reason"), tuple(logs), tuple(message)
+        )
     return out
 
 
@@ -524,7 +532,7 @@ def judge(
             status = by_name.get(name)
             kind, detail = _state(status or {})
             where = f"{group}.{name}"
-            if exp.exit_code is not None or exp.reason is not None:
+            if exp.exit_code is not None or exp.reason is not None or exp.message:
                 if status is None or kind != "terminated":
                     problems.append(f"{group}.{name}: {kind}, expected terminated")
                 else:
@@ -534,6 +542,10 @@ def judge(
                     if exp.reason is not None and detail.get("reason") != exp.reason:
                         reason = detail.get("reason")
                         problems.append(f"{where}: reason {reason!r}, expected {exp.reason!r}")
+                    said = str(detail.get("message") or "")
+                    for want in exp.message:
+                        if want not in said:
+                            problems.append(f"{where}: message {said!r} has no {want!r}")
             lines = {line.rstrip("\r") for line in logs.get(name, "").splitlines()}
             for want in exp.logs:
                 if want not in lines:

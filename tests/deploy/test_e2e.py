@@ -282,6 +282,29 @@ def test_judge_passes_a_matching_outcome_and_names_each_difference() -> None:
     assert any("running, expected terminated" in p for p in sc.judge(s, "Running", running, [], {}))
 
 
+def test_judge_checks_each_text_of_an_expected_termination_message() -> None:
+    s = by_name("failing-containers")
+    texts = s.containers["python-exception"].message
+    assert texts and all(t.endswith("\n") for t in texts)
+    ended = {"exitCode": 1, "reason": "Error", "message": "x\n" + "".join(texts)}
+    other = {"exitCode": 0, "reason": "Completed"}
+    statuses = [
+        {"name": "exit-failure", "state": {"terminated": {"exitCode": 42, "reason": "Error"}}},
+        {"name": "python-exception", "state": {"terminated": ended}},
+        {"name": "success-container", "state": {"terminated": other}},
+    ]
+    logs = {
+        "exit-failure": "ERROR: Simulated application failure\nExit code: 42\n",
+        "python-exception": "".join(texts),
+        "success-container": "Completed successfully\n",
+    }
+    assert sc.judge(s, "Failed", statuses, [], logs) == []
+    ended["message"] = texts[0]
+    assert [p for p in sc.judge(s, "Failed", statuses, [], logs) if "message" in p] == [
+        f"containers.python-exception: message {texts[0]!r} has no {texts[1]!r}"
+    ]
+
+
 def test_judge_checks_create_refusals() -> None:
     s = by_name("unsupported-volume")
     assert (

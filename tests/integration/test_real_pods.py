@@ -13,6 +13,7 @@ import pwd
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -610,3 +611,72 @@ def test_a_restarted_container_s_earlier_run_leaves_nothing_behind(
     assert Path(f"/proc/{second}").exists()  # the running one's is still there
     kplugin.delete(the_pod)
     wait_until_gone(cluster, job_id)
+
+
+def test_a_failed_run_s_log_tail_is_its_message_and_a_restart_s_last_state_keeps_it(
+    kplugin: Plugin,
+) -> None:
+    """FallbackToLogsOnError, as the kubelet does it: the end of a failed run's log (its last 80
+    lines, at most 2048 bytes) is the message of its ended state, or of its lastState once the
+    container is restarted. A container with the default policy (File) gets no such message."""
+    traceback = (
+        "for i in range(200): print('line', i, flush=True)\n"  # before the traceback, unbuffered
+        "raise ValueError('bad input: ' + 'é' * 3)\n"
+    )
+    flaky = (
+        "import os\n"
+        "first = not os.path.exists('/mnt/work/ran')\n"
+        "open('/mnt/work/ran', 'a').close()\n"
+        "if first:\n"
+        + "".join(f"    {line}\n" for line in traceback.splitlines())
+        + "print('second run, fine')\n"
+    )
+    fallback = {"terminationMessagePolicy": "FallbackToLogsOnError"}
+    once = podgen.pod(
+        "message-never",
+        [
+            podgen.container("broken", traceback, image=KUBE_IMAGE, **fallback),
+            podgen.container("quiet", traceback, image=KUBE_IMAGE),
+            podgen.container("fine", "print('ok')", image=KUBE_IMAGE, **fallback),
+        ],
+    )
+    again = podgen.pod(
+        "message-restart",
+        [
+            podgen.container(
+                "flaky",
+                flaky,
+                image=KUBE_IMAGE,
+                volumeMounts=[{"name": "w", "mountPath": "/mnt/work"}],
+                **fallback,
+            )
+        ],
+        volumes=[{"name": "w", "emptyDir": {}}],
+        restartPolicy="OnFailure",
+    )
+    for the_pod in (once, again):
+        kplugin.create_ok(podgen.kube_retrieved(the_pod))
+    status = kplugin.wait_for(podgen.kube_retrieved(once)["pod"], all_terminated, 90)
+    ended = {n: s["terminated"] for n, s in states(status).items()}
+    log = kplugin.logs(once, "broken").text
+    assert ended["broken"]["exitCode"] == 1, log
+    tail = "".join(log.splitlines(keepends=True)[-80:]).encode()[-2048:].decode(errors="ignore")
+    assert ended["broken"]["message"] == tail
+    assert ended["broken"]["message"].endswith("ValueError: bad input: ééé\n")
+    assert "line 199\n" in ended["broken"]["message"]
+    assert "line 100\n" not in ended["broken"]["message"]  # 80 lines at most
+    assert "ValueError" not in ended["quiet"].get("message", "")
+    assert "Slurm node" in ended["quiet"]["message"]  # the plugin's own note stays
+    assert ended["fine"]["exitCode"] == 0 and "Slurm node" in ended["fine"]["message"]
+
+    status = kplugin.wait_for(podgen.kube_retrieved(again)["pod"], all_terminated, 90)
+    flaky_status = status["containers"][0]
+    assert flaky_status["restartCount"] == 1
+    assert flaky_status["state"]["terminated"]["exitCode"] == 0
+    assert "ValueError" not in flaky_status["state"]["terminated"].get("message", "")
+    last = flaky_status["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"]) == (1, "Error")
+    assert last["message"].endswith("ValueError: bad input: ééé\n")
+    ended_at = flaky_status["state"]["terminated"]["startedAt"]
+    when = [datetime.fromisoformat(t) for t in (last["startedAt"], last["finishedAt"], ended_at)]
+    assert when == sorted(when)
