@@ -613,12 +613,15 @@ def test_a_restarted_container_s_earlier_run_leaves_nothing_behind(
     wait_until_gone(cluster, job_id)
 
 
+@pytest.mark.parametrize("transport", ["local", "ssh"])
 def test_a_failed_run_s_log_tail_is_its_message_and_a_restart_s_last_state_keeps_it(
-    kplugin: Plugin,
+    request: pytest.FixtureRequest, transport: str
 ) -> None:
     """FallbackToLogsOnError, as the kubelet does it: the end of a failed run's log (its last 80
     lines, at most 2048 bytes) is the message of its ended state, or of its lastState once the
-    container is restarted. A container with the default policy (File) gets no such message."""
+    container is restarted. A container with the default policy (File) gets no such message.
+    Over SSH, as an ordinary user, the state reader is the shell script."""
+    kplugin: Plugin = request.getfixturevalue("kplugin" if transport == "local" else "user_plugin")
     traceback = (
         "for i in range(200): print('line', i, flush=True)\n"  # before the traceback, unbuffered
         "raise ValueError('bad input: ' + 'é' * 3)\n"
@@ -635,9 +638,9 @@ def test_a_failed_run_s_log_tail_is_its_message_and_a_restart_s_last_state_keeps
     once = podgen.pod(
         "message-never",
         [
-            podgen.container("broken", traceback, image=KUBE_IMAGE, **fallback),
-            podgen.container("quiet", traceback, image=KUBE_IMAGE),
-            podgen.container("fine", "print('ok')", image=KUBE_IMAGE, **fallback),
+            podgen.container("broken", traceback, image="debian-python", **fallback),
+            podgen.container("quiet", traceback, image="debian-python"),
+            podgen.container("fine", "print('ok')", image="debian-python", **fallback),
         ],
     )
     again = podgen.pod(
@@ -646,7 +649,7 @@ def test_a_failed_run_s_log_tail_is_its_message_and_a_restart_s_last_state_keeps
             podgen.container(
                 "flaky",
                 flaky,
-                image=KUBE_IMAGE,
+                image="debian-python",
                 volumeMounts=[{"name": "w", "mountPath": "/mnt/work"}],
                 **fallback,
             )
