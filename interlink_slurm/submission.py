@@ -118,14 +118,22 @@ def image_commands(
 def _image_metadata(transport: Transport, image: str) -> bytes | None:
     """ch-image's metadata of a Charliecloud image: a file of the image directory, or of a
     SquashFS image (ch-convert's ``.sqfs``), read with ``unsquashfs -cat`` where it runs;
-    None when there is none."""
+    None when there is none, or unsquashfs cannot be run there."""
     path = f"{image.rstrip('/')}/{CH_METADATA}"
+    if not image.endswith(SQUASHFS_SUFFIXES):
+        try:
+            raw = transport.read_file(path, IMAGE_METADATA_LIMIT)
+        except NotADirectoryError:
+            raw = None
+        if raw is not None:
+            return raw
+        # Not found: a SquashFS file by another name, which over SFTP reads as missing rather
+        # than "not a directory" (unsquashfs refuses a directory, as the job's lookup does).
     try:
-        if not image.endswith(SQUASHFS_SUFFIXES):
-            return transport.read_file(path, IMAGE_METADATA_LIMIT)
-    except NotADirectoryError:
-        pass
-    result = transport.run(["unsquashfs", "-cat", image, CH_METADATA], timeout=30)
+        result = transport.run(["unsquashfs", "-cat", image, CH_METADATA], timeout=30)
+    except CommandUnavailable as err:
+        log.warning("cannot read the metadata of image %s: %s", image, err)
+        return None
     if result.returncode != 0 or not result.stdout:
         return None
     return result.stdout.encode()[:IMAGE_METADATA_LIMIT]

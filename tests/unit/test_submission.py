@@ -96,7 +96,9 @@ def test_an_images_command_is_read_from_the_first_cluster_that_has_it(tmp_path: 
     t.files["/images/tool/ch/metadata.json"] = json.dumps(meta).encode()
     got = submission.image_commands(data, settings, {"default": t})
     assert got == {"/images/tool": (("/bin/tool",), ("--serve",))}
-    assert submission.image_commands(data, settings, {"default": Scripted({})}) == {}
+    # No metadata file: unsquashfs is asked (a SquashFS file by another name), and refuses.
+    missing = Scripted({"unsquashfs": result(1, "", "not a SquashFS filesystem")})
+    assert submission.image_commands(data, settings, {"default": missing}) == {}
 
 
 def test_a_squashfs_images_command_is_read_with_unsquashfs(tmp_path: Path) -> None:
@@ -123,6 +125,89 @@ def test_a_squashfs_images_command_is_read_with_unsquashfs(tmp_path: Path) -> No
     data = RetrievedPodData.model_validate(podgen.retrieved(podgen.pod("img", containers)))
     got = submission.image_commands(data, settings, {"default": LocalTransport()})
     assert got == {str(packed): (("/bin/tool",), ("--serve",))}
+
+
+class Unsquashable(LocalTransport):
+    """A cluster side whose files are read as over SFTP (a path under a file is simply not
+    there) and whose unsquashfs answers as scripted."""
+
+    def __init__(self, answer: CommandResult | Exception) -> None:
+        super().__init__()
+        self.answer = answer
+        self.ran: list[tuple[str, ...]] = []
+
+    def read_file(self, path: str, limit: int) -> bytes | None:
+        try:
+            return super().read_file(path, limit)
+        except NotADirectoryError:
+            return None
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        self.ran.append(tuple(argv))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def sqfs_settings(tmp_path: Path, images: Path) -> Settings:
+    return load_settings(
+        None,
+        data_root=str(tmp_path / "pods"),
+        runtime="charliecloud",
+        partition="cpu",
+        image_roots=[str(images)],
+    )
+
+
+def without_command(*images: str) -> RetrievedPodData:
+    containers = [podgen.container(f"c{i}", image=image) for i, image in enumerate(images)]
+    for c in containers:
+        c.pop("command", None)
+    return RetrievedPodData.model_validate(podgen.retrieved(podgen.pod("img", containers)))
+
+
+def test_a_squashfs_image_not_named_sqfs_is_read_with_unsquashfs_too(tmp_path: Path) -> None:
+    """Over SFTP a read under a file says only "no such file": an image file whatever its name
+    is then asked of unsquashfs, as the job and the mount lookup find it by its content."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "dir" / "ch").mkdir(parents=True)  # a directory image with no metadata
+    meta = json.dumps({"entrypoint": ["/bin/tool"], "cmd": ["--serve"]})
+    (images / "tool.img").write_bytes(b"packed")
+    t = Unsquashable(result(0, meta))
+    data = without_command(str(images / "tool.img"))
+    got = submission.image_commands(data, sqfs_settings(tmp_path, images), {"default": t})
+    assert got == {str(images / "tool.img"): (("/bin/tool",), ("--serve",))}
+    assert t.ran == [("unsquashfs", "-cat", str(images / "tool.img"), "ch/metadata.json")]
+    # A directory image without metadata: unsquashfs refuses it, nothing is found.
+    none = Unsquashable(result(1, "", "not a squashfs"))
+    data = without_command(str(images / "dir"))
+    assert submission.image_commands(data, sqfs_settings(tmp_path, images), {"default": none}) == {}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        CommandUnavailable("unsquashfs is not installed or not on PATH"),
+        CommandUnavailable("unsquashfs did not answer within 30 s"),
+    ],
+)
+def test_an_image_whose_metadata_cannot_be_read_is_refused_not_an_error(
+    tmp_path: Path, failure: Exception
+) -> None:
+    """No unsquashfs on the cluster side: the image's command is unknown, which the plan
+    refuses naming the container's command (a 422), never a failed request."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "tool.sqfs").write_bytes(b"packed")
+    t = Unsquashable(failure)
+    settings = sqfs_settings(tmp_path, images)
+    data = without_command(str(images / "tool.sqfs"))
+    commands = submission.image_commands(data, settings, {"default": t})
+    assert commands == {}
+    with pytest.raises(PodRejected) as refused:
+        build_plan(data, settings, str(tmp_path / "pods" / "p"), image_commands=commands)
+    assert refused.value.field == "spec.containers[0].command"
 
 
 def _planned(tmp_path: Path, runtime: str, mounted: bool) -> tuple[Settings, JobPlan]:
