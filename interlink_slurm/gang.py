@@ -36,6 +36,7 @@ from interlink_slurm.groups import (
 from interlink_slurm.metrics import Metrics
 from interlink_slurm.placement import Placement
 from interlink_slurm.pulls import encode
+from interlink_slurm.slurm.transport import CommandUnavailable
 from interlink_slurm.store import PodRecord, Store
 from interlink_slurm.tracker import Clock
 from interlink_slurm.translate.group import (
@@ -515,6 +516,11 @@ def _write_group(
         raise StorageError(f"cannot write the group directory {group_dir}: {err}") from err
     if owner is not None:
         who = f"{owner[0]}:{owner[1]}" if owner[1] is not None else str(owner[0])
-        result = transport.run(["chown", "-R", "--", who, group_dir], timeout=60)
+        try:
+            result = transport.run(["chown", "-R", "--", who, group_dir], timeout=60)
+        except CommandUnavailable as err:  # over SSH an outage, a SchedulerUnavailable: 503
+            if isinstance(err, SchedulerUnavailable):
+                raise
+            raise StorageError(f"cannot hand {group_dir} to uid {who}: {err}") from err
         if result.returncode != 0:
             raise StorageError(f"cannot hand {group_dir} to uid {who}: {result.stderr.strip()}")

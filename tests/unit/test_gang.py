@@ -4,16 +4,20 @@ The same on real Slurm: tests/integration/test_pod_groups.py."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from interlink_slurm.errors import PodRejected, SchedulerUnavailable
-from interlink_slurm.gang import member_nodes
+from interlink_slurm.errors import PodRejected, SchedulerUnavailable, StorageError
+from interlink_slurm.gang import _write_group, member_nodes
 from interlink_slurm.groups import KUEUE_GROUP, KUEUE_TOTAL
 from interlink_slurm.service import Service
 from interlink_slurm.slurm.scheduler import JobInfo
+from interlink_slurm.slurm.ssh import SSHUnavailable
+from interlink_slurm.slurm.transport import CommandResult, CommandUnavailable, LocalTransport
 from interlink_slurm.translate.group import GROUP_COMMENT_PREFIX
 from interlink_slurm.wire import RetrievedPodData
 from tests import podgen
@@ -214,3 +218,25 @@ def test_a_groups_failed_submission_is_counted_and_leaves_no_member_waiting(
         assert not any(service.book.counts().values())
 
     drive(service, scenario)
+
+
+class _NoChown(LocalTransport):
+    def __init__(self, failure: Exception) -> None:
+        super().__init__()
+        self.failure = failure
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> CommandResult:
+        raise self.failure
+
+
+def test_a_group_directory_that_cannot_be_handed_over_is_a_storage_error_or_an_outage(
+    tmp_path: Path,
+) -> None:
+    """chown with no answer on this machine: the create fails with a storage error (507),
+    not an unexpected one; over SSH the login node's outage stays an outage (503)."""
+    cluster: Any = SimpleNamespace(transport=_NoChown(CommandUnavailable("chown did not answer")))
+    with pytest.raises(StorageError, match="cannot hand"):
+        _write_group(cluster, str(tmp_path / "g"), "#!/bin/bash\n", (1234, 1234))
+    cluster.transport = _NoChown(SSHUnavailable("cannot reach the login node"))
+    with pytest.raises(SchedulerUnavailable):
+        _write_group(cluster, str(tmp_path / "h"), "#!/bin/bash\n", (1234, 1234))
