@@ -5,6 +5,7 @@ Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
     containers/<name>.{env,log,started,finished,exit}
     containers/<name>.{restarts,ready,backoff}  restarts (restartPolicy), readiness, back-off
     containers/<name>.{message,last,last-message}  termination message; the run before a restart
+                                                or requeue
     containers/<name>.previous.log              the run before the last restart or requeue
     containers/<name>.{startup-ok,hooks.log}    startup probe passed; postStart/preStop output
     volumes/<volume>/...
@@ -175,13 +176,13 @@ def _last(raw: bytes | None, message: str | None) -> LastRun | None:
 
 def _container(read: Callable[[str, int], bytes | None]) -> ContainerFiles:
     """One container's state from its files, each read by ``read(suffix, limit)``."""
+    # The run before the last restart or requeue: shown while the next one waits to start too.
+    raw_last = read("last", 128)
+    last = _last(raw_last, _message(read("last-message", MESSAGE_FILE_MAX))) if raw_last else None
     started = _time(read("started", 64))
     if started is None:
-        return ContainerFiles()
-    last = None
+        return ContainerFiles(last=last)
     restarts = _int(read("restarts", 16))
-    if restarts:
-        last = _last(read("last", 128), _message(read("last-message", MESSAGE_FILE_MAX)))
     exit_code = _int(read("exit", 16))
     finished = _time(read("finished", 64))
     ready = None

@@ -9,7 +9,7 @@
 #   containers/<name>.exit      its exit code
 #   containers/<name>.log       its stdout and stderr
 #   containers/<name>.message   its termination message, base64 on one line (ils_message)
-#   containers/<name>.last      "EXIT STARTED FINISHED" of the run before a restart (lastState)
+#   containers/<name>.last      "EXIT STARTED FINISHED" of the run before a restart or requeue
 #   containers/<name>.last-message  that run's termination message
 #
 # Read from job.sh: POD_DIR, and when the pod has restarts, probes, hooks or sizeLimits,
@@ -264,15 +264,8 @@ ILS_LOGPIPE_PY
       *) break ;;
     esac
     [ -z "${ILS_STOPPING:-}" ] || break
-    # Restart after a back-off, as the kubelet does (CrashLoopBackOff meanwhile). The run that
-    # ended is the container's last state until the next one ends; its message moves first, so
-    # that a state read that finds the new .last finds its message beside it.
-    if [ -e "containers/$name.message" ]; then
-      mv -f "containers/$name.message" "containers/$name.last-message"
-    else
-      ils_rm -f "containers/$name.last-message"
-    fi
-    ils_put "containers/$name.last" "$rc $started $now"
+    # Restart after a back-off, as the kubelet does (CrashLoopBackOff meanwhile).
+    ils_last_run "containers/$name" "$rc" "$started" "$now"
     restarts=$(( restarts + 1 ))
     ils_put "containers/$name.restarts" "$restarts"
     mv -f "containers/$name.log" "containers/$name.previous.log" 2>/dev/null
@@ -292,6 +285,18 @@ ILS_LOGPIPE_PY
   trap 'ILS_STOPPING=1' TERM INT URG
   ils_put "containers/$name.exit" "$rc"
   return "$rc"
+}
+
+# ils_last_run PATH RC STARTED FINISHED: the run of the container PATH (containers/<name>) that
+# ended becomes its last state (lastState) until the next one ends. Its message moves first, so
+# that a state read that finds the new .last finds that run's message beside it.
+ils_last_run() {
+  if [ -e "$1.message" ]; then
+    mv -f "$1.message" "$1.last-message"
+  else
+    ils_rm -f "$1.last-message"
+  fi
+  ils_put "$1.last" "$2 $3 $4"
 }
 
 # ils_message NAME RC POLICY: containers/NAME.message, the termination message of the run that
@@ -568,7 +573,7 @@ ils_size_watch() {
 # from the start: what the last run wrote becomes the "previous" logs, and the containers
 # start over.
 ils_start() {
-  local f runs
+  local f runs code began ended
   ils_count runs job.runs
   ILS_RUN=$(( runs + 1 ))
   # A run after the first (a requeue) clears the last one's files before it counts itself: a
@@ -580,9 +585,20 @@ ils_start() {
       mv -f "$f" "${f%.log}.previous.log"
       if [ -e "$f.idx" ]; then mv -f "$f.idx" "${f%.log}.previous.log.idx"; fi
     done
+    # A container the last run saw end is that run's last state, as after a restart; one whose
+    # end it could not write (a node that failed) keeps the state it had before, if any.
+    for f in containers/*.exit; do
+      [ -e "$f" ] || continue
+      f=${f%.exit}
+      ils_read code "$f.exit" ""
+      ils_read began "$f.started" ""
+      ils_read ended "$f.finished" ""
+      if [[ $code =~ ^[0-9]{1,3}$ && $began =~ ^[0-9T:.Z-]+$ && $ended =~ ^[0-9T:.Z-]+$ ]]; then
+        ils_last_run "$f" "$code" "$began" "$ended"
+      fi
+    done
     rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
-      containers/*.startup-ok containers/*.backoff containers/*.message containers/*.last \
-      containers/*.last-message
+      containers/*.startup-ok containers/*.backoff containers/*.message
   fi
   ils_put job.runs "$ILS_RUN"
   ils_which ILS_PYTHON python3 || ILS_PYTHON=""

@@ -21,7 +21,7 @@ class ContainerFiles:
     # Waiting to be restarted: (exit code of the run that ended, back-off in seconds).
     backoff: tuple[int, int] | None = None
     message: str | None = None  # the termination message of the run that ended
-    last: LastRun | None = None  # the run before its last restart (lastState)
+    last: LastRun | None = None  # the run before its last restart or requeue (lastState)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ job's end reason (cancelled, timed out, out of memory...).
 
 ``ready``: running, and with a readiness probe its last verdict (containers/<name>.ready).
 ``restartCount``: Slurm requeues of the job plus the job's own restarts of the container
-(containers/<name>.restarts). ``lastState``: the run before the job's last restart of it
-(containers/<name>.last).
+(containers/<name>.restarts). ``lastState``: the run before the job's last restart of it, or
+Slurm's last requeue of the job (containers/<name>.last).
 
 A container's termination message (containers/<name>.message: with FallbackToLogsOnError, the
 end of the log of a run that failed) is its ended state's message, alone (own_messages), as the

@@ -201,6 +201,9 @@ def test_requeued_job_counts_a_restart_and_keeps_the_previous_log(
     assert states(status)["main"]["terminated"]["exitCode"] == 0
     assert local.logs(pod, "main").text == "run 2\n"
     assert local.logs(pod, "main", Previous=True).text == "run 1\n"
+    # The first run, ended by the requeue's SIGTERM, is the container's last state.
+    last = status["containers"][0]["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"]) == (143, "Error"), last
 
 
 @pytest.fixture(scope="module")

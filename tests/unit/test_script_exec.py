@@ -1288,14 +1288,19 @@ def test_a_requeued_run_clears_the_last_runs_states_before_it_counts_itself(
     tmp_path: Path,
 ) -> None:
     """When job.runs says run 2, the files of run 1's containers are gone already: a state read
-    never pairs the new run's count with the old run's exit code."""
+    never pairs the new run's count with the old run's exit code. A container whose end run 1
+    wrote has that run as its last state, with its message; one that did not end there (its
+    node failed) keeps the last state it had."""
     (tmp_path / "job.runs").write_text("1\n")
     containers = tmp_path / "containers"
     containers.mkdir()
     when = "2026-12-02T11:00:00.123456789Z"
     for suffix, value in (("started", when), ("finished", when), ("exit", "3")):
         (containers / f"main.{suffix}").write_text(value + "\n")
+    (containers / "main.message").write_text("ZmFpbGVk\n")
     (containers / "main.log").write_text("run 1\n")
+    (containers / "side.started").write_text(when + "\n")  # killed with its node: no end
+    (containers / "side.last").write_text(f"1 {when} {when}\n")
     # mv runs as a process: the one that moves job.runs into place reports what it sees.
     spy = tmp_path / "bin"
     spy.mkdir()
@@ -1312,7 +1317,18 @@ def test_a_requeued_run_clears_the_last_runs_states_before_it_counts_itself(
     )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "job.runs").read_text() == "2\n"
-    assert (tmp_path / "seen").read_text().split() == ["main.previous.log"]
+    assert (tmp_path / "seen").read_text().split() == [
+        "main.last",
+        "main.last-message",
+        "main.previous.log",
+        "side.last",
+    ]
+    files = read_container(LocalTransport(), str(tmp_path), "main")
+    assert files.started is None and files.last is not None
+    assert (files.last.exit_code, files.last.message) == (3, "failed")
+    assert files.last.started == files.last.finished is not None
+    side = read_container(LocalTransport(), str(tmp_path), "side").last
+    assert side is not None and side.exit_code == 1
 
 
 @pytest.mark.parametrize(
