@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from interlink_slurm.config import Settings
 from interlink_slurm.errors import PodRejected, SchedulerUnavailable, StorageError
 from interlink_slurm.slurm.transport import CommandUnavailable, LocalTransport, Transport
-from interlink_slurm.translate.images import CH_METADATA, image_command
+from interlink_slurm.translate.images import CH_METADATA, SQUASHFS_SUFFIXES, image_command
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import (
     ANNOTATION_IMAGE_ROOT,
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 # ch-image's metadata holds the image's build history: a few kB, far less than this.
 IMAGE_METADATA_LIMIT = 4 * 1024 * 1024
-# What Charliecloud's SquashFS images are named (ch-convert writes .sqfs).
-SQUASHFS_SUFFIXES = (".sqfs", ".squashfs")
 
 
 def primary_group(transport: Transport, plan: JobPlan) -> JobPlan:

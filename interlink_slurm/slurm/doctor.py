@@ -19,6 +19,7 @@ from interlink_slurm.errors import PluginError, SubmitRejected
 from interlink_slurm.slurm.factory import SLURM_COMMANDS
 from interlink_slurm.slurm.scheduler import ClusterResources, Scheduler
 from interlink_slurm.slurm.transport import CommandUnavailable, Transport, TreeItem
+from interlink_slurm.translate.images import SQUASHFS_SUFFIXES
 from interlink_slurm.translate.site import Profile
 
 PROBE_DATA = b"interlink-slurm doctor\n"
@@ -240,6 +241,15 @@ class Doctor:
                 ["bash", "date", "find", "sort", "xargs", "awk", "tar"],
                 "install them there (bash, coreutils, findutils, awk, tar): they read the "
                 "pods' state files and unpack each new pod's directory",
+            )
+        if s.runtime == "charliecloud" and any(
+            path.endswith(SQUASHFS_SUFFIXES) for path in s.images.values()
+        ):
+            await self._need_commands(
+                "squashfs tools",
+                ["unsquashfs"],
+                "install squashfs-tools there and on the compute nodes: the plugin and the job "
+                "read a SquashFS image's command, ENV, WORKDIR and mount points with unsquashfs",
             )
         if s.scheduler != "cli":
             return

@@ -195,6 +195,8 @@ def plan_pulls(
 
 # Where ch-image keeps what it knows of an image, inside the image directory.
 CH_METADATA = "ch/metadata.json"
+# What Charliecloud's SquashFS images are named (ch-convert writes .sqfs).
+SQUASHFS_SUFFIXES = (".sqfs", ".squashfs")
 _INSTRUCTION = re.compile(r"(?:^|#\(nop\)\s+)(ENTRYPOINT|CMD)\s+(.*)$", re.DOTALL)
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 

@@ -146,3 +146,37 @@ def test_over_ssh_the_login_nodes_tools_are_looked_for_and_a_missing_one_is_name
     doctor = Doctor(settings, LocalTransport(env={"PATH": str(bin_dir)}), FakeScheduler())
     asyncio.run(doctor.check_commands())
     assert {c.name: c.ok for c in doctor.checks} == {"runtime": True, "login node tools": True}
+
+
+def test_squashfs_images_under_charliecloud_need_unsquashfs_where_jobs_are_submitted(
+    tmp_path: Path,
+) -> None:
+    """Mapped to a .sqfs image, a pod's command, ENV, WORKDIR and mount points are read with
+    unsquashfs: doctor looks for it (through the transport, here a PATH without it, then
+    with it), and not at all when no image is a SquashFS file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "ch-run"):
+        found = shutil.which(tool)
+        assert found is not None, tool
+        (bin_dir / tool).symlink_to(found)
+
+    def run(images: dict[str, str]) -> dict[str, tuple[bool, str, str]]:
+        settings = load_settings(
+            None,
+            data_root=str(tmp_path / "data"),
+            runtime="charliecloud",
+            scheduler="rest",  # no Slurm commands to look for
+            rest={"url": "unix:///run/slurmrestd/slurmrestd.socket"},
+            images=images,
+        )
+        doctor = Doctor(settings, LocalTransport(env={"PATH": str(bin_dir)}), FakeScheduler())
+        asyncio.run(doctor.check_commands())
+        return {c.name: (c.ok, c.detail, c.fix) for c in doctor.checks}
+
+    assert "squashfs tools" not in run({"tool": "/images/tool"})
+    ok, detail, fix = run({"tool": "/images/tool.sqfs"})["squashfs tools"]
+    assert not ok and detail == "not found on this machine: unsquashfs", detail
+    assert "squashfs-tools" in fix
+    (bin_dir / "unsquashfs").symlink_to(shutil.which("unsquashfs") or "/usr/bin/unsquashfs")
+    assert run({"tool": "/images/tool.sqfs"})["squashfs tools"][0] is True
