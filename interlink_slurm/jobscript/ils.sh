@@ -573,7 +573,8 @@ ils_size_watch() {
 # from the start: what the last run wrote becomes the "previous" logs, and the containers
 # start over.
 ils_start() {
-  local f runs code began ended
+  local f runs code began ended i
+  local -a ended_runs=()
   ils_count runs job.runs
   ILS_RUN=$(( runs + 1 ))
   # A run after the first (a requeue) clears the last one's files before it counts itself: a
@@ -585,8 +586,9 @@ ils_start() {
       mv -f "$f" "${f%.log}.previous.log"
       if [ -e "$f.idx" ]; then mv -f "$f.idx" "${f%.log}.previous.log.idx"; fi
     done
-    # A container the last run saw end is that run's last state, as after a restart; one whose
-    # end it could not write (a node that failed) keeps the state it had before, if any.
+    # A container the last run saw end is that run's last state, as after a restart (written
+    # once its states are gone: a read never sees a run beside itself as its last state); one
+    # whose end it could not write (a node that failed) keeps the state it had before, if any.
     for f in containers/*.exit; do
       [ -e "$f" ] || continue
       f=${f%.exit}
@@ -594,11 +596,15 @@ ils_start() {
       ils_read began "$f.started" ""
       ils_read ended "$f.finished" ""
       if [[ $code =~ ^[0-9]{1,3}$ && $began =~ ^[0-9T:.Z-]+$ && $ended =~ ^[0-9T:.Z-]+$ ]]; then
-        ils_last_run "$f" "$code" "$began" "$ended"
+        ended_runs+=("$f" "$code" "$began" "$ended")
       fi
     done
     rm -f containers/*.started containers/*.finished containers/*.exit containers/*.ready \
-      containers/*.startup-ok containers/*.backoff containers/*.message
+      containers/*.startup-ok containers/*.backoff
+    for (( i = 0; i < ${#ended_runs[@]}; i += 4 )); do
+      ils_last_run "${ended_runs[@]:i:4}"
+    done
+    rm -f containers/*.message
   fi
   ils_put job.runs "$ILS_RUN"
   ils_which ILS_PYTHON python3 || ILS_PYTHON=""

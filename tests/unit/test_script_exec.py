@@ -1306,6 +1306,7 @@ def test_a_requeued_run_clears_the_last_runs_states_before_it_counts_itself(
     spy.mkdir()
     (spy / "mv").write_text(
         '#!/bin/bash\nif [ "${@: -1}" = job.runs ]; then ls containers > seen; fi\n'
+        'if [ "${@: -1}" = containers/main.last ]; then ls containers > seen-last; fi\n'
         'exec /bin/mv "$@"\n'
     )
     (spy / "mv").chmod(0o755)
@@ -1323,6 +1324,8 @@ def test_a_requeued_run_clears_the_last_runs_states_before_it_counts_itself(
         "main.previous.log",
         "side.last",
     ]
+    # When run 1 becomes the last state, its states are gone: never both at once.
+    assert "main.exit" not in (tmp_path / "seen-last").read_text().split()
     files = read_container(LocalTransport(), str(tmp_path), "main")
     assert files.started is None and files.last is not None
     assert (files.last.exit_code, files.last.message) == (3, "failed")
