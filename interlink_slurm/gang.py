@@ -518,9 +518,9 @@ def _write_group(
         who = f"{owner[0]}:{owner[1]}" if owner[1] is not None else str(owner[0])
         try:
             result = transport.run(["chown", "-R", "--", who, group_dir], timeout=60)
-        except CommandUnavailable as err:  # over SSH an outage, a SchedulerUnavailable: 503
-            if isinstance(err, SchedulerUnavailable):
-                raise
+        except SchedulerUnavailable:
+            raise  # over SSH the login node's outage (also a CommandUnavailable): 503
+        except CommandUnavailable as err:
             raise StorageError(f"cannot hand {group_dir} to uid {who}: {err}") from err
         if result.returncode != 0:
             raise StorageError(f"cannot hand {group_dir} to uid {who}: {result.stderr.strip()}")

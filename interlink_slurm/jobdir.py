@@ -167,11 +167,12 @@ def _message(raw: bytes | None) -> str | None:
 
 
 def _last(raw: bytes | None, message: str | None) -> LastRun | None:
-    """The run before a restart, from its .last line: "EXIT STARTED FINISHED"."""
+    """The run before a restart or requeue, from its .last line: "EXIT STARTED FINISHED"."""
     words = raw.split() if raw else []
-    if len(words) != 3 or _int(words[0]) is None:
+    code = _int(words[0]) if len(words) == 3 else None
+    if code is None:
         return None
-    return LastRun(_int(words[0]) or 0, _time(words[1]), _time(words[2]), message)
+    return LastRun(code, _time(words[1]), _time(words[2]), message)
 
 
 def _container(read: Callable[[str, int], bytes | None]) -> ContainerFiles:
@@ -481,11 +482,11 @@ def pod_files(files: Mapping[str, bytes], containers: Sequence[str]) -> PodFiles
 
 # What scan_states reads, as STATE_READER does: names, the largest size, and the bytes kept.
 _POD_STATE_FILES = ("job.runs", "job.evicted")
+_MESSAGE_SUFFIXES = (".message", ".last-message")  # read up to MESSAGE_FILE_MAX
 _CONTAINER_STATE_SUFFIXES = (
     *(".started", ".finished", ".exit", ".restarts", ".ready", ".backoff", ".last"),
-    *(".message", ".last-message"),
+    *_MESSAGE_SUFFIXES,
 )
-_MESSAGE_SUFFIXES = (".message", ".last-message")
 # Up to how many changed pods STATE_READER reads their files with bash's own read (a refresh
 # while pods start): a process per file type costs more there than bash's loop.
 READ_IN_BASH_MAX = 64

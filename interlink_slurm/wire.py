@@ -532,7 +532,7 @@ class ContainerStatus(WireModel):
     image: str = ""
     image_id: str = Field(default="", alias="imageID")
     started: bool | None = None
-    last_state: ContainerState | None = None  # the run before its last restart
+    last_state: ContainerState | None = None  # the run before its last restart or requeue
 
 
 class PodStatus(BaseModel):

@@ -11,7 +11,8 @@ from datetime import datetime
 @dataclass(frozen=True)
 class ContainerFiles:
     """One container's times, exit code, restarts, readiness and back-off, as its files say;
-    the termination message of its run that ended, and the run before its last restart."""
+    the termination message of its run that ended, and the run before its last restart or
+    requeue."""
 
     started: datetime | None = None
     finished: datetime | None = None
@@ -26,7 +27,8 @@ class ContainerFiles:
 
 @dataclass(frozen=True)
 class LastRun:
-    """A run of a container that its restart policy restarted: how and when it ended."""
+    """A run of a container that was restarted (its restart policy, or Slurm's requeue of the
+    job): how and when it ended."""
 
     exit_code: int
     started: datetime | None

@@ -222,15 +222,10 @@ def _exited(files: ContainerFiles) -> ContainerState:
 
 
 def _last_state(last: LastRun) -> ContainerState:
-    return ContainerState(
-        terminated=ContainerStateTerminated(
-            exit_code=last.exit_code,
-            reason="Completed" if last.exit_code == 0 else "Error",
-            message=last.message or "",
-            started_at=last.started,
-            finished_at=last.finished or last.started,
-        )
-    )
+    run = ContainerFiles(started=last.started, finished=last.finished, exit_code=last.exit_code)
+    st = _exited(run)
+    st.terminated.message = last.message or ""  # type: ignore[union-attr]
+    return st
 
 
 # The kubelet's bound on a pod's termination messages (MaxPodTerminationMessageLogLength): its
