@@ -358,6 +358,19 @@ class Settings(BaseSettings):
     image_pull_parallel: int = Field(
         2, ge=1, description="pods whose images are pulled at the same time on the submit host"
     )
+    image_tag_lookup: bool = Field(
+        True,
+        description="Apptainer/Singularity with image_cache_dir: for imagePullPolicy Always "
+        "(what the API server gives an image tagged latest or not tagged) each create asks the "
+        "registry which digest the tag names now and runs that image, pulled into the cache "
+        "when it is new; false: a tag is pulled once and its cached file reused",
+    )
+    image_lookup_timeout_seconds: float = Field(
+        5.0, gt=0, description="longest a create waits for a registry to name a tag's digest"
+    )
+    image_registries_http: list[str] = Field(
+        [], description="registries (host or host:port) asked for a tag's digest over plain HTTP"
+    )
 
     # --- placement over several targets (issue 8) -------------------------------------------
     clusters: dict[str, ClusterSettings] = Field(

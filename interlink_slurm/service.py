@@ -42,6 +42,7 @@ from interlink_slurm.pulls import LOG as PULL_LOG
 from interlink_slurm.pulls import Puller
 from interlink_slurm.reconciler import Reconciler
 from interlink_slurm.refresher import Refresher
+from interlink_slurm.registry import Registries
 from interlink_slurm.slurm.scheduler import Scheduler
 from interlink_slurm.slurm.states import (
     ACTIVE,
@@ -120,6 +121,7 @@ class Service:
             settings.gc_interval_seconds,
         )
         self.reconciler = Reconciler(store, self._cluster, self.book, self._forget)
+        self.registries = Registries(settings)
         # Pod groups (gang.py): members kept until the last arrives, then one job for all.
         self.gang = Gang(self, GroupBook(store.path))
         self.capacity = NodeCapacity(
@@ -201,6 +203,7 @@ class Service:
         for cluster in self.clusters.values():
             await cluster.puller.stop()
         await self.refresher.stop()
+        await self.registries.aclose()
 
     async def refresh(self, queue: bool = True) -> None:
         """One refresh of every cluster's tracker now (see Refresher.refresh)."""
@@ -228,6 +231,7 @@ class Service:
         logsetup.bind(uid)
         joining = self.gang.joining(pod)
         if joining is not None:
+            data = await self.registries.pin(data)
             return await self.gang.create(data, joining)  # a member of a pod group
         async with self._lock(uid):
             rec = self.store.get(uid)
@@ -238,6 +242,8 @@ class Service:
                 log.info("pod %s already has job %s", uid, rec.job_id)
                 return CreateResponse(PodUID=uid, PodJID=rec.job_id)
             try:
+                # imagePullPolicy Always: the image of the tag's digest now.
+                data = await self.registries.pin(data)
                 return await self.submitter.submit(data)
             except BaseException:
                 # Whatever cut the create short (a rejection, an SSH outage, a cancelled

@@ -66,7 +66,9 @@ CTLD_PID=$D/slurmctld.pid
 # Written inside the image as its last build step, before the temp dir is renamed into place.
 IMAGE_STAMP=.interlink-slurm-image-complete
 
-PACKAGES=(slurmctld slurmd slurm-client munge charliecloud debootstrap)
+# docker-registry: not part of the cluster, but a registry the image tests push to and the
+# plugin asks (tests/registry.py starts its own, on a free port).
+PACKAGES=(slurmctld slurmd slurm-client munge charliecloud debootstrap docker-registry)
 UP_TIMEOUT=30     # seconds to wait for the nodes to become usable
 STOP_TIMEOUT=30   # seconds to wait for a daemon to exit after SIGTERM before SIGKILL
 

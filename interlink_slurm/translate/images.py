@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from interlink_slurm.errors import PodRejected
@@ -55,6 +56,54 @@ def registry_of(source: str) -> str:
     if rest and ("." in first or ":" in first or first == "localhost"):
         return DOCKER_HUB if first in _HUB_ALIASES else first
     return DOCKER_HUB
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    """Where a registry serves the manifest a docker:// reference names."""
+
+    registry: str  # host[:port] as the pod names it (Docker Hub: docker.io)
+    endpoint: str  # the host the registry API is asked at (Docker Hub: registry-1.docker.io)
+    repository: str  # library/python for Docker Hub's official images
+    reference: str  # the tag (latest when none is given)
+
+
+def manifest_ref(source: str) -> ManifestRef:
+    """The registry, repository and tag of a docker:// reference without a digest."""
+    path = source.removeprefix("docker://")
+    registry = registry_of(source)
+    first, _, rest = path.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        path = rest
+    name, tag = _split_tag(path)
+    if registry == DOCKER_HUB and "/" not in name:
+        name = f"library/{name}"
+    endpoint = HUB_REGISTRY if registry == DOCKER_HUB else first
+    return ManifestRef(registry, endpoint, name, tag or "latest")
+
+
+def _split_tag(path: str) -> tuple[str, str]:
+    """(name, tag) of ``name[:tag]``: a tag follows the last ':' after the last '/'."""
+    slash = path.rfind("/")
+    colon = path.rfind(":")
+    return (path[:colon], path[colon + 1 :]) if colon > slash else (path, "")
+
+
+def pull_policy(image: str, policy: str) -> str:
+    """A container's imagePullPolicy as the API server defaults it when it is not set: Always
+    for an image tagged ``latest`` or not tagged, IfNotPresent otherwise."""
+    if policy:
+        return policy
+    if "@" in image:
+        return "IfNotPresent"
+    tag = _split_tag(image.split("://", 1)[-1])[1]
+    return "Always" if tag in ("", "latest") else "IfNotPresent"
+
+
+def pinned(ref: str, digest: str) -> str:
+    """``ref`` pinned to ``digest``: its tag replaced by ``@<digest>``."""
+    scheme, sep, path = ref.rpartition("://")
+    return f"{scheme}{sep}{_split_tag(path)[0]}@{digest}"
 
 
 def enroot_ref(source: str, *, hub_registry: bool = False) -> str:

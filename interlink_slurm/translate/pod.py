@@ -10,7 +10,7 @@ from interlink_slurm import __version__
 from interlink_slurm.config import Settings, id_ranges
 from interlink_slurm.errors import PodRejected
 from interlink_slurm.translate import annotations as ann
-from interlink_slurm.translate.images import cannot_pull, plan_pulls
+from interlink_slurm.translate.images import cannot_pull, plan_pulls, pull_policy
 from interlink_slurm.translate.lifecycle import lifecycle, restart_policy
 from interlink_slurm.translate.plan import (
     Bind,
@@ -39,7 +39,7 @@ from interlink_slurm.translate.runtimes import (
 from interlink_slurm.translate.script import LIBRARY, LIBRARY_FILE
 from interlink_slurm.translate.site import Site, Target, partitions_of, site_for, slurm_seconds
 from interlink_slurm.translate.volumes import allowed_host_path, lay_out_volumes
-from interlink_slurm.wire import Container, RetrievedPodData, ValidPod
+from interlink_slurm.wire import Container, RetrievedPodData, Secret, ValidPod
 
 ANNOTATION_IMAGE_ROOT = ann.IMAGE_ROOT
 PRE_EXEC_FILE = "pre-exec.sh"
@@ -817,17 +817,69 @@ def _pull_through_cache(
 ) -> tuple[dict[str, str], list[PlannedPull], list[FileSpec]]:
     """Registry images → image files of the shared cache, with the pod's pull secrets."""
     assert settings.image_cache_dir is not None
-    extra = data.pod.spec.model_extra or {}
-    wanted = {s.get("name") for s in extra.get("imagePullSecrets") or [] if isinstance(s, dict)}
-    secrets = [s for rc in data.container for s in rc.secrets if s.metadata.name in wanted]
     return plan_pulls(
         runtime_of(settings.runtime),
         settings.runtime_binary,
         str(settings.image_cache_dir),
         pod_dir,
         [c.image for c in containers],
-        secrets,
+        pull_secrets(data),
     )
+
+
+def pull_secrets(data: RetrievedPodData) -> list[Secret]:
+    """The pod's imagePullSecrets, as interLink sent them."""
+    extra = data.pod.spec.model_extra or {}
+    wanted = {s.get("name") for s in extra.get("imagePullSecrets") or [] if isinstance(s, dict)}
+    return [s for rc in data.container for s in rc.secrets if s.metadata.name in wanted]
+
+
+def tags_to_look_up(data: RetrievedPodData, settings: Settings) -> dict[str, str]:
+    """The images (as the pod names them → their docker:// reference) whose tag is looked up
+    in the registry at this create, as the kubelet does for imagePullPolicy Always: pulled
+    into the cache by a runtime that can pull a digest, not from the site's images map and
+    not pinned already."""
+    if (
+        settings.image_cache_dir is None
+        or not settings.image_tag_lookup
+        or not runtime_of(settings.runtime).pulls_digests
+    ):
+        return {}
+    pod = data.pod
+    image_root = pod.metadata.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
+    found: dict[str, str] = {}
+    for c in (*pod.spec.init_containers, *pod.spec.containers):
+        if c.image in settings.images or c.image in found:
+            continue
+        if pull_policy(c.image, c.image_pull_policy) != "Always":
+            continue
+        try:
+            source = resolve_image(c.image, settings.runtime, settings, image_root)
+        except PodRejected:
+            continue  # refused with its reason when the pod is planned
+        if source.startswith("docker://") and "@" not in source:
+            found[c.image] = source
+    return found
+
+
+def with_images(data: RetrievedPodData, images: Mapping[str, str]) -> RetrievedPodData:
+    """The pod with each container's image replaced as ``images`` (old → new) says."""
+    if not images:
+        return data
+
+    def swap(containers: Sequence[Container]) -> list[Container]:
+        return [
+            c.model_copy(update={"image": images[c.image]}) if c.image in images else c
+            for c in containers
+        ]
+
+    spec = data.pod.spec.model_copy(
+        update={
+            "init_containers": swap(data.pod.spec.init_containers),
+            "containers": swap(data.pod.spec.containers),
+        }
+    )
+    return data.model_copy(update={"pod": data.pod.model_copy(update={"spec": spec})})
 
 
 def _unpacked_images(

@@ -22,6 +22,7 @@ class Apptainer(Runtime):
     env_prefix = "APPTAINERENV_"
     pull_schemes = ("docker://", "oras://", "library://")
     image_extension = "sif"
+    pulls_digests = True
     runs_registry_images = True
     takes_apptainer_options = True
     # The variables through which a pull is given a registry's credentials: <prefix>USERNAME...

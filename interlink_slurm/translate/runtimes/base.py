@@ -37,6 +37,9 @@ class Runtime:
     # cache file's extension.
     pull_schemes: tuple[str, ...] = ()
     image_extension: str = ""
+    # Whether it pulls a docker:// reference pinned to a digest (``name@sha256:…``): then a tag
+    # whose pull policy is Always is looked up in its registry at each create.
+    pulls_digests: bool = False
     # Whether it can run a registry reference itself (else: only a staged image).
     runs_registry_images: bool = False
     # Site options (runtime_options) that already give /tmp a place of the site's own: then the

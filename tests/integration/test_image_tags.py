@@ -1,0 +1,137 @@
+"""imagePullPolicy Always against a real registry (Debian's docker-registry): each create asks
+which digest the tag names now, and the pod runs that image, pulled into the cache once.
+
+The pulls go through the Apptainer stand-in of test_image_pulls.py (Apptainer is not
+installable here): it records each reference it is asked to pull and writes it into the image
+file, which the job prints. The registry, Slurm, the held job and the pull on the submit host
+are real.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlink_slurm.registry import ANSWER_SECONDS
+from tests import podgen, registry
+from tests.integration.conftest import Plugin, all_terminated, states, user_dir
+from tests.standin import APPTAINER
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(not registry.available(), reason="docker-registry is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def setup(
+    cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Plugin, Path, registry.Registry]]:
+    base = user_dir("root", "tags")
+    cache = base / "cache"
+    stand_in = base / "apptainer"
+    stand_in.write_text(APPTAINER)
+    stand_in.chmod(0o755)
+    reg = registry.Registry(tmp_path_factory.mktemp("registry"))
+    reg.start()
+    plugin = Plugin(
+        tmp_path_factory.mktemp("tags"),
+        cluster,
+        runtime="apptainer",
+        runtime_path=str(stand_in),
+        images={},
+        image_cache_dir=str(cache),
+        image_registries_http=[reg.host],
+        status_refresh_seconds=0.5,
+    )
+    plugin.start()
+    try:
+        yield plugin, cache, reg
+    finally:
+        plugin.stop()
+        reg.stop()
+
+
+def run(plugin: Plugin, image: str, policy: str | None = None) -> str:
+    """Create a pod of ``image`` (its pull policy as the API server leaves it, or ``policy``),
+    wait for its end; what its container printed."""
+    c: dict[str, Any] = {"name": "main", "image": image, "command": ["echo", "ran"]}
+    if policy is not None:
+        c["imagePullPolicy"] = policy
+    pod = podgen.pod(f"tag-{uuid.uuid4().hex[:6]}", [c])
+    plugin.create_ok(podgen.retrieved(pod))
+    status = plugin.wait_for(pod, all_terminated, timeout=120)
+    assert states(status)["main"]["terminated"]["exitCode"] == 0, status
+    return plugin.logs(pod, "main").text
+
+
+def pulled(cache: Path) -> list[str]:
+    log = cache / "pulls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_always_runs_the_image_the_tag_names_now_pulling_only_a_new_digest(
+    setup: tuple[Plugin, Path, registry.Registry],
+) -> None:
+    plugin, cache, reg = setup
+    tag = f"{reg.host}/team/app:latest"
+    first = reg.push("team/app", "latest", "build one")
+
+    # What the API server gives an image tagged latest: Always.
+    assert run(plugin, tag) == f"image: SIF of docker://{reg.host}/team/app@{first}\nran\n"
+    assert pulled(cache) == [f"docker://{reg.host}/team/app@{first}"]
+
+    # Unchanged in the registry: the cached file of that digest runs, nothing is pulled.
+    time.sleep(ANSWER_SECONDS)
+    assert (
+        run(plugin, tag, "Always") == f"image: SIF of docker://{reg.host}/team/app@{first}\nran\n"
+    )
+    assert len(pulled(cache)) == 1
+
+    # A new build pushed under the same tag: the next pod runs it.
+    second = reg.push("team/app", "latest", "build two")
+    assert second != first
+    time.sleep(ANSWER_SECONDS)
+    assert run(plugin, tag) == f"image: SIF of docker://{reg.host}/team/app@{second}\nran\n"
+    assert pulled(cache)[1:] == [f"docker://{reg.host}/team/app@{second}"]
+
+
+def test_if_not_present_and_a_named_tag_keep_the_tags_first_pull(
+    setup: tuple[Plugin, Path, registry.Registry],
+) -> None:
+    plugin, cache, reg = setup
+    reg.push("team/pinned", "1.0", "one")
+    reg.push("team/pinned", "latest", "one")
+    before = len(pulled(cache))
+    # A tag other than latest defaults to IfNotPresent: pulled by its tag, once.
+    assert run(plugin, f"{reg.host}/team/pinned:1.0") == (
+        f"image: SIF of docker://{reg.host}/team/pinned:1.0\nran\n"
+    )
+    reg.push("team/pinned", "1.0", "two")
+    assert run(plugin, f"{reg.host}/team/pinned:1.0") == (
+        f"image: SIF of docker://{reg.host}/team/pinned:1.0\nran\n"
+    )
+    # latest with IfNotPresent asked for: the tag's file, as it was pulled first.
+    assert run(plugin, f"{reg.host}/team/pinned:latest", "IfNotPresent") == (
+        f"image: SIF of docker://{reg.host}/team/pinned:latest\nran\n"
+    )
+    assert pulled(cache)[before:] == [
+        f"docker://{reg.host}/team/pinned:1.0",
+        f"docker://{reg.host}/team/pinned:latest",
+    ]
+
+
+def test_a_registry_that_cannot_be_asked_leaves_the_tag_as_it_is(
+    setup: tuple[Plugin, Path, registry.Registry],
+) -> None:
+    plugin, cache, reg = setup
+    # Nothing of that name in the registry (404): the tag is pulled as it is named, and the
+    # pull says what is wrong (the stand-in fails only for names with "missing").
+    image = f"{reg.host}/team/unknown:latest"
+    assert run(plugin, image) == f"image: SIF of docker://{image}\nran\n"
+    assert pulled(cache)[-1] == f"docker://{image}"
