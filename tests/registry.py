@@ -18,7 +18,9 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
+import bcrypt
 import httpx
 
 BINARY = "docker-registry"
@@ -54,32 +56,37 @@ def _digest(data: bytes) -> str:
 class Registry:
     """One registry process; ``host`` is its ``127.0.0.1:PORT``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, user: tuple[str, str] | None = None) -> None:
+        """``user``: (name, password) the registry asks for (HTTP Basic, htpasswd)."""
         self.root = root
         self.port = _free_port()
         self.host = f"127.0.0.1:{self.port}"
+        self.user = user
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        config = self.root / "config.yml"
-        config.write_text(
-            json.dumps(
-                {
-                    "version": 0.1,
-                    "log": {"level": "warn"},
-                    "storage": {"filesystem": {"rootdirectory": str(self.root / "data")}},
-                    "http": {"addr": self.host},
-                }
-            )
-        )
+        config: dict[str, Any] = {
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {"filesystem": {"rootdirectory": str(self.root / "data")}},
+            "http": {"addr": self.host},
+        }
+        if self.user is not None:
+            name, password = self.user
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+            (self.root / "htpasswd").write_text(f"{name}:{hashed}\n")
+            path = str(self.root / "htpasswd")
+            config["auth"] = {"htpasswd": {"realm": "tests", "path": path}}
+        (self.root / "config.yml").write_text(json.dumps(config))
+        config_file = self.root / "config.yml"
         log = (self.root / "registry.log").open("ab")
         self._proc = subprocess.Popen(
-            [BINARY, "serve", str(config)], stdout=log, stderr=log, start_new_session=True
+            [BINARY, "serve", str(config_file)], stdout=log, stderr=log, start_new_session=True
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 200:
+                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
                     return
             except httpx.HTTPError:
                 pass
@@ -114,7 +121,8 @@ class Registry:
 
     def push(self, repository: str, tag: str, text: str) -> str:
         """Push a one-file image as ``repository:tag``; its manifest's digest."""
-        with httpx.Client(base_url=f"http://{self.host}", timeout=10) as client:
+        auth = httpx.BasicAuth(*self.user) if self.user else None
+        with httpx.Client(base_url=f"http://{self.host}", timeout=10, auth=auth) as client:
             layer = _layer(text)
             config = json.dumps(
                 {

@@ -9,6 +9,7 @@ are real.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,9 @@ from tests import podgen, registry
 from tests.integration.conftest import Plugin, all_terminated, states, user_dir
 from tests.standin import APPTAINER
 
+USER = ("robot", "pa ss:word")
+Setup = tuple[Plugin, Path, registry.Registry, registry.Registry]
+
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(not registry.available(), reason="docker-registry is not installed"),
@@ -29,9 +33,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def setup(
-    cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Plugin, Path, registry.Registry]]:
+def setup(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     base = user_dir("root", "tags")
     cache = base / "cache"
     stand_in = base / "apptainer"
@@ -39,6 +41,8 @@ def setup(
     stand_in.chmod(0o755)
     reg = registry.Registry(tmp_path_factory.mktemp("registry"))
     reg.start()
+    private = registry.Registry(tmp_path_factory.mktemp("private"), user=USER)
+    private.start()
     plugin = Plugin(
         tmp_path_factory.mktemp("tags"),
         cluster,
@@ -46,25 +50,31 @@ def setup(
         runtime_path=str(stand_in),
         images={},
         image_cache_dir=str(cache),
-        image_registries_http=[reg.host],
+        image_registries_http=[reg.host, private.host],
         status_refresh_seconds=0.5,
     )
     plugin.start()
     try:
-        yield plugin, cache, reg
+        yield plugin, cache, reg, private
     finally:
         plugin.stop()
         reg.stop()
+        private.stop()
 
 
-def run(plugin: Plugin, image: str, policy: str | None = None) -> str:
-    """Create a pod of ``image`` (its pull policy as the API server leaves it, or ``policy``),
-    wait for its end; what its container printed."""
+def run(
+    plugin: Plugin, image: str, policy: str | None = None, secret: dict[str, Any] | None = None
+) -> str:
+    """Create a pod of ``image`` (its pull policy as the API server leaves it, or ``policy``;
+    ``secret`` its imagePullSecret), wait for its end; what its container printed."""
     c: dict[str, Any] = {"name": "main", "image": image, "command": ["echo", "ran"]}
     if policy is not None:
         c["imagePullPolicy"] = policy
-    pod = podgen.pod(f"tag-{uuid.uuid4().hex[:6]}", [c])
-    plugin.create_ok(podgen.retrieved(pod))
+    spec: dict[str, Any] = {}
+    if secret is not None:
+        spec["imagePullSecrets"] = [{"name": secret["metadata"]["name"]}]
+    pod = podgen.pod(f"tag-{uuid.uuid4().hex[:6]}", [c], **spec)
+    plugin.create_ok(podgen.retrieved(pod, secrets=[secret] if secret else None))
     status = plugin.wait_for(pod, all_terminated, timeout=120)
     assert states(status)["main"]["terminated"]["exitCode"] == 0, status
     return plugin.logs(pod, "main").text
@@ -76,9 +86,9 @@ def pulled(cache: Path) -> list[str]:
 
 
 def test_always_runs_the_image_the_tag_names_now_pulling_only_a_new_digest(
-    setup: tuple[Plugin, Path, registry.Registry],
+    setup: Setup,
 ) -> None:
-    plugin, cache, reg = setup
+    plugin, cache, reg, _ = setup
     tag = f"{reg.host}/team/app:latest"
     first = reg.push("team/app", "latest", "build one")
 
@@ -102,9 +112,9 @@ def test_always_runs_the_image_the_tag_names_now_pulling_only_a_new_digest(
 
 
 def test_if_not_present_and_a_named_tag_keep_the_tags_first_pull(
-    setup: tuple[Plugin, Path, registry.Registry],
+    setup: Setup,
 ) -> None:
-    plugin, cache, reg = setup
+    plugin, cache, reg, _ = setup
     reg.push("team/pinned", "1.0", "one")
     reg.push("team/pinned", "latest", "one")
     before = len(pulled(cache))
@@ -127,11 +137,29 @@ def test_if_not_present_and_a_named_tag_keep_the_tags_first_pull(
 
 
 def test_a_registry_that_cannot_be_asked_leaves_the_tag_as_it_is(
-    setup: tuple[Plugin, Path, registry.Registry],
+    setup: Setup,
 ) -> None:
-    plugin, cache, reg = setup
+    plugin, cache, reg, _ = setup
     # Nothing of that name in the registry (404): the tag is pulled as it is named, and the
     # pull says what is wrong (the stand-in fails only for names with "missing").
     image = f"{reg.host}/team/unknown:latest"
     assert run(plugin, image) == f"image: SIF of docker://{image}\nran\n"
     assert pulled(cache)[-1] == f"docker://{image}"
+
+
+def test_a_private_registry_is_asked_with_the_pods_pull_secret(setup: Setup) -> None:
+    plugin, cache, _, private = setup
+    digest = private.push("team/secret", "latest", "private build")
+    image = f"{private.host}/team/secret:latest"
+    auths = {"auths": {private.host: {"username": USER[0], "password": USER[1]}}}
+    secret = podgen.secret("pull", {".dockerconfigjson": json.dumps(auths)})
+    secret["type"] = "kubernetes.io/dockerconfigjson"
+    assert run(plugin, image, secret=secret) == (
+        f"image: SIF of docker://{private.host}/team/secret@{digest}\nran\n"
+    )
+    # Without the secret the registry answers 401: the tag is left as the pod names it.
+    assert run(plugin, image) == f"image: SIF of docker://{image}\nran\n"
+    assert pulled(cache)[-2:] == [
+        f"docker://{private.host}/team/secret@{digest}",
+        f"docker://{image}",
+    ]
