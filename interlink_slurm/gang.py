@@ -53,6 +53,7 @@ from interlink_slurm.translate.group import (
     unit_directives,
     with_rendezvous,
 )
+from interlink_slurm.translate.images import image_ids
 from interlink_slurm.translate.plan import JobPlan, PlannedPull
 from interlink_slurm.translate.pod import ImageCommands, build_plan
 from interlink_slurm.translate.script import LIBRARY, LIBRARY_FILE, render_script
@@ -359,6 +360,7 @@ class Gang:
             placement=placement,
             pulls=encode(pulls) if pulls else None,
             warnings=plan.warnings,
+            image_ids=image_ids(plan),
         )
         store.set_job(plan.uid, job_id)
 

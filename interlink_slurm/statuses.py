@@ -107,6 +107,8 @@ class StatusView:
             nodes = self.gang.node_of(rec.uid, self.nodes_of(rec))  # a member's own
             if nodes:
                 _note_nodes(every, nodes)
+            if rec.image_ids:
+                _note_image_ids(every, dict(rec.image_ids))
             # Last: a container's own message replaces the notes above.
             own_messages(every, seen.containers, len(every))
             self.gang.note(rec.uid, every)  # which member ended its group's job
@@ -202,6 +204,14 @@ def _note_placement(statuses: Sequence[ContainerStatus], placement: str) -> None
     for st in statuses:
         if st.state.waiting is not None:
             st.state.waiting.message = f"{st.state.waiting.message} ({placement})".strip()
+
+
+def _note_image_ids(statuses: Sequence[ContainerStatus], ids: Mapping[str, str]) -> None:
+    """The digest each container's image was pulled by, once the container has run (the
+    kubelet's imageID, empty while an image is still awaited)."""
+    for st in statuses:
+        if st.name in ids and (st.state.running or st.state.terminated or st.last_state):
+            st.image_id = ids[st.name]
 
 
 def _note_nodes(statuses: Sequence[ContainerStatus], nodes: str) -> None:

@@ -14,7 +14,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS pods (
     name         TEXT NOT NULL,
     pod_dir      TEXT NOT NULL,
     job_id       TEXT,             -- NULL while the submission is in flight
-    containers   TEXT NOT NULL,    -- JSON: {"init": [...], "main": [...]}
+    containers   TEXT NOT NULL,    -- JSON: {"init": [...], "main": [...], "image_ids": {...}}
     created      REAL NOT NULL,
     deleted      REAL,             -- when /delete was asked
     final_state  TEXT,             -- the job's last Slurm state once it ended (or GONE)
@@ -87,6 +87,9 @@ class PodRecord:
     # (container, warning): what the pod asked that it runs without, said in its status. Stored
     # in the column "notes" (its name before it was called warnings), so old databases open as is.
     warnings: tuple[tuple[str, str], ...] = ()
+    # (container, imageID): the digest each container's image was pulled by, where known (an
+    # image the pod or its Always lookup pinned). Kept in the "containers" JSON.
+    image_ids: tuple[tuple[str, str], ...] = ()
 
     @property
     def all_containers(self) -> tuple[str, ...]:
@@ -311,6 +314,7 @@ class Store:
             started=None if started is None else float(started),  # type: ignore[arg-type]
             nodes=None if nodes is None else str(nodes),
             warnings=tuple((str(c), str(w)) for c, w in json.loads(str(notes))) if notes else (),
+            image_ids=tuple((str(c), str(i)) for c, i in names.get("image_ids", {}).items()),
         )
 
     _SELECT = (
@@ -346,10 +350,14 @@ class Store:
         cluster: str = "default",
         placement: str | None = None,
         warnings: Sequence[tuple[str, str]] = (),
+        image_ids: Mapping[str, str] | None = None,
     ) -> None:
         """The pod's row, with no job yet, written (on disk) before its job is submitted: a
         crash in between leaves a row whose job is found by its comment. Replaces an old row."""
-        names = json.dumps({"init": list(init_containers), "main": list(containers)})
+        lists: dict[str, object] = {"init": list(init_containers), "main": list(containers)}
+        if image_ids:
+            lists["image_ids"] = dict(image_ids)
+        names = json.dumps(lists)
         noted = json.dumps([list(said) for said in warnings]) if warnings else None
         with self._write() as w:
             w.execute(

@@ -18,6 +18,7 @@ from interlink_slurm.metrics import Metrics
 from interlink_slurm.placement import Placement
 from interlink_slurm.pulls import encode
 from interlink_slurm.store import Store
+from interlink_slurm.translate.images import image_ids
 from interlink_slurm.translate.plan import JobPlan, PlannedPull
 from interlink_slurm.translate.pod import ImageCommands
 from interlink_slurm.translate.script import render_script
@@ -137,6 +138,7 @@ class Submitter:
                 cluster=cluster.name,
                 placement=placement.record() if placed else None,
                 warnings=final.warnings,
+                image_ids=image_ids(final),
             )
             return path
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from interlink_slurm.errors import PodRejected
-from interlink_slurm.translate.plan import FileSpec, PlannedPull
+from interlink_slurm.translate.plan import FileSpec, JobPlan, PlannedPull
 from interlink_slurm.wire import Secret
 
 if TYPE_CHECKING:  # the runtimes' modules use this one's helpers
@@ -98,6 +98,27 @@ def pull_policy(image: str, policy: str) -> str:
         return "IfNotPresent"
     tag = _split_tag(image.split("://", 1)[-1])[1]
     return "Always" if tag in ("", "latest") else "IfNotPresent"
+
+
+def image_id(source: str) -> str:
+    """The imageID the kubelet reports for a docker:// reference pinned to a digest
+    (``docker.io/library/python@sha256:…``); empty for any other."""
+    name, at, digest = source.removeprefix("docker://").partition("@")
+    if not (source.startswith("docker://") and at and digest.startswith("sha256:")):
+        return ""
+    ref = manifest_ref(f"docker://{name}")
+    return f"{ref.registry}/{ref.repository}@{digest}"
+
+
+def image_ids(plan: JobPlan) -> dict[str, str]:
+    """Container → the imageID of its image, for the images pulled or run by a digest (one the
+    pod names, or its Always lookup pinned)."""
+    sources = {p.target: p.source for p in plan.image_pulls}
+    found = {}
+    for c in (*plan.init_containers, *plan.containers):
+        if found_id := image_id(sources.get(c.image, c.image)):
+            found[c.name] = found_id
+    return found
 
 
 def pinned(ref: str, digest: str) -> str:

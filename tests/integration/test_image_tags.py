@@ -67,6 +67,13 @@ def run(
 ) -> str:
     """Create a pod of ``image`` (its pull policy as the API server leaves it, or ``policy``;
     ``secret`` its imagePullSecret), wait for its end; what its container printed."""
+    return run_pod(plugin, image, policy, secret)[0]
+
+
+def run_pod(
+    plugin: Plugin, image: str, policy: str | None = None, secret: dict[str, Any] | None = None
+) -> tuple[str, str]:
+    """As run; what its container printed and the imageID of its status."""
     c: dict[str, Any] = {"name": "main", "image": image, "command": ["echo", "ran"]}
     if policy is not None:
         c["imagePullPolicy"] = policy
@@ -77,7 +84,8 @@ def run(
     plugin.create_ok(podgen.retrieved(pod, secrets=[secret] if secret else None))
     status = plugin.wait_for(pod, all_terminated, timeout=120)
     assert states(status)["main"]["terminated"]["exitCode"] == 0, status
-    return plugin.logs(pod, "main").text
+    (main,) = status["containers"]
+    return plugin.logs(pod, "main").text, main.get("imageID", "")
 
 
 def pulled(cache: Path) -> list[str]:
@@ -93,7 +101,9 @@ def test_always_runs_the_image_the_tag_names_now_pulling_only_a_new_digest(
     first = reg.push("team/app", "latest", "build one")
 
     # What the API server gives an image tagged latest: Always.
-    assert run(plugin, tag) == f"image: SIF of docker://{reg.host}/team/app@{first}\nran\n"
+    printed, image_id = run_pod(plugin, tag)
+    assert printed == f"image: SIF of docker://{reg.host}/team/app@{first}\nran\n"
+    assert image_id == f"{reg.host}/team/app@{first}"
     assert pulled(cache) == [f"docker://{reg.host}/team/app@{first}"]
 
     # Unchanged in the registry: the cached file of that digest runs, nothing is pulled.
@@ -118,9 +128,11 @@ def test_if_not_present_and_a_named_tag_keep_the_tags_first_pull(
     reg.push("team/pinned", "1.0", "one")
     reg.push("team/pinned", "latest", "one")
     before = len(pulled(cache))
-    # A tag other than latest defaults to IfNotPresent: pulled by its tag, once.
-    assert run(plugin, f"{reg.host}/team/pinned:1.0") == (
-        f"image: SIF of docker://{reg.host}/team/pinned:1.0\nran\n"
+    # A tag other than latest defaults to IfNotPresent: pulled by its tag, once (no digest
+    # known: no imageID).
+    assert run_pod(plugin, f"{reg.host}/team/pinned:1.0") == (
+        f"image: SIF of docker://{reg.host}/team/pinned:1.0\nran\n",
+        "",
     )
     reg.push("team/pinned", "1.0", "two")
     assert run(plugin, f"{reg.host}/team/pinned:1.0") == (

@@ -14,9 +14,17 @@ import httpx
 import pytest
 
 from interlink_slurm.registry import ANSWER_SECONDS, FAILED_SECONDS, LookupFailed, Registries
-from interlink_slurm.translate.images import ManifestRef, manifest_ref, pinned, pull_policy
+from interlink_slurm.statuses import _note_image_ids
+from interlink_slurm.translate.images import (
+    ManifestRef,
+    image_id,
+    image_ids,
+    manifest_ref,
+    pinned,
+    pull_policy,
+)
 from interlink_slurm.translate.pod import build_plan, tags_to_look_up, with_images
-from interlink_slurm.wire import RetrievedPodData, Secret
+from interlink_slurm.wire import ContainerState, ContainerStatus, RetrievedPodData, Secret
 from tests import podgen as pg
 from tests.unit.test_translate import settings as make_settings
 
@@ -119,6 +127,47 @@ def test_a_pinned_pod_pulls_and_runs_the_cache_file_of_the_digest() -> None:
     assert plan.image_pulls[0].target == plan.containers[0].image == plan.containers[1].image
     tag_plan = build_plan(data, s, "/data/ils/default/p")
     assert tag_plan.containers[0].image != plan.containers[0].image
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (f"docker://python@{DIGEST}", f"docker.io/library/python@{DIGEST}"),
+        (f"docker://reg.local:5000/a/b@{DIGEST}", f"reg.local:5000/a/b@{DIGEST}"),
+        ("docker://python:3.11", ""),
+        (f"oras://ghcr.io/o/m@{DIGEST}", ""),
+        ("/shared/images/python.sif", ""),
+    ],
+)
+def test_the_image_id_is_the_kubelets_for_a_reference_pinned_to_a_digest(
+    source: str, expected: str
+) -> None:
+    assert image_id(source) == expected
+
+
+def test_a_plans_image_ids_follow_its_pulls_and_directly_run_references() -> None:
+    data = data_of(
+        container(f"python@{DIGEST}"), container("python:3.11", name="tagged"),
+        init=[container(f"ghcr.io/o/i@{DIGEST}", name="setup")],
+    )  # fmt: skip
+    cached = build_plan(data, make_settings(runtime="apptainer", image_cache_dir=CACHE), "/d/p")
+    direct = build_plan(data, make_settings(runtime="apptainer"), "/d/p")
+    expected = {"setup": f"ghcr.io/o/i@{DIGEST}", "main": f"docker.io/library/python@{DIGEST}"}
+    assert image_ids(cached) == image_ids(direct) == expected
+
+
+def test_the_image_id_is_reported_once_the_container_has_run() -> None:
+    running = ContainerState.model_validate({"running": {"startedAt": "2026-12-04T00:00:00Z"}})
+    waiting = ContainerState.model_validate({"waiting": {"reason": "ContainerCreating"}})
+    done = ContainerState.model_validate({"terminated": {"exitCode": 0}})
+    statuses = [
+        ContainerStatus(name="a", state=running),
+        ContainerStatus(name="b", state=waiting),
+        ContainerStatus(name="c", state=waiting, last_state=done),  # restarting
+        ContainerStatus(name="d", state=done),  # no digest known
+    ]
+    _note_image_ids(statuses, {n: f"x@{n}" for n in "abc"})
+    assert [s.image_id for s in statuses] == ["x@a", "", "x@c", ""]
 
 
 # --- the registry client --------------------------------------------------------------------

@@ -131,3 +131,31 @@ def test_writes_asked_while_one_commits_share_the_next_commit(tmp_path: Path) ->
         assert {u: r for u, r in store._rows.items()} == fresh(path)
     finally:
         store.close()
+
+
+def test_image_ids_are_kept_with_the_container_names_and_old_rows_have_none(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    store = Store(path)
+    store.open()
+    try:
+        ids = {"main": "docker.io/library/python@sha256:" + "0" * 64}
+        store.begin_submit("u", "ns", "p", "/d", ["init"], ["main"], image_ids=ids)
+        store.begin_submit("v", "ns", "q", "/e", [], ["main"])
+        # A row written before image ids were kept: the containers JSON has no such key.
+        with store._write() as w:
+            w.execute(
+                """UPDATE pods SET containers = '{"init": [], "main": ["x"]}' WHERE uid = 'v'"""
+            )
+            w.reload("uid = 'v'", ())
+        rec = store.get("u")
+        assert rec is not None
+        assert rec.image_ids == (("main", ids["main"]),)
+        assert rec.all_containers == ("init", "main")
+    finally:
+        store.close()
+    again = fresh(path)
+    assert again["u"].image_ids == (("main", ids["main"]),)  # type: ignore[attr-defined]
+    assert again["v"].image_ids == ()  # type: ignore[attr-defined]
+    assert again["v"].containers == ("x",)  # type: ignore[attr-defined]
