@@ -74,7 +74,7 @@ class Registries:
         self._clock = clock
         self._client: httpx.AsyncClient | None = None
         self._answers: dict[tuple[str, str], _Answer] = {}
-        self._asking: dict[tuple[str, str], asyncio.Future[_Answer]] = {}
+        self._asking: dict[tuple[str, str], asyncio.Task[_Answer]] = {}
 
     async def pin(self, data: RetrievedPodData) -> RetrievedPodData:
         """The pod with each image whose pull policy is Always pinned to the digest its tag
@@ -133,7 +133,8 @@ class Registries:
             self._client = httpx.AsyncClient(
                 transport=self._transport,
                 timeout=self._settings.image_lookup_timeout_seconds,
-                follow_redirects=True,
+                # The host is the pod's choice: the plugin goes nowhere else on its word.
+                follow_redirects=False,
             )
         return self._client
 
@@ -180,8 +181,11 @@ class Registries:
             raise LookupFailed(f"the registry asks for credentials ({scheme or 'no challenge'})")
         fields = dict(_CHALLENGE_PARAM.findall(params))
         realm = fields.pop("realm", "")
-        if not realm.startswith(("https://", "http://")):
-            raise LookupFailed("the registry's challenge names no token service")
+        schemes = ("https://", "http://") if challenge.url.scheme == "http" else ("https://",)
+        if not realm.startswith(schemes):
+            # The registry is the pod's choice, and so is its token service: only over HTTPS
+            # (as the registry itself is, unless the site listed it in image_registries_http).
+            raise LookupFailed("the registry's challenge names no token service over HTTPS")
         fields.setdefault("scope", f"repository:{repository}:pull")
         response = await self._http().get(realm, params=fields, auth=basic)
         if response.status_code != 200:

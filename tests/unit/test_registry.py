@@ -273,6 +273,11 @@ def test_a_burst_of_creates_asks_once_and_a_later_create_asks_again() -> None:
         (httpx.Response(200, headers={"Docker-Content-Digest": "md5:x"}), "no sha256 digest"),
         (httpx.Response(401), r"asks for credentials \(no challenge\)"),
         (httpx.Response(401, headers={"WWW-Authenticate": 'Bearer x="y"'}), "no token service"),
+        (
+            httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="http://10.0.0.1/t"'}),
+            "no token service over HTTPS",
+        ),
+        (httpx.Response(307, headers={"Location": "http://169.254.169.254/"}), "answered 307"),
     ],
 )
 def test_an_answer_without_a_digest_is_a_failed_lookup(
