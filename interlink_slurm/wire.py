@@ -184,6 +184,8 @@ class Container(WireModel):
     ports: Annotated[list[ContainerPort], BeforeValidator(_none_to_list)] = []
     image_pull_policy: str = ""
     security_context: SecurityContext | None = None
+    # An init container's own restartPolicy (Always: a native sidecar); unset for the others.
+    restart_policy: str | None = None
 
     @field_validator("name")
     @classmethod

@@ -214,6 +214,25 @@ def _in_image(
     return tuple(out)
 
 
+def _no_own_restart_policy(c: Container, where: str) -> None:
+    """A container-level restartPolicy is refused, with what to do instead."""
+    if c.restart_policy is None:
+        return
+    if where.startswith("spec.initContainers") and c.restart_policy == "Always":
+        reason = (
+            "'Always' makes this init container a sidecar, which runs beside the pod's "
+            "containers: not supported, because interLink's virtual kubelet takes an init "
+            "container that runs for initialization still in progress (the pod would show "
+            "Init:N/M and its sidecar's exit fail it). Run it as one of the pod's containers"
+        )
+    else:
+        reason = (
+            f"{c.restart_policy!r}: a container of its own restart policy is not supported; "
+            "the pod's restartPolicy applies to each container"
+        )
+    raise PodRejected(f"{where}.restartPolicy", reason)
+
+
 def _container_plan(
     c: Container,
     where: str,
@@ -226,6 +245,7 @@ def _container_plan(
 ) -> ContainerPlan:
     if not c.image:
         raise PodRejected(f"{where}.image", "is empty")
+    _no_own_restart_policy(c, where)
     try:
         image = resolve_image(c.image, settings.runtime, settings, image_root)
     except PodRejected as err:

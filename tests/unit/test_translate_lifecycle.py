@@ -80,6 +80,21 @@ def test_an_unknown_termination_message_policy_is_refused_naming_it(policy: Any)
     assert "must be one of File, FallbackToLogsOnError" in refused.reason
 
 
+def test_a_native_sidecar_is_refused_saying_what_to_do_instead() -> None:
+    proxy = pg.container("proxy", "pass") | {"restartPolicy": "Always"}
+    refused = rejection(pod_of(main(), init=[pg.container("setup", "pass"), proxy]))
+    assert refused.field == "spec.initContainers[1].restartPolicy"
+    assert "makes this init container a sidecar" in refused.reason
+    assert "Run it as one of the pod's containers" in refused.reason
+
+
+@pytest.mark.parametrize("policy", ["Never", "OnFailure", "Always"])
+def test_a_containers_own_restart_policy_is_refused(policy: str) -> None:
+    refused = rejection(pod_of(main() | {"restartPolicy": policy}))
+    assert refused.field == "spec.containers[0].restartPolicy"
+    assert "the pod's restartPolicy applies to each container" in refused.reason
+
+
 def test_http_readiness_probe_with_defaults() -> None:
     readiness = life(main(readinessProbe=HTTP)).readiness
     assert readiness == (
