@@ -63,7 +63,12 @@ def hand_over(transport: Transport, plan: JobPlan) -> None:
     owner = f"{uid}:{gid}" if gid is not None else str(uid)
     try:
         result = transport.run(["chown", "-R", "--", owner, plan.pod_dir], timeout=60)
-    except (CommandUnavailable, SchedulerUnavailable) as err:
+    except SchedulerUnavailable:
+        # Over SSH the login node's outage (also a CommandUnavailable): 503, retried by
+        # interLink, as the same outage is at any other step of a create. The directory is
+        # written again by the next create.
+        raise
+    except CommandUnavailable as err:
         transport.remove_tree(plan.pod_dir)
         raise StorageError(f"cannot hand the pod directory to uid {owner}: {err}") from err
     if result.returncode != 0:

@@ -12,6 +12,7 @@ import pytest
 from interlink_slurm import submission
 from interlink_slurm.config import Settings, load_settings
 from interlink_slurm.errors import PodRejected, SchedulerUnavailable, StorageError
+from interlink_slurm.slurm.ssh import SSHUnavailable
 from interlink_slurm.slurm.transport import CommandResult, CommandUnavailable, LocalTransport
 from interlink_slurm.translate.plan import JobPlan
 from interlink_slurm.translate.pod import build_plan
@@ -78,6 +79,15 @@ def test_the_directory_is_handed_over_or_removed_when_it_cannot_be() -> None:
     with pytest.raises(StorageError, match="Operation not permitted"):
         submission.hand_over(refused, plan((1234, None)))
     assert refused.removed == ["/data/ns/p-u"]
+    # No chown where it runs: the directory cannot be handed over (507). The login node out of
+    # reach: an outage (503), as at every other step of a create.
+    missing = Scripted({"chown": CommandUnavailable("chown: not found")})
+    with pytest.raises(StorageError, match="chown: not found"):
+        submission.hand_over(missing, plan((1234, None)))
+    assert missing.removed == ["/data/ns/p-u"]
+    down = Scripted({"chown": SSHUnavailable("ssh: connection refused")})
+    with pytest.raises(SchedulerUnavailable, match="connection refused"):
+        submission.hand_over(down, plan((1234, None)))
 
 
 def test_an_images_command_is_read_from_the_first_cluster_that_has_it(tmp_path: Path) -> None:
