@@ -337,7 +337,11 @@ class Gang:
         (image_pull_on: submit_host), each once."""
         if self.host.settings.image_pull_on != "submit_host":
             return []
-        wanted = {pull.target: pull for p in plans for pull in p.image_pulls}
+        wanted: dict[str, PlannedPull] = {}
+        for pull in (x for p in plans for x in p.image_pulls):
+            # A member that may pull an image pulls it for those whose policy is Never.
+            if pull.target not in wanted or wanted[pull.target].never:
+                wanted[pull.target] = pull
         return cluster.puller.missing(list(wanted.values())) if wanted else []
 
     def _record(

@@ -53,13 +53,14 @@ LAUNCHER = (
 )
 
 CREATING = "ContainerCreating"
+NEVER_PULL = "ErrImageNeverPull"
 
 
 @dataclass(frozen=True)
 class PullState:
     """How a pod's image pulls stand, as its containers' waiting reason and message."""
 
-    reason: str  # ContainerCreating, ErrImagePull, ImagePullBackOff
+    reason: str  # ContainerCreating, ErrImagePull, ImagePullBackOff, ErrImageNeverPull
     message: str
 
 
@@ -75,6 +76,12 @@ def decode(text: str) -> list[PlannedPull]:
 
 def _sources(pulls: Sequence[PlannedPull]) -> str:
     return ", ".join(p.source for p in pulls)
+
+
+def _not_present(pulls: Sequence[PlannedPull]) -> str:
+    """The kubelet's words for images missing with imagePullPolicy Never."""
+    images = ", ".join(f'"{p.source.removeprefix("docker://")}"' for p in pulls)
+    return f"Container image {images} is not present with pull policy of Never"
 
 
 class Puller:
@@ -121,7 +128,12 @@ class Puller:
         cache too."""
         if uid in self._tasks:
             return
-        self._states[uid] = PullState(CREATING, f"waiting to pull {_sources(pulls)}")
+        to_pull = [p for p in pulls if not p.never]
+        self._states[uid] = (
+            PullState(CREATING, f"waiting to pull {_sources(to_pull)}")
+            if to_pull
+            else PullState(NEVER_PULL, _not_present(pulls))
+        )
         run = self._run(uid, job_id, pod_dir, list(pulls), list(awaiting))
         task = asyncio.create_task(run, name=f"pull {uid}")
         self._tasks[uid] = task
@@ -167,6 +179,8 @@ class Puller:
         awaiting: list[PlannedPull],
     ) -> None:
         failures = 0
+        never = [p for p in pulls if p.never]
+        pulls = [p for p in pulls if not p.never]
         while pulls:
             async with self._slots:
                 self._states[uid] = PullState(
@@ -183,6 +197,13 @@ class Puller:
             )
             log.warning("pod %s: image pull failed (attempt %d): %s", uid, failures, why)
             await asyncio.sleep(delay)
+        while never:
+            # As the kubelet: never pulled, looked for again until someone puts it there.
+            with contextlib.suppress(OSError, SchedulerUnavailable):
+                never = await asyncio.to_thread(self.missing, never)
+            if never:
+                self._states[uid] = PullState(NEVER_PULL, _not_present(never))
+                await asyncio.sleep(POLL_SECONDS)
         while awaiting:
             # The cache out of reach for now: look again.
             with contextlib.suppress(OSError, SchedulerUnavailable):

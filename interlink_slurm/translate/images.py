@@ -235,9 +235,11 @@ def plan_pulls(
     pod_dir: str,
     sources: Sequence[str],
     pull_secrets: Sequence[Secret],
+    never: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, str], list[PlannedPull], list[FileSpec]]:
     """For each source the runtime can pull: its cache file (source → target), the pulls, and
-    the credential files (relative to ``pod_dir``)."""
+    the credential files (relative to ``pod_dir``). A source in ``never`` (imagePullPolicy
+    Never) is only looked for in the cache."""
     mapping: dict[str, str] = {}
     pulls: list[PlannedPull] = []
     files: list[FileSpec] = []
@@ -246,6 +248,9 @@ def plan_pulls(
             continue
         target = cached_image(cache_dir, source, runtime.image_extension)
         mapping[source] = target
+        if source in never:
+            pulls.append(PlannedPull(target, source, (), never=True))
+            continue
         digest = _digest(source)
         auth = None
         registry = registry_of(source)

@@ -47,6 +47,9 @@ class PlannedPull:
     argv: tuple[str, ...]  # the command that writes target + ".part" from source
     # File relative to the pod dir: NUL-separated NAME=VALUE entries given to the pull only.
     auth: str | None = None
+    # imagePullPolicy Never (every container of this image): never pulled; the pod waits
+    # (ErrImageNeverPull) until the image is in the cache.
+    never: bool = False
 
 
 @dataclass(frozen=True)

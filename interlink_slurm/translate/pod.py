@@ -837,6 +837,13 @@ def _pull_through_cache(
 ) -> tuple[dict[str, str], list[PlannedPull], list[FileSpec]]:
     """Registry images → image files of the shared cache, with the pod's pull secrets."""
     assert settings.image_cache_dir is not None
+    spec = data.pod.spec
+    policies = {
+        c.name: pull_policy(c.image, c.image_pull_policy)
+        for c in (*spec.init_containers, *spec.containers)
+    }
+    pulled = {c.image for c in containers if policies.get(c.name) != "Never"}
+    never = frozenset(c.image for c in containers if c.image not in pulled)
     return plan_pulls(
         runtime_of(settings.runtime),
         settings.runtime_binary,
@@ -844,6 +851,7 @@ def _pull_through_cache(
         pod_dir,
         [c.image for c in containers],
         pull_secrets(data),
+        never,
     )
 
 

@@ -61,6 +61,12 @@ def _pull_lines(pulls: Sequence[PlannedPull], keep_code: bool = False) -> list[s
     (``keep_code``) the pull's own."""
     return [
         _or_exit(
+            f"[ -s {shlex.quote(p.target)} ]",
+            f"interlink-slurm: image {p.source} is not present with pull policy of Never",
+            keep_code,
+        )
+        if p.never
+        else _or_exit(
             f"ils_pull {_quote_argv([p.target, p.auth or '', p.source, *p.argv])}",
             f"interlink-slurm: cannot pull {p.source}",
             keep_code,

@@ -1,5 +1,6 @@
-"""imagePullPolicy Always against a real registry (Debian's docker-registry): each create asks
-which digest the tag names now, and the pod runs that image, pulled into the cache once.
+"""imagePullPolicy against a real registry (Debian's docker-registry): with Always each create
+asks which digest the tag names now, and the pod runs that image, pulled into the cache once;
+with Never the pod waits for its image without pulling it.
 
 The pulls go through the Apptainer stand-in of test_image_pulls.py (Apptainer is not
 installable here): it records each reference it is asked to pull and writes it into the image
@@ -19,8 +20,9 @@ from typing import Any
 import pytest
 
 from interlink_slurm.registry import ANSWER_SECONDS
+from interlink_slurm.translate.images import cached_image
 from tests import podgen, registry
-from tests.integration.conftest import Plugin, all_terminated, states, user_dir
+from tests.integration.conftest import Plugin, all_terminated, slurm, states, user_dir
 from tests.standin import APPTAINER
 
 USER = ("robot", "pa ss:word")
@@ -175,3 +177,31 @@ def test_a_private_registry_is_asked_with_the_pods_pull_secret(setup: Setup) -> 
         f"docker://{private.host}/team/secret@{digest}",
         f"docker://{image}",
     ]
+
+
+def test_never_waits_for_the_image_without_pulling_it(
+    setup: Setup, cluster: dict[str, str]
+) -> None:
+    plugin, cache, reg, _ = setup
+    image = f"{reg.host}/team/never:1"
+    c = {"name": "main", "image": image, "command": ["echo", "ran"], "imagePullPolicy": "Never"}
+    pod = podgen.pod(f"never-{uuid.uuid4().hex[:6]}", [c])
+    job_id = plugin.create_ok(podgen.retrieved(pod))
+
+    def never_pull(status: dict[str, Any]) -> bool:
+        waiting = states(status)["main"].get("waiting") or {}
+        return waiting.get("reason") == "ErrImageNeverPull"
+
+    status = plugin.wait_for(pod, never_pull, timeout=60)
+    message = states(status)["main"]["waiting"]["message"]
+    assert message == f'Container image "{image}" is not present with pull policy of Never'
+    state, reason = slurm(cluster, "squeue", "-h", "-j", job_id, "-o", "%T %r").split()
+    assert (state, reason) == ("PENDING", "JobHeldUser")
+
+    # Put there by hand (an operator's pull): the job is released and runs that file.
+    target = Path(cached_image(str(cache), f"docker://{image}", "sif"))
+    target.write_text("SIF put by hand\n")
+    status = plugin.wait_for(pod, all_terminated, timeout=120)
+    assert states(status)["main"]["terminated"]["exitCode"] == 0
+    assert plugin.logs(pod, "main").text == "image: SIF put by hand\nran\n"
+    assert f"docker://{image}" not in pulled(cache)

@@ -107,6 +107,34 @@ def test_an_image_in_the_cache_is_neither_held_nor_pulled(harness: Harness, cach
     assert (cache / "pulls.log").read_text() == f"docker://{IMAGE}\n"
 
 
+def test_never_is_err_image_never_pull_without_a_pull_until_the_image_is_there(
+    harness: Harness, cache: Path
+) -> None:
+    pod = podgen.pod(
+        "app", [{"name": "main", "image": IMAGE, "command": ["true"], "imagePullPolicy": "Never"}]
+    )
+    job_id = create(harness, pod)
+
+    assert harness.scheduler.jobs[job_id].reason == "JobHeldUser"
+    expected = {
+        "reason": "ErrImageNeverPull",
+        "message": f'Container image "{IMAGE}" is not present with pull policy of Never',
+    }
+    eventually(lambda: waiting(harness, pod) == expected)
+    time.sleep(0.5)  # several polls: still nothing pulled, still held
+    assert not (cache / "pulls.log").exists()
+    assert harness.scheduler.jobs[job_id].reason == "JobHeldUser"
+    script = Path(harness.scheduler.scripts[job_id]).read_text()
+    target = cached_image(str(cache), f"docker://{IMAGE}")
+    assert f"[ -s {target} ] ||" in script
+    assert f"ils_pull {target}" not in script
+
+    # An operator puts the image in the cache: the job is released, still without a pull.
+    Path(target).write_text("staged by hand\n")
+    eventually(lambda: harness.scheduler.jobs[job_id].reason != "JobHeldUser")
+    assert not (cache / "pulls.log").exists()
+
+
 def test_a_failed_pull_is_err_image_pull_then_back_off_and_the_job_stays_held(
     harness: Harness,
 ) -> None:
@@ -202,3 +230,22 @@ def test_a_groups_job_stays_held_until_every_members_image_is_in_the_cache(
     missing = cached_image(str(cache), "docker://ghcr.io/example/missing:1", "sif")
     Path(missing).write_text("SIF\n")
     eventually(lambda: harness.scheduler.jobs[job_id].reason != "JobHeldUser")
+
+
+@pytest.mark.parametrize("policies", [("Never", "IfNotPresent"), ("IfNotPresent", "Never")])
+def test_a_group_member_that_may_pull_an_image_pulls_it_for_one_whose_policy_is_never(
+    harness: Harness, cache: Path, policies: tuple[str, str]
+) -> None:
+    members = []
+    for i, policy in enumerate(policies):
+        c = {"name": "main", "image": IMAGE, "command": ["true"], "imagePullPolicy": policy}
+        pod = podgen.pod(f"grp-{i}", [c])
+        pod["metadata"]["labels"] = {"kueue.x-k8s.io/pod-group-name": "grp"}
+        pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] = "2"
+        members.append(pod)
+    assert create(harness, members[0]) == ""
+    job_id = create(harness, members[1])
+
+    assert harness.scheduler.jobs[job_id].reason == "JobHeldUser"
+    eventually(lambda: harness.scheduler.jobs[job_id].reason != "JobHeldUser")
+    assert (cache / "pulls.log").read_text() == f"docker://{IMAGE}\n"

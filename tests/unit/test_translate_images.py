@@ -73,6 +73,24 @@ def test_one_pull_per_image_whatever_the_number_of_containers() -> None:
     assert len(plan_of(p, cached()).image_pulls) == 1
 
 
+def test_never_is_only_looked_for_in_the_cache_unless_another_container_pulls_it() -> None:
+    never = main(image="python:3.12", imagePullPolicy="Never")
+    plan = plan_of(pod_of(never), cached())
+    sif = cached_image(CACHE, "docker://python:3.12")
+    assert plan.image_pulls == (PlannedPull(sif, "docker://python:3.12", (), None, never=True),)
+    assert plan.containers[0].image == sif
+    script = render_script(plan)
+    assert "ils_pull /" not in script
+    assert (
+        f"[ -s {sif} ] || {{ echo 'interlink-slurm: image docker://python:3.12 is not present "
+        "with pull policy of Never'; exit 1; }"
+    ) in script
+    # The same image for a container that may pull it: pulled, once.
+    side = pg.container("side", "pass", image="python:3.12")
+    [pull] = plan_of(pod_of(never, side), cached()).image_pulls
+    assert not pull.never and pull.argv
+
+
 def test_mapped_and_local_images_are_not_pulled() -> None:
     s = cached(images={"python:3.12": "/sif/python.sif"}, image_roots=["/abs"])
     p = pod_of(main(image="python:3.12"), pg.container("side", "pass", image="/abs/x.sif"))
