@@ -69,6 +69,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.image_lookups = Counter(
+            "interlink_slurm_image_lookups_total",
+            "Registries asked which digest a tag names (imagePullPolicy Always), by outcome",
+            ["outcome"],
+            registry=r,
+        )
         self.pods = Gauge(
             "interlink_slurm_pods",
             "Tracked pods by Slurm state of their job (ACTIVE = "

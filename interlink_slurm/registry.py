@@ -68,8 +68,12 @@ class Registries:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        asked: Callable[[str], None] = lambda outcome: None,
     ) -> None:
+        """``asked`` is told the outcome of each question put to a registry: ``digest`` or
+        ``failed`` (answers kept for a burst are not questions)."""
         self._settings = settings
+        self._asked = asked
         self._transport = transport
         self._clock = clock
         self._client: httpx.AsyncClient | None = None
@@ -147,7 +151,9 @@ class Registries:
         except (httpx.HTTPError, LookupFailed) as err:
             error = str(err) or type(err).__name__
         else:
+            self._asked("digest")
             return _Answer(digest, "", self._clock() + ANSWER_SECONDS)
+        self._asked("failed")
         return _Answer(None, error, self._clock() + FAILED_SECONDS)
 
     async def _head(self, source: str, creds: tuple[str, str] | None) -> str:

@@ -121,7 +121,9 @@ class Service:
             settings.gc_interval_seconds,
         )
         self.reconciler = Reconciler(store, self._cluster, self.book, self._forget)
-        self.registries = Registries(settings)
+        self.registries = Registries(
+            settings, asked=lambda outcome: self.metrics.image_lookups.labels(outcome).inc()
+        )
         # Pod groups (gang.py): members kept until the last arrives, then one job for all.
         self.gang = Gang(self, GroupBook(store.path))
         self.capacity = NodeCapacity(

@@ -26,6 +26,7 @@ from tests.integration.conftest import Plugin, all_terminated, slurm, states, us
 from tests.standin import APPTAINER
 
 USER = ("robot", "pa ss:word")
+LOOKUPS = 'interlink_slurm_image_lookups_total{outcome="digest"}'
 Setup = tuple[Plugin, Path, registry.Registry, registry.Registry]
 
 pytestmark = [
@@ -121,6 +122,9 @@ def test_always_runs_the_image_the_tag_names_now_pulling_only_a_new_digest(
     time.sleep(ANSWER_SECONDS)
     assert run(plugin, tag) == f"image: SIF of docker://{reg.host}/team/app@{second}\nran\n"
     assert pulled(cache)[1:] == [f"docker://{reg.host}/team/app@{second}"]
+    metrics = plugin.client.get("/metrics").text
+    [line] = [m for m in metrics.splitlines() if m.startswith(LOOKUPS)]
+    assert float(line.split()[-1]) >= 3
 
 
 def test_if_not_present_and_a_named_tag_keep_the_tags_first_pull(

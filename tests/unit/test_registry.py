@@ -181,10 +181,13 @@ class Clock:
         return self.now
 
 
-def registries(handler: Any, **overrides: Any) -> tuple[Registries, Clock]:
+def registries(
+    handler: Any, asked: list[str] | None = None, **overrides: Any
+) -> tuple[Registries, Clock]:
     clock = Clock()
     s = make_settings(runtime="apptainer", image_cache_dir=CACHE, **overrides)
-    return Registries(s, transport=httpx.MockTransport(handler), clock=clock), clock
+    told = asked.append if asked is not None else lambda outcome: None
+    return Registries(s, transport=httpx.MockTransport(handler), clock=clock, asked=told), clock
 
 
 def docker_secret(registry: str, user: str, password: str) -> dict[str, Any]:
@@ -250,7 +253,8 @@ def test_a_burst_of_creates_asks_once_and_a_later_create_asks_again() -> None:
         heads.append(str(request.url))
         return httpx.Response(200, headers={"Docker-Content-Digest": DIGEST})
 
-    reg, clock = registries(handler)
+    asked: list[str] = []
+    reg, clock = registries(handler, asked)
 
     async def burst() -> list[str]:
         return list(await asyncio.gather(*(reg.digest("docker://python") for _ in range(20))))
@@ -263,6 +267,7 @@ def test_a_burst_of_creates_asks_once_and_a_later_create_asks_again() -> None:
     clock.now += 0.2
     asyncio.run(reg.digest("docker://python"))
     assert len(heads) == 2
+    assert asked == ["digest", "digest"]  # the metric counts questions, not kept answers
 
 
 @pytest.mark.parametrize(
@@ -298,7 +303,8 @@ def test_a_registry_that_cannot_be_reached_leaves_the_pods_tag_and_is_not_asked_
         calls += 1
         raise httpx.ConnectError("connection refused", request=request)
 
-    reg, clock = registries(handler)
+    asked: list[str] = []
+    reg, clock = registries(handler, asked)
     data = data_of(container("ghcr.io/o/app"))
     assert asyncio.run(reg.pin(data)) is data
     assert asyncio.run(reg.pin(data)) is data
@@ -306,6 +312,7 @@ def test_a_registry_that_cannot_be_reached_leaves_the_pods_tag_and_is_not_asked_
     clock.now += FAILED_SECONDS + 0.1
     assert asyncio.run(reg.pin(data)) is data
     assert calls == 2
+    assert asked == ["failed", "failed"]
     assert "ghcr.io/o/app runs as the tag names it in the cache" in caplog.text
     assert "connection refused" in caplog.text
 
