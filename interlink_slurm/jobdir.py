@@ -12,6 +12,7 @@ Layout (``DATA_ROOT/<namespace>/<name>-<uid>/``):
     pre-exec.sh, tunnel.sh, tunnel/, tunnel.log  the pod's own shell code (annotations)
     mesh.sh, mesh-pod.sh                         interLink's full mesh, the containers run in it
     pull/<hash>.auth                            registry credentials for the image cache
+    hosts                                       the node's /etc/hosts and the pod's hostAliases
 """
 
 from __future__ import annotations

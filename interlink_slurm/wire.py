@@ -8,6 +8,7 @@ slice) reads as empty. Names that end up in paths or scripts are validated here,
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -312,6 +313,28 @@ def _snake(camel: str) -> str:
     return re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower()
 
 
+class HostAlias(WireModel):
+    """One line the pod adds to its containers' /etc/hosts."""
+
+    ip: str
+    hostnames: Annotated[list[str], BeforeValidator(_none_to_list)] = []
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address") from None
+
+    @field_validator("hostnames")
+    @classmethod
+    def _hostnames(cls, v: list[str]) -> list[str]:
+        for name in v:
+            dns_subdomain(name)
+        return v
+
+
 class Toleration(WireModel):
     """Kept as sent: an operator Kubernetes does not know tolerates nothing (see matching.py),
     it is not a reason to refuse the pod."""
@@ -380,6 +403,7 @@ class PodSpec(WireModel):
     tolerations: Annotated[list[Toleration], BeforeValidator(_none_to_list)] = []
     affinity: Affinity | None = None
     security_context: SecurityContext | None = None
+    host_aliases: Annotated[list[HostAlias], BeforeValidator(_none_to_list)] = []
 
 
 class Pod(WireModel):

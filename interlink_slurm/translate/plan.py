@@ -63,6 +63,10 @@ class PlannedCreate:
     argv: tuple[str, ...]
 
 
+# The pod's /etc/hosts with its hostAliases, in the pod directory (see JobPlan.host_aliases).
+HOSTS_FILE = "hosts"
+
+
 @dataclass(frozen=True)
 class Bind:
     """A host path bound into a container."""
@@ -141,6 +145,9 @@ class JobPlan:
     node_dirs: tuple[str, ...] = ()
     scratch_dirs: tuple[str, ...] = ()
     size_limits: tuple[SizeLimit, ...] = ()
+    # The pod's hostAliases (IP, names): added to the node's /etc/hosts in the pod directory's
+    # HOSTS_FILE, which every container gets at /etc/hosts.
+    host_aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # Images to convert into the shared cache before the containers start (image_cache_dir).
     image_pulls: tuple[PlannedPull, ...] = ()
     # Enroot's create mode (enroot_create_dir): ENROOT_DATA_PATH, a directory of the job's own on

@@ -13,6 +13,7 @@ from interlink_slurm.translate import annotations as ann
 from interlink_slurm.translate.images import cannot_pull, plan_pulls, pull_policy
 from interlink_slurm.translate.lifecycle import lifecycle, restart_policy
 from interlink_slurm.translate.plan import (
+    HOSTS_FILE,
     Bind,
     ContainerPlan,
     FileSpec,
@@ -212,6 +213,20 @@ def _in_image(
             continue
         out.append(dataclasses.replace(b, target=found))
     return tuple(out)
+
+
+def _with_hosts(
+    pod: ValidPod,
+    pod_dir: str,
+    binds: Mapping[str, tuple[Bind, ...]],
+    aliases: Sequence[tuple[str, tuple[str, ...]]],
+) -> Mapping[str, tuple[Bind, ...]]:
+    """With hostAliases, every container's binds and the pod's hosts file at /etc/hosts."""
+    if not aliases:
+        return binds
+    hosts = Bind(f"{pod_dir}/{HOSTS_FILE}", "/etc/hosts", read_only=True)
+    every = (*pod.spec.init_containers, *pod.spec.containers)
+    return {c.name: (*binds.get(c.name, ()), hosts) for c in every}
 
 
 def _no_own_restart_policy(c: Container, where: str) -> None:
@@ -465,6 +480,7 @@ def build_plan(
     )
     warnings = [*user.warnings, *layout.warnings]
     script = _job_script_to_run(data, settings.job_script)
+    aliases = tuple((a.ip, tuple(a.hostnames)) for a in pod.spec.host_aliases if a.hostnames)
     if script is not None:
         # interLink's own script is the pod's work: no image of the pod is resolved or pulled.
         containers = _Containers(
@@ -476,7 +492,7 @@ def build_plan(
             data,
             settings,
             pod_dir,
-            layout.binds,
+            _with_hosts(pod, pod_dir, layout.binds, aliases),
             _ContainerInputs(ip, mpi.launcher, runtime_flags, mount_targets, image_commands),
             warnings,
         )
@@ -514,6 +530,7 @@ def build_plan(
         node_dirs=layout.node_dirs,
         scratch_dirs=layout.scratch_dirs,
         size_limits=layout.size_limits,
+        host_aliases=aliases if script is None else (),
         backoff_seconds=(
             max(1, round(settings.restart_backoff_seconds)),
             max(1, round(settings.restart_backoff_max_seconds)),

@@ -17,6 +17,7 @@ from interlink_slurm.translate.annotations import NTASKS
 from interlink_slurm.translate.lifecycle import HOOK_TIMEOUT_SECONDS
 from interlink_slurm.translate.plan import (
     CONTAINER_TMP,
+    HOSTS_FILE,
     IMAGE_CWD,
     ContainerPlan,
     JobPlan,
@@ -254,6 +255,18 @@ def _pod_setup(plan: JobPlan, every_node: str) -> list[str]:
     """The pod's pre-exec code, image pulls and unpacks, the emptyDir size watch and
     interLink's tunnel, in that order."""
     lines: list[str] = []
+    if plan.host_aliases:
+        entries = "".join(
+            f" {shlex.quote(ip)} {shlex.quote(' '.join(names))}" for ip, names in plan.host_aliases
+        )
+        lines += [
+            "",
+            "# The pod's hostAliases after this node's own /etc/hosts, as the kubelet writes them;",
+            "# the containers get the file at /etc/hosts.",
+            "{ cat /etc/hosts; echo '# Entries added by HostAliases.';"
+            f" printf '%s\\t%s\\n'{entries}; }} > .{HOSTS_FILE}.tmp"
+            f" && mv -f .{HOSTS_FILE}.tmp {HOSTS_FILE} || exit 1",
+        ]
     if plan.pre_exec:
         lines += [
             "",

@@ -316,6 +316,36 @@ def test_each_container_has_a_private_tmp(kplugin: Plugin, tmp_path: Path) -> No
     assert not Path(f"/tmp/{marker}-init").exists()
 
 
+HOSTS_CHECK = """
+import socket
+print(socket.gethostbyname("db.internal"), socket.gethostbyname("cache"))
+print(open("/etc/hosts").read().splitlines()[-3:])
+"""
+
+
+def test_host_aliases_are_in_every_containers_etc_hosts(kplugin: Plugin) -> None:
+    the_pod = podgen.pod(
+        "host-aliases",
+        [podgen.container("main", HOSTS_CHECK)],
+        init=[podgen.container("setup", 'print(open("/etc/hosts").read().count("db.internal"))')],
+        hostAliases=[
+            {"ip": "10.9.8.7", "hostnames": ["db.internal", "cache"]},
+            {"ip": "fd00::7", "hostnames": ["v6.internal"]},
+        ],
+    )
+    status = run_to_end(kplugin, podgen.kube_retrieved(the_pod))
+    assert states(status)["main"]["terminated"]["exitCode"] == 0, status
+    assert kplugin.logs(the_pod, "setup").text == "1\n"
+    first, last = kplugin.logs(the_pod, "main").text.splitlines()
+    assert first == "10.9.8.7 10.9.8.7"
+    # The node's own entries stay (its localhost line among them), the pod's come after.
+    assert last == repr(
+        ["# Entries added by HostAliases.", "10.9.8.7\tdb.internal cache", "fd00::7\tv6.internal"]
+    )
+    node_hosts = Path("/etc/hosts").read_text()
+    assert (kplugin.pod_dir(the_pod) / "hosts").read_text().startswith(node_hosts)
+
+
 @pytest.fixture(scope="module")
 def user_plugin(
     cluster: dict[str, str], login_node: LoginNode, tmp_path_factory: pytest.TempPathFactory

@@ -168,10 +168,18 @@ def _with_config_key(key: str) -> dict[str, Any]:
     return data
 
 
+def _with_host_alias(ip: str, *names: str) -> dict[str, Any]:
+    data = simple()
+    data["pod"]["spec"]["hostAliases"] = [{"ip": ip, "hostnames": list(names)}]
+    return data
+
+
 @pytest.mark.parametrize(
     ("data", "status", "words"),
     [
         (_without_uid(), 400, ["metadata.uid", "missing"]),
+        (_with_host_alias("10.0.0.1; rm -rf /", "db"), 400, ["hostAliases", "not an IP address"]),
+        (_with_host_alias("10.0.0.1", "db\n1.2.3.4 evil"), 400, ["hostnames", "not a DNS"]),
         (_with_meta(uid="not-a-uuid"), 400, ["metadata.uid", "not a UUID"]),
         (_with_meta(name="../x"), 400, ["metadata.name", "'../x'"]),
         (_with_meta(name="UPPER"), 400, ["metadata.name"]),

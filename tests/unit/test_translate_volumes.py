@@ -4,11 +4,14 @@ shared filesystem (pvc_root), downwardAPI filled from the pod itself."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from interlink_slurm.translate.plan import Bind
 from interlink_slurm.translate.script import render_script
+from tests import podgen as pg
 from tests.unit.test_translate import (
     POD_DIR,
     UID,
@@ -185,3 +188,41 @@ def test_node_directories_script_is_valid_bash() -> None:
     script = render_script(plan_of(mounted(*vols), make_settings(pvc_root="/shared/claims")))
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert "pod.json" in files(plan_of(mounted(*vols), make_settings(pvc_root="/x")))
+
+
+def test_host_aliases_are_bound_at_etc_hosts_in_every_container_after_the_nodes_own(
+    tmp_path: Path,
+) -> None:
+    aliases = [
+        {"ip": "10.9.8.7", "hostnames": ["db.internal", "cache"]},
+        {"ip": "10.0.0.1", "hostnames": []},  # names nothing: left out, as the kubelet does
+    ]
+    p = pod_of(main(), init=[pg.container("setup", "pass")], hostAliases=aliases)
+    plan = plan_of(p)
+    assert plan.host_aliases == (("10.9.8.7", ("db.internal", "cache")),)
+    for c in (*plan.init_containers, *plan.containers):
+        assert c.binds[-1] == Bind(f"{POD_DIR}/hosts", "/etc/hosts", read_only=True)
+    script = render_script(plan)
+    line = (
+        "{ cat /etc/hosts; echo '# Entries added by HostAliases.';"
+        " printf '%s\\t%s\\n' 10.9.8.7 'db.internal cache'; }"
+        " > .hosts.tmp && mv -f .hosts.tmp hosts || exit 1"
+    )
+    assert line in script
+    assert script.index(line) < script.index("ils_container setup")
+    # What that line writes, run by bash.
+    done = subprocess.run(
+        ["bash", "-c", line.replace("/etc/hosts", "/dev/null") + "; cat hosts"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == "# Entries added by HostAliases.\n10.9.8.7\tdb.internal cache\n"
+
+
+def test_no_host_aliases_no_hosts_file() -> None:
+    plan = plan_of(pod_of(main()))
+    assert plan.host_aliases == ()
+    assert all(b.target != "/etc/hosts" for b in plan.containers[0].binds)
+    assert "HostAliases" not in render_script(plan)
