@@ -202,15 +202,25 @@ def test_pulls_stay_in_the_job_when_configured_so(
         h.close()
 
 
+def group_of(*containers: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Kueue pod group: one member per container."""
+    members = []
+    for i, c in enumerate(containers):
+        pod = podgen.pod(f"grp-{i}", [c])
+        pod["metadata"]["labels"] = {"kueue.x-k8s.io/pod-group-name": "grp"}
+        count = str(len(containers))
+        pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] = count
+        members.append(pod)
+    return members
+
+
 def test_a_groups_job_stays_held_until_every_members_image_is_in_the_cache(
     harness: Harness, cache: Path
 ) -> None:
-    members = []
-    for i, image in enumerate((IMAGE, "ghcr.io/example/missing:1")):
-        pod = podgen.pod(f"grp-{i}", [{"name": "main", "image": image, "command": ["true"]}])
-        pod["metadata"]["labels"] = {"kueue.x-k8s.io/pod-group-name": "grp"}
-        pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] = "2"
-        members.append(pod)
+    members = group_of(
+        {"name": "main", "image": IMAGE, "command": ["true"]},
+        {"name": "main", "image": "ghcr.io/example/missing:1", "command": ["true"]},
+    )
     assert create(harness, members[0]) == ""
     job_id = create(harness, members[1])
 
@@ -236,13 +246,10 @@ def test_a_groups_job_stays_held_until_every_members_image_is_in_the_cache(
 def test_a_group_member_that_may_pull_an_image_pulls_it_for_one_whose_policy_is_never(
     harness: Harness, cache: Path, policies: tuple[str, str]
 ) -> None:
-    members = []
-    for i, policy in enumerate(policies):
-        c = {"name": "main", "image": IMAGE, "command": ["true"], "imagePullPolicy": policy}
-        pod = podgen.pod(f"grp-{i}", [c])
-        pod["metadata"]["labels"] = {"kueue.x-k8s.io/pod-group-name": "grp"}
-        pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] = "2"
-        members.append(pod)
+    members = group_of(
+        *({"name": "main", "image": IMAGE, "command": ["true"], "imagePullPolicy": policy}
+          for policy in policies)
+    )  # fmt: skip
     assert create(harness, members[0]) == ""
     job_id = create(harness, members[1])
 
