@@ -71,6 +71,7 @@ def test_scenarios_cover_the_features_that_work_today() -> None:
         "no-command",
         "failing-containers",
         "command-not-found",
+        "host-aliases",
     ):
         assert any(n.endswith(feature) for n in names), f"no scenario for {feature}"
     assert {s.phase for s in SCENARIOS} == {"Succeeded", "Failed", "Running"}
