@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # wait for the timeout).
 ANSWER_SECONDS = 2.0
 FAILED_SECONDS = 30.0
+# Answers kept before the expired ones are dropped.
+KEPT_ANSWERS = 1024
 # Every manifest type a tag may name: an index (multi-platform) or one image, Docker or OCI.
 MANIFEST_TYPES = ", ".join(
     [
@@ -124,6 +126,10 @@ class Registries:
     def _answered(self, key: tuple[str, str], task: asyncio.Task[_Answer]) -> None:
         del self._asking[key]
         if not task.cancelled() and task.exception() is None:
+            if len(self._answers) >= KEPT_ANSWERS:
+                # Pods name images without end (a new tag per build): keep the live answers.
+                now = self._clock()
+                self._answers = {k: a for k, a in self._answers.items() if a.until > now}
             self._answers[key] = task.result()
 
     async def aclose(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from interlink_slurm import registry
 from interlink_slurm.registry import ANSWER_SECONDS, FAILED_SECONDS, LookupFailed, Registries
 from interlink_slurm.statuses import _note_image_ids
 from interlink_slurm.translate.images import (
@@ -268,6 +269,24 @@ def test_a_burst_of_creates_asks_once_and_a_later_create_asks_again() -> None:
     asyncio.run(reg.digest("docker://python"))
     assert len(heads) == 2
     assert asked == ["digest", "digest"]  # the metric counts questions, not kept answers
+
+
+def test_expired_answers_are_dropped_when_many_images_were_asked_about(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry, "KEPT_ANSWERS", 3)
+    reg, clock = registries(
+        lambda r: httpx.Response(200, headers={"Docker-Content-Digest": DIGEST})
+    )
+    for name in ("a", "b", "c"):
+        asyncio.run(reg.digest(f"docker://ghcr.io/o/{name}"))
+    clock.now += ANSWER_SECONDS + 1
+    asyncio.run(reg.digest("docker://ghcr.io/o/d"))
+    asyncio.run(reg.digest("docker://ghcr.io/o/e"))
+    assert sorted(source for source, _ in reg._answers) == [
+        "docker://ghcr.io/o/d",
+        "docker://ghcr.io/o/e",
+    ]
 
 
 @pytest.mark.parametrize(
