@@ -204,6 +204,7 @@ def test_never_waits_for_the_image_without_pulling_it(
 
     # Put there by hand (an operator's pull): the job is released and runs that file.
     target = Path(cached_image(str(cache), f"docker://{image}", "sif"))
+    target.parent.mkdir(exist_ok=True)  # no pull made it yet when this test runs first
     target.write_text("SIF put by hand\n")
     status = plugin.wait_for(pod, all_terminated, timeout=120)
     assert states(status)["main"]["terminated"]["exitCode"] == 0
