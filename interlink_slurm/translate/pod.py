@@ -220,13 +220,21 @@ def _with_hosts(
     pod_dir: str,
     binds: Mapping[str, tuple[Bind, ...]],
     aliases: Sequence[tuple[str, tuple[str, ...]]],
+    warnings: list[tuple[str, str]],
 ) -> Mapping[str, tuple[Bind, ...]]:
-    """With hostAliases, every container's binds and the pod's hosts file at /etc/hosts."""
+    """With hostAliases, every container's binds and the pod's hosts file at /etc/hosts;
+    not where the container mounts a file there already (its own, or its pod group's)."""
     if not aliases:
         return binds
     hosts = Bind(f"{pod_dir}/{HOSTS_FILE}", "/etc/hosts", read_only=True)
-    every = (*pod.spec.init_containers, *pod.spec.containers)
-    return {c.name: (*binds.get(c.name, ()), hosts) for c in every}
+    out = dict(binds)
+    for c in (*pod.spec.init_containers, *pod.spec.containers):
+        own = binds.get(c.name, ())
+        if any(b.target == "/etc/hosts" for b in own):
+            warnings.append((c.name, "hostAliases are not applied: /etc/hosts is mounted"))
+            continue
+        out[c.name] = (*own, hosts)
+    return out
 
 
 def _no_own_restart_policy(c: Container, where: str) -> None:
@@ -492,7 +500,7 @@ def build_plan(
             data,
             settings,
             pod_dir,
-            _with_hosts(pod, pod_dir, layout.binds, aliases),
+            _with_hosts(pod, pod_dir, layout.binds, aliases, warnings),
             _ContainerInputs(ip, mpi.launcher, runtime_flags, mount_targets, image_commands),
             warnings,
         )
@@ -673,6 +681,11 @@ def _pod_containers(
 
     init = plans(pod.spec.init_containers, "initContainers")
     regular = plans(pod.spec.containers, "containers")
+    # Kubernetes' container runtime gives every container HOSTNAME, the pod's hostname:
+    # StatefulSets' pods take their ordinal from it. (The hostname itself stays the node's:
+    # these runtimes make no UTS namespace.) The pod's own HOSTNAME wins.
+    hostname = _pod_hostname(pod)
+    init, regular = (tuple(_with_hostname(c, hostname) for c in g) for g in (init, regular))
     if given.ip is not None:
         # The pod's own POD_IP (e.g. from the downward API) wins when it has a value.
         ip = given.ip
@@ -960,6 +973,21 @@ def _with_lifecycle(
         life = lifecycle(c, f"spec.{group}[{i}]", policy, is_init, exec_argv)
         out.append(dataclasses.replace(cp, lifecycle=life))
     return tuple(out)
+
+
+def _pod_hostname(pod: ValidPod) -> str:
+    """The pod's hostname as the kubelet gives it: spec.hostname, else its name, cut to 63
+    characters without a trailing '-' or '.'."""
+    given = (pod.spec.model_extra or {}).get("hostname")
+    name = given if isinstance(given, str) and given else pod.metadata.name
+    return name[:63].rstrip("-.")
+
+
+def _with_hostname(c: ContainerPlan, hostname: str) -> ContainerPlan:
+    """HOSTNAME first in the container's variables, where the pod sets none."""
+    if any(n == "HOSTNAME" for n, _ in c.env):
+        return c
+    return dataclasses.replace(c, env=(("HOSTNAME", hostname), *c.env))
 
 
 def _with_env(c: ContainerPlan, name: str, value: str) -> ContainerPlan:

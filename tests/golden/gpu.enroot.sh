@@ -45,9 +45,9 @@ trap ils_cleanup EXIT
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container train enroot start --mount "$ILS_TMP"'/train /tmp none x-create=dir,rbind' --env EPOCHS --env DATA_DIR --env NOTE /images/debian-python.sqsh python3 train.py --epochs=10 --data=/data/in &
+ils_container train enroot start --mount "$ILS_TMP"'/train /tmp none x-create=dir,rbind' --env HOSTNAME --env EPOCHS --env DATA_DIR --env NOTE /images/debian-python.sqsh python3 train.py --epochs=10 --data=/data/in &
 pids+=($!)
-ils_container monitor enroot start --mount "$ILS_TMP"'/monitor /tmp none x-create=dir,rbind' --env INTERVAL /images/debian-python.sqsh sh -c 'while sleep 30; do date; done' &
+ils_container monitor enroot start --mount "$ILS_TMP"'/monitor /tmp none x-create=dir,rbind' --env HOSTNAME --env INTERVAL /images/debian-python.sqsh sh -c 'while sleep 30; do date; done' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -44,7 +44,7 @@ trap ils_cleanup EXIT
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container trainer enroot start --mount "$ILS_TMP"'/trainer /tmp none x-create=dir,rbind' --mount '/data/ils/default/train-worker-0-0a1b2c3d-0000-4000-8000-000000000002/volumes/interlink-slurm-group/hosts /etc/hosts none x-create=auto,rbind' --env ILS_GROUP --env ILS_GROUP_SIZE --env ILS_GROUP_RANK --env ILS_GROUP_PODS --env ILS_GROUP_LEADER --env ILS_GROUP_NODES --env ILS_GROUP_LEADER_ADDR --env WORLD_SIZE --env RANK --env MASTER_ADDR --env MASTER_PORT /images/debian-python.sqsh python3 -c 'print(1)' &
+ils_container trainer enroot start --mount "$ILS_TMP"'/trainer /tmp none x-create=dir,rbind' --mount '/data/ils/default/train-worker-0-0a1b2c3d-0000-4000-8000-000000000002/volumes/interlink-slurm-group/hosts /etc/hosts none x-create=auto,rbind' --env HOSTNAME --env ILS_GROUP --env ILS_GROUP_SIZE --env ILS_GROUP_RANK --env ILS_GROUP_PODS --env ILS_GROUP_LEADER --env ILS_GROUP_NODES --env ILS_GROUP_LEADER_ADDR --env WORLD_SIZE --env RANK --env MASTER_ADDR --env MASTER_PORT /images/debian-python.sqsh python3 -c 'print(1)' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

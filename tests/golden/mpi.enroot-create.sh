@@ -78,7 +78,7 @@ ILS_SIZE_WATCH=$!
 pids=()
 ils_container sim \
     -L 3 srun --mpi=pmix --cpu-bind=cores \
-    enroot start --mount "$ILS_TMP"'/sim /tmp none x-create=dir,rbind' --mount '/shared/claims/default/cases /data none x-create=auto,rbind' --mount '/dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast /scratch none x-create=auto,rbind' ils-0 /opt/sim/bin/solver --input=/data/case.nml --steps=1000 &
+    enroot start --mount "$ILS_TMP"'/sim /tmp none x-create=dir,rbind' --mount '/shared/claims/default/cases /data none x-create=auto,rbind' --mount '/dev/shm/interlink-slurm-44444444-5555-4666-8777-888888888888/fast /scratch none x-create=auto,rbind' --env HOSTNAME ils-0 /opt/sim/bin/solver --input=/data/case.nml --steps=1000 &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -57,7 +57,7 @@ enroot create --name ils-0 /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container main enroot start --mount "$ILS_TMP"'/main /tmp none x-create=dir,rbind' ils-0 python3 -c 'print(1)' &
+ils_container main enroot start --mount "$ILS_TMP"'/main /tmp none x-create=dir,rbind' --env HOSTNAME ils-0 python3 -c 'print(1)' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -51,7 +51,7 @@ ils_pull /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02aa20bc678e9f9e.sqs
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container main enroot start --mount "$ILS_TMP"'/main /tmp none x-create=dir,rbind' /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02aa20bc678e9f9e.sqsh python3 -c 'print(1)' &
+ils_container main enroot start --mount "$ILS_TMP"'/main /tmp none x-create=dir,rbind' --env HOSTNAME /shared/sif-cache/nvcr.io_nvidia_pytorch_24.05-py3-02aa20bc678e9f9e.sqsh python3 -c 'print(1)' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -43,7 +43,7 @@ trap ils_cleanup EXIT
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container web enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --mount '/data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/config /etc/app none x-create=auto,rbind,ro' --mount '/data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/cache /cache none x-create=auto,rbind,ro' /images/debian-python.sqsh /bin/sh -c 'cd -- "$0" && exec "$@"' /srv/app serve --port=8080 '--motd=it'"'"'s $(HOME) & `date`' &
+ils_container web enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --mount '/data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/config /etc/app none x-create=auto,rbind,ro' --mount '/data/ils/pods/22222222-3333-4444-8555-666666666666/volumes/cache /cache none x-create=auto,rbind,ro' --env HOSTNAME /images/debian-python.sqsh /bin/sh -c 'cd -- "$0" && exec "$@"' /srv/app serve --port=8080 '--motd=it'"'"'s $(HOME) & `date`' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -61,10 +61,10 @@ ils_container web \
     -P 1 Always \
     -U 9 startup 0 2 1 1 30 tcp 127.0.0.1 8888 \
     -R 8 readiness 0 5 1 1 3 http http://127.0.0.1:8888/ \
-    -V 17 liveness 0 10 1 1 5 exec enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --env POD_IP /images/debian-python.sqsh test -e /tmp/alive \
-    -S 10 exec enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --env POD_IP /images/debian-python.sqsh touch /tmp/alive \
+    -V 19 liveness 0 10 1 1 5 exec enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --env HOSTNAME --env POD_IP /images/debian-python.sqsh test -e /tmp/alive \
+    -S 12 exec enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --env HOSTNAME --env POD_IP /images/debian-python.sqsh touch /tmp/alive \
     -T 2 http http://127.0.0.1:8888/quit \
-    enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --env POD_IP /images/debian-python.sqsh python3 -m http.server 8888 &
+    enroot start --mount "$ILS_TMP"'/web /tmp none x-create=dir,rbind' --env HOSTNAME --env POD_IP /images/debian-python.sqsh python3 -m http.server 8888 &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -43,7 +43,7 @@ trap ils_cleanup EXIT
 # Containers, all together; the job fails with the first non-zero exit code.
 [ -z "$ILS_STOPPING" ] || exit 143
 pids=()
-ils_container main enroot start --mount "$ILS_TMP"'/main /tmp none x-create=dir,rbind' /images/debian-python.sqsh python3 -c 'print('"'"'hello, world'"'"')' &
+ils_container main enroot start --mount "$ILS_TMP"'/main /tmp none x-create=dir,rbind' --env HOSTNAME /images/debian-python.sqsh python3 -c 'print('"'"'hello, world'"'"')' &
 pids+=($!)
 status=0
 for pid in "${pids[@]}"; do

@@ -317,13 +317,15 @@ def test_each_container_has_a_private_tmp(kplugin: Plugin, tmp_path: Path) -> No
 
 
 HOSTS_CHECK = """
-import socket
-print(socket.gethostbyname("db.internal"), socket.gethostbyname("cache"))
+import os, socket
+print(socket.gethostbyname("db.internal"), socket.gethostbyname("cache"), os.environ["HOSTNAME"])
 print(open("/etc/hosts").read().splitlines()[-3:])
 """
 
 
-def test_host_aliases_are_in_every_containers_etc_hosts(kplugin: Plugin) -> None:
+def test_host_aliases_are_in_every_containers_etc_hosts_and_hostname_is_the_pods(
+    kplugin: Plugin,
+) -> None:
     the_pod = podgen.pod(
         "host-aliases",
         [podgen.container("main", HOSTS_CHECK)],
@@ -337,7 +339,7 @@ def test_host_aliases_are_in_every_containers_etc_hosts(kplugin: Plugin) -> None
     assert states(status)["main"]["terminated"]["exitCode"] == 0, status
     assert kplugin.logs(the_pod, "setup").text == "1\n"
     first, last = kplugin.logs(the_pod, "main").text.splitlines()
-    assert first == "10.9.8.7 10.9.8.7"
+    assert first == "10.9.8.7 10.9.8.7 host-aliases"
     # The node's own entries stay (its localhost line among them), the pod's come after.
     assert last == repr(
         ["# Entries added by HostAliases.", "10.9.8.7\tdb.internal cache", "fd00::7\tv6.internal"]

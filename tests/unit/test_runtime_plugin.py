@@ -61,7 +61,7 @@ def test_a_pod_renders_with_a_runtime_added_in_one_file(podlet: Runtime) -> None
         "--isolated",
     )
     env = {f.path: f.content for f in plan.files}["containers/main.env"]
-    assert env == b"PODLETENV_GREETING=hi\0"
+    assert env == b"PODLETENV_HOSTNAME=hello\0PODLETENV_GREETING=hi\0"
     check_golden("simple.podlet.sh", render_script(plan))
 
 

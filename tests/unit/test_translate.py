@@ -910,6 +910,7 @@ def test_env_values_see_earlier_variables_only() -> None:
         )
     )
     assert dict(container(plan_of(pod_of(c))).env) == {
+        "HOSTNAME": "p",
         "A": "a",
         "B": "a-b",
         "C": "$(D)",
@@ -922,20 +923,20 @@ def test_env_values_see_earlier_variables_only() -> None:
 def test_command_sees_the_final_value_of_a_variable() -> None:
     c = main(command=["echo", "$(A)"], env=env(("A", "1"), ("A", "$(A)2")))
     cp = container(plan_of(pod_of(c)))
-    assert cp.env == (("A", "12"),)
+    assert cp.env == (("HOSTNAME", "p"), ("A", "12"))
     assert cp.command == ("echo", "12")
 
 
 def test_duplicate_env_names_last_wins() -> None:
     c = main(env=env(("A", "1"), ("B", "2"), ("A", "3")))
     cp = container(plan_of(pod_of(c)))
-    assert dict(cp.env) == {"A": "3", "B": "2"}
-    assert len(cp.env) == 2
+    assert dict(cp.env) == {"HOSTNAME": "p", "A": "3", "B": "2"}
+    assert len(cp.env) == 3
 
 
 def test_env_var_without_value_is_empty() -> None:
     c = main(env=[{"name": "EMPTY"}, {"name": "NULL", "value": None}])
-    assert container(plan_of(pod_of(c))).env == (("EMPTY", ""), ("NULL", ""))
+    assert container(plan_of(pod_of(c))).env == (("HOSTNAME", "p"), ("EMPTY", ""), ("NULL", ""))
 
 
 def test_nul_in_env_value_is_rejected_naming_it() -> None:
@@ -949,15 +950,43 @@ def test_env_file_is_nul_separated_with_the_runtime_prefix(runtime: str) -> None
     plan = plan_of(pod_of(c), runtime_settings(runtime))
     f = files(plan)["containers/main.env"]
     p = ENV_PREFIX[runtime].encode()
-    assert f.content == (
-        p + b"A=1\0" + p + b"MULTI=line1\nline2\n\0" + p + b"EQ=x=y\0" + p + "U=ünï €\0".encode()
+    assert (
+        f.content
+        == (p + b"HOSTNAME=p\0" + p + b"A=1\0" + p + b"MULTI=line1\nline2\n\0" + p + b"EQ=x=y\0")
+        + p
+        + "U=ünï €\0".encode()
     )
     assert f.mode == 0o600
 
 
-def test_container_without_env_has_an_empty_env_file() -> None:
+def test_container_without_env_has_only_the_pods_hostname() -> None:
     plan = plan_of(pod_of(main()))
-    assert files(plan)["containers/main.env"].content == b""
+    assert files(plan)["containers/main.env"].content == b"APPTAINERENV_HOSTNAME=p\0"
+
+
+@pytest.mark.parametrize(
+    ("spec", "env", "expected"),
+    [
+        ({}, [], "p"),
+        ({"hostname": "web-0"}, [], "web-0"),
+        ({}, [{"name": "HOSTNAME", "value": "mine"}], "mine"),
+    ],
+)
+def test_every_container_gets_the_pods_hostname_as_kubernetes_gives_it(
+    spec: dict[str, Any], env: list[dict[str, str]], expected: str
+) -> None:
+    plan = plan_of(pod_of(main(env=env), init=[pg.container("setup", "pass")], **spec))
+    (setup,), (main_plan,) = plan.init_containers, plan.containers
+    assert dict(main_plan.env)["HOSTNAME"] == expected
+    assert dict(setup.env)["HOSTNAME"] == spec.get("hostname", "p")  # sets none of its own
+    for c in (setup, main_plan):
+        assert [n for n, _ in c.env].count("HOSTNAME") == 1
+
+
+def test_a_long_pod_name_is_cut_to_a_hostname() -> None:
+    name = "a" * 62 + "-b"
+    plan = plan_of(pg.pod(name, [main()]))
+    assert dict(plan.containers[0].env)["HOSTNAME"] == "a" * 62
 
 
 def test_environment_values_never_appear_in_the_script() -> None:
@@ -1091,6 +1120,8 @@ def test_enroot_mounts_env_names_and_working_directory() -> None:
         "--mount",
         f"{POD_DIR}/volumes/cfg /etc/app none x-create=auto,rbind,ro",
         "--env",
+        "HOSTNAME",
+        "--env",
         "A",
         "--env",
         "B",
@@ -1143,10 +1174,10 @@ def test_enroot_create_mode_names_each_distinct_image_in_order_of_first_use() ->
         "main": "ils-1",
         "side": "ils-0",
     }
-    tmp = ("--mount", f"{TMP_MAIN} /tmp none x-create=dir,rbind")
+    tmp = ("--mount", f"{TMP_MAIN} /tmp none x-create=dir,rbind", "--env", "HOSTNAME")
     assert plan.runtime_argv["main"] == ("/opt/enroot", "start", *tmp, "ils-1", "true")
     probe = container(plan).lifecycle.readiness
-    assert probe[-7:] == ("/opt/enroot", "start", *tmp, "ils-1", "cat", "/ok")
+    assert probe[-9:] == ("/opt/enroot", "start", *tmp, "ils-1", "cat", "/ok")
     # The job's own directory, made and removed on the node; nothing about it in the pod's dirs.
     assert plan.node_dirs == () and plan.scratch_dirs == ()
     script = render_script(plan)

@@ -226,3 +226,16 @@ def test_no_host_aliases_no_hosts_file() -> None:
     assert plan.host_aliases == ()
     assert all(b.target != "/etc/hosts" for b in plan.containers[0].binds)
     assert "HostAliases" not in render_script(plan)
+
+
+def test_host_aliases_leave_a_mounted_etc_hosts_alone_and_say_so() -> None:
+    vol = {"name": "h", "emptyDir": {}}
+    mine = main(volumeMounts=[{"name": "h", "mountPath": "/etc/hosts", "subPath": "hosts"}])
+    aliases = [{"ip": "10.9.8.7", "hostnames": ["db.internal"]}]
+    plan = plan_of(pod_of(mine, pg.container("side", "pass"), volumes=[vol], hostAliases=aliases))
+    main_plan, side = plan.containers
+    assert [b.source for b in main_plan.binds if b.target == "/etc/hosts"] == [
+        f"{POD_DIR}/volumes/h/hosts"
+    ]
+    assert [b.source for b in side.binds if b.target == "/etc/hosts"] == [f"{POD_DIR}/hosts"]
+    assert ("main", "hostAliases are not applied: /etc/hosts is mounted") in plan.warnings
