@@ -49,13 +49,19 @@ def cached_image(cache_dir: str, source: str, extension: str = "sif") -> str:
     return f"{cache_dir.rstrip('/')}/{slug}-{_digest(source)}.{extension}"
 
 
-def registry_of(source: str) -> str:
-    """The registry host of a docker:// reference (Docker Hub when it names none)."""
-    path = source.split("://", 1)[-1]
+def _registry_host(path: str) -> tuple[str, str]:
+    """(The registry host a reference's path names first, the rest of it); ("", path) when
+    its first element is no host (no '.', no port, not localhost)."""
     first, _, rest = path.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost"):
-        return DOCKER_HUB if first in _HUB_ALIASES else first
-    return DOCKER_HUB
+        return first, rest
+    return "", path
+
+
+def registry_of(source: str) -> str:
+    """The registry host of a docker:// reference (Docker Hub when it names none)."""
+    host, _ = _registry_host(source.split("://", 1)[-1])
+    return DOCKER_HUB if not host or host in _HUB_ALIASES else host
 
 
 @dataclass(frozen=True)
@@ -70,15 +76,12 @@ class ManifestRef:
 
 def manifest_ref(source: str) -> ManifestRef:
     """The registry, repository and tag of a docker:// reference without a digest."""
-    path = source.removeprefix("docker://")
+    host, path = _registry_host(source.removeprefix("docker://"))
     registry = registry_of(source)
-    first, _, rest = path.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        path = rest
     name, tag = _split_tag(path)
     if registry == DOCKER_HUB and "/" not in name:
         name = f"library/{name}"
-    endpoint = HUB_REGISTRY if registry == DOCKER_HUB else first
+    endpoint = HUB_REGISTRY if registry == DOCKER_HUB else host
     return ManifestRef(registry, endpoint, name, tag or "latest")
 
 

@@ -104,6 +104,11 @@ def _under_image_roots(path: str, ref: str, settings: Settings) -> str:
     return path
 
 
+def _image_root(pod: ValidPod, settings: Settings) -> str | None:
+    """Where the pod's image references are looked for: its annotation, else the site's."""
+    return pod.metadata.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
+
+
 def resolve_image(ref: str, runtime: str, settings: Settings, image_root: str | None) -> str:
     """The image the runtime is given for a reference the pod names (with image_cache_dir, a
     registry reference the job pulls into the cache first)."""
@@ -662,7 +667,7 @@ def _pod_containers(
     """Each container's plan (image, command, env, binds; what it runs without is added to
     ``warnings``), its POD_IP and launcher, its image staged, then its probes and hooks."""
     pod = data.pod
-    image_root = pod.metadata.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
+    image_root = _image_root(pod, settings)
 
     def plans(containers: Sequence[Container], group: str) -> tuple[ContainerPlan, ...]:
         return tuple(
@@ -904,7 +909,7 @@ def tags_to_look_up(data: RetrievedPodData, settings: Settings) -> dict[str, str
     ):
         return {}
     pod = data.pod
-    image_root = pod.metadata.annotations.get(ANNOTATION_IMAGE_ROOT) or settings.image_root
+    image_root = _image_root(pod, settings)
     found: dict[str, str] = {}
     for c in (*pod.spec.init_containers, *pod.spec.containers):
         if c.image in settings.images or c.image in found:
